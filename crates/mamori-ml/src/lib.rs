@@ -1,0 +1,12 @@
+//! # mamori-ml
+//!
+//! mamori's ML runtime: a CPU neural-network engine (im2col + GEMM) with exact input
+//! gradients, training, native models stored as `model.safetensors` + `model.json` (model
+//! card), and ONNX models run by tract.
+//!
+//! The network description ([`arch`]) is shared by the engine, the safetensors format and the
+//! ONNX exporter: parameter `layers.{i}.weight` / `layers.{i}.bias` belongs to layer `i`.
+
+pub mod arch;
+
+pub use arch::{Arch, LayerParams, LayerSpec, Network};
