@@ -10,3 +10,6 @@
 pub mod arch;
 
 pub use arch::{Arch, LayerParams, LayerSpec, Network};
+
+mod api;
+pub use api::*;

@@ -1,0 +1,190 @@
+//! The public API other crates program against (engine bodies in progress).
+
+use crate::arch::{Arch, Network};
+use mamori_core::{GradTarget, Model, ModelCard, ModelError, Tensor};
+use std::path::Path;
+use thiserror::Error;
+
+/// Errors of the ML runtime.
+#[derive(Debug, Error)]
+pub enum MlError {
+    /// File I/O failed.
+    #[error("{path}: {message}")]
+    File {
+        /// Path involved.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A model file or card is malformed.
+    #[error("{path}: invalid model: {message}")]
+    InvalidModel {
+        /// Path involved.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Bad training data or configuration.
+    #[error("training: {0}")]
+    Training(String),
+    /// Model evaluation error.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Training targets: hard labels or soft (probability) targets `[n, classes]`.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    /// One class index per sample.
+    Labels(Vec<usize>),
+    /// One probability vector per sample (a thief training on soft labels).
+    Soft(Tensor),
+}
+
+/// Training hyper-parameters.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// Seed for shuffling.
+    pub seed: u64,
+    /// Show an indicatif progress bar.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 64,
+            learning_rate: 1e-3,
+            weight_decay: 0.0,
+            seed: 0,
+            progress: false,
+        }
+    }
+}
+
+/// What training did.
+#[derive(Clone, Debug, Default)]
+pub struct TrainReport {
+    /// Mean loss of each epoch.
+    pub epoch_loss: Vec<f32>,
+    /// Training accuracy of each epoch (against hard labels or argmax of soft targets).
+    pub epoch_accuracy: Vec<f32>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Network {
+    /// A freshly initialised network of `arch` (He/Glorot init from `seed`).
+    pub fn new(arch: &Arch, input_shape: &[usize], classes: usize, seed: u64) -> Network {
+        let _ = (arch, input_shape, classes, seed);
+        unimplemented!("mamori-ml engine in progress")
+    }
+
+    /// Logits `[n, classes]` for a batch.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _ = x;
+        unimplemented!("mamori-ml engine in progress")
+    }
+
+    /// Gradient of `target` with respect to the input batch.
+    pub fn input_gradient(&self, x: &Tensor, target: &GradTarget) -> Result<Tensor, ModelError> {
+        let _ = (x, target);
+        unimplemented!("mamori-ml engine in progress")
+    }
+
+    /// Number of output classes.
+    pub fn num_classes(&self) -> usize {
+        unimplemented!("mamori-ml engine in progress")
+    }
+}
+
+/// Trains `net` in place on `(x, y)`.
+pub fn train(
+    net: &mut Network,
+    x: &Tensor,
+    y: &Targets,
+    cfg: &TrainConfig,
+) -> Result<TrainReport, MlError> {
+    let _ = (net, x, y, cfg);
+    unimplemented!("mamori-ml engine in progress")
+}
+
+/// A native model: network + model card, stored as `model.safetensors` + `model.json`.
+#[derive(Clone, Debug)]
+pub struct NativeModel {
+    /// The network.
+    pub network: Network,
+    /// The model card.
+    pub card: ModelCard,
+}
+
+impl NativeModel {
+    /// Loads `dir/model.safetensors` and `dir/model.json`.
+    pub fn load(dir: &Path) -> Result<NativeModel, MlError> {
+        let _ = dir;
+        unimplemented!("mamori-ml engine in progress")
+    }
+
+    /// Writes `dir/model.safetensors` and `dir/model.json` (creating `dir`).
+    pub fn save(&self, dir: &Path) -> Result<(), MlError> {
+        let _ = dir;
+        unimplemented!("mamori-ml engine in progress")
+    }
+}
+
+impl Model for NativeModel {
+    fn card(&self) -> &ModelCard {
+        &self.card
+    }
+    fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        self.network.forward(x)
+    }
+    fn input_gradient(&self, x: &Tensor, target: &GradTarget) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        self.network.input_gradient(x, target)
+    }
+}
+
+/// Loads any model file mamori knows: a native model directory or an `.onnx` file.
+pub fn load_model(path: &Path) -> Result<Box<dyn Model>, MlError> {
+    let _ = path;
+    unimplemented!("mamori-ml: load_model (native + ONNX) in progress")
+}
+
+/// Fraction of `x` whose argmax prediction equals `y`.
+pub fn accuracy(model: &dyn Model, x: &Tensor, y: &[usize]) -> Result<f64, ModelError> {
+    let pred = predict_labels(model, x)?;
+    let hits = pred.iter().zip(y).filter(|(a, b)| a == b).count();
+    Ok(hits as f64 / y.len().max(1) as f64)
+}
+
+/// Fraction of `x` on which two models predict the same label (fidelity).
+pub fn agreement(a: &dyn Model, b: &dyn Model, x: &Tensor) -> Result<f64, ModelError> {
+    let pa = predict_labels(a, x)?;
+    let pb = predict_labels(b, x)?;
+    let same = pa.iter().zip(&pb).filter(|(p, q)| p == q).count();
+    Ok(same as f64 / pa.len().max(1) as f64)
+}
+
+/// Argmax labels, evaluated in batches of 1,024.
+pub fn predict_labels(model: &dyn Model, x: &Tensor) -> Result<Vec<usize>, ModelError> {
+    let n = x.batch_size();
+    let mut out = Vec::with_capacity(n);
+    let mut s = 0;
+    while s < n {
+        let e = (s + 1024).min(n);
+        out.extend(model.logits(&x.slice_rows(s, e))?.argmax_rows());
+        s = e;
+    }
+    Ok(out)
+}

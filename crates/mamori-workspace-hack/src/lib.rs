@@ -1,0 +1,1 @@
+//! Empty: exists only for its dependency list (see Cargo.toml).
