@@ -91,3 +91,22 @@ pub trait DetectorState: Send {
     /// Queries observed so far.
     fn queries(&self) -> u64;
 }
+
+/// What the protection chain does with a client, in escalating order.
+///
+/// Produced by the escalation policy (`mamori-detect`) from detector verdicts; acted on by
+/// the gateway's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Answer normally.
+    Allow,
+    /// Answer normally, record and publish an alert.
+    Alert,
+    /// Answer with stronger postprocessing for this client.
+    Degrade,
+    /// Answer, but with a tighter rate limit for this client.
+    Throttle,
+    /// Refuse (HTTP 403).
+    Block,
+}

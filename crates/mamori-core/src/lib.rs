@@ -28,7 +28,7 @@ pub mod watermark;
 
 pub use card::{DatasetRef, FileDigest, ModelCard, Normalisation, OutputKind};
 pub use detector::{
-    DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict,
+    Action, DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict,
 };
 pub use error::{CoreError, ModelError, OracleError};
 pub use model::{softmax_rows, GradTarget, Model};

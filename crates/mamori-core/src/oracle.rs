@@ -44,7 +44,6 @@ pub trait Oracle: Send {
     fn budget(&self) -> Option<u64>;
     /// Queries still allowed (`None` when unlimited).
     fn remaining(&self) -> Option<u64> {
-        self.budget()
-            .map(|b| b.saturating_sub(self.queries_used()))
+        self.budget().map(|b| b.saturating_sub(self.queries_used()))
     }
 }
