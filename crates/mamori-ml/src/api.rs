@@ -155,12 +155,6 @@ impl Model for NativeModel {
     }
 }
 
-/// Loads any model file mamori knows: a native model directory or an `.onnx` file.
-pub fn load_model(path: &Path) -> Result<Box<dyn Model>, MlError> {
-    let _ = path;
-    unimplemented!("mamori-ml: load_model (native + ONNX) in progress")
-}
-
 /// Fraction of `x` whose argmax prediction equals `y`.
 pub fn accuracy(model: &dyn Model, x: &Tensor, y: &[usize]) -> Result<f64, ModelError> {
     let pred = predict_labels(model, x)?;

@@ -13,3 +13,5 @@ pub use arch::{Arch, LayerParams, LayerSpec, Network};
 
 mod api;
 pub use api::*;
+mod loader;
+pub use loader::load_model;
