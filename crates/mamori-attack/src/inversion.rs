@@ -105,8 +105,8 @@ pub fn mi_face(
         }
         // ∇ cost = −∇ p_c: step along +∇ p_c.
         let g = model.input_gradient(&x, &target)?;
-        for i in 0..n {
-            if done[i] {
+        for (i, finished) in done.iter().enumerate() {
+            if *finished {
                 continue;
             }
             let gi = g.row(i).to_vec();

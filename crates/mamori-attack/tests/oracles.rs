@@ -1,9 +1,9 @@
 //! Oracle tests: exact query accounting, budgets, disclosure, multi-key round robin, and the
 //! OIP v2 HTTP client against a tiny local server (issue #4).
 
-mod common_model;
+mod common;
 
-use common_model::Linear;
+use common::Linear;
 use mamori_attack::{HttpOracle, HttpOracleConfig, LocalOracle, MultiKeyOracle};
 use mamori_core::{Disclosure, Model, Oracle, OracleError, Tensor};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -50,7 +50,7 @@ impl Default for Jbda {
 impl Jbda {
     /// λ for round `r` (0-based): `λ · (−1)^⌊r/τ⌋`.
     pub fn step(&self, round: usize) -> f32 {
-        if (round / self.tau.max(1)) % 2 == 0 {
+        if (round / self.tau.max(1)).is_multiple_of(2) {
             self.lambda
         } else {
             -self.lambda
@@ -130,7 +130,14 @@ impl ExtractionAttack for Jbda {
             let lam = self.step(r);
             let mut new = base;
             for (v, g) in new.data_mut().iter_mut().zip(grad.data()) {
-                *v = (*v + lam * g.signum() * (*g != 0.0) as i32 as f32).clamp(lo, hi);
+                let sign = if *g > 0.0 {
+                    1.0
+                } else if *g < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                *v = (*v + lam * sign).clamp(lo, hi);
             }
             let a = query_all(oracle, &new, ctx, "augmented")?;
             labels.extend(a.labels);

@@ -1,15 +1,20 @@
+#![allow(dead_code)]
 //! A tiny hand-written softmax model shared by the oracle tests (no ML engine needed).
 
 use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
 
 /// `logits = W x + b` with fixed weights, `d` inputs, `c` classes.
 pub struct Linear {
+    /// Weights `[c, d]`.
     pub w: Vec<f32>,
+    /// Biases `[c]`.
     pub b: Vec<f32>,
+    /// Model card.
     pub card: ModelCard,
 }
 
 impl Linear {
+    /// Fixed pseudo-random weights.
     pub fn new(d: usize, c: usize) -> Self {
         let w = (0..c * d)
             .map(|i| ((i * 7919 % 23) as f32 - 11.0) / 5.0)
