@@ -17,6 +17,7 @@
 //! what is disclosed.
 
 pub mod error;
+pub mod experiment;
 pub mod extract;
 pub mod inversion;
 pub mod linalg;
