@@ -16,8 +16,14 @@ pub fn binary_subset(ds: &Dataset, a: usize, b: usize) -> Dataset {
     out.y = out.y.iter().map(|&y| usize::from(y == b)).collect();
     out.num_classes = 2;
     out.class_names = vec![
-        ds.class_names.get(a).cloned().unwrap_or_else(|| a.to_string()),
-        ds.class_names.get(b).cloned().unwrap_or_else(|| b.to_string()),
+        ds.class_names
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| a.to_string()),
+        ds.class_names
+            .get(b)
+            .cloned()
+            .unwrap_or_else(|| b.to_string()),
     ];
     out.name = format!("{}[{a}-vs-{b}]", ds.name);
     out

@@ -118,7 +118,9 @@ fn label_only_retraining_reaches_high_agreement_on_binary_lr() {
     let mut o = oracle(&victim, 827).with_disclosure(Disclosure::Label);
     let mut ctx = ExtractionContext::new(827, Arch::Logistic);
     ctx.train = cfg(10);
-    let e = LabelOnlyRetraining::default().extract(&mut o, &ctx).unwrap();
+    let e = LabelOnlyRetraining::default()
+        .extract(&mut o, &ctx)
+        .unwrap();
     assert_eq!(e.queries, 827);
     let u = uniform(2000, &[64], 5);
     let fid_u = agreement(&victim, &e.substitute, &u).unwrap();
@@ -166,7 +168,9 @@ fn every_attack_respects_its_budget_and_beats_chance_on_digits() {
             }),
             n => by_name(n).unwrap(),
         };
-        let e = attack.extract(&mut o, &ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let e = attack
+            .extract(&mut o, &ctx)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(e.queries, o.queries_used(), "{name}");
         assert!(e.queries <= budget, "{name} used {}", e.queries);
         let m = eval.evaluate(&e.substitute).unwrap();
@@ -178,7 +182,11 @@ fn every_attack_respects_its_budget_and_beats_chance_on_digits() {
             "jbda" => 0.4,
             _ => 0.0,
         };
-        assert!(m.fidelity >= floor, "{name}: fidelity {} < {floor}", m.fidelity);
+        assert!(
+            m.fidelity >= floor,
+            "{name}: fidelity {} < {floor}",
+            m.fidelity
+        );
         assert!(m.fidelity.is_finite() && m.fidelity_uniform.is_finite());
     }
     assert!(by_name("nope").is_err());
@@ -188,7 +196,13 @@ fn every_attack_respects_its_budget_and_beats_chance_on_digits() {
 fn attacks_that_need_query_data_say_so() {
     let s = digits();
     let victim = train_victim(&Arch::Softmax, &s.train, &s.test, &cfg(2), "d").unwrap();
-    for name in ["knockoff", "knockoff-adaptive", "jbda", "active", "transfer"] {
+    for name in [
+        "knockoff",
+        "knockoff-adaptive",
+        "jbda",
+        "active",
+        "transfer",
+    ] {
         let mut o = oracle(&victim, 100);
         let ctx = ExtractionContext::new(100, Arch::Softmax);
         let err = by_name(name).unwrap().extract(&mut o, &ctx).err();

@@ -3,8 +3,8 @@
 use mamori_attack::experiment::train_victim;
 use mamori_attack::inversion::{mi_face, MiFaceConfig};
 use mamori_attack::membership::{
-    GlobalThreshold, Lira, MembershipAttack, MembershipContext, MembershipResult,
-    MembershipSplit, NetTrainer, ShadowModels, ShadowTrainer,
+    GlobalThreshold, Lira, MembershipAttack, MembershipContext, MembershipResult, MembershipSplit,
+    NetTrainer, ShadowModels, ShadowTrainer,
 };
 use mamori_core::Model;
 use mamori_data::{load, resolve_data_dir};
@@ -39,7 +39,12 @@ fn mi_face_white_box_reaches_every_class() {
     let p = victim.predict(&x).unwrap();
     for (i, r) in inv.iter().enumerate() {
         assert!(r.image.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(p.row(i)[r.class] > 0.9, "class {}: p = {}", r.class, p.row(i)[r.class]);
+        assert!(
+            p.row(i)[r.class] > 0.9,
+            "class {}: p = {}",
+            r.class,
+            p.row(i)[r.class]
+        );
         assert!((r.cost - (1.0 - p.row(i)[r.class])).abs() < 1e-4);
     }
 }
