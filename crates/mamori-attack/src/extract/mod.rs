@@ -22,7 +22,7 @@ pub use knockoff::KnockoffRandom;
 pub use knockoff_adaptive::{KnockoffAdaptive, Reward};
 pub use label_only::LabelOnlyRetraining;
 pub use random::{NoiseKind, RandomQueries};
-pub use tramer_lr::TramerLr;
+pub use tramer_lr::{design_points, solve_log_ratios, QueryDesign, TramerLr};
 pub use tramer_mlp::TramerMlp;
 pub use transfer::TransferExtraction;
 

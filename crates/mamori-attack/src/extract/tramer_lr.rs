@@ -9,6 +9,13 @@
 //! `c·(d+1)` unknowns and queries; we use that many queries (by default) and solve each
 //! class's `d + 1` unknowns by least squares (Householder QR in `f64`), which also absorbs the
 //! `f32` rounding of the answers.
+//!
+//! Query design: the paper draws the `d + 1` points at random. A square random system is
+//! badly conditioned (its condition number grows with `d`), which is harmless in the paper's
+//! `f64` arithmetic but amplifies the `f32` rounding of real answers about a thousandfold. The
+//! default [`QueryDesign::Basis`] asks the origin of the input box and its `d` unit corners
+//! (`lo + (hi − lo)·e_i`, all valid inputs), whose system is perfectly conditioned; any further
+//! queries are random. [`QueryDesign::Random`] is the paper's design.
 
 use super::{
     query_all, substitute_card, uniform_inputs, AttackInfo, Extraction, ExtractionAttack,
@@ -21,11 +28,46 @@ use mamori_ml::{Arch, LayerSpec, NativeModel, Network};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// Where the equation-solving queries are placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryDesign {
+    /// The box origin and its `d` unit corners first, then random points.
+    #[default]
+    Basis,
+    /// Uniform random points (the paper's choice).
+    Random,
+}
+
 /// Tramèr et al.'s equation solving for binary and multinomial logistic regression.
 #[derive(Clone, Debug, Default)]
 pub struct TramerLr {
     /// Number of queries; default `d + 1` for two classes, `c·(d + 1)` otherwise.
     pub queries: Option<usize>,
+    /// Placement of the queries.
+    pub design: QueryDesign,
+}
+
+/// `n` query points for `d` features in `range` following `design`.
+pub fn design_points<R: rand::Rng>(
+    design: QueryDesign,
+    rng: &mut R,
+    n: usize,
+    shape: &[usize],
+    range: [f32; 2],
+) -> Tensor {
+    let d: usize = shape.iter().product();
+    let mut x = uniform_inputs(rng, n, shape, range);
+    if design == QueryDesign::Basis {
+        let [lo, hi] = range;
+        for i in 0..n.min(d + 1) {
+            let row = x.row_mut(i);
+            row.iter_mut().for_each(|v| *v = lo);
+            if i > 0 {
+                row[i - 1] = hi;
+            }
+        }
+    }
+    x
 }
 
 impl TramerLr {
@@ -138,7 +180,7 @@ impl ExtractionAttack for TramerLr {
         }
         let n = need.min(budget);
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
-        let x = uniform_inputs(&mut rng, n, &shape, ctx.input_range);
+        let x = design_points(self.design, &mut rng, n, &shape, ctx.input_range);
         let answer = query_all(oracle, &x, ctx, "querying")?;
         if answer.disclosure != Disclosure::Probabilities {
             let mut ctx2 = ctx.clone();
