@@ -73,3 +73,28 @@ pub fn max_prob_distance(a: &dyn Model, b: &dyn Model, x: &Tensor) -> Result<f64
     }
     Ok(worst)
 }
+
+/// Total-variation distance `½ Σ_k |p_k − q_k|` between two models' answers, averaged over
+/// `x` (the "probability distance" of Tramèr et al. 2016) and its maximum.
+pub fn tv_distance(a: &dyn Model, b: &dyn Model, x: &Tensor) -> Result<(f64, f64), AttackError> {
+    let (mut sum, mut worst) = (0.0f64, 0.0f64);
+    let n = x.batch_size();
+    let mut s = 0;
+    while s < n {
+        let e = (s + 1024).min(n);
+        let xa = x.slice_rows(s, e);
+        let pa = a.predict(&xa)?;
+        let pb = b.predict(&xa)?;
+        for (ra, rb) in pa.rows().zip(pb.rows()) {
+            let tv: f64 = 0.5
+                * ra.iter()
+                    .zip(rb)
+                    .map(|(p, q)| (*p as f64 - *q as f64).abs())
+                    .sum::<f64>();
+            sum += tv;
+            worst = worst.max(tv);
+        }
+        s = e;
+    }
+    Ok((sum / n.max(1) as f64, worst))
+}

@@ -14,8 +14,9 @@
 //! badly conditioned (its condition number grows with `d`), which is harmless in the paper's
 //! `f64` arithmetic but amplifies the `f32` rounding of real answers about a thousandfold. The
 //! default [`QueryDesign::Basis`] asks the origin of the input box and its `d` unit corners
-//! (`lo + (hi − lo)·e_i`, all valid inputs), whose system is perfectly conditioned; any further
-//! queries are random. [`QueryDesign::Random`] is the paper's design.
+//! (`lo + (hi − lo)·e_i`, all valid inputs), whose system is perfectly conditioned; further
+//! blocks of `d + 1` queries repeat it with the corners scaled by `1 − r/blocks`, which
+//! averages the rounding noise. [`QueryDesign::Random`] is the paper's design.
 
 use super::{
     query_all, substitute_card, uniform_inputs, AttackInfo, Extraction, ExtractionAttack,
@@ -58,12 +59,17 @@ pub fn design_points<R: rand::Rng>(
     let d: usize = shape.iter().product();
     let mut x = uniform_inputs(rng, n, shape, range);
     if design == QueryDesign::Basis {
+        // Block r: the origin and the d corners scaled by s_r = 1 − r/blocks, so that extra
+        // queries average the rounding noise of every unknown, the bias included.
         let [lo, hi] = range;
-        for i in 0..n.min(d + 1) {
-            let row = x.row_mut(i);
+        let blocks = n.div_ceil(d + 1).max(1);
+        for j in 0..n {
+            let (r, i) = (j / (d + 1), j % (d + 1));
+            let scale = 1.0 - r as f32 / blocks as f32;
+            let row = x.row_mut(j);
             row.iter_mut().for_each(|v| *v = lo);
             if i > 0 {
-                row[i - 1] = hi;
+                row[i - 1] = lo + scale * (hi - lo);
             }
         }
     }
