@@ -164,7 +164,7 @@ fn tramer_mlp(out: &Path) -> R<()> {
     )?;
     let mut o = LocalOracle::new(Box::new(v.clone()));
     let mut ctx = ExtractionContext::new(u64::MAX, Arch::Mlp { hidden: vec![20] });
-    ctx.train = cfg(300, 3e-3, 64, 2);
+    ctx.train = cfg(1000, 3e-3, 64, 2);
     ctx.train.progress = false;
     let e = TramerMlp::default().extract(&mut o, &ctx)?;
     let u = uniform(10_000, &v.card.input_shape, 2);
