@@ -235,7 +235,7 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(out: &Path, quick: bool) -> R<()> {
+fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
     println!(
         "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only)\n"
     );
@@ -250,7 +250,7 @@ fn jbda(out: &Path, quick: bool) -> R<()> {
             hidden: vec![200, 200],
         },
     );
-    ctx.train = cfg(10, 1e-3, 32, 3);
+    ctx.train = cfg(epochs, 1e-3, 32, 3);
     ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
     ctx.progress = true;
     let e = Jbda::default().extract(&mut o, &ctx)?;
