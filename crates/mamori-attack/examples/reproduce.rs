@@ -237,7 +237,7 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
 
 fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only)\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round)\n"
     );
     println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
@@ -540,8 +540,14 @@ fn main() -> R<()> {
     if all || what == "label-only" {
         label_only(&out)?;
     }
+    let epochs = args
+        .iter()
+        .position(|a| a == "--epochs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(10);
     if all || what == "jbda" {
-        jbda(&out, quick)?;
+        jbda(&out, quick, epochs)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;
