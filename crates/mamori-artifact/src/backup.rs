@@ -28,14 +28,19 @@ use std::time::{Duration, Instant};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
+use crate::encrypt::{decrypt_container, encrypt_container};
 use crate::error::{io_err, ArtifactError, Result};
-use crate::files::{now_unix, prepare_out_dir, sha256_file};
+use crate::files::{now_unix, prepare_out_dir, sha256_file, write_private};
+use crate::key::ModelKey;
 
 /// Name of the manifest entry.
 pub const BACKUP_MANIFEST: &str = "MANIFEST.json";
 /// `format` of a backup manifest.
 pub const BACKUP_FORMAT: &str = "mamori-backup";
+/// Logical file name bound into an encrypted archive's container.
+const ENCRYPTED_NAME: &str = "mamori-backup";
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const BUSY_LIMIT: Duration = Duration::from_secs(30);
 
@@ -223,10 +228,16 @@ fn is_sqlite_side_file(path: &Path) -> bool {
 /// Files are first copied into a private staging directory (databases through the online
 /// backup API, other files with a plain copy), hashed there, and archived from there, so the
 /// manifest describes exactly the bytes archived.
+///
+/// With `key`, the whole archive is encrypted as one AES-256-GCM container (see
+/// [`crate::encrypt`], logical name `mamori-backup`): the home directory holds signing keys
+/// and API-key hashes, so an archive leaving the machine should be encrypted. Without it, the
+/// archive is written with mode 0600.
 pub fn create_backup(
     home: Option<&Path>,
     models: &[PathBuf],
     out: &Path,
+    key: Option<&ModelKey>,
 ) -> Result<BackupManifest> {
     let mut sources = Vec::new();
     let exclude = [out.to_owned()];
@@ -277,29 +288,61 @@ pub fn create_backup(
         entries,
     };
     let tmp_out = out.with_extension("partial");
-    {
-        let f = fs::File::create(&tmp_out).map_err(io_err(&tmp_out))?;
-        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        let mut tar = tar::Builder::new(gz);
-        let mjson = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        append_bytes(&mut tar, BACKUP_MANIFEST, &mjson, &tmp_out)?;
-        for (i, e) in manifest.entries.iter().enumerate() {
-            let staged = stage.path().join(i.to_string());
-            let mut f = fs::File::open(&staged).map_err(io_err(&staged))?;
-            let mut h = tar::Header::new_gnu();
-            h.set_size(e.size);
-            h.set_mode(0o600);
-            h.set_mtime(manifest.created_at);
-            h.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut h, &e.path, &mut f)
-                .map_err(io_err(&tmp_out))?;
+    match key {
+        None => {
+            let f = open_private(&tmp_out)?;
+            let f = write_archive(f, &manifest, stage.path(), &tmp_out)?;
+            f.sync_all().map_err(io_err(&tmp_out))?;
         }
-        let gz = tar.into_inner().map_err(io_err(&tmp_out))?;
-        let f = gz.finish().map_err(io_err(&tmp_out))?;
-        f.sync_all().map_err(io_err(&tmp_out))?;
+        Some(key) => {
+            let plain = Zeroizing::new(write_archive(
+                Vec::new(),
+                &manifest,
+                stage.path(),
+                &tmp_out,
+            )?);
+            write_private(&tmp_out, &encrypt_container(ENCRYPTED_NAME, &plain, key))?;
+        }
     }
     fs::rename(&tmp_out, out).map_err(io_err(out))?;
     Ok(manifest)
+}
+
+fn open_private(path: &Path) -> Result<fs::File> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(io_err(path))
+}
+
+/// Writes the tar.gz (manifest first, then the staged files) into `w`; returns `w`.
+fn write_archive<W: Write>(
+    w: W,
+    manifest: &BackupManifest,
+    stage: &Path,
+    label: &Path,
+) -> Result<W> {
+    let gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mjson = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    append_bytes(&mut tar, BACKUP_MANIFEST, &mjson, label)?;
+    for (i, e) in manifest.entries.iter().enumerate() {
+        let staged = stage.join(i.to_string());
+        let mut f = fs::File::open(&staged).map_err(io_err(&staged))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(e.size);
+        h.set_mode(0o600);
+        h.set_mtime(manifest.created_at);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, &e.path, &mut f)
+            .map_err(io_err(label))?;
+    }
+    let gz = tar.into_inner().map_err(io_err(label))?;
+    gz.finish().map_err(io_err(label))
 }
 
 fn append_bytes<W: Write>(
@@ -333,15 +376,48 @@ fn safe_relative(name: &str) -> std::result::Result<PathBuf, String> {
     Ok(out)
 }
 
+/// Whether an archive file is encrypted (starts with the container magic).
+pub fn is_encrypted_archive(archive: &Path) -> Result<bool> {
+    let mut head = [0u8; 8];
+    let mut f = fs::File::open(archive).map_err(io_err(archive))?;
+    match f.read_exact(&mut head) {
+        Ok(()) => Ok(&head == crate::encrypt::MAGIC),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Extracts `archive` into `into` (empty unless `force`), then verifies it
-/// ([`verify_restored`]). Also writes the manifest as `into/MANIFEST.json`.
-pub fn restore_backup(archive: &Path, into: &Path, force: bool) -> Result<BackupManifest> {
+/// ([`verify_restored`]). Also writes the manifest as `into/MANIFEST.json`. An encrypted
+/// archive needs its `key` ([`ArtifactError::MissingKey`] otherwise) and is decrypted in
+/// memory.
+pub fn restore_backup(
+    archive: &Path,
+    into: &Path,
+    force: bool,
+    key: Option<&ModelKey>,
+) -> Result<BackupManifest> {
+    if is_encrypted_archive(archive)? {
+        let key = key.ok_or(ArtifactError::MissingKey)?;
+        let raw = fs::read(archive).map_err(io_err(archive))?;
+        let plain = decrypt_container(ENCRYPTED_NAME, &raw, key)?;
+        restore_from(&plain[..], archive, into, force)
+    } else {
+        let f = fs::File::open(archive).map_err(io_err(archive))?;
+        restore_from(f, archive, into, force)
+    }
+}
+
+fn restore_from<R: Read>(
+    reader: R,
+    archive: &Path,
+    into: &Path,
+    force: bool,
+) -> Result<BackupManifest> {
     let bad = |reason: String| ArtifactError::BadArchive {
         path: archive.to_owned(),
         reason,
     };
-    let f = fs::File::open(archive).map_err(io_err(archive))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     let mut entries = tar.entries().map_err(|e| bad(e.to_string()))?;
     let mut first = entries
         .next()
@@ -400,7 +476,7 @@ pub fn restore_backup(archive: &Path, into: &Path, force: bool) -> Result<Backup
         entry
             .read_to_end(&mut buf)
             .map_err(|e| bad(format!("{name}: {e}")))?;
-        crate::files::write_private(&dest, &buf)?;
+        write_private(&dest, &buf)?;
     }
     fs::write(into.join(BACKUP_MANIFEST), &mbytes).map_err(io_err(into))?;
     verify_restored(into, &manifest)?;

@@ -78,7 +78,8 @@ fn live_sqlite_backup_under_concurrent_writes_restores_identical_rows() {
             std::thread::sleep(Duration::from_millis(2));
         }
         let archive = d.path().join("backup.tar.gz");
-        let manifest = create_backup(Some(&home), std::slice::from_ref(&model), &archive).unwrap();
+        let manifest =
+            create_backup(Some(&home), std::slice::from_ref(&model), &archive, None).unwrap();
         let after_backup = written.load(Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
@@ -92,7 +93,7 @@ fn live_sqlite_backup_under_concurrent_writes_restores_identical_rows() {
             .any(|e| e.path.ends_with("-wal") || e.path.ends_with("-shm")));
 
         let into = d.path().join("restored");
-        restore_backup(&archive, &into, false).unwrap();
+        restore_backup(&archive, &into, false, None).unwrap();
         let restored = rows(&into.join("home/audit.db"));
         let source = rows(&db);
         assert!(restored.len() >= 400, "{mode}: {} rows", restored.len());
@@ -115,9 +116,9 @@ fn live_sqlite_backup_under_concurrent_writes_restores_identical_rows() {
 
         // Quiescent backup: identical rows.
         let archive2 = d.path().join("backup2.tar.gz");
-        create_backup(Some(&home), &[], &archive2).unwrap();
+        create_backup(Some(&home), &[], &archive2, None).unwrap();
         let into2 = d.path().join("restored2");
-        restore_backup(&archive2, &into2, false).unwrap();
+        restore_backup(&archive2, &into2, false, None).unwrap();
         assert_eq!(rows(&into2.join("home/audit.db")), source, "{mode}");
     }
 }
@@ -134,12 +135,12 @@ fn restore_refuses_non_empty_and_detects_corruption() {
         .unwrap();
     fs::write(home.join("notes.txt"), b"hello").unwrap();
     let archive = d.path().join("b.tar.gz");
-    create_backup(Some(&home), &[], &archive).unwrap();
+    create_backup(Some(&home), &[], &archive, None).unwrap();
 
     let into = d.path().join("into");
     fs::create_dir(&into).unwrap();
     fs::write(into.join("existing"), b"x").unwrap();
-    let err = restore_backup(&archive, &into, false).unwrap_err();
+    let err = restore_backup(&archive, &into, false, None).unwrap_err();
     assert!(
         matches!(err, ArtifactError::DestinationNotEmpty { .. }),
         "{err}"
@@ -151,7 +152,7 @@ fn restore_refuses_non_empty_and_detects_corruption() {
             into.display()
         )
     );
-    restore_backup(&archive, &into, true).unwrap();
+    restore_backup(&archive, &into, true, None).unwrap();
 
     // Post-restore verification catches a modified file.
     fs::write(into.join("home/notes.txt"), b"hellO").unwrap();
@@ -173,11 +174,11 @@ fn restore_refuses_non_empty_and_detects_corruption() {
     let bytes = fs::read(&archive).unwrap();
     let cut = d.path().join("cut.tar.gz");
     fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(restore_backup(&cut, &d.path().join("i2"), false).is_err());
+    assert!(restore_backup(&cut, &d.path().join("i2"), false, None).is_err());
     // Not an archive at all.
     let junk = d.path().join("junk.tar.gz");
     fs::write(&junk, b"not gzip").unwrap();
-    let err = restore_backup(&junk, &d.path().join("i3"), false).unwrap_err();
+    let err = restore_backup(&junk, &d.path().join("i3"), false, None).unwrap_err();
     assert!(err.to_string().starts_with("bad backup archive"), "{err}");
 }
 
@@ -200,10 +201,52 @@ fn archive_with_unlisted_or_unsafe_entries_is_refused() {
         t.append_data(&mut h, "home/x", &b"x"[..]).unwrap();
         t.into_inner().unwrap().finish().unwrap();
     }
-    let err = restore_backup(&archive, &d.path().join("i"), false).unwrap_err();
+    let err = restore_backup(&archive, &d.path().join("i"), false, None).unwrap_err();
     assert!(
         err.to_string()
             .contains("home/x is not listed in MANIFEST.json"),
         "{err}"
+    );
+}
+
+#[test]
+fn encrypted_archive_needs_the_right_key_and_hides_contents() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    fs::write(home.join("signing.key.json"), b"very secret signing key").unwrap();
+    let key = mamori_artifact::ModelKey::generate();
+    let archive = d.path().join("b.tar.gz.enc");
+    create_backup(Some(&home), &[], &archive, Some(&key)).unwrap();
+    let raw = fs::read(&archive).unwrap();
+    assert_eq!(&raw[..8], b"MAMORIEC");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let err = restore_backup(&archive, &d.path().join("a"), false, None).unwrap_err();
+    assert!(matches!(err, ArtifactError::MissingKey), "{err}");
+    let other = mamori_artifact::ModelKey::generate();
+    let err = restore_backup(&archive, &d.path().join("b"), false, Some(&other)).unwrap_err();
+    assert!(matches!(err, ArtifactError::WrongKey { .. }), "{err}");
+    let mut bad = raw.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    fs::write(&archive, &bad).unwrap();
+    let err = restore_backup(&archive, &d.path().join("c"), false, Some(&key)).unwrap_err();
+    assert!(
+        matches!(err, ArtifactError::TamperedCiphertext { .. }),
+        "{err}"
+    );
+    fs::write(&archive, &raw).unwrap();
+    let into = d.path().join("ok");
+    restore_backup(&archive, &into, false, Some(&key)).unwrap();
+    assert_eq!(
+        fs::read(into.join("home/signing.key.json")).unwrap(),
+        b"very secret signing key"
     );
 }
