@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     fs::write(m.join("model.json"), serde_json::to_vec(&card)?)?;
     let weights: Vec<u8> = (0..mib << 20)
-        .map(|i| (i * 2_654_435_761usize >> 13) as u8)
+        .map(|i| ((i * 2_654_435_761usize) >> 13) as u8)
         .collect();
     fs::write(m.join("model.safetensors"), &weights)?;
     let signing = d.path().join("signing");
@@ -124,7 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let full = best_of(3, || {
         let out = d.path().join("b.tar.gz");
-        mamori_artifact::create_backup(Some(&home), &[m.clone()], &out, None).unwrap()
+        mamori_artifact::create_backup(Some(&home), std::slice::from_ref(&m), &out, None).unwrap()
     });
     stop.store(true, Ordering::Relaxed);
     let live_writes = writer.join().unwrap();
