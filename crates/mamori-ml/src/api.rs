@@ -1,6 +1,6 @@
 //! The public API other crates program against; the bodies live in the engine modules.
 
-use crate::arch::{Arch, Network};
+use crate::arch::{Arch, LayerParams, Network};
 use mamori_core::{GradTarget, Model, ModelCard, ModelError, Tensor};
 use std::path::Path;
 use thiserror::Error;
@@ -124,6 +124,16 @@ pub fn train(
     cfg: &TrainConfig,
 ) -> Result<TrainReport, MlError> {
     crate::train::train(net, x, y, cfg)
+}
+
+/// Mean softmax cross-entropy of `net` on `(x, y)` and its gradient with respect to every
+/// parameter (same layout as `net.params`; empty for parameter-free layers).
+pub fn loss_and_gradients(
+    net: &Network,
+    x: &Tensor,
+    y: &Targets,
+) -> Result<(f64, Vec<LayerParams>), MlError> {
+    crate::train::loss_and_gradients(net, x, y)
 }
 
 /// A native model: network + model card, stored as `model.safetensors` + `model.json`.

@@ -246,3 +246,32 @@ pub(crate) fn train(
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// Mean softmax cross-entropy of `net` on `(x, y)` and its gradient w.r.t. every parameter.
+pub(crate) fn loss_and_gradients(
+    net: &Network,
+    x: &Tensor,
+    y: &Targets,
+) -> Result<(f64, Vec<LayerParams>), MlError> {
+    let n = check(net, x, y, &TrainConfig::default())?;
+    let plan = net.plan().map_err(MlError::Training)?;
+    let mut ws = Workspace::default();
+    engine::forward(&plan, &net.params, x.data(), n, &mut ws);
+    let mut dl = vec![0.0f32; n * plan.classes];
+    let scale = 1.0 / n as f32;
+    let (loss, _) = match y {
+        Targets::Labels(l) => xent_labels(ws.logits(), l, plan.classes, scale, &mut dl),
+        Targets::Soft(t) => xent_soft(ws.logits(), t.data(), plan.classes, scale, &mut dl),
+    };
+    let mut grads = vec![LayerParams::default(); net.params.len()];
+    engine::backward(
+        &plan,
+        &net.params,
+        x.data(),
+        &mut ws,
+        &dl,
+        Some(&mut grads),
+        false,
+    );
+    Ok((loss / n as f64, grads))
+}
