@@ -28,6 +28,7 @@ fn input(shape: &[usize], seed: u32) -> Tensor {
 }
 
 /// Checks every parameter's gradient of the mean loss.
+#[allow(clippy::needless_range_loop)]
 fn check_params(net: &Network, x: &Tensor, y: &Targets) {
     let (_, grads) = loss_and_gradients(net, x, y).unwrap();
     let mut checked = 0;
