@@ -122,13 +122,15 @@ pub fn read_csv(path: &Path, opts: &CsvOptions) -> Result<CsvTable, DataError> {
                 });
                 match label {
                     Some(l) => y.push(l),
-                    None => return Err(DataError::malformed(
-                        path,
-                        format!(
+                    None => {
+                        return Err(DataError::malformed(
+                            path,
+                            format!(
                             "line {lineno}, column {}: label '{s}' is not a non-negative integer",
                             c + 1
                         ),
-                    )),
+                        ))
+                    }
                 }
             } else {
                 match s.parse::<f32>() {

@@ -193,10 +193,11 @@ fn download(
     if !resp.status().is_success() {
         return Err(derr(format!("HTTP {}", resp.status())));
     }
+    let total = resp.content_length();
     on_event(&FetchEvent::Start {
         file: file.to_string(),
         url: url.to_string(),
-        total: resp.content_length(),
+        total,
     });
     let mut out = std::fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
     let mut hasher = Sha256::new();
@@ -218,7 +219,7 @@ fn download(
             bytes: got,
         });
     }
-    if let Some(total) = resp.content_length() {
+    if let Some(total) = total {
         if got != total {
             return Err(derr(format!("received {got} of {total} bytes")));
         }
