@@ -189,7 +189,7 @@ fn download(
         url: url.to_string(),
         message: m,
     };
-    let mut resp = client.get(url).send().map_err(|e| derr(e.to_string()))?;
+    let mut resp = client.get(url).send().map_err(|e| derr(error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(derr(format!("HTTP {}", resp.status())));
     }
@@ -226,6 +226,18 @@ fn download(
     }
     out.sync_all().map_err(|e| DataError::io(tmp, e))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// An error and its sources, joined (reqwest's top-level message omits the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// SHA-256 of a file as the catalog pins it: of its bytes, or of its decompressed content.
