@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// One answered (or refused) request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -457,7 +457,7 @@ impl AuditStore for MemoryStore {
 
 enum Msg {
     Record(Box<AuditRecord>),
-    Flush(oneshot::Sender<()>),
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// Bounded, batched asynchronous writer in front of an [`AuditStore`].
@@ -479,7 +479,7 @@ impl AuditWriter {
             .name("mamori-audit".into())
             .spawn(move || {
                 let mut buf: Vec<AuditRecord> = Vec::with_capacity(batch);
-                let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+                let mut waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     let mut push = |m: Msg, buf: &mut Vec<AuditRecord>| match m {
                         Msg::Record(r) => buf.push(*r),
@@ -516,29 +516,21 @@ impl AuditWriter {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Queues a record; waits while the queue is full (back-pressure). Must not be called from
-    /// an async task (the chain runs on blocking threads).
+    /// Queues a record; waits while the queue is full (back-pressure). Never panics, whatever
+    /// the calling context (plain thread, blocking pool or async task).
     pub fn record(&self, r: AuditRecord) -> Result<(), GatewayError> {
         let tx = self
             .sender()
             .ok_or_else(|| GatewayError::Storage("audit writer is shut down".into()))?;
-        match tx.try_send(Msg::Record(Box::new(r))) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(m)) => tx
-                .blocking_send(m)
-                .map_err(|_| GatewayError::Storage("audit writer is shut down".into())),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(GatewayError::Storage("audit writer is shut down".into()))
-            }
-        }
+        send_waiting(&tx, Msg::Record(Box::new(r)))
     }
 
-    /// Waits until everything queued so far is written (blocking; not from an async task).
+    /// Waits until everything queued so far is written.
     pub fn flush(&self) {
         if let Some(tx) = self.sender() {
-            let (w, r) = oneshot::channel();
-            if tx.blocking_send(Msg::Flush(w)).is_ok() {
-                let _ = r.blocking_recv();
+            let (w, r) = std::sync::mpsc::channel();
+            if send_waiting(&tx, Msg::Flush(w)).is_ok() {
+                let _ = r.recv();
             }
         }
     }
@@ -558,10 +550,41 @@ impl AuditWriter {
     }
 }
 
+fn send_waiting(tx: &mpsc::Sender<Msg>, mut m: Msg) -> Result<(), GatewayError> {
+    loop {
+        match tx.try_send(m) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                m = back;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(GatewayError::Storage("audit writer is shut down".into()))
+            }
+        }
+    }
+}
+
 impl Drop for AuditWriter {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Writes the requests of `client` (all when `None`) at or after `since_ms` as JSON Lines;
+/// returns how many were written.
+pub fn export_jsonl(
+    store: &dyn AuditStore,
+    client: Option<&str>,
+    since_ms: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<usize, GatewayError> {
+    let events = store.requests(client, since_ms)?;
+    for e in &events {
+        let line = serde_json::to_string(e).map_err(|e| GatewayError::Storage(e.to_string()))?;
+        writeln!(out, "{line}").map_err(|e| GatewayError::Storage(format!("export: {e}")))?;
+    }
+    Ok(events.len())
 }
 
 /// Looks up the time of the newest request in a store (helper for exports).
@@ -617,5 +640,11 @@ mod tests {
         assert_eq!(a.len(), 25);
         assert_eq!(a[0], ev(50, "a"));
         assert_eq!(last_request_time(&path).unwrap(), Some(99));
+        let mut out = Vec::new();
+        assert_eq!(export_jsonl(&s, Some("b"), 90, &mut out).unwrap(), 5);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        let first: RequestEvent = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first, ev(91, "b"));
     }
 }

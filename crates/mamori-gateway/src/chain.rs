@@ -858,10 +858,7 @@ impl Stage for Detect {
 
     fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
         let entry = ex.entry()?.clone();
-        let p = ex
-            .principal
-            .clone()
-            .ok_or(GatewayError::MissingCredential)?;
+        let p = ex.principal.clone().ok_or_else(misordered)?;
         if entry.detectors.is_empty() {
             return Ok(());
         }
@@ -869,8 +866,8 @@ impl Stage for Detect {
         if let Some(g) = &p.group {
             subjects.push(format!("group:{g}"));
         }
-        let input = ex.input.as_ref().ok_or(GatewayError::MissingCredential)?;
-        let probs = ex.probs.as_ref().ok_or(GatewayError::MissingCredential)?;
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
+        let probs = ex.probs.as_ref().ok_or_else(misordered)?;
         let card = entry.card();
         let mut verdicts = Vec::new();
         let mut subject_states = Vec::new();
@@ -987,6 +984,12 @@ impl Stage for Detect {
     }
 }
 
+fn misordered() -> GatewayError {
+    GatewayError::Config(
+        "chain misordered: a stage ran before the stage that prepares its input".into(),
+    )
+}
+
 fn verdicts_reason(v: &[NamedVerdict]) -> String {
     v.iter()
         .filter(|v| v.verdict.alarm)
@@ -1077,10 +1080,7 @@ impl Stage for Postprocess {
     }
     fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
         let entry = ex.entry()?.clone();
-        let p = ex
-            .principal
-            .as_ref()
-            .ok_or(GatewayError::MissingCredential)?;
+        let p = ex.principal.as_ref().ok_or_else(misordered)?;
         let tier = sh.tier(&p.tier)?;
         let degraded = ex.action == Action::Degrade;
         let pps: Vec<&Arc<dyn Postprocessor>> = tier
@@ -1088,9 +1088,9 @@ impl Stage for Postprocess {
             .iter()
             .chain(sh.degrade.iter().filter(|_| degraded))
             .collect();
-        let input = ex.input.as_ref().ok_or(GatewayError::MissingCredential)?;
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
         let logits = ex.logits.as_ref();
-        let probs = ex.probs.as_mut().ok_or(GatewayError::MissingCredential)?;
+        let probs = ex.probs.as_mut().ok_or_else(misordered)?;
         let card = entry.card();
         for i in 0..input.batch_size() {
             let ctx = PostContext {
@@ -1123,8 +1123,8 @@ impl Stage for WatermarkStage {
             return Ok(());
         };
         let client = ex.client().to_string();
-        let input = ex.input.as_ref().ok_or(GatewayError::MissingCredential)?;
-        let probs = ex.probs.as_mut().ok_or(GatewayError::MissingCredential)?;
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
+        let probs = ex.probs.as_mut().ok_or_else(misordered)?;
         for i in 0..input.batch_size() {
             let row = probs.row_mut(i);
             if let Some(mark) = wm.apply(input.row(i), row) {
