@@ -88,7 +88,7 @@ async fn daily_quota_gives_429_until_midnight() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(retry >= 1 && retry <= 86_400);
+    assert!((1..=86_400).contains(&retry));
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"]
         .as_str()
