@@ -107,10 +107,8 @@ impl RateLimiter {
     pub fn set_throttle(&self, key: &str, factor: Option<f64>) {
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = map.get_mut(key) {
+            // The bucket is capped at the throttled burst on the next check.
             b.throttle = factor;
-            if let Some(f) = factor {
-                b.tokens = b.tokens.min(f * b.tokens.max(1.0));
-            }
         }
     }
 
