@@ -15,15 +15,21 @@ use mamori_ml::Network;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+mod adaptive_misinformation;
 mod gaussian_noise;
 mod label_only;
 mod laplace_noise;
+mod prediction_poisoning;
+mod reverse_sigmoid;
 mod rounding;
 mod top_k;
 
+pub use adaptive_misinformation::AdaptiveMisinformation;
 pub use gaussian_noise::GaussianNoise;
 pub use label_only::LabelOnly;
 pub use laplace_noise::LaplaceNoise;
+pub use prediction_poisoning::{mad_perturb, PredictionPoisoning};
+pub use reverse_sigmoid::ReverseSigmoid;
 pub use rounding::Rounding;
 pub use top_k::TopK;
 
@@ -60,6 +66,29 @@ pub enum PostprocessorSpec {
         /// Scale `b` (standard deviation `√2·b`).
         scale: f32,
     },
+    /// Reverse sigmoid (Lee et al. 2019): `normalise(y − β(σ(γ·logit y) − ½))`.
+    ReverseSigmoid {
+        /// Strength `β > 0`.
+        beta: f32,
+        /// Slope `γ > 0` (`γ ≥ 1` and `βγ < 1` keep the class order).
+        gamma: f32,
+    },
+    /// Adaptive misinformation (Kariyappa & Qureshi 2020).
+    AdaptiveMisinformation {
+        /// Threshold on the maximum probability below which a query counts as OOD.
+        tau: f32,
+        /// Sharpness of the sigmoid switch.
+        nu: f32,
+    },
+    /// Prediction poisoning / MAD (Orekondy et al. 2020); uses the native network when the
+    /// build context has one, else the uniform-surrogate approximation; needs the key.
+    PredictionPoisoning {
+        /// L1 budget `‖ỹ − y‖₁ ≤ ε`.
+        epsilon: f32,
+        /// Keep the predicted label (MAD-argmax); default `false`.
+        #[serde(default)]
+        keep_top1: bool,
+    },
     /// Several postprocessors applied in order.
     Chain {
         /// The steps, first applied first.
@@ -76,6 +105,9 @@ impl PostprocessorSpec {
             PostprocessorSpec::Rounding { .. } => "rounding",
             PostprocessorSpec::GaussianNoise { .. } => "gaussian_noise",
             PostprocessorSpec::LaplaceNoise { .. } => "laplace_noise",
+            PostprocessorSpec::ReverseSigmoid { .. } => "reverse_sigmoid",
+            PostprocessorSpec::AdaptiveMisinformation { .. } => "adaptive_misinformation",
+            PostprocessorSpec::PredictionPoisoning { .. } => "prediction_poisoning",
             PostprocessorSpec::Chain { .. } => "chain",
         }
     }
@@ -116,6 +148,20 @@ pub fn build(
         }
         PostprocessorSpec::LaplaceNoise { scale } => {
             Box::new(LaplaceNoise::new(ctx.sub_key(spec.kind())?, *scale)?)
+        }
+        PostprocessorSpec::ReverseSigmoid { beta, gamma } => {
+            Box::new(ReverseSigmoid::new(*beta, *gamma)?)
+        }
+        PostprocessorSpec::AdaptiveMisinformation { tau, nu } => {
+            Box::new(AdaptiveMisinformation::new(*tau, *nu)?)
+        }
+        PostprocessorSpec::PredictionPoisoning { epsilon, keep_top1 } => {
+            Box::new(PredictionPoisoning::new(
+                *epsilon,
+                *keep_top1,
+                ctx.network.clone(),
+                &ctx.sub_key(spec.kind())?,
+            )?)
         }
         PostprocessorSpec::Chain { steps } => {
             if steps.is_empty() {
