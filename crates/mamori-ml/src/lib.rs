@@ -15,3 +15,7 @@ mod api;
 pub use api::*;
 mod loader;
 pub use loader::load_model;
+
+// ONNX runtime and exporter (data helper).
+pub mod onnx;
+pub use onnx::OnnxModel;
