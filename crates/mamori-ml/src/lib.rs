@@ -18,4 +18,6 @@ pub use loader::load_model;
 
 // ONNX runtime and exporter (data helper).
 pub mod onnx;
+pub mod onnx_export;
 pub use onnx::OnnxModel;
+pub use onnx_export::{export_onnx, network_to_onnx};
