@@ -13,5 +13,13 @@ pub use arch::{Arch, LayerParams, LayerSpec, Network};
 
 mod api;
 pub use api::*;
+mod engine;
+mod linalg;
+mod loss;
+mod native;
+pub use native::{ArchitectureDetail, CARD_FILE, WEIGHTS_FILE};
+mod network;
+pub use network::zoo_layers;
 mod loader;
+mod train;
 pub use loader::load_model;
