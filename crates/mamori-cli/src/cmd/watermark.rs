@@ -137,8 +137,15 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
         r
     } else {
         let path = Path::new(&a.suspect);
-        let model = mamori_ml::load_model(path)
-            .with_context(|| format!("loading suspect model {}", path.display()))?;
+        let model: Box<dyn mamori_core::Model> = if path.is_dir() {
+            Box::new(
+                mamori_ml::NativeModel::load(path)
+                    .with_context(|| format!("loading suspect model {}", path.display()))?,
+            )
+        } else {
+            mamori_ml::load_model(path)
+                .with_context(|| format!("loading suspect model {}", path.display()))?
+        };
         verify(
             &mut ModelOracle::new(model.as_ref()),
             &records,
