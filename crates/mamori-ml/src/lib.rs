@@ -22,4 +22,5 @@ mod network;
 pub use network::zoo_layers;
 mod loader;
 mod train;
+pub mod zoo;
 pub use loader::load_model;
