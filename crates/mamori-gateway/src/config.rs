@@ -58,6 +58,10 @@ pub struct AuditConfig {
     pub queue: usize,
     /// Largest number of events written in one transaction.
     pub batch: usize,
+    /// After writing a batch, the writer waits this long (ms) so that the next transaction
+    /// carries more events (fewer commits and wake-ups under load). A flush or a shutdown does
+    /// not wait.
+    pub linger_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -65,6 +69,7 @@ impl Default for AuditConfig {
         Self {
             queue: 10_000,
             batch: 512,
+            linger_ms: 2,
         }
     }
 }
