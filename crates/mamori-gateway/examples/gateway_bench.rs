@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A fixed dense MLP 784-256-10 (ReLU).
-pub struct Mlp {
+struct Mlp {
     card: ModelCard,
     w1: Vec<f32>,
     b1: Vec<f32>,
@@ -34,8 +34,7 @@ const HID: usize = 256;
 const OUT: usize = 10;
 
 impl Mlp {
-    /// The fixed benchmark model.
-    pub fn new() -> Self {
+    fn new() -> Self {
         // Deterministic pseudo-random weights (xorshift), scaled like Glorot.
         let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
