@@ -1,1 +1,37 @@
-//! Per-client stateful detectors of model extraction and adversarial search (PRADA, k-NN distance, Blacklight, OOD rate, HODA, volume), calibration and escalation policy.
+//! # mamori-detect
+//!
+//! Per-client stateful detectors of model extraction and adversarial search, their calibration
+//! on benign data, and the risk/escalation policy the gateway applies.
+//!
+//! | detector | module | paper | stage |
+//! |---|---|---|---|
+//! | `rate` | [`rate`] | volume baseline (query budgets of Tramèr 2016, Papernot 2017) | precursor |
+//! | `prada` | [`prada`] | Juuti et al., PRADA, EuroS&P 2019 | precursor |
+//! | `knn` | [`knn`] | Chen, Carlini, Wagner 2019 (k = 50) | precursor |
+//! | `blacklight` | [`blacklight`] | Li et al., Blacklight, USENIX Security 2022 | precursor |
+//! | `ood` | [`ood`] | Atli et al. 2020 (OOD query rate) | precursor |
+//! | `hoda` | [`hoda`] | Sadeghzadeh et al., HODA (hardness histogram) | precursor |
+//!
+//! Every detector is registered in one place, [`registry::default_detectors`]; the gateway
+//! drives them through [`Engine::observe`], which applies the [`Policy`].
+//! [`calibration::calibrate`] fits the thresholds on benign data (`calibration.json`).
+
+pub mod ann;
+pub mod blacklight;
+pub mod calibration;
+pub mod engine;
+pub mod error;
+pub mod hoda;
+pub mod knn;
+pub mod ood;
+pub mod policy;
+pub mod prada;
+pub mod rate;
+pub mod registry;
+pub mod shapiro;
+
+pub use calibration::{calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE};
+pub use engine::Engine;
+pub use error::DetectError;
+pub use policy::{Decision, Override, Policy, PolicyConfig, Reason};
+pub use registry::{catalogue, default_detectors, DetectorsConfig};

@@ -1,12 +1,95 @@
-//! `mamori calibrate` (issue #5).
+//! `mamori calibrate` (issue #5): fit detector thresholds on benign data and store them
+//! beside the model (`calibration.json`).
 
 use crate::global::Global;
+use anyhow::Context;
+use mamori_detect::{calibrate, CalibrationOptions};
+use std::path::PathBuf;
 
 /// Arguments of `mamori calibrate`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Model directory (native) or `.onnx` file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Benign dataset (shortcut such as `mnist`, or a path): its training part gives the OOD
+    /// statistics, its test part the simulated benign clients.
+    #[arg(long)]
+    pub benign: String,
+    /// Target false-positive rate.
+    #[arg(long, default_value_t = 0.001)]
+    pub fpr: f64,
+    /// Simulated benign clients.
+    #[arg(long, default_value_t = 20)]
+    pub clients: usize,
+    /// Queries per simulated client.
+    #[arg(long, default_value_t = 500)]
+    pub queries: usize,
+    /// Shuffling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write `calibration.json` (default: the model directory, or the directory of
+    /// the `.onnx` file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
 
 /// Runs `mamori calibrate`.
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("`mamori calibrate` is not implemented yet (issue #5)")
+pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
+    if !(args.fpr > 0.0 && args.fpr < 1.0) {
+        anyhow::bail!("--fpr must be in (0, 1), got {}", args.fpr);
+    }
+    let model = mamori_ml::load_model(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let split = mamori_data::load(&args.benign, &g.data_dir())
+        .with_context(|| format!("loading benign dataset `{}`", args.benign))?;
+    let opts = CalibrationOptions {
+        fpr: args.fpr,
+        clients: args.clients,
+        queries_per_client: args.queries,
+        seed: args.seed,
+        ..CalibrationOptions::default()
+    };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "calibrating on {} clients × {} queries",
+        args.clients, args.queries
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let cal = calibrate(
+        model.as_ref(),
+        &split.train.x,
+        &split.test.x,
+        &args.benign,
+        &opts,
+    )?;
+    spinner.finish_and_clear();
+    let dir = match args.out {
+        Some(d) => d,
+        None if args.model.is_dir() => args.model.clone(),
+        None => args
+            .model
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = cal.save(&dir)?;
+    let d = &cal.detectors;
+    println!("calibration written to {}", path.display());
+    println!("  prada.delta                = {:.4}", d.prada.delta);
+    println!("  knn.threshold              = {:.4}", d.knn.threshold);
+    println!(
+        "  blacklight.match_threshold = {}",
+        d.blacklight.match_threshold
+    );
+    println!(
+        "  ood: benign rate {:.4}, alarm above {} of {} queries",
+        d.ood.benign_rate, d.ood.max_ood, d.ood.window
+    );
+    println!(
+        "  hoda: class χ² > {:.2}, hardness Pearson > {:.3}",
+        d.hoda.class_threshold, d.hoda.hard_threshold
+    );
+    Ok(())
 }

@@ -1,0 +1,458 @@
+//! Approximate nearest-neighbour index with bounded memory: an HNSW graph (Malkov & Yashunin,
+//! "Efficient and robust approximate nearest neighbor search using Hierarchical Navigable Small
+//! World graphs", TPAMI 2018) with incremental insertion, wrapped in a two-generation store.
+//!
+//! Why our own: the maintained crates we looked at (`hnsw_rs`, `instant-distance`) either build
+//! the graph in one batch (instant-distance) or do not serialise per-client state with serde
+//! (hnsw_rs dumps to files); detectors need incremental insertion *and* a serde snapshot of each
+//! client's index, so a compact implementation (simple nearest-M neighbour selection) lives here.
+//!
+//! **Eviction rule** ([`AnnIndex`]): points go into the *current* generation; when it holds
+//! `capacity` points it becomes the *previous* generation (the old previous one is dropped) and
+//! a fresh current one starts. Searches look in both. A client's index therefore holds between
+//! `capacity` and `2·capacity` of its most recent points — memory is bounded and the oldest
+//! history is forgotten first, in blocks.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// A vector element type with a squared-L2 distance.
+pub trait Elem: Copy + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Squared Euclidean distance between two equal-length slices.
+    fn dist2(a: &[Self], b: &[Self]) -> f32;
+}
+
+impl Elem for f32 {
+    fn dist2(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    }
+}
+
+impl Elem for u8 {
+    fn dist2(a: &[u8], b: &[u8]) -> f32 {
+        let s: u32 = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| {
+                let d = x as i32 - y as i32;
+                (d * d) as u32
+            })
+            .sum();
+        s as f32
+    }
+}
+
+/// HNSW parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HnswParams {
+    /// Links per node on upper layers (layer 0 keeps `2·m`).
+    pub m: usize,
+    /// Candidate list size while inserting.
+    pub ef_construction: usize,
+    /// Candidate list size while searching (at least `k`).
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 12,
+            ef_construction: 48,
+            ef_search: 48,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Cand(f32, u32);
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One HNSW graph over vectors of a fixed dimension.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hnsw<T> {
+    dim: usize,
+    params: HnswParams,
+    data: Vec<T>,
+    /// `links[node][level]` = neighbour ids.
+    links: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    rng: u64,
+    #[serde(skip)]
+    visited: Vec<u32>,
+    #[serde(skip)]
+    stamp: u32,
+}
+
+impl<T: Elem> Hnsw<T> {
+    /// An empty graph for `dim`-dimensional vectors.
+    pub fn new(dim: usize, params: HnswParams, seed: u64) -> Self {
+        Self {
+            dim,
+            params,
+            data: Vec::new(),
+            links: Vec::new(),
+            entry: None,
+            rng: seed,
+            visited: Vec::new(),
+            stamp: 0,
+        }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    fn vec(&self, i: u32) -> &[T] {
+        let i = i as usize;
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn level_of(&self, i: u32) -> usize {
+        self.links[i as usize].len() - 1
+    }
+
+    fn new_stamp(&mut self) {
+        if self.visited.len() < self.links.len() {
+            self.visited.resize(self.links.len(), 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.visited.iter_mut().for_each(|v| *v = 0);
+            self.stamp = 1;
+        }
+    }
+
+    fn greedy(&self, q: &[T], mut ep: u32, level: usize) -> u32 {
+        let mut best = T::dist2(q, self.vec(ep));
+        loop {
+            let mut changed = false;
+            for &nb in &self.links[ep as usize][level] {
+                let d = T::dist2(q, self.vec(nb));
+                if d < best {
+                    best = d;
+                    ep = nb;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return ep;
+            }
+        }
+    }
+
+    /// Best-first search on one layer; returns up to `ef` candidates sorted by distance.
+    fn search_layer(&mut self, q: &[T], eps: &[u32], ef: usize, level: usize) -> Vec<Cand> {
+        self.new_stamp();
+        let stamp = self.stamp;
+        let mut cands: BinaryHeap<std::cmp::Reverse<Cand>> = BinaryHeap::new();
+        let mut found: BinaryHeap<Cand> = BinaryHeap::new();
+        for &e in eps {
+            self.visited[e as usize] = stamp;
+            let c = Cand(T::dist2(q, self.vec(e)), e);
+            cands.push(std::cmp::Reverse(c));
+            found.push(c);
+        }
+        while let Some(std::cmp::Reverse(c)) = cands.pop() {
+            let worst = found.peek().map(|w| w.0).unwrap_or(f32::INFINITY);
+            if c.0 > worst && found.len() >= ef {
+                break;
+            }
+            let nbs = std::mem::take(&mut self.links[c.1 as usize][level]);
+            for &nb in &nbs {
+                if self.visited[nb as usize] == stamp {
+                    continue;
+                }
+                self.visited[nb as usize] = stamp;
+                let d = T::dist2(q, self.vec(nb));
+                let worst = found.peek().map(|w| w.0).unwrap_or(f32::INFINITY);
+                if found.len() < ef || d < worst {
+                    cands.push(std::cmp::Reverse(Cand(d, nb)));
+                    found.push(Cand(d, nb));
+                    if found.len() > ef {
+                        found.pop();
+                    }
+                }
+            }
+            self.links[c.1 as usize][level] = nbs;
+        }
+        let mut v = found.into_vec();
+        v.sort();
+        v
+    }
+
+    /// The paper's neighbour-selection heuristic (Algorithm 4, keeping pruned connections):
+    /// a candidate is kept when it is closer to the base point than to every neighbour kept
+    /// so far, which preserves links between clusters; the list is then topped up with the
+    /// nearest pruned candidates. `sorted` is ascending by distance to the base point.
+    fn select_neighbours(&self, sorted: &[Cand], m: usize) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(m);
+        let mut pruned: Vec<u32> = Vec::new();
+        for c in sorted {
+            if kept.len() >= m {
+                break;
+            }
+            let ok = kept
+                .iter()
+                .all(|&r| T::dist2(self.vec(c.1), self.vec(r)) > c.0);
+            if ok {
+                kept.push(c.1);
+            } else {
+                pruned.push(c.1);
+            }
+        }
+        for p in pruned {
+            if kept.len() >= m {
+                break;
+            }
+            kept.push(p);
+        }
+        kept
+    }
+
+    /// Inserts a vector (must have the graph's dimension).
+    pub fn insert(&mut self, v: &[T]) {
+        debug_assert_eq!(v.len(), self.dim);
+        let id = self.links.len() as u32;
+        let ml = 1.0 / (self.params.m.max(2) as f64).ln();
+        let u = (splitmix(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64;
+        let level = ((-(1.0 - u).ln()) * ml).floor().min(16.0) as usize;
+        self.data.extend_from_slice(v);
+        self.links.push(vec![Vec::new(); level + 1]);
+        let Some(entry) = self.entry else {
+            self.entry = Some(id);
+            return;
+        };
+        let top = self.level_of(entry);
+        let mut ep = entry;
+        for l in (level + 1..=top).rev() {
+            ep = self.greedy(v, ep, l);
+        }
+        let mut eps = vec![ep];
+        for l in (0..=level.min(top)).rev() {
+            let found = self.search_layer(v, &eps, self.params.ef_construction, l);
+            let max_links = if l == 0 {
+                2 * self.params.m
+            } else {
+                self.params.m
+            };
+            let chosen = self.select_neighbours(&found, self.params.m);
+            for &nb in &chosen {
+                self.links[nb as usize][l].push(id);
+                if self.links[nb as usize][l].len() > max_links {
+                    let base = self.vec(nb).to_vec();
+                    let mut scored: Vec<Cand> = self.links[nb as usize][l]
+                        .iter()
+                        .map(|&x| Cand(T::dist2(&base, self.vec(x)), x))
+                        .collect();
+                    scored.sort();
+                    self.links[nb as usize][l] = self.select_neighbours(&scored, max_links);
+                }
+            }
+            self.links[id as usize][l] = chosen;
+            eps = found.iter().map(|c| c.1).collect();
+        }
+        if level > top {
+            self.entry = Some(id);
+        }
+    }
+
+    /// Squared distances of (approximately) the `k` nearest points to `q`, ascending.
+    pub fn search(&mut self, q: &[T], k: usize) -> Vec<f32> {
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let mut ep = entry;
+        for l in (1..=self.level_of(entry)).rev() {
+            ep = self.greedy(q, ep, l);
+        }
+        let ef = self.params.ef_search.max(k);
+        let mut found = self.search_layer(q, &[ep], ef, 0);
+        found.truncate(k);
+        found.into_iter().map(|c| c.0).collect()
+    }
+
+    /// Exact squared distances of the `k` nearest points (linear scan; for tests and checks).
+    pub fn exact_search(&self, q: &[T], k: usize) -> Vec<f32> {
+        let mut d: Vec<f32> = (0..self.len() as u32)
+            .map(|i| T::dist2(q, self.vec(i)))
+            .collect();
+        d.sort_by(f32::total_cmp);
+        d.truncate(k);
+        d
+    }
+}
+
+/// A bounded-memory index: two HNSW generations (see the module docs for the eviction rule).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnnIndex<T> {
+    capacity: usize,
+    current: Hnsw<T>,
+    previous: Option<Hnsw<T>>,
+    generation: u64,
+}
+
+impl<T: Elem> AnnIndex<T> {
+    /// An empty index; each generation holds up to `capacity` points.
+    pub fn new(dim: usize, params: HnswParams, capacity: usize, seed: u64) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            current: Hnsw::new(dim, params, seed),
+            previous: None,
+            generation: 0,
+        }
+    }
+
+    /// Points held now (≤ 2·capacity).
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.as_ref().map_or(0, Hnsw::len)
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts a point, rotating generations when the current one is full.
+    pub fn insert(&mut self, v: &[T]) {
+        if self.current.len() >= self.capacity {
+            self.generation += 1;
+            let fresh = Hnsw::new(
+                self.current.dim,
+                self.current.params,
+                self.current.rng ^ self.generation,
+            );
+            self.previous = Some(std::mem::replace(&mut self.current, fresh));
+        }
+        self.current.insert(v);
+    }
+
+    /// Squared distances of the `k` nearest held points, ascending.
+    pub fn search(&mut self, q: &[T], k: usize) -> Vec<f32> {
+        let mut d = self.current.search(q, k);
+        if let Some(p) = self.previous.as_mut() {
+            d.extend(p.search(q, k));
+            d.sort_by(f32::total_cmp);
+            d.truncate(k);
+        }
+        d
+    }
+
+    /// Exact version of [`AnnIndex::search`] (linear scan).
+    pub fn exact_search(&self, q: &[T], k: usize) -> Vec<f32> {
+        let mut d = self.current.exact_search(q, k);
+        if let Some(p) = self.previous.as_ref() {
+            d.extend(p.exact_search(q, k));
+            d.sort_by(f32::total_cmp);
+            d.truncate(k);
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..10)
+            .map(|_| (0..dim).map(|_| rng.gen::<f32>() * 4.0).collect())
+            .collect();
+        (0..n)
+            .map(|i| {
+                centres[i % 10]
+                    .iter()
+                    .map(|c| c + rng.gen::<f32>() - 0.5)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recall_against_exact_search() {
+        let pts = clustered(4000, 32, 1);
+        let params = HnswParams {
+            m: 16,
+            ef_construction: 100,
+            ef_search: 100,
+        };
+        let mut idx = AnnIndex::new(32, params, 10_000, 7);
+        for p in &pts {
+            idx.insert(p);
+        }
+        let queries = clustered(100, 32, 2);
+        let k = 50;
+        let mut hit = 0usize;
+        for q in &queries {
+            let exact = idx.exact_search(q, k);
+            let approx = idx.search(q, k);
+            let kth = exact[k - 1];
+            hit += approx.iter().filter(|&&d| d <= kth).count().min(k);
+        }
+        let recall = hit as f64 / (queries.len() * k) as f64;
+        assert!(recall > 0.9, "recall@50 = {recall}");
+        // 1-NN recall for the u8 variant used by PRADA.
+        let mut idx8 = AnnIndex::<u8>::new(64, HnswParams::default(), 10_000, 3);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let p8: Vec<Vec<u8>> = (0..3000)
+            .map(|_| (0..64).map(|_| rng.gen_range(0..=255u8)).collect())
+            .collect();
+        for p in &p8 {
+            idx8.insert(p);
+        }
+        let mut exact_hits = 0;
+        for _ in 0..100 {
+            let q: Vec<u8> = (0..64).map(|_| rng.gen_range(0..=255u8)).collect();
+            if idx8.search(&q, 1)[0] <= idx8.exact_search(&q, 1)[0] {
+                exact_hits += 1;
+            }
+        }
+        assert!(exact_hits >= 90, "1-NN recall {exact_hits}/100");
+    }
+
+    #[test]
+    fn generations_bound_memory_and_serialise() {
+        let mut idx = AnnIndex::new(4, HnswParams::default(), 100, 1);
+        for i in 0..1000 {
+            idx.insert(&[i as f32, 0.0, 0.0, 0.0]);
+            assert!(idx.len() <= 200);
+        }
+        assert_eq!(idx.len(), 200);
+        // The newest points are held, the oldest forgotten.
+        assert_eq!(idx.search(&[999.0, 0.0, 0.0, 0.0], 1), vec![0.0]);
+        assert!(idx.search(&[0.0, 0.0, 0.0, 0.0], 1)[0] > 1000.0);
+        let json = serde_json::to_vec(&idx).unwrap();
+        let mut back: AnnIndex<f32> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            back.search(&[850.2, 0.0, 0.0, 0.0], 3),
+            idx.search(&[850.2, 0.0, 0.0, 0.0], 3)
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! Calibration: fit every detector's thresholds on benign traffic and store them beside the
+//! model (`calibration.json`).
+//!
+//! Benign traffic is simulated as `clients` clients, each sending `queries_per_client` samples
+//! of the benign set (the model's test data) in random order. Then:
+//! - `knn.threshold` = the `fpr` quantile of benign per-query mean k-NN distances (Chen et al.'s
+//!   rule);
+//! - `blacklight.match_threshold` = one more than the `1 − fpr` quantile of benign per-query
+//!   matches (at least the paper's 25, at most `top_n`);
+//! - `prada.delta` = min(configured δ, 0.995 × the smallest benign W) — PRADA's own choice of δ
+//!   for zero benign false positives;
+//! - `ood`: per-predicted-class centroids and `1 − alpha` distance radii and the `alpha`
+//!   max-softmax quantile on (a sample of) the training data; the window bound from the benign
+//!   OOD rate by a binomial tail at `fpr / queries_per_client`, at least the benign maximum;
+//! - `hoda`: benign class and hardness frequencies; thresholds = `margin` × the largest benign
+//!   window distance.
+//!
+//! Rate limits are configuration, not fitted.
+
+use crate::blacklight::BlacklightDetector;
+use crate::error::DetectError;
+use crate::hoda::{hardness_bin, HodaDetector, HARDNESS_EDGES};
+use crate::knn::KnnDetector;
+use crate::ood::{binomial_bound, OodDetector};
+use crate::registry::DetectorsConfig;
+use mamori_core::{Detector, Model, Observation, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// File name of a calibration stored beside a model.
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
+/// Calibration options.
+#[derive(Clone, Debug)]
+pub struct CalibrationOptions {
+    /// Target false-positive rate.
+    pub fpr: f64,
+    /// Simulated benign clients.
+    pub clients: usize,
+    /// Queries per simulated client.
+    pub queries_per_client: usize,
+    /// Per-query OOD tail on the training data.
+    pub alpha: f64,
+    /// Margin on the largest benign HODA distances.
+    pub margin: f64,
+    /// Training samples used for OOD statistics (at most).
+    pub max_train: usize,
+    /// Shuffling seed.
+    pub seed: u64,
+    /// Starting configuration (non-fitted fields are kept).
+    pub base: DetectorsConfig,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        Self {
+            fpr: 0.001,
+            clients: 20,
+            queries_per_client: 500,
+            alpha: 0.01,
+            margin: 1.25,
+            max_train: 10_000,
+            seed: 0,
+            base: DetectorsConfig::default(),
+        }
+    }
+}
+
+/// Benign statistics observed during calibration (for the record).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    /// Smallest benign PRADA W.
+    pub prada_min_w: Option<f64>,
+    /// Smallest benign mean k-NN distance.
+    pub knn_min_score: Option<f64>,
+    /// Largest benign Blacklight match count.
+    pub blacklight_max_match: usize,
+    /// Fraction of benign queries scored OOD.
+    pub ood_benign_rate: f64,
+    /// Largest benign OOD count in one window.
+    pub ood_max_window: usize,
+    /// Largest benign class chi-square.
+    pub hoda_max_class: f64,
+    /// Largest benign hardness Pearson distance.
+    pub hoda_max_hard: f64,
+}
+
+/// A stored calibration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Format version (1).
+    pub version: u32,
+    /// Model name (from its card).
+    pub model: String,
+    /// Benign data description.
+    pub benign: String,
+    /// Target false-positive rate.
+    pub fpr: f64,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Queries per client.
+    pub queries_per_client: usize,
+    /// The fitted detector configuration.
+    pub detectors: DetectorsConfig,
+    /// Benign statistics.
+    pub report: CalibrationReport,
+}
+
+impl Calibration {
+    /// Writes `dir/calibration.json`.
+    pub fn save(&self, dir: &Path) -> Result<std::path::PathBuf, DetectError> {
+        let path = dir.join(CALIBRATION_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| DetectError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(|e| DetectError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(path)
+    }
+
+    /// Reads a calibration file (or `dir/calibration.json` when given a directory).
+    pub fn load(path: &Path) -> Result<Calibration, DetectError> {
+        let path = if path.is_dir() {
+            path.join(CALIBRATION_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| DetectError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let c: Calibration = serde_json::from_str(&text).map_err(|e| DetectError::Config {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if c.version != 1 {
+            return Err(DetectError::Config {
+                path: path.display().to_string(),
+                message: format!("unsupported calibration version {}", c.version),
+            });
+        }
+        let o = &c.detectors.ood;
+        if o.centroids.len() != o.radius.len() {
+            return Err(DetectError::Config {
+                path: path.display().to_string(),
+                message: format!(
+                    "detectors.ood: {} centroids but {} radii",
+                    o.centroids.len(),
+                    o.radius.len()
+                ),
+            });
+        }
+        Ok(c)
+    }
+}
+
+fn quantile(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    Some(v[i])
+}
+
+fn predict_all(model: &dyn Model, x: &Tensor) -> Result<Tensor, DetectError> {
+    let n = x.batch_size();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let j = (i + 512).min(n);
+        parts.push(model.predict(&x.slice_rows(i, j))?);
+        i = j;
+    }
+    Tensor::concat(&parts).map_err(|e| DetectError::Calibration(e.to_string()))
+}
+
+/// Fits the detectors on benign data: `train_x` (the model's training inputs, for OOD
+/// statistics) and `benign_x` (held-out inputs, streamed by simulated clients).
+pub fn calibrate(
+    model: &dyn Model,
+    train_x: &Tensor,
+    benign_x: &Tensor,
+    benign_name: &str,
+    opts: &CalibrationOptions,
+) -> Result<Calibration, DetectError> {
+    let card = model.card();
+    for (what, t) in [("training", train_x), ("benign", benign_x)] {
+        if t.sample_shape() != card.input_shape.as_slice() {
+            return Err(DetectError::Calibration(format!(
+                "{what} samples have shape {:?}, the model expects {:?}",
+                t.sample_shape(),
+                card.input_shape
+            )));
+        }
+    }
+    let need = opts.clients * opts.queries_per_client;
+    if benign_x.batch_size() < 200 || need == 0 {
+        return Err(DetectError::Calibration(format!(
+            "need at least 200 benign samples and clients × queries > 0 (got {} samples)",
+            benign_x.batch_size()
+        )));
+    }
+    if !(opts.fpr > 0.0 && opts.fpr < 1.0) {
+        return Err(DetectError::Calibration(format!(
+            "fpr must be in (0, 1), got {}",
+            opts.fpr
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut cfg = opts.base.clone();
+    let mut report = CalibrationReport::default();
+
+    // OOD statistics on (a sample of) the training data.
+    let mut tidx: Vec<usize> = (0..train_x.batch_size()).collect();
+    tidx.shuffle(&mut rng);
+    tidx.truncate(opts.max_train);
+    let tx = train_x.select(&tidx);
+    let tp = predict_all(model, &tx)?;
+    let classes = tp.sample_len();
+    let dim = tx.sample_len();
+    let labels = tp.argmax_rows();
+    let mut sums = vec![vec![0f64; dim]; classes];
+    let mut counts = vec![0usize; classes];
+    for (i, &l) in labels.iter().enumerate() {
+        counts[l] += 1;
+        for (s, &v) in sums[l].iter_mut().zip(tx.row(i)) {
+            *s += v as f64;
+        }
+    }
+    let centroids: Vec<Vec<f32>> = sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, &c)| s.iter().map(|v| (v / c.max(1) as f64) as f32).collect())
+        .collect();
+    let mut dists = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        let d: f64 = centroids[l]
+            .iter()
+            .zip(tx.row(i))
+            .map(|(a, b)| ((a - b) * (a - b)) as f64)
+            .sum::<f64>()
+            .sqrt();
+        dists[l].push(d);
+    }
+    let radius: Vec<f64> = dists
+        .iter_mut()
+        .map(|d| quantile(d, 1.0 - opts.alpha).unwrap_or(f64::MAX / 4.0))
+        .collect();
+    let mut msp: Vec<f64> = tp
+        .rows()
+        .map(|r| r.iter().copied().fold(0.0f32, f32::max) as f64)
+        .collect();
+    cfg.ood.centroids = centroids;
+    cfg.ood.radius = radius;
+    cfg.ood.msp_threshold = quantile(&mut msp, opts.alpha).unwrap_or(0.0);
+    if cfg.ood.window == 0 {
+        cfg.ood.window = 100;
+    }
+    if cfg.hoda.window == 0 {
+        cfg.hoda.window = 100;
+    }
+
+    // Benign client streams.
+    let bp = predict_all(model, benign_x)?;
+    let blabels = bp.argmax_rows();
+    let streams: Vec<Vec<usize>> = (0..opts.clients)
+        .map(|_| {
+            let mut p: Vec<usize> = (0..benign_x.batch_size()).collect();
+            p.shuffle(&mut rng);
+            p.truncate(opts.queries_per_client);
+            p
+        })
+        .collect();
+
+    // k-NN threshold and Blacklight threshold from per-query benign scores.
+    let knn = KnnDetector::new(cfg.knn.clone());
+    let bl = BlacklightDetector::new(cfg.blacklight.clone());
+    let mut knn_scores = Vec::new();
+    let mut bl_matches = Vec::new();
+    for s in &streams {
+        let xs: Vec<&[f32]> = s.iter().map(|&i| benign_x.row(i)).collect();
+        knn_scores.extend(knn.score_stream(&xs).into_iter().flatten());
+        bl_matches.extend(bl.match_stream(&xs).into_iter().map(|m| m as f64));
+    }
+    report.knn_min_score = knn_scores.iter().copied().reduce(f64::min);
+    if let Some(t) = quantile(&mut knn_scores, opts.fpr) {
+        cfg.knn.threshold = t;
+    }
+    report.blacklight_max_match = bl_matches.iter().copied().fold(0.0, f64::max) as usize;
+    if let Some(q) = quantile(&mut bl_matches, 1.0 - opts.fpr) {
+        cfg.blacklight.match_threshold = ((q as usize) + 1)
+            .max(opts.base.blacklight.match_threshold)
+            .min(cfg.blacklight.top_n);
+    }
+
+    // OOD benign rate and window bound; HODA references.
+    let mut ood_flags = 0usize;
+    let mut class_freq = vec![0f64; classes];
+    let mut hard_freq = vec![0f64; HARDNESS_EDGES.len() + 1];
+    for s in &streams {
+        let mut window = std::collections::VecDeque::new();
+        let mut in_window = 0usize;
+        for &i in s {
+            let f = OodDetector::is_ood(&cfg.ood, benign_x.row(i), bp.row(i), blabels[i]);
+            ood_flags += f as usize;
+            window.push_back(f);
+            in_window += f as usize;
+            if window.len() > cfg.ood.window && window.pop_front() == Some(true) {
+                in_window -= 1;
+            }
+            report.ood_max_window = report.ood_max_window.max(in_window);
+            class_freq[blabels[i]] += 1.0;
+            hard_freq[hardness_bin(bp.row(i))] += 1.0;
+        }
+    }
+    report.ood_benign_rate = ood_flags as f64 / need as f64;
+    cfg.ood.benign_rate = report.ood_benign_rate;
+    let tail = opts.fpr / opts.queries_per_client as f64;
+    cfg.ood.max_ood = binomial_bound(cfg.ood.window, report.ood_benign_rate.max(opts.alpha), tail)
+        .max(report.ood_max_window);
+    cfg.hoda.class_ref = class_freq.iter().map(|c| c / need as f64).collect();
+    cfg.hoda.hard_ref = hard_freq.iter().map(|c| c / need as f64).collect();
+    let hoda = HodaDetector::new(cfg.hoda.clone());
+    for s in &streams {
+        let st: Vec<(usize, Vec<f32>)> = s
+            .iter()
+            .map(|&i| (blabels[i], bp.row(i).to_vec()))
+            .collect();
+        for (dc, dh) in hoda.window_distances(&st) {
+            report.hoda_max_class = report.hoda_max_class.max(dc);
+            report.hoda_max_hard = report.hoda_max_hard.max(dh);
+        }
+    }
+    cfg.hoda.class_threshold = opts.margin * report.hoda_max_class.max(1e-6);
+    cfg.hoda.hard_threshold = opts.margin * report.hoda_max_hard.max(1e-6);
+
+    // PRADA: smallest benign W.
+    let prada = crate::prada::PradaDetector::new(cfg.prada.clone());
+    let mut min_w: Option<f64> = None;
+    for s in &streams {
+        let mut st = prada.new_state();
+        for (t, &i) in s.iter().enumerate() {
+            let v = st.observe(&Observation {
+                client: "calibration",
+                input: benign_x.row(i),
+                input_shape: &card.input_shape,
+                probs: bp.row(i),
+                label: blabels[i],
+                time_ms: t as u64,
+            });
+            if v.score > 0.0 {
+                // score = (1 − W)/(1 − δ)  ⇒  W = 1 − score·(1 − δ)
+                let w = 1.0 - v.score * (1.0 - cfg.prada.delta);
+                min_w = Some(min_w.map_or(w, |m: f64| m.min(w)));
+            }
+        }
+    }
+    report.prada_min_w = min_w;
+    if let Some(w) = min_w {
+        cfg.prada.delta = cfg.prada.delta.min(0.995 * w);
+    }
+
+    Ok(Calibration {
+        version: 1,
+        model: card.name.clone(),
+        benign: benign_name.to_string(),
+        fpr: opts.fpr,
+        clients: opts.clients,
+        queries_per_client: opts.queries_per_client,
+        detectors: cfg,
+        report,
+    })
+}

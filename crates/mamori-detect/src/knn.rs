@@ -1,0 +1,315 @@
+//! Mean distance to the k nearest past queries (Chen, Carlini, Wagner, "Stateful Detection of
+//! Black-Box Adversarial Examples", 2019; k = 50).
+//!
+//! Each query is mapped to a low-dimensional code — here a fixed Rademacher random projection
+//! (Johnson–Lindenstrauss; it stands in for the paper's learned similarity encoder and keeps
+//! L2 distances within a small factor) — and its score is the mean L2 distance to the `k`
+//! nearest codes among the client's past queries. A query is *flagged* when that mean is below
+//! `threshold`, calibrated on benign streams as the `fpr` quantile of benign scores (the paper's
+//! rule: 0.1th percentile). The client alarms when at least `min_flagged` of its last `window`
+//! queries were flagged (one flagged query at FPR 0.1% would otherwise flag most long benign
+//! sessions).
+//!
+//! Cost: the k-NN search runs on an HNSW index ([`crate::ann`]) with generational eviction
+//! (each client holds at most `2·capacity` codes).
+
+use crate::ann::{AnnIndex, HnswParams};
+use crate::error::{decode_state, encode_state};
+use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// k-NN distance detector configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnnConfig {
+    /// Neighbours averaged (paper: 50).
+    pub k: usize,
+    /// Projected dimension.
+    pub proj_dim: usize,
+    /// Projection seed.
+    pub seed: u64,
+    /// A query is flagged when its mean k-NN distance is below this (input L2 units).
+    pub threshold: f64,
+    /// Sliding window of queries for the client alarm.
+    pub window: usize,
+    /// Flagged queries in the window that raise the alarm.
+    pub min_flagged: usize,
+    /// Codes per generation.
+    pub capacity: usize,
+    /// Index parameters.
+    pub hnsw: HnswParams,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        Self {
+            k: 50,
+            proj_dim: 24,
+            seed: 0x6b6e6e,
+            threshold: 1.0,
+            window: 20,
+            min_flagged: 10,
+            capacity: 20_000,
+            hnsw: HnswParams {
+                m: 10,
+                ef_construction: 40,
+                ef_search: 50,
+            },
+        }
+    }
+}
+
+/// Random projections, one per input dimension seen, shared by all clients.
+#[derive(Debug, Default)]
+pub(crate) struct Projections {
+    seed: u64,
+    out: usize,
+    cache: Mutex<HashMap<usize, Arc<Vec<f32>>>>,
+}
+
+impl Projections {
+    pub(crate) fn new(seed: u64, out: usize) -> Self {
+        Self {
+            seed,
+            out,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The `out × dim` ±1/√out matrix for `dim`-dimensional inputs.
+    pub(crate) fn matrix(&self, dim: usize) -> Arc<Vec<f32>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(dim)
+            .or_insert_with(|| {
+                let s = 1.0 / (self.out as f32).sqrt();
+                let mut st = self.seed ^ (dim as u64).wrapping_mul(0x9E37_79B9);
+                let mut bits = 0u64;
+                let mut m = Vec::with_capacity(self.out * dim);
+                for i in 0..self.out * dim {
+                    if i % 64 == 0 {
+                        st = st.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                        let mut z = st;
+                        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                        bits = z ^ (z >> 31);
+                    }
+                    m.push(if (bits >> (i % 64)) & 1 == 1 { s } else { -s });
+                }
+                Arc::new(m)
+            })
+            .clone()
+    }
+
+    pub(crate) fn project(m: &[f32], x: &[f32], out: &mut Vec<f32>) {
+        let dim = x.len();
+        out.clear();
+        out.extend(
+            m.chunks(dim)
+                .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()),
+        );
+    }
+}
+
+/// The k-NN distance detector.
+#[derive(Clone, Debug)]
+pub struct KnnDetector {
+    cfg: KnnConfig,
+    proj: Arc<Projections>,
+}
+
+impl KnnDetector {
+    /// Name in the catalogue.
+    pub const NAME: &'static str = "knn";
+
+    /// A detector with `cfg`.
+    pub fn new(cfg: KnnConfig) -> Self {
+        let proj = Arc::new(Projections::new(cfg.seed, cfg.proj_dim.max(1)));
+        Self { cfg, proj }
+    }
+
+    /// The per-query score (mean distance to the k nearest of `history`), as used by
+    /// calibration: returns `None` until `k` past queries exist.
+    pub fn score_stream(&self, xs: &[&[f32]]) -> Vec<Option<f64>> {
+        let mut st = self.fresh();
+        xs.iter().map(|x| st.score_and_insert(x)).collect()
+    }
+
+    fn fresh(&self) -> KnnState {
+        KnnState {
+            cfg: self.cfg.clone(),
+            proj: Some(self.proj.clone()),
+            index: None,
+            recent: VecDeque::new(),
+            flagged: 0,
+            queries: 0,
+            code: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KnnState {
+    #[serde(skip)]
+    cfg: KnnConfig,
+    #[serde(skip)]
+    proj: Option<Arc<Projections>>,
+    index: Option<AnnIndex<f32>>,
+    recent: VecDeque<bool>,
+    flagged: usize,
+    queries: u64,
+    #[serde(skip)]
+    code: Vec<f32>,
+}
+
+impl KnnState {
+    fn score_and_insert(&mut self, x: &[f32]) -> Option<f64> {
+        let m = self
+            .proj
+            .as_ref()
+            .map(|p| p.matrix(x.len()))
+            .unwrap_or_default();
+        let mut code = std::mem::take(&mut self.code);
+        Projections::project(&m, x, &mut code);
+        let cfg = &self.cfg;
+        let index = self
+            .index
+            .get_or_insert_with(|| AnnIndex::new(code.len(), cfg.hnsw, cfg.capacity, cfg.seed));
+        let score = if index.len() >= cfg.k {
+            let d = index.search(&code, cfg.k);
+            Some(d.iter().map(|&d2| (d2 as f64).sqrt()).sum::<f64>() / d.len().max(1) as f64)
+        } else {
+            None
+        };
+        index.insert(&code);
+        self.code = code;
+        score
+    }
+}
+
+impl Detector for KnnDetector {
+    fn info(&self) -> DetectorInfo {
+        DetectorInfo {
+            name: Self::NAME.into(),
+            paper:
+                "Chen, Carlini, Wagner, Stateful Detection of Black-Box Adversarial Examples, 2019"
+                    .into(),
+            targets: "near-duplicate query streams (decision-based adversarial search)".into(),
+            stage: Stage::Precursor,
+            needs: vec![DataNeed::Input],
+        }
+    }
+
+    fn new_state(&self) -> Box<dyn DetectorState> {
+        Box::new(self.fresh())
+    }
+
+    fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
+        let mut s: KnnState = decode_state(Self::NAME, snapshot)?;
+        s.cfg = self.cfg.clone();
+        s.proj = Some(self.proj.clone());
+        Ok(Box::new(s))
+    }
+}
+
+impl DetectorState for KnnState {
+    fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
+        self.queries += 1;
+        let score = self.score_and_insert(obs.input);
+        let flag = score.is_some_and(|s| s < self.cfg.threshold);
+        self.recent.push_back(flag);
+        self.flagged += flag as usize;
+        while self.recent.len() > self.cfg.window.max(1) {
+            if self.recent.pop_front() == Some(true) {
+                self.flagged -= 1;
+            }
+        }
+        let need = self.cfg.min_flagged.max(1);
+        Verdict {
+            score: self.flagged as f64 / need as f64,
+            alarm: self.flagged >= need,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+
+    fn queries(&self) -> u64 {
+        self.queries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn observe_all(s: &mut dyn DetectorState, xs: &[Vec<f32>]) -> Option<usize> {
+        let mut first = None;
+        for (i, x) in xs.iter().enumerate() {
+            let v = s.observe(&Observation {
+                client: "c",
+                input: x,
+                input_shape: &[x.len()],
+                probs: &[],
+                label: 0,
+                time_ms: 0,
+            });
+            if v.alarm && first.is_none() {
+                first = Some(i + 1);
+            }
+        }
+        first
+    }
+
+    #[test]
+    fn near_duplicates_alarm_spread_queries_do_not() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let spread: Vec<Vec<f32>> = (0..400)
+            .map(|_| (0..100).map(|_| rng.gen::<f32>()).collect())
+            .collect();
+        let d = KnnDetector::new(KnnConfig {
+            threshold: 1.0,
+            ..KnnConfig::default()
+        });
+        let mut s = d.new_state();
+        assert_eq!(observe_all(s.as_mut(), &spread), None);
+        // Adversarial search: tiny perturbations of one image, after the benign history.
+        let base = spread[0].clone();
+        let search: Vec<Vec<f32>> = (0..200)
+            .map(|_| {
+                base.iter()
+                    .map(|v| v + rng.gen_range(-0.01..0.01))
+                    .collect()
+            })
+            .collect();
+        let first = observe_all(s.as_mut(), &search).expect("not flagged");
+        assert!(first <= 80, "flagged after {first}");
+        let r = d.restore_state(&s.snapshot()).unwrap();
+        assert_eq!(r.queries(), 600);
+        assert!(d.restore_state(b"{\"queries\":\"x\"}").is_err());
+    }
+
+    #[test]
+    fn projection_roughly_preserves_distances() {
+        let p = Projections::new(3, 24);
+        let m = p.matrix(784);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut ratios = Vec::new();
+        for _ in 0..200 {
+            let a: Vec<f32> = (0..784).map(|_| rng.gen()).collect();
+            let b: Vec<f32> = (0..784).map(|_| rng.gen()).collect();
+            let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+            let mut c = Vec::new();
+            Projections::project(&m, &diff, &mut c);
+            let n1: f32 = diff.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let n2: f32 = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+            ratios.push(n2 / n1);
+        }
+        let mean = ratios.iter().sum::<f32>() / ratios.len() as f32;
+        assert!((mean - 1.0).abs() < 0.1, "mean ratio {mean}");
+    }
+}

@@ -1,0 +1,315 @@
+//! Risk and escalation policy: detectors' verdicts → per-client risk → [`Action`].
+//!
+//! Risk model: every query on which detector `d` alarms adds `weight[d]` (default 1) to the
+//! client's risk; risk decays exponentially with half-life `half_life_ms`. The action is the
+//! highest level whose threshold the risk reaches (`degrade` < `throttle` < `block`), and at
+//! least [`Action::Alert`] while any detector with weight ≥ `alert_min_weight` alarms now. So a
+//! persistent alarm escalates Alert → Degrade → Throttle → Block as alarming queries accumulate,
+//! and a client that stops decays back down. Admin overrides (`allow` / `block` lists, or
+//! [`Policy::set_override`]) win over everything. Every [`Decision`] carries its reasons.
+
+use mamori_core::{Action, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Policy configuration (TOML/JSON-friendly).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Risk added per alarming query, per detector name (missing = `default_weight`).
+    /// Group verdicts are named `group:<detector>`.
+    pub weights: BTreeMap<String, f64>,
+    /// Weight of detectors not listed.
+    pub default_weight: f64,
+    /// An alarming detector with at least this weight raises an Alert.
+    pub alert_min_weight: f64,
+    /// Risk at which answers are degraded.
+    pub degrade_at: f64,
+    /// Risk at which the client is throttled.
+    pub throttle_at: f64,
+    /// Risk at which the client is blocked.
+    pub block_at: f64,
+    /// Risk half-life in milliseconds.
+    pub half_life_ms: u64,
+    /// Clients always allowed (admin override).
+    pub allow: Vec<String>,
+    /// Clients always blocked (admin override).
+    pub block: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            weights: BTreeMap::from([("rate".to_string(), 2.0)]),
+            default_weight: 1.0,
+            alert_min_weight: 0.5,
+            degrade_at: 5.0,
+            throttle_at: 20.0,
+            block_at: 50.0,
+            half_life_ms: 3_600_000,
+            allow: Vec::new(),
+            block: Vec::new(),
+        }
+    }
+}
+
+/// An admin override for one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Override {
+    /// Always allow.
+    Allow,
+    /// Always block.
+    Block,
+}
+
+/// Why a decision was taken.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Detector name (`group:<name>` for group-level verdicts, `override` for admin overrides).
+    pub detector: String,
+    /// Its score.
+    pub score: f64,
+    /// Whether it alarms.
+    pub alarm: bool,
+}
+
+/// The policy's answer for one query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// The client's risk after this query.
+    pub risk: f64,
+    /// Alarming detectors (and overrides) behind the action.
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ClientRisk {
+    risk: f64,
+    last_ms: u64,
+}
+
+/// The escalation policy with per-client risk.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Policy {
+    cfg: PolicyConfig,
+    risk: BTreeMap<String, ClientRisk>,
+    overrides: BTreeMap<String, Override>,
+}
+
+impl Policy {
+    /// A policy with `cfg` (its allow/block lists become overrides).
+    pub fn new(cfg: PolicyConfig) -> Self {
+        let mut overrides = BTreeMap::new();
+        for c in &cfg.allow {
+            overrides.insert(c.clone(), Override::Allow);
+        }
+        for c in &cfg.block {
+            overrides.insert(c.clone(), Override::Block);
+        }
+        Self {
+            cfg,
+            risk: BTreeMap::new(),
+            overrides,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
+    }
+
+    /// Sets (`Some`) or clears (`None`) an admin override for `client`.
+    pub fn set_override(&mut self, client: &str, o: Option<Override>) {
+        match o {
+            Some(o) => {
+                self.overrides.insert(client.to_string(), o);
+            }
+            None => {
+                self.overrides.remove(client);
+            }
+        }
+    }
+
+    /// Clears a client's accumulated risk (admin action).
+    pub fn reset(&mut self, client: &str) {
+        self.risk.remove(client);
+    }
+
+    /// The client's current risk (decayed to `now_ms`).
+    pub fn risk(&self, client: &str, now_ms: u64) -> f64 {
+        self.risk
+            .get(client)
+            .map_or(0.0, |r| r.risk * self.decay(r.last_ms, now_ms))
+    }
+
+    fn decay(&self, from: u64, to: u64) -> f64 {
+        if self.cfg.half_life_ms == 0 {
+            return 1.0;
+        }
+        let dt = to.saturating_sub(from) as f64;
+        0.5f64.powf(dt / self.cfg.half_life_ms as f64)
+    }
+
+    fn weight(&self, name: &str) -> f64 {
+        self.cfg
+            .weights
+            .get(name)
+            .copied()
+            .unwrap_or(self.cfg.default_weight)
+    }
+
+    /// Decides the action for `client` after a query with these verdicts. `group`, when
+    /// given, only labels the reasons; group-level verdicts are passed in `verdicts` named
+    /// `group:<detector>`.
+    pub fn decide(
+        &mut self,
+        client: &str,
+        group: Option<&str>,
+        verdicts: &[(String, Verdict)],
+        now_ms: u64,
+    ) -> Decision {
+        let mut reasons: Vec<Reason> = verdicts
+            .iter()
+            .filter(|(_, v)| v.alarm)
+            .map(|(n, v)| Reason {
+                detector: match group {
+                    Some(g) if n.starts_with("group:") => format!("{n}@{g}"),
+                    _ => n.clone(),
+                },
+                score: v.score,
+                alarm: true,
+            })
+            .collect();
+        let added: f64 = verdicts
+            .iter()
+            .filter(|(_, v)| v.alarm)
+            .map(|(n, _)| self.weight(n))
+            .sum();
+        let alert = verdicts
+            .iter()
+            .any(|(n, v)| v.alarm && self.weight(n) >= self.cfg.alert_min_weight);
+        let decayed = self.risk(client, now_ms);
+        let risk = decayed + added;
+        if risk > 0.0 {
+            self.risk.insert(
+                client.to_string(),
+                ClientRisk {
+                    risk,
+                    last_ms: now_ms,
+                },
+            );
+        }
+        let mut action = if risk >= self.cfg.block_at {
+            Action::Block
+        } else if risk >= self.cfg.throttle_at {
+            Action::Throttle
+        } else if risk >= self.cfg.degrade_at {
+            Action::Degrade
+        } else {
+            Action::Allow
+        };
+        if alert && action < Action::Alert {
+            action = Action::Alert;
+        }
+        if let Some(o) = self.overrides.get(client) {
+            action = match o {
+                Override::Allow => Action::Allow,
+                Override::Block => Action::Block,
+            };
+            reasons.push(Reason {
+                detector: "override".into(),
+                score: 0.0,
+                alarm: *o == Override::Block,
+            });
+        }
+        Decision {
+            action,
+            risk,
+            reasons,
+        }
+    }
+}
+
+impl Policy {
+    /// This policy's risk and overrides under a new configuration (its allow/block lists are
+    /// added to the overrides).
+    pub fn with_config(mut self, cfg: PolicyConfig) -> Self {
+        for c in &cfg.allow {
+            self.overrides.insert(c.clone(), Override::Allow);
+        }
+        for c in &cfg.block {
+            self.overrides.insert(c.clone(), Override::Block);
+        }
+        self.cfg = cfg;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(alarm: bool) -> Verdict {
+        Verdict {
+            score: if alarm { 2.0 } else { 0.1 },
+            alarm,
+        }
+    }
+
+    #[test]
+    fn escalates_decays_and_obeys_overrides() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let quiet = [("prada".to_string(), v(false))];
+        let loud = [("prada".to_string(), v(true))];
+        assert_eq!(p.decide("a", None, &quiet, 0).action, Action::Allow);
+        let mut seen = Vec::new();
+        for i in 0..60 {
+            let d = p.decide("a", None, &loud, i);
+            if seen.last() != Some(&d.action) {
+                seen.push(d.action);
+            }
+            assert_eq!(d.reasons[0].detector, "prada");
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Action::Alert,
+                Action::Degrade,
+                Action::Throttle,
+                Action::Block
+            ]
+        );
+        // Ten half-lives later the risk has decayed below every threshold.
+        let later = 60 + 10 * 3_600_000;
+        assert!(p.risk("a", later) < 0.1);
+        assert_eq!(p.decide("a", None, &quiet, later).action, Action::Allow);
+        p.set_override("a", Some(Override::Block));
+        let d = p.decide("a", None, &quiet, later);
+        assert_eq!(d.action, Action::Block);
+        assert_eq!(d.reasons.last().unwrap().detector, "override");
+        p.set_override("a", Some(Override::Allow));
+        assert_eq!(p.decide("a", None, &loud, later).action, Action::Allow);
+        p.set_override("a", None);
+        assert_eq!(p.decide("a", None, &loud, later).action, Action::Alert);
+    }
+
+    #[test]
+    fn weights_and_toml_config() {
+        let cfg: PolicyConfig =
+            toml::from_str("degrade_at = 2.0\nallow = [\"ops\"]\n[weights]\nood = 0.25\n").unwrap();
+        let mut p = Policy::new(cfg);
+        let ood = [("ood".to_string(), v(true))];
+        // Below the alert weight: risk grows, no alert yet.
+        assert_eq!(p.decide("b", None, &ood, 0).action, Action::Allow);
+        for t in 1..8 {
+            p.decide("b", None, &ood, t);
+        }
+        assert_eq!(p.decide("b", None, &ood, 9).action, Action::Degrade);
+        assert_eq!(p.decide("ops", None, &ood, 9).action, Action::Allow);
+        let bad: Result<PolicyConfig, _> = toml::from_str("degrade = 2.0");
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! PRADA (Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting against DNN Model Stealing
+//! Attacks", EuroS&P 2019).
+//!
+//! Per client and per predicted class `c`, a growing set `G_c` of past queries and the set of
+//! their distances `D_{G_c}`. For a new query `x` of class `c`: `d_min` = the smallest L2
+//! distance from `x` to the queries in `G_c`; `d_min` joins the client's distance set `D`; if
+//! `d_min > T_c`, `x` joins `G_c`, `d_min` joins `D_{G_c}` and
+//! `T_c ← max(T_c, mean(D_{G_c}) − std(D_{G_c}))`. (The first query of a class only seeds
+//! `G_c`.) Every `check_every` queries, once `D` holds more than `min_distances` values, the
+//! distances of classes with at least `min_class_entries` entries are pooled, values more than
+//! `outlier_sigma` standard deviations from the mean are dropped, and the Shapiro–Wilk statistic
+//! `W` is computed ([`crate::shapiro`]); the client is flagged when `W < δ`. Benign queries give
+//! roughly normal distances; synthetic attack queries (JBDA's small Jacobian steps, random
+//! probes) do not.
+//!
+//! Cost and memory: `d_min` comes from an HNSW index per class ([`crate::ann`]) over the
+//! inputs quantised to bytes over `[0, 1]` (exact for 8-bit images); each class keeps at most
+//! `2·class_capacity` points (generational eviction) and `D` keeps its newest `max_distances`
+//! values (the Shapiro–Wilk algorithm is valid up to 5000).
+
+use crate::ann::{AnnIndex, HnswParams};
+use crate::error::{decode_state, encode_state};
+use crate::shapiro::shapiro_wilk_w;
+use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// PRADA configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PradaConfig {
+    /// Alarm when W < delta (paper: 0.95 for MNIST, 0.87 for GTSRB).
+    pub delta: f64,
+    /// Test every this many queries.
+    pub check_every: u64,
+    /// Test only once the distance set holds more than this many values.
+    pub min_distances: usize,
+    /// Pool only classes whose distance set has at least this many entries.
+    pub min_class_entries: usize,
+    /// Drop distances further than this many standard deviations from the mean.
+    pub outlier_sigma: f64,
+    /// Newest distances kept (≤ 5000).
+    pub max_distances: usize,
+    /// Growing-set points per class and generation.
+    pub class_capacity: usize,
+    /// Index parameters.
+    pub hnsw: HnswParams,
+}
+
+impl Default for PradaConfig {
+    fn default() -> Self {
+        Self {
+            delta: 0.95,
+            check_every: 10,
+            min_distances: 100,
+            min_class_entries: 10,
+            outlier_sigma: 3.0,
+            max_distances: 5000,
+            class_capacity: 2048,
+            hnsw: HnswParams {
+                m: 8,
+                ef_construction: 24,
+                ef_search: 16,
+            },
+        }
+    }
+}
+
+/// The PRADA detector.
+#[derive(Clone, Debug)]
+pub struct PradaDetector {
+    cfg: PradaConfig,
+}
+
+impl PradaDetector {
+    /// Name in the catalogue.
+    pub const NAME: &'static str = "prada";
+
+    /// A detector with `cfg`.
+    pub fn new(cfg: PradaConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClassSet {
+    index: AnnIndex<u8>,
+    threshold: f64,
+    /// Running sums over `D_{G_c}`: count, Σd, Σd².
+    g_n: f64,
+    g_sum: f64,
+    g_sum2: f64,
+    /// Entries of this class in the distance set `D`.
+    d_count: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct PradaState {
+    #[serde(skip)]
+    cfg: PradaConfig,
+    classes: Vec<Option<ClassSet>>,
+    /// The distance set `D`: (class, d_min), newest last.
+    dists: VecDeque<(u16, f64)>,
+    queries: u64,
+    last_w: Option<f64>,
+    alarm: bool,
+    #[serde(skip)]
+    buf: Vec<u8>,
+}
+
+/// Quantises `[0, 1]` inputs to bytes.
+pub(crate) fn quantise_unit(x: &[f32], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(x.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
+}
+
+impl Detector for PradaDetector {
+    fn info(&self) -> DetectorInfo {
+        DetectorInfo {
+            name: Self::NAME.into(),
+            paper: "Juuti et al., PRADA, EuroS&P 2019".into(),
+            targets: "synthetic-query extraction (JBDA, T-RND, equation solving)".into(),
+            stage: Stage::Precursor,
+            needs: vec![DataNeed::Input, DataNeed::Output],
+        }
+    }
+
+    fn new_state(&self) -> Box<dyn DetectorState> {
+        Box::new(PradaState {
+            cfg: self.cfg.clone(),
+            ..PradaState::default()
+        })
+    }
+
+    fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
+        let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
+        s.cfg = self.cfg.clone();
+        Ok(Box::new(s))
+    }
+}
+
+impl PradaState {
+    fn test(&mut self) {
+        let min_entries = self.cfg.min_class_entries;
+        let counts: Vec<usize> = self
+            .classes
+            .iter()
+            .map(|c| c.as_ref().map_or(0, |c| c.d_count))
+            .collect();
+        let pooled: Vec<f64> = self
+            .dists
+            .iter()
+            .filter(|(c, _)| counts[*c as usize] >= min_entries)
+            .map(|&(_, d)| d)
+            .collect();
+        if pooled.len() < 3 {
+            return;
+        }
+        let n = pooled.len() as f64;
+        let mean = pooled.iter().sum::<f64>() / n;
+        let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+        let kept: Vec<f64> = pooled
+            .into_iter()
+            .filter(|d| (d - mean).abs() <= self.cfg.outlier_sigma * sd)
+            .collect();
+        match shapiro_wilk_w(&kept) {
+            Ok(w) => {
+                self.last_w = Some(w);
+                self.alarm = w < self.cfg.delta;
+            }
+            // All distances equal (e.g. one point repeated): maximally non-normal.
+            Err(crate::shapiro::ShapiroError::ZeroRange) => {
+                self.last_w = Some(0.0);
+                self.alarm = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl DetectorState for PradaState {
+    fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
+        self.queries += 1;
+        let c = obs.label.min(u16::MAX as usize - 1);
+        if self.classes.len() <= c {
+            self.classes.resize(c + 1, None);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        quantise_unit(obs.input, &mut buf);
+        let cfg = &self.cfg;
+        let slot = &mut self.classes[c];
+        match slot {
+            None => {
+                let mut index =
+                    AnnIndex::new(buf.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
+                index.insert(&buf);
+                *slot = Some(ClassSet {
+                    index,
+                    threshold: 0.0,
+                    g_n: 0.0,
+                    g_sum: 0.0,
+                    g_sum2: 0.0,
+                    d_count: 0,
+                });
+            }
+            Some(set) => {
+                let dmin = set
+                    .index
+                    .search(&buf, 1)
+                    .first()
+                    .map_or(0.0, |&d2| (d2 as f64).sqrt() / 255.0);
+                self.dists.push_back((c as u16, dmin));
+                set.d_count += 1;
+                if self.dists.len() > cfg.max_distances.clamp(3, 5000) {
+                    if let Some((old, _)) = self.dists.pop_front() {
+                        if let Some(Some(s)) = self.classes.get_mut(old as usize) {
+                            s.d_count -= 1;
+                        }
+                    }
+                }
+                let Some(set) = self.classes[c].as_mut() else {
+                    unreachable!("class set exists")
+                };
+                if dmin > set.threshold {
+                    set.index.insert(&buf);
+                    set.g_n += 1.0;
+                    set.g_sum += dmin;
+                    set.g_sum2 += dmin * dmin;
+                    let mean = set.g_sum / set.g_n;
+                    let var = (set.g_sum2 / set.g_n - mean * mean).max(0.0);
+                    set.threshold = set.threshold.max(mean - var.sqrt());
+                }
+            }
+        }
+        self.buf = buf;
+        if self.queries.is_multiple_of(self.cfg.check_every.max(1))
+            && self.dists.len() > self.cfg.min_distances
+        {
+            self.test();
+        }
+        let score = self
+            .last_w
+            .map_or(0.0, |w| (1.0 - w) / (1.0 - self.cfg.delta).max(1e-9));
+        Verdict {
+            score,
+            alarm: self.alarm,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_state(self)
+    }
+
+    fn queries(&self) -> u64 {
+        self.queries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn run(d: &PradaDetector, xs: &[(Vec<f32>, usize)]) -> (Option<usize>, Box<dyn DetectorState>) {
+        let mut s = d.new_state();
+        let mut first = None;
+        for (i, (x, l)) in xs.iter().enumerate() {
+            let v = s.observe(&Observation {
+                client: "c",
+                input: x,
+                input_shape: &[x.len()],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            });
+            if v.alarm && first.is_none() {
+                first = Some(i + 1);
+            }
+        }
+        (first, s)
+    }
+
+    /// Natural-like queries: each class a blob with Gaussian-ish spread (distances to the
+    /// nearest previous query are roughly normal).
+    fn natural(n: usize, seed: u64) -> Vec<(Vec<f32>, usize)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..10)
+            .map(|_| (0..64).map(|_| rng.gen_range(0.3..0.7)).collect())
+            .collect();
+        (0..n)
+            .map(|_| {
+                let c = rng.gen_range(0..10);
+                let x = centres[c]
+                    .iter()
+                    .map(|m| {
+                        let g: f32 = (0..6).map(|_| rng.gen::<f32>()).sum::<f32>() - 3.0;
+                        (m + 0.1 * g).clamp(0.0, 1.0)
+                    })
+                    .collect();
+                (x, c)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn natural_stream_passes_and_synthetic_steps_alarm() {
+        let d = PradaDetector::new(PradaConfig::default());
+        let (first, s) = run(&d, &natural(1500, 1));
+        assert_eq!(first, None, "benign stream flagged");
+        assert_eq!(s.queries(), 1500);
+        // JBDA-like: seeds then many tiny steps from them (distances cluster near the step).
+        let seeds = natural(30, 2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut stream = seeds.clone();
+        let mut frontier = seeds;
+        while stream.len() < 600 {
+            let mut next = Vec::new();
+            for (x, l) in &frontier {
+                let y: Vec<f32> = x
+                    .iter()
+                    .map(|v| (v + if rng.gen::<bool>() { 0.02 } else { -0.02 }).clamp(0.0, 1.0))
+                    .collect();
+                next.push((y, *l));
+            }
+            stream.extend(next.iter().cloned());
+            frontier.extend(next);
+        }
+        let (first, _) = run(&d, &stream);
+        let first = first.expect("synthetic stream not flagged");
+        assert!(first <= 300, "flagged only after {first} queries");
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_state() {
+        let d = PradaDetector::new(PradaConfig::default());
+        let xs = natural(300, 5);
+        let (_, s) = run(&d, &xs);
+        let mut s = s;
+        let mut r = d.restore_state(&s.snapshot()).unwrap();
+        assert_eq!(r.queries(), 300);
+        for (i, (x, l)) in natural(100, 6).iter().enumerate() {
+            let o = Observation {
+                client: "c",
+                input: x,
+                input_shape: &[],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            };
+            let (a, b) = (s.observe(&o), r.observe(&o));
+            assert_eq!(a.alarm, b.alarm);
+            assert!((a.score - b.score).abs() < 1e-9);
+        }
+        assert!(d.restore_state(b"[]").is_err());
+    }
+}
