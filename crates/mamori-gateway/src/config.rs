@@ -16,7 +16,11 @@
 //!
 //! [detect]
 //! throttle_factor = 0.1
-//! degrade_postprocessors = ["rounding"]
+//! degrade_postprocessors = ["round2"]
+//!
+//! [postprocessors.round2]          # named definitions, interpreted by the registry
+//! kind = "rounding"
+//! decimals = 2
 //! ```
 
 use crate::error::GatewayError;
@@ -125,6 +129,11 @@ impl TierConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
+    /// Whether `mamori serve` attaches the detector set and escalation policy.
+    pub enabled: bool,
+    /// Escalation policy settings, handed as-is to the policy implementation
+    /// (`mamori-detect`'s `PolicyConfig` in `mamori serve`).
+    pub policy: Option<toml::Value>,
     /// A throttled client's rate and burst are multiplied by this factor.
     pub throttle_factor: f64,
     /// Postprocessors added for a degraded client (registry names).
@@ -136,6 +145,8 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
+            policy: None,
             throttle_factor: 0.1,
             degrade_postprocessors: Vec::new(),
             degrade_disclosure: DisclosureKind::Label,
@@ -157,6 +168,11 @@ pub struct GatewayConfig {
     pub tiers: BTreeMap<String, TierConfig>,
     /// Escalation settings.
     pub detect: DetectConfig,
+    /// Named postprocessor definitions referenced by tiers and `detect.degrade_postprocessors`;
+    /// each table is interpreted by the postprocessor registry (in `mamori serve`,
+    /// `mamori-defense`'s specs, e.g. `[postprocessors.round2] kind = "rounding"`,
+    /// `decimals = 2`).
+    pub postprocessors: BTreeMap<String, toml::Value>,
 }
 
 impl Default for GatewayConfig {
@@ -201,6 +217,7 @@ impl Default for GatewayConfig {
             default_tier: "standard".into(),
             tiers,
             detect: DetectConfig::default(),
+            postprocessors: BTreeMap::new(),
         }
     }
 }
