@@ -8,7 +8,7 @@
 //! ```
 //! Victims are trained here with fixed seeds and cached under `DIR/victims`.
 
-use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim};
+use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim, tv_distance};
 use mamori_attack::extract::{
     ExtractionContext, Jbda, KnockoffAdaptive, KnockoffRandom, LabelOnlyRetraining, NoiseKind,
     RandomQueries, TramerLr, TramerMlp,
@@ -82,7 +82,7 @@ fn row(cells: &[String]) {
 
 fn tramer_binary(out: &Path) -> R<()> {
     println!("\n## Row 1: Tramèr binary LR (d+1 queries)\n");
-    println!("| victim | victim acc | queries | max prob distance (test) | (uniform) | disagreement test / uniform | seconds |\n|---|---:|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for (ds, n_train, epochs) in [("digits", usize::MAX, 5), ("mnist", 12_000, 1)] {
         let s = data(ds)?;
         let tr = binary_subset(&s.train, 0, 1);
@@ -104,6 +104,7 @@ fn tramer_binary(out: &Path) -> R<()> {
             format!("{ds} 0-vs-1 LR"),
             format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
             e.queries.to_string(),
+            format!("{:.2e}", tv_distance(&v, &e.substitute, &te.x)?.0),
             format!("{:.2e}", max_prob_distance(&v, &e.substitute, &te.x)?),
             format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
             format!(
@@ -119,7 +120,7 @@ fn tramer_binary(out: &Path) -> R<()> {
 
 fn tramer_multinomial(out: &Path) -> R<()> {
     println!("\n## Row 2: Tramèr multinomial LR (c·(d+1) queries)\n");
-    println!("| victim | victim acc | queries | max prob distance (test) | (uniform) | disagreement test / uniform |\n|---|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform |\n|---|---:|---:|---:|---:|---:|---:|");
     let s = data("digits")?;
     let v = victim(
         out,
@@ -137,6 +138,7 @@ fn tramer_multinomial(out: &Path) -> R<()> {
         "digits softmax LR".into(),
         format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
         e.queries.to_string(),
+        format!("{:.2e}", tv_distance(&v, &e.substitute, &s.test.x)?.0),
         format!("{:.2e}", max_prob_distance(&v, &e.substitute, &s.test.x)?),
         format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
         format!(
@@ -162,7 +164,7 @@ fn tramer_mlp(out: &Path) -> R<()> {
     )?;
     let mut o = LocalOracle::new(Box::new(v.clone()));
     let mut ctx = ExtractionContext::new(u64::MAX, Arch::Mlp { hidden: vec![20] });
-    ctx.train = cfg(300, 3e-3, 64, 2);
+    ctx.train = cfg(1000, 3e-3, 64, 2);
     ctx.train.progress = false;
     let e = TramerMlp::default().extract(&mut o, &ctx)?;
     let u = uniform(10_000, &v.card.input_shape, 2);
@@ -233,9 +235,9 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(out: &Path, quick: bool) -> R<()> {
+fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only)\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round)\n"
     );
     println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
@@ -248,7 +250,7 @@ fn jbda(out: &Path, quick: bool) -> R<()> {
             hidden: vec![200, 200],
         },
     );
-    ctx.train = cfg(10, 1e-3, 32, 3);
+    ctx.train = cfg(epochs, 1e-3, 32, 3);
     ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
     ctx.progress = true;
     let e = Jbda::default().extract(&mut o, &ctx)?;
@@ -538,8 +540,14 @@ fn main() -> R<()> {
     if all || what == "label-only" {
         label_only(&out)?;
     }
+    let epochs = args
+        .iter()
+        .position(|a| a == "--epochs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(10);
     if all || what == "jbda" {
-        jbda(&out, quick)?;
+        jbda(&out, quick, epochs)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;
