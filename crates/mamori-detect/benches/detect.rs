@@ -4,6 +4,9 @@
 //! Run: `cargo bench -p mamori-detect --bench detect` (needs the MNIST IDX files in the data
 //! directory; falls back to synthetic images otherwise).
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use mamori_core::Observation;
 use mamori_detect::hoda::HARDNESS_EDGES;
@@ -125,10 +128,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    #[allow(missing_docs)]
-    name = benches;
-    config = Criterion::default();
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);
