@@ -23,3 +23,9 @@ pub use network::zoo_layers;
 mod loader;
 mod train;
 pub use loader::load_model;
+
+// ONNX runtime and exporter (data helper).
+pub mod onnx;
+pub mod onnx_export;
+pub use onnx::OnnxModel;
+pub use onnx_export::{export_onnx, network_to_onnx};
