@@ -7,6 +7,8 @@
 //! - [`key`]: secret keys (redacted `Debug`, `0600` key files) and keyed per-input randomness.
 //! - [`dawn`]: DAWN answer watermarking ([`mamori_core::Watermark`]), recording marked answers
 //!   in the encrypted, append-only [`ledger`].
+//! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial test).
+//! - [`report`]: ed25519-signed evidence reports.
 //! - [`simplex`]: helpers that keep answers valid distributions.
 
 pub mod dawn;
@@ -14,10 +16,13 @@ pub mod error;
 pub mod key;
 pub mod ledger;
 pub mod post;
+pub mod report;
 pub mod simplex;
+pub mod verify;
 
 pub use dawn::Dawn;
 pub use error::DefenseError;
 pub use key::SecretKey;
 pub use ledger::{Ledger, LedgerRecord};
 pub use post::{build, BuildContext, PostprocessorSpec};
+pub use verify::{verify, verify_model, Verdict, VerifyResult};
