@@ -217,6 +217,16 @@ impl GatewayConfig {
         Ok(cfg)
     }
 
+    /// Like [`GatewayConfig::load`], defaulting to `home/mamori.toml` when it exists.
+    pub fn load_for_home(path: Option<&Path>, home: &Path) -> Result<Self, GatewayError> {
+        let default = home.join("mamori.toml");
+        match path {
+            Some(p) => Self::load(Some(p)),
+            None if default.is_file() => Self::load(Some(&default)),
+            None => Self::load(None),
+        }
+    }
+
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
         toml::from_str(text).map_err(|e| GatewayError::Config(e.to_string()))
