@@ -8,7 +8,7 @@
 //! ```
 //! Victims are trained here with fixed seeds and cached under `DIR/victims`.
 
-use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim};
+use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim, tv_distance};
 use mamori_attack::extract::{
     ExtractionContext, Jbda, KnockoffAdaptive, KnockoffRandom, LabelOnlyRetraining, NoiseKind,
     RandomQueries, TramerLr, TramerMlp,
@@ -82,7 +82,7 @@ fn row(cells: &[String]) {
 
 fn tramer_binary(out: &Path) -> R<()> {
     println!("\n## Row 1: Tramèr binary LR (d+1 queries)\n");
-    println!("| victim | victim acc | queries | max prob distance (test) | (uniform) | disagreement test / uniform | seconds |\n|---|---:|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for (ds, n_train, epochs) in [("digits", usize::MAX, 5), ("mnist", 12_000, 1)] {
         let s = data(ds)?;
         let tr = binary_subset(&s.train, 0, 1);
@@ -104,6 +104,7 @@ fn tramer_binary(out: &Path) -> R<()> {
             format!("{ds} 0-vs-1 LR"),
             format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
             e.queries.to_string(),
+            format!("{:.2e}", tv_distance(&v, &e.substitute, &te.x)?.0),
             format!("{:.2e}", max_prob_distance(&v, &e.substitute, &te.x)?),
             format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
             format!(
@@ -119,7 +120,7 @@ fn tramer_binary(out: &Path) -> R<()> {
 
 fn tramer_multinomial(out: &Path) -> R<()> {
     println!("\n## Row 2: Tramèr multinomial LR (c·(d+1) queries)\n");
-    println!("| victim | victim acc | queries | max prob distance (test) | (uniform) | disagreement test / uniform |\n|---|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform |\n|---|---:|---:|---:|---:|---:|---:|");
     let s = data("digits")?;
     let v = victim(
         out,
@@ -137,6 +138,7 @@ fn tramer_multinomial(out: &Path) -> R<()> {
         "digits softmax LR".into(),
         format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
         e.queries.to_string(),
+        format!("{:.2e}", tv_distance(&v, &e.substitute, &s.test.x)?.0),
         format!("{:.2e}", max_prob_distance(&v, &e.substitute, &s.test.x)?),
         format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
         format!(

@@ -7,6 +7,8 @@
 //! pool) closest to its decision boundary (smallest margin between its top two
 //! probabilities) — uncertainty sampling in the sense of active learning. Binary LR reaches
 //! >99% agreement with about 827 queries (≈ 13·(d+1) for their 64-feature tasks) in the paper.
+//! Points come from a box mixture that covers its faces by default (see `mixed`); the paper's
+//! uniform points miss sparse data such as images.
 
 use super::{
     query_all, substitute_card, uniform_inputs, AttackInfo, Extraction, ExtractionAttack,
@@ -27,6 +29,9 @@ pub struct LabelOnlyRetraining {
     pub pool_factor: usize,
     /// At least this many training epochs per round (small sets need many).
     pub min_epochs: usize,
+    /// Draw initial points and candidates from the box mixture (faces included) instead of
+    /// uniformly (the paper).
+    pub mixed: bool,
 }
 
 impl Default for LabelOnlyRetraining {
@@ -35,11 +40,26 @@ impl Default for LabelOnlyRetraining {
             rounds: 10,
             pool_factor: 20,
             min_epochs: 100,
+            mixed: true,
         }
     }
 }
 
 impl LabelOnlyRetraining {
+    fn sample<R: rand::Rng>(
+        &self,
+        rng: &mut R,
+        n: usize,
+        shape: &[usize],
+        range: [f32; 2],
+    ) -> Tensor {
+        if self.mixed {
+            super::mixed_inputs(rng, n, shape, range)
+        } else {
+            uniform_inputs(rng, n, shape, range)
+        }
+    }
+
     /// Runs the attack, starting from already-answered `(x, labels)` when given.
     pub fn extract_from(
         &self,
@@ -57,7 +77,7 @@ impl LabelOnlyRetraining {
             Some((x, l)) if x.batch_size() > 0 => (x, l),
             _ => {
                 let n = per_round.min(budget);
-                let x = uniform_inputs(&mut rng, n, &shape, ctx.input_range);
+                let x = self.sample(&mut rng, n, &shape, ctx.input_range);
                 let a = query_all(oracle, &x, ctx, "initial")?;
                 (x, a.labels)
             }

@@ -325,6 +325,37 @@ pub(crate) fn uniform_inputs<R: Rng>(
     Tensor::new(full, data).expect("shape product matches")
 }
 
+/// `n` random inputs covering the whole box including its faces: for each sample a fraction
+/// `q ~ U(0, 1)` of its coordinates sits at the lower bound (sparse inputs, like images), a
+/// further tenth of the rest at the upper bound, the others are uniform. Uniform points alone
+/// concentrate in the middle of a high-dimensional box, far from where data lives.
+pub(crate) fn mixed_inputs<R: Rng>(
+    rng: &mut R,
+    n: usize,
+    shape: &[usize],
+    range: [f32; 2],
+) -> Tensor {
+    let per: usize = shape.iter().product();
+    let [lo, hi] = range;
+    let mut data = Vec::with_capacity(n * per);
+    for _ in 0..n {
+        let q: f32 = rng.gen();
+        for _ in 0..per {
+            let u: f32 = rng.gen();
+            data.push(if u < q {
+                lo
+            } else if u < q + (1.0 - q) * 0.1 {
+                hi
+            } else {
+                rng.gen_range(lo..=hi)
+            });
+        }
+    }
+    let mut full = vec![n];
+    full.extend_from_slice(shape);
+    Tensor::new(full, data).expect("shape product matches")
+}
+
 /// Picks `n` indices of `0..len` (without replacement when `n ≤ len`).
 pub(crate) fn sample_indices<R: Rng>(rng: &mut R, len: usize, n: usize) -> Vec<usize> {
     if n <= len {

@@ -5,7 +5,9 @@
 //! and fits a model of the known architecture to the returned probabilities (minimising
 //! cross-entropy, i.e. solving the non-linear system approximately). With twice as many
 //! queries as unknowns (`2 × 2,225 = 4,450` for a 20-unit hidden layer) they report 99.89%
-//! test agreement.
+//! test agreement. Uniform points in a high-dimensional box all lie near its centre, far from
+//! sparse data such as images; by default the queries come from a mixture that also covers the
+//! box's faces (`mixed = false` gives the paper's uniform queries).
 
 use super::{
     query_all, uniform_inputs, AttackInfo, Extraction, ExtractionAttack, ExtractionContext, Meter,
@@ -27,6 +29,8 @@ pub struct TramerMlp {
     pub factor: f64,
     /// At least this many epochs.
     pub min_epochs: usize,
+    /// Draw queries from the box mixture (faces included) instead of uniformly (the paper).
+    pub mixed: bool,
 }
 
 impl Default for TramerMlp {
@@ -35,6 +39,7 @@ impl Default for TramerMlp {
             hidden: 20,
             factor: 2.0,
             min_epochs: 200,
+            mixed: true,
         }
     }
 }
@@ -70,7 +75,11 @@ impl ExtractionAttack for TramerMlp {
         let want = (unknowns as f64 * self.factor).ceil() as usize;
         let n = want.min(ctx.effective_budget(oracle) as usize);
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
-        let x = uniform_inputs(&mut rng, n, &shape, ctx.input_range);
+        let x = if self.mixed {
+            super::mixed_inputs(&mut rng, n, &shape, ctx.input_range)
+        } else {
+            uniform_inputs(&mut rng, n, &shape, ctx.input_range)
+        };
         let answer = query_all(oracle, &x, ctx, "querying")?;
         let mut ctx2 = ctx.clone();
         ctx2.arch = Arch::Mlp {
