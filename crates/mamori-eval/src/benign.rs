@@ -143,6 +143,8 @@ pub struct BenignOutcome {
     pub agreement: f64,
     /// Whether any detector alarmed on this client (filled from the audit log).
     pub alarmed: bool,
+    /// Detectors that alarmed on this client, with the client's queries at the alarm.
+    pub alarms: Vec<(String, u64)>,
     /// Mean seconds per request through the chain.
     pub mean_request_s: f64,
     /// Mean seconds per request of bare inference on the same batches.
@@ -194,9 +196,11 @@ pub fn run_client(
                 refused += (e - s) as u64;
                 given.extend(std::iter::repeat_n(None, e - s));
             }
-            Err(e) => return Err(EvalError::Gateway(mamori_gateway::GatewayError::Inference(
-                format!("benign client {}: {e}", stream.client),
-            ))),
+            Err(e) => {
+                return Err(EvalError::Gateway(mamori_gateway::GatewayError::Inference(
+                    format!("benign client {}: {e}", stream.client),
+                )))
+            }
         }
         on_request((e - s) as u64);
         s = e;
@@ -208,7 +212,11 @@ pub fn run_client(
         .count();
     let (accuracy, baseline_accuracy) = match &stream.y {
         Some(y) => {
-            let acc = given.iter().zip(y).filter(|(g, t)| **g == Some(**t)).count();
+            let acc = given
+                .iter()
+                .zip(y)
+                .filter(|(g, t)| **g == Some(**t))
+                .count();
             let base = bare_labels.iter().zip(y).filter(|(b, t)| b == t).count();
             (
                 Some(acc as f64 / n.max(1) as f64),
@@ -229,6 +237,7 @@ pub fn run_client(
         baseline_accuracy,
         agreement: agree as f64 / n.max(1) as f64,
         alarmed: false,
+        alarms: Vec::new(),
         mean_request_s,
         mean_bare_s,
         p99_request_s: quantile(&mut times, 0.99),

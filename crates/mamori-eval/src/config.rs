@@ -233,8 +233,18 @@ pub struct EvalConfig {
 }
 
 impl Default for EvalConfig {
+    /// Defaults of every table and no attack (see [`EvalConfig::shipped`] for the shipped
+    /// default configuration).
     fn default() -> Self {
-        toml::from_str(DEFAULT_CONFIG).expect("the embedded default config parses")
+        Self {
+            seed: 7,
+            victim: VictimConfig::default(),
+            substitute: SubstituteConfig::default(),
+            calibration: CalibrationConfig::default(),
+            benign: BenignConfig::default(),
+            attacks: Vec::new(),
+            matrix: MatrixConfig::default(),
+        }
     }
 }
 
@@ -242,6 +252,12 @@ impl Default for EvalConfig {
 pub const DEFAULT_CONFIG: &str = include_str!("../eval.toml");
 
 impl EvalConfig {
+    /// The shipped default configuration ([`DEFAULT_CONFIG`]).
+    pub fn shipped() -> Self {
+        Self::from_toml(DEFAULT_CONFIG, "<embedded default>")
+            .expect("the embedded default config parses and checks")
+    }
+
     /// Parses and checks a TOML configuration; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, EvalError> {
         let cfg: EvalConfig = toml::from_str(text).map_err(|e| EvalError::Config {
@@ -295,7 +311,10 @@ impl EvalConfig {
             return Err(bad("benign.batch", "must be at least 1".into()));
         }
         if self.attacks.is_empty() {
-            return Err(bad("attacks", "at least one [[attacks]] entry is needed".into()));
+            return Err(bad(
+                "attacks",
+                "at least one [[attacks]] entry is needed".into(),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, a) in self.attacks.iter().enumerate() {
@@ -310,7 +329,10 @@ impl EvalConfig {
                 ));
             }
             if a.budget == 0 {
-                return Err(bad(&format!("attacks[{i}].budget"), "must be at least 1".into()));
+                return Err(bad(
+                    &format!("attacks[{i}].budget"),
+                    "must be at least 1".into(),
+                ));
             }
             let info = mamori_attack::by_name(&a.strategy)
                 .map_err(|e| bad(&format!("attacks[{i}].strategy"), e.to_string()))?
@@ -329,7 +351,10 @@ impl EvalConfig {
             }
         }
         if self.matrix.policies.is_empty() {
-            return Err(bad("matrix.policies", "at least one policy is needed".into()));
+            return Err(bad(
+                "matrix.policies",
+                "at least one policy is needed".into(),
+            ));
         }
         for (i, p) in self.matrix.policies.iter().enumerate() {
             let spec = protection::resolve(p, &self.matrix.custom)
@@ -362,8 +387,7 @@ mod tests {
 
     #[test]
     fn the_default_config_parses_and_checks() {
-        let c = EvalConfig::default();
-        c.check("<embedded>").unwrap();
+        let c = EvalConfig::shipped();
         assert!(c.attacks.len() >= 3);
         assert!(c.matrix.policies.contains(&"default".to_string()));
     }
@@ -395,7 +419,9 @@ mod tests {
             ("seed = \"x\"\n", "seed"),
         ];
         for (text, want) in cases {
-            let e = EvalConfig::from_toml(text, "t.toml").unwrap_err().to_string();
+            let e = EvalConfig::from_toml(text, "t.toml")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want) && e.contains("t.toml"), "{text:?} → {e}");
         }
     }

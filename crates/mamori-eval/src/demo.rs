@@ -11,7 +11,7 @@
 //!    the unprotected run, whether the DAWN watermark convicts it, and what benign users paid;
 //!    write the report (the printed numbers are read from the same results the report shows).
 
-use crate::config::{AttackConfig, EvalConfig, DEFAULT_CONFIG};
+use crate::config::{AttackConfig, EvalConfig};
 use crate::error::EvalError;
 use crate::report::{self, ReportFiles};
 use crate::runner::{self, CellResult, EvalResults, RunOptions, Transport};
@@ -31,7 +31,7 @@ pub struct DemoOutcome {
 
 /// The demo's configuration: the shipped default with one attacker and two policies.
 pub fn demo_config(seed: u64, quick: bool) -> EvalConfig {
-    let mut cfg: EvalConfig = toml::from_str(DEFAULT_CONFIG).expect("embedded config parses");
+    let mut cfg = EvalConfig::shipped();
     cfg.seed = seed;
     cfg.attacks = vec![AttackConfig {
         name: None,
@@ -111,7 +111,10 @@ pub fn summarize(protected: &CellResult, open: &CellResult, victim_accuracy: f64
     }
     match protected.blocked_at {
         Some(q) => {
-            let _ = writeln!(s, "blocked:   after {q} answered queries (HTTP 403 from then on)");
+            let _ = writeln!(
+                s,
+                "blocked:   after {q} answered queries (HTTP 403 from then on)"
+            );
         }
         None => {
             let _ = writeln!(s, "blocked:   no ({} queries answered)", protected.queries);
@@ -224,7 +227,11 @@ pub fn run(
         out_dir.display()
     );
     let report = report::write(&results, out_dir, &command)?;
-    let mut summary = summarize(&results.cells[0], &results.cells[1], results.victim.accuracy);
+    let mut summary = summarize(
+        &results.cells[0],
+        &results.cells[1],
+        results.victim.accuracy,
+    );
     summary.push_str(&format!(
         "report:    {} (also {} and {}); {:.0} s in all\n",
         report.html.display(),

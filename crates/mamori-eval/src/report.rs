@@ -99,7 +99,11 @@ pub fn cells_markdown(r: &EvalResults) -> String {
                     w.matches,
                     w.marks,
                     w.log10_p_value,
-                    if w.verified { "**convicted**" } else { "not convicted" }
+                    if w.verified {
+                        "**convicted**"
+                    } else {
+                        "not convicted"
+                    }
                 )
             }
         });
@@ -357,7 +361,11 @@ fn md_table_to_html(md: &str) -> String {
 }
 
 /// The self-contained HTML page.
-pub fn html(r: &EvalResults, plots: &[(String, PathBuf)], command: &str) -> Result<String, EvalError> {
+pub fn html(
+    r: &EvalResults,
+    plots: &[(String, PathBuf)],
+    command: &str,
+) -> Result<String, EvalError> {
     let mut s = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mamori evaluation</title>\
          <style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;}\

@@ -470,23 +470,23 @@ impl CellChain {
 
     /// An oracle for `client` through the chain (in-process or HTTP).
     pub fn oracle(&self, client: &str, batch: usize) -> Result<Box<dyn Oracle>, EvalError> {
-        let key = self.keys.get(client).ok_or_else(|| {
-            EvalError::Config {
-                path: "<clients>".into(),
-                message: format!("no key for client {client:?}"),
-            }
+        let key = self.keys.get(client).ok_or_else(|| EvalError::Config {
+            path: "<clients>".into(),
+            message: format!("no key for client {client:?}"),
         })?;
         Ok(match &self.server {
-            None => Box::new(ChainOracle::new(self.chain.clone(), key, Some(&self.model_name))?),
+            None => Box::new(ChainOracle::new(
+                self.chain.clone(),
+                key,
+                Some(&self.model_name),
+            )?),
             Some(s) => {
                 let mut cfg = HttpOracleConfig::from_url(&s.url(), Some(&self.model_name))
                     .map_err(|e| EvalError::Transport(e.to_string()))?;
                 cfg.api_key = Some(key.clone());
                 cfg.batch_size = batch.max(1);
                 cfg.max_retries = 2;
-                Box::new(HttpOracle::connect(cfg).map_err(|e| {
-                    EvalError::Transport(e.to_string())
-                })?)
+                Box::new(HttpOracle::connect(cfg).map_err(|e| EvalError::Transport(e.to_string()))?)
             }
         })
     }
@@ -562,7 +562,11 @@ pub fn queries_to_90(curve: &[CurvePoint]) -> Option<u64> {
 }
 
 /// Attacker data for `a`: the training part of its dataset, at most `query_limit` samples.
-fn attacker_data(a: &AttackConfig, data_dir: &Path, seed: u64) -> Result<Option<Dataset>, EvalError> {
+fn attacker_data(
+    a: &AttackConfig,
+    data_dir: &Path,
+    seed: u64,
+) -> Result<Option<Dataset>, EvalError> {
     let Some(name) = &a.query_data else {
         return Ok(None);
     };
@@ -626,10 +630,11 @@ pub fn run_cell(
     let spec = protection::resolve(policy, &cfg.matrix.custom)?;
     let mut clients = vec![ATTACKER.to_string()];
     clients.extend(prep.benign.iter().map(|b| b.client.clone()));
-    let home = opts
-        .out_dir
-        .join("cells")
-        .join(format!("{}__{}__r{repeat}", sanitize(&attack.label()), sanitize(policy)));
+    let home = opts.out_dir.join("cells").join(format!(
+        "{}__{}__r{repeat}",
+        sanitize(&attack.label()),
+        sanitize(policy)
+    ));
     let cell = CellChain::build(
         &prep.victim.model,
         &prep.victim.calibration,
@@ -640,12 +645,14 @@ pub fn run_cell(
         &clients,
         opts.transport,
     )?;
-    let strategy = mamori_attack::by_name(&attack.strategy)
-        .map_err(|e| EvalError::Attack {
-            attack: attack.label(),
-            message: e.to_string(),
-        })?;
-    let qd = prep.attacker_data.get(&attack.label()).and_then(|d| d.as_ref());
+    let strategy = mamori_attack::by_name(&attack.strategy).map_err(|e| EvalError::Attack {
+        attack: attack.label(),
+        message: e.to_string(),
+    })?;
+    let qd = prep
+        .attacker_data
+        .get(&attack.label())
+        .and_then(|d| d.as_ref());
     let mut ctx = ExtractionContext::new(attack.budget, cfg.substitute.arch.clone());
     ctx.train = train_config(cfg, seed, false);
     ctx.query_data = qd;
@@ -768,6 +775,11 @@ pub fn run_cell(
     let alarmed: HashSet<&str> = alerts.iter().map(|a| a.0.as_str()).collect();
     for b in &mut benign_out {
         b.alarmed = alarmed.contains(b.client.as_str());
+        b.alarms = alerts
+            .iter()
+            .filter(|a| a.0 == b.client)
+            .map(|a| (a.1.clone(), a.2))
+            .collect();
     }
 
     // DAWN.
@@ -861,7 +873,13 @@ pub fn run_cell(
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -873,14 +891,19 @@ pub fn comparison(cfg: &EvalConfig, cells: &[CellResult]) -> Vec<ComparisonRow> 
         let mine: Vec<&CellResult> = cells.iter().filter(|c| c.attack == label).collect();
         let open: Vec<&&CellResult> = mine.iter().filter(|c| c.policy == "none").collect();
         let base: Vec<&&CellResult> = if open.is_empty() {
-            mine.iter().filter(|c| c.policy == cfg.matrix.policies[0]).collect()
+            mine.iter()
+                .filter(|c| c.policy == cfg.matrix.policies[0])
+                .collect()
         } else {
             open
         };
         let mean = |f: &dyn Fn(&CellResult) -> f64| {
             base.iter().map(|c| f(c)).sum::<f64>() / base.len().max(1) as f64
         };
-        let mut q90: Vec<u64> = base.iter().filter_map(|c| queries_to_90(&c.curve)).collect();
+        let mut q90: Vec<u64> = base
+            .iter()
+            .filter_map(|c| queries_to_90(&c.curve))
+            .collect();
         q90.sort_unstable();
         let det: Vec<&&CellResult> = mine.iter().filter(|c| c.policy_detects).collect();
         let mut delays: Vec<f64> = det
@@ -988,10 +1011,7 @@ mod tests {
 
     #[test]
     fn the_secret_depends_on_the_seed_only() {
-        assert_eq!(
-            secret_for_seed(3).expose(),
-            secret_for_seed(3).expose()
-        );
+        assert_eq!(secret_for_seed(3).expose(), secret_for_seed(3).expose());
         assert_ne!(secret_for_seed(3).expose(), secret_for_seed(4).expose());
     }
 }

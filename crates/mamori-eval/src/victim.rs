@@ -54,7 +54,8 @@ pub fn dataset(name: &str, data_dir: &Path) -> Result<mamori_data::Split, EvalEr
 }
 
 fn cache_key(cfg: &EvalConfig) -> String {
-    let text = serde_json::to_string(&(&cfg.victim, &cfg.calibration, cfg.seed)).unwrap_or_default();
+    let text =
+        serde_json::to_string(&(&cfg.victim, &cfg.calibration, cfg.seed)).unwrap_or_default();
     mamori_core::hash::sha256_hex(text.as_bytes())[..16].to_string()
 }
 

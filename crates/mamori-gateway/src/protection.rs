@@ -185,7 +185,10 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
 }
 
 /// Resolves `name` among `custom` policies first, then the built-ins.
-pub fn resolve(name: &str, custom: &BTreeMap<String, PolicySpec>) -> Result<PolicySpec, GatewayError> {
+pub fn resolve(
+    name: &str,
+    custom: &BTreeMap<String, PolicySpec>,
+) -> Result<PolicySpec, GatewayError> {
     if let Some(p) = custom.get(name) {
         return Ok(p.clone());
     }
@@ -482,7 +485,9 @@ mod tests {
         let mut p = builtin("detect").unwrap();
         p.escalation.block_at = -1.0;
         assert!(p.check("x").unwrap_err().to_string().contains("block_at"));
-        let e = toml::from_str::<PolicySpec>("detekt = true").unwrap_err().to_string();
+        let e = toml::from_str::<PolicySpec>("detekt = true")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("detekt"), "{e}");
         let p: PolicySpec = toml::from_str(
             "detect = true\npostprocessors = [{ kind = \"rounding\", decimals = 2 }]\n\
