@@ -471,6 +471,17 @@ impl AuditWriter {
     /// Starts the writer thread with a queue of `capacity` events, writing up to `batch` per
     /// transaction.
     pub fn start(store: Box<dyn AuditStore>, capacity: usize, batch: usize) -> Self {
+        Self::start_with_linger(store, capacity, batch, 0)
+    }
+
+    /// Like [`AuditWriter::start`], pausing `linger_ms` after each transaction so that the
+    /// next one carries more events.
+    pub fn start_with_linger(
+        store: Box<dyn AuditStore>,
+        capacity: usize,
+        batch: usize,
+        linger_ms: u64,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Msg>(capacity.max(1));
         let store = Arc::new(Mutex::new(store));
         let st = store.clone();
@@ -499,8 +510,15 @@ impl AuditWriter {
                         }
                         buf.clear();
                     }
+                    let flushed = !waiters.is_empty();
                     for w in waiters.drain(..) {
                         let _ = w.send(());
+                    }
+                    // Let events accumulate for a moment: requests then enqueue without waking
+                    // this thread, and the next transaction carries a larger batch. A flush
+                    // request or a closed queue skips the pause.
+                    if linger_ms > 0 && !flushed && !rx.is_closed() {
+                        std::thread::sleep(std::time::Duration::from_millis(linger_ms));
                     }
                 }
             })
@@ -587,6 +605,88 @@ pub fn export_jsonl(
     Ok(events.len())
 }
 
+/// Parses a `--since` value into ms since the epoch: an RFC 3339 UTC time
+/// (`2026-11-21T01:00:00Z`, fractional seconds allowed), a date (`2026-11-21`), a duration ago
+/// (`90s`, `30m`, `2h`, `7d`), or ms since the epoch.
+pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, GatewayError> {
+    let bad = || {
+        GatewayError::BadRequest(format!(
+            "invalid time {s:?}: use 2026-11-21T01:00:00Z, 2026-11-21, 30m/2h/7d ago, or ms since the epoch"
+        ))
+    };
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
+        if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
+            let mult = match unit {
+                's' => 1_000,
+                'm' => 60_000,
+                'h' => 3_600_000,
+                _ => 86_400_000,
+            };
+            return Ok(now_ms.saturating_sub(n.saturating_mul(mult)));
+        }
+    }
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let dp: Vec<&str> = date.split('-').collect();
+    if dp.len() != 3 {
+        return Err(bad());
+    }
+    let y: i64 = dp[0].parse().map_err(|_| bad())?;
+    let m: u32 = dp[1].parse().map_err(|_| bad())?;
+    let d: u32 = dp[2].parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let mut ms_of_day = 0u64;
+    if let Some(t) = time {
+        let t = t.strip_suffix('Z').ok_or_else(bad)?;
+        let tp: Vec<&str> = t.split(':').collect();
+        if tp.len() != 3 {
+            return Err(bad());
+        }
+        let h: u64 = tp[0].parse().map_err(|_| bad())?;
+        let mi: u64 = tp[1].parse().map_err(|_| bad())?;
+        let sec: f64 = tp[2].parse().map_err(|_| bad())?;
+        if h > 23 || mi > 59 || !(0.0..61.0).contains(&sec) {
+            return Err(bad());
+        }
+        ms_of_day = (h * 3600 + mi * 60) * 1000 + (sec * 1000.0).round() as u64;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
+    let yoe = y2 - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    if days < 0 {
+        return Err(bad());
+    }
+    Ok(days as u64 * 86_400_000 + ms_of_day)
+}
+
+/// SHA-256 of an `f32` slice in little-endian byte order: the same digest as
+/// [`mamori_core::hash::sha256_f32`], hashed in blocks rather than value by value.
+pub fn input_sha256(values: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 1024];
+    for chunk in values.chunks(256) {
+        for (i, v) in chunk.iter().enumerate() {
+            buf[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&buf[..chunk.len() * 4]);
+    }
+    hex::encode(h.finalize())
+}
+
 /// Looks up the time of the newest request in a store (helper for exports).
 pub fn last_request_time(conn_path: &Path) -> Result<Option<u64>, GatewayError> {
     let conn = Connection::open(conn_path).map_err(sq)?;
@@ -618,6 +718,44 @@ mod tests {
             status: 200,
             error: None,
             latency_us: 5,
+        }
+    }
+
+    #[test]
+    fn input_hash_matches_core() {
+        for n in [0usize, 1, 255, 256, 257, 784, 3000] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 5.0).collect();
+            assert_eq!(
+                input_sha256(&v),
+                mamori_core::hash::sha256_f32(&v),
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn since_formats() {
+        assert_eq!(parse_since("1700000000000", 0).unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_since("1970-01-02", 0).unwrap(), 86_400_000);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", 0).unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20.5Z", 0).unwrap(),
+            1_700_000_000_500
+        );
+        assert_eq!(
+            parse_since("2h", 10_000_000).unwrap(),
+            10_000_000 - 7_200_000
+        );
+        for bad in [
+            "yesterday",
+            "2023-13-01",
+            "2023-11-14T22:13",
+            "2023-11-14T25:00:00Z",
+        ] {
+            assert!(parse_since(bad, 0).is_err(), "{bad}");
         }
     }
 

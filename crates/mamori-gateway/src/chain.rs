@@ -302,6 +302,7 @@ pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
     shared: Shared,
     mode: ChainMode,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// Builds a [`Chain`].
@@ -314,6 +315,7 @@ pub struct ChainBuilder {
     ledger: Option<Arc<dyn LedgerSink>>,
     mode: ChainMode,
     metrics: Option<Arc<Metrics>>,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl ChainBuilder {
@@ -328,6 +330,7 @@ impl ChainBuilder {
             ledger: None,
             mode: ChainMode::Full,
             metrics: None,
+            state_dir: None,
         }
     }
     /// The key store (default: empty, in memory).
@@ -358,6 +361,12 @@ impl ChainBuilder {
     /// Full or disabled chain.
     pub fn mode(mut self, mode: ChainMode) -> Self {
         self.mode = mode;
+        self
+    }
+    /// Directory where detector states are restored from at build and saved to at shutdown
+    /// (`home/state`); one file per model.
+    pub fn state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
         self
     }
     /// Shares a metrics registry.
@@ -414,6 +423,10 @@ impl ChainBuilder {
                     "two models are named {name:?}; model names must be unique"
                 )));
             }
+            let subjects = match &self.state_dir {
+                Some(dir) => load_states(dir, &name, &spec.detectors)?,
+                None => HashMap::new(),
+            };
             models.insert(
                 name.clone(),
                 Arc::new(ModelEntry {
@@ -421,7 +434,7 @@ impl ChainBuilder {
                     model: spec.model,
                     platform: spec.platform,
                     detectors: spec.detectors,
-                    subjects: Mutex::new(HashMap::new()),
+                    subjects: Mutex::new(subjects),
                     policy: Mutex::new(spec.policy),
                     watermark: spec.watermark,
                     blocks: Mutex::new(Blocks::default()),
@@ -431,10 +444,11 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
-        let audit = Arc::new(AuditWriter::start(
+        let audit = Arc::new(AuditWriter::start_with_linger(
             store,
             self.config.audit.queue,
             self.config.audit.batch,
+            self.config.audit.linger_ms,
         ));
         let ledger = self
             .ledger
@@ -454,6 +468,7 @@ impl ChainBuilder {
             stages: Chain::stages_for(self.mode),
             shared,
             mode: self.mode,
+            state_dir: self.state_dir,
         })
     }
 }
@@ -635,10 +650,90 @@ impl Chain {
         self.shared.audit.flush();
     }
 
-    /// Flushes and stops the audit writer (graceful shutdown).
+    /// Flushes and stops the audit writer and saves detector states (graceful shutdown).
     pub fn shutdown(&self) {
         self.shared.audit.shutdown();
+        if let Err(e) = self.save_states() {
+            tracing::error!("saving detector states failed: {e}");
+        }
     }
+
+    /// Saves every model's detector states under the state directory, if one is set.
+    pub fn save_states(&self) -> Result<(), GatewayError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GatewayError::Storage(format!("{}: {e}", dir.display())))?;
+        for e in self.shared.models.values() {
+            if e.detectors.is_empty() {
+                continue;
+            }
+            let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            let subjects = e.subjects.lock().unwrap_or_else(|e| e.into_inner());
+            for (subject, st) in subjects.iter() {
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                let m = out.entry(subject.clone()).or_default();
+                for (d, s) in e.detectors.iter().zip(&g.states) {
+                    m.insert(d.info().name, hex::encode(s.snapshot()));
+                }
+            }
+            let path = dir.join(format!("{}.json", e.name));
+            let tmp = path.with_extension("json.tmp");
+            let text =
+                serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+type SubjectMap = HashMap<String, Arc<Mutex<SubjectState>>>;
+
+fn load_states(
+    dir: &std::path::Path,
+    model: &str,
+    detectors: &[Arc<dyn Detector>],
+) -> Result<SubjectMap, GatewayError> {
+    let path = dir.join(format!("{model}.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(GatewayError::Storage(format!("{}: {e}", path.display()))),
+    };
+    let saved: BTreeMap<String, BTreeMap<String, String>> =
+        serde_json::from_str(&text).map_err(|e| {
+            GatewayError::Storage(format!("{}: invalid detector state: {e}", path.display()))
+        })?;
+    let mut out = HashMap::new();
+    for (subject, snaps) in saved {
+        let mut states = Vec::with_capacity(detectors.len());
+        for d in detectors {
+            let name = d.info().name;
+            let st = match snaps.get(&name) {
+                Some(h) => {
+                    let bytes = hex::decode(h).map_err(|e| {
+                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
+                    })?;
+                    d.restore_state(&bytes).map_err(|e| {
+                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
+                    })?
+                }
+                None => d.new_state(),
+            };
+            states.push(st);
+        }
+        out.insert(
+            subject,
+            Arc::new(Mutex::new(SubjectState {
+                states,
+                ..Default::default()
+            })),
+        );
+    }
+    Ok(out)
 }
 
 fn action_name(a: Action) -> &'static str {
@@ -1192,7 +1287,7 @@ impl Stage for Audit {
             input_sha256: ex
                 .input
                 .as_ref()
-                .map(|t| mamori_core::hash::sha256_f32(t.data())),
+                .map(|t| crate::audit::input_sha256(t.data())),
             input: if sh.config.server.store_raw_input {
                 ex.input.as_ref().map(|t| t.data().to_vec())
             } else {

@@ -33,6 +33,7 @@ pub mod keys;
 pub mod metrics;
 pub mod oip;
 pub mod policy;
+pub mod protection;
 pub mod ratelimit;
 pub mod server;
 pub mod upstream;

@@ -466,3 +466,35 @@ fn upstream_proxy_through_another_gateway() {
         .with_store(|s| s.requests(Some("proxy"), 0).unwrap().len());
     assert_eq!(n, 1);
 }
+
+#[test]
+fn detector_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(GatewayConfig::default())
+                .keys(keys.clone())
+                .state_dir(dir.path())
+                .model(spec_with(5, Action::Block))
+                .build()
+                .unwrap(),
+        )
+    };
+    let chain = build();
+    ChainOracle::new(chain.clone(), &k, None)
+        .unwrap()
+        .query(&batch(&[1, 2, 3]))
+        .unwrap();
+    chain.shutdown();
+    assert!(dir.path().join("lin.json").is_file());
+    let chain = build();
+    let mut o = ChainOracle::new(chain, &k, None).unwrap();
+    o.query(&batch(&[4])).unwrap();
+    // 3 before the restart + 1 + 1 = 5: alarm.
+    assert!(matches!(
+        o.query(&batch(&[5])),
+        Err(OracleError::Refused(_))
+    ));
+}

@@ -22,6 +22,7 @@ mod network;
 pub use network::zoo_layers;
 mod loader;
 mod train;
+pub mod zoo;
 pub use loader::load_model;
 
 // ONNX runtime and exporter (data helper).
