@@ -1,1 +1,30 @@
-//! Output defenses (label-only, top-k, rounding, keyed noise, reverse sigmoid, misinformation, prediction poisoning), DAWN watermarking and ownership verification.
+//! # mamori-defense
+//!
+//! Output defenses against model stealing, answer watermarking and ownership verification:
+//!
+//! - [`post`]: postprocessors implementing [`mamori_core::Postprocessor`], built from a
+//!   serialisable [`post::PostprocessorSpec`] by [`post::build`].
+//! - [`key`]: secret keys (redacted `Debug`, `0600` key files) and keyed per-input randomness.
+//! - [`dawn`]: DAWN answer watermarking ([`mamori_core::Watermark`]), recording marked answers
+//!   in the encrypted, append-only [`ledger`].
+//! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial test).
+//! - [`report`]: ed25519-signed evidence reports.
+//! - [`robustness`]: fine-tuning and pruning, the usual watermark-removal attacks.
+//! - [`simplex`]: helpers that keep answers valid distributions.
+
+pub mod dawn;
+pub mod error;
+pub mod key;
+pub mod ledger;
+pub mod post;
+pub mod report;
+pub mod robustness;
+pub mod simplex;
+pub mod verify;
+
+pub use dawn::Dawn;
+pub use error::DefenseError;
+pub use key::SecretKey;
+pub use ledger::{Ledger, LedgerRecord};
+pub use post::{build, registry, BuildContext, PostprocessorSpec};
+pub use verify::{verify, verify_model, Verdict, VerifyResult};

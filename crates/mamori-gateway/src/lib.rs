@@ -1,1 +1,52 @@
-//! The guarded inference gateway: Open Inference Protocol v2 REST, auth and tiers, validation, rate limits, the protection chain, audit log and metrics.
+//! # mamori-gateway
+//!
+//! The guarded inference gateway: Open Inference Protocol v2 REST, API keys and tiers, input
+//! validation, rate limits, the protection chain, the audit log and metrics.
+//!
+//! The heart is the [`chain`]: authenticate → validate → limit → detect → infer → postprocess →
+//! watermark → audit, one ordered list usable in-process ([`Chain::handle`], [`ChainOracle`])
+//! and over HTTP ([`server`]).
+//!
+//! ```no_run
+//! # async fn demo(model: std::sync::Arc<dyn mamori_core::Model>) -> Result<(), mamori_gateway::GatewayError> {
+//! use mamori_gateway::{ChainBuilder, GatewayConfig, ModelSpec, KeyStore};
+//! use std::sync::Arc;
+//! let keys = Arc::new(KeyStore::in_memory());
+//! let (_, api_key) = keys.create("alice", None, "full", &[])?;
+//! let chain = Arc::new(
+//!     ChainBuilder::new(GatewayConfig::default())
+//!         .keys(keys)
+//!         .model(ModelSpec::new(model, "mamori-native"))
+//!         .build()?,
+//! );
+//! let server = mamori_gateway::server::start(chain, "127.0.0.1:0").await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod audit;
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod oip;
+pub mod policy;
+pub mod protection;
+pub mod ratelimit;
+pub mod server;
+pub mod upstream;
+pub mod validate;
+
+pub use audit::{AuditRecord, AuditStore, AuditWriter, MemoryStore, SqliteStore};
+pub use chain::{
+    Chain, ChainBuilder, ChainMode, ChainOracle, InferRequest, InferResponse, LedgerSink,
+    ModelSpec, Payload, PostprocessorRegistry, Stage,
+};
+pub use config::{GatewayConfig, TierConfig};
+pub use error::GatewayError;
+pub use keys::{KeyRecord, KeyStore, Principal};
+pub use policy::{AlertOnAlarm, NamedVerdict, OnAlarm, Policy};
+pub use server::{BlockingServer, RunningServer};
+pub use upstream::UpstreamModel;

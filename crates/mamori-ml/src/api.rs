@@ -1,6 +1,6 @@
-//! The public API other crates program against (engine bodies in progress).
+//! The public API other crates program against; the bodies live in the engine modules.
 
-use crate::arch::{Arch, Network};
+use crate::arch::{Arch, LayerParams, Network};
 use mamori_core::{GradTarget, Model, ModelCard, ModelError, Tensor};
 use std::path::Path;
 use thiserror::Error;
@@ -30,6 +30,9 @@ pub enum MlError {
     /// Model evaluation error.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Loading a dataset failed.
+    #[error(transparent)]
+    Data(#[from] mamori_data::DataError),
 }
 
 /// Training targets: hard labels or soft (probability) targets `[n, classes]`.
@@ -84,38 +87,56 @@ pub struct TrainReport {
 
 impl Network {
     /// A freshly initialised network of `arch` (He/Glorot init from `seed`).
+    ///
+    /// # Panics
+    /// If `arch` does not fit `input_shape`/`classes` (e.g. a CNN on a flat input, logistic
+    /// regression with more than two classes); [`Network::try_new`] returns the error instead.
     pub fn new(arch: &Arch, input_shape: &[usize], classes: usize, seed: u64) -> Network {
-        let _ = (arch, input_shape, classes, seed);
-        unimplemented!("mamori-ml engine in progress")
+        match Network::try_new(arch, input_shape, classes, seed) {
+            Ok(n) => n,
+            Err(e) => panic!("Network::new: {e}"),
+        }
     }
 
     /// Logits `[n, classes]` for a batch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let _ = x;
-        unimplemented!("mamori-ml engine in progress")
+        self.forward_impl(x)
     }
 
     /// Gradient of `target` with respect to the input batch.
+    ///
+    /// Each sample's gradient is that of its own objective (no batch averaging).
     pub fn input_gradient(&self, x: &Tensor, target: &GradTarget) -> Result<Tensor, ModelError> {
-        let _ = (x, target);
-        unimplemented!("mamori-ml engine in progress")
+        self.input_gradient_impl(x, target)
     }
 
-    /// Number of output classes.
+    /// Number of output classes (0 if the layers do not fit the input shape).
     pub fn num_classes(&self) -> usize {
-        unimplemented!("mamori-ml engine in progress")
+        crate::engine::plan(&self.input_shape, &self.layers)
+            .map(|p| p.classes)
+            .unwrap_or(0)
     }
 }
 
-/// Trains `net` in place on `(x, y)`.
+/// Trains `net` in place on `(x, y)`: seeded shuffles, mini-batches, Adam on the mean softmax
+/// cross-entropy (plus L2 weight decay on weights), an indicatif bar when `cfg.progress`.
 pub fn train(
     net: &mut Network,
     x: &Tensor,
     y: &Targets,
     cfg: &TrainConfig,
 ) -> Result<TrainReport, MlError> {
-    let _ = (net, x, y, cfg);
-    unimplemented!("mamori-ml engine in progress")
+    crate::train::train(net, x, y, cfg)
+}
+
+/// Mean softmax cross-entropy of `net` on `(x, y)` and its gradient with respect to every
+/// parameter (same layout as `net.params`; empty for parameter-free layers).
+pub fn loss_and_gradients(
+    net: &Network,
+    x: &Tensor,
+    y: &Targets,
+) -> Result<(f64, Vec<LayerParams>), MlError> {
+    crate::train::loss_and_gradients(net, x, y)
 }
 
 /// A native model: network + model card, stored as `model.safetensors` + `model.json`.
@@ -129,15 +150,15 @@ pub struct NativeModel {
 
 impl NativeModel {
     /// Loads `dir/model.safetensors` and `dir/model.json`.
+    ///
+    /// Every missing or malformed part gives an error naming the file and the problem.
     pub fn load(dir: &Path) -> Result<NativeModel, MlError> {
-        let _ = dir;
-        unimplemented!("mamori-ml engine in progress")
+        Self::load_impl(dir)
     }
 
     /// Writes `dir/model.safetensors` and `dir/model.json` (creating `dir`).
     pub fn save(&self, dir: &Path) -> Result<(), MlError> {
-        let _ = dir;
-        unimplemented!("mamori-ml engine in progress")
+        self.save_impl(dir)
     }
 }
 

@@ -1,0 +1,565 @@
+//! Regenerates the attack numbers of `REPRODUCTIONS.md` and `docs/bench/attack.md`
+//! (rows 1–6 of the published-results table) and the extraction curves.
+//!
+//! ```text
+//! cargo run -p mamori-attack --example reproduce -- <experiment> [--out DIR] [--quick]
+//! experiments: tramer-binary, tramer-multinomial, tramer-mlp, label-only, jbda,
+//!              knockoff, curves, membership, inversion, all
+//! ```
+//! Victims are trained here with fixed seeds and cached under `DIR/victims`.
+
+use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim, tv_distance};
+use mamori_attack::extract::{
+    ExtractionContext, Jbda, KnockoffAdaptive, KnockoffRandom, LabelOnlyRetraining, NoiseKind,
+    RandomQueries, TramerLr, TramerMlp,
+};
+use mamori_attack::inversion::{mi_face, MiFaceConfig};
+use mamori_attack::membership::{
+    GlobalThreshold, Lira, MembershipAttack, MembershipContext, MembershipResult, MembershipSplit,
+    NetTrainer, ShadowModels, ShadowTrainer,
+};
+use mamori_attack::metrics::{CurvePoint, EvalSet};
+use mamori_attack::{report, ExtractionAttack, LocalOracle};
+use mamori_core::{Disclosure, Oracle, Tensor};
+use mamori_data::{load, resolve_data_dir, Dataset, Split};
+use mamori_ml::{agreement, Arch, NativeModel, TrainConfig};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn cfg(epochs: usize, lr: f32, batch: usize, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: batch,
+        learning_rate: lr,
+        weight_decay: 0.0,
+        seed,
+        progress: true,
+    }
+}
+
+fn uniform(n: usize, shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let per: usize = shape.iter().product();
+    let mut full = vec![n];
+    full.extend_from_slice(shape);
+    Tensor::new(full, (0..n * per).map(|_| rng.gen::<f32>()).collect()).expect("shape")
+}
+
+/// Loads a cached victim or trains and caches it.
+fn victim(
+    out: &Path,
+    name: &str,
+    arch: &Arch,
+    train: &Dataset,
+    test: &Dataset,
+    c: &TrainConfig,
+) -> R<NativeModel> {
+    let dir = out.join("victims").join(name);
+    if let Ok(m) = NativeModel::load(&dir) {
+        return Ok(m);
+    }
+    let t = Instant::now();
+    let m = train_victim(arch, train, test, c, name)?;
+    eprintln!(
+        "victim {name}: test accuracy {:.4} ({:.0}s)",
+        m.card.test_accuracy.unwrap_or(f64::NAN),
+        t.elapsed().as_secs_f64()
+    );
+    m.save(&dir)?;
+    Ok(m)
+}
+
+fn data(name: &str) -> R<Split> {
+    Ok(load(name, &resolve_data_dir(None))?)
+}
+
+fn row(cells: &[String]) {
+    println!("| {} |", cells.join(" | "));
+}
+
+fn tramer_binary(out: &Path) -> R<()> {
+    println!("\n## Row 1: Tramèr binary LR (d+1 queries)\n");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (ds, n_train, epochs) in [("digits", usize::MAX, 5), ("mnist", 12_000, 1)] {
+        let s = data(ds)?;
+        let tr = binary_subset(&s.train, 0, 1);
+        let tr = tr.select(&(0..tr.len().min(n_train)).collect::<Vec<_>>());
+        let te = binary_subset(&s.test, 0, 1);
+        let v = victim(
+            out,
+            &format!("{ds}-0v1-lr"),
+            &Arch::Logistic,
+            &tr,
+            &te,
+            &cfg(epochs, 1e-2, 32, 1),
+        )?;
+        let mut o = LocalOracle::new(Box::new(v.clone()));
+        let e = TramerLr::default()
+            .extract(&mut o, &ExtractionContext::new(u64::MAX, Arch::Logistic))?;
+        let u = uniform(10_000, &v.card.input_shape, 2);
+        row(&[
+            format!("{ds} 0-vs-1 LR"),
+            format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
+            e.queries.to_string(),
+            format!("{:.2e}", tv_distance(&v, &e.substitute, &te.x)?.0),
+            format!("{:.2e}", max_prob_distance(&v, &e.substitute, &te.x)?),
+            format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
+            format!(
+                "{:.4} / {:.4}",
+                1.0 - agreement(&v, &e.substitute, &te.x)?,
+                1.0 - agreement(&v, &e.substitute, &u)?
+            ),
+            format!("{:.2}", e.seconds),
+        ]);
+    }
+    Ok(())
+}
+
+fn tramer_multinomial(out: &Path) -> R<()> {
+    println!("\n## Row 2: Tramèr multinomial LR (c·(d+1) queries)\n");
+    println!("| victim | victim acc | queries | mean TV distance (test) | max abs prob diff (test) | (uniform) | disagreement test / uniform |\n|---|---:|---:|---:|---:|---:|---:|");
+    let s = data("digits")?;
+    let v = victim(
+        out,
+        "digits-softmax",
+        &Arch::Softmax,
+        &s.train,
+        &s.test,
+        &cfg(20, 1e-2, 32, 1),
+    )?;
+    let mut o = LocalOracle::new(Box::new(v.clone()));
+    let e =
+        TramerLr::default().extract(&mut o, &ExtractionContext::new(u64::MAX, Arch::Softmax))?;
+    let u = uniform(10_000, &v.card.input_shape, 2);
+    row(&[
+        "digits softmax LR".into(),
+        format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
+        e.queries.to_string(),
+        format!("{:.2e}", tv_distance(&v, &e.substitute, &s.test.x)?.0),
+        format!("{:.2e}", max_prob_distance(&v, &e.substitute, &s.test.x)?),
+        format!("{:.2e}", max_prob_distance(&v, &e.substitute, &u)?),
+        format!(
+            "{:.4} / {:.4}",
+            1.0 - agreement(&v, &e.substitute, &s.test.x)?,
+            1.0 - agreement(&v, &e.substitute, &u)?
+        ),
+    ]);
+    Ok(())
+}
+
+fn tramer_mlp(out: &Path) -> R<()> {
+    println!("\n## Row 3: Tramèr MLP, one hidden layer of 20 (2 × unknowns queries)\n");
+    println!("| victim | victim acc | unknowns | queries | test agreement | uniform agreement | seconds |\n|---|---:|---:|---:|---:|---:|---:|");
+    let s = data("digits")?;
+    let v = victim(
+        out,
+        "digits-mlp20",
+        &Arch::Mlp { hidden: vec![20] },
+        &s.train,
+        &s.test,
+        &cfg(50, 1e-2, 32, 1),
+    )?;
+    let mut o = LocalOracle::new(Box::new(v.clone()));
+    let mut ctx = ExtractionContext::new(u64::MAX, Arch::Mlp { hidden: vec![20] });
+    ctx.train = cfg(1000, 3e-3, 64, 2);
+    ctx.train.progress = false;
+    let e = TramerMlp::default().extract(&mut o, &ctx)?;
+    let u = uniform(10_000, &v.card.input_shape, 2);
+    row(&[
+        "digits MLP 64-20-10".into(),
+        format!("{:.4}", v.card.test_accuracy.unwrap_or(f64::NAN)),
+        TramerMlp::unknowns(64, 20, 10).to_string(),
+        e.queries.to_string(),
+        format!("{:.4}", agreement(&v, &e.substitute, &s.test.x)?),
+        format!("{:.4}", agreement(&v, &e.substitute, &u)?),
+        format!("{:.1}", e.seconds),
+    ]);
+    Ok(())
+}
+
+fn label_only(out: &Path) -> R<()> {
+    println!("\n## Row 4: label-only adaptive retraining, binary LR\n");
+    println!("| victim | queries | test agreement | uniform agreement | seconds |\n|---|---:|---:|---:|---:|");
+    for (ds, n_train, epochs) in [("digits", usize::MAX, 5), ("mnist", 12_000, 1)] {
+        let s = data(ds)?;
+        let tr = binary_subset(&s.train, 0, 1);
+        let tr = tr.select(&(0..tr.len().min(n_train)).collect::<Vec<_>>());
+        let te = binary_subset(&s.test, 0, 1);
+        let v = victim(
+            out,
+            &format!("{ds}-0v1-lr"),
+            &Arch::Logistic,
+            &tr,
+            &te,
+            &cfg(epochs, 1e-2, 32, 1),
+        )?;
+        let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+        let mut ctx = ExtractionContext::new(827, Arch::Logistic);
+        ctx.train = cfg(100, 1e-2, 32, 2);
+        ctx.train.progress = false;
+        let e = LabelOnlyRetraining::default().extract(&mut o, &ctx)?;
+        let u = uniform(10_000, &v.card.input_shape, 2);
+        row(&[
+            format!("{ds} 0-vs-1 LR"),
+            e.queries.to_string(),
+            format!("{:.4}", agreement(&v, &e.substitute, &te.x)?),
+            format!("{:.4}", agreement(&v, &e.substitute, &u)?),
+            format!("{:.1}", e.seconds),
+        ]);
+    }
+    Ok(())
+}
+
+fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
+    if quick {
+        victim(
+            out,
+            "mnist-mlp",
+            &Arch::Mlp { hidden: vec![256] },
+            &s.train,
+            &s.test,
+            &cfg(3, 1e-3, 64, 1),
+        )
+    } else {
+        victim(
+            out,
+            "mnist-cnn",
+            &Arch::Cnn,
+            &s.train,
+            &s.test,
+            &cfg(2, 1e-3, 64, 1),
+        )
+    }
+}
+
+fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
+    println!(
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round)\n"
+    );
+    println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
+    let s = data("mnist")?;
+    let v = mnist_victim(out, &s, quick)?;
+    let eval = EvalSet::from_model(&v, &s.test, 1000, [0.0, 1.0], 0)?;
+    let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+    let mut ctx = ExtractionContext::new(
+        u64::MAX,
+        Arch::Mlp {
+            hidden: vec![200, 200],
+        },
+    );
+    ctx.train = cfg(epochs, 1e-3, 32, 3);
+    ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
+    ctx.progress = true;
+    let e = Jbda::default().extract(&mut o, &ctx)?;
+    let m = eval.evaluate(&e.substitute)?;
+    row(&[
+        format!("MNIST {}", v.card.architecture),
+        format!("{:.4}", eval.victim_accuracy()),
+        e.queries.to_string(),
+        format!("{:.4}", m.substitute_accuracy),
+        format!("{:.4}", m.fidelity),
+        format!("{:.0}", e.seconds),
+    ]);
+    Ok(())
+}
+
+fn knockoff(out: &Path, quick: bool) -> R<()> {
+    println!(
+        "\n## Row 6: Knockoff Nets, random strategy (MLP 784-200-200 substitute, soft labels)\n"
+    );
+    println!("| victim | victim acc | query data | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---|---:|---:|---:|---:|");
+    let mnist = data("mnist")?;
+    let fm = data("fashion-mnist")?;
+    let v = mnist_victim(out, &mnist, quick)?;
+    let eval = EvalSet::from_model(&v, &mnist.test, 1000, [0.0, 1.0], 0)?;
+    let runs: Vec<(&str, &Dataset, u64)> = if quick {
+        vec![
+            ("mnist (in-distribution)", &mnist.train, 5000),
+            ("fashion-mnist", &fm.train, 10_000),
+        ]
+    } else {
+        vec![
+            ("mnist (in-distribution)", &mnist.train, 5000),
+            ("fashion-mnist", &fm.train, 60_000),
+        ]
+    };
+    for (qname, qd, budget) in runs {
+        let mut o = LocalOracle::new(Box::new(v.clone())).with_budget(Some(budget));
+        let mut ctx = ExtractionContext::new(
+            budget,
+            Arch::Mlp {
+                hidden: vec![200, 200],
+            },
+        );
+        ctx.train = cfg(10, 1e-3, 64, 3);
+        ctx.query_data = Some(qd);
+        ctx.progress = true;
+        let e = KnockoffRandom.extract(&mut o, &ctx)?;
+        let m = eval.evaluate(&e.substitute)?;
+        row(&[
+            format!("MNIST {}", v.card.architecture),
+            format!("{:.4}", eval.victim_accuracy()),
+            qname.into(),
+            e.queries.to_string(),
+            format!("{:.4}", m.substitute_accuracy),
+            format!("{:.4}", m.fidelity),
+            format!("{:.0}", e.seconds),
+        ]);
+    }
+    Ok(())
+}
+
+fn curves(out: &Path, quick: bool) -> R<()> {
+    println!("\n## Extraction curves\n");
+    let mnist = data("mnist")?;
+    let fm = data("fashion-mnist")?;
+    let budgets: Vec<u64> = if quick {
+        vec![1000, 5000, 20_000]
+    } else {
+        vec![1000, 5000, 20_000, 50_000]
+    };
+    let fm_victim = if quick {
+        victim(
+            out,
+            "fmnist-mlp",
+            &Arch::Mlp { hidden: vec![256] },
+            &fm.train,
+            &fm.test,
+            &cfg(3, 1e-3, 64, 1),
+        )?
+    } else {
+        victim(
+            out,
+            "fmnist-cnn",
+            &Arch::Cnn,
+            &fm.train,
+            &fm.test,
+            &cfg(2, 1e-3, 64, 1),
+        )?
+    };
+    let mnist_victim = mnist_victim(out, &mnist, quick)?;
+    let settings: Vec<(&str, &NativeModel, &Split, &Split)> = vec![
+        ("fmnist-victim-mnist-queries", &fm_victim, &fm, &mnist),
+        ("mnist-victim-fmnist-queries", &mnist_victim, &mnist, &fm),
+    ];
+    for (name, v, own, other) in settings {
+        let eval = EvalSet::from_model(v, &own.test, 1000, [0.0, 1.0], 0)?;
+        let attacks: Vec<Box<dyn ExtractionAttack>> = vec![
+            Box::new(KnockoffRandom),
+            Box::new(KnockoffAdaptive::default()),
+            Box::new(RandomQueries::new(NoiseKind::Uniform)),
+        ];
+        let mut points: Vec<CurvePoint> = Vec::new();
+        for a in &attacks {
+            for &b in &budgets {
+                let mut o: Box<dyn Oracle> =
+                    Box::new(LocalOracle::new(Box::new(v.clone())).with_budget(Some(b)));
+                let mut ctx = ExtractionContext::new(
+                    b,
+                    Arch::Mlp {
+                        hidden: vec![200, 200],
+                    },
+                );
+                ctx.train = cfg(5, 1e-3, 64, 3);
+                ctx.query_data = Some(&other.train);
+                ctx.progress = true;
+                let e = a.extract(o.as_mut(), &ctx)?;
+                let m = eval.evaluate(&e.substitute)?;
+                let p = CurvePoint::new(a.info().name, b, &e, m);
+                eprintln!("{name} {} {b}: fidelity {:.4}", p.strategy, p.fidelity);
+                points.push(p);
+            }
+        }
+        let dir = out.join("curves").join(name);
+        report::write_extraction_report(
+            &dir,
+            &format!("{name} (victim accuracy {:.4})", eval.victim_accuracy()),
+            Some(eval.victim_accuracy()),
+            &points,
+            &format!(
+                "cargo run -p mamori-attack --example reproduce -- curves{}",
+                if quick { " --quick" } else { "" }
+            ),
+        )?;
+        println!("### {name}\n");
+        println!("| strategy | queries | substitute accuracy | fidelity | fidelity (uniform) | seconds |\n|---|---:|---:|---:|---:|---:|");
+        for p in &points {
+            row(&[
+                p.strategy.clone(),
+                p.queries.to_string(),
+                format!("{:.4}", p.substitute_accuracy),
+                format!("{:.4}", p.fidelity),
+                format!("{:.4}", p.fidelity_uniform),
+                format!("{:.0}", p.seconds),
+            ]);
+        }
+        println!("\nPlots: `{}`\n", dir.display());
+    }
+    Ok(())
+}
+
+fn membership(out: &Path, quick: bool) -> R<()> {
+    println!(
+        "\n## Membership inference (overfit victim: MLP 784-256-10 on {} Fashion-MNIST members)\n",
+        1000
+    );
+    let fm = data("fashion-mnist")?;
+    let split = MembershipSplit::new(&fm.train, 1000, 11)?;
+    let mut trainer = NetTrainer {
+        arch: Arch::Mlp { hidden: vec![256] },
+        cfg: TrainConfig {
+            progress: false,
+            ..cfg(30, 1e-3, 32, 11)
+        },
+    };
+    let v = trainer.train(&split.train, 11)?;
+    let shadows = if quick { 4 } else { 8 };
+    let attacks: Vec<Box<dyn MembershipAttack>> = vec![
+        Box::new(GlobalThreshold),
+        Box::new(ShadowModels {
+            shadows: 4,
+            per_shadow: 1000,
+        }),
+        Box::new(Lira {
+            shadows,
+            fixed_variance: true,
+        }),
+    ];
+    let mut results = Vec::new();
+    for a in attacks {
+        let mut ctx = MembershipContext {
+            target: v.as_ref(),
+            candidates: &split.candidates,
+            population: Some(&split.population),
+            trainer: &mut trainer,
+            seed: 11,
+            progress: true,
+        };
+        let s = a.scores(&mut ctx)?;
+        results.push(MembershipResult::new(a.name(), &s, &split.members)?);
+    }
+    println!("| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR |\n|---|---:|---:|---:|");
+    for r in &results {
+        row(&[
+            r.attack.clone(),
+            format!("{:.4}", r.auc),
+            format!("{:.4}", r.tpr_at_0_1pct_fpr),
+            format!("{:.4}", r.tpr_at_1pct_fpr),
+        ]);
+    }
+    let dir = out.join("membership");
+    report::write_membership_report(
+        &dir,
+        "Fashion-MNIST overfit MLP",
+        &results,
+        "cargo run -p mamori-attack --example reproduce -- membership",
+    )?;
+    println!("\nROC: `{}`", dir.join("roc.png").display());
+    Ok(())
+}
+
+fn inversion(out: &Path, quick: bool) -> R<()> {
+    println!(
+        "\n## MI-Face on an MNIST softmax victim (white-box) and through a stolen substitute\n"
+    );
+    let s = data("mnist")?;
+    let v = victim(
+        out,
+        "mnist-softmax",
+        &Arch::Softmax,
+        &s.train,
+        &s.test,
+        &cfg(2, 1e-3, 64, 1),
+    )?;
+    let classes: Vec<usize> = (0..10).collect();
+    let c = MiFaceConfig {
+        max_iters: if quick { 300 } else { 1000 },
+        ..Default::default()
+    };
+    let wb = mi_face(&v, &classes, &c)?;
+    let mut o = LocalOracle::new(Box::new(v.clone())).with_budget(Some(10_000));
+    let mut ctx = ExtractionContext::new(10_000, Arch::Softmax);
+    ctx.train = cfg(10, 1e-3, 64, 3);
+    ctx.query_data = Some(&s.test);
+    let e = KnockoffRandom.extract(&mut o, &ctx)?;
+    let bb = mi_face(&e.substitute, &classes, &c)?;
+    // How the victim classifies the black-box reconstructions.
+    let xb = Tensor::from_rows(&v.card.input_shape, bb.iter().map(|i| i.image.as_slice()))?;
+    let pb = mamori_core::Model::predict(&v, &xb)?;
+    let imgs: Vec<Vec<f32>> = wb
+        .iter()
+        .chain(bb.iter())
+        .map(|i| i.image.clone())
+        .collect();
+    let path = out.join("inversion.png");
+    report::save_image_grid(&path, &imgs, 28, 28, 10, 4)?;
+    println!("| class | white-box 1−p | black-box (substitute, {} queries) 1−p_sub | victim p on black-box image |\n|---:|---:|---:|---:|", e.queries);
+    for (i, (w, b)) in wb.iter().zip(&bb).enumerate() {
+        row(&[
+            i.to_string(),
+            format!("{:.4}", w.cost),
+            format!("{:.4}", b.cost),
+            format!("{:.4}", pb.row(i)[i]),
+        ]);
+    }
+    println!(
+        "\nGrid (row 1 white-box, row 2 black-box): `{}`",
+        path.display()
+    );
+    Ok(())
+}
+
+fn main() -> R<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().cloned().unwrap_or_else(|| "all".into());
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("out/attack"));
+    std::fs::create_dir_all(&out)?;
+    println!(
+        "<!-- {} -->",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    let all = what == "all";
+    if all || what == "tramer-binary" {
+        tramer_binary(&out)?;
+    }
+    if all || what == "tramer-multinomial" {
+        tramer_multinomial(&out)?;
+    }
+    if all || what == "tramer-mlp" {
+        tramer_mlp(&out)?;
+    }
+    if all || what == "label-only" {
+        label_only(&out)?;
+    }
+    let epochs = args
+        .iter()
+        .position(|a| a == "--epochs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(10);
+    if all || what == "jbda" {
+        jbda(&out, quick, epochs)?;
+    }
+    if all || what == "knockoff" {
+        knockoff(&out, quick)?;
+    }
+    if all || what == "curves" {
+        curves(&out, quick)?;
+    }
+    if all || what == "membership" {
+        membership(&out, quick)?;
+    }
+    if all || what == "inversion" {
+        inversion(&out, quick)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! DAWN: Dynamic Adversarial Watermarking of Neural Networks (Szyller, Atli, Marchal &
+//! Asokan, ACM Multimedia 2021).
+
+use crate::error::DefenseError;
+use crate::key::{unit_interval, SecretKey};
+use crate::ledger::{Ledger, LedgerRecord};
+use crate::simplex::argmax;
+use mamori_core::{Watermark, WatermarkMark};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The default watermarking rate (0.5% of queries), as in the paper.
+pub const DEFAULT_RATE: f64 = 0.005;
+
+/// DAWN answer watermarking.
+///
+/// A query `x` is selected when `u(x) = HMAC-SHA256(k, x)` mapped to `[0, 1)` falls under the
+/// rate `r`; its answer's top label `y` is replaced by the wrong label
+/// `w(x) = the ((v mod (c−1)))-th label other than y`, where `v` is the next 8 bytes of the same
+/// HMAC. Both depend only on the key and the input, so repeating a query gives the same answer
+/// (no averaging attack), an attacker without the key cannot tell which answers are marked,
+/// and `w(x)` is uniform over the `c − 1` wrong labels and never the true one.
+///
+/// The probability vector is changed by swapping the values of `y` and `w(x)` (so the answer
+/// keeps the shape of a genuine one); if that leaves a tie at the top the answer becomes
+/// one-hot on `w(x)`.
+///
+/// With a ledger attached ([`Dawn::with_ledger`]), every marked answer is appended and synced
+/// before [`Watermark::apply`] returns. If the append fails the answer is left unmarked (an
+/// unrecorded watermark could never be used as evidence) and the error is logged. The key is
+/// never logged and `Debug` redacts it.
+pub struct Dawn {
+    key: SecretKey,
+    rate: f64,
+    ledger: Option<Mutex<Ledger>>,
+}
+
+impl std::fmt::Debug for Dawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dawn")
+            .field("key", &"<redacted>")
+            .field("rate", &self.rate)
+            .field("ledger", &self.ledger.as_ref().map(|_| "attached"))
+            .finish()
+    }
+}
+
+/// File names DAWN uses in a home directory.
+#[derive(Clone, Debug)]
+pub struct DawnPaths {
+    /// The selection key (hex, `0600`).
+    pub key: PathBuf,
+    /// The ledger encryption key (hex, `0600`).
+    pub ledger_key: PathBuf,
+    /// The encrypted ledger.
+    pub ledger: PathBuf,
+}
+
+impl DawnPaths {
+    /// `home/watermark/{dawn.key, ledger.key, ledger.bin}`.
+    pub fn in_home(home: &Path) -> DawnPaths {
+        let d = home.join("watermark");
+        DawnPaths {
+            key: d.join("dawn.key"),
+            ledger_key: d.join("ledger.key"),
+            ledger: d.join("ledger.bin"),
+        }
+    }
+}
+
+impl Dawn {
+    /// DAWN with selection key `key` and rate `rate` in `(0, 1)`, without a ledger.
+    pub fn new(key: SecretKey, rate: f64) -> Result<Dawn, DefenseError> {
+        if !(rate > 0.0 && rate < 1.0) {
+            return Err(DefenseError::spec(
+                "dawn",
+                format!("rate must lie in (0, 1), got {rate}"),
+            ));
+        }
+        Ok(Dawn {
+            key,
+            rate,
+            ledger: None,
+        })
+    }
+
+    /// Attaches the ledger marked answers are recorded in.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Dawn {
+        self.ledger = Some(Mutex::new(ledger));
+        self
+    }
+
+    /// DAWN with its keys and ledger in `home` (see [`DawnPaths::in_home`]), creating the keys
+    /// on first use.
+    pub fn open_home(home: &Path, rate: f64) -> Result<Dawn, DefenseError> {
+        let p = DawnPaths::in_home(home);
+        let key = SecretKey::load_or_create(&p.key)?;
+        let lkey = SecretKey::load_or_create(&p.ledger_key)?;
+        let ledger = Ledger::open(&p.ledger, &lkey)?;
+        Ok(Dawn::new(key, rate)?.with_ledger(ledger))
+    }
+
+    /// The watermarking rate.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Whether `input` is selected, and if so the wrong label for true label `true_label`
+    /// among `num_classes` classes.
+    pub fn select(&self, input: &[f32], true_label: usize, num_classes: usize) -> Option<usize> {
+        if num_classes < 2 || true_label >= num_classes {
+            return None;
+        }
+        let d = self.key.hmac_f32(input);
+        if unit_interval(&d) >= self.rate {
+            return None;
+        }
+        let v = u64::from_be_bytes(d[8..16].try_into().expect("8 bytes"));
+        let j = (v % (num_classes as u64 - 1)) as usize;
+        Some(if j >= true_label { j + 1 } else { j })
+    }
+
+    /// Number of records in the attached ledger (0 without one).
+    pub fn ledger_len(&self) -> usize {
+        self.ledger
+            .as_ref()
+            .map(|l| l.lock().map(|l| l.records().len()).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Like [`Watermark::apply`], but reports a ledger failure instead of leaving the answer
+    /// unmarked. On error `probs` is unchanged.
+    pub fn apply_recorded(
+        &self,
+        input: &[f32],
+        probs: &mut [f32],
+    ) -> Result<Option<WatermarkMark>, DefenseError> {
+        let c = probs.len();
+        let true_label = argmax(probs);
+        let Some(given) = self.select(input, true_label, c) else {
+            return Ok(None);
+        };
+        let mark = WatermarkMark {
+            input_sha256: mamori_core::hash::sha256_f32(input),
+            true_label,
+            given_label: given,
+        };
+        if let Some(ledger) = &self.ledger {
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let mut l = ledger.lock().map_err(|_| DefenseError::Io {
+                path: "<ledger>".into(),
+                message: "ledger lock poisoned".into(),
+            })?;
+            l.append(LedgerRecord {
+                input_sha256: mark.input_sha256.clone(),
+                input: input.to_vec(),
+                true_label,
+                given_label: given,
+                num_classes: c,
+                unix_ms,
+            })?;
+        }
+        probs.swap(true_label, given);
+        if argmax(probs) != given {
+            for (i, p) in probs.iter_mut().enumerate() {
+                *p = if i == given { 1.0 } else { 0.0 };
+            }
+        }
+        Ok(Some(mark))
+    }
+
+    /// A copy of the ledger's records (empty without a ledger).
+    pub fn ledger_records(&self) -> Vec<LedgerRecord> {
+        self.ledger
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.records().to_vec()))
+            .unwrap_or_default()
+    }
+}
+
+impl Watermark for Dawn {
+    fn name(&self) -> String {
+        "dawn".into()
+    }
+    fn apply(&self, input: &[f32], probs: &mut [f32]) -> Option<WatermarkMark> {
+        match self.apply_recorded(input, probs) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "DAWN: could not record a watermark; answer left unmarked");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(i: usize) -> Vec<f32> {
+        vec![i as f32 * 0.001, (i % 7) as f32, 0.25]
+    }
+
+    #[test]
+    fn rate_is_respected_and_labels_are_wrong_and_uniform() {
+        let d = Dawn::new(SecretKey::from_bytes([4; 32]), 0.05).unwrap();
+        let mut selected = 0;
+        let mut counts = [0usize; 10];
+        for i in 0..20_000 {
+            if let Some(w) = d.select(&input(i), 3, 10) {
+                assert_ne!(w, 3);
+                assert!(w < 10);
+                counts[w] += 1;
+                selected += 1;
+            }
+        }
+        let rate = selected as f64 / 20_000.0;
+        assert!((rate - 0.05).abs() < 0.01, "{rate}");
+        assert_eq!(counts[3], 0);
+        for (k, &n) in counts.iter().enumerate() {
+            if k != 3 {
+                // ≈ 1000/9 ≈ 111 each.
+                assert!(n > 60 && n < 170, "{counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn marking_is_deterministic_and_changes_the_label() {
+        let d = Dawn::new(SecretKey::from_bytes([4; 32]), 0.5).unwrap();
+        let mut marked = 0;
+        for i in 0..100 {
+            let base = [0.1f32, 0.7, 0.2];
+            let (mut a, mut b) = (base, base);
+            let ma = d.apply(&input(i), &mut a);
+            let mb = d.apply(&input(i), &mut b);
+            assert_eq!(a, b);
+            assert_eq!(ma, mb);
+            if let Some(m) = ma {
+                marked += 1;
+                assert_eq!(m.true_label, 1);
+                assert_eq!(argmax(&a), m.given_label);
+                assert_ne!(m.given_label, 1);
+            } else {
+                assert_eq!(a, base);
+            }
+        }
+        assert!(marked > 30 && marked < 70, "{marked}");
+    }
+
+    #[test]
+    fn key_changes_the_selection_and_debug_redacts_it() {
+        let a = Dawn::new(SecretKey::from_bytes([0xee; 32]), 0.5).unwrap();
+        let b = Dawn::new(SecretKey::from_bytes([5; 32]), 0.5).unwrap();
+        let differ = (0..64)
+            .filter(|&i| a.select(&input(i), 0, 10) != b.select(&input(i), 0, 10))
+            .count();
+        assert!(differ > 10);
+        let s = format!("{a:?}");
+        assert!(
+            !s.to_lowercase().contains("eeee") && s.contains("redacted"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn home_ledger_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked = Vec::new();
+        {
+            let d = Dawn::open_home(dir.path(), 0.3).unwrap();
+            for i in 0..50 {
+                let mut p = [0.2f32, 0.5, 0.3];
+                if let Some(m) = d.apply(&input(i), &mut p) {
+                    acked.push(m);
+                }
+            }
+            assert_eq!(d.ledger_len(), acked.len());
+        }
+        assert!(!acked.is_empty());
+        let d = Dawn::open_home(dir.path(), 0.3).unwrap();
+        let recs = d.ledger_records();
+        assert_eq!(recs.len(), acked.len());
+        for (r, m) in recs.iter().zip(&acked) {
+            assert_eq!(r.input_sha256, m.input_sha256);
+            assert_eq!(r.given_label, m.given_label);
+            assert_eq!(r.true_label, m.true_label);
+            assert_eq!(mamori_core::hash::sha256_f32(&r.input), r.input_sha256);
+        }
+        // Same key after restart: the same inputs are selected the same way.
+        let mut p = [0.2f32, 0.5, 0.3];
+        let first = recs[0].clone();
+        let m = d.apply_recorded(&first.input, &mut p).unwrap().unwrap();
+        assert_eq!(m.given_label, first.given_label);
+    }
+
+    #[test]
+    fn bad_rate_is_rejected() {
+        for r in [0.0, 1.0, f64::NAN] {
+            let e = Dawn::new(SecretKey::from_bytes([0; 32]), r)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("dawn") && e.contains("rate"), "{e}");
+        }
+    }
+}

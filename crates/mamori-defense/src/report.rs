@@ -1,0 +1,265 @@
+//! Signed evidence reports (ed25519).
+//!
+//! A report states what was queried, how many answers matched the watermark, the p-value, the
+//! verdict and the ledger commitment. It is signed over the canonical JSON of its
+//! [`EvidenceReport`] (serde's field order; floats printed in shortest round-trip form, so
+//! parsing and re-serialising gives the same bytes). Checking uses a public key supplied by the
+//! checker, never the one embedded in the file.
+
+use crate::error::DefenseError;
+use crate::key::SecretKey;
+use crate::verify::{EvidenceItem, Verdict, VerifyResult};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The signed content of a report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceReport {
+    /// Format version (1).
+    pub version: u32,
+    /// When the report was made, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// What was verified (path or URL of the suspect).
+    pub suspect: String,
+    /// Commitment to the ledger records used.
+    pub ledger_commitment: String,
+    /// Distinct inputs queried.
+    pub queried: usize,
+    /// Answers equal to the watermark label.
+    pub matches: usize,
+    /// Chance of a match under independence.
+    pub chance: f64,
+    /// Upper binomial tail p-value.
+    pub p_value: f64,
+    /// `log10` of the p-value.
+    pub log10_p_value: f64,
+    /// Significance level.
+    pub alpha: f64,
+    /// The decision.
+    pub verdict: Verdict,
+    /// Per-input evidence (what was queried and what came back).
+    pub evidence: Vec<EvidenceItem>,
+}
+
+impl EvidenceReport {
+    /// A report from a verification result.
+    pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
+        EvidenceReport {
+            version: 1,
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            suspect: suspect.to_string(),
+            ledger_commitment: r.ledger_commitment.clone(),
+            queried: r.queried,
+            matches: r.matches,
+            chance: r.chance,
+            p_value: r.p_value,
+            log10_p_value: r.log10_p_value,
+            alpha: r.alpha,
+            verdict: r.verdict,
+            evidence: r.evidence.clone(),
+        }
+    }
+
+    fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("reports serialise")
+    }
+}
+
+/// A report with its signature, as stored in a file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedReport {
+    /// The signed content.
+    pub report: EvidenceReport,
+    /// The signer's ed25519 public key, hex (informational).
+    pub public_key: String,
+    /// ed25519 signature of the report's canonical JSON, hex.
+    pub signature: String,
+}
+
+/// An ed25519 report signer whose seed is a [`SecretKey`] (redacted in `Debug`).
+#[derive(Debug)]
+pub struct ReportSigner {
+    seed: SecretKey,
+}
+
+impl ReportSigner {
+    /// A signer from a 32-byte seed.
+    pub fn new(seed: SecretKey) -> Self {
+        ReportSigner { seed }
+    }
+
+    /// Loads the seed from `path`, creating it if absent, and writes the public key (hex)
+    /// beside it as `<path>.pub`.
+    pub fn load_or_create(path: &Path) -> Result<Self, DefenseError> {
+        let s = ReportSigner::new(SecretKey::load_or_create(path)?);
+        let mut pub_path = path.as_os_str().to_owned();
+        pub_path.push(".pub");
+        let pub_path = std::path::PathBuf::from(pub_path);
+        if !pub_path.exists() {
+            std::fs::write(&pub_path, s.public_key_hex())
+                .map_err(|e| DefenseError::io(&pub_path, e))?;
+        }
+        Ok(s)
+    }
+
+    fn key(&self) -> SigningKey {
+        SigningKey::from_bytes(self.seed.expose())
+    }
+
+    /// The public key, hex.
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key().verifying_key().to_bytes())
+    }
+
+    /// Signs a report.
+    pub fn sign(&self, report: EvidenceReport) -> SignedReport {
+        let sig = self.key().sign(&report.canonical_bytes());
+        SignedReport {
+            public_key: self.public_key_hex(),
+            signature: hex::encode(sig.to_bytes()),
+            report,
+        }
+    }
+}
+
+/// Parses a public key: 64 hex characters (whitespace ignored).
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, DefenseError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| {
+        DefenseError::Report("public key: expected 64 hexadecimal characters".into())
+    })?;
+    let arr: [u8; 32] = bytes.try_into().map_err(|v: Vec<u8>| {
+        DefenseError::Report(format!("public key: expected 32 bytes, got {}", v.len()))
+    })?;
+    VerifyingKey::from_bytes(&arr)
+        .map_err(|e| DefenseError::Report(format!("public key: invalid ed25519 key: {e}")))
+}
+
+/// Checks a signed report against `public_key`; returns the report when the signature is
+/// valid.
+pub fn check_report(
+    signed: &SignedReport,
+    public_key: &VerifyingKey,
+) -> Result<EvidenceReport, DefenseError> {
+    let bytes = hex::decode(&signed.signature)
+        .map_err(|_| DefenseError::Report("signature is not hexadecimal".into()))?;
+    let arr: [u8; 64] = bytes
+        .try_into()
+        .map_err(|_| DefenseError::Report("signature must be 64 bytes".into()))?;
+    let sig = Signature::from_bytes(&arr);
+    public_key
+        .verify(&signed.report.canonical_bytes(), &sig)
+        .map_err(|_| {
+            DefenseError::Report(
+                "signature does not verify: the report was altered or signed by another key".into(),
+            )
+        })?;
+    Ok(signed.report.clone())
+}
+
+/// Reads a signed report file.
+pub fn read_signed_report(path: &Path) -> Result<SignedReport, DefenseError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DefenseError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| DefenseError::Report(format!("{}: not a signed report: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> EvidenceReport {
+        EvidenceReport {
+            version: 1,
+            created_unix_ms: 1,
+            suspect: "model/".into(),
+            ledger_commitment: "ab".repeat(32),
+            queried: 3,
+            matches: 2,
+            chance: 1.0 / 9.0,
+            p_value: 0.031_550_068_587_105_62,
+            log10_p_value: -1.501_004_870_412_3,
+            alpha: 1e-4,
+            verdict: Verdict::NotFound,
+            evidence: vec![EvidenceItem {
+                input_sha256: "cd".repeat(32),
+                watermark_label: 3,
+                suspect_label: 3,
+                matched: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn sign_round_trip_through_json_and_detect_tampering() {
+        let s = ReportSigner::new(SecretKey::from_bytes([8; 32]));
+        let pk = parse_public_key(&s.public_key_hex()).unwrap();
+        let signed = s.sign(report());
+        let text = serde_json::to_string_pretty(&signed).unwrap();
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), report());
+
+        let mut t = back.clone();
+        t.report.matches = 3;
+        assert!(check_report(&t, &pk)
+            .unwrap_err()
+            .to_string()
+            .contains("altered"));
+        let mut t = back.clone();
+        t.report.p_value = 1e-12;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back.clone();
+        t.report.evidence[0].suspect_label = 4;
+        assert!(check_report(&t, &pk).is_err());
+        // Another signer's key does not verify, even if embedded in the file.
+        let other = ReportSigner::new(SecretKey::from_bytes([9; 32]));
+        let mut t = other.sign(report());
+        t.public_key = s.public_key_hex();
+        assert!(check_report(&t, &pk).is_err());
+    }
+
+    #[test]
+    fn bad_keys_and_signatures_are_reported() {
+        assert!(parse_public_key("zz")
+            .unwrap_err()
+            .to_string()
+            .contains("hexadecimal"));
+        assert!(parse_public_key("abcd")
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
+        let s = ReportSigner::new(SecretKey::from_bytes([8; 32]));
+        let pk = parse_public_key(&s.public_key_hex()).unwrap();
+        let mut t = s.sign(report());
+        t.signature = "00".into();
+        assert!(check_report(&t, &pk)
+            .unwrap_err()
+            .to_string()
+            .contains("64 bytes"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        std::fs::write(&p, "{}").unwrap();
+        let e = read_signed_report(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("r.json") && e.contains("not a signed report"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn signer_key_file_and_public_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("signing.key");
+        let s = ReportSigner::load_or_create(&p).unwrap();
+        let pub_text = std::fs::read_to_string(dir.path().join("signing.key.pub")).unwrap();
+        assert_eq!(pub_text, s.public_key_hex());
+        assert_eq!(
+            ReportSigner::load_or_create(&p).unwrap().public_key_hex(),
+            pub_text
+        );
+        assert!(!format!("{s:?}").contains(&hex::encode([8u8; 4])));
+    }
+}

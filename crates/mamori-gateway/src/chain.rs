@@ -1,0 +1,1472 @@
+//! The protection chain: one ordered list of stages, usable in-process without HTTP.
+//!
+//! ```text
+//!   request ─► authenticate ─► validate ─► limit ─► detect ─► infer ─► postprocess ─► watermark ─► audit
+//!                                                     │          │           │             │           │
+//!  phase 1  request_filter   (each stage in order; infer runs the model here)
+//!  phase 2  response_filter  (each stage in order: detect observes and decides, postprocess
+//!                             and watermark change the answer)
+//!  phase 3  logging          (always, success or error: audit writes the event)
+//! ```
+//!
+//! Each stage implements [`Stage`], one method per phase with a no-op default (the shape of
+//! pingora's `ProxyHttp`). The list is built in one place, [`Chain::stages_for`]; nothing else
+//! decides the order. The HTTP server ([`crate::server`]) and the evaluation harness
+//! ([`ChainOracle`]) both call [`Chain::handle`], so what is evaluated is exactly what is served.
+//!
+//! Extension points plugged in per model through [`ModelSpec`]: detectors
+//! (`Arc<dyn mamori_core::Detector>`, one state per client and per client group), an escalation
+//! [`Policy`], a watermark (`Arc<dyn mamori_core::Watermark>`) whose marks go to a
+//! [`LedgerSink`]; and per tier, postprocessors resolved by name through a
+//! [`PostprocessorRegistry`].
+
+use crate::audit::{
+    AlertEvent, AuditRecord, AuditStore, AuditWriter, BlockEvent, LedgerEvent, MemoryStore,
+    RequestEvent,
+};
+use crate::config::{GatewayConfig, TierConfig};
+use crate::error::GatewayError;
+use crate::keys::{now_ms, KeyStore, Principal};
+use crate::metrics::Metrics;
+use crate::oip::{self, InferBody, MODEL_VERSION};
+use crate::policy::{AlertOnAlarm, NamedVerdict, Policy};
+use crate::ratelimit::{Limits, RateLimiter};
+use crate::validate::{self, OutputSelection};
+use mamori_core::{
+    Action, Detector, DetectorState, Disclosure, Model, ModelCard, Observation, Oracle,
+    OracleAnswer, OracleError, PostContext, Postprocessor, Tensor, Watermark, WatermarkMark,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What a request carries.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// An Open Inference Protocol JSON body (optionally with binary tensor data).
+    Oip {
+        /// The raw body.
+        body: Vec<u8>,
+        /// `Inference-Header-Content-Length`, when the binary extension is used.
+        binary_header_len: Option<usize>,
+    },
+    /// A body that was larger than the limit (refused by the validate stage, still audited).
+    Oversized {
+        /// Bytes received before giving up.
+        got: usize,
+    },
+    /// An in-process batch of normalised inputs.
+    Tensor {
+        /// `[n, card.input_shape...]`.
+        input: Tensor,
+        /// Request id to echo.
+        id: Option<String>,
+    },
+}
+
+/// One inference request as the chain sees it.
+#[derive(Clone, Debug)]
+pub struct InferRequest {
+    /// The API key presented, if any.
+    pub credential: Option<String>,
+    /// Model name.
+    pub model: String,
+    /// Model version, if addressed.
+    pub version: Option<String>,
+    /// The payload.
+    pub payload: Payload,
+}
+
+/// The chain's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferResponse {
+    /// Model name.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// Echoed request id.
+    pub id: Option<String>,
+    /// `[n, classes]` probabilities as disclosed (`None` when not requested or not allowed).
+    pub probabilities: Option<Tensor>,
+    /// Labels (argmax of the returned answer), when requested.
+    pub labels: Option<Vec<usize>>,
+    /// What the answer disclosed.
+    pub disclosure: Disclosure,
+    /// The escalation decision applied to this answer.
+    pub action: Action,
+}
+
+/// Receives watermark marks (the DAWN ledger).
+pub trait LedgerSink: Send + Sync {
+    /// Records that `client`'s answer for an input was changed by `watermark` on `model`.
+    fn record(&self, model: &str, client: &str, watermark: &str, mark: &WatermarkMark);
+}
+
+/// Resolves postprocessor names from the configuration (`rounding`, `top_k`, ...).
+pub type PostprocessorRegistry = Arc<dyn Fn(&str) -> Option<Arc<dyn Postprocessor>> + Send + Sync>;
+
+/// Everything served for one model.
+pub struct ModelSpec {
+    /// The model (embedded or upstream proxy).
+    pub model: Arc<dyn Model>,
+    /// Platform string for metadata (`mamori-native`, `onnx`, `upstream`).
+    pub platform: String,
+    /// Detectors watching this model's clients.
+    pub detectors: Vec<Arc<dyn Detector>>,
+    /// Escalation policy.
+    pub policy: Box<dyn Policy>,
+    /// Answer watermark.
+    pub watermark: Option<Arc<dyn Watermark>>,
+}
+
+impl ModelSpec {
+    /// A model with no detectors, the default policy and no watermark.
+    pub fn new(model: Arc<dyn Model>, platform: &str) -> Self {
+        Self {
+            model,
+            platform: platform.to_string(),
+            detectors: Vec::new(),
+            policy: Box::new(AlertOnAlarm),
+            watermark: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SubjectState {
+    states: Vec<Box<dyn DetectorState>>,
+    alarmed: HashSet<String>,
+    last_action: Option<Action>,
+}
+
+#[derive(Default)]
+struct Blocks {
+    blocked: HashMap<String, String>,
+    overridden: HashSet<String>,
+}
+
+/// A served model with its own state: detector states, policy, blocks (model isolation).
+pub struct ModelEntry {
+    /// Model name (= card name).
+    pub name: String,
+    /// The model.
+    pub model: Arc<dyn Model>,
+    /// Platform string.
+    pub platform: String,
+    detectors: Vec<Arc<dyn Detector>>,
+    subjects: Mutex<HashMap<String, Arc<Mutex<SubjectState>>>>,
+    policy: Mutex<Box<dyn Policy>>,
+    watermark: Option<Arc<dyn Watermark>>,
+    blocks: Mutex<Blocks>,
+}
+
+impl ModelEntry {
+    /// The model card.
+    pub fn card(&self) -> &ModelCard {
+        self.model.card()
+    }
+
+    fn subject(&self, name: &str) -> Arc<Mutex<SubjectState>> {
+        let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(SubjectState {
+                    states: self.detectors.iter().map(|d| d.new_state()).collect(),
+                    ..Default::default()
+                }))
+            })
+            .clone()
+    }
+
+    /// Whether `client` is blocked on this model.
+    pub fn is_blocked(&self, client: &str) -> bool {
+        self.blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocked
+            .contains_key(client)
+    }
+}
+
+/// Per-tier runtime settings.
+struct Tier {
+    config: TierConfig,
+    postprocessors: Vec<Arc<dyn Postprocessor>>,
+}
+
+/// State shared by the stages.
+pub struct Shared {
+    /// Configuration.
+    pub config: GatewayConfig,
+    /// Served models by name.
+    pub models: BTreeMap<String, Arc<ModelEntry>>,
+    /// API keys.
+    pub keys: Arc<KeyStore>,
+    /// Rate limiter.
+    pub limiter: RateLimiter,
+    /// Audit writer.
+    pub audit: Arc<AuditWriter>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    tiers: HashMap<String, Tier>,
+    degrade: Vec<Arc<dyn Postprocessor>>,
+    ledger: Arc<dyn LedgerSink>,
+}
+
+impl Shared {
+    fn tier(&self, name: &str) -> Result<&Tier, GatewayError> {
+        self.tiers
+            .get(name)
+            .ok_or_else(|| GatewayError::Config(format!("key refers to unknown tier {name:?}")))
+    }
+}
+
+/// A request travelling through the chain.
+pub struct Exchange {
+    /// The request.
+    pub request: InferRequest,
+    /// Request arrival.
+    pub started: Instant,
+    /// Arrival time, ms since the epoch.
+    pub time_ms: u64,
+    /// Set by authenticate.
+    pub principal: Option<Principal>,
+    /// Set by validate.
+    pub entry: Option<Arc<ModelEntry>>,
+    /// Decoded OIP body, when the payload was JSON.
+    pub body: Option<InferBody>,
+    /// The normalised input batch.
+    pub input: Option<Tensor>,
+    /// Requested outputs.
+    pub outputs: OutputSelection,
+    /// Whether the outputs were listed explicitly.
+    pub outputs_explicit: bool,
+    /// What the answer discloses.
+    pub disclosure: Disclosure,
+    /// Detector verdicts.
+    pub verdicts: Vec<NamedVerdict>,
+    /// Escalation decision.
+    pub action: Action,
+    /// The model's logits.
+    pub logits: Option<Tensor>,
+    /// Probabilities: the model's, then changed by postprocess and watermark.
+    pub probs: Option<Tensor>,
+    /// Labels of the model before any change.
+    pub model_labels: Vec<usize>,
+    /// Watermark marks.
+    pub marks: Vec<WatermarkMark>,
+}
+
+impl Exchange {
+    fn entry(&self) -> Result<&Arc<ModelEntry>, GatewayError> {
+        self.entry
+            .as_ref()
+            .ok_or_else(|| GatewayError::Config("chain misordered: no model resolved".into()))
+    }
+    fn client(&self) -> &str {
+        self.principal
+            .as_ref()
+            .map(|p| p.client.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// One protection module. Each method is a phase; the default does nothing.
+pub trait Stage: Send + Sync {
+    /// Stage name (for logs).
+    fn name(&self) -> &'static str;
+    /// Phase 1, before inference (in chain order; the infer stage runs the model here).
+    fn request_filter(&self, _sh: &Shared, _ex: &mut Exchange) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// Phase 2, after inference (in chain order).
+    fn response_filter(&self, _sh: &Shared, _ex: &mut Exchange) -> Result<(), GatewayError> {
+        Ok(())
+    }
+    /// Phase 3, always (success or failure).
+    fn logging(&self, _sh: &Shared, _ex: &Exchange, _result: Result<(), &GatewayError>) {}
+}
+
+/// Whether the chain protects or only serves (the benchmark's baseline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainMode {
+    /// Every stage.
+    Full,
+    /// Inference only: no authentication, validation, limits, detection, postprocessing,
+    /// watermark or audit (full probabilities). For benchmarking only.
+    Disabled,
+}
+
+/// The protection chain.
+pub struct Chain {
+    stages: Vec<Box<dyn Stage>>,
+    shared: Shared,
+    mode: ChainMode,
+    state_dir: Option<std::path::PathBuf>,
+}
+
+/// Builds a [`Chain`].
+pub struct ChainBuilder {
+    config: GatewayConfig,
+    keys: Option<Arc<KeyStore>>,
+    store: Option<Box<dyn AuditStore>>,
+    models: Vec<ModelSpec>,
+    registry: Option<PostprocessorRegistry>,
+    ledger: Option<Arc<dyn LedgerSink>>,
+    mode: ChainMode,
+    metrics: Option<Arc<Metrics>>,
+    state_dir: Option<std::path::PathBuf>,
+}
+
+impl ChainBuilder {
+    /// Starts from a configuration.
+    pub fn new(config: GatewayConfig) -> Self {
+        Self {
+            config,
+            keys: None,
+            store: None,
+            models: Vec::new(),
+            registry: None,
+            ledger: None,
+            mode: ChainMode::Full,
+            metrics: None,
+            state_dir: None,
+        }
+    }
+    /// The key store (default: empty, in memory).
+    pub fn keys(mut self, keys: Arc<KeyStore>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+    /// The audit store (default: in memory).
+    pub fn audit_store(mut self, store: Box<dyn AuditStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Adds a served model.
+    pub fn model(mut self, spec: ModelSpec) -> Self {
+        self.models.push(spec);
+        self
+    }
+    /// Resolves the postprocessor names of the configuration.
+    pub fn postprocessors(mut self, registry: PostprocessorRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+    /// Where watermark marks go (default: the audit log's ledger table).
+    pub fn ledger(mut self, sink: Arc<dyn LedgerSink>) -> Self {
+        self.ledger = Some(sink);
+        self
+    }
+    /// Full or disabled chain.
+    pub fn mode(mut self, mode: ChainMode) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Directory where detector states are restored from at build and saved to at shutdown
+    /// (`home/state`); one file per model.
+    pub fn state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Shares a metrics registry.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Checks the configuration and builds the chain (starts the audit writer).
+    pub fn build(self) -> Result<Chain, GatewayError> {
+        self.config.check()?;
+        if self.models.is_empty() {
+            return Err(GatewayError::Config("no model to serve".into()));
+        }
+        let resolve = |name: &str| -> Result<Arc<dyn Postprocessor>, GatewayError> {
+            self.registry
+                .as_ref()
+                .and_then(|r| r(name))
+                .ok_or_else(|| GatewayError::Config(format!("unknown postprocessor {name:?}")))
+        };
+        let mut tiers = HashMap::new();
+        for (name, t) in &self.config.tiers {
+            let pps = t
+                .postprocessors
+                .iter()
+                .map(|n| resolve(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| GatewayError::Config(format!("tier {name}: {e}")))?;
+            tiers.insert(
+                name.clone(),
+                Tier {
+                    config: t.clone(),
+                    postprocessors: pps,
+                },
+            );
+        }
+        let degrade = self
+            .config
+            .detect
+            .degrade_postprocessors
+            .iter()
+            .map(|n| resolve(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut models = BTreeMap::new();
+        for spec in self.models {
+            let name = spec.model.card().name.clone();
+            if name.is_empty() || name.contains('/') {
+                return Err(GatewayError::Config(format!(
+                    "model name {name:?} (from its card) must be non-empty and contain no '/'"
+                )));
+            }
+            if models.contains_key(&name) {
+                return Err(GatewayError::Config(format!(
+                    "two models are named {name:?}; model names must be unique"
+                )));
+            }
+            let subjects = match &self.state_dir {
+                Some(dir) => load_states(dir, &name, &spec.detectors)?,
+                None => HashMap::new(),
+            };
+            models.insert(
+                name.clone(),
+                Arc::new(ModelEntry {
+                    name,
+                    model: spec.model,
+                    platform: spec.platform,
+                    detectors: spec.detectors,
+                    subjects: Mutex::new(subjects),
+                    policy: Mutex::new(spec.policy),
+                    watermark: spec.watermark,
+                    blocks: Mutex::new(Blocks::default()),
+                }),
+            );
+        }
+        let store = self
+            .store
+            .unwrap_or_else(|| Box::new(MemoryStore::default()));
+        let audit = Arc::new(AuditWriter::start_with_linger(
+            store,
+            self.config.audit.queue,
+            self.config.audit.batch,
+            self.config.audit.linger_ms,
+        ));
+        let ledger = self
+            .ledger
+            .unwrap_or_else(|| Arc::new(AuditLedger(audit.clone())));
+        let shared = Shared {
+            models,
+            keys: self.keys.unwrap_or_else(|| Arc::new(KeyStore::in_memory())),
+            limiter: RateLimiter::new(),
+            audit,
+            metrics: self.metrics.unwrap_or_default(),
+            tiers,
+            degrade,
+            ledger,
+            config: self.config,
+        };
+        Ok(Chain {
+            stages: Chain::stages_for(self.mode),
+            shared,
+            mode: self.mode,
+            state_dir: self.state_dir,
+        })
+    }
+}
+
+/// The default ledger: watermark marks go to the audit database.
+struct AuditLedger(Arc<AuditWriter>);
+
+impl LedgerSink for AuditLedger {
+    fn record(&self, model: &str, client: &str, watermark: &str, mark: &WatermarkMark) {
+        let ev = LedgerEvent {
+            time_ms: now_ms(),
+            model: model.into(),
+            client: client.into(),
+            watermark: watermark.into(),
+            input_sha256: mark.input_sha256.clone(),
+            true_label: mark.true_label as u64,
+            given_label: mark.given_label as u64,
+        };
+        if let Err(e) = self.0.record(AuditRecord::Ledger(ev)) {
+            tracing::error!("watermark ledger write failed: {e}");
+        }
+    }
+}
+
+impl Chain {
+    /// THE ordered list of stages. Nothing else decides the order.
+    pub fn stages_for(mode: ChainMode) -> Vec<Box<dyn Stage>> {
+        match mode {
+            ChainMode::Full => vec![
+                Box::new(Authenticate),
+                Box::new(Validate),
+                Box::new(Limit),
+                Box::new(Detect),
+                Box::new(Infer),
+                Box::new(Postprocess),
+                Box::new(WatermarkStage),
+                Box::new(Audit),
+            ],
+            ChainMode::Disabled => vec![Box::new(Infer)],
+        }
+    }
+
+    /// Stage names in order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    /// The shared state (models, keys, audit writer, metrics).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The mode the chain was built with.
+    pub fn mode(&self) -> ChainMode {
+        self.mode
+    }
+
+    /// Runs a request through every stage. Blocking (runs the model): call it from a plain
+    /// thread or `tokio::task::spawn_blocking`, not from an async task.
+    pub fn handle(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
+        let mut ex = Exchange {
+            request,
+            started: Instant::now(),
+            time_ms: now_ms(),
+            principal: None,
+            entry: None,
+            body: None,
+            input: None,
+            outputs: OutputSelection::ALL,
+            outputs_explicit: false,
+            disclosure: Disclosure::Probabilities,
+            verdicts: Vec::new(),
+            action: Action::Allow,
+            logits: None,
+            probs: None,
+            model_labels: Vec::new(),
+            marks: Vec::new(),
+        };
+        let result = self.run_phases(&mut ex);
+        for s in &self.stages {
+            s.logging(&self.shared, &ex, result.as_ref().map(|_| ()));
+        }
+        let (status, decision) = match &result {
+            Ok(()) => (200, action_name(ex.action)),
+            Err(e) => (e.status(), e.kind()),
+        };
+        if self.mode == ChainMode::Full {
+            self.shared.metrics.observe_request(
+                &ex.request.model,
+                status,
+                decision,
+                ex.started.elapsed().as_secs_f64(),
+                ex.input
+                    .as_ref()
+                    .map(|t| t.batch_size() as u64)
+                    .unwrap_or(0),
+            );
+        }
+        result?;
+        Ok(respond(ex))
+    }
+
+    fn run_phases(&self, ex: &mut Exchange) -> Result<(), GatewayError> {
+        for s in &self.stages {
+            s.request_filter(&self.shared, ex)?;
+        }
+        for s in &self.stages {
+            s.response_filter(&self.shared, ex)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks `client` on `model` (`None`: every model) by administrator decision.
+    pub fn admin_block(
+        &self,
+        client: &str,
+        model: Option<&str>,
+        reason: &str,
+    ) -> Result<usize, GatewayError> {
+        self.set_block(client, model, true, reason)
+    }
+
+    /// Unblocks `client` and overrides future policy blocks (administrator decision).
+    pub fn admin_unblock(&self, client: &str, model: Option<&str>) -> Result<usize, GatewayError> {
+        self.set_block(client, model, false, "administrator override")
+    }
+
+    fn set_block(
+        &self,
+        client: &str,
+        model: Option<&str>,
+        block: bool,
+        reason: &str,
+    ) -> Result<usize, GatewayError> {
+        let entries: Vec<&Arc<ModelEntry>> = match model {
+            Some(m) => vec![self
+                .shared
+                .models
+                .get(m)
+                .ok_or_else(|| GatewayError::NotFound(format!("unknown model {m:?}")))?],
+            None => self.shared.models.values().collect(),
+        };
+        for e in &entries {
+            let mut b = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            if block {
+                b.blocked.insert(client.to_string(), reason.to_string());
+                b.overridden.remove(client);
+            } else {
+                b.blocked.remove(client);
+                b.overridden.insert(client.to_string());
+            }
+            self.shared.audit.record(AuditRecord::Block(BlockEvent {
+                time_ms: now_ms(),
+                model: e.name.clone(),
+                client: client.into(),
+                kind: if block { "block" } else { "unblock" }.into(),
+                by: "admin".into(),
+                reason: reason.into(),
+            }))?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Clients currently blocked, as `(model, client, reason)`.
+    pub fn blocked(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for e in self.shared.models.values() {
+            let b = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            for (c, r) in &b.blocked {
+                out.push((e.name.clone(), c.clone(), r.clone()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Waits until every audit event so far is written.
+    pub fn flush_audit(&self) {
+        self.shared.audit.flush();
+    }
+
+    /// Flushes and stops the audit writer and saves detector states (graceful shutdown).
+    pub fn shutdown(&self) {
+        self.shared.audit.shutdown();
+        if let Err(e) = self.save_states() {
+            tracing::error!("saving detector states failed: {e}");
+        }
+    }
+
+    /// Saves every model's detector states under the state directory, if one is set.
+    pub fn save_states(&self) -> Result<(), GatewayError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GatewayError::Storage(format!("{}: {e}", dir.display())))?;
+        for e in self.shared.models.values() {
+            if e.detectors.is_empty() {
+                continue;
+            }
+            let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            let subjects = e.subjects.lock().unwrap_or_else(|e| e.into_inner());
+            for (subject, st) in subjects.iter() {
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                let m = out.entry(subject.clone()).or_default();
+                for (d, s) in e.detectors.iter().zip(&g.states) {
+                    m.insert(d.info().name, hex::encode(s.snapshot()));
+                }
+            }
+            let path = dir.join(format!("{}.json", e.name));
+            let tmp = path.with_extension("json.tmp");
+            let text =
+                serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+type SubjectMap = HashMap<String, Arc<Mutex<SubjectState>>>;
+
+fn load_states(
+    dir: &std::path::Path,
+    model: &str,
+    detectors: &[Arc<dyn Detector>],
+) -> Result<SubjectMap, GatewayError> {
+    let path = dir.join(format!("{model}.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(GatewayError::Storage(format!("{}: {e}", path.display()))),
+    };
+    let saved: BTreeMap<String, BTreeMap<String, String>> =
+        serde_json::from_str(&text).map_err(|e| {
+            GatewayError::Storage(format!("{}: invalid detector state: {e}", path.display()))
+        })?;
+    let mut out = HashMap::new();
+    for (subject, snaps) in saved {
+        let mut states = Vec::with_capacity(detectors.len());
+        for d in detectors {
+            let name = d.info().name;
+            let st = match snaps.get(&name) {
+                Some(h) => {
+                    let bytes = hex::decode(h).map_err(|e| {
+                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
+                    })?;
+                    d.restore_state(&bytes).map_err(|e| {
+                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
+                    })?
+                }
+                None => d.new_state(),
+            };
+            states.push(st);
+        }
+        out.insert(
+            subject,
+            Arc::new(Mutex::new(SubjectState {
+                states,
+                ..Default::default()
+            })),
+        );
+    }
+    Ok(out)
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Alert => "alert",
+        Action::Degrade => "degrade",
+        Action::Throttle => "throttle",
+        Action::Block => "block",
+    }
+}
+
+fn respond(ex: Exchange) -> InferResponse {
+    let entry_name = ex
+        .entry
+        .as_ref()
+        .map(|e| e.name.clone())
+        .unwrap_or_else(|| ex.request.model.clone());
+    let id = match (&ex.body, &ex.request.payload) {
+        (Some(b), _) => b.id.clone(),
+        (None, Payload::Tensor { id, .. }) => id.clone(),
+        _ => None,
+    };
+    let probs = ex.probs.unwrap_or_else(|| Tensor::zeros(vec![0, 0]));
+    let labels = probs.argmax_rows();
+    let show_probs = ex.outputs.probabilities && ex.disclosure != Disclosure::Label;
+    InferResponse {
+        model_name: entry_name,
+        model_version: MODEL_VERSION.to_string(),
+        id,
+        probabilities: show_probs.then_some(probs),
+        labels: ex.outputs.label.then_some(labels),
+        disclosure: ex.disclosure,
+        action: ex.action,
+    }
+}
+
+/// Applies a disclosure to one probability vector in place.
+pub fn enforce_disclosure(d: Disclosure, probs: &mut [f32]) {
+    match d {
+        Disclosure::Probabilities => {}
+        Disclosure::TopK(k) => {
+            if k < probs.len() {
+                let mut idx: Vec<usize> = (0..probs.len()).collect();
+                idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+                for &i in &idx[k..] {
+                    probs[i] = 0.0;
+                }
+            }
+        }
+        Disclosure::Label => {
+            let mut best = 0;
+            for (i, v) in probs.iter().enumerate() {
+                if *v > probs[best] {
+                    best = i;
+                }
+            }
+            for (i, v) in probs.iter_mut().enumerate() {
+                *v = if i == best { 1.0 } else { 0.0 };
+            }
+        }
+    }
+}
+
+fn stricter(a: Disclosure, b: Disclosure) -> Disclosure {
+    fn rank(d: Disclosure) -> (u8, usize) {
+        match d {
+            Disclosure::Probabilities => (0, usize::MAX),
+            Disclosure::TopK(k) => (1, usize::MAX - k),
+            Disclosure::Label => (2, 0),
+        }
+    }
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+// ───────────────────────────── the stages ─────────────────────────────
+
+/// Stage 1: authenticate the API key and check the key's model scope.
+struct Authenticate;
+
+impl Stage for Authenticate {
+    fn name(&self) -> &'static str {
+        "authenticate"
+    }
+    fn request_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let key = ex
+            .request
+            .credential
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or(GatewayError::MissingCredential)?;
+        let p = sh.keys.authenticate(key)?;
+        if !p.models.is_empty() && !p.models.contains(&ex.request.model) {
+            return Err(GatewayError::Forbidden(format!(
+                "key {} is not allowed to query model {:?}",
+                p.key_id, ex.request.model
+            )));
+        }
+        ex.disclosure = sh.tier(&p.tier)?.config.disclosure();
+        ex.principal = Some(p);
+        Ok(())
+    }
+}
+
+/// Stage 2: resolve the model and validate the input against its card.
+struct Validate;
+
+impl Stage for Validate {
+    fn name(&self) -> &'static str {
+        "validate"
+    }
+    fn request_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let entry = resolve_model(sh, &ex.request)?;
+        let card = entry.card();
+        let max_batch = sh.config.server.max_batch;
+        match &ex.request.payload {
+            Payload::Oversized { got } => {
+                return Err(GatewayError::BodyTooLarge {
+                    got: *got,
+                    limit: sh.config.server.max_body_bytes,
+                })
+            }
+            Payload::Oip {
+                body,
+                binary_header_len,
+            } => {
+                if body.len() > sh.config.server.max_body_bytes {
+                    return Err(GatewayError::BodyTooLarge {
+                        got: body.len(),
+                        limit: sh.config.server.max_body_bytes,
+                    });
+                }
+                let decoded = oip::decode_infer(body, *binary_header_len)?;
+                let (t, sel) = validate::validate_body(&decoded, card, max_batch)?;
+                ex.outputs_explicit = decoded.outputs.as_ref().is_some_and(|o| !o.is_empty());
+                ex.outputs = sel;
+                ex.input = Some(t);
+                ex.body = Some(decoded);
+            }
+            Payload::Tensor { input, .. } => {
+                validate::validate_tensor(input, card, max_batch)?;
+                ex.input = Some(input.clone());
+            }
+        }
+        if ex.outputs_explicit && ex.outputs.probabilities && ex.disclosure == Disclosure::Label {
+            return Err(GatewayError::Forbidden(
+                "this key's tier discloses labels only; request the \"label\" output".into(),
+            ));
+        }
+        ex.entry = Some(entry);
+        Ok(())
+    }
+}
+
+fn resolve_model(sh: &Shared, req: &InferRequest) -> Result<Arc<ModelEntry>, GatewayError> {
+    let entry = sh
+        .models
+        .get(&req.model)
+        .ok_or_else(|| GatewayError::NotFound(format!("unknown model {:?}", req.model)))?;
+    if let Some(v) = &req.version {
+        if v != MODEL_VERSION {
+            return Err(GatewayError::NotFound(format!(
+                "model {:?} has no version {v:?} (versions: [\"{MODEL_VERSION}\"])",
+                req.model
+            )));
+        }
+    }
+    Ok(entry.clone())
+}
+
+/// Stage 3: token bucket and daily quota per key (one query = one sample).
+struct Limit;
+
+impl Stage for Limit {
+    fn name(&self) -> &'static str {
+        "limit"
+    }
+    fn request_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let p = ex
+            .principal
+            .as_ref()
+            .ok_or_else(|| GatewayError::Config("chain misordered: limit before auth".into()))?;
+        let t = &sh.tier(&p.tier)?.config;
+        let n = ex.input.as_ref().map(|x| x.batch_size()).unwrap_or(0) as u64;
+        sh.limiter.check(
+            &p.key_id,
+            Limits {
+                rate_per_s: t.rate_per_s,
+                burst: t.burst,
+                daily_quota: t.daily_quota,
+            },
+            n,
+            ex.time_ms,
+        )
+    }
+}
+
+/// Stage 4, detection: refuse blocked clients before inference; after inference, feed every
+/// sample to the per-client and per-group detector states and ask the policy for an action.
+struct Detect;
+
+impl Stage for Detect {
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+    fn request_filter(&self, _sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let client = ex.client().to_string();
+        if ex.entry()?.is_blocked(&client) {
+            return Err(GatewayError::Blocked(client));
+        }
+        Ok(())
+    }
+
+    fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let entry = ex.entry()?.clone();
+        let p = ex.principal.clone().ok_or_else(misordered)?;
+        if entry.detectors.is_empty() {
+            return Ok(());
+        }
+        let mut subjects = vec![p.client.clone()];
+        if let Some(g) = &p.group {
+            subjects.push(format!("group:{g}"));
+        }
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
+        let probs = ex.probs.as_ref().ok_or_else(misordered)?;
+        let card = entry.card();
+        let mut verdicts = Vec::new();
+        let mut subject_states = Vec::new();
+        for s in &subjects {
+            let st = entry.subject(s);
+            {
+                let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+                for i in 0..input.batch_size() {
+                    let obs = Observation {
+                        client: s,
+                        input: input.row(i),
+                        input_shape: &card.input_shape,
+                        probs: probs.row(i),
+                        label: ex.model_labels[i],
+                        time_ms: ex.time_ms,
+                    };
+                    let last = i + 1 == input.batch_size();
+                    for (d, state) in entry.detectors.iter().zip(g.states.iter_mut()) {
+                        let v = state.observe(&obs);
+                        if last {
+                            verdicts.push(NamedVerdict {
+                                detector: d.info().name,
+                                subject: s.clone(),
+                                verdict: v,
+                                queries: state.queries(),
+                            });
+                        }
+                    }
+                }
+            }
+            subject_states.push((s.clone(), st));
+        }
+        let action = entry
+            .policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide(&p.client, &verdicts, ex.time_ms);
+        let overridden = entry
+            .blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overridden
+            .contains(&p.client);
+        let action = if overridden && action == Action::Block {
+            Action::Alert
+        } else {
+            action
+        };
+        // Alerts: on a detector's first alarm for a subject, and when the action escalates.
+        for (s, st) in &subject_states {
+            let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+            let escalated = action > Action::Allow && g.last_action.is_none_or(|a| action > a);
+            for v in verdicts
+                .iter()
+                .filter(|v| &v.subject == s && v.verdict.alarm)
+            {
+                if g.alarmed.insert(v.detector.clone()) || escalated {
+                    sh.metrics.observe_alert(&entry.name, &v.detector);
+                    sh.audit.record(AuditRecord::Alert(AlertEvent {
+                        time_ms: ex.time_ms,
+                        model: entry.name.clone(),
+                        client: s.clone(),
+                        detector: v.detector.clone(),
+                        score: v.verdict.score,
+                        queries: v.queries,
+                        action: action_name(action).into(),
+                    }))?;
+                }
+            }
+            if escalated {
+                g.last_action = Some(action);
+            }
+        }
+        ex.verdicts = verdicts;
+        ex.action = action;
+        match action {
+            Action::Allow | Action::Alert => Ok(()),
+            Action::Degrade => {
+                ex.disclosure = stricter(ex.disclosure, {
+                    let d = &sh.config.detect;
+                    match d.degrade_disclosure {
+                        crate::config::DisclosureKind::Probabilities => Disclosure::Probabilities,
+                        crate::config::DisclosureKind::TopK => Disclosure::TopK(1),
+                        crate::config::DisclosureKind::Label => Disclosure::Label,
+                    }
+                });
+                Ok(())
+            }
+            Action::Throttle => {
+                sh.limiter
+                    .set_throttle(&p.key_id, Some(sh.config.detect.throttle_factor));
+                Ok(())
+            }
+            Action::Block => {
+                let newly = {
+                    let mut b = entry.blocks.lock().unwrap_or_else(|e| e.into_inner());
+                    b.blocked
+                        .insert(p.client.clone(), "escalation policy".into())
+                        .is_none()
+                };
+                if newly {
+                    sh.audit.record(AuditRecord::Block(BlockEvent {
+                        time_ms: ex.time_ms,
+                        model: entry.name.clone(),
+                        client: p.client.clone(),
+                        kind: "block".into(),
+                        by: "policy".into(),
+                        reason: verdicts_reason(&ex.verdicts),
+                    }))?;
+                }
+                Err(GatewayError::Blocked(p.client))
+            }
+        }
+    }
+}
+
+fn misordered() -> GatewayError {
+    GatewayError::Config(
+        "chain misordered: a stage ran before the stage that prepares its input".into(),
+    )
+}
+
+fn verdicts_reason(v: &[NamedVerdict]) -> String {
+    v.iter()
+        .filter(|v| v.verdict.alarm)
+        .map(|v| {
+            format!(
+                "{} alarm on {} (score {:.3})",
+                v.detector, v.subject, v.verdict.score
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Stage 5: inference.
+struct Infer;
+
+impl Stage for Infer {
+    fn name(&self) -> &'static str {
+        "infer"
+    }
+    fn request_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        if ex.entry.is_none() {
+            // Chain disabled: resolve and decode without validation.
+            let entry = resolve_model(sh, &ex.request)?;
+            if ex.input.is_none() {
+                match &ex.request.payload {
+                    Payload::Oip {
+                        body,
+                        binary_header_len,
+                    } => {
+                        let b = oip::decode_infer(body, *binary_header_len)?;
+                        let inp = b
+                            .inputs
+                            .first()
+                            .ok_or_else(|| GatewayError::BadRequest("no input".into()))?;
+                        let mut shape = vec![inp.shape.first().copied().unwrap_or(0)];
+                        shape.extend_from_slice(&entry.card().input_shape);
+                        let data = match inp.datatype {
+                            oip::InputType::Fp32 => inp.data.iter().map(|v| *v as f32).collect(),
+                            oip::InputType::Uint8 => inp
+                                .data
+                                .iter()
+                                .map(|v| entry.card().normalisation.apply(*v as f32))
+                                .collect(),
+                        };
+                        ex.input = Some(
+                            Tensor::new(shape, data)
+                                .map_err(|e| GatewayError::BadRequest(e.to_string()))?,
+                        );
+                        ex.body = Some(b);
+                    }
+                    Payload::Tensor { input, .. } => ex.input = Some(input.clone()),
+                    Payload::Oversized { got } => {
+                        return Err(GatewayError::BodyTooLarge {
+                            got: *got,
+                            limit: sh.config.server.max_body_bytes,
+                        })
+                    }
+                }
+            }
+            ex.entry = Some(entry);
+        }
+        let entry = ex.entry()?.clone();
+        let input = ex
+            .input
+            .as_ref()
+            .ok_or_else(|| GatewayError::BadRequest("no input".into()))?;
+        let logits = entry
+            .model
+            .logits(input)
+            .map_err(|e| GatewayError::Inference(e.to_string()))?;
+        let mut probs = logits.clone();
+        mamori_core::softmax_rows(&mut probs);
+        ex.model_labels = probs.argmax_rows();
+        ex.logits = Some(logits);
+        ex.probs = Some(probs);
+        Ok(())
+    }
+}
+
+/// Stage 6, output postprocessing: the tier's postprocessors (plus the degrade set for a
+/// degraded client), then the tier's disclosure.
+struct Postprocess;
+
+impl Stage for Postprocess {
+    fn name(&self) -> &'static str {
+        "postprocess"
+    }
+    fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let entry = ex.entry()?.clone();
+        let p = ex.principal.as_ref().ok_or_else(misordered)?;
+        let tier = sh.tier(&p.tier)?;
+        let degraded = ex.action == Action::Degrade;
+        let pps: Vec<&Arc<dyn Postprocessor>> = tier
+            .postprocessors
+            .iter()
+            .chain(sh.degrade.iter().filter(|_| degraded))
+            .collect();
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
+        let logits = ex.logits.as_ref();
+        let probs = ex.probs.as_mut().ok_or_else(misordered)?;
+        let card = entry.card();
+        for i in 0..input.batch_size() {
+            let ctx = PostContext {
+                client: &p.client,
+                input: input.row(i),
+                input_shape: &card.input_shape,
+                logits: logits.map(|l| l.row(i)),
+                model: Some(entry.model.as_ref()),
+            };
+            let row = probs.row_mut(i);
+            for pp in &pps {
+                pp.apply(&ctx, row);
+            }
+            enforce_disclosure(ex.disclosure, row);
+        }
+        Ok(())
+    }
+}
+
+/// Stage 7: answer watermark; marks go to the ledger. The disclosure is enforced again afterwards.
+struct WatermarkStage;
+
+impl Stage for WatermarkStage {
+    fn name(&self) -> &'static str {
+        "watermark"
+    }
+    fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
+        let entry = ex.entry()?.clone();
+        let Some(wm) = &entry.watermark else {
+            return Ok(());
+        };
+        let client = ex.client().to_string();
+        let input = ex.input.as_ref().ok_or_else(misordered)?;
+        let probs = ex.probs.as_mut().ok_or_else(misordered)?;
+        for i in 0..input.batch_size() {
+            let row = probs.row_mut(i);
+            if let Some(mark) = wm.apply(input.row(i), row) {
+                sh.ledger.record(&entry.name, &client, &wm.name(), &mark);
+                ex.marks.push(mark);
+            }
+            enforce_disclosure(ex.disclosure, row);
+        }
+        Ok(())
+    }
+}
+
+/// Stage 8: audit: one event per request, success or failure.
+struct Audit;
+
+impl Stage for Audit {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+    fn logging(&self, sh: &Shared, ex: &Exchange, result: Result<(), &GatewayError>) {
+        let (status, decision, error) = match result {
+            Ok(()) => (200, action_name(ex.action).to_string(), None),
+            Err(e) => (e.status(), e.kind().to_string(), Some(e.public_message())),
+        };
+        let output = match (result, &ex.probs) {
+            (Ok(()), Some(p)) => {
+                let show = ex.outputs.probabilities && ex.disclosure != Disclosure::Label;
+                let mut o = serde_json::Map::new();
+                if show {
+                    o.insert(
+                        "probabilities".into(),
+                        serde_json::json!(p.rows().collect::<Vec<_>>()),
+                    );
+                }
+                o.insert("label".into(), serde_json::json!(p.argmax_rows()));
+                Some(serde_json::Value::Object(o))
+            }
+            _ => None,
+        };
+        let mut scores = serde_json::Map::new();
+        for v in &ex.verdicts {
+            let key = if v.subject.starts_with("group:") {
+                format!("{}@group", v.detector)
+            } else {
+                v.detector.clone()
+            };
+            scores.insert(key, serde_json::json!(v.verdict.score));
+        }
+        let p = ex.principal.as_ref();
+        let ev = RequestEvent {
+            time_ms: ex.time_ms,
+            request_id: match (&ex.body, &ex.request.payload) {
+                (Some(b), _) => b.id.clone(),
+                (None, Payload::Tensor { id, .. }) => id.clone(),
+                _ => None,
+            },
+            client: p.map(|p| p.client.clone()).unwrap_or_default(),
+            key_id: p.map(|p| p.key_id.clone()).unwrap_or_default(),
+            model: ex.request.model.clone(),
+            batch: ex
+                .input
+                .as_ref()
+                .map(|t| t.batch_size() as u64)
+                .unwrap_or(0),
+            input_sha256: ex
+                .input
+                .as_ref()
+                .map(|t| crate::audit::input_sha256(t.data())),
+            input: if sh.config.server.store_raw_input {
+                ex.input.as_ref().map(|t| t.data().to_vec())
+            } else {
+                None
+            },
+            output,
+            scores,
+            decision,
+            status,
+            error,
+            latency_us: ex.started.elapsed().as_micros() as u64,
+        };
+        if let Err(e) = sh.audit.record(AuditRecord::Request(ev)) {
+            tracing::error!("audit event lost: {e}");
+        }
+    }
+}
+
+// ───────────────────────────── in-process oracle ─────────────────────────────
+
+/// An in-process client of the chain: what the evaluation harness and attack tests query.
+///
+/// Every query goes through the same stages as an HTTP request with `api_key`.
+pub struct ChainOracle {
+    /// The chain.
+    pub chain: Arc<Chain>,
+    /// The client's API key.
+    pub api_key: String,
+    /// Model queried.
+    pub model: String,
+    /// Query budget, if any.
+    pub budget: Option<u64>,
+    used: u64,
+    input_shape: Vec<usize>,
+    classes: usize,
+}
+
+impl ChainOracle {
+    /// An oracle for `model` (`None`: the only / first model) with `api_key`.
+    pub fn new(
+        chain: Arc<Chain>,
+        api_key: &str,
+        model: Option<&str>,
+    ) -> Result<Self, GatewayError> {
+        let entry = match model {
+            Some(m) => chain
+                .shared
+                .models
+                .get(m)
+                .ok_or_else(|| GatewayError::NotFound(format!("unknown model {m:?}")))?,
+            None => chain
+                .shared
+                .models
+                .values()
+                .next()
+                .ok_or_else(|| GatewayError::Config("no model".into()))?,
+        }
+        .clone();
+        Ok(Self {
+            chain,
+            api_key: api_key.to_string(),
+            model: entry.name.clone(),
+            budget: None,
+            used: 0,
+            input_shape: entry.card().input_shape.clone(),
+            classes: entry.card().num_classes(),
+        })
+    }
+
+    /// Sets a query budget.
+    pub fn with_budget(mut self, budget: u64) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+}
+
+impl Oracle for ChainOracle {
+    fn input_shape(&self) -> Vec<usize> {
+        self.input_shape.clone()
+    }
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+    fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
+        let n = x.batch_size() as u64;
+        if let Some(b) = self.budget {
+            if self.used + n > b {
+                return Err(OracleError::BudgetExhausted {
+                    budget: b,
+                    used: self.used,
+                });
+            }
+        }
+        let r = self.chain.handle(InferRequest {
+            credential: Some(self.api_key.clone()),
+            model: self.model.clone(),
+            version: None,
+            payload: Payload::Tensor {
+                input: x.clone(),
+                id: None,
+            },
+        });
+        let r = match r {
+            Ok(r) => r,
+            Err(e @ (GatewayError::Blocked(_) | GatewayError::Forbidden(_))) => {
+                return Err(OracleError::Refused(e.to_string()))
+            }
+            Err(e @ GatewayError::RateLimited { .. }) => {
+                return Err(OracleError::RateLimited(e.to_string()))
+            }
+            Err(e) => return Err(OracleError::Transport(e.to_string())),
+        };
+        self.used += n;
+        let labels = r.labels.unwrap_or_default();
+        let probs = match r.probabilities {
+            Some(p) => p,
+            None => {
+                let mut t = Tensor::zeros(vec![labels.len(), self.classes]);
+                for (i, &l) in labels.iter().enumerate() {
+                    if l < self.classes {
+                        t.row_mut(i)[l] = 1.0;
+                    }
+                }
+                t
+            }
+        };
+        Ok(OracleAnswer {
+            probs,
+            labels,
+            disclosure: r.disclosure,
+        })
+    }
+    fn queries_used(&self) -> u64 {
+        self.used
+    }
+    fn budget(&self) -> Option<u64> {
+        self.budget
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disclosure_masks() {
+        let mut p = [0.1, 0.5, 0.3, 0.1];
+        enforce_disclosure(Disclosure::TopK(2), &mut p);
+        assert_eq!(p, [0.0, 0.5, 0.3, 0.0]);
+        enforce_disclosure(Disclosure::Label, &mut p);
+        assert_eq!(p, [0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            stricter(Disclosure::TopK(3), Disclosure::Label),
+            Disclosure::Label
+        );
+        assert_eq!(
+            stricter(Disclosure::Label, Disclosure::Probabilities),
+            Disclosure::Label
+        );
+    }
+
+    #[test]
+    fn the_order_is_fixed() {
+        let names: Vec<_> = Chain::stages_for(ChainMode::Full)
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "authenticate",
+                "validate",
+                "limit",
+                "detect",
+                "infer",
+                "postprocess",
+                "watermark",
+                "audit"
+            ]
+        );
+    }
+}

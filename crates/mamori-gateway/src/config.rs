@@ -1,0 +1,348 @@
+//! Gateway configuration: `mamori.toml` plus `MAMORI_*` environment overrides.
+//!
+//! ```toml
+//! [server]
+//! addr = "127.0.0.1:8080"
+//! max_body_bytes = 8388608
+//! max_batch = 256
+//! store_raw_input = false
+//!
+//! [tiers.full]
+//! disclosure = "probabilities"   # or "top_k" (with top_k = K) or "label"
+//! rate_per_s = 100.0
+//! burst = 200
+//! daily_quota = 1000000
+//! postprocessors = []             # names resolved by the postprocessor registry
+//!
+//! [detect]
+//! throttle_factor = 0.1
+//! degrade_postprocessors = ["round2"]
+//!
+//! [postprocessors.round2]          # named definitions, interpreted by the registry
+//! kind = "rounding"
+//! decimals = 2
+//! ```
+
+use crate::error::GatewayError;
+use mamori_core::Disclosure;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Transport and validation limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind (`HOST:PORT`; port 0 picks a free port).
+    pub addr: String,
+    /// Largest accepted request body in bytes (larger → 413).
+    pub max_body_bytes: usize,
+    /// Largest accepted batch (first dimension).
+    pub max_batch: usize,
+    /// Store raw inputs in the audit log (otherwise only their SHA-256).
+    pub store_raw_input: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            max_body_bytes: 8 << 20,
+            max_batch: 256,
+            store_raw_input: false,
+        }
+    }
+}
+
+/// Audit writer settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Capacity of the bounded event queue (requests wait when it is full).
+    pub queue: usize,
+    /// Largest number of events written in one transaction.
+    pub batch: usize,
+    /// After writing a batch, the writer waits this long (ms) so that the next transaction
+    /// carries more events (fewer commits and wake-ups under load). A flush or a shutdown does
+    /// not wait.
+    pub linger_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            queue: 10_000,
+            batch: 512,
+            linger_ms: 2,
+        }
+    }
+}
+
+/// What a tier discloses, in TOML form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisclosureKind {
+    /// Full probability vectors.
+    Probabilities,
+    /// The `top_k` largest probabilities, zeros elsewhere.
+    TopK,
+    /// Only the label.
+    Label,
+}
+
+/// One client tier: what it sees and how much it may ask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// What answers disclose.
+    pub disclosure: DisclosureKind,
+    /// `k` for [`DisclosureKind::TopK`].
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Sustained rate in queries (samples) per second.
+    pub rate_per_s: f64,
+    /// Bucket size in queries.
+    pub burst: u64,
+    /// Queries per UTC day.
+    pub daily_quota: u64,
+    /// Extra postprocessors applied to this tier's answers (registry names).
+    #[serde(default)]
+    pub postprocessors: Vec<String>,
+}
+
+fn default_top_k() -> usize {
+    3
+}
+
+impl TierConfig {
+    /// The disclosure as the core type.
+    pub fn disclosure(&self) -> Disclosure {
+        match self.disclosure {
+            DisclosureKind::Probabilities => Disclosure::Probabilities,
+            DisclosureKind::TopK => Disclosure::TopK(self.top_k),
+            DisclosureKind::Label => Disclosure::Label,
+        }
+    }
+}
+
+/// How the chain acts on escalation decisions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Whether `mamori serve` attaches the detector set and escalation policy.
+    pub enabled: bool,
+    /// Escalation policy settings, handed as-is to the policy implementation
+    /// (`mamori-detect`'s `PolicyConfig` in `mamori serve`).
+    pub policy: Option<toml::Value>,
+    /// A throttled client's rate and burst are multiplied by this factor.
+    pub throttle_factor: f64,
+    /// Postprocessors added for a degraded client (registry names).
+    pub degrade_postprocessors: Vec<String>,
+    /// Disclosure forced on a degraded client.
+    pub degrade_disclosure: DisclosureKind,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            policy: None,
+            throttle_factor: 0.1,
+            degrade_postprocessors: Vec::new(),
+            degrade_disclosure: DisclosureKind::Label,
+        }
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Transport and validation limits.
+    pub server: ServerConfig,
+    /// Audit writer.
+    pub audit: AuditConfig,
+    /// Tier used by keys created without `--tier`.
+    pub default_tier: String,
+    /// Tiers by name.
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Escalation settings.
+    pub detect: DetectConfig,
+    /// Named postprocessor definitions referenced by tiers and `detect.degrade_postprocessors`;
+    /// each table is interpreted by the postprocessor registry (in `mamori serve`,
+    /// `mamori-defense`'s specs, e.g. `[postprocessors.round2] kind = "rounding"`,
+    /// `decimals = 2`).
+    pub postprocessors: BTreeMap<String, toml::Value>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let mut tiers = BTreeMap::new();
+        tiers.insert(
+            "full".to_string(),
+            TierConfig {
+                disclosure: DisclosureKind::Probabilities,
+                top_k: 3,
+                rate_per_s: 1000.0,
+                burst: 2000,
+                daily_quota: 10_000_000,
+                postprocessors: Vec::new(),
+            },
+        );
+        tiers.insert(
+            "standard".to_string(),
+            TierConfig {
+                disclosure: DisclosureKind::TopK,
+                top_k: 3,
+                rate_per_s: 100.0,
+                burst: 200,
+                daily_quota: 100_000,
+                postprocessors: Vec::new(),
+            },
+        );
+        tiers.insert(
+            "label".to_string(),
+            TierConfig {
+                disclosure: DisclosureKind::Label,
+                top_k: 1,
+                rate_per_s: 20.0,
+                burst: 50,
+                daily_quota: 10_000,
+                postprocessors: Vec::new(),
+            },
+        );
+        Self {
+            server: ServerConfig::default(),
+            audit: AuditConfig::default(),
+            default_tier: "standard".into(),
+            tiers,
+            detect: DetectConfig::default(),
+            postprocessors: BTreeMap::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a TOML file (missing keys take defaults), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, GatewayError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| GatewayError::Config(format!("{}: {e}", p.display())))?;
+                Self::from_toml(&text)
+                    .map_err(|e| GatewayError::Config(format!("{}: {e}", p.display())))?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Like [`GatewayConfig::load`], defaulting to `home/mamori.toml` when it exists.
+    pub fn load_for_home(path: Option<&Path>, home: &Path) -> Result<Self, GatewayError> {
+        let default = home.join("mamori.toml");
+        match path {
+            Some(p) => Self::load(Some(p)),
+            None if default.is_file() => Self::load(Some(&default)),
+            None => Self::load(None),
+        }
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, GatewayError> {
+        toml::from_str(text).map_err(|e| GatewayError::Config(e.to_string()))
+    }
+
+    /// Applies `MAMORI_ADDR`, `MAMORI_MAX_BODY_BYTES`, `MAMORI_MAX_BATCH`,
+    /// `MAMORI_STORE_RAW_INPUT` and `MAMORI_DEFAULT_TIER` from `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), GatewayError> {
+        fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, GatewayError> {
+            v.parse().map_err(|_| {
+                GatewayError::Config(format!("environment variable {k}={v:?} is invalid"))
+            })
+        }
+        if let Some(v) = get("MAMORI_ADDR") {
+            self.server.addr = v;
+        }
+        if let Some(v) = get("MAMORI_MAX_BODY_BYTES") {
+            self.server.max_body_bytes = parse("MAMORI_MAX_BODY_BYTES", &v)?;
+        }
+        if let Some(v) = get("MAMORI_MAX_BATCH") {
+            self.server.max_batch = parse("MAMORI_MAX_BATCH", &v)?;
+        }
+        if let Some(v) = get("MAMORI_STORE_RAW_INPUT") {
+            self.server.store_raw_input = parse("MAMORI_STORE_RAW_INPUT", &v)?;
+        }
+        if let Some(v) = get("MAMORI_DEFAULT_TIER") {
+            self.default_tier = v;
+        }
+        Ok(())
+    }
+
+    /// Checks internal consistency (the default tier exists, limits are positive).
+    pub fn check(&self) -> Result<(), GatewayError> {
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(GatewayError::Config(format!(
+                "default_tier {:?} is not one of the tiers {:?}",
+                self.default_tier,
+                self.tiers.keys().collect::<Vec<_>>()
+            )));
+        }
+        for (name, t) in &self.tiers {
+            if t.rate_per_s.is_nan() || t.rate_per_s <= 0.0 || t.burst == 0 {
+                return Err(GatewayError::Config(format!(
+                    "tier {name}: rate_per_s and burst must be positive"
+                )));
+            }
+            if t.disclosure == DisclosureKind::TopK && t.top_k == 0 {
+                return Err(GatewayError::Config(format!(
+                    "tier {name}: top_k must be ≥ 1"
+                )));
+            }
+        }
+        if self.server.max_batch == 0 || self.server.max_body_bytes == 0 {
+            return Err(GatewayError::Config(
+                "server.max_batch and server.max_body_bytes must be positive".into(),
+            ));
+        }
+        if !(self.detect.throttle_factor > 0.0 && self.detect.throttle_factor <= 1.0) {
+            return Err(GatewayError::Config(
+                "detect.throttle_factor must be in (0, 1]".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_env_overrides() {
+        let cfg = GatewayConfig::from_toml(
+            "default_tier = \"t\"\n[tiers.t]\ndisclosure = \"top_k\"\ntop_k = 2\nrate_per_s = 5.0\nburst = 3\ndaily_quota = 9\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.tiers["t"].disclosure(), Disclosure::TopK(2));
+        cfg.check().unwrap();
+        let mut cfg = cfg;
+        cfg.apply_env(|k| (k == "MAMORI_MAX_BATCH").then(|| "7".to_string()))
+            .unwrap();
+        assert_eq!(cfg.server.max_batch, 7);
+        assert!(cfg
+            .apply_env(|k| (k == "MAMORI_MAX_BATCH").then(|| "x".to_string()))
+            .is_err());
+    }
+
+    #[test]
+    fn bad_config_is_named() {
+        assert!(GatewayConfig::from_toml("[server]\nbogus = 1\n").is_err());
+        let cfg = GatewayConfig {
+            default_tier: "nope".into(),
+            ..Default::default()
+        };
+        assert!(cfg.check().unwrap_err().to_string().contains("nope"));
+    }
+}

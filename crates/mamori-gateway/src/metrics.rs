@@ -1,0 +1,163 @@
+//! Prometheus metrics (`GET /metrics`), with the official `prometheus-client` crate.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    model: String,
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    model: String,
+    detector: String,
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    queries: Family<ModelLabel, Counter>,
+    latency: Family<ModelLabel, Histogram>,
+    decisions: Family<DecisionLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mamori");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let queries = Family::<ModelLabel, Counter>::default();
+        let latency = Family::<ModelLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Inference requests by model and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "queries",
+            "Samples answered (one query = one sample)",
+            queries.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time spent in the protection chain",
+            latency.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Chain decisions (allow, alert, degrade, throttle, block, or error kind)",
+            decisions.clone(),
+        );
+        registry.register("alerts", "Detector alarms by detector", alerts.clone());
+        Self {
+            registry,
+            requests,
+            queries,
+            latency,
+            decisions,
+            alerts,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn observe_request(
+        &self,
+        model: &str,
+        status: u16,
+        decision: &str,
+        seconds: f64,
+        samples: u64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .observe(seconds);
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                model: model.to_string(),
+                decision: decision.to_string(),
+            })
+            .inc();
+        if status == 200 {
+            self.queries
+                .get_or_create(&ModelLabel {
+                    model: model.to_string(),
+                })
+                .inc_by(samples);
+        }
+    }
+
+    /// Records one alarm.
+    pub fn observe_alert(&self, model: &str, detector: &str) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                model: model.to_string(),
+                detector: detector.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_metrics() {
+        let m = Metrics::new();
+        m.observe_request("m", 200, "allow", 0.001, 4);
+        m.observe_alert("m", "volume");
+        let t = m.encode();
+        assert!(
+            t.contains("mamori_requests_total{model=\"m\",status=\"200\"} 1"),
+            "{t}"
+        );
+        assert!(t.contains("mamori_queries_total{model=\"m\"} 4"));
+        assert!(t.contains("mamori_alerts_total{model=\"m\",detector=\"volume\"} 1"));
+        assert!(t.contains("mamori_request_duration_seconds_bucket"));
+    }
+}

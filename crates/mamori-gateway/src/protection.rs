@@ -1,0 +1,526 @@
+//! Protection policies: the one place where a named policy becomes a protection chain.
+//!
+//! A [`PolicySpec`] (TOML/JSON) says which detectors watch the clients and how the escalation
+//! policy reacts, which postprocessors change every answer, what a degraded client gets, and
+//! whether answers are watermarked with DAWN. [`protect`] turns it into a gateway
+//! configuration, a postprocessor registry and the [`ModelSpec`]s of the served models, ready
+//! for [`ChainBuilder`] ([`Protected::builder`]). `mamori serve` and the evaluation harness
+//! (`mamori eval`, the demo) both go through it, so what is evaluated is what is served.
+//!
+//! Built-in policies ([`builtin`], [`BUILTIN_POLICIES`]):
+//!
+//! | name | what it does |
+//! |---|---|
+//! | `none` | no protection (the chain still authenticates, validates, limits, audits) |
+//! | `label_only`, `top_k`, `rounding`, `gaussian_noise`, `laplace_noise`, `reverse_sigmoid`, `adaptive_misinformation`, `prediction_poisoning` | that postprocessor alone, on every answer |
+//! | `detect` | every registered detector (`mamori_detect::default_detectors`) with the risk/escalation policy (`mamori_detect::Policy`): alert → degrade to labels → throttle → block |
+//! | `dawn` | DAWN answer watermarking (Szyller et al. 2021) at `r = 0.5%` |
+//! | `default` | `detect` + rounding to 2 decimals + DAWN |
+//!
+//! ```toml
+//! # a custom policy (e.g. in the eval config's [policies] table)
+//! [policies.strict]
+//! detect = true
+//! postprocessors = [{ kind = "rounding", decimals = 1 }]
+//! degrade_postprocessors = [{ kind = "reverse_sigmoid", beta = 0.7, gamma = 1.2 }]
+//! degrade_disclosure = "label"
+//! watermark = { kind = "dawn", rate = 0.005 }
+//! [policies.strict.escalation]
+//! degrade_at = 3.0
+//! block_at = 30.0
+//! ```
+//!
+//! Escalation: the gateway's detect stage reports one verdict per detector per request (the
+//! state after the request's last sample) with the number of queries the detector has seen.
+//! `mamori_detect::Policy` adds risk per alarming *query*, so the adapter [`Escalation`]
+//! counts an alarm held at the end of a request for every query of that request (the queries
+//! since the previous verdict of that detector about that subject).
+
+use crate::chain::{ChainBuilder, ModelSpec, PostprocessorRegistry};
+use crate::config::{DisclosureKind, GatewayConfig};
+use crate::error::GatewayError;
+use crate::policy::{NamedVerdict, Policy as GatewayPolicy};
+use mamori_core::{Action, Detector, Model, Postprocessor, Verdict, Watermark};
+use mamori_defense::{BuildContext, Dawn, Ledger, PostprocessorSpec, SecretKey};
+use mamori_detect::{DetectorsConfig, PolicyConfig};
+use mamori_ml::Network;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Names of the built-in policies, in the order reports list them.
+pub const BUILTIN_POLICIES: &[&str] = &[
+    "none",
+    "label_only",
+    "top_k",
+    "rounding",
+    "gaussian_noise",
+    "laplace_noise",
+    "reverse_sigmoid",
+    "adaptive_misinformation",
+    "prediction_poisoning",
+    "detect",
+    "dawn",
+    "default",
+];
+
+/// Largest number of queries one request's alarm may count for (bounds the risk a single
+/// batch can add).
+pub const MAX_ALARM_REPEAT: u64 = 4096;
+
+/// The answer watermark of a policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WatermarkSpec {
+    /// DAWN (Szyller et al. 2021): a keyed `rate` share of answers get a keyed wrong label,
+    /// recorded in the encrypted ledger.
+    Dawn {
+        /// Share of queries watermarked, in `(0, 1)` (paper default 0.005).
+        #[serde(default = "default_dawn_rate")]
+        rate: f64,
+    },
+}
+
+fn default_dawn_rate() -> f64 {
+    mamori_defense::dawn::DEFAULT_RATE
+}
+
+/// One protection policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Run the detectors and the escalation policy.
+    pub detect: bool,
+    /// Detector configuration (thresholds); `None` = the calibration given in the
+    /// [`ProtectionContext`], else the detectors' defaults.
+    pub detectors: Option<DetectorsConfig>,
+    /// Risk and escalation thresholds.
+    pub escalation: PolicyConfig,
+    /// Postprocessors applied to every answer, in order.
+    pub postprocessors: Vec<PostprocessorSpec>,
+    /// Postprocessors added for a degraded client.
+    pub degrade_postprocessors: Vec<PostprocessorSpec>,
+    /// Disclosure forced on a degraded client (default: labels only).
+    pub degrade_disclosure: Option<DisclosureKind>,
+    /// Answer watermark.
+    pub watermark: Option<WatermarkSpec>,
+}
+
+impl PolicySpec {
+    /// Checks the values a policy can get wrong before anything is built.
+    pub fn check(&self, name: &str) -> Result<(), GatewayError> {
+        if let Some(WatermarkSpec::Dawn { rate }) = &self.watermark {
+            if !(*rate > 0.0 && *rate < 1.0) {
+                return Err(GatewayError::Config(format!(
+                    "policy {name:?}: watermark.rate must lie in (0, 1), got {rate}"
+                )));
+            }
+        }
+        let e = &self.escalation;
+        for (field, v) in [
+            ("degrade_at", e.degrade_at),
+            ("throttle_at", e.throttle_at),
+            ("block_at", e.block_at),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(GatewayError::Config(format!(
+                    "policy {name:?}: escalation.{field} must be a positive number, got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The built-in policy `name` (see the module documentation).
+pub fn builtin(name: &str) -> Option<PolicySpec> {
+    let post = |s: PostprocessorSpec| PolicySpec {
+        postprocessors: vec![s],
+        ..Default::default()
+    };
+    let detect = PolicySpec {
+        detect: true,
+        degrade_disclosure: Some(DisclosureKind::Label),
+        ..Default::default()
+    };
+    Some(match name {
+        "none" => PolicySpec::default(),
+        "label_only" => post(PostprocessorSpec::LabelOnly),
+        "top_k" => post(PostprocessorSpec::TopK {
+            k: 1,
+            renormalise: true,
+        }),
+        "rounding" => post(PostprocessorSpec::Rounding { decimals: 1 }),
+        "gaussian_noise" => post(PostprocessorSpec::GaussianNoise { sigma: 0.1 }),
+        "laplace_noise" => post(PostprocessorSpec::LaplaceNoise { scale: 0.07 }),
+        "reverse_sigmoid" => post(PostprocessorSpec::ReverseSigmoid {
+            beta: 0.7,
+            gamma: 1.2,
+        }),
+        "adaptive_misinformation" => post(PostprocessorSpec::AdaptiveMisinformation {
+            tau: 0.6,
+            nu: 1000.0,
+        }),
+        "prediction_poisoning" => post(PostprocessorSpec::PredictionPoisoning {
+            epsilon: 0.5,
+            keep_top1: true,
+        }),
+        "detect" => detect,
+        "dawn" => PolicySpec {
+            watermark: Some(WatermarkSpec::Dawn {
+                rate: default_dawn_rate(),
+            }),
+            ..Default::default()
+        },
+        "default" => PolicySpec {
+            postprocessors: vec![PostprocessorSpec::Rounding { decimals: 2 }],
+            watermark: Some(WatermarkSpec::Dawn {
+                rate: default_dawn_rate(),
+            }),
+            ..detect
+        },
+        _ => return None,
+    })
+}
+
+/// Resolves `name` among `custom` policies first, then the built-ins.
+pub fn resolve(
+    name: &str,
+    custom: &BTreeMap<String, PolicySpec>,
+) -> Result<PolicySpec, GatewayError> {
+    if let Some(p) = custom.get(name) {
+        return Ok(p.clone());
+    }
+    builtin(name).ok_or_else(|| {
+        let mut known: Vec<&str> = BUILTIN_POLICIES.to_vec();
+        known.extend(custom.keys().map(|k| k.as_str()));
+        GatewayError::Config(format!(
+            "unknown protection policy {name:?}; known: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+/// Secrets, calibration and storage the policy needs.
+#[derive(Clone, Debug)]
+pub struct ProtectionContext {
+    /// Gateway home: DAWN's keys and ledger live in `home/watermark/` (see
+    /// [`mamori_defense::dawn::DawnPaths`]) and the postprocessor key in `home/protection.key`.
+    pub home: PathBuf,
+    /// A fixed master secret (reproducible evaluations): DAWN, ledger and postprocessor keys
+    /// are derived from it instead of the key files; the ledger still goes to the home.
+    pub secret: Option<SecretKey>,
+    /// Calibrated detector thresholds (`calibration.json`), used when the policy names none.
+    pub calibration: Option<DetectorsConfig>,
+    /// The served native network (prediction poisoning uses its features).
+    pub network: Option<Arc<Network>>,
+}
+
+impl ProtectionContext {
+    /// A context keeping its keys and ledger in `home`.
+    pub fn new(home: &Path) -> Self {
+        Self {
+            home: home.to_path_buf(),
+            secret: None,
+            calibration: None,
+            network: None,
+        }
+    }
+}
+
+/// A protection policy turned into what the chain builder takes.
+pub struct Protected {
+    /// The gateway configuration, with the policy's postprocessors added to every tier and its
+    /// degrade settings.
+    pub config: GatewayConfig,
+    /// Resolves the postprocessor names of `config`.
+    pub registry: PostprocessorRegistry,
+    /// The served models with their detectors, escalation policy and watermark.
+    pub models: Vec<ModelSpec>,
+    /// The DAWN watermark (shared by the models), to read its ledger.
+    pub dawn: Option<Arc<Dawn>>,
+}
+
+impl std::fmt::Debug for Protected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protected")
+            .field("models", &self.models.len())
+            .field("dawn", &self.dawn.is_some())
+            .finish()
+    }
+}
+
+impl Protected {
+    /// A chain builder with the configuration, the registry and every model; add keys, an
+    /// audit store, a ledger sink as needed, then `build()`.
+    pub fn builder(self) -> ChainBuilder {
+        let mut b = ChainBuilder::new(self.config).postprocessors(self.registry);
+        for m in self.models {
+            b = b.model(m);
+        }
+        b
+    }
+}
+
+fn cfg_err(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Config(e.to_string())
+}
+
+/// Turns `policy` into a protected configuration for `models` (`(model, platform)` pairs).
+///
+/// Postprocessors are appended to every tier of `config` (named `policy:N`), degrade
+/// postprocessors to `detect.degrade_postprocessors` (`policy:degrade:N`); names already in
+/// `config` are resolved as built-in policies with a single postprocessor (`rounding`,
+/// `top_k`, ...). Each model gets its own detector states and escalation policy; the DAWN
+/// watermark (one key, one ledger) is shared.
+pub fn protect(
+    mut config: GatewayConfig,
+    models: Vec<(Arc<dyn Model>, String)>,
+    policy: &PolicySpec,
+    ctx: &ProtectionContext,
+) -> Result<Protected, GatewayError> {
+    policy.check("policy")?;
+    let post_key = match &ctx.secret {
+        Some(s) => s.derive("postprocessors"),
+        None => SecretKey::load_or_create(&ctx.home.join("protection.key")).map_err(cfg_err)?,
+    };
+    let bctx = BuildContext {
+        key: Some(post_key),
+        network: ctx.network.clone(),
+    };
+    let mut named: HashMap<String, Arc<dyn Postprocessor>> = HashMap::new();
+    let build = |named: &mut HashMap<String, Arc<dyn Postprocessor>>,
+                 spec: &PostprocessorSpec,
+                 name: String|
+     -> Result<String, GatewayError> {
+        let p = mamori_defense::build(spec, &bctx).map_err(cfg_err)?;
+        named.insert(name.clone(), Arc::from(p));
+        Ok(name)
+    };
+    let mut tier_names = Vec::new();
+    for (i, s) in policy.postprocessors.iter().enumerate() {
+        tier_names.push(build(&mut named, s, format!("policy:{i}"))?);
+    }
+    let mut degrade_names = Vec::new();
+    for (i, s) in policy.degrade_postprocessors.iter().enumerate() {
+        degrade_names.push(build(&mut named, s, format!("policy:degrade:{i}"))?);
+    }
+    // Names the configuration already uses: built-in single-postprocessor policies.
+    let existing: Vec<String> = config
+        .tiers
+        .values()
+        .flat_map(|t| t.postprocessors.iter().cloned())
+        .chain(config.detect.degrade_postprocessors.iter().cloned())
+        .collect();
+    for n in existing {
+        if named.contains_key(&n) {
+            continue;
+        }
+        let spec = builtin(&n)
+            .and_then(|p| (p.postprocessors.len() == 1).then(|| p.postprocessors[0].clone()))
+            .ok_or_else(|| {
+                GatewayError::Config(format!(
+                    "unknown postprocessor {n:?} in the gateway configuration; known: label_only, \
+                     top_k, rounding, gaussian_noise, laplace_noise, reverse_sigmoid, \
+                     adaptive_misinformation, prediction_poisoning"
+                ))
+            })?;
+        build(&mut named, &spec, n)?;
+    }
+    for t in config.tiers.values_mut() {
+        t.postprocessors.extend(tier_names.iter().cloned());
+    }
+    config
+        .detect
+        .degrade_postprocessors
+        .extend(degrade_names.iter().cloned());
+    if let Some(d) = policy.degrade_disclosure {
+        config.detect.degrade_disclosure = d;
+    }
+    let named = Arc::new(named);
+    let registry: PostprocessorRegistry = Arc::new(move |n: &str| named.get(n).cloned());
+
+    let dawn = match &policy.watermark {
+        None => None,
+        Some(WatermarkSpec::Dawn { rate }) => Some(Arc::new(open_dawn(ctx, *rate)?)),
+    };
+    let detectors_cfg = policy
+        .detectors
+        .clone()
+        .or_else(|| ctx.calibration.clone())
+        .unwrap_or_default();
+    let mut specs = Vec::with_capacity(models.len());
+    for (model, platform) in models {
+        let mut spec = ModelSpec::new(model, &platform);
+        if policy.detect {
+            spec.detectors = mamori_detect::default_detectors(&detectors_cfg);
+            spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
+        }
+        spec.watermark = dawn.clone().map(|d| d as Arc<dyn Watermark>);
+        specs.push(spec);
+    }
+    Ok(Protected {
+        config,
+        registry,
+        models: specs,
+        dawn,
+    })
+}
+
+fn open_dawn(ctx: &ProtectionContext, rate: f64) -> Result<Dawn, GatewayError> {
+    match &ctx.secret {
+        None => Dawn::open_home(&ctx.home, rate).map_err(cfg_err),
+        Some(s) => {
+            let p = mamori_defense::dawn::DawnPaths::in_home(&ctx.home);
+            let ledger = Ledger::open(&p.ledger, &s.derive("dawn-ledger")).map_err(cfg_err)?;
+            Ok(Dawn::new(s.derive("dawn"), rate)
+                .map_err(cfg_err)?
+                .with_ledger(ledger))
+        }
+    }
+}
+
+/// The detectors a policy runs (for listing; [`protect`] builds them per model).
+pub fn detectors_of(policy: &PolicySpec, ctx: &ProtectionContext) -> Vec<Arc<dyn Detector>> {
+    if !policy.detect {
+        return Vec::new();
+    }
+    let cfg = policy
+        .detectors
+        .clone()
+        .or_else(|| ctx.calibration.clone())
+        .unwrap_or_default();
+    mamori_detect::default_detectors(&cfg)
+}
+
+/// `mamori_detect`'s risk/escalation policy behind the gateway's [`GatewayPolicy`] trait.
+///
+/// An alarm seen at the end of a request counts once per query of that request (the growth
+/// of the detector's query count since its previous verdict about the subject, at most
+/// [`MAX_ALARM_REPEAT`]); group verdicts (`group:<g>` subjects) are passed as
+/// `group:<detector>`.
+pub struct Escalation {
+    policy: mamori_detect::Policy,
+    seen: HashMap<(String, String), u64>,
+}
+
+impl Escalation {
+    /// An escalation policy with `cfg`.
+    pub fn new(cfg: PolicyConfig) -> Self {
+        Self {
+            policy: mamori_detect::Policy::new(cfg),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The client's current risk.
+    pub fn risk(&self, client: &str, now_ms: u64) -> f64 {
+        self.policy.risk(client, now_ms)
+    }
+}
+
+impl GatewayPolicy for Escalation {
+    fn decide(&mut self, client: &str, verdicts: &[NamedVerdict], now_ms: u64) -> Action {
+        let mut group = None;
+        let mut list: Vec<(String, Verdict)> = Vec::new();
+        for v in verdicts {
+            let name = match v.subject.strip_prefix("group:") {
+                Some(g) => {
+                    group = Some(g.to_string());
+                    format!("group:{}", v.detector)
+                }
+                None => v.detector.clone(),
+            };
+            let prev = self
+                .seen
+                .insert((v.subject.clone(), v.detector.clone()), v.queries)
+                .unwrap_or(0);
+            let n = if v.verdict.alarm {
+                v.queries.saturating_sub(prev).clamp(1, MAX_ALARM_REPEAT)
+            } else {
+                1
+            };
+            for _ in 0..n {
+                list.push((name.clone(), v.verdict));
+            }
+        }
+        self.policy
+            .decide(client, group.as_deref(), &list, now_ms)
+            .action
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(subject: &str, detector: &str, alarm: bool, queries: u64) -> NamedVerdict {
+        NamedVerdict {
+            detector: detector.into(),
+            subject: subject.into(),
+            verdict: Verdict {
+                score: if alarm { 2.0 } else { 0.1 },
+                alarm,
+            },
+            queries,
+        }
+    }
+
+    #[test]
+    fn every_builtin_resolves_and_checks() {
+        for n in BUILTIN_POLICIES {
+            let p = resolve(n, &BTreeMap::new()).unwrap();
+            p.check(n).unwrap();
+        }
+        let e = resolve("nope", &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("default"), "{e}");
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_field() {
+        let mut p = builtin("dawn").unwrap();
+        p.watermark = Some(WatermarkSpec::Dawn { rate: 1.5 });
+        assert!(p.check("x").unwrap_err().to_string().contains("rate"));
+        let mut p = builtin("detect").unwrap();
+        p.escalation.block_at = -1.0;
+        assert!(p.check("x").unwrap_err().to_string().contains("block_at"));
+        let e = toml::from_str::<PolicySpec>("detekt = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("detekt"), "{e}");
+        let p: PolicySpec = toml::from_str(
+            "detect = true\npostprocessors = [{ kind = \"rounding\", decimals = 2 }]\n\
+             watermark = { kind = \"dawn\" }\n[escalation]\nblock_at = 10.0\n",
+        )
+        .unwrap();
+        assert!(p.detect && p.postprocessors.len() == 1);
+        assert_eq!(p.escalation.block_at, 10.0);
+        assert_eq!(p.watermark, Some(WatermarkSpec::Dawn { rate: 0.005 }));
+    }
+
+    #[test]
+    fn escalation_counts_alarms_per_query_and_blocks() {
+        let mut e = Escalation::new(PolicyConfig::default());
+        // No alarm: allow.
+        assert_eq!(
+            e.decide("c", &[verdict("c", "prada", false, 10)], 0),
+            Action::Allow
+        );
+        // One alarming request of 10 more queries: risk 10 ≥ degrade (5).
+        assert_eq!(
+            e.decide("c", &[verdict("c", "prada", true, 20)], 0),
+            Action::Degrade
+        );
+        // 40 more alarming queries: risk 50 ≥ block.
+        assert_eq!(
+            e.decide("c", &[verdict("c", "prada", true, 60)], 0),
+            Action::Block
+        );
+        // Another client is unaffected.
+        assert_eq!(
+            e.decide("d", &[verdict("d", "prada", false, 60)], 0),
+            Action::Allow
+        );
+    }
+}

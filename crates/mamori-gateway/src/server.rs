@@ -1,0 +1,602 @@
+//! The HTTP server: Open Inference Protocol v2 REST in front of the [`Chain`], the admin API
+//! and `/metrics`.
+//!
+//! Routes:
+//!
+//! | verb | path | |
+//! |---|---|---|
+//! | GET | `/v2/health/live`, `/v2/health/ready` | health |
+//! | GET | `/v2` | server metadata |
+//! | GET | `/v2/models/{name}[/versions/{v}]` | model metadata |
+//! | GET | `/v2/models/{name}[/versions/{v}]/ready` | model ready |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | inference (API key) |
+//! | GET | `/metrics` | Prometheus |
+//! | GET/POST | `/admin/keys`, POST `/admin/keys/{id}/revoke` | keys (admin token) |
+//! | GET | `/admin/alerts`, `/admin/blocks` | alerts and blocks (admin token) |
+//! | POST | `/admin/block`, `/admin/unblock` | block / unblock override (admin token) |
+//!
+//! Errors are `{"error": "..."}` with the status of [`GatewayError::status`], in one place
+//! ([`error_response`]).
+
+use crate::chain::{Chain, InferRequest, InferResponse, Payload};
+use crate::error::GatewayError;
+use crate::oip;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Turns an error into the protocol's error response.
+pub fn error_response(e: &GatewayError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!("{e}");
+    } else {
+        tracing::debug!("refused: {e}");
+    }
+    let mut resp = (status, Json(oip::error_body(&e.public_message()))).into_response();
+    match e {
+        GatewayError::RateLimited { retry_after_s, .. } => {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(*retry_after_s));
+        }
+        GatewayError::MissingCredential
+        | GatewayError::InvalidCredential
+        | GatewayError::RevokedKey(_) => {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+struct ApiError(GatewayError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(&self.0)
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        ApiError(e)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The credential in `Authorization: Bearer <key>` or `x-api-key: <key>`.
+pub fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Some(k) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(k.trim().to_string());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+}
+
+/// Builds the router for a chain.
+pub fn router(chain: Arc<Chain>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_meta))
+        .route("/v2/models/{name}", get(model_meta))
+        .route("/v2/models/{name}/versions/{version}", get(model_meta_v))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/metrics", get(metrics))
+        .route("/admin/keys", get(admin_keys).post(admin_create_key))
+        .route("/admin/keys/{id}/revoke", post(admin_revoke))
+        .route("/admin/alerts", get(admin_alerts))
+        .route("/admin/blocks", get(admin_blocks))
+        .route("/admin/block", post(admin_block))
+        .route("/admin/unblock", post(admin_unblock))
+        .fallback(|| async { error_response(&GatewayError::NotFound("no such endpoint".into())) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(oip::error_body("method not allowed on this endpoint")),
+            )
+        })
+        .with_state(chain)
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn ready(State(c): State<Arc<Chain>>) -> Response {
+    let ready = !c.shared().models.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": ready}))).into_response()
+}
+
+async fn server_meta() -> Json<Value> {
+    Json(oip::server_metadata())
+}
+
+fn find_model(
+    c: &Chain,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<crate::chain::ModelEntry>, GatewayError> {
+    let e = c
+        .shared()
+        .models
+        .get(name)
+        .ok_or_else(|| GatewayError::NotFound(format!("unknown model {name:?}")))?;
+    if let Some(v) = version {
+        if v != oip::MODEL_VERSION {
+            return Err(GatewayError::NotFound(format!(
+                "model {name:?} has no version {v:?} (versions: [\"{}\"])",
+                oip::MODEL_VERSION
+            )));
+        }
+    }
+    Ok(e.clone())
+}
+
+async fn model_meta(State(c): State<Arc<Chain>>, Path(name): Path<String>) -> ApiResult {
+    meta(&c, &name, None)
+}
+
+async fn model_meta_v(
+    State(c): State<Arc<Chain>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    meta(&c, &name, Some(&version))
+}
+
+fn meta(c: &Chain, name: &str, version: Option<&str>) -> ApiResult {
+    let e = find_model(c, name, version)?;
+    Ok(Json(oip::model_metadata(e.card(), &e.platform, false)).into_response())
+}
+
+async fn model_ready(State(c): State<Arc<Chain>>, Path(name): Path<String>) -> ApiResult {
+    let e = find_model(&c, &name, None)?;
+    Ok(Json(json!({"name": e.name, "ready": true})).into_response())
+}
+
+async fn model_ready_v(
+    State(c): State<Arc<Chain>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    let e = find_model(&c, &name, Some(&version))?;
+    Ok(Json(json!({"name": e.name, "ready": true})).into_response())
+}
+
+async fn infer(
+    State(c): State<Arc<Chain>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_infer(c, name, None, headers, body).await
+}
+
+async fn infer_v(
+    State(c): State<Arc<Chain>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_infer(c, name, Some(version), headers, body).await
+}
+
+async fn run_infer(
+    c: Arc<Chain>,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = c.shared().config.server.max_body_bytes;
+    let binary_header_len = match headers.get("inference-header-content-length") {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return error_response(&GatewayError::BadRequest(
+                    "Inference-Header-Content-Length must be a non-negative integer".into(),
+                ))
+            }
+        },
+    };
+    let payload = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Payload::Oip {
+            body: b.to_vec(),
+            binary_header_len,
+        },
+        Err(_) => Payload::Oversized {
+            got: headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(limit + 1),
+        },
+    };
+    let req = InferRequest {
+        credential: credential(&headers),
+        model,
+        version,
+        payload,
+    };
+    let chain = c.clone();
+    let result = tokio::task::spawn_blocking(move || chain.handle(req)).await;
+    match result {
+        Ok(Ok(r)) => Json(response_json(&r)).into_response(),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => error_response(&GatewayError::Inference(format!("worker failed: {e}"))),
+    }
+}
+
+/// The Open Inference Protocol response body of an answer.
+pub fn response_json(r: &InferResponse) -> Value {
+    let mut outputs = Vec::new();
+    if let Some(p) = &r.probabilities {
+        outputs.push(json!({
+            "name": oip::OUTPUT_PROBABILITIES,
+            "shape": p.shape(),
+            "datatype": "FP32",
+            "data": p.data(),
+        }));
+    }
+    if let Some(l) = &r.labels {
+        outputs.push(json!({
+            "name": oip::OUTPUT_LABEL,
+            "shape": [l.len()],
+            "datatype": "INT64",
+            "data": l,
+        }));
+    }
+    let disclosure = match r.disclosure {
+        mamori_core::Disclosure::Probabilities => "probabilities".to_string(),
+        mamori_core::Disclosure::TopK(k) => format!("top_{k}"),
+        mamori_core::Disclosure::Label => "label".to_string(),
+    };
+    let mut v = json!({
+        "model_name": r.model_name,
+        "model_version": r.model_version,
+        "parameters": {"disclosure": disclosure},
+        "outputs": outputs,
+    });
+    if let Some(id) = &r.id {
+        v["id"] = json!(id);
+    }
+    v
+}
+
+async fn metrics(State(c): State<Arc<Chain>>) -> Response {
+    let mut r = c.shared().metrics.encode().into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+fn require_admin(c: &Chain, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let token = credential(headers).ok_or(GatewayError::MissingCredential)?;
+    if c.shared().keys.is_admin(&token) {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden(
+            "the admin API needs the admin token".into(),
+        ))
+    }
+}
+
+async fn admin_keys(State(c): State<Arc<Chain>>, headers: HeaderMap) -> ApiResult {
+    require_admin(&c, &headers)?;
+    Ok(Json(json!(c.shared().keys.list())).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreateKey {
+    client: String,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+}
+
+async fn admin_create_key(
+    State(c): State<Arc<Chain>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let req: CreateKey = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid key request: {e}")))?;
+    let cfg = &c.shared().config;
+    let tier = req.tier.unwrap_or_else(|| cfg.default_tier.clone());
+    if !cfg.tiers.contains_key(&tier) {
+        return Err(GatewayError::BadRequest(format!("unknown tier {tier:?}")).into());
+    }
+    let (rec, key) =
+        c.shared()
+            .keys
+            .create(&req.client, req.group.as_deref(), &tier, &req.models)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"key": key, "record": rec})),
+    )
+        .into_response())
+}
+
+async fn admin_revoke(
+    State(c): State<Arc<Chain>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let rec = c.shared().keys.revoke(&id)?;
+    Ok(Json(json!(rec)).into_response())
+}
+
+async fn admin_alerts(State(c): State<Arc<Chain>>, headers: HeaderMap) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let c2 = c.clone();
+    let alerts = tokio::task::spawn_blocking(move || {
+        c2.flush_audit();
+        c2.shared().audit.with_store(|s| s.alerts())
+    })
+    .await
+    .map_err(|e| GatewayError::Storage(e.to_string()))??;
+    Ok(Json(json!(alerts)).into_response())
+}
+
+async fn admin_blocks(State(c): State<Arc<Chain>>, headers: HeaderMap) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let b: Vec<Value> = c
+        .blocked()
+        .into_iter()
+        .map(|(m, cl, r)| json!({"model": m, "client": cl, "reason": r}))
+        .collect();
+    Ok(Json(json!(b)).into_response())
+}
+
+#[derive(Deserialize)]
+struct BlockReq {
+    client: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn admin_block(
+    State(c): State<Arc<Chain>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    block_common(c, headers, body, true).await
+}
+
+async fn admin_unblock(
+    State(c): State<Arc<Chain>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    block_common(c, headers, body, false).await
+}
+
+async fn block_common(
+    c: Arc<Chain>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    block: bool,
+) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let req: BlockReq = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid block request: {e}")))?;
+    let n = tokio::task::spawn_blocking(move || {
+        if block {
+            c.admin_block(
+                &req.client,
+                req.model.as_deref(),
+                req.reason.as_deref().unwrap_or("administrator"),
+            )
+        } else {
+            c.admin_unblock(&req.client, req.model.as_deref())
+        }
+    })
+    .await
+    .map_err(|e| GatewayError::Storage(e.to_string()))??;
+    Ok(Json(json!({"models": n})).into_response())
+}
+
+/// A server running on a tokio runtime.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    chain: Arc<Chain>,
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves `chain` until shut down.
+pub async fn start(chain: Arc<Chain>, addr: &str) -> Result<RunningServer, GatewayError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| GatewayError::Config(format!("cannot bind {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = router(chain.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    tracing::info!("mamori gateway listening on http://{bound}");
+    Ok(RunningServer {
+        addr: bound,
+        stop: Some(tx),
+        task,
+        chain,
+    })
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The chain served.
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and flushes the audit log.
+    pub async fn shutdown(mut self) -> Result<(), GatewayError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let r = (&mut self.task)
+            .await
+            .map_err(|e| GatewayError::Config(format!("server task failed: {e}")))?;
+        let chain = self.chain.clone();
+        tokio::task::spawn_blocking(move || chain.shutdown())
+            .await
+            .map_err(|e| GatewayError::Storage(e.to_string()))?;
+        r.map_err(|e| GatewayError::Config(format!("server error: {e}")))
+    }
+
+    /// Serves until SIGTERM or ctrl-c, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<(), GatewayError> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and flushing the audit log");
+        self.shutdown().await
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A server on its own runtime thread, for synchronous callers (demo, evaluation).
+pub struct BlockingServer {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), GatewayError>>>,
+}
+
+impl BlockingServer {
+    /// Starts `chain` on `addr` (port 0: any free port) on a new thread.
+    pub fn start(chain: Arc<Chain>, addr: &str) -> Result<Self, GatewayError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let addr = addr.to_string();
+        let thread = std::thread::Builder::new()
+            .name("mamori-gateway".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| GatewayError::Config(e.to_string()))?;
+                rt.block_on(async move {
+                    let server = match start(chain, &addr).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let _ = ready_tx.send(Err(e));
+                            return Err(GatewayError::Config(msg));
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(server.local_addr()));
+                    let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                    server.shutdown().await
+                })
+            })
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let addr = ready_rx
+            .recv()
+            .map_err(|_| GatewayError::Config("server thread died".into()))??;
+        Ok(Self {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:43123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown (in-flight requests finish, audit flushed).
+    pub fn shutdown(mut self) -> Result<(), GatewayError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), GatewayError> {
+        self.stop.take();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| GatewayError::Config("server thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BlockingServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}

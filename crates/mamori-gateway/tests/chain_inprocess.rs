@@ -1,0 +1,500 @@
+//! The chain in-process (no HTTP): ChainOracle, detectors per client and per group, the
+//! escalation policy's actions, postprocessors by tier, watermark ledger, model isolation of
+//! detector state, and the upstream proxy.
+
+mod common;
+
+use common::*;
+use mamori_core::{
+    Action, DataNeed, Detector, DetectorInfo, DetectorState, Disclosure, Observation, Oracle,
+    OracleError, PostContext, Postprocessor, Stage as DStage, Tensor, Verdict, Watermark,
+    WatermarkMark,
+};
+use mamori_gateway::{
+    BlockingServer, Chain, ChainBuilder, ChainMode, ChainOracle, GatewayConfig, KeyStore,
+    ModelSpec, OnAlarm, UpstreamModel,
+};
+use std::sync::Arc;
+
+/// Alarms once a subject has sent `threshold` queries.
+struct CountDetector {
+    threshold: u64,
+}
+
+struct CountState {
+    n: u64,
+    threshold: u64,
+}
+
+impl Detector for CountDetector {
+    fn info(&self) -> DetectorInfo {
+        DetectorInfo {
+            name: "count".into(),
+            paper: "test fixture".into(),
+            targets: "volume".into(),
+            stage: DStage::Precursor,
+            needs: vec![DataNeed::Input],
+        }
+    }
+    fn new_state(&self) -> Box<dyn DetectorState> {
+        Box::new(CountState {
+            n: 0,
+            threshold: self.threshold,
+        })
+    }
+    fn restore_state(&self, s: &[u8]) -> Result<Box<dyn DetectorState>, String> {
+        let n = u64::from_le_bytes(s.try_into().map_err(|_| "bad snapshot".to_string())?);
+        Ok(Box::new(CountState {
+            n,
+            threshold: self.threshold,
+        }))
+    }
+}
+
+impl DetectorState for CountState {
+    fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
+        assert!(
+            (obs.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4,
+            "detectors see model probabilities"
+        );
+        self.n += 1;
+        Verdict {
+            score: self.n as f64 / self.threshold as f64,
+            alarm: self.n >= self.threshold,
+        }
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.n.to_le_bytes().to_vec()
+    }
+    fn queries(&self) -> u64 {
+        self.n
+    }
+}
+
+/// Test-only postprocessor: rounds to one decimal and renormalises.
+struct RoundOne;
+
+impl Postprocessor for RoundOne {
+    fn name(&self) -> String {
+        "round1".into()
+    }
+    fn keeps_top1(&self) -> bool {
+        true
+    }
+    fn apply(&self, _ctx: &PostContext<'_>, probs: &mut [f32]) {
+        for p in probs.iter_mut() {
+            *p = (*p * 10.0).round() / 10.0;
+        }
+        let s: f32 = probs.iter().sum();
+        if s > 0.0 {
+            for p in probs.iter_mut() {
+                *p /= s;
+            }
+        }
+    }
+}
+
+/// Test-only watermark: answers `(label + 1) % c` for inputs whose first value is ≥ 0.5.
+struct ShiftMark;
+
+impl Watermark for ShiftMark {
+    fn name(&self) -> String {
+        "shift".into()
+    }
+    fn apply(&self, input: &[f32], probs: &mut [f32]) -> Option<WatermarkMark> {
+        if input[0] < 0.5 {
+            return None;
+        }
+        let t = Tensor::new(vec![1, probs.len()], probs.to_vec())
+            .ok()?
+            .argmax_rows()[0];
+        let g = (t + 1) % probs.len();
+        probs.swap(t, g);
+        Some(WatermarkMark {
+            input_sha256: mamori_core::hash::sha256_f32(input),
+            true_label: t,
+            given_label: g,
+        })
+    }
+}
+
+fn batch(ks: &[usize]) -> Tensor {
+    let rows: Vec<Vec<f32>> = ks.iter().map(|k| sample(*k)).collect();
+    Tensor::from_rows(&SHAPE, rows.iter().map(|r| r.as_slice())).unwrap()
+}
+
+fn chain_with(spec: ModelSpec, cfg: GatewayConfig) -> (Arc<Chain>, Arc<KeyStore>) {
+    let keys = Arc::new(KeyStore::in_memory());
+    let registry: mamori_gateway::PostprocessorRegistry = Arc::new(|n: &str| match n {
+        "round1" => Some(Arc::new(RoundOne) as Arc<dyn Postprocessor>),
+        _ => None,
+    });
+    let chain = ChainBuilder::new(cfg)
+        .keys(keys.clone())
+        .postprocessors(registry)
+        .model(spec)
+        .build()
+        .unwrap();
+    (Arc::new(chain), keys)
+}
+
+fn spec_with(threshold: u64, action: Action) -> ModelSpec {
+    let mut s = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    s.detectors = vec![Arc::new(CountDetector { threshold })];
+    s.policy = Box::new(OnAlarm(action));
+    s
+}
+
+#[test]
+fn chain_oracle_answers_like_the_model_and_counts_queries() {
+    let (chain, keys) = chain_with(
+        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
+        GatewayConfig::default(),
+    );
+    let (_, k) = keys.create("eval", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(chain.clone(), &k, None)
+        .unwrap()
+        .with_budget(5);
+    assert_eq!(o.input_shape(), SHAPE.to_vec());
+    assert_eq!(o.num_classes(), CLASSES);
+    let x = batch(&[1, 2, 3]);
+    let a = o.query(&x).unwrap();
+    let want = expected_probs("lin", &[sample(1), sample(2), sample(3)]);
+    assert_eq!(a.disclosure, Disclosure::Probabilities);
+    assert_eq!(a.labels, want.argmax_rows());
+    for (p, q) in a.probs.data().iter().zip(want.data()) {
+        assert!((p - q).abs() < 1e-6);
+    }
+    assert_eq!(o.queries_used(), 3);
+    assert!(matches!(
+        o.query(&x),
+        Err(OracleError::BudgetExhausted { .. })
+    ));
+    assert_eq!(o.remaining(), Some(2));
+    // Stage list is the documented one.
+    assert_eq!(chain.stage_names().len(), 8);
+    // Label tier via the oracle: one-hot answers.
+    let (_, kl) = keys.create("eval2", None, "label", &[]).unwrap();
+    let mut o = ChainOracle::new(chain, &kl, Some("lin")).unwrap();
+    let a = o.query(&batch(&[4])).unwrap();
+    assert_eq!(a.disclosure, Disclosure::Label);
+    assert_eq!(a.probs.data().iter().filter(|v| **v == 1.0).count(), 1);
+    assert_eq!(a.probs.data().iter().sum::<f32>(), 1.0);
+}
+
+#[test]
+fn invalid_tensor_input_is_refused_in_process() {
+    let (chain, keys) = chain_with(
+        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
+        GatewayConfig::default(),
+    );
+    let (_, k) = keys.create("eval", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(chain, &k, None).unwrap();
+    let mut x = batch(&[1]);
+    x.data_mut()[0] = f32::NAN;
+    let e = o.query(&x).unwrap_err().to_string();
+    assert!(e.contains("not finite"), "{e}");
+    x.data_mut()[0] = 2.0;
+    assert!(o.query(&x).unwrap_err().to_string().contains("outside"));
+    let bad = Tensor::zeros(vec![1, 16]);
+    assert!(o
+        .query(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("per-sample shape"));
+}
+
+#[test]
+fn block_policy_refuses_and_records_alert_and_block() {
+    let (chain, keys) = chain_with(spec_with(5, Action::Block), GatewayConfig::default());
+    let (_, k) = keys.create("thief", None, "full", &[]).unwrap();
+    let (_, kb) = keys.create("benign", None, "full", &[]).unwrap();
+    let mut thief = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    let mut benign = ChainOracle::new(chain.clone(), &kb, None).unwrap();
+    thief.query(&batch(&[1, 2, 3, 4])).unwrap();
+    // The 5th query trips the alarm: this answer is withheld and the client blocked.
+    match thief.query(&batch(&[5])) {
+        Err(OracleError::Refused(m)) => assert!(m.contains("thief is blocked")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        thief.query(&batch(&[6])),
+        Err(OracleError::Refused(_))
+    ));
+    // Per-client state: the benign client is unaffected.
+    benign.query(&batch(&[1, 2])).unwrap();
+    chain.flush_audit();
+    let (alerts, blocks) = chain
+        .shared()
+        .audit
+        .with_store(|s| (s.alerts().unwrap(), s.blocks().unwrap()));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].client, "thief");
+    assert_eq!(alerts[0].detector, "count");
+    assert_eq!(alerts[0].queries, 5);
+    assert_eq!(alerts[0].action, "block");
+    assert!((alerts[0].score - 1.0).abs() < 1e-9);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].by, "policy");
+    assert_eq!(chain.blocked()[0].1, "thief");
+    // Administrator override: unblock, and the policy's Block becomes an Alert.
+    chain.admin_unblock("thief", None).unwrap();
+    let a = thief.query(&batch(&[7])).unwrap();
+    assert_eq!(a.labels.len(), 1);
+    let m = chain.shared().metrics.encode();
+    assert!(
+        m.contains("mamori_alerts_total{model=\"lin\",detector=\"count\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn degrade_forces_label_only_and_the_degrade_postprocessors() {
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.degrade_postprocessors = vec!["round1".into()];
+    let (chain, keys) = chain_with(spec_with(3, Action::Degrade), cfg);
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(chain, &k, None).unwrap();
+    let a = o.query(&batch(&[1, 2])).unwrap();
+    assert_eq!(a.disclosure, Disclosure::Probabilities);
+    let a = o.query(&batch(&[3])).unwrap();
+    assert_eq!(a.disclosure, Disclosure::Label);
+    assert_eq!(a.probs.data().iter().filter(|v| **v == 1.0).count(), 1);
+}
+
+#[test]
+fn throttle_tightens_the_bucket() {
+    let mut cfg = GatewayConfig::default();
+    let t = cfg.tiers.get_mut("full").unwrap();
+    t.rate_per_s = 0.001;
+    t.burst = 100;
+    cfg.detect.throttle_factor = 0.05; // burst 100 → 5
+    let (chain, keys) = chain_with(spec_with(2, Action::Throttle), cfg);
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(chain, &k, None).unwrap();
+    o.query(&batch(&[1, 2])).unwrap(); // alarm → throttled
+                                       // 98 tokens left, but the throttled bucket holds at most 5.
+    o.query(&batch(&[1, 2, 3, 4, 5])).unwrap();
+    match o.query(&batch(&[1])) {
+        Err(OracleError::RateLimited(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn group_state_sees_every_client_of_the_group() {
+    let (chain, keys) = chain_with(spec_with(6, Action::Block), GatewayConfig::default());
+    let (_, k1) = keys.create("sybil-1", Some("acme"), "full", &[]).unwrap();
+    let (_, k2) = keys.create("sybil-2", Some("acme"), "full", &[]).unwrap();
+    let mut a = ChainOracle::new(chain.clone(), &k1, None).unwrap();
+    let mut b = ChainOracle::new(chain.clone(), &k2, None).unwrap();
+    a.query(&batch(&[1, 2, 3])).unwrap();
+    b.query(&batch(&[1, 2])).unwrap();
+    // Neither client alone reached 6, but the group did.
+    assert!(matches!(
+        b.query(&batch(&[3])),
+        Err(OracleError::Refused(_))
+    ));
+    chain.flush_audit();
+    let alerts = chain.shared().audit.with_store(|s| s.alerts().unwrap());
+    assert_eq!(alerts[0].client, "group:acme");
+    assert_eq!(alerts[0].queries, 6);
+}
+
+#[test]
+fn tier_postprocessors_and_watermark_ledger() {
+    let mut cfg = GatewayConfig::default();
+    cfg.tiers.get_mut("full").unwrap().postprocessors = vec!["round1".into()];
+    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    spec.watermark = Some(Arc::new(ShiftMark));
+    let (chain, keys) = chain_with(spec, cfg);
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    let mut x = batch(&[1, 2]);
+    x.row_mut(0)[0] = 0.9; // watermarked
+    x.row_mut(1)[0] = 0.1; // not watermarked
+    let a = o.query(&x).unwrap();
+    for v in a.probs.data() {
+        let scaled = v * 10.0;
+        assert!(
+            (scaled - scaled.round()).abs() < 1e-3 || *v < 1.0,
+            "rounded: {v}"
+        );
+    }
+    let truth = LinearModel::new("lin");
+    let want = mamori_core::Model::predict(&truth, &x)
+        .unwrap()
+        .argmax_rows();
+    assert_eq!(a.labels[0], (want[0] + 1) % CLASSES);
+    assert_eq!(a.labels[1], want[1]);
+    chain.flush_audit();
+    let ledger = chain
+        .shared()
+        .audit
+        .with_store(|s| s.ledger(Some("lin")).unwrap());
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].client, "c");
+    assert_eq!(
+        ledger[0].input_sha256,
+        mamori_core::hash::sha256_f32(x.row(0))
+    );
+    assert_eq!(ledger[0].true_label as usize, want[0]);
+}
+
+#[test]
+fn unknown_postprocessor_in_config_is_a_named_error() {
+    let mut cfg = GatewayConfig::default();
+    cfg.tiers.get_mut("label").unwrap().postprocessors = vec!["nonesuch".into()];
+    let e = ChainBuilder::new(cfg)
+        .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("tier label") && e.contains("nonesuch"), "{e}");
+    let e = ChainBuilder::new(GatewayConfig::default())
+        .model(ModelSpec::new(Arc::new(LinearModel::new("x")), "t"))
+        .model(ModelSpec::new(Arc::new(LinearModel::new("x")), "t"))
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("two models are named \"x\""), "{e}");
+}
+
+#[test]
+fn detector_state_is_per_model() {
+    let keys = Arc::new(KeyStore::in_memory());
+    let mk = |name: &str| {
+        let mut s = ModelSpec::new(Arc::new(LinearModel::new(name)), "test");
+        s.detectors = vec![Arc::new(CountDetector { threshold: 4 })];
+        s.policy = Box::new(OnAlarm(Action::Block));
+        s
+    };
+    let chain = Arc::new(
+        ChainBuilder::new(GatewayConfig::default())
+            .keys(keys.clone())
+            .model(mk("alpha"))
+            .model(mk("beta"))
+            .build()
+            .unwrap(),
+    );
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let mut a = ChainOracle::new(chain.clone(), &k, Some("alpha")).unwrap();
+    let mut b = ChainOracle::new(chain, &k, Some("beta")).unwrap();
+    a.query(&batch(&[1, 2, 3])).unwrap();
+    b.query(&batch(&[1, 2, 3])).unwrap();
+    // 6 queries in total, but each model's detector has seen only 3.
+    assert!(matches!(
+        a.query(&batch(&[4])),
+        Err(OracleError::Refused(_))
+    ));
+    // Blocked on alpha only.
+    assert!(matches!(
+        a.query(&batch(&[5])),
+        Err(OracleError::Refused(_))
+    ));
+    assert!(matches!(
+        b.query(&batch(&[4])),
+        Err(OracleError::Refused(_))
+    ));
+}
+
+#[test]
+fn disabled_chain_only_infers() {
+    let chain = ChainBuilder::new(GatewayConfig::default())
+        .mode(ChainMode::Disabled)
+        .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+        .build()
+        .unwrap();
+    assert_eq!(chain.stage_names(), vec!["infer"]);
+    let r = chain
+        .handle(mamori_gateway::InferRequest {
+            credential: None,
+            model: "lin".into(),
+            version: None,
+            payload: mamori_gateway::Payload::Tensor {
+                input: batch(&[1]),
+                id: Some("x".into()),
+            },
+        })
+        .unwrap();
+    assert_eq!(r.id.as_deref(), Some("x"));
+    assert_eq!(
+        r.labels.unwrap(),
+        expected_probs("lin", &[sample(1)]).argmax_rows()
+    );
+}
+
+#[test]
+fn upstream_proxy_through_another_gateway() {
+    // Upstream: a mamori gateway serving the model, open to one key.
+    let (up_chain, up_keys) = chain_with(
+        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
+        GatewayConfig::default(),
+    );
+    let (_, up_key) = up_keys.create("proxy", None, "full", &[]).unwrap();
+    let upstream = BlockingServer::start(up_chain.clone(), "127.0.0.1:0").unwrap();
+    let proxied = UpstreamModel::connect(&upstream.url(), "lin", Some(up_key), [0.0, 1.0]).unwrap();
+    assert_eq!(
+        mamori_core::Model::card(&proxied).input_shape,
+        SHAPE.to_vec()
+    );
+    assert_eq!(
+        mamori_core::Model::card(&proxied).class_names,
+        vec!["a", "b", "c"]
+    );
+    // Front gateway with its own keys and a label-only client.
+    let (front, keys) = chain_with(
+        ModelSpec::new(Arc::new(proxied), "upstream"),
+        GatewayConfig::default(),
+    );
+    let (_, k) = keys.create("client", None, "full", &[]).unwrap();
+    let mut o = ChainOracle::new(front.clone(), &k, None).unwrap();
+    let a = o.query(&batch(&[1, 2])).unwrap();
+    let want = expected_probs("lin", &[sample(1), sample(2)]);
+    for (p, q) in a.probs.data().iter().zip(want.data()) {
+        assert!((p - q).abs() < 1e-5);
+    }
+    drop(o);
+    front.shutdown();
+    upstream.shutdown().unwrap();
+    // The upstream audited the proxy's queries.
+    let n = up_chain
+        .shared()
+        .audit
+        .with_store(|s| s.requests(Some("proxy"), 0).unwrap().len());
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn detector_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(GatewayConfig::default())
+                .keys(keys.clone())
+                .state_dir(dir.path())
+                .model(spec_with(5, Action::Block))
+                .build()
+                .unwrap(),
+        )
+    };
+    let chain = build();
+    ChainOracle::new(chain.clone(), &k, None)
+        .unwrap()
+        .query(&batch(&[1, 2, 3]))
+        .unwrap();
+    chain.shutdown();
+    assert!(dir.path().join("lin.json").is_file());
+    let chain = build();
+    let mut o = ChainOracle::new(chain, &k, None).unwrap();
+    o.query(&batch(&[4])).unwrap();
+    // 3 before the restart + 1 + 1 = 5: alarm.
+    assert!(matches!(
+        o.query(&batch(&[5])),
+        Err(OracleError::Refused(_))
+    ));
+}

@@ -1,0 +1,185 @@
+//! Shared fixtures: a tiny linear softmax model and a gateway on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
+use mamori_gateway::{
+    server, Chain, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, RunningServer, SqliteStore,
+};
+use std::sync::Arc;
+
+/// Per-sample shape of the test model.
+pub const SHAPE: [usize; 3] = [1, 4, 4];
+/// Values per sample.
+pub const LEN: usize = 16;
+/// Classes.
+pub const CLASSES: usize = 3;
+
+/// A fixed linear softmax model: logit_c = Σ_i w[c][i] x_i + b_c.
+pub struct LinearModel {
+    card: ModelCard,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+pub fn card(name: &str) -> ModelCard {
+    ModelCard {
+        name: name.into(),
+        architecture: "softmax".into(),
+        architecture_detail: serde_json::Value::Null,
+        input_shape: SHAPE.to_vec(),
+        input_dtype: "FP32".into(),
+        input_range: [0.0, 1.0],
+        normalisation: Normalisation::default(),
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        output_kind: OutputKind::Logits,
+        dataset: DatasetRef::default(),
+        test_accuracy: None,
+        training_time_s: None,
+        seed: None,
+        extra: Default::default(),
+    }
+}
+
+impl LinearModel {
+    pub fn new(name: &str) -> Self {
+        let w = (0..CLASSES * LEN)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        Self {
+            card: card(name),
+            w,
+            b: vec![0.1, -0.2, 0.05],
+        }
+    }
+}
+
+impl Model for LinearModel {
+    fn card(&self) -> &ModelCard {
+        &self.card
+    }
+    fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        let mut out = Vec::with_capacity(x.batch_size() * CLASSES);
+        for r in x.rows() {
+            for c in 0..CLASSES {
+                let mut s = self.b[c];
+                for (i, v) in r.iter().enumerate() {
+                    s += self.w[c * LEN + i] * v;
+                }
+                out.push(s);
+            }
+        }
+        Ok(Tensor::new(vec![x.batch_size(), CLASSES], out)?)
+    }
+}
+
+/// A deterministic sample `k` in [0, 1].
+pub fn sample(k: usize) -> Vec<f32> {
+    (0..LEN)
+        .map(|i| ((i * 31 + k * 17) % 100) as f32 / 100.0)
+        .collect()
+}
+
+/// Expected probabilities of the test model for a batch.
+pub fn expected_probs(name: &str, rows: &[Vec<f32>]) -> Tensor {
+    let m = LinearModel::new(name);
+    let x = Tensor::from_rows(&SHAPE, rows.iter().map(|r| r.as_slice())).unwrap();
+    m.predict(&x).unwrap()
+}
+
+/// A running gateway with its home directory.
+pub struct Env {
+    pub server: Option<RunningServer>,
+    pub url: String,
+    pub keys: Arc<KeyStore>,
+    pub chain: Arc<Chain>,
+    pub home: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Env {
+    pub async fn shutdown(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+    pub fn infer_url(&self, model: &str) -> String {
+        format!("{}/v2/models/{model}/infer", self.url)
+    }
+    pub async fn post(
+        &self,
+        model: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.infer_url(model))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap())
+    }
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// An FP32 request body for rows.
+pub fn fp32_body(rows: &[Vec<f32>]) -> serde_json::Value {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    serde_json::json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 1, 4, 4], "datatype": "FP32", "data": data}]
+    })
+}
+
+/// Starts a gateway serving `specs` with `cfg`, state under a fresh home directory.
+pub async fn start(cfg: GatewayConfig, specs: Vec<ModelSpec>) -> Env {
+    start_with(cfg, specs, |b| b).await
+}
+
+/// Like [`start`], with a hook on the builder.
+pub async fn start_with(
+    cfg: GatewayConfig,
+    specs: Vec<ModelSpec>,
+    hook: impl FnOnce(ChainBuilder) -> ChainBuilder,
+) -> Env {
+    let home = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::open(home.path()).unwrap());
+    let mut b = ChainBuilder::new(cfg)
+        .keys(keys.clone())
+        .audit_store(Box::new(SqliteStore::open_home(home.path()).unwrap()));
+    for s in specs {
+        b = b.model(s);
+    }
+    let chain = Arc::new(hook(b).build().unwrap());
+    let server = server::start(chain.clone(), "127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", server.local_addr());
+    Env {
+        server: Some(server),
+        url,
+        keys,
+        chain,
+        home,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// A default gateway with one test model named `lin`.
+pub async fn start_default() -> Env {
+    start(
+        GatewayConfig::default(),
+        vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")],
+    )
+    .await
+}

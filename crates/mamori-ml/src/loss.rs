@@ -1,0 +1,173 @@
+//! Softmax cross-entropy (hard labels and soft targets) and the logit-space gradients of the
+//! input-gradient objectives.
+
+/// Which scalar of a sample's logits an input gradient differentiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogitObjective {
+    /// Cross-entropy of softmax(logits) against the class.
+    CrossEntropy,
+    /// The class's logit.
+    Logit,
+    /// The class's softmax probability.
+    Probability,
+}
+
+/// Log-sum-exp of a row and the row's softmax written into `p`.
+fn softmax_into(z: &[f32], p: &mut [f32]) -> f64 {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0f64;
+    for (pi, &zi) in p.iter_mut().zip(z) {
+        let e = ((zi - m) as f64).exp();
+        *pi = e as f32;
+        s += e;
+    }
+    for pi in p.iter_mut() {
+        *pi = (*pi as f64 / s) as f32;
+    }
+    m as f64 + s.ln()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Softmax cross-entropy against hard labels. Writes `scale · ∂loss/∂logits` into `dlogits`
+/// and returns `(summed loss, number of correct argmax predictions)`.
+pub(crate) fn xent_labels(
+    logits: &[f32],
+    labels: &[usize],
+    classes: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> (f64, usize) {
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for ((z, d), &y) in logits
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        let lse = softmax_into(z, d);
+        loss += lse - z[y] as f64;
+        correct += usize::from(argmax(z) == y);
+        d[y] -= 1.0;
+        for v in d.iter_mut() {
+            *v *= scale;
+        }
+    }
+    (loss, correct)
+}
+
+/// Softmax cross-entropy against soft targets `t` (rows of probabilities):
+/// `loss = −Σ_j t_j log p_j`, `∂loss/∂z = p·Σt − t`. Accuracy is against `argmax t`.
+pub(crate) fn xent_soft(
+    logits: &[f32],
+    targets: &[f32],
+    classes: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> (f64, usize) {
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for ((z, d), t) in logits
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(targets.chunks_exact(classes))
+    {
+        let lse = softmax_into(z, d);
+        let mut tsum = 0.0f32;
+        for j in 0..classes {
+            loss += t[j] as f64 * (lse - z[j] as f64);
+            tsum += t[j];
+        }
+        correct += usize::from(argmax(z) == argmax(t));
+        for j in 0..classes {
+            d[j] = (d[j] * tsum - t[j]) * scale;
+        }
+    }
+    (loss, correct)
+}
+
+/// Gradient of each sample's objective w.r.t. its logits (unscaled: one sample's objective,
+/// not a batch mean).
+pub(crate) fn logit_gradient(
+    logits: &[f32],
+    classes_of: &[usize],
+    classes: usize,
+    objective: LogitObjective,
+    dlogits: &mut [f32],
+) {
+    for ((z, d), &c) in logits
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(classes_of)
+    {
+        match objective {
+            LogitObjective::CrossEntropy => {
+                softmax_into(z, d);
+                d[c] -= 1.0;
+            }
+            LogitObjective::Logit => {
+                d.fill(0.0);
+                d[c] = 1.0;
+            }
+            LogitObjective::Probability => {
+                // ∂p_c/∂z_j = p_c (δ_cj − p_j)
+                softmax_into(z, d);
+                let pc = d[c];
+                for v in d.iter_mut() {
+                    *v *= -pc;
+                }
+                d[c] += pc;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_and_soft_losses_agree_on_one_hot_targets() {
+        let z = [1.0, -2.0, 0.5, 3.0, 0.0, -1.0];
+        let (mut d1, mut d2) = ([0.0; 6], [0.0; 6]);
+        let (l1, c1) = xent_labels(&z, &[2, 0], 3, 0.5, &mut d1);
+        let t = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+        let (l2, c2) = xent_soft(&z, &t, 3, 0.5, &mut d2);
+        assert!((l1 - l2).abs() < 1e-9);
+        assert_eq!((c1, c2), (1, 1));
+        for (a, b) in d1.iter().zip(&d2) {
+            assert!((a - b).abs() < 1e-7);
+        }
+        // Known value: -log softmax([1,-2,0.5])[2].
+        let lse0 = (1f64.exp() + (-2f64).exp() + 0.5f64.exp()).ln();
+        let lse1 = (3f64.exp() + 1.0 + (-1f64).exp()).ln();
+        assert!((l1 - ((lse0 - 0.5) + (lse1 - 3.0))).abs() < 1e-6);
+    }
+
+    #[test]
+    fn soft_loss_gradient_matches_finite_differences() {
+        let z = [0.3f32, -1.2, 2.0, 0.7];
+        let t = [0.1f32, 0.2, 0.6, 0.1];
+        let mut d = [0.0; 4];
+        xent_soft(&z, &t, 4, 1.0, &mut d);
+        for j in 0..4 {
+            let eps = 1e-3;
+            let (mut zp, mut zm) = (z, z);
+            zp[j] += eps;
+            zm[j] -= eps;
+            let mut tmp = [0.0; 4];
+            let lp = xent_soft(&zp, &t, 4, 1.0, &mut tmp).0;
+            let lm = xent_soft(&zm, &t, 4, 1.0, &mut tmp).0;
+            let num = (lp - lm) / (2.0 * eps as f64);
+            assert!((num - d[j] as f64).abs() < 1e-3, "j={j}: {num} vs {}", d[j]);
+        }
+    }
+}
