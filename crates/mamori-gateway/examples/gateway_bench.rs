@@ -2,10 +2,11 @@
 //! (a) bare in-process inference of the model,
 //! (b) the gateway over loopback HTTP with the protection chain disabled,
 //! (c) the gateway over loopback HTTP with the full chain,
+//! (d) with `--detectors`: (c) plus mamori-detect's default detector set,
 //! at batch 1 and 32, with a built-in closed-loop load generator.
 //!
 //! ```text
-//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--model PATH]
+//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH]
 //! ```
 //!
 //! Without `--model`, the model is a fixed dense MLP 784-256-10 (ReLU) on 1×28×28 inputs,
@@ -272,6 +273,7 @@ fn main() {
     let mut secs = 5.0;
     let mut clients = 4usize;
     let mut rounds = 3usize;
+    let mut detectors = false;
     let mut model_path: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -294,6 +296,7 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .expect("--rounds N")
             }
+            "--detectors" => detectors = true,
             "--model" => model_path = args.next().map(Into::into),
             other => panic!("unknown argument {other}"),
         }
@@ -323,12 +326,29 @@ fn main() {
             .expect("chain"),
     );
     let bare_chain = Arc::new(
-        ChainBuilder::new(cfg)
+        ChainBuilder::new(cfg.clone())
             .mode(ChainMode::Disabled)
             .model(ModelSpec::new(model.clone(), "bench"))
             .build()
             .expect("chain"),
     );
+    // (d): the full chain plus mamori-detect's default detector set (uncalibrated thresholds),
+    // per client state, with the default alert-on-alarm policy.
+    let keys_d = Arc::new(KeyStore::in_memory());
+    let (_, key_d) = keys_d.create("bench", None, "standard", &[]).expect("key");
+    let mut spec_d = ModelSpec::new(model.clone(), "bench");
+    spec_d.detectors = mamori_detect::default_detectors(&mamori_detect::DetectorsConfig::default());
+    let detected = Arc::new(
+        ChainBuilder::new(cfg.clone())
+            .keys(keys_d)
+            .audit_store(Box::new(
+                SqliteStore::open(&home.path().join("audit-d.db")).expect("db"),
+            ))
+            .model(spec_d)
+            .build()
+            .expect("chain"),
+    );
+    let srv_det = BlockingServer::start(detected, "127.0.0.1:0").expect("server");
     let srv_full = BlockingServer::start(full.clone(), "127.0.0.1:0").expect("server");
     let srv_bare = BlockingServer::start(bare_chain, "127.0.0.1:0").expect("server");
 
@@ -346,7 +366,7 @@ fn main() {
         let body = request_body(&x);
         // Rounds interleave the three configurations so that background load hits all alike;
         // each cell reports the median over rounds.
-        let mut cells: Vec<Vec<Stats>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut cells: Vec<Vec<Stats>> = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..rounds {
             cells[0].push(bench_bare(model.clone(), batch, clients, secs));
             cells[1].push(bench_http(
@@ -365,13 +385,28 @@ fn main() {
                 clients,
                 secs,
             ));
+            if detectors {
+                cells[3].push(bench_http(
+                    format!("{}/v2/models/{name}/infer", srv_det.url()),
+                    Some(key_d.clone()),
+                    body.clone(),
+                    batch,
+                    clients,
+                    secs,
+                ));
+            }
         }
         let labels = [
             "(a) bare in-process",
             "(b) gateway, chain disabled",
             "(c) gateway, full chain",
+            "(d) full chain + mamori-detect detectors",
         ];
-        let med: Vec<Stats> = cells.iter().map(|c| median(c)).collect();
+        let med: Vec<Stats> = cells
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| median(c))
+            .collect();
         for (label, s) in labels.iter().zip(&med) {
             println!(
                 "| {batch} | {label} | {:.0} | {:.0} | {:.3} | {:.3} | {} |",
@@ -391,6 +426,7 @@ fn main() {
         );
     }
     srv_full.shutdown().expect("shutdown");
+    srv_det.shutdown().expect("shutdown");
     srv_bare.shutdown().expect("shutdown");
     let n = full
         .shared()
