@@ -3,20 +3,20 @@
 
 use crate::global::Global;
 use anyhow::Context;
-use mamori_core::{Action, Detector, Postprocessor};
-use mamori_gateway::{
-    server, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, NamedVerdict, Policy,
-    PostprocessorRegistry, SqliteStore, UpstreamModel,
-};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use mamori_artifact::{ModelKey, SignaturePolicy, TrustStore};
+use mamori_core::Model;
+use mamori_gateway::protection::{self, PolicySpec, ProtectionContext};
+use mamori_gateway::{server, GatewayConfig, KeyStore, SqliteStore, UpstreamModel};
+use mamori_ml::{Network, NativeModel};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Arguments of `mamori serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model to serve: a native model directory or an `.onnx` file. Repeatable; each model is
-    /// served under its card's name with its own state.
+    /// Model to serve: a native model directory (plain, signed and/or encrypted) or an
+    /// `.onnx` file. Repeatable; each model is served under its card's name with its own
+    /// state.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
     /// Configuration file (default: `mamori.toml` in the home directory, if present).
@@ -25,6 +25,17 @@ pub struct Args {
     /// Address to bind, `HOST:PORT` (overrides the configuration; port 0 picks a free port).
     #[arg(long)]
     pub addr: Option<String>,
+    /// Protection policy: a built-in name (`default`, `detect`, `dawn`, `none`, or a single
+    /// postprocessor such as `rounding`, `top_k`, `label_only`, `reverse_sigmoid`...).
+    #[arg(long, env = "MAMORI_POLICY", default_value = "default")]
+    pub policy: String,
+    /// A protection policy as a TOML file (a `PolicySpec`; overrides `--policy`).
+    #[arg(long)]
+    pub policy_file: Option<PathBuf>,
+    /// Shortcut for `--policy dawn`-style watermarking on top of the chosen policy
+    /// (`dawn` is the only scheme).
+    #[arg(long, value_parser = ["dawn"])]
+    pub watermark: Option<String>,
     /// Proxy inference to this Open Inference Protocol v2 server instead of (or besides)
     /// embedded models.
     #[arg(long, env = "MAMORI_UPSTREAM")]
@@ -39,68 +50,90 @@ pub struct Args {
     /// `calibration.json` beside a native model, else the detectors' built-in thresholds.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Key file of encrypted models (else `MAMORI_MODEL_KEY_FILE` or `MAMORI_MODEL_KEY`).
+    #[arg(long)]
+    pub model_key_file: Option<PathBuf>,
+    /// Serve native models that carry no signature (signed models are still verified, and a
+    /// tampered one is still refused). Without it, unsigned models are refused.
+    #[arg(long, env = "MAMORI_ALLOW_UNSIGNED")]
+    pub allow_unsigned: bool,
 }
 
-/// `mamori-detect`'s escalation policy behind the gateway's [`Policy`] trait. Group verdicts
-/// are named `group:<detector>`, as that policy expects.
-struct DetectPolicy(mamori_detect::Policy);
-
-impl Policy for DetectPolicy {
-    fn decide(&mut self, client: &str, verdicts: &[NamedVerdict], now_ms: u64) -> Action {
-        let mut group = None;
-        let named: Vec<(String, mamori_core::Verdict)> = verdicts
-            .iter()
-            .map(|v| match v.subject.strip_prefix("group:") {
-                Some(g) => {
-                    group = Some(g.to_string());
-                    (format!("group:{}", v.detector), v.verdict)
-                }
-                None => (v.detector.clone(), v.verdict),
-            })
-            .collect();
-        self.0
-            .decide(client, group.as_deref(), &named, now_ms)
-            .action
-    }
+/// Opens a native model directory through the artifact layer: decrypted in memory if it is
+/// encrypted, its signature checked against the home's trusted keys.
+fn open_native(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<NativeModel> {
+    let key = if mamori_artifact::is_encrypted_model(dir) {
+        Some(
+            ModelKey::resolve(args.model_key_file.as_deref())
+                .with_context(|| format!("{}: the model is encrypted", dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let trust = TrustStore::load(&home.join("signing"))
+        .with_context(|| format!("loading trusted signing keys from {}", home.display()))?;
+    let policy = if args.allow_unsigned {
+        SignaturePolicy::VerifyIfSigned(trust)
+    } else {
+        SignaturePolicy::Require(trust)
+    };
+    let opened = mamori_artifact::open_model(dir, key.as_ref(), &policy).with_context(|| {
+        format!(
+            "{}: refusing to serve this model (sign it with `mamori model sign`, or pass \
+             --allow-unsigned)",
+            dir.display()
+        )
+    })?;
+    let file = |name: &str| {
+        opened
+            .files
+            .get(name)
+            .with_context(|| format!("{}: no {name} in the model directory", dir.display()))
+    };
+    Ok(NativeModel::from_bytes(
+        file(mamori_ml::WEIGHTS_FILE)?,
+        file(mamori_ml::CARD_FILE)?,
+    )?)
 }
 
-fn detectors_for(
-    path: Option<&std::path::Path>,
-    explicit: Option<&std::path::Path>,
-) -> anyhow::Result<Vec<std::sync::Arc<dyn Detector>>> {
+fn calibration_for(
+    paths: &[PathBuf],
+    explicit: Option<&Path>,
+) -> anyhow::Result<Option<mamori_detect::DetectorsConfig>> {
     let cal = match explicit {
         Some(p) => Some(p.to_path_buf()),
-        None => path
+        None => paths
+            .iter()
             .filter(|p| p.is_dir())
             .map(|p| p.join(mamori_detect::CALIBRATION_FILE))
-            .filter(|p| p.is_file()),
+            .find(|p| p.is_file()),
     };
-    let cfg = match &cal {
-        Some(p) => {
-            let c = mamori_detect::Calibration::load(p)
-                .with_context(|| format!("loading detector calibration {}", p.display()))?;
-            tracing::info!("detector thresholds from {}", p.display());
-            c.detectors
-        }
-        None => mamori_detect::DetectorsConfig::default(),
-    };
-    Ok(mamori_detect::default_detectors(&cfg))
+    let Some(p) = cal else { return Ok(None) };
+    let c = mamori_detect::Calibration::load(&p)
+        .with_context(|| format!("loading detector calibration {}", p.display()))?;
+    tracing::info!("detector thresholds from {}", p.display());
+    Ok(Some(c.detectors))
 }
 
-/// Resolves the configuration's named postprocessor tables with `mamori-defense`.
-fn registry(defs: &BTreeMap<String, toml::Value>) -> anyhow::Result<PostprocessorRegistry> {
-    let mut built: BTreeMap<String, std::sync::Arc<dyn Postprocessor>> = BTreeMap::new();
-    let ctx = mamori_defense::BuildContext::default();
-    for (name, table) in defs {
-        let spec: mamori_defense::PostprocessorSpec = table
-            .clone()
-            .try_into()
-            .with_context(|| format!("postprocessors.{name}: not a valid postprocessor"))?;
-        let pp =
-            mamori_defense::build(&spec, &ctx).with_context(|| format!("postprocessors.{name}"))?;
-        built.insert(name.clone(), std::sync::Arc::from(pp));
+fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
+    let mut spec = match &args.policy_file {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: not a valid policy", p.display()))?
+        }
+        None => protection::resolve(&args.policy, &Default::default())?,
+    };
+    if let Some(v) = &cfg.detect.policy {
+        spec.escalation = v.clone().try_into().context("detect.policy in the configuration")?;
     }
-    Ok(std::sync::Arc::new(move |n: &str| built.get(n).cloned()))
+    if !cfg.detect.enabled {
+        spec.detect = false;
+    }
+    if args.watermark.is_some() && spec.watermark.is_none() {
+        spec.watermark = protection::builtin("dawn").and_then(|d| d.watermark);
+    }
+    Ok(spec)
 }
 
 /// Runs `mamori serve`.
@@ -121,49 +154,59 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         );
     }
     let keys = Arc::new(KeyStore::open(&home)?);
-    let policy_cfg: mamori_detect::PolicyConfig = match &cfg.detect.policy {
-        Some(v) => v.clone().try_into().context("detect.policy")?,
-        None => mamori_detect::PolicyConfig::default(),
-    };
-    let protect = |spec: &mut ModelSpec, path: Option<&std::path::Path>| -> anyhow::Result<()> {
-        if cfg.detect.enabled {
-            spec.detectors = detectors_for(path, args.calibration.as_deref())?;
-            spec.policy = Box::new(DetectPolicy(mamori_detect::Policy::new(policy_cfg.clone())));
-        }
-        Ok(())
-    };
-    let mut builder = ChainBuilder::new(cfg.clone())
-        .postprocessors(registry(&cfg.postprocessors)?)
-        .keys(keys.clone())
-        .audit_store(Box::new(SqliteStore::open_home(&home)?))
-        .state_dir(&home.join("state"));
+    let spec = policy_spec(&args, &cfg)?;
+    let mut served: Vec<(Arc<dyn Model>, String)> = Vec::new();
+    let mut networks: Vec<Arc<Network>> = Vec::new();
     for path in &args.models {
-        let model = mamori_ml::load_model(path)
-            .with_context(|| format!("loading model {}", path.display()))?;
-        let platform = if path.extension().is_some_and(|e| e == "onnx") {
-            "onnx"
-        } else {
-            "mamori-native"
-        };
+        let (model, platform): (Arc<dyn Model>, &str) =
+            if path.extension().is_some_and(|e| e == "onnx") {
+                let m = mamori_ml::load_model(path)
+                    .with_context(|| format!("loading model {}", path.display()))?;
+                (Arc::from(m), "onnx")
+            } else {
+                let m = open_native(path, &args, &home)?;
+                networks.push(Arc::new(m.network.clone()));
+                (Arc::new(m), "mamori-native")
+            };
         tracing::info!(
             "serving {} ({platform}) from {}",
             model.card().name,
             path.display()
         );
-        let mut spec = ModelSpec::new(Arc::from(model), platform);
-        protect(&mut spec, Some(path))?;
-        builder = builder.model(spec);
+        served.push((model, platform.to_string()));
     }
     if let Some(url) = &args.upstream {
         for name in &args.upstream_models {
             let m = UpstreamModel::connect(url, name, args.upstream_key.clone(), [0.0, 1.0])
                 .with_context(|| format!("connecting to upstream model {name} at {url}"))?;
             tracing::info!("proxying {name} to {url}");
-            let mut spec = ModelSpec::new(Arc::new(m), "upstream");
-            protect(&mut spec, None)?;
-            builder = builder.model(spec);
+            served.push((Arc::new(m), "upstream".to_string()));
         }
     }
+    let mut ctx = ProtectionContext::new(&home);
+    ctx.calibration = calibration_for(&args.models, args.calibration.as_deref())?;
+    // Prediction poisoning needs the served network's features: only unambiguous with one.
+    if served.len() == 1 {
+        ctx.network = networks.pop();
+    }
+    let protected = protection::protect(cfg.clone(), served, &spec, &ctx)?;
+    tracing::info!(
+        "protection policy {}{}",
+        args.policy_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| args.policy.clone()),
+        if protected.dawn.is_some() {
+            " (DAWN watermarking on; ledger in the home directory)"
+        } else {
+            ""
+        }
+    );
+    let builder = protected
+        .builder()
+        .keys(keys.clone())
+        .audit_store(Box::new(SqliteStore::open_home(&home)?))
+        .state_dir(&home.join("state"));
     let chain = Arc::new(builder.build()?);
     if keys.list().iter().all(|k| k.revoked_ms.is_some()) {
         tracing::warn!("no active API key: create one with `mamori keys create --client NAME`");
