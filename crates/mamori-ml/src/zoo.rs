@@ -135,8 +135,10 @@ pub fn train_model(
     let mut extra = serde_json::Map::new();
     extra.insert("epochs".into(), cfg.epochs.into());
     extra.insert("batch_size".into(), cfg.batch_size.into());
-    extra.insert("learning_rate".into(), f64::from(cfg.learning_rate).into());
-    extra.insert("weight_decay".into(), f64::from(cfg.weight_decay).into());
+    // Through the shortest decimal form, so 0.01f32 is recorded as 0.01.
+    let f = |v: f32| v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+    extra.insert("learning_rate".into(), f(cfg.learning_rate).into());
+    extra.insert("weight_decay".into(), f(cfg.weight_decay).into());
     extra.insert("optimizer".into(), "adam".into());
     extra.insert(
         "train_loss".into(),
