@@ -158,6 +158,7 @@ impl SigningKeyPair {
             secret_key: hex::encode(self.secret.to_bytes()),
         };
         let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("key serialises"));
+        // Wipe the hex copy of the secret too.
         let KeyPairFile { secret_key, .. } = file;
         drop(Zeroizing::new(secret_key));
         create_private_new(path, &text)

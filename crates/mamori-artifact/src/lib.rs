@@ -28,5 +28,5 @@ pub use error::{ArtifactError, Result};
 pub use key::ModelKey;
 pub use keys::{KeyInfo, SigningKeyPair, TrustStore};
 pub use open::{open_model, OpenedModel, SignaturePolicy};
-pub use pins::{check_pins, PinSet};
+pub use pins::{check_pinned_digests, check_pins, PinSet};
 pub use sign::{sign_model, verify_files, verify_model, Manifest};

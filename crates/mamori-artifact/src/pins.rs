@@ -140,8 +140,15 @@ impl PinSet {
 
     /// Checks one file against its pin.
     pub fn check_file(&self, file: &Path) -> Result<()> {
+        self.lookup(file)?;
+        self.check_digest(file, &sha256_file(file)?)
+    }
+
+    /// Checks a hash already computed for `file` (e.g. the digest a loader computed over the
+    /// exact bytes it read, which leaves no window between check and use).
+    pub fn check_digest(&self, file: &Path, actual: &str) -> Result<()> {
         let expected = self.lookup(file)?;
-        let actual = sha256_file(file)?;
+        let actual = actual.to_ascii_lowercase();
         if actual != expected {
             return Err(ArtifactError::PinMismatch {
                 file: file.display().to_string(),
@@ -183,6 +190,16 @@ pub fn check_pins(pin_file: &Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// One call after loading a dataset: checks the digests the loader recorded
+/// (`mamori_data::Dataset::files`, `ModelCard::dataset.files`) against `pin_file`.
+pub fn check_pinned_digests(pin_file: &Path, digests: &[mamori_core::FileDigest]) -> Result<()> {
+    let pins = PinSet::load(pin_file)?;
+    for d in digests {
+        pins.check_digest(Path::new(&d.path), &d.sha256)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +234,34 @@ mod tests {
         let e = check_pins(&pf, std::slice::from_ref(&other)).unwrap_err();
         assert!(matches!(e, ArtifactError::Unpinned { .. }));
         assert!(e.to_string().contains("other.bin is not pinned in"), "{e}");
+    }
+
+    #[test]
+    fn recorded_digests_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let pf = d.path().join("p.toml");
+        let h = mamori_core::hash::sha256_hex(b"train");
+        fs::write(
+            &pf,
+            format!("version = 1\n[files]\n\"digits/optdigits.tra\" = \"{h}\"\n"),
+        )
+        .unwrap();
+        let good = mamori_core::FileDigest {
+            path: "/data/digits/optdigits.tra".into(),
+            sha256: h.clone(),
+        };
+        check_pinned_digests(&pf, std::slice::from_ref(&good)).unwrap();
+        let bad = mamori_core::FileDigest {
+            sha256: mamori_core::hash::sha256_hex(b"poisoned"),
+            ..good
+        };
+        let e = check_pinned_digests(&pf, &[bad]).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "pin mismatch for /data/digits/optdigits.tra: expected sha256 {h}, got "
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -250,3 +250,92 @@ fn encrypted_archive_needs_the_right_key_and_hides_contents() {
         b"very secret signing key"
     );
 }
+
+#[test]
+fn bad_inputs_to_backup_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    // Two model directories with the same name.
+    let (a, b) = (d.path().join("a/model"), d.path().join("b/model"));
+    common::write_model(&a);
+    common::write_model(&b);
+    let err = create_backup(None, &[a.clone(), b], &d.path().join("x.tgz"), None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "two model directories are both named model; rename one before backing up"
+    );
+    // A symlink in the home directory.
+    #[cfg(unix)]
+    {
+        let home = d.path().join("home");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", home.join("link")).unwrap();
+        let err = create_backup(Some(&home), &[], &d.path().join("y.tgz"), None).unwrap_err();
+        assert!(err.to_string().contains("symlink or special file"), "{err}");
+    }
+    // An archive whose first entry is not the manifest.
+    let archive = d.path().join("nomanifest.tar.gz");
+    {
+        let f = fs::File::create(&archive).unwrap();
+        let mut t = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::default(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o600);
+        t.append_data(&mut h, "home/x", &b"x"[..]).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+    }
+    let err = restore_backup(&archive, &d.path().join("r"), false, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("first entry is \"home/x\", expected MANIFEST.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_database_fails_post_restore_verification() {
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let db = home.join("ledger.db");
+    {
+        let mut c = Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX iv ON t(v);")
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        for i in 0..2000 {
+            tx.execute("INSERT INTO t(v) VALUES (?1)", [format!("value {i:05}")])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let archive = d.path().join("b.tgz");
+    create_backup(Some(&home), &[], &archive, None).unwrap();
+    let into = d.path().join("r");
+    restore_backup(&archive, &into, false, None).unwrap();
+    // Corrupt a b-tree page and make the manifest hash agree, so only the SQLite check can
+    // notice.
+    let restored = into.join("home/ledger.db");
+    let mut bytes = fs::read(&restored).unwrap();
+    for b in &mut bytes[3 * 4096 + 100..3 * 4096 + 400] {
+        *b = 0x5A;
+    }
+    fs::write(&restored, &bytes).unwrap();
+    let mpath = into.join("MANIFEST.json");
+    let mut m: mamori_artifact::BackupManifest =
+        serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    m.entries[0].sha256 = mamori_core::hash::sha256_hex(&bytes);
+    fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let err = verify_restored_dir(&into).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ledger.db"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            ArtifactError::IntegrityCheckFailed { .. } | ArtifactError::Sqlite { .. }
+        ),
+        "{msg}"
+    );
+}

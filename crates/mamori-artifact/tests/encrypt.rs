@@ -24,6 +24,17 @@ fn round_trip_in_memory_and_to_disk() {
         assert!(!bytes.windows(16).any(|w| w == &weights[..16]));
         assert!(!bytes.windows(6).any(|w| w == b"\"tiny\""));
     }
+    // The key is never written in the clear: neither its bytes nor its hex appear.
+    let kf = d.path().join("k.hex");
+    key.write_new_file(&kf).unwrap();
+    let key_hex = fs::read_to_string(&kf).unwrap().trim().to_owned();
+    let mut key_bytes = [0u8; 32];
+    hex::decode_to_slice(&key_hex, &mut key_bytes).unwrap();
+    for f in fs::read_dir(&e).unwrap() {
+        let bytes = fs::read(f.unwrap().path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == key_bytes));
+        assert!(!bytes.windows(64).any(|w| w == key_hex.as_bytes()));
+    }
     let opened = open_encrypted_model(&e, &key).unwrap();
     assert_eq!(opened.get("model.safetensors").unwrap(), &weights[..]);
     assert_eq!(

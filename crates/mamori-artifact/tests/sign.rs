@@ -234,3 +234,45 @@ fn signed_then_encrypted_model_verifies_in_memory() {
         &fs::read(m.join("model.safetensors")).unwrap()[..]
     );
 }
+
+#[test]
+fn malformed_signature_files_are_tampered_manifests() {
+    let d = tempfile::tempdir().unwrap();
+    let (m, s) = (d.path().join("m"), d.path().join("signing"));
+    signed_model(&m, &s);
+    let trust = TrustStore::load(&s).unwrap();
+    let sp = m.join("manifest.sig");
+    let orig = fs::read_to_string(&sp).unwrap();
+    for (from, to, want) in [
+        (
+            "\"ed25519\"",
+            "\"rsa\"",
+            "unsupported version 1 / algorithm \"rsa\"",
+        ),
+        (
+            "\"signature\": \"",
+            "\"signature\": \"zz",
+            "signature is not 128 hex digits",
+        ),
+        ("{", "[", "manifest.sig is not valid"),
+    ] {
+        fs::write(&sp, orig.replacen(from, to, 1)).unwrap();
+        let err = verify_model_at(&m, &trust, T0 + 2).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::TamperedManifest { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    // A model without a card cannot be signed.
+    let bare = d.path().join("bare");
+    fs::create_dir(&bare).unwrap();
+    fs::write(bare.join("model.safetensors"), b"w").unwrap();
+    let (k, _) = SigningKeyPair::create_in(&s, "k", T0, DAY).unwrap();
+    let err = sign_model(&bare, &k, None, T0 + 1).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("needs its model card (model.json)"),
+        "{err}"
+    );
+}

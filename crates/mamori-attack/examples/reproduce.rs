@@ -164,7 +164,7 @@ fn tramer_mlp(out: &Path) -> R<()> {
     )?;
     let mut o = LocalOracle::new(Box::new(v.clone()));
     let mut ctx = ExtractionContext::new(u64::MAX, Arch::Mlp { hidden: vec![20] });
-    ctx.train = cfg(300, 3e-3, 64, 2);
+    ctx.train = cfg(1000, 3e-3, 64, 2);
     ctx.train.progress = false;
     let e = TramerMlp::default().extract(&mut o, &ctx)?;
     let u = uniform(10_000, &v.card.input_shape, 2);
@@ -235,9 +235,9 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(out: &Path, quick: bool) -> R<()> {
+fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only)\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round)\n"
     );
     println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
@@ -250,7 +250,7 @@ fn jbda(out: &Path, quick: bool) -> R<()> {
             hidden: vec![200, 200],
         },
     );
-    ctx.train = cfg(10, 1e-3, 32, 3);
+    ctx.train = cfg(epochs, 1e-3, 32, 3);
     ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
     ctx.progress = true;
     let e = Jbda::default().extract(&mut o, &ctx)?;
@@ -540,8 +540,14 @@ fn main() -> R<()> {
     if all || what == "label-only" {
         label_only(&out)?;
     }
+    let epochs = args
+        .iter()
+        .position(|a| a == "--epochs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(10);
     if all || what == "jbda" {
-        jbda(&out, quick)?;
+        jbda(&out, quick, epochs)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;

@@ -38,7 +38,7 @@ enum Command {
     /// Export the audit log.
     Audit(cmd::audit::Args),
     /// Run attacks (extraction, inversion, membership) against a model or endpoint.
-    Attack(cmd::attack::Args),
+    Attack(Box<cmd::attack::Args>),
     /// Print the detector catalogue.
     Detectors(cmd::detectors::Args),
     /// Calibrate detector thresholds on benign data.
@@ -67,7 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a) => cmd::serve::run(a, &cli.global),
         Command::Keys(a) => cmd::keys::run(a, &cli.global),
         Command::Audit(a) => cmd::audit::run(a, &cli.global),
-        Command::Attack(a) => cmd::attack::run(a, &cli.global),
+        Command::Attack(a) => cmd::attack::run(*a, &cli.global),
         Command::Detectors(a) => cmd::detectors::run(a, &cli.global),
         Command::Calibrate(a) => cmd::calibrate::run(a, &cli.global),
         Command::Alerts(a) => cmd::alerts::run(a, &cli.global),

@@ -9,6 +9,7 @@
 //!   in the encrypted, append-only [`ledger`].
 //! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial test).
 //! - [`report`]: ed25519-signed evidence reports.
+//! - [`robustness`]: fine-tuning and pruning, the usual watermark-removal attacks.
 //! - [`simplex`]: helpers that keep answers valid distributions.
 
 pub mod dawn;
@@ -17,6 +18,7 @@ pub mod key;
 pub mod ledger;
 pub mod post;
 pub mod report;
+pub mod robustness;
 pub mod simplex;
 pub mod verify;
 
@@ -24,5 +26,5 @@ pub use dawn::Dawn;
 pub use error::DefenseError;
 pub use key::SecretKey;
 pub use ledger::{Ledger, LedgerRecord};
-pub use post::{build, BuildContext, PostprocessorSpec};
+pub use post::{build, registry, BuildContext, PostprocessorSpec};
 pub use verify::{verify, verify_model, Verdict, VerifyResult};

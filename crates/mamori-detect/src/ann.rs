@@ -97,6 +97,11 @@ pub struct Hnsw<T> {
     links: Vec<Vec<Vec<u32>>>,
     entry: Option<u32>,
     rng: u64,
+    /// Optional per-point byte payload (e.g. the full quantised input), `payload_dim` each.
+    #[serde(default)]
+    payload_dim: usize,
+    #[serde(default)]
+    payload: Vec<u8>,
     #[serde(skip)]
     visited: Vec<u32>,
     #[serde(skip)]
@@ -113,6 +118,8 @@ impl<T: Elem> Hnsw<T> {
             links: Vec::new(),
             entry: None,
             rng: seed,
+            payload_dim: 0,
+            payload: Vec::new(),
             visited: Vec::new(),
             stamp: 0,
         }
@@ -264,7 +271,9 @@ impl<T: Elem> Hnsw<T> {
             let chosen = self.select_neighbours(&found, self.params.m);
             for &nb in &chosen {
                 self.links[nb as usize][l].push(id);
-                if self.links[nb as usize][l].len() > max_links {
+                // Lists may overflow by half before being pruned back (with the heuristic),
+                // which amortises the O(m²) pruning over several insertions.
+                if self.links[nb as usize][l].len() > max_links + max_links / 2 {
                     let base = self.vec(nb).to_vec();
                     let mut scored: Vec<Cand> = self.links[nb as usize][l]
                         .iter()
@@ -284,6 +293,26 @@ impl<T: Elem> Hnsw<T> {
 
     /// Squared distances of (approximately) the `k` nearest points to `q`, ascending.
     pub fn search(&mut self, q: &[T], k: usize) -> Vec<f32> {
+        self.search_cands(q, k).into_iter().map(|c| c.0).collect()
+    }
+
+    /// Inserts a vector with a byte payload (all payloads of a graph have one length).
+    pub fn insert_with_payload(&mut self, v: &[T], payload: &[u8]) {
+        if self.is_empty() {
+            self.payload_dim = payload.len();
+        }
+        debug_assert_eq!(payload.len(), self.payload_dim);
+        self.payload.extend_from_slice(payload);
+        self.insert(v);
+    }
+
+    /// The payload of point `id`.
+    pub fn payload(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        &self.payload[i * self.payload_dim..(i + 1) * self.payload_dim]
+    }
+
+    fn search_cands(&mut self, q: &[T], k: usize) -> Vec<Cand> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
@@ -294,7 +323,7 @@ impl<T: Elem> Hnsw<T> {
         let ef = self.params.ef_search.max(k);
         let mut found = self.search_layer(q, &[ep], ef, 0);
         found.truncate(k);
-        found.into_iter().map(|c| c.0).collect()
+        found
     }
 
     /// Exact squared distances of the `k` nearest points (linear scan; for tests and checks).
@@ -340,6 +369,11 @@ impl<T: Elem> AnnIndex<T> {
 
     /// Inserts a point, rotating generations when the current one is full.
     pub fn insert(&mut self, v: &[T]) {
+        self.rotate();
+        self.current.insert(v);
+    }
+
+    fn rotate(&mut self) {
         if self.current.len() >= self.capacity {
             self.generation += 1;
             let fresh = Hnsw::new(
@@ -349,7 +383,38 @@ impl<T: Elem> AnnIndex<T> {
             );
             self.previous = Some(std::mem::replace(&mut self.current, fresh));
         }
-        self.current.insert(v);
+    }
+
+    /// Inserts a point with a byte payload, rotating generations when the current one is full.
+    pub fn insert_with_payload(&mut self, v: &[T], payload: &[u8]) {
+        self.rotate();
+        self.current.insert_with_payload(v, payload);
+    }
+
+    /// Re-ranking search: the `candidates` approximate nearest points to `q` in index space,
+    /// then the smallest exact squared distance between `full` and their payloads.
+    pub fn nearest_payload_dist2(
+        &mut self,
+        q: &[T],
+        full: &[u8],
+        candidates: usize,
+    ) -> Option<f32> {
+        let mut best: Option<f32> = None;
+        for g in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
+            for c in g.search_cands(q, candidates) {
+                let d = u8::dist2(full, g.payload(c.1));
+                best = Some(best.map_or(d, |b| b.min(d)));
+            }
+        }
+        best
+    }
+
+    /// Exact version of [`AnnIndex::nearest_payload_dist2`] (linear scan over payloads).
+    pub fn exact_nearest_payload_dist2(&self, full: &[u8]) -> Option<f32> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .flat_map(|g| (0..g.len() as u32).map(move |i| u8::dist2(full, g.payload(i))))
+            .reduce(f32::min)
     }
 
     /// Squared distances of the `k` nearest held points, ascending.
@@ -435,6 +500,57 @@ mod tests {
             }
         }
         assert!(exact_hits >= 90, "1-NN recall {exact_hits}/100");
+    }
+
+    #[test]
+    fn payload_rerank_finds_the_exact_nearest() {
+        // PRADA's use: search in a 32-d projection, re-rank 8 candidates on full bytes.
+        // Image-like data: a low intrinsic dimension (8) embedded in 196 values, plus noise.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let basis: Vec<Vec<f32>> = (0..8)
+            .map(|_| (0..196).map(|_| rng.gen::<f32>() - 0.5).collect())
+            .collect();
+        let all: Vec<Vec<f32>> = (0..3200)
+            .map(|_| {
+                let z: Vec<f32> = (0..8).map(|_| rng.gen::<f32>()).collect();
+                (0..196)
+                    .map(|j| {
+                        let s: f32 = z.iter().zip(&basis).map(|(a, b)| a * b[j]).sum();
+                        (2.25 + 1.5 * s + 0.05 * (rng.gen::<f32>() - 0.5)).clamp(0.0, 4.5)
+                    })
+                    .collect()
+            })
+            .collect();
+        let (pts, queries) = all.split_at(3000);
+        let proj = crate::knn::Projections::new(5, 32);
+        let m = proj.matrix(196);
+        let prep = |p: &[f32]| {
+            let unit: Vec<f32> = p.iter().map(|v| v / 4.5).collect();
+            let mut code = Vec::new();
+            crate::knn::Projections::project(&m, &unit, &mut code);
+            let mut bytes = Vec::new();
+            crate::prada::quantise_unit(&unit, &mut bytes);
+            (code, bytes)
+        };
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 32,
+            ef_search: 24,
+        };
+        let mut idx = AnnIndex::new(32, params, 10_000, 1);
+        for p in pts {
+            let (c, b) = prep(p);
+            idx.insert_with_payload(&c, &b);
+        }
+        let mut exact = 0;
+        for q in queries {
+            let (c, b) = prep(q);
+            let approx = idx.nearest_payload_dist2(&c, &b, 8).unwrap();
+            let truth = idx.exact_nearest_payload_dist2(&b).unwrap();
+            assert!(approx >= truth);
+            exact += (approx == truth) as usize;
+        }
+        assert!(exact >= 180, "exact 1-NN for {exact}/200 queries");
     }
 
     #[test]

@@ -13,17 +13,22 @@
 //! roughly normal distances; synthetic attack queries (JBDA's small Jacobian steps, random
 //! probes) do not.
 //!
-//! Cost and memory: `d_min` comes from an HNSW index per class ([`crate::ann`]) over the
-//! inputs quantised to bytes over `[0, 1]` (exact for 8-bit images); each class keeps at most
+//! Cost and memory: `d_min` comes from an HNSW index per class ([`crate::ann`]) searched in a
+//! `proj_dim`-dimensional random projection; its `candidates` nearest are re-ranked by the
+//! exact L2 distance on the inputs quantised to bytes over `[0, 1]` (exact for 8-bit images),
+//! so `d_min` is exact whenever the true nearest is among the candidates (checked in the
+//! tests against a linear scan); each class keeps at most
 //! `2·class_capacity` points (generational eviction) and `D` keeps its newest `max_distances`
 //! values (the Shapiro–Wilk algorithm is valid up to 5000).
 
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
+use crate::knn::Projections;
 use crate::shapiro::shapiro_wilk_w;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// PRADA configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +48,10 @@ pub struct PradaConfig {
     pub max_distances: usize,
     /// Growing-set points per class and generation.
     pub class_capacity: usize,
+    /// Dimension of the random projection the index searches in.
+    pub proj_dim: usize,
+    /// Candidates re-ranked by exact distance on the full quantised input.
+    pub candidates: usize,
     /// Index parameters.
     pub hnsw: HnswParams,
 }
@@ -57,10 +66,12 @@ impl Default for PradaConfig {
             outlier_sigma: 3.0,
             max_distances: 5000,
             class_capacity: 2048,
+            proj_dim: 32,
+            candidates: 8,
             hnsw: HnswParams {
                 m: 8,
-                ef_construction: 24,
-                ef_search: 16,
+                ef_construction: 32,
+                ef_search: 24,
             },
         }
     }
@@ -70,6 +81,7 @@ impl Default for PradaConfig {
 #[derive(Clone, Debug)]
 pub struct PradaDetector {
     cfg: PradaConfig,
+    proj: Arc<Projections>,
 }
 
 impl PradaDetector {
@@ -78,13 +90,14 @@ impl PradaDetector {
 
     /// A detector with `cfg`.
     pub fn new(cfg: PradaConfig) -> Self {
-        Self { cfg }
+        let proj = Arc::new(Projections::new(0x707261646100, cfg.proj_dim.max(1)));
+        Self { cfg, proj }
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ClassSet {
-    index: AnnIndex<u8>,
+    index: AnnIndex<f32>,
     threshold: f64,
     /// Running sums over `D_{G_c}`: count, Σd, Σd².
     g_n: f64,
@@ -94,10 +107,12 @@ struct ClassSet {
     d_count: usize,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct PradaState {
     #[serde(skip)]
     cfg: PradaConfig,
+    #[serde(skip)]
+    proj: Option<Arc<Projections>>,
     classes: Vec<Option<ClassSet>>,
     /// The distance set `D`: (class, d_min), newest last.
     dists: VecDeque<(u16, f64)>,
@@ -106,6 +121,8 @@ struct PradaState {
     alarm: bool,
     #[serde(skip)]
     buf: Vec<u8>,
+    #[serde(skip)]
+    code: Vec<f32>,
 }
 
 /// Quantises `[0, 1]` inputs to bytes.
@@ -128,6 +145,7 @@ impl Detector for PradaDetector {
     fn new_state(&self) -> Box<dyn DetectorState> {
         Box::new(PradaState {
             cfg: self.cfg.clone(),
+            proj: Some(self.proj.clone()),
             ..PradaState::default()
         })
     }
@@ -135,6 +153,7 @@ impl Detector for PradaDetector {
     fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
         let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
         s.cfg = self.cfg.clone();
+        s.proj = Some(self.proj.clone());
         Ok(Box::new(s))
     }
 }
@@ -187,13 +206,17 @@ impl DetectorState for PradaState {
         }
         let mut buf = std::mem::take(&mut self.buf);
         quantise_unit(obs.input, &mut buf);
+        let mut code = std::mem::take(&mut self.code);
+        if let Some(p) = &self.proj {
+            Projections::project(&p.matrix(obs.input.len()), obs.input, &mut code);
+        }
         let cfg = &self.cfg;
         let slot = &mut self.classes[c];
         match slot {
             None => {
                 let mut index =
-                    AnnIndex::new(buf.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
-                index.insert(&buf);
+                    AnnIndex::new(code.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
+                index.insert_with_payload(&code, &buf);
                 *slot = Some(ClassSet {
                     index,
                     threshold: 0.0,
@@ -206,9 +229,8 @@ impl DetectorState for PradaState {
             Some(set) => {
                 let dmin = set
                     .index
-                    .search(&buf, 1)
-                    .first()
-                    .map_or(0.0, |&d2| (d2 as f64).sqrt() / 255.0);
+                    .nearest_payload_dist2(&code, &buf, cfg.candidates.max(1))
+                    .map_or(0.0, |d2| (d2 as f64).sqrt() / 255.0);
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
                 if self.dists.len() > cfg.max_distances.clamp(3, 5000) {
@@ -222,7 +244,7 @@ impl DetectorState for PradaState {
                     unreachable!("class set exists")
                 };
                 if dmin > set.threshold {
-                    set.index.insert(&buf);
+                    set.index.insert_with_payload(&code, &buf);
                     set.g_n += 1.0;
                     set.g_sum += dmin;
                     set.g_sum2 += dmin * dmin;
@@ -233,6 +255,7 @@ impl DetectorState for PradaState {
             }
         }
         self.buf = buf;
+        self.code = code;
         if self.queries.is_multiple_of(self.cfg.check_every.max(1))
             && self.dists.len() > self.cfg.min_distances
         {

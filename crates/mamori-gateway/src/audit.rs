@@ -471,6 +471,17 @@ impl AuditWriter {
     /// Starts the writer thread with a queue of `capacity` events, writing up to `batch` per
     /// transaction.
     pub fn start(store: Box<dyn AuditStore>, capacity: usize, batch: usize) -> Self {
+        Self::start_with_linger(store, capacity, batch, 0)
+    }
+
+    /// Like [`AuditWriter::start`], pausing `linger_ms` after each transaction so that the
+    /// next one carries more events.
+    pub fn start_with_linger(
+        store: Box<dyn AuditStore>,
+        capacity: usize,
+        batch: usize,
+        linger_ms: u64,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Msg>(capacity.max(1));
         let store = Arc::new(Mutex::new(store));
         let st = store.clone();
@@ -499,8 +510,15 @@ impl AuditWriter {
                         }
                         buf.clear();
                     }
+                    let flushed = !waiters.is_empty();
                     for w in waiters.drain(..) {
                         let _ = w.send(());
+                    }
+                    // Let events accumulate for a moment: requests then enqueue without waking
+                    // this thread, and the next transaction carries a larger batch. A flush
+                    // request or a closed queue skips the pause.
+                    if linger_ms > 0 && !flushed && !rx.is_closed() {
+                        std::thread::sleep(std::time::Duration::from_millis(linger_ms));
                     }
                 }
             })
@@ -654,6 +672,21 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, GatewayError> {
     Ok(days as u64 * 86_400_000 + ms_of_day)
 }
 
+/// SHA-256 of an `f32` slice in little-endian byte order: the same digest as
+/// [`mamori_core::hash::sha256_f32`], hashed in blocks rather than value by value.
+pub fn input_sha256(values: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 1024];
+    for chunk in values.chunks(256) {
+        for (i, v) in chunk.iter().enumerate() {
+            buf[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&buf[..chunk.len() * 4]);
+    }
+    hex::encode(h.finalize())
+}
+
 /// Looks up the time of the newest request in a store (helper for exports).
 pub fn last_request_time(conn_path: &Path) -> Result<Option<u64>, GatewayError> {
     let conn = Connection::open(conn_path).map_err(sq)?;
@@ -685,6 +718,18 @@ mod tests {
             status: 200,
             error: None,
             latency_us: 5,
+        }
+    }
+
+    #[test]
+    fn input_hash_matches_core() {
+        for n in [0usize, 1, 255, 256, 257, 784, 3000] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 5.0).collect();
+            assert_eq!(
+                input_sha256(&v),
+                mamori_core::hash::sha256_f32(&v),
+                "n = {n}"
+            );
         }
     }
 

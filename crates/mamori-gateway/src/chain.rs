@@ -444,10 +444,11 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
-        let audit = Arc::new(AuditWriter::start(
+        let audit = Arc::new(AuditWriter::start_with_linger(
             store,
             self.config.audit.queue,
             self.config.audit.batch,
+            self.config.audit.linger_ms,
         ));
         let ledger = self
             .ledger
@@ -1286,7 +1287,7 @@ impl Stage for Audit {
             input_sha256: ex
                 .input
                 .as_ref()
-                .map(|t| mamori_core::hash::sha256_f32(t.data())),
+                .map(|t| crate::audit::input_sha256(t.data())),
             input: if sh.config.server.store_raw_input {
                 ex.input.as_ref().map(|t| t.data().to_vec())
             } else {

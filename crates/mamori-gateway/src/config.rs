@@ -16,7 +16,11 @@
 //!
 //! [detect]
 //! throttle_factor = 0.1
-//! degrade_postprocessors = ["rounding"]
+//! degrade_postprocessors = ["round2"]
+//!
+//! [postprocessors.round2]          # named definitions, interpreted by the registry
+//! kind = "rounding"
+//! decimals = 2
 //! ```
 
 use crate::error::GatewayError;
@@ -58,6 +62,10 @@ pub struct AuditConfig {
     pub queue: usize,
     /// Largest number of events written in one transaction.
     pub batch: usize,
+    /// After writing a batch, the writer waits this long (ms) so that the next transaction
+    /// carries more events (fewer commits and wake-ups under load). A flush or a shutdown does
+    /// not wait.
+    pub linger_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -65,6 +73,7 @@ impl Default for AuditConfig {
         Self {
             queue: 10_000,
             batch: 512,
+            linger_ms: 2,
         }
     }
 }
@@ -120,6 +129,11 @@ impl TierConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
+    /// Whether `mamori serve` attaches the detector set and escalation policy.
+    pub enabled: bool,
+    /// Escalation policy settings, handed as-is to the policy implementation
+    /// (`mamori-detect`'s `PolicyConfig` in `mamori serve`).
+    pub policy: Option<toml::Value>,
     /// A throttled client's rate and burst are multiplied by this factor.
     pub throttle_factor: f64,
     /// Postprocessors added for a degraded client (registry names).
@@ -131,6 +145,8 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
+            policy: None,
             throttle_factor: 0.1,
             degrade_postprocessors: Vec::new(),
             degrade_disclosure: DisclosureKind::Label,
@@ -152,6 +168,11 @@ pub struct GatewayConfig {
     pub tiers: BTreeMap<String, TierConfig>,
     /// Escalation settings.
     pub detect: DetectConfig,
+    /// Named postprocessor definitions referenced by tiers and `detect.degrade_postprocessors`;
+    /// each table is interpreted by the postprocessor registry (in `mamori serve`,
+    /// `mamori-defense`'s specs, e.g. `[postprocessors.round2] kind = "rounding"`,
+    /// `decimals = 2`).
+    pub postprocessors: BTreeMap<String, toml::Value>,
 }
 
 impl Default for GatewayConfig {
@@ -196,6 +217,7 @@ impl Default for GatewayConfig {
             default_tier: "standard".into(),
             tiers,
             detect: DetectConfig::default(),
+            postprocessors: BTreeMap::new(),
         }
     }
 }

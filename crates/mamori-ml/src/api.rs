@@ -30,6 +30,9 @@ pub enum MlError {
     /// Model evaluation error.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Loading a dataset failed.
+    #[error(transparent)]
+    Data(#[from] mamori_data::DataError),
 }
 
 /// Training targets: hard labels or soft (probability) targets `[n, classes]`.

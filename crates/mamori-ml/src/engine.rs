@@ -2,7 +2,8 @@
 //!
 //! Convolutions are lowered to matrix products (im2col, Chellapilla, Puri & Simard, "High
 //! Performance Convolutional Neural Networks for Document Processing", 2006): the whole batch
-//! is unfolded into one `[n·oh·ow, c·k·k]` matrix and multiplied by the weights in one GEMM;
+//! is unfolded into one `[n·oh·ow, c·k·k]` matrix and multiplied by the weights in one GEMM
+//! (`[oc, n·oh·ow]` output, so that moving to NCHW copies contiguous planes);
 //! the backward pass uses the same unfolded matrix for the weight gradient and folds the
 //! column gradient back (col2im). Unfolding, folding, pooling and layout permutations run in
 //! parallel over the batch with rayon; the GEMMs are the `gemm` crate's, also on rayon.
@@ -285,25 +286,25 @@ pub(crate) fn forward(
                 cols.par_chunks_mut(pp * kk)
                     .zip(input.par_chunks(c * h * w))
                     .for_each(|(col, img)| im2col(img, col, c, h, w, k, s, p, oh, ow));
+                // [oc, n·p] = W [oc, kk] · colsᵀ [kk, n·p]
                 ensure(&mut ws.tmp, n * pp * oc);
                 matmul(
                     &mut ws.tmp,
-                    Mat::rm(cols, n * pp, kk),
-                    Mat::rm_t(&prm.weight, oc, kk),
+                    Mat::rm(&prm.weight, oc, kk),
+                    Mat::rm_t(cols, n * pp, kk),
                     false,
                 );
                 let tmp = &ws.tmp;
                 let bias = &prm.bias;
-                out.par_chunks_mut(oc * pp)
-                    .zip(tmp.par_chunks(pp * oc))
-                    .for_each(|(o, t)| {
-                        for (ch, plane) in o.chunks_exact_mut(pp).enumerate() {
-                            let b = bias[ch];
-                            for (q, v) in plane.iter_mut().enumerate() {
-                                *v = t[q * oc + ch] + b;
-                            }
+                out.par_chunks_mut(oc * pp).enumerate().for_each(|(b, o)| {
+                    for (ch, plane) in o.chunks_exact_mut(pp).enumerate() {
+                        let src = &tmp[ch * n * pp + b * pp..][..pp];
+                        let bv = bias[ch];
+                        for (v, &t) in plane.iter_mut().zip(src) {
+                            *v = t + bv;
                         }
-                    });
+                    }
+                });
             }
             Op::Relu => {
                 out.par_chunks_mut(4096)
@@ -366,6 +367,20 @@ fn im2col(
     ow: usize,
 ) {
     let kk = c * k * k;
+    if p == 0 {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &mut col[(oy * ow + ox) * kk..][..kk];
+                for ci in 0..c {
+                    for ky in 0..k {
+                        let src = &img[(ci * h + oy * s + ky) * w + ox * s..][..k];
+                        row[(ci * k + ky) * k..][..k].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for oy in 0..oh {
         for ox in 0..ow {
             let row = &mut col[(oy * ow + ox) * kk..][..kk];
@@ -410,6 +425,22 @@ fn col2im(
 ) {
     img.fill(0.0);
     let kk = c * k * k;
+    if p == 0 {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &col[(oy * ow + ox) * kk..][..kk];
+                for ci in 0..c {
+                    for ky in 0..k {
+                        let dst = &mut img[(ci * h + oy * s + ky) * w + ox * s..][..k];
+                        for (d, &v) in dst.iter_mut().zip(&row[(ci * k + ky) * k..][..k]) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
     for oy in 0..oh {
         for ox in 0..ow {
             let row = &col[(oy * ow + ox) * kk..][..kk];
@@ -512,40 +543,37 @@ pub(crate) fn backward(
             } => {
                 let pp = oh * ow;
                 let kk = c * k * k;
-                // dY from NCHW to [n·p, oc].
+                // dY from NCHW to [oc, n·p] (contiguous blocks of p values).
                 ensure(&mut ws.tmp, n * pp * oc);
                 ws.tmp
-                    .par_chunks_mut(pp * oc)
-                    .zip(g.par_chunks(oc * pp))
-                    .for_each(|(t, d)| {
-                        for (ch, plane) in d.chunks_exact(pp).enumerate() {
-                            for (q, &v) in plane.iter().enumerate() {
-                                t[q * oc + ch] = v;
-                            }
+                    .par_chunks_mut(n * pp)
+                    .enumerate()
+                    .for_each(|(ch, row)| {
+                        for (b, dst) in row.chunks_exact_mut(pp).enumerate() {
+                            dst.copy_from_slice(&g[(b * oc + ch) * pp..][..pp]);
                         }
                     });
                 if let Some(gr) = grads.as_deref_mut() {
                     let gp = &mut gr[i];
                     ensure(&mut gp.weight, oc * kk);
                     ensure(&mut gp.bias, oc);
+                    // dW [oc, kk] = dY [oc, n·p] · cols [n·p, kk]
                     matmul(
                         &mut gp.weight,
-                        Mat::rm_t(&ws.tmp, n * pp, oc),
+                        Mat::rm(&ws.tmp, oc, n * pp),
                         Mat::rm(&ws.cols[i], n * pp, kk),
                         false,
                     );
-                    gp.bias.fill(0.0);
-                    for img in g.chunks_exact(oc * pp) {
-                        for (b, plane) in gp.bias.iter_mut().zip(img.chunks_exact(pp)) {
-                            *b += plane.iter().sum::<f32>();
-                        }
+                    for (b, row) in gp.bias.iter_mut().zip(ws.tmp.chunks_exact(n * pp)) {
+                        *b = row.iter().sum();
                     }
                 }
                 if need_dx {
                     ensure(&mut ws.dcols, n * pp * kk);
+                    // dcols [n·p, kk] = dYᵀ [n·p, oc] · W [oc, kk]
                     matmul(
                         &mut ws.dcols,
-                        Mat::rm(&ws.tmp, n * pp, oc),
+                        Mat::rm_t(&ws.tmp, oc, n * pp),
                         Mat::rm(&prm.weight, oc, kk),
                         false,
                     );

@@ -22,4 +22,11 @@ mod network;
 pub use network::zoo_layers;
 mod loader;
 mod train;
+pub mod zoo;
 pub use loader::load_model;
+
+// ONNX runtime and exporter (data helper).
+pub mod onnx;
+pub mod onnx_export;
+pub use onnx::OnnxModel;
+pub use onnx_export::{export_onnx, network_to_onnx};

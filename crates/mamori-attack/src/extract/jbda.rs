@@ -33,6 +33,9 @@ pub struct Jbda {
     pub tau: usize,
     /// Augment only κ random points per round.
     pub reservoir: Option<usize>,
+    /// Differentiate the substitute's softmax output `F_{O(x)}` (the paper's `J_F`) instead of
+    /// its logit (the later reference code).
+    pub probability_jacobian: bool,
 }
 
 impl Default for Jbda {
@@ -43,6 +46,7 @@ impl Default for Jbda {
             lambda: 0.1,
             tau: 3,
             reservoir: None,
+            probability_jacobian: true,
         }
     }
 }
@@ -126,7 +130,8 @@ impl ExtractionAttack for Jbda {
             let pick: Vec<usize> = pick.into_iter().take(room).collect();
             let base = s.select(&pick);
             let base_labels: Vec<usize> = pick.iter().map(|&i| labels[i]).collect();
-            let grad = input_gradient_batched(&net, &base, &base_labels)?;
+            let grad =
+                input_gradient_batched(&net, &base, &base_labels, self.probability_jacobian)?;
             let lam = self.step(r);
             let mut new = base;
             for (v, g) in new.data_mut().iter_mut().zip(grad.data()) {
@@ -154,21 +159,25 @@ fn meter_q0(m: &Meter) -> u64 {
     m.q0
 }
 
-/// `∂ logit[label] / ∂ x` in chunks of 512 samples.
+/// `∂ F[label] / ∂ x` (softmax output or logit) in chunks of 512 samples.
 fn input_gradient_batched(
     net: &Network,
     x: &Tensor,
     labels: &[usize],
+    probability: bool,
 ) -> Result<Tensor, AttackError> {
     let n = x.batch_size();
     let mut parts = Vec::new();
     let mut s = 0;
     while s < n {
         let e = (s + 512).min(n);
-        parts.push(net.input_gradient(
-            &x.slice_rows(s, e),
-            &GradTarget::Logit(labels[s..e].to_vec()),
-        )?);
+        let l = labels[s..e].to_vec();
+        let t = if probability {
+            GradTarget::Probability(l)
+        } else {
+            GradTarget::Logit(l)
+        };
+        parts.push(net.input_gradient(&x.slice_rows(s, e), &t)?);
         s = e;
     }
     Ok(Tensor::concat(&parts)?)

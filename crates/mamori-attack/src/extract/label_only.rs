@@ -6,7 +6,7 @@
 //! retrain the model on every label so far and query the `m / r` candidates (from a random
 //! pool) closest to its decision boundary (smallest margin between its top two
 //! probabilities) — uncertainty sampling in the sense of active learning. Binary LR reaches
-//! >99% agreement with about 827 queries (≈ 13·(d+1) for their 64-feature tasks) in the paper.
+//! more than 99% agreement with about 827 queries (≈ 13·(d+1) for their 64-feature tasks) in the paper.
 //! Points come from a box mixture that covers its faces by default (see `mixed`); the paper's
 //! uniform points miss sparse data such as images.
 

@@ -278,14 +278,23 @@ fn make_oracle(t: &TargetArgs, budget: Option<u64>) -> Result<OracleAndVictim> {
         Ok((o, None))
     } else {
         let path = Path::new(&t.target);
-        let load = || {
-            mamori_ml::load_model(path).with_context(|| format!("loading model {}", path.display()))
-        };
+        let load = || load_local(path);
         let d = parse_disclosure(&t.disclosure)?;
         let o = LocalOracle::new(load()?)
             .with_disclosure(d)
             .with_budget(budget);
         Ok((Box::new(o), Some(load()?)))
+    }
+}
+
+/// A native model directory, or any other file `mamori_ml::load_model` knows (ONNX).
+fn load_local(path: &Path) -> Result<Box<dyn Model>> {
+    if path.is_dir() {
+        Ok(Box::new(mamori_ml::NativeModel::load(path).with_context(
+            || format!("loading model {}", path.display()),
+        )?))
+    } else {
+        mamori_ml::load_model(path).with_context(|| format!("loading model {}", path.display()))
     }
 }
 
@@ -470,8 +479,7 @@ fn invert(a: InvertArgs, g: &Global) -> Result<()> {
             if is_url(&a.target) {
                 bail!("white-box inversion needs a local model; use --steal STRATEGY for an HTTP target");
             }
-            mamori_ml::load_model(Path::new(&a.target))
-                .with_context(|| format!("loading model {}", a.target))?
+            load_local(Path::new(&a.target))?
         }
         Some(s) => {
             let q = match &a.query_data {

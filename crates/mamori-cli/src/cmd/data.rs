@@ -5,7 +5,15 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use mamori_data::fetch::{CheckStatus, FetchEvent, FetchOptions};
 use mamori_data::{CsvOptions, LabelColumn, LoadOptions, DATASETS};
+use std::io::Write;
 use std::path::PathBuf;
+
+/// `println!` that ignores a closed stdout (`mamori data info mnist | head` must not panic).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 
 /// Arguments of `mamori data`.
 #[derive(clap::Args, Debug)]
@@ -79,9 +87,9 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             for n in names {
                 fetch_one(n, &dest, &opts)?;
             }
-            println!("data directory: {}", dest.display());
+            say!("data directory: {}", dest.display());
             if dest != g.data_dir() {
-                println!(
+                say!(
                     "use it with --data-dir {} (or MAMORI_DATA={})",
                     dest.display(),
                     dest.display()
@@ -109,7 +117,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                         format!("UNREADABLE ({error})")
                     }
                 };
-                println!("{:<60} {status}", c.path.display());
+                say!("{:<60} {status}", c.path.display());
             }
             if bad > 0 {
                 bail!(
@@ -118,7 +126,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            println!("all {} file(s) match their pinned SHA-256", checks.len());
+            say!("all {} file(s) match their pinned SHA-256", checks.len());
             Ok(())
         }
         DataCommand::Info {
@@ -144,14 +152,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             let split = mamori_data::load_with(&dataset, &g.data_dir(), &opts)
                 .with_context(|| format!("loading {dataset}"))?;
             let tr = &split.train;
-            println!("dataset:       {}", tr.name);
-            println!("train / test:  {} / {}", tr.len(), split.test.len());
-            println!("sample shape:  {:?}", tr.sample_shape());
-            println!("classes:       {}", tr.num_classes);
+            say!("dataset:       {}", tr.name);
+            say!("train / test:  {} / {}", tr.len(), split.test.len());
+            say!("sample shape:  {:?}", tr.sample_shape());
+            say!("classes:       {}", tr.num_classes);
             let n = &tr.normalisation;
-            println!(
+            say!(
                 "normalisation: input = (raw * {} - {}) / {}",
-                n.scale, n.mean, n.std
+                n.scale,
+                n.mean,
+                n.std
             );
             let (lo, hi) =
                 tr.x.data()
@@ -159,15 +169,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                     .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
                         (a.min(v), b.max(v))
                     });
-            println!("input range:   [{lo}, {hi}]");
-            println!("{:<6} {:<14} {:>8} {:>8}", "class", "name", "train", "test");
+            say!("input range:   [{lo}, {hi}]");
+            say!("{:<6} {:<14} {:>8} {:>8}", "class", "name", "train", "test");
             for (c, (a, b)) in tr
                 .class_histogram()
                 .iter()
                 .zip(split.test.class_histogram())
                 .enumerate()
             {
-                println!(
+                say!(
                     "{c:<6} {:<14} {a:>8} {b:>8}",
                     tr.class_names.get(c).map_or("", |s| s)
                 );
@@ -179,7 +189,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 }
             }
             for f in files {
-                println!("file: {}  sha256 {}", f.path, f.sha256);
+                say!("file: {}  sha256 {}", f.path, f.sha256);
             }
             Ok(())
         }
@@ -209,9 +219,9 @@ fn fetch_one(name: &str, dest: &std::path::Path, opts: &FetchOptions) -> anyhow:
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
-            println!("verified  {}", path.display());
+            say!("verified  {}", path.display());
         }
-        FetchEvent::AlreadyPresent { path } => println!("present   {} (verified)", path.display()),
+        FetchEvent::AlreadyPresent { path } => say!("present   {} (verified)", path.display()),
         FetchEvent::Retry {
             file,
             attempt,

@@ -3,9 +3,12 @@
 
 use crate::global::Global;
 use anyhow::Context;
+use mamori_core::{Action, Detector, Postprocessor};
 use mamori_gateway::{
-    server, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, SqliteStore, UpstreamModel,
+    server, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, NamedVerdict, Policy,
+    PostprocessorRegistry, SqliteStore, UpstreamModel,
 };
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,6 +35,72 @@ pub struct Args {
     /// API key for the upstream server, if it needs one.
     #[arg(long, env = "MAMORI_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
+    /// Detector calibration (`calibration.json` from `mamori calibrate`); default:
+    /// `calibration.json` beside a native model, else the detectors' built-in thresholds.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+}
+
+/// `mamori-detect`'s escalation policy behind the gateway's [`Policy`] trait. Group verdicts
+/// are named `group:<detector>`, as that policy expects.
+struct DetectPolicy(mamori_detect::Policy);
+
+impl Policy for DetectPolicy {
+    fn decide(&mut self, client: &str, verdicts: &[NamedVerdict], now_ms: u64) -> Action {
+        let mut group = None;
+        let named: Vec<(String, mamori_core::Verdict)> = verdicts
+            .iter()
+            .map(|v| match v.subject.strip_prefix("group:") {
+                Some(g) => {
+                    group = Some(g.to_string());
+                    (format!("group:{}", v.detector), v.verdict)
+                }
+                None => (v.detector.clone(), v.verdict),
+            })
+            .collect();
+        self.0
+            .decide(client, group.as_deref(), &named, now_ms)
+            .action
+    }
+}
+
+fn detectors_for(
+    path: Option<&std::path::Path>,
+    explicit: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<std::sync::Arc<dyn Detector>>> {
+    let cal = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => path
+            .filter(|p| p.is_dir())
+            .map(|p| p.join(mamori_detect::CALIBRATION_FILE))
+            .filter(|p| p.is_file()),
+    };
+    let cfg = match &cal {
+        Some(p) => {
+            let c = mamori_detect::Calibration::load(p)
+                .with_context(|| format!("loading detector calibration {}", p.display()))?;
+            tracing::info!("detector thresholds from {}", p.display());
+            c.detectors
+        }
+        None => mamori_detect::DetectorsConfig::default(),
+    };
+    Ok(mamori_detect::default_detectors(&cfg))
+}
+
+/// Resolves the configuration's named postprocessor tables with `mamori-defense`.
+fn registry(defs: &BTreeMap<String, toml::Value>) -> anyhow::Result<PostprocessorRegistry> {
+    let mut built: BTreeMap<String, std::sync::Arc<dyn Postprocessor>> = BTreeMap::new();
+    let ctx = mamori_defense::BuildContext::default();
+    for (name, table) in defs {
+        let spec: mamori_defense::PostprocessorSpec = table
+            .clone()
+            .try_into()
+            .with_context(|| format!("postprocessors.{name}: not a valid postprocessor"))?;
+        let pp =
+            mamori_defense::build(&spec, &ctx).with_context(|| format!("postprocessors.{name}"))?;
+        built.insert(name.clone(), std::sync::Arc::from(pp));
+    }
+    Ok(std::sync::Arc::new(move |n: &str| built.get(n).cloned()))
 }
 
 /// Runs `mamori serve`.
@@ -52,7 +121,19 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         );
     }
     let keys = Arc::new(KeyStore::open(&home)?);
+    let policy_cfg: mamori_detect::PolicyConfig = match &cfg.detect.policy {
+        Some(v) => v.clone().try_into().context("detect.policy")?,
+        None => mamori_detect::PolicyConfig::default(),
+    };
+    let protect = |spec: &mut ModelSpec, path: Option<&std::path::Path>| -> anyhow::Result<()> {
+        if cfg.detect.enabled {
+            spec.detectors = detectors_for(path, args.calibration.as_deref())?;
+            spec.policy = Box::new(DetectPolicy(mamori_detect::Policy::new(policy_cfg.clone())));
+        }
+        Ok(())
+    };
     let mut builder = ChainBuilder::new(cfg.clone())
+        .postprocessors(registry(&cfg.postprocessors)?)
         .keys(keys.clone())
         .audit_store(Box::new(SqliteStore::open_home(&home)?))
         .state_dir(&home.join("state"));
@@ -69,14 +150,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             model.card().name,
             path.display()
         );
-        builder = builder.model(ModelSpec::new(Arc::from(model), platform));
+        let mut spec = ModelSpec::new(Arc::from(model), platform);
+        protect(&mut spec, Some(path))?;
+        builder = builder.model(spec);
     }
     if let Some(url) = &args.upstream {
         for name in &args.upstream_models {
             let m = UpstreamModel::connect(url, name, args.upstream_key.clone(), [0.0, 1.0])
                 .with_context(|| format!("connecting to upstream model {name} at {url}"))?;
             tracing::info!("proxying {name} to {url}");
-            builder = builder.model(ModelSpec::new(Arc::new(m), "upstream"));
+            let mut spec = ModelSpec::new(Arc::new(m), "upstream");
+            protect(&mut spec, None)?;
+            builder = builder.model(spec);
         }
     }
     let chain = Arc::new(builder.build()?);

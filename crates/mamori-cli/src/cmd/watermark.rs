@@ -1,12 +1,214 @@
-//! `mamori watermark` (issue #6).
+//! `mamori watermark` (issue #6): DAWN ownership verification and signed evidence reports.
 
 use crate::global::Global;
+use anyhow::{bail, Context, Result};
+use mamori_attack::{HttpOracle, HttpOracleConfig};
+use mamori_core::Oracle;
+use mamori_defense::dawn::DawnPaths;
+use mamori_defense::report::{
+    check_report, parse_public_key, read_signed_report, EvidenceReport, ReportSigner,
+};
+use mamori_defense::verify::{verify, ModelOracle, Verdict, DEFAULT_ALPHA};
+use mamori_defense::{Ledger, SecretKey};
+use std::path::{Path, PathBuf};
 
 /// Arguments of `mamori watermark`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Sub,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Query a suspect model on the DAWN ledger's inputs and test for the watermark.
+    Verify(Box<VerifyArgs>),
+    /// Check the ed25519 signature of an evidence report.
+    CheckReport(CheckArgs),
+    /// Summarise a DAWN ledger (records, classes, commitment).
+    Ledger(LedgerArgs),
+}
+
+/// Where the ledger is.
+#[derive(clap::Args, Debug)]
+struct LedgerLoc {
+    /// The encrypted DAWN ledger. Default: `<home>/watermark/ledger.bin`.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// The ledger's key file. Default: `ledger.key` beside the ledger.
+    #[arg(long)]
+    ledger_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// The suspect: a native model directory, an `.onnx` file, or
+    /// `http(s)://host:port/v2/models/NAME`.
+    #[arg(long)]
+    suspect: String,
+    /// API key for an HTTP suspect.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    #[command(flatten)]
+    ledger: LedgerLoc,
+    /// Significance level: the watermark is declared found when p < alpha.
+    #[arg(long, default_value_t = DEFAULT_ALPHA)]
+    alpha: f64,
+    /// Samples per query batch.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Write the full result (p_value, matches, queried, verdict, evidence) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an ed25519-signed evidence report.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Signing key (hex seed; created if absent). Default: `<home>/watermark/signing.key`;
+    /// its public key is written beside it as `signing.key.pub`.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// The signed report file.
+    file: PathBuf,
+    /// The signer's public key: a file holding 64 hex characters, or the hex itself.
+    #[arg(long)]
+    public_key: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct LedgerArgs {
+    #[command(flatten)]
+    ledger: LedgerLoc,
+}
 
 /// Runs `mamori watermark`.
-pub fn run(_args: Args, _g: &Global) -> anyhow::Result<()> {
-    anyhow::bail!("`mamori watermark` is not implemented yet (issue #6)")
+pub fn run(args: Args, g: &Global) -> Result<()> {
+    match args.cmd {
+        Sub::Verify(a) => run_verify(*a, g),
+        Sub::CheckReport(a) => run_check(a),
+        Sub::Ledger(a) => {
+            let ledger = open_ledger(&a.ledger, g)?;
+            let recs = ledger.records();
+            let classes = recs.first().map(|r| r.num_classes).unwrap_or(0);
+            println!("ledger      {}", ledger.path().display());
+            println!("records     {}", recs.len());
+            println!(
+                "distinct    {}",
+                mamori_defense::verify::distinct_records(recs).len()
+            );
+            println!("classes     {classes}");
+            println!("commitment  {}", ledger.commitment());
+            Ok(())
+        }
+    }
+}
+
+fn open_ledger(loc: &LedgerLoc, g: &Global) -> Result<Ledger> {
+    let path = loc
+        .ledger
+        .clone()
+        .unwrap_or_else(|| DawnPaths::in_home(&g.home()).ledger);
+    if !path.is_file() {
+        bail!("ledger {} does not exist", path.display());
+    }
+    let key_path = loc.ledger_key.clone().unwrap_or_else(|| {
+        path.parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("ledger.key")
+    });
+    let key = SecretKey::load(&key_path).context("reading the ledger key")?;
+    Ledger::open(&path, &key).with_context(|| format!("opening ledger {}", path.display()))
+}
+
+fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
+    let ledger = open_ledger(&a.ledger, g)?;
+    let records = ledger.records().to_vec();
+    let result = if a.suspect.starts_with("http://") || a.suspect.starts_with("https://") {
+        let mut cfg = HttpOracleConfig::from_url(&a.suspect, None)?;
+        cfg.api_key = a.api_key.clone();
+        cfg.batch_size = a.batch.max(1);
+        let mut oracle: HttpOracle =
+            HttpOracle::connect(cfg).with_context(|| format!("connecting to {}", a.suspect))?;
+        let r = verify(&mut oracle, &records, a.alpha, a.batch)?;
+        tracing::info!(queries = oracle.queries_used(), "suspect queried over HTTP");
+        r
+    } else {
+        let path = Path::new(&a.suspect);
+        let model: Box<dyn mamori_core::Model> = if path.is_dir() {
+            Box::new(
+                mamori_ml::NativeModel::load(path)
+                    .with_context(|| format!("loading suspect model {}", path.display()))?,
+            )
+        } else {
+            mamori_ml::load_model(path)
+                .with_context(|| format!("loading suspect model {}", path.display()))?
+        };
+        verify(
+            &mut ModelOracle::new(model.as_ref()),
+            &records,
+            a.alpha,
+            a.batch,
+        )?
+    };
+    println!("suspect     {}", a.suspect);
+    println!("queried     {}", result.queried);
+    println!(
+        "matches     {} (chance {:.4}, expected {:.1})",
+        result.matches,
+        result.chance,
+        result.chance * result.queried as f64
+    );
+    println!(
+        "p-value     {:e} (log10 {:.2})",
+        result.p_value, result.log10_p_value
+    );
+    println!(
+        "verdict     {}",
+        match result.verdict {
+            Verdict::WatermarkFound => format!("watermark found (p < {})", result.alpha),
+            Verdict::NotFound => format!("not found at alpha = {}", result.alpha),
+        }
+    );
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.report {
+        let key_path = a
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| g.home().join("watermark").join("signing.key"));
+        let signer = ReportSigner::load_or_create(&key_path)?;
+        let signed = signer.sign(EvidenceReport::from_result(&a.suspect, &result));
+        std::fs::write(p, serde_json::to_string_pretty(&signed)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!(
+            "report      {} (public key {})",
+            p.display(),
+            signer.public_key_hex()
+        );
+    }
+    Ok(())
+}
+
+fn run_check(a: CheckArgs) -> Result<()> {
+    let text = if Path::new(&a.public_key).is_file() {
+        std::fs::read_to_string(&a.public_key)
+            .with_context(|| format!("reading public key {}", a.public_key))?
+    } else {
+        a.public_key.clone()
+    };
+    let pk = parse_public_key(&text)?;
+    let signed = read_signed_report(&a.file)?;
+    let r = check_report(&signed, &pk).with_context(|| format!("checking {}", a.file.display()))?;
+    println!("signature   valid");
+    println!("suspect     {}", r.suspect);
+    println!("matches     {}/{}", r.matches, r.queried);
+    println!("p-value     {:e}", r.p_value);
+    println!("verdict     {:?}", r.verdict);
+    println!("commitment  {}", r.ledger_commitment);
+    Ok(())
 }

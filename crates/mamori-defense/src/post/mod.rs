@@ -113,6 +113,59 @@ impl PostprocessorSpec {
     }
 }
 
+impl PostprocessorSpec {
+    /// Parses a spec from a string, in any of three forms:
+    /// - a bare kind without parameters: `label_only`;
+    /// - `kind:key=value,key=value` with TOML values: `top_k:k=3`,
+    ///   `reverse_sigmoid:beta=0.7,gamma=1.2`;
+    /// - a TOML inline table: `{ kind = "top_k", k = 3 }`.
+    pub fn parse(text: &str) -> Result<PostprocessorSpec, DefenseError> {
+        let t = text.trim();
+        let err = |e: toml::de::Error| {
+            DefenseError::spec(
+                t,
+                e.to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            )
+        };
+        if t.starts_with('{') {
+            #[derive(Deserialize)]
+            struct Wrap {
+                v: PostprocessorSpec,
+            }
+            return toml::from_str::<Wrap>(&format!("v = {t}"))
+                .map(|w| w.v)
+                .map_err(err);
+        }
+        let (kind, params) = t.split_once(':').unwrap_or((t, ""));
+        let mut doc = format!("kind = {:?}\n", kind.trim());
+        for kv in params.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            doc.push_str(kv);
+            doc.push('\n');
+        }
+        toml::from_str(&doc).map_err(err)
+    }
+}
+
+/// A name → postprocessor resolver for the gateway: parses the name with
+/// [`PostprocessorSpec::parse`] and builds it with `ctx`; a name that does not parse or build
+/// gives `None` (and a warning in the log).
+pub fn registry(
+    ctx: BuildContext,
+) -> impl Fn(&str) -> Option<Arc<dyn Postprocessor>> + Send + Sync + 'static {
+    move |name: &str| match PostprocessorSpec::parse(name).and_then(|s| build(&s, &ctx)) {
+        Ok(p) => Some(Arc::from(p)),
+        Err(e) => {
+            tracing::warn!(name, error = %e, "unknown or invalid postprocessor");
+            None
+        }
+    }
+}
+
 /// What building a postprocessor may need besides its spec.
 #[derive(Clone, Debug, Default)]
 pub struct BuildContext {
@@ -271,6 +324,45 @@ kk = 3"#,
             .err()
             .unwrap();
         assert!(e.to_string().contains("chain"), "{e}");
+    }
+
+    #[test]
+    fn compact_names_parse() {
+        assert_eq!(
+            PostprocessorSpec::parse("label_only").unwrap(),
+            PostprocessorSpec::LabelOnly
+        );
+        assert_eq!(
+            PostprocessorSpec::parse("top_k:k=3").unwrap(),
+            PostprocessorSpec::TopK {
+                k: 3,
+                renormalise: true
+            }
+        );
+        assert_eq!(
+            PostprocessorSpec::parse("reverse_sigmoid: beta=0.5, gamma=1.5").unwrap(),
+            PostprocessorSpec::ReverseSigmoid {
+                beta: 0.5,
+                gamma: 1.5
+            }
+        );
+        assert_eq!(
+            PostprocessorSpec::parse(r#"{ kind = "rounding", decimals = 2 }"#).unwrap(),
+            PostprocessorSpec::Rounding { decimals: 2 }
+        );
+        let chain =
+            r#"{ kind = "chain", steps = [{ kind = "top_k", k = 2 }, { kind = "label_only" }] }"#;
+        assert!(matches!(
+            PostprocessorSpec::parse(chain).unwrap(),
+            PostprocessorSpec::Chain { .. }
+        ));
+        let e = PostprocessorSpec::parse("top_k").unwrap_err().to_string();
+        assert!(e.contains("top_k") && e.contains('k'), "{e}");
+        assert!(PostprocessorSpec::parse("bogus").is_err());
+        let r = registry(BuildContext::default());
+        assert_eq!(r("top_k:k=2").unwrap().name(), "top_k");
+        assert!(r("gaussian_noise:sigma=0.1").is_none(), "needs a key");
+        assert!(r("nope").is_none());
     }
 
     #[test]

@@ -319,6 +319,40 @@ mod tests {
     }
 
     #[test]
+    fn native_surrogate_uses_the_penultimate_features() {
+        let k = SecretKey::from_bytes([5; 32]);
+        let net = Arc::new(Network::new(
+            &mamori_ml::Arch::Mlp { hidden: vec![16] },
+            &[6],
+            4,
+            3,
+        ));
+        let mad = PredictionPoisoning::new(0.6, false, Some(net.clone()), &k).unwrap();
+        let s = mad.surrogate.as_ref().unwrap();
+        let x1 = [0.1f32, 0.9, 0.3, 0.0, 0.5, 0.2];
+        let x2 = [0.9f32, 0.1, 0.0, 0.7, 0.5, 0.8];
+        let (p1, p2) = (s.predict(&x1).unwrap(), s.predict(&x2).unwrap());
+        assert!((p1.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_ne!(p1, p2);
+        let base = [0.1f32, 0.6, 0.2, 0.1];
+        let mut v = base;
+        mad.apply(&ctx(&x1), &mut v);
+        assert!(is_distribution(&v, 1e-5));
+        let l1: f32 = v.iter().zip(base).map(|(a, b)| (a - b).abs()).sum();
+        assert!(l1 > 0.05 && l1 <= 0.6 + 1e-4, "{v:?}");
+        // The chosen perturbation maximises the deviation about this input's surrogate p.
+        let y: Vec<f64> = base.iter().map(|&x| x as f64).collect();
+        let expect = mad_perturb(&y, &p1, 0.6, false);
+        for (a, b) in v.iter().zip(&expect) {
+            assert!((*a as f64 - b).abs() < 1e-5);
+        }
+        // A wrong-length input falls back to the uniform approximation instead of panicking.
+        let mut w = base;
+        mad.apply(&ctx(&[0.0; 3]), &mut w);
+        assert!(is_distribution(&w, 1e-5));
+    }
+
+    #[test]
     fn bad_budget_and_network_are_rejected() {
         let k = SecretKey::from_bytes([5; 32]);
         let e = PredictionPoisoning::new(0.0, false, None, &k)

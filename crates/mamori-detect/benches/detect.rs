@@ -1,0 +1,132 @@
+//! Per-query cost of the full detector set (engine + policy) with 1k, 10k and 100k queries of
+//! one client's history already observed.
+//!
+//! Run: `cargo bench -p mamori-detect --bench detect` (needs the MNIST IDX files in the data
+//! directory; falls back to synthetic images otherwise).
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use mamori_core::Observation;
+use mamori_detect::hoda::HARDNESS_EDGES;
+use mamori_detect::{default_detectors, DetectorsConfig, Engine, PolicyConfig};
+use rand::{Rng, SeedableRng};
+
+#[path = "../examples/common/idx.rs"]
+mod idx;
+
+/// Query stream: MNIST training images, then shifted and noised copies (all distinct).
+fn images(n: usize) -> (Vec<Vec<f32>>, Vec<usize>) {
+    let dir = mamori_data::resolve_data_dir(None).join("mnist");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let base: Vec<(Vec<f32>, usize)> = match idx::load(&dir, "train") {
+        Ok(d) => (0..d.len()).map(|i| (d.row(i).to_vec(), d.y[i])).collect(),
+        Err(e) => {
+            eprintln!("MNIST not found ({e}); using synthetic images");
+            (0..10_000)
+                .map(|i| ((0..784).map(|_| rng.gen::<f32>()).collect(), i % 10))
+                .collect()
+        }
+    };
+    let mut xs = Vec::with_capacity(n);
+    let mut ys = Vec::with_capacity(n);
+    for i in 0..n {
+        let (x, y) = &base[i % base.len()];
+        if i < base.len() {
+            xs.push(x.clone());
+        } else {
+            let shift = 1 + (i / base.len()) % 3;
+            let mut z = vec![0.0f32; 784];
+            z[shift..].copy_from_slice(&x[..784 - shift]);
+            for v in z.iter_mut() {
+                *v = (*v + rng.gen_range(-0.02..0.02)).clamp(0.0, 1.0);
+            }
+            xs.push(z);
+        }
+        ys.push(*y);
+    }
+    (xs, ys)
+}
+
+fn config() -> DetectorsConfig {
+    let mut cfg = DetectorsConfig::default();
+    // Hold the whole history in the indexes, to measure how search cost grows with it.
+    cfg.knn.capacity = 1 << 17;
+    cfg.blacklight.capacity = 1 << 17;
+    cfg.prada.class_capacity = 1 << 15;
+    cfg.rate.max_total = 0;
+    cfg.rate.max_per_window = u64::MAX / 2;
+    // Active OOD and HODA with a plausible reference.
+    cfg.ood.centroids = vec![vec![0.13; 784]; 10];
+    cfg.ood.radius = vec![10.0; 10];
+    cfg.ood.msp_threshold = 0.5;
+    cfg.ood.window = 100;
+    cfg.ood.max_ood = 10;
+    cfg.hoda.class_ref = vec![0.1; 10];
+    let mut h = vec![0.01; HARDNESS_EDGES.len() + 1];
+    h[0] = 0.93;
+    cfg.hoda.hard_ref = h;
+    cfg.hoda.window = 100;
+    cfg.hoda.class_threshold = 50.0;
+    cfg.hoda.hard_threshold = 0.5;
+    cfg
+}
+
+fn probs(label: usize) -> Vec<f32> {
+    let mut p = vec![0.001f32; 10];
+    p[label] = 0.991;
+    p
+}
+
+fn bench(c: &mut Criterion) {
+    let sizes = [1_000usize, 10_000, 100_000];
+    let (xs, ys) = images(100_000 + 20_000);
+    let mut group = c.benchmark_group("engine_observe");
+    group.sample_size(20);
+    for &n in &sizes {
+        let mut engine = Engine::new(default_detectors(&config()), PolicyConfig::default());
+        for i in 0..n {
+            let p = probs(ys[i]);
+            engine.observe(
+                "bench",
+                None,
+                &Observation {
+                    client: "bench",
+                    input: &xs[i],
+                    input_shape: &[1, 28, 28],
+                    probs: &p,
+                    label: ys[i],
+                    time_ms: i as u64 * 1000,
+                },
+            );
+        }
+        let mut next = n;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let i = next % xs.len();
+                next += 1;
+                let p = probs(ys[i]);
+                // Fresh inputs only (repeats would skip the similarity detectors).
+                let mut x = xs[i].clone();
+                x[next % 784] = (next % 251) as f32 / 251.0;
+                engine.observe(
+                    "bench",
+                    None,
+                    &Observation {
+                        client: "bench",
+                        input: &x,
+                        input_shape: &[1, 28, 28],
+                        probs: &p,
+                        label: ys[i],
+                        time_ms: next as u64 * 1000,
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,371 @@
+//! Acceptance run of the detection engine (issue #5): benign false-alarm rates and
+//! queries-until-detection per attack × detector and for the combined policy.
+//!
+//! Run (release; ~2–4 min on 2 cores):
+//! `cargo run --release -p mamori-detect --example acceptance -- [clients] [queries] [max_attack]`
+//!
+//! Victims: one-hidden-layer MLPs (784-128-10) trained here on MNIST and Fashion-MNIST
+//! (weights are never written to disk). Each victim is calibrated with
+//! `mamori_detect::calibrate` on the first half of its test set; benign clients stream the
+//! second half.
+
+#![allow(clippy::type_complexity)]
+
+use mamori_core::{Action, GradTarget, Model, Observation, Tensor};
+use mamori_detect::{calibrate, default_detectors, CalibrationOptions, Engine, PolicyConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+#[path = "common/idx.rs"]
+mod idx;
+#[path = "common/mlp.rs"]
+mod mlp;
+
+type Stream = Vec<Vec<f32>>;
+
+struct Outcome {
+    /// First query (1-based) at which each detector alarmed.
+    first: BTreeMap<String, usize>,
+    /// First query with action ≥ Alert / ≥ Block.
+    alert: Option<usize>,
+    block: Option<usize>,
+}
+
+fn run_client(engine: &mut Engine, model: &dyn Model, client: &str, stream: &Stream) -> Outcome {
+    let mut out = Outcome {
+        first: BTreeMap::new(),
+        alert: None,
+        block: None,
+    };
+    for (t, x) in stream.iter().enumerate() {
+        let xt = Tensor::new(vec![1, 1, 28, 28], x.clone()).expect("shape");
+        let p = model.predict(&xt).expect("predict").into_data();
+        let label = p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        let d = engine.observe(
+            client,
+            None,
+            &Observation {
+                client,
+                input: x,
+                input_shape: &[1, 28, 28],
+                probs: &p,
+                label,
+                time_ms: t as u64 * 1000,
+            },
+        );
+        for r in &d.reasons {
+            out.first.entry(r.detector.clone()).or_insert(t + 1);
+        }
+        if d.action >= Action::Alert && out.alert.is_none() {
+            out.alert = Some(t + 1);
+        }
+        if d.action >= Action::Block && out.block.is_none() {
+            out.block = Some(t + 1);
+        }
+    }
+    out
+}
+
+fn rows(d: &idx::Idx, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    range.map(|i| d.row(i).to_vec()).collect()
+}
+
+fn tensor(xs: &[f32]) -> Tensor {
+    Tensor::new(vec![xs.len() / 784, 1, 28, 28], xs.to_vec()).expect("shape")
+}
+
+fn accuracy(m: &dyn Model, d: &idx::Idx) -> f64 {
+    let p = m.predict(&tensor(&d.x)).expect("predict");
+    let pred = p.argmax_rows();
+    pred.iter().zip(&d.y).filter(|(a, b)| a == b).count() as f64 / d.len() as f64
+}
+
+/// JBDA (Papernot et al. 2017): seeds, then Jacobian-based augmentation rounds
+/// `x + λ·sign(∂F_y/∂x)` (λ = 0.1, sign flipped every 3 rounds), using the model's input
+/// gradient of the predicted class's logit.
+fn jbda(model: &dyn Model, seeds: Stream, cap: usize) -> Stream {
+    let mut all = seeds.clone();
+    let mut lambda = 0.1f32;
+    let mut round = 0;
+    while all.len() < cap {
+        round += 1;
+        if round % 3 == 0 {
+            lambda = -lambda;
+        }
+        let flat: Vec<f32> = all.concat();
+        let t = tensor(&flat);
+        let labels = model.predict(&t).expect("predict").argmax_rows();
+        let g = model
+            .input_gradient(&t, &GradTarget::Logit(labels))
+            .expect("gradient");
+        let new: Stream = all
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.iter()
+                    .zip(g.row(i))
+                    .map(|(v, gv)| (v + lambda * gv.signum()).clamp(0.0, 1.0))
+                    .collect()
+            })
+            .collect();
+        all.extend(new);
+    }
+    all.truncate(cap);
+    all
+}
+
+fn median(v: &mut [usize]) -> Option<usize> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let clients = args.first().copied().unwrap_or(20);
+    let queries = args.get(1).copied().unwrap_or(500);
+    let cap = args.get(2).copied().unwrap_or(2000);
+    let attackers = 5;
+    let dir = mamori_data::resolve_data_dir(None);
+    let t0 = std::time::Instant::now();
+    let mn_tr = idx::load(&dir.join("mnist"), "train")?;
+    let mn_te = idx::load(&dir.join("mnist"), "t10k")?;
+    let fa_tr = idx::load(&dir.join("fashion-mnist"), "train")?;
+    let fa_te = idx::load(&dir.join("fashion-mnist"), "t10k")?;
+    let mnist = mlp::Mlp::train("mnist-mlp", &mn_tr.x, &mn_tr.y, 128, 2, 0);
+    let fashion = mlp::Mlp::train("fashion-mlp", &fa_tr.x, &fa_tr.y, 128, 2, 0);
+    eprintln!(
+        "trained victims in {:.0}s: MNIST acc {:.4}, Fashion acc {:.4}",
+        t0.elapsed().as_secs_f64(),
+        accuracy(&mnist, &mn_te),
+        accuracy(&fashion, &fa_te)
+    );
+    let half = mn_te.len() / 2;
+    let opts = CalibrationOptions::default();
+    let cal_m = calibrate(
+        &mnist,
+        &tensor(&mn_tr.x),
+        &tensor(&mn_te.x[..half * 784]),
+        "mnist test[0..5000]",
+        &opts,
+    )?;
+    let cal_f = calibrate(
+        &fashion,
+        &tensor(&fa_tr.x),
+        &tensor(&fa_te.x[..half * 784]),
+        "fashion-mnist test[0..5000]",
+        &opts,
+    )?;
+    eprintln!(
+        "calibrated: mnist {}",
+        serde_json::to_string(&cal_m.report)?
+    );
+    eprintln!(
+        "calibrated: fashion {}",
+        serde_json::to_string(&cal_f.report)?
+    );
+    let names: Vec<String> = default_detectors(&cal_m.detectors)
+        .iter()
+        .map(|d| d.info().name)
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mn_eval = rows(&mn_te, half..mn_te.len());
+    let fa_eval = rows(&fa_te, half..fa_te.len());
+
+    // ---- benign ----
+    println!("## Benign streams ({clients} clients × {queries} queries each, default policy)\n");
+    println!(
+        "| stream | model | clients alerted (action ≥ alert) | per-detector alarms (clients) |"
+    );
+    println!("|---|---|---|---|");
+    let benign: Vec<(
+        &str,
+        &dyn Model,
+        &mamori_detect::Calibration,
+        Box<dyn Fn(&mut rand::rngs::StdRng) -> Stream>,
+    )> = vec![
+        (
+            "MNIST test images, random order",
+            &mnist,
+            &cal_m,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = mn_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "Fashion test images, random order",
+            &fashion,
+            &cal_f,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = fa_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "MNIST images sent to the Fashion model",
+            &fashion,
+            &cal_f,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = mn_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "repeated legitimate queries (20 images, resent)",
+            &mnist,
+            &cal_m,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let pool: Stream = mn_eval.choose_multiple(r, 20).cloned().collect();
+                (0..queries)
+                    .map(|_| pool.choose(r).cloned().unwrap_or_default())
+                    .collect()
+            }),
+        ),
+    ];
+    let mut total_clients = 0;
+    let mut total_alerted = 0;
+    for (label, model, cal, gen) in &benign {
+        let mut engine = Engine::new(default_detectors(&cal.detectors), PolicyConfig::default());
+        let mut alerted = 0;
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for c in 0..clients {
+            let s = gen(&mut rng);
+            let o = run_client(&mut engine, *model, &format!("benign{c}"), &s);
+            alerted += o.alert.is_some() as usize;
+            for k in o.first.keys() {
+                *per.entry(k.clone()).or_default() += 1;
+            }
+        }
+        total_clients += clients;
+        total_alerted += alerted;
+        println!(
+            "| {label} | {} | {alerted}/{clients} | {} |",
+            model.card().name,
+            if per.is_empty() {
+                "none".to_string()
+            } else {
+                per.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    println!(
+        "\nOverall benign false-alarm rate: {total_alerted}/{total_clients} clients = {:.2}%\n",
+        100.0 * total_alerted as f64 / total_clients as f64
+    );
+
+    // ---- attacks (MNIST victim) ----
+    println!("## Attacks on the MNIST victim: queries until detection (median over {attackers} attacker clients; detected/attackers; stream cap {cap})\n");
+    let mut header = vec!["attack".to_string()];
+    header.extend(names.iter().cloned());
+    header.push("policy: alert".into());
+    header.push("policy: block".into());
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    type Gen<'a> = Box<dyn Fn(&mut rand::rngs::StdRng) -> Stream + 'a>;
+    let attacks: Vec<(&str, Gen)> = vec![
+        (
+            "JBDA (150 seeds, λ=0.1, τ=3)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let seeds: Stream = mn_eval.choose_multiple(r, 150).cloned().collect();
+                jbda(&mnist, seeds, cap)
+            }),
+        ),
+        (
+            "uniform noise",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                (0..cap)
+                    .map(|_| (0..784).map(|_| r.gen::<f32>()).collect())
+                    .collect()
+            }),
+        ),
+        (
+            "Knockoff (Fashion-MNIST images)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = fa_eval.clone();
+                s.shuffle(r);
+                s.truncate(cap);
+                s
+            }),
+        ),
+        (
+            "Tramèr equation solving (basis + random vectors)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s: Stream = vec![vec![0.0; 784]];
+                let mut px: Vec<usize> = (0..784).collect();
+                px.shuffle(r);
+                for i in px {
+                    let mut e = vec![0.0; 784];
+                    e[i] = 1.0;
+                    s.push(e);
+                }
+                while s.len() < cap {
+                    s.push((0..784).map(|_| r.gen::<f32>()).collect());
+                }
+                s.truncate(cap);
+                s
+            }),
+        ),
+        (
+            "near-duplicate adversarial search (random walk, step 0.01)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut x = mn_eval.choose(r).cloned().unwrap_or_default();
+                (0..cap.min(1000))
+                    .map(|_| {
+                        for v in x.iter_mut() {
+                            *v = (*v + r.gen_range(-0.01..0.01)).clamp(0.0, 1.0);
+                        }
+                        x.clone()
+                    })
+                    .collect()
+            }),
+        ),
+    ];
+    for (label, gen) in &attacks {
+        let mut engine = Engine::new(default_detectors(&cal_m.detectors), PolicyConfig::default());
+        let mut per: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut alerts = Vec::new();
+        let mut blocks = Vec::new();
+        for a in 0..attackers {
+            let s = gen(&mut rng);
+            let o = run_client(&mut engine, &mnist, &format!("attacker{a}"), &s);
+            for (k, v) in o.first {
+                per.entry(k).or_default().push(v);
+            }
+            alerts.extend(o.alert);
+            blocks.extend(o.block);
+        }
+        let cell = |v: &mut Vec<usize>| match median(v) {
+            Some(m) => format!("{m} ({}/{attackers})", v.len()),
+            None => "—".to_string(),
+        };
+        let mut line = vec![label.to_string()];
+        for n in &names {
+            line.push(cell(per.entry(n.clone()).or_default()));
+        }
+        line.push(cell(&mut alerts));
+        line.push(cell(&mut blocks));
+        println!("| {} |", line.join(" | "));
+    }
+    eprintln!("total {:.0}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
