@@ -64,9 +64,14 @@ pub fn streams(
     }
     for i in 0..cfg.replay_clients {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0xb0 + i as u64));
-        let idx: Vec<usize> = (0..q).map(|_| rng.gen_range(0..replay.len())).collect();
-        let mut idx = idx;
-        idx.shuffle(&mut rng);
+        // A permutation of the pool (no repeats), cycled only if the pool is smaller.
+        let mut idx = Vec::with_capacity(q);
+        while idx.len() < q {
+            let mut perm: Vec<usize> = (0..replay.len()).collect();
+            perm.shuffle(&mut rng);
+            idx.extend(perm);
+        }
+        idx.truncate(q);
         let d = replay.select(&idx);
         out.push(BenignStream {
             client: format!("benign-replay-{i}"),
@@ -93,7 +98,8 @@ pub fn streams(
         }
         for i in 0..cfg.other_clients {
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0x07e0 + i as u64));
-            let idx: Vec<usize> = (0..q).map(|_| rng.gen_range(0..other.len())).collect();
+            let idx =
+                rand::seq::index::sample(&mut rng, other.len(), q.min(other.len())).into_vec();
             out.push(BenignStream {
                 client: format!("benign-other-{i}"),
                 kind: BenignKind::Other,

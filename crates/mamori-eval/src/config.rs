@@ -427,6 +427,14 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_file_is_named() {
+        let e = EvalConfig::load(Path::new("/nonexistent/eval.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/eval.toml"), "{e}");
+    }
+
+    #[test]
     fn custom_policies_are_columns() {
         let c = EvalConfig::from_toml(
             "[[attacks]]\nstrategy = \"random\"\nbudget = 10\n[matrix]\npolicies = [\"strict\"]\n\

@@ -411,6 +411,7 @@ pub struct CellChain {
 impl CellChain {
     /// Builds the chain of `policy` for `victim`, with keys for `clients`, and starts a
     /// gateway on `127.0.0.1:0` for the HTTP transport. `home` holds the DAWN ledger.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         victim: &Arc<NativeModel>,
         calibration: &mamori_detect::DetectorsConfig,

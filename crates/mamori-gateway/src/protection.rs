@@ -40,12 +40,12 @@ use crate::chain::{ChainBuilder, ModelSpec, PostprocessorRegistry};
 use crate::config::{DisclosureKind, GatewayConfig};
 use crate::error::GatewayError;
 use crate::policy::{NamedVerdict, Policy as GatewayPolicy};
-use mamori_core::{Action, Detector, Model, Postprocessor, Verdict, Watermark};
+use mamori_core::{Action, Detector, DetectorState, Model, Postprocessor, Verdict, Watermark};
 use mamori_defense::{BuildContext, Dawn, Ledger, PostprocessorSpec, SecretKey};
 use mamori_detect::{DetectorsConfig, PolicyConfig};
 use mamori_ml::Network;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,6 +141,7 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
     };
     let detect = PolicySpec {
         detect: true,
+        escalation: detect_escalation(),
         degrade_disclosure: Some(DisclosureKind::Label),
         ..Default::default()
     };
@@ -182,6 +183,20 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
         },
         _ => return None,
     })
+}
+
+/// The escalation of the built-in `detect` and `default` policies: `mamori_detect`'s default
+/// thresholds, with the distribution monitors (`ood`, `hoda`) weighted 0.1 per alarming query.
+/// Their alarms say "this client's queries do not look like the training distribution", which
+/// is also true of legitimate out-of-distribution users; at 0.1 a client is degraded after
+/// 50 such queries and blocked only after 500, so volume, not one batch, decides the block.
+pub fn detect_escalation() -> PolicyConfig {
+    let mut e = PolicyConfig::default();
+    e.weights.insert("ood".into(), 0.1);
+    e.weights.insert("hoda".into(), 0.1);
+    e.weights.insert("group:ood".into(), 0.1);
+    e.weights.insert("group:hoda".into(), 0.1);
+    e
 }
 
 /// Resolves `name` among `custom` policies first, then the built-ins.
@@ -354,7 +369,7 @@ pub fn protect(
     for (model, platform) in models {
         let mut spec = ModelSpec::new(model, &platform);
         if policy.detect {
-            spec.detectors = mamori_detect::default_detectors(&detectors_cfg);
+            spec.detectors = repeat_aware(mamori_detect::default_detectors(&detectors_cfg));
             spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
         }
         spec.watermark = dawn.clone().map(|d| d as Arc<dyn Watermark>);
@@ -391,7 +406,92 @@ pub fn detectors_of(policy: &PolicySpec, ctx: &ProtectionContext) -> Vec<Arc<dyn
         .clone()
         .or_else(|| ctx.calibration.clone())
         .unwrap_or_default();
-    mamori_detect::default_detectors(&cfg)
+    repeat_aware(mamori_detect::default_detectors(&cfg))
+}
+
+/// Wraps every detector but the volume detector (`rate`) in [`RepeatAware`].
+pub fn repeat_aware(detectors: Vec<Arc<dyn Detector>>) -> Vec<Arc<dyn Detector>> {
+    detectors
+        .into_iter()
+        .map(|d| -> Arc<dyn Detector> {
+            if d.info().name == mamori_detect::rate::RateDetector::NAME {
+                d
+            } else {
+                Arc::new(RepeatAware { inner: d })
+            }
+        })
+        .collect()
+}
+
+/// Exact repeats leak nothing new: the rule of `mamori_detect::Engine` ("a query whose input
+/// is bit-identical to one the same client already sent is answered identically", DAWN and
+/// the keyed noise make the answer identical too), applied inside the chain. A repeat is not
+/// shown to the wrapped detector, which keeps its last verdict; the similarity detectors
+/// (Blacklight, k-NN, PRADA) would otherwise flag legitimate retries. At most
+/// [`mamori_detect::engine::MAX_SEEN`] input hashes are remembered per client (cleared when
+/// full); the hashes are not part of the snapshot (after a restart a repeat is seen as new).
+pub struct RepeatAware {
+    inner: Arc<dyn Detector>,
+}
+
+struct RepeatState {
+    inner: Box<dyn DetectorState>,
+    seen: HashSet<u64>,
+    last: Verdict,
+}
+
+fn input_hash(x: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in x {
+        h ^= v.to_bits() as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
+}
+
+impl Detector for RepeatAware {
+    fn info(&self) -> mamori_core::DetectorInfo {
+        self.inner.info()
+    }
+    fn new_state(&self) -> Box<dyn DetectorState> {
+        Box::new(RepeatState {
+            inner: self.inner.new_state(),
+            seen: HashSet::new(),
+            last: Verdict {
+                score: 0.0,
+                alarm: false,
+            },
+        })
+    }
+    fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
+        Ok(Box::new(RepeatState {
+            inner: self.inner.restore_state(snapshot)?,
+            seen: HashSet::new(),
+            last: Verdict {
+                score: 0.0,
+                alarm: false,
+            },
+        }))
+    }
+}
+
+impl DetectorState for RepeatState {
+    fn observe(&mut self, obs: &mamori_core::Observation<'_>) -> Verdict {
+        if self.seen.len() >= mamori_detect::engine::MAX_SEEN {
+            self.seen.clear();
+        }
+        if self.seen.insert(input_hash(obs.input)) {
+            self.last = self.inner.observe(obs);
+        }
+        self.last
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+    fn queries(&self) -> u64 {
+        self.inner.queries()
+    }
 }
 
 /// `mamori_detect`'s risk/escalation policy behind the gateway's [`GatewayPolicy`] trait.
@@ -497,6 +597,27 @@ mod tests {
         assert!(p.detect && p.postprocessors.len() == 1);
         assert_eq!(p.escalation.block_at, 10.0);
         assert_eq!(p.watermark, Some(WatermarkSpec::Dawn { rate: 0.005 }));
+    }
+
+    #[test]
+    fn exact_repeats_are_not_shown_to_similarity_detectors() {
+        let dets = repeat_aware(mamori_detect::default_detectors(&DetectorsConfig::default()));
+        assert_eq!(dets.len(), 6);
+        let knn = dets.iter().find(|d| d.info().name == "knn").unwrap();
+        let mut st = knn.new_state();
+        let x = vec![0.5f32; 16];
+        let p = vec![0.5f32, 0.5];
+        for _ in 0..10 {
+            st.observe(&mamori_core::Observation {
+                client: "c",
+                input: &x,
+                input_shape: &[16],
+                probs: &p,
+                label: 0,
+                time_ms: 0,
+            });
+        }
+        assert_eq!(st.queries(), 1);
     }
 
     #[test]
