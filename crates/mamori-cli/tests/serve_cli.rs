@@ -54,7 +54,13 @@ fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
     assert!(key.starts_with("mk_"));
 
     let mut child = mamori(&home)
-        .args(["serve", "--allow-unsigned", "--addr", "127.0.0.1:0", "--model"])
+        .args([
+            "serve",
+            "--allow-unsigned",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+        ])
         .arg(&model_dir)
         .stderr(Stdio::piped())
         .spawn()

@@ -1,74 +1,46 @@
-//! `mamori demo` (issue #2, first version): prepare the default Fashion-MNIST CNN (train it
-//! once, then load it from `<home>/models/fashion-mnist-cnn`) and show predictions.
+//! `mamori demo` (issues #2, #3, #7): the whole story on embedded defaults — prepare the
+//! default Fashion-MNIST model, start the guarded gateway on 127.0.0.1, run benign clients and
+//! an extraction attacker against it over HTTP, and print what protection did and cost.
 
 use crate::global::Global;
-use mamori_core::Model;
-use mamori_ml::{zoo, MlError};
+use anyhow::Context;
+use std::path::PathBuf;
 
 /// Arguments of `mamori demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Number of test predictions to show.
-    #[arg(long, default_value_t = 10)]
-    pub n: usize,
+    /// Where to write the report (default: `<home>/demo-report`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of every random choice (same seed, same numbers).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// A shorter run (smaller budgets), for a first look.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Runs `mamori demo`.
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
-    let data_dir = g.data_dir();
     let home = g.home();
-    let missing = |e: &dyn std::fmt::Display| {
-        anyhow::anyhow!(
-            "{e}\nThe demo needs the Fashion-MNIST dataset in {}: run `mamori data fetch {}` (or pass --data-dir)",
-            data_dir.display(),
-            zoo::DEFAULT_DATASET
-        )
-    };
-    let split = mamori_data::load(zoo::DEFAULT_DATASET, &data_dir).map_err(|e| missing(&e))?;
-    println!(
-        "mamori demo: default model {} (cached under {})",
-        zoo::DEFAULT_MODEL_NAME,
-        zoo::default_model_dir(&home).display()
-    );
-    let (model, trained) = match zoo::ensure_default_model(&home, &data_dir, true) {
-        Ok(m) => m,
-        Err(MlError::Data(e)) => return Err(missing(&e)),
-        Err(e) => return Err(e.into()),
-    };
-    let card = model.card();
-    println!(
-        "{} the model ({}, seed {}, trained in {:.0} s)",
-        if trained { "trained" } else { "loaded" },
-        card.architecture,
-        card.seed.unwrap_or(0),
-        card.training_time_s.unwrap_or(0.0)
-    );
-    let test = &split.test;
-    let n = args.n.min(test.len());
-    let probs = model.predict(&test.x.slice_rows(0, n))?;
-    println!(
-        "{:>6}  {:<14} {:>6}  {:<14}",
-        "sample", "predicted", "p", "label"
-    );
-    for (i, row) in probs.rows().enumerate() {
-        let pred = row
-            .iter()
-            .enumerate()
-            .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-        let label = test.y[i];
-        println!(
-            "{:>6}  {:<14} {:>6.3}  {:<14} {}",
-            i,
-            card.class_names[pred],
-            row[pred],
-            test.class_names[label],
-            if pred == label { "✓" } else { "✗" }
+    std::fs::create_dir_all(&home)
+        .with_context(|| format!("creating the home directory {}", home.display()))?;
+    let data_dir = g.data_dir();
+    if mamori_data::load("fashion-mnist", &data_dir).is_err() {
+        anyhow::bail!(
+            "the demo needs the Fashion-MNIST dataset in {}: run `mamori data fetch fashion-mnist` (or pass --data-dir)",
+            data_dir.display()
         );
     }
-    let acc = mamori_ml::accuracy(&model, &test.x, &test.y)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| mamori_eval::demo::default_out_dir(&home));
+    let outcome = mamori_eval::demo::run(&home, Some(&data_dir), &out, args.seed, args.quick)?;
     println!(
-        "test accuracy {acc:.4} on {} Fashion-MNIST test images",
-        test.len()
+        "report: {} (also {} and {})",
+        outcome.report.html.display(),
+        outcome.report.markdown.display(),
+        outcome.report.json.display()
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use mamori_artifact::{ModelKey, SignaturePolicy, TrustStore};
 use mamori_core::Model;
 use mamori_gateway::protection::{self, PolicySpec, ProtectionContext};
 use mamori_gateway::{server, GatewayConfig, KeyStore, SqliteStore, UpstreamModel};
-use mamori_ml::{Network, NativeModel};
+use mamori_ml::{NativeModel, Network};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -125,7 +125,10 @@ fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
         None => protection::resolve(&args.policy, &Default::default())?,
     };
     if let Some(v) = &cfg.detect.policy {
-        spec.escalation = v.clone().try_into().context("detect.policy in the configuration")?;
+        spec.escalation = v
+            .clone()
+            .try_into()
+            .context("detect.policy in the configuration")?;
     }
     if !cfg.detect.enabled {
         spec.detect = false;
