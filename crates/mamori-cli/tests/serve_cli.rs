@@ -1,87 +1,19 @@
 //! End to end through the binary: `keys create`, `serve` (real HTTP, SIGTERM), `audit export`,
 //! `alerts --json` (issue #3).
 
-use mamori_core::{DatasetRef, ModelCard, Normalisation, OutputKind};
-use mamori_ml::{Arch, NativeModel, Network};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
 
-fn mamori(home: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mamori"));
-    c.arg("--home").arg(home);
-    c
-}
+use common::{create_key, mamori, start_serve, stop, tiny_model};
 
 #[test]
 fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let model_dir = tmp.path().join("model");
-    let card = ModelCard {
-        name: "cli-mlp".into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: vec![1, 4, 4],
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    };
-    let net = Network::new(&Arch::Mlp { hidden: vec![8] }, &[1, 4, 4], 3, 3);
-    NativeModel::new(net, card).save(&model_dir).unwrap();
-
-    let out = mamori(&home)
-        .args(["keys", "create", "--client", "alice", "--tier", "full"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    tiny_model(&model_dir, "cli-mlp");
+    let key = create_key(&home, "alice");
     assert!(key.starts_with("mk_"));
-
-    let mut child = mamori(&home)
-        .args([
-            "serve",
-            "--allow-unsigned",
-            "--addr",
-            "127.0.0.1:0",
-            "--model",
-        ])
-        .arg(&model_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    for _ in 0..200 {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(a) = line.trim().strip_prefix("mamori gateway listening on ") {
-            addr = Some(a.to_string());
-            break;
-        }
-    }
-    let Some(url) = addr else {
-        let _ = child.kill();
-        panic!("server did not start: {line}");
-    };
+    let (child, url) = start_serve(&home, &model_dir);
     let client = reqwest::blocking::Client::new();
     let body = serde_json::json!({
         "id": "cli-1",
@@ -107,14 +39,7 @@ fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
     assert_eq!(r.status().as_u16(), 401);
 
     // SIGTERM: graceful shutdown flushes the audit log.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "serve exited with {status}");
+    stop(child);
 
     let out = mamori(&home)
         .args(["audit", "export", "--client", "alice", "--since", "1d"])

@@ -175,10 +175,23 @@ pub fn run(
     quick: bool,
 ) -> Result<DemoOutcome, EvalError> {
     let t0 = Instant::now();
-    let cfg = demo_config(seed, quick);
+    let mut cfg = demo_config(seed, quick);
+    let data_dir = mamori_data::resolve_data_dir(data_dir);
+    if !quick {
+        // The full demo protects the project's default model: the zoo's Fashion-MNIST CNN,
+        // trained once (about 5 minutes on 2 cores) and cached in the home directory.
+        eprintln!("[0/4] the default Fashion-MNIST CNN (trained once, then loaded)…");
+        mamori_ml::zoo::ensure_default_model(home, &data_dir, true)
+            .map_err(|e| EvalError::Model(e.to_string()))?;
+        cfg.victim.model = Some(
+            mamori_ml::zoo::default_model_dir(home)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
     cfg.check("<demo>")?;
     let opts = RunOptions {
-        data_dir: mamori_data::resolve_data_dir(data_dir),
+        data_dir,
         out_dir: out_dir.to_path_buf(),
         cache_dir: home.join("eval-cache"),
         transport: Transport::Http,

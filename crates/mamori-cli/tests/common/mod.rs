@@ -1,0 +1,107 @@
+//! Helpers shared by the binary's end-to-end tests: run `mamori`, make a tiny model, start and
+//! stop a real gateway process.
+#![allow(dead_code)]
+
+use mamori_core::{DatasetRef, ModelCard, Normalisation, OutputKind};
+use mamori_ml::{Arch, NativeModel, Network};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// `mamori --home HOME`.
+pub fn mamori(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mamori"));
+    c.arg("--home").arg(home);
+    c
+}
+
+/// Saves a small MLP (input `[1, 4, 4]`, 3 classes) named `name` into `dir`.
+pub fn tiny_model(dir: &Path, name: &str) {
+    let card = ModelCard {
+        name: name.into(),
+        architecture: "mlp".into(),
+        architecture_detail: serde_json::Value::Null,
+        input_shape: vec![1, 4, 4],
+        input_dtype: "FP32".into(),
+        input_range: [0.0, 1.0],
+        normalisation: Normalisation::default(),
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        output_kind: OutputKind::Logits,
+        dataset: DatasetRef::default(),
+        test_accuracy: None,
+        training_time_s: None,
+        seed: None,
+        extra: Default::default(),
+    };
+    let net = Network::new(&Arch::Mlp { hidden: vec![8] }, &[1, 4, 4], 3, 3);
+    NativeModel::new(net, card).save(dir).unwrap();
+}
+
+/// `mamori keys create --client CLIENT --tier full`; returns the key (last line).
+pub fn create_key(home: &Path, client: &str) -> String {
+    let out = mamori(home)
+        .args(["keys", "create", "--client", client, "--tier", "full"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+/// Starts `mamori serve --allow-unsigned --addr 127.0.0.1:0 --model DIR`; returns the child
+/// and the base URL it printed.
+pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
+    let mut child = mamori(home)
+        .args([
+            "serve",
+            "--allow-unsigned",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+        ])
+        .arg(model_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..200 {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().strip_prefix("mamori gateway listening on ") {
+            let url = a.to_string();
+            // Keep draining stderr so the server never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while err.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    sink.clear();
+                }
+            });
+            return (child, url);
+        }
+    }
+    let _ = child.kill();
+    panic!("server did not start: {line}");
+}
+
+/// Sends SIGTERM and checks the gateway exits cleanly (graceful shutdown flushes the audit log).
+pub fn stop(mut child: Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
