@@ -91,6 +91,7 @@ pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start: {line}");
 }
 
