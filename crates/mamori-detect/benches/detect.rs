@@ -128,5 +128,75 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Each detector alone (its own state, no policy), same streams and sizes.
+fn bench_each(c: &mut Criterion) {
+    let sizes = [1_000usize, 10_000, 100_000];
+    let (xs, ys) = images(100_000 + 20_000);
+    for det in default_detectors(&config()) {
+        let name = det.info().name;
+        let mut group = c.benchmark_group(format!("detector_{name}"));
+        group.sample_size(10);
+        group.warm_up_time(std::time::Duration::from_millis(500));
+        group.measurement_time(std::time::Duration::from_secs(2));
+        for &n in &sizes {
+            let mut state = det.new_state();
+            for i in 0..n {
+                let p = probs(ys[i]);
+                state.observe(&Observation {
+                    client: "bench",
+                    input: &xs[i],
+                    input_shape: &[1, 28, 28],
+                    probs: &p,
+                    label: ys[i],
+                    time_ms: i as u64 * 1000,
+                });
+            }
+            let mut next = n;
+            group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter(|| {
+                    let i = next % xs.len();
+                    next += 1;
+                    let p = probs(ys[i]);
+                    let mut x = xs[i].clone();
+                    x[next % 784] = (next % 251) as f32 / 251.0;
+                    state.observe(&Observation {
+                        client: "bench",
+                        input: &x,
+                        input_shape: &[1, 28, 28],
+                        probs: &p,
+                        label: ys[i],
+                        time_ms: next as u64 * 1000,
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Baseline: exact nearest neighbour by a linear scan over the whole history (784-d L2).
+fn bench_linear(c: &mut Criterion) {
+    let sizes = [1_000usize, 10_000, 100_000];
+    let (xs, _) = images(100_000 + 20_000);
+    let mut group = c.benchmark_group("baseline_exact_linear_nn");
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(2));
+    for &n in &sizes {
+        let hist: Vec<f32> = xs[..n].concat();
+        let mut next = n;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                let q = &xs[next % xs.len()];
+                next += 1;
+                hist.chunks_exact(784)
+                    .map(|h| h.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f32>())
+                    .fold(f32::INFINITY, f32::min)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_each, bench_linear);
 criterion_main!(benches);

@@ -11,7 +11,11 @@
 
 #![allow(clippy::type_complexity)]
 
-use mamori_core::{Action, GradTarget, Model, Observation, Tensor};
+use mamori_attack::extract::Jbda;
+use mamori_attack::{ExtractionAttack, ExtractionContext};
+use mamori_core::{
+    Action, Disclosure, Model, Observation, Oracle, OracleAnswer, OracleError, Tensor,
+};
 use mamori_detect::{calibrate, default_detectors, CalibrationOptions, Engine, PolicyConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -85,38 +89,62 @@ fn accuracy(m: &dyn Model, d: &idx::Idx) -> f64 {
     pred.iter().zip(&d.y).filter(|(a, b)| a == b).count() as f64 / d.len() as f64
 }
 
-/// JBDA (Papernot et al. 2017): seeds, then Jacobian-based augmentation rounds
-/// `x + λ·sign(∂F_y/∂x)` (λ = 0.1, sign flipped every 3 rounds), using the model's input
-/// gradient of the predicted class's logit.
-fn jbda(model: &dyn Model, seeds: Stream, cap: usize) -> Stream {
-    let mut all = seeds.clone();
-    let mut lambda = 0.1f32;
-    let mut round = 0;
-    while all.len() < cap {
-        round += 1;
-        if round % 3 == 0 {
-            lambda = -lambda;
-        }
-        let flat: Vec<f32> = all.concat();
-        let t = tensor(&flat);
-        let labels = model.predict(&t).expect("predict").argmax_rows();
-        let g = model
-            .input_gradient(&t, &GradTarget::Logit(labels))
-            .expect("gradient");
-        let new: Stream = all
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                x.iter()
-                    .zip(g.row(i))
-                    .map(|(v, gv)| (v + lambda * gv.signum()).clamp(0.0, 1.0))
-                    .collect()
-            })
-            .collect();
-        all.extend(new);
+/// An oracle over the victim answering labels only (as in Papernot et al.) and recording every
+/// queried sample, so that the detectors see exactly the stream the attack sent.
+struct Recorder<'a> {
+    model: &'a dyn Model,
+    sent: Stream,
+}
+
+impl Oracle for Recorder<'_> {
+    fn input_shape(&self) -> Vec<usize> {
+        self.model.card().input_shape.clone()
     }
-    all.truncate(cap);
-    all
+    fn num_classes(&self) -> usize {
+        self.model.card().num_classes()
+    }
+    fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
+        let n = x.batch_size();
+        for i in 0..n {
+            self.sent.push(x.row(i).to_vec());
+        }
+        let p = self.model.predict(x)?;
+        Ok(mamori_attack::oracle::disclose(p, Disclosure::Label))
+    }
+    fn queries_used(&self) -> u64 {
+        self.sent.len() as u64
+    }
+    fn budget(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A real JBDA run (Papernot et al. 2017, `mamori_attack::extract::Jbda`: 150 seeds, λ = 0.1
+/// flipped every τ = 3 rounds, Jacobian of a 784-200-200-10 substitute retrained each round,
+/// label-only answers) against `model`, capped at `cap` queries; returns the queries it sent.
+fn jbda(model: &dyn Model, seeds: &mamori_data::Dataset, cap: usize, seed: u64) -> Stream {
+    let mut oracle = Recorder {
+        model,
+        sent: Vec::new(),
+    };
+    let mut ctx = ExtractionContext::new(
+        cap as u64,
+        mamori_ml::Arch::Mlp {
+            hidden: vec![200, 200],
+        },
+    );
+    ctx.query_data = Some(seeds);
+    ctx.seed = seed;
+    ctx.train.seed = seed;
+    let attack = Jbda {
+        rounds: 8,
+        ..Jbda::default()
+    };
+    if let Err(e) = attack.extract(&mut oracle, &ctx) {
+        eprintln!("jbda stopped: {e}");
+    }
+    oracle.sent.truncate(cap);
+    oracle.sent
 }
 
 fn median(v: &mut [usize]) -> Option<usize> {
@@ -139,6 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = mamori_data::resolve_data_dir(None);
     let t0 = std::time::Instant::now();
     let mn_tr = idx::load(&dir.join("mnist"), "train")?;
+    let mn_split = mamori_data::load("mnist", &dir)?;
     let mn_te = idx::load(&dir.join("mnist"), "t10k")?;
     let fa_tr = idx::load(&dir.join("fashion-mnist"), "train")?;
     let fa_te = idx::load(&dir.join("fashion-mnist"), "t10k")?;
@@ -286,8 +315,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "JBDA (150 seeds, λ=0.1, τ=3)",
             Box::new(|r: &mut rand::rngs::StdRng| {
-                let seeds: Stream = mn_eval.choose_multiple(r, 150).cloned().collect();
-                jbda(&mnist, seeds, cap)
+                let idx: Vec<usize> = (half..mn_te.len()).collect();
+                let pick: Vec<usize> = idx.choose_multiple(r, 150).cloned().collect();
+                let seeds = mn_split.test.select(&pick);
+                jbda(&mnist, &seeds, cap, r.gen())
             }),
         ),
         (

@@ -23,9 +23,46 @@ pub trait Elem: Copy + Serialize + DeserializeOwned + Send + Sync + 'static {
     fn dist2(a: &[Self], b: &[Self]) -> f32;
 }
 
+/// Lanes of the partial sums below: independent accumulators let the compiler vectorise the
+/// loop (a single running `f32` sum is a serial dependency chain it may not reorder).
+const LANES: usize = 8;
+
+/// `Σ a_i·b_i` over the common length, accumulated in [`LANES`] partial sums.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ (a_i − b_i)²` over the common length, accumulated in [`LANES`] partial sums.
+pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 impl Elem for f32 {
     fn dist2(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+        sq_dist(a, b)
     }
 }
 

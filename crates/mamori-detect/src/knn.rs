@@ -106,10 +106,7 @@ impl Projections {
     pub(crate) fn project(m: &[f32], x: &[f32], out: &mut Vec<f32>) {
         let dim = x.len();
         out.clear();
-        out.extend(
-            m.chunks(dim)
-                .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>()),
-        );
+        out.extend(m.chunks(dim.max(1)).map(|row| crate::ann::dot(row, x)));
     }
 }
 

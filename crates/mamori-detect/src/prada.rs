@@ -5,11 +5,11 @@
 //! their distances `D_{G_c}`. For a new query `x` of class `c`: `d_min` = the smallest L2
 //! distance from `x` to the queries in `G_c`; `d_min` joins the client's distance set `D`; if
 //! `d_min > T_c`, `x` joins `G_c`, `d_min` joins `D_{G_c}` and
-//! `T_c ← max(T_c, mean(D_{G_c}) − std(D_{G_c}))`. (The first query of a class only seeds
-//! `G_c`.) Every `check_every` queries, once `D` holds more than `min_distances` values, the
-//! distances of classes with at least `min_class_entries` entries are pooled, values more than
-//! `outlier_sigma` standard deviations from the mean are dropped, and the Shapiro–Wilk statistic
-//! `W` is computed ([`crate::shapiro`]); the client is flagged when `W < δ`. Benign queries give
+//! `T_c ← max(T_c, mean(D_{G_c}) − std(D_{G_c}))`. The first query of a class only seeds
+//! `G_c`, with distance 0 in `D_{G_c}` (not in `D`). Every `check_every` queries (at queries
+//! 1, 1 + k, …), the distances of classes with at least `min_class_entries` entries in `D` are
+//! pooled, values at least `outlier_sigma` standard deviations from the mean are dropped, and,
+//! when more than `min_distances` values remain, the Shapiro–Wilk statistic `W` is computed ([`crate::shapiro`]); the client is flagged when `W < δ`. Benign queries give
 //! roughly normal distances; synthetic attack queries (JBDA's small Jacobian steps, random
 //! probes) do not.
 //!
@@ -172,16 +172,22 @@ impl PradaState {
             .filter(|(c, _)| counts[*c as usize] >= min_entries)
             .map(|&(_, d)| d)
             .collect();
-        if pooled.len() < 3 {
+        if pooled.is_empty() {
             return;
         }
         let n = pooled.len() as f64;
         let mean = pooled.iter().sum::<f64>() / n;
         let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+        // Outliers are dropped first (strictly within `outlier_sigma`·σ, as the authors' code
+        // does; with σ = 0 every value is kept); the test needs more than `min_distances`
+        // of the remaining values.
         let kept: Vec<f64> = pooled
             .into_iter()
-            .filter(|d| (d - mean).abs() <= self.cfg.outlier_sigma * sd)
+            .filter(|d| sd == 0.0 || (d - mean).abs() < self.cfg.outlier_sigma * sd)
             .collect();
+        if kept.len() <= self.cfg.min_distances.max(2) {
+            return;
+        }
         match shapiro_wilk_w(&kept) {
             Ok(w) => {
                 self.last_w = Some(w);
@@ -217,10 +223,12 @@ impl DetectorState for PradaState {
                 let mut index =
                     AnnIndex::new(code.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
                 index.insert_with_payload(&code, &buf);
+                // The first query of a class seeds `G_c` with distance 0 in `D_{G_c}` (it
+                // lowers the first thresholds); it adds nothing to `D`.
                 *slot = Some(ClassSet {
                     index,
                     threshold: 0.0,
-                    g_n: 0.0,
+                    g_n: 1.0,
                     g_sum: 0.0,
                     g_sum2: 0.0,
                     d_count: 0,
@@ -256,7 +264,8 @@ impl DetectorState for PradaState {
         }
         self.buf = buf;
         self.code = code;
-        if self.queries.is_multiple_of(self.cfg.check_every.max(1))
+        // Tested at queries 1, 1 + k, 1 + 2k, … (k = `check_every`), as in the authors' code.
+        if (self.queries - 1).is_multiple_of(self.cfg.check_every.max(1))
             && self.dists.len() > self.cfg.min_distances
         {
             self.test();
