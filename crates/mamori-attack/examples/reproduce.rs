@@ -235,9 +235,17 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
+fn jbda(
+    out: &Path,
+    quick: bool,
+    epochs: usize,
+    lr: f32,
+    batch: usize,
+    logit: bool,
+    seed: u64,
+) -> R<()> {
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round)\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round, Adam lr {lr}, batch {batch})\n"
     );
     println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
@@ -250,10 +258,15 @@ fn jbda(out: &Path, quick: bool, epochs: usize) -> R<()> {
             hidden: vec![200, 200],
         },
     );
-    ctx.train = cfg(epochs, 1e-3, 32, 3);
+    ctx.train = cfg(epochs, lr, batch, 3 + seed);
+    ctx.seed = seed;
     ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
     ctx.progress = true;
-    let e = Jbda::default().extract(&mut o, &ctx)?;
+    let attack = Jbda {
+        probability_jacobian: !logit,
+        ..Jbda::default()
+    };
+    let e = attack.extract(&mut o, &ctx)?;
     let m = eval.evaluate(&e.substitute)?;
     row(&[
         format!("MNIST {}", v.card.architecture),
@@ -546,8 +559,18 @@ fn main() -> R<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|e| e.parse().ok())
         .unwrap_or(10);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let lr = flag("--lr").and_then(|v| v.parse().ok()).unwrap_or(1e-3);
+    let batch = flag("--batch").and_then(|v| v.parse().ok()).unwrap_or(128);
     if all || what == "jbda" {
-        jbda(&out, quick, epochs)?;
+        let seed = flag("--seed").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let logit = args.iter().any(|a| a == "--logit-jacobian");
+        jbda(&out, quick, epochs, lr, batch, logit, seed)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;

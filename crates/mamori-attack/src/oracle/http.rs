@@ -283,9 +283,27 @@ fn parse_outputs(
         )));
     }
     let mut t = Tensor::new(vec![n, classes], data).map_err(|e| bad(e.to_string()))?;
-    let is_dist = t
-        .rows()
-        .all(|r| r.iter().all(|v| *v >= 0.0) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-3);
+    // The server may say what it disclosed (mamori's gateway: `parameters.disclosure` =
+    // `probabilities`, `top_K` or `label`); a top-k answer is a truncated distribution whose
+    // rows sum to less than one, not logits.
+    if let Some(d) = resp["parameters"]["disclosure"].as_str() {
+        let stated = match d {
+            "probabilities" => Some(Disclosure::Probabilities),
+            "label" => Some(Disclosure::Label),
+            _ => d
+                .strip_prefix("top_")
+                .and_then(|k| k.parse().ok())
+                .map(Disclosure::TopK),
+        };
+        if let Some(stated) = stated {
+            return Ok((t, stated));
+        }
+    }
+    let is_dist = t.rows().all(|r| {
+        let sum = r.iter().sum::<f32>();
+        let truncated = r.contains(&0.0) && sum <= 1.0 + 1e-3;
+        r.iter().all(|v| *v >= 0.0) && ((sum - 1.0).abs() < 1e-3 || truncated)
+    });
     if !is_dist {
         softmax_rows(&mut t);
         return Ok((t, Disclosure::Probabilities));
@@ -400,5 +418,16 @@ mod tests {
         assert!(parse_outputs(&r, 1, 2).is_err());
         let r = json!({"nothing": 1});
         assert!(parse_outputs(&r, 1, 2).is_err());
+        // Top-k answers are truncated distributions, not logits: no softmax over them.
+        let r = json!({"outputs":[{"name":"probabilities","data":[0.5,0.3,0.0,0.0]}]});
+        let (t, d) = parse_outputs(&r, 1, 4).unwrap();
+        assert_eq!(
+            (d, t.data()),
+            (Disclosure::TopK(2), &[0.5, 0.3, 0.0, 0.0][..])
+        );
+        // The gateway's stated disclosure wins over the guess.
+        let r = json!({"parameters":{"disclosure":"top_3"},
+            "outputs":[{"name":"probabilities","data":[0.5,0.3,0.0,0.0]}]});
+        assert_eq!(parse_outputs(&r, 1, 4).unwrap().1, Disclosure::TopK(3));
     }
 }
