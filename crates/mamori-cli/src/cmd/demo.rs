@@ -35,12 +35,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| mamori_eval::demo::default_out_dir(&home));
-    let outcome = mamori_eval::demo::run(&home, Some(&data_dir), &out, args.seed, args.quick)?;
-    println!(
-        "report: {} (also {} and {})",
-        outcome.report.html.display(),
-        outcome.report.markdown.display(),
-        outcome.report.json.display()
-    );
+    // The demo prints its outcome and where the report is.
+    mamori_eval::demo::run(&home, Some(&data_dir), &out, args.seed, args.quick)?;
     Ok(())
 }
