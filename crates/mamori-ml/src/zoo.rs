@@ -108,6 +108,55 @@ pub fn train_model(
     arch: &Arch,
     cfg: &TrainConfig,
 ) -> Result<Trained, MlError> {
+    train_from(name, split, arch, cfg, None)
+}
+
+/// Fine-tunes a copy of `base` (a pre-trained model of the same input shape and number of
+/// classes) on `split.train` with `cfg`, like [`train_model`] otherwise; the card records the
+/// base in `extra["base_model"]` (`{"name", "reference", "files"}`), which signing picks up.
+/// `base_ref` names where the base came from (its directory) and `base_files` its files'
+/// digests (what supply-chain pins check).
+pub fn fine_tune_model(
+    name: &str,
+    split: &Split,
+    base: &NativeModel,
+    base_ref: &str,
+    base_files: &[mamori_core::FileDigest],
+    cfg: &TrainConfig,
+) -> Result<Trained, MlError> {
+    let tr = &split.train;
+    if base.card.input_shape != tr.x.sample_shape() || base.network.num_classes() != tr.num_classes
+    {
+        return Err(MlError::Training(format!(
+            "base model {base_ref} takes {:?} with {} classes; dataset {} has {:?} with {}",
+            base.card.input_shape,
+            base.network.num_classes(),
+            tr.name,
+            tr.x.sample_shape(),
+            tr.num_classes
+        )));
+    }
+    let arch = parse_arch(&base.card.architecture, None).unwrap_or(Arch::Cnn);
+    let mut trained = train_from(name, split, &arch, cfg, Some(base.network.clone()))?;
+    trained.model.card.architecture = base.card.architecture.clone();
+    trained.model.card.extra.insert(
+        "base_model".into(),
+        serde_json::json!({
+            "name": base.card.name,
+            "reference": base_ref,
+            "files": base_files,
+        }),
+    );
+    Ok(trained)
+}
+
+fn train_from(
+    name: &str,
+    split: &Split,
+    arch: &Arch,
+    cfg: &TrainConfig,
+    init: Option<Network>,
+) -> Result<Trained, MlError> {
     let tr = &split.train;
     if tr.is_empty() || split.test.is_empty() {
         return Err(MlError::Training(format!(
@@ -116,7 +165,10 @@ pub fn train_model(
         )));
     }
     let input_shape = tr.x.sample_shape().to_vec();
-    let mut net = Network::try_new(arch, &input_shape, tr.num_classes, cfg.seed)?;
+    let mut net = match init {
+        Some(n) => n,
+        None => Network::try_new(arch, &input_shape, tr.num_classes, cfg.seed)?,
+    };
     let report = train(&mut net, &tr.x, &Targets::Labels(tr.y.clone()), cfg)?;
     let norm = tr.normalisation.clone();
     // Raw values span [0, 1/scale] (bytes for images); widen by what the data actually holds.

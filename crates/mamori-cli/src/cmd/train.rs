@@ -42,6 +42,14 @@ pub struct Args {
     /// Model name in the card (default `<dataset>-<arch>`).
     #[arg(long)]
     pub name: Option<String>,
+    /// Fine-tune from this pre-trained native model directory instead of a fresh
+    /// initialisation (same input shape and classes; its architecture is kept).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Supply-chain pin file (`mamori model pin`): the base model's files and every dataset
+    /// file read must match their pinned SHA-256, else training stops naming the file.
+    #[arg(long)]
+    pub pins: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -59,6 +67,20 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             args.dataset
         )
     })?;
+    if let Some(pins) = &args.pins {
+        mamori_artifact::check_pinned_digests(pins, &split.train.files)
+            .and_then(|()| mamori_artifact::check_pinned_digests(pins, &split.test.files))
+            .with_context(|| format!("dataset {} against pins {}", args.dataset, pins.display()))?;
+        if let Some(base) = &args.base {
+            mamori_artifact::check_pins(pins, std::slice::from_ref(base)).with_context(|| {
+                format!(
+                    "base model {} against pins {}",
+                    base.display(),
+                    pins.display()
+                )
+            })?;
+        }
+    }
     let mut name = args
         .name
         .clone()
@@ -96,7 +118,32 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         cfg.batch_size,
         cfg.learning_rate
     );
-    let trained = zoo::train_model(&name, &split, &arch, &cfg)?;
+    let trained = match &args.base {
+        None => zoo::train_model(&name, &split, &arch, &cfg)?,
+        Some(dir) => {
+            let base = mamori_ml::NativeModel::load(dir)
+                .with_context(|| format!("loading base model {}", dir.display()))?;
+            let mut files = Vec::new();
+            for f in [mamori_ml::WEIGHTS_FILE, mamori_ml::CARD_FILE] {
+                let p = dir.join(f);
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                files.push(mamori_core::FileDigest {
+                    path: p.display().to_string(),
+                    sha256: mamori_core::hash::sha256_hex(&bytes),
+                });
+            }
+            eprintln!("fine-tuning from base model {}", dir.display());
+            zoo::fine_tune_model(
+                &name,
+                &split,
+                &base,
+                &dir.display().to_string(),
+                &files,
+                &cfg,
+            )?
+        }
+    };
     trained
         .model
         .save(&args.out)
