@@ -5,12 +5,17 @@ mod common;
 
 use common::mamori;
 use std::path::Path;
+use std::process::Output;
 
 fn data_dir() -> std::path::PathBuf {
     mamori_data::resolve_data_dir(None)
 }
 
-fn run(home: &Path, args: &[&str]) -> std::process::Output {
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn run(home: &Path, args: &[String]) -> Output {
     mamori(home)
         .arg("--data-dir")
         .arg(data_dir())
@@ -19,73 +24,71 @@ fn run(home: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `mamori train` of a softmax model on digits for `epochs`, writing `out`, plus `extra` flags.
+fn train(home: &Path, epochs: u32, out: &Path, extra: &[String]) -> Output {
+    let mut args: Vec<String> = [
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "softmax",
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend([
+        "--epochs".into(),
+        epochs.to_string(),
+        "--out".into(),
+        s(out),
+    ]);
+    args.extend_from_slice(extra);
+    run(home, &args)
+}
+
+/// `mamori model pin --out PINS FILES...`.
+fn pin(home: &Path, pins: &Path, files: &[&Path]) {
+    let mut args = vec!["model".into(), "pin".into(), "--out".into(), s(pins)];
+    args.extend(files.iter().map(|f| s(f)));
+    let out = run(home, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_refused_naming(out: &Output, file: &str) {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(file), "{err}");
+}
+
 #[test]
 fn pinned_fine_tuning_runs_and_mismatches_stop_it_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let base = tmp.path().join("base");
     let tuned = tmp.path().join("tuned");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-
-    let out = run(
-        &home,
-        &[
-            "train",
-            "--dataset",
-            "digits",
-            "--arch",
-            "softmax",
-            "--epochs",
-            "3",
-            "--quiet",
-            "--out",
-            &s(&base),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&train(&home, 3, &base, &[]));
 
     // Pin the base model and the digits file.
     let pins = tmp.path().join("pins.toml");
     let digits = data_dir().join("digits/digits.csv.gz");
-    let out = run(
-        &home,
-        &["model", "pin", "--out", &s(&pins), &s(&base), &s(&digits)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pin(&home, &pins, &[&base, &digits]);
+    let pinned =
+        |base: &Path, pins: &Path| vec!["--base".into(), s(base), "--pins".into(), s(pins)];
 
     // Pinned fine-tuning works and records its base in the card.
-    let out = run(
-        &home,
-        &[
-            "train",
-            "--dataset",
-            "digits",
-            "--arch",
-            "softmax",
-            "--epochs",
-            "2",
-            "--quiet",
-            "--base",
-            &s(&base),
-            "--pins",
-            &s(&pins),
-            "--out",
-            &s(&tuned),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&train(&home, 2, &tuned, &pinned(&base, &pins)));
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tuned.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["extra"]["base_model"]["reference"], s(&base));
@@ -101,55 +104,19 @@ fn pinned_fine_tuning_runs_and_mismatches_stop_it_naming_the_file() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     std::fs::write(&w, &bytes).unwrap();
-    let out = run(
-        &home,
-        &[
-            "train",
-            "--dataset",
-            "digits",
-            "--arch",
-            "softmax",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--base",
-            &s(&base),
-            "--pins",
-            &s(&pins),
-            "--out",
-            &s(&tmp.path().join("x")),
-        ],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("model.safetensors"), "{err}");
-    assert!(
-        !tmp.path().join("x").exists(),
-        "a refused run must not write a model"
-    );
+    let refused = tmp.path().join("x");
+    let out = train(&home, 1, &refused, &pinned(&base, &pins));
+    assert_refused_naming(&out, "model.safetensors");
+    assert!(!refused.exists(), "a refused run must not write a model");
 
     // A dataset that is not pinned stops the run too, naming the file.
     let only_base = tmp.path().join("only-base.toml");
-    let out = run(&home, &["model", "pin", "--out", &s(&only_base), &s(&base)]);
-    assert!(out.status.success());
-    let out = run(
+    pin(&home, &only_base, &[&base]);
+    let out = train(
         &home,
-        &[
-            "train",
-            "--dataset",
-            "digits",
-            "--arch",
-            "softmax",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--pins",
-            &s(&only_base),
-            "--out",
-            &s(&tmp.path().join("y")),
-        ],
+        1,
+        &tmp.path().join("y"),
+        &["--pins".into(), s(&only_base)],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("digits.csv.gz"), "{err}");
+    assert_refused_naming(&out, "digits.csv.gz");
 }
