@@ -389,6 +389,18 @@ pub struct MemoryStore {
     pub records: Arc<Mutex<Vec<AuditRecord>>>,
 }
 
+impl MemoryStore {
+    /// The records `pick` selects, in write order.
+    fn collect<T>(&self, pick: impl Fn(&AuditRecord) -> Option<T>) -> Vec<T> {
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(pick)
+            .collect()
+    }
+}
+
 impl AuditStore for MemoryStore {
     fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
         self.records
@@ -402,56 +414,32 @@ impl AuditStore for MemoryStore {
         client: Option<&str>,
         since_ms: u64,
     ) -> Result<Vec<RequestEvent>, GatewayError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|r| match r {
-                AuditRecord::Request(e)
-                    if client.is_none_or(|c| c == e.client) && e.time_ms >= since_ms =>
-                {
-                    Some(e.clone())
-                }
-                _ => None,
-            })
-            .collect())
+        Ok(self.collect(|r| match r {
+            AuditRecord::Request(e)
+                if client.is_none_or(|c| c == e.client) && e.time_ms >= since_ms =>
+            {
+                Some(e.clone())
+            }
+            _ => None,
+        }))
     }
     fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|r| match r {
-                AuditRecord::Alert(a) => Some(a.clone()),
-                _ => None,
-            })
-            .collect())
+        Ok(self.collect(|r| match r {
+            AuditRecord::Alert(a) => Some(a.clone()),
+            _ => None,
+        }))
     }
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|r| match r {
-                AuditRecord::Block(b) => Some(b.clone()),
-                _ => None,
-            })
-            .collect())
+        Ok(self.collect(|r| match r {
+            AuditRecord::Block(b) => Some(b.clone()),
+            _ => None,
+        }))
     }
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
-        Ok(self
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|r| match r {
-                AuditRecord::Ledger(l) if model.is_none_or(|m| m == l.model) => Some(l.clone()),
-                _ => None,
-            })
-            .collect())
+        Ok(self.collect(|r| match r {
+            AuditRecord::Ledger(l) if model.is_none_or(|m| m == l.model) => Some(l.clone()),
+            _ => None,
+        }))
     }
 }
 
