@@ -18,9 +18,10 @@
 //! `max_postings` newest ids.
 
 use crate::error::{decode_state, encode_state};
+use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 /// Blacklight configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,8 +132,8 @@ struct BlState {
     current: Generation,
     previous: Generation,
     next_id: u32,
-    recent: VecDeque<bool>,
-    flagged: usize,
+    #[serde(flatten)]
+    flags: FlagWindow,
     queries: u64,
 }
 
@@ -197,18 +198,8 @@ impl DetectorState for BlState {
         self.queries += 1;
         let best = self.match_and_insert(obs.input);
         let flag = best >= self.cfg.match_threshold.max(1);
-        self.recent.push_back(flag);
-        self.flagged += flag as usize;
-        while self.recent.len() > self.cfg.window_queries.max(1) {
-            if self.recent.pop_front() == Some(true) {
-                self.flagged -= 1;
-            }
-        }
-        let need = self.cfg.min_flagged.max(1);
-        Verdict {
-            score: self.flagged as f64 / need as f64,
-            alarm: self.flagged >= need,
-        }
+        self.flags
+            .push(flag, self.cfg.window_queries, self.cfg.min_flagged)
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -15,9 +15,10 @@
 
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
+use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// k-NN distance detector configuration.
@@ -139,8 +140,7 @@ impl KnnDetector {
             cfg: self.cfg.clone(),
             proj: Some(self.proj.clone()),
             index: None,
-            recent: VecDeque::new(),
-            flagged: 0,
+            flags: FlagWindow::default(),
             queries: 0,
             code: Vec::new(),
         }
@@ -154,8 +154,8 @@ struct KnnState {
     #[serde(skip)]
     proj: Option<Arc<Projections>>,
     index: Option<AnnIndex<f32>>,
-    recent: VecDeque<bool>,
-    flagged: usize,
+    #[serde(flatten)]
+    flags: FlagWindow,
     queries: u64,
     #[serde(skip)]
     code: Vec<f32>,
@@ -216,18 +216,7 @@ impl DetectorState for KnnState {
         self.queries += 1;
         let score = self.score_and_insert(obs.input);
         let flag = score.is_some_and(|s| s < self.cfg.threshold);
-        self.recent.push_back(flag);
-        self.flagged += flag as usize;
-        while self.recent.len() > self.cfg.window.max(1) {
-            if self.recent.pop_front() == Some(true) {
-                self.flagged -= 1;
-            }
-        }
-        let need = self.cfg.min_flagged.max(1);
-        Verdict {
-            score: self.flagged as f64 / need as f64,
-            alarm: self.flagged >= need,
-        }
+        self.flags.push(flag, self.cfg.window, self.cfg.min_flagged)
     }
 
     fn snapshot(&self) -> Vec<u8> {

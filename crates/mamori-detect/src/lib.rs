@@ -29,6 +29,7 @@ pub mod prada;
 pub mod rate;
 pub mod registry;
 pub mod shapiro;
+mod window;
 
 pub use calibration::{calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE};
 pub use engine::Engine;
