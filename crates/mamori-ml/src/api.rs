@@ -126,7 +126,39 @@ pub fn train(
     y: &Targets,
     cfg: &TrainConfig,
 ) -> Result<TrainReport, MlError> {
-    crate::train::train(net, x, y, cfg)
+    crate::train::train(net, x, y, cfg, SoftLoss::CrossEntropy)
+}
+
+/// How a network is fitted to soft targets (probability vectors). Hard labels are always
+/// fitted by softmax cross-entropy.
+///
+/// The regression losses model the soft-label thieves that reverse-sigmoid perturbations
+/// (Lee et al., "Defending Against NN Model Stealing Attacks Using Deceptive Perturbations",
+/// IEEE S&P Workshops 2019) are designed against: a thief that inverts the softmax and
+/// regresses its logits on the answers' log-probabilities, or regresses its probabilities on
+/// the answers directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SoftLoss {
+    /// Softmax cross-entropy `−Σ t log softmax(z)` (the default of [`train`]).
+    #[default]
+    CrossEntropy,
+    /// Logit regression: `½‖(z − z̄) − (log t − mean log t)‖²`, with targets below `1e-8`
+    /// (zeros included) clamped to `1e-8` before the logarithm.
+    LogitMse,
+    /// Probability regression: `½‖softmax(z) − t‖²`.
+    ProbabilityMse,
+}
+
+/// Like [`train`], but fits soft targets with `soft_loss` instead of cross-entropy (hard labels
+/// are still fitted by cross-entropy).
+pub fn train_with_loss(
+    net: &mut Network,
+    x: &Tensor,
+    y: &Targets,
+    cfg: &TrainConfig,
+    soft_loss: SoftLoss,
+) -> Result<TrainReport, MlError> {
+    crate::train::train(net, x, y, cfg, soft_loss)
 }
 
 /// Mean softmax cross-entropy of `net` on `(x, y)` and its gradient with respect to every

@@ -94,6 +94,75 @@ pub(crate) fn xent_soft(
     (loss, correct)
 }
 
+/// Smallest target probability whose logarithm [`logit_mse_soft`] takes; smaller targets
+/// (including exact zeros) are clamped to it.
+pub(crate) const LOG_TARGET_FLOOR: f32 = 1e-8;
+
+/// Logit regression against soft targets: the softmax is inverted (`log t`, clamped at
+/// [`LOG_TARGET_FLOOR`]) and the substitute's logits are fitted to it by squared error, up to
+/// the additive constant the softmax cannot see: `loss = ½‖(z − z̄) − (log t − mean log t)‖²`.
+/// Its gradient is `(z − z̄) − (log t − mean log t)` (already centred). Accuracy is against
+/// `argmax t`.
+pub(crate) fn logit_mse_soft(
+    logits: &[f32],
+    targets: &[f32],
+    classes: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> (f64, usize) {
+    let mut loss = 0.0;
+    let mut correct = 0;
+    let k = classes as f64;
+    for ((z, d), t) in logits
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(targets.chunks_exact(classes))
+    {
+        let zm = z.iter().map(|&v| v as f64).sum::<f64>() / k;
+        let lt = |v: f32| (v.max(LOG_TARGET_FLOOR) as f64).ln();
+        let tm = t.iter().map(|&v| lt(v)).sum::<f64>() / k;
+        for j in 0..classes {
+            let r = (z[j] as f64 - zm) - (lt(t[j]) - tm);
+            loss += 0.5 * r * r;
+            d[j] = r as f32 * scale;
+        }
+        correct += usize::from(argmax(z) == argmax(t));
+    }
+    (loss, correct)
+}
+
+/// Probability regression against soft targets: `loss = ½‖softmax(z) − t‖²`, gradient
+/// `∂loss/∂z_j = p_j (e_j − Σ_k p_k e_k)` with `e = p − t`. Accuracy is against `argmax t`.
+pub(crate) fn prob_mse_soft(
+    logits: &[f32],
+    targets: &[f32],
+    classes: usize,
+    scale: f32,
+    dlogits: &mut [f32],
+) -> (f64, usize) {
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for ((z, d), t) in logits
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(targets.chunks_exact(classes))
+    {
+        softmax_into(z, d);
+        let mut pe = 0.0f64;
+        for j in 0..classes {
+            let e = (d[j] - t[j]) as f64;
+            loss += 0.5 * e * e;
+            pe += d[j] as f64 * e;
+        }
+        for j in 0..classes {
+            let p = d[j] as f64;
+            d[j] = (p * ((p - t[j] as f64) - pe)) as f32 * scale;
+        }
+        correct += usize::from(argmax(z) == argmax(t));
+    }
+    (loss, correct)
+}
+
 /// Gradient of each sample's objective w.r.t. its logits (unscaled: one sample's objective,
 /// not a batch mean).
 pub(crate) fn logit_gradient(
@@ -169,5 +238,51 @@ mod tests {
             let num = (lp - lm) / (2.0 * eps as f64);
             assert!((num - d[j] as f64).abs() < 1e-3, "j={j}: {num} vs {}", d[j]);
         }
+    }
+
+    fn check_gradient(
+        f: fn(&[f32], &[f32], usize, f32, &mut [f32]) -> (f64, usize),
+        z: [f32; 4],
+        t: [f32; 4],
+    ) {
+        let mut d = [0.0; 4];
+        f(&z, &t, 4, 1.0, &mut d);
+        for j in 0..4 {
+            let eps = 1e-3;
+            let (mut zp, mut zm) = (z, z);
+            zp[j] += eps;
+            zm[j] -= eps;
+            let mut tmp = [0.0; 4];
+            let lp = f(&zp, &t, 4, 1.0, &mut tmp).0;
+            let lm = f(&zm, &t, 4, 1.0, &mut tmp).0;
+            let num = (lp - lm) / (2.0 * eps as f64);
+            assert!((num - d[j] as f64).abs() < 1e-3, "j={j}: {num} vs {}", d[j]);
+        }
+    }
+
+    #[test]
+    fn regression_loss_gradients_match_finite_differences() {
+        let z = [0.3f32, -1.2, 2.0, 0.7];
+        let t = [0.1f32, 0.2, 0.6, 0.1];
+        check_gradient(logit_mse_soft, z, t);
+        check_gradient(prob_mse_soft, z, t);
+        // A zero target is clamped, not turned into -inf.
+        check_gradient(logit_mse_soft, z, [0.0, 0.3, 0.7, 0.0]);
+    }
+
+    #[test]
+    fn logit_regression_is_zero_at_the_inverted_softmax_up_to_a_constant() {
+        let t = [0.1f32, 0.2, 0.6, 0.1];
+        let z: Vec<f32> = t.iter().map(|v| v.ln() + 5.0).collect();
+        let mut d = [0.0; 4];
+        let (l, c) = logit_mse_soft(&z, &t, 4, 1.0, &mut d);
+        assert!(l < 1e-10, "{l}");
+        assert_eq!(c, 1);
+        assert!(d.iter().all(|v| v.abs() < 1e-5), "{d:?}");
+        let (l, _) = prob_mse_soft(&z, &t, 4, 1.0, &mut d);
+        assert!(l < 1e-10, "{l}");
+        // Away from it both losses are positive.
+        let (l, c) = logit_mse_soft(&[0.0, 0.0, 0.0, 1.0], &t, 4, 1.0, &mut d);
+        assert!(l > 0.1 && c == 0, "{l}");
     }
 }

@@ -1,10 +1,10 @@
 //! Mini-batch training with Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization",
 //! ICLR 2015) on softmax cross-entropy, against hard labels or soft targets.
 
-use crate::api::{MlError, Targets, TrainConfig, TrainReport};
+use crate::api::{MlError, SoftLoss, Targets, TrainConfig, TrainReport};
 use crate::arch::{LayerParams, Network};
 use crate::engine::{self, Workspace};
-use crate::loss::{xent_labels, xent_soft};
+use crate::loss::{logit_mse_soft, prob_mse_soft, xent_labels, xent_soft};
 use indicatif::{ProgressBar, ProgressStyle};
 use mamori_core::Tensor;
 use rand::seq::SliceRandom;
@@ -153,7 +153,13 @@ pub(crate) fn train(
     x: &Tensor,
     y: &Targets,
     cfg: &TrainConfig,
+    soft_loss: SoftLoss,
 ) -> Result<TrainReport, MlError> {
+    let soft_fn = match soft_loss {
+        SoftLoss::CrossEntropy => xent_soft,
+        SoftLoss::LogitMse => logit_mse_soft,
+        SoftLoss::ProbabilityMse => prob_mse_soft,
+    };
     let n = check(net, x, y, cfg)?;
     let plan = net.plan().map_err(MlError::Training)?;
     let start = Instant::now();
@@ -204,7 +210,7 @@ pub(crate) fn train(
                     for (dst, &i) in tb.chunks_exact_mut(classes).zip(idx) {
                         dst.copy_from_slice(t.row(i));
                     }
-                    xent_soft(ws.logits(), &tb[..m * classes], classes, scale, dl)
+                    soft_fn(ws.logits(), &tb[..m * classes], classes, scale, dl)
                 }
             };
             loss_sum += l;

@@ -3,7 +3,9 @@
 mod common;
 
 use mamori_core::{GradTarget, Model};
-use mamori_ml::{accuracy, train, Arch, MlError, Network, Targets, TrainConfig};
+use mamori_ml::{
+    accuracy, train, train_with_loss, Arch, MlError, Network, SoftLoss, Targets, TrainConfig,
+};
 
 #[test]
 fn digits_softmax_regression_reaches_95_percent() {
@@ -49,6 +51,47 @@ fn digits_mlp_with_soft_targets_learns() {
     let m = mamori_ml::NativeModel::new(net, card(64, 10));
     let acc = accuracy(&m, &xte, &yte).unwrap();
     assert!(acc >= 0.93, "digits MLP (soft targets) accuracy {acc}");
+}
+
+#[test]
+fn digits_mlp_learns_soft_targets_by_logit_and_probability_regression() {
+    let Some((x, y)) = common::digits() else {
+        return;
+    };
+    let ((xtr, ytr), (xte, yte)) = common::split(&x, &y);
+    // Soft targets from a teacher-like smoothing: most mass on the label, the rest spread.
+    let mut t = vec![0.02f32; ytr.len() * 10];
+    for (i, &c) in ytr.iter().enumerate() {
+        t[i * 10 + c] = 0.82;
+    }
+    let soft = Targets::Soft(mamori_core::Tensor::new(vec![ytr.len(), 10], t).unwrap());
+    for loss in [SoftLoss::LogitMse, SoftLoss::ProbabilityMse] {
+        let mut net = Network::new(&Arch::Mlp { hidden: vec![32] }, &[64], 10, 3);
+        let cfg = TrainConfig {
+            epochs: 15,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            ..TrainConfig::default()
+        };
+        let rep = train_with_loss(&mut net, &xtr, &soft, &cfg, loss).unwrap();
+        assert!(rep.epoch_loss[14] < rep.epoch_loss[0], "{loss:?}: {rep:?}");
+        let m = mamori_ml::NativeModel::new(net, card(64, 10));
+        let acc = accuracy(&m, &xte, &yte).unwrap();
+        assert!(acc >= 0.9, "digits MLP ({loss:?}) accuracy {acc}");
+    }
+    // Bad targets are rejected whatever the loss.
+    let mut net = Network::new(&Arch::Softmax, &[64], 10, 0);
+    let bad = Targets::Soft(mamori_core::Tensor::new(vec![1, 10], vec![0.1; 10]).unwrap());
+    let e = train_with_loss(
+        &mut net,
+        &xtr,
+        &bad,
+        &TrainConfig::default(),
+        SoftLoss::LogitMse,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("soft targets have shape"), "{e}");
 }
 
 #[test]
