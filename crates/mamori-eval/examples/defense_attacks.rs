@@ -12,7 +12,7 @@
 //! `random` (uniform noise inputs), `knockoff` (MNIST natural images against the
 //! Fashion-MNIST victim: out-of-distribution natural data), `jbda` (Papernot et al. defaults:
 //! 150 seeds from the thief's 10,000 held-out Fashion-MNIST training images, 6 augmentation
-//! rounds, 9,600 queries). Substitutes: MLP 784-128-10, 10 epochs, Adam 1e-3, trained on the
+//! rounds, 9,600 queries). Substitutes: MLP 784-256-10, 15 epochs, Adam 1e-3, trained on the
 //! answers' probabilities (`prefer_soft = true`) or on their argmax labels
 //! (`prefer_soft = false`); each substitute gets its own query run. Fidelity = agreement with
 //! the undefended victim on the 10,000 test images.
@@ -125,7 +125,7 @@ fn main() {
     let (n_victim, v_epochs, s_epochs) = if quick {
         (10_000, 2, 3)
     } else {
-        (50_000, 5, 10)
+        (50_000, 5, 15)
     };
     if quick {
         budget = budget.min(2_000);
@@ -183,6 +183,13 @@ fn main() {
             }),
         ),
         (
+            "reverse_sigmoid β=0.6 γ=1.5",
+            Some(ReverseSigmoid {
+                beta: 0.6,
+                gamma: 1.5,
+            }),
+        ),
+        (
             "adaptive_misinformation τ=0.7 ν=100",
             Some(AdaptiveMisinformation {
                 tau: 0.7,
@@ -194,6 +201,13 @@ fn main() {
             Some(PredictionPoisoning {
                 epsilon: 1.0,
                 keep_top1: true,
+            }),
+        ),
+        (
+            "MAD ε=1 (native surrogate)",
+            Some(PredictionPoisoning {
+                epsilon: 1.0,
+                keep_top1: false,
             }),
         ),
     ];
@@ -247,7 +261,7 @@ fn main() {
                     used: 0,
                     budget,
                 };
-                let mut ctx = ExtractionContext::new(budget, Arch::Mlp { hidden: vec![128] });
+                let mut ctx = ExtractionContext::new(budget, Arch::Mlp { hidden: vec![256] });
                 ctx.train.epochs = s_epochs;
                 ctx.train.seed = 11;
                 ctx.seed = 11;

@@ -240,8 +240,10 @@ mod tests {
         }
     }
 
+    type SoftLossFn = fn(&[f32], &[f32], usize, f32, &mut [f32]) -> (f64, usize);
+
     fn check_gradient(
-        f: fn(&[f32], &[f32], usize, f32, &mut [f32]) -> (f64, usize),
+        f: SoftLossFn,
         z: [f32; 4],
         t: [f32; 4],
     ) {
