@@ -242,11 +242,7 @@ mod tests {
 
     type SoftLossFn = fn(&[f32], &[f32], usize, f32, &mut [f32]) -> (f64, usize);
 
-    fn check_gradient(
-        f: SoftLossFn,
-        z: [f32; 4],
-        t: [f32; 4],
-    ) {
+    fn check_gradient(f: SoftLossFn, z: [f32; 4], t: [f32; 4]) {
         let mut d = [0.0; 4];
         f(&z, &t, 4, 1.0, &mut d);
         for j in 0..4 {

@@ -19,6 +19,16 @@ use mamori_core::{PostContext, Postprocessor};
 /// classes, hence the top-1 label, is kept, and [`Postprocessor::keeps_top1`] is `true`. For
 /// `γ < 1` (the paper's MNIST setting is `β = 1, γ = 0.2`) `f` decreases near `y = 0`, so very
 /// unlikely classes are boosted and the top-1 label can change; `keeps_top1` is then `false`.
+///
+/// **Why a soft-label thief collapses against a confident victim.** `f(y) → 1 − β/2` as
+/// `y → 1` and `f(y) → β/2` as `y → 0`. With `β = 1` both limits are ½, so a confident answer
+/// (top-1 probability `1 − ε`) is mapped towards the uniform distribution: the gap between
+/// the top entry and the others shrinks roughly like `ε^γ` (for 10 classes and `γ = 0.2`: 0.14
+/// at `ε = 10⁻²`, 0.021 at `10⁻⁶`, 0.003 at `10⁻¹⁰`). The argmax mostly survives, so a
+/// label-only thief is unaffected, but the probabilities a soft-label thief fits (by
+/// cross-entropy or by regression on logits or probabilities) carry less signal the more
+/// confident the victim is. Measured in `docs/bench/defense.md` (example
+/// `reverse_sigmoid_repro`).
 #[derive(Clone, Copy, Debug)]
 pub struct ReverseSigmoid {
     beta: f32,
@@ -91,6 +101,27 @@ mod tests {
         let mut v = [0.3f32, 0.299_999, 0.4, 1e-6];
         r.apply(&ctx(&[]), &mut v);
         assert!(v[3] > v[0], "{v:?}");
+    }
+
+    #[test]
+    fn confident_answers_tend_to_uniform_with_beta_one() {
+        // The mechanism behind the published soft-label collapse: the more confident the
+        // victim, the flatter the answer, while the argmax survives.
+        let r = ReverseSigmoid::new(1.0, 0.2).unwrap();
+        let mut gaps = Vec::new();
+        for eps in [1e-2f32, 1e-4, 1e-6] {
+            let mut v = vec![eps / 9.0; 10];
+            v[3] = 1.0 - eps;
+            r.apply(&ctx(&[]), &mut v);
+            assert_eq!(argmax(&v), 3, "{v:?}");
+            assert!(is_distribution(&v, 1e-5));
+            gaps.push(v[3] - v[0]);
+        }
+        assert!(
+            gaps[0] > 0.1 && gaps[1] < 0.06 && gaps[2] < 0.025,
+            "{gaps:?}"
+        );
+        assert!(gaps.windows(2).all(|w| w[1] < w[0]), "{gaps:?}");
     }
 
     #[test]
