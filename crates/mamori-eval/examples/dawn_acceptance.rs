@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p mamori-eval --example dawn_acceptance -- [--data DIR] [--cache DIR] \
-//!     [--out DIR] [--budget 10000] [--clean 20]
+//!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E]
 //! ```
 //!
 //! 1. The victim is the evaluation harness's default (the shipped `eval.toml`: a Fashion-MNIST
@@ -17,8 +17,9 @@
 //! 3. Benign cost: the evaluation images are answered through the chain (client `benign`).
 //! 4. Thieves: the harness's `random` (uniform noise), `knockoff` (MNIST natural images) and
 //!    `jbda` (Fashion-MNIST seeds) attacks, `--budget` queries each, with the harness's
-//!    default substitute (the shipped `[substitute]`: MLP 784-128-10, 10 epochs) trained on
-//!    probabilities and, separately, on labels.
+//!    default substitute (the shipped `[substitute]`: MLP 784-128-10, 10 epochs; `--hidden`
+//!    and `--epochs` give a larger or longer-trained thief) trained on probabilities and,
+//!    separately, on labels.
 //! 5. Each substitute is verified against the ledger records of the marks *its* client
 //!    received ([`mamori_defense::verify`], both statistics), then again after fine-tuning on
 //!    2,000 clean labelled images for 3 epochs and after pruning 50% of each layer's weights
@@ -51,6 +52,8 @@ struct Args {
     out: PathBuf,
     budget: u64,
     clean: usize,
+    hidden: Option<usize>,
+    epochs: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +64,8 @@ fn parse_args() -> Result<Args, String> {
         out: base.join("home"),
         budget: 10_000,
         clean: 20,
+        hidden: None,
+        epochs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +76,8 @@ fn parse_args() -> Result<Args, String> {
             "--out" => a.out = PathBuf::from(value()?),
             "--budget" => a.budget = value()?.parse().map_err(|e| format!("--budget: {e}"))?,
             "--clean" => a.clean = value()?.parse().map_err(|e| format!("--clean: {e}"))?,
+            "--hidden" => a.hidden = Some(value()?.parse().map_err(|e| format!("--hidden: {e}"))?),
+            "--epochs" => a.epochs = Some(value()?.parse().map_err(|e| format!("--epochs: {e}"))?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -118,7 +125,15 @@ fn row(md: &mut String, what: &str, fid: f64, acc: f64, r: &VerifyResult) {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let log = |msg: String| eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
-    let cfg = EvalConfig::shipped();
+    let mut cfg = EvalConfig::shipped();
+    // The thief (and the clean models): the shipped substitute unless overridden. The victim
+    // and its cache key are unaffected.
+    if let Some(h) = args.hidden {
+        cfg.substitute.arch = mamori_ml::Arch::Mlp { hidden: vec![h] };
+    }
+    if let Some(e) = args.epochs {
+        cfg.substitute.epochs = e;
+    }
     let data_dir = mamori_data::resolve_data_dir(args.data.as_deref());
     std::fs::create_dir_all(&args.cache)?;
     let victim = mamori_eval::victim::prepare(&cfg, &data_dir, &args.cache, true)?;
@@ -369,10 +384,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = writeln!(
         out,
         "Thieves: the harness's attacks, budget {} queries each, substitute {:?} trained {} \
-         epochs (shipped `[substitute]`); each verified against the marks its own client \
+         epochs ({}); each verified against the marks its own client \
          received. Chance per mark 1/(c−1) = 1/9 for both statistics; `decides` is the \
          statistic the suspect's answers allow (scores → `top_among_wrong`).\n",
-        args.budget, cfg.substitute.arch, cfg.substitute.epochs
+        args.budget,
+        cfg.substitute.arch,
+        cfg.substitute.epochs,
+        if args.hidden.is_some() || args.epochs.is_some() {
+            "overridden by --hidden/--epochs"
+        } else {
+            "the shipped `[substitute]`"
+        }
     );
     out.push_str(&md);
     let n_ok = summary.iter().filter(|(_, p)| *p < THRESHOLD).count();
@@ -408,8 +430,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let _ = writeln!(
         out,
-        "\nTotal {:.0} s (`cargo run -p mamori-eval --example dawn_acceptance`, dev profile).",
-        t0.elapsed().as_secs_f64()
+        "\nTotal {:.0} s (`cargo run -p mamori-eval --example dawn_acceptance -- {}`, dev \
+         profile).",
+        t0.elapsed().as_secs_f64(),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     println!("{out}");
     cell.shutdown()?;
