@@ -5,10 +5,14 @@
 //! [`EvidenceReport`] (serde's field order; floats printed in shortest round-trip form, so
 //! parsing and re-serialising gives the same bytes). Checking uses a public key supplied by the
 //! checker, never the one embedded in the file.
+//!
+//! Version 2 reports also name the deciding statistic and carry both statistics' counts and
+//! p-values (see [`crate::verify`]); these fields are left out of version 1 reports, whose
+//! signatures therefore still verify.
 
 use crate::error::DefenseError;
 use crate::key::SecretKey;
-use crate::verify::{EvidenceItem, Verdict, VerifyResult};
+use crate::verify::{EvidenceItem, Statistic, StatisticResult, Verdict, VerifyResult};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -16,7 +20,7 @@ use std::path::Path;
 /// The signed content of a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceReport {
-    /// Format version (1).
+    /// Format version (2; 1 for reports made before `statistic` existed).
     pub version: u32,
     /// When the report was made, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
@@ -26,11 +30,11 @@ pub struct EvidenceReport {
     pub ledger_commitment: String,
     /// Distinct inputs queried.
     pub queried: usize,
-    /// Answers equal to the watermark label.
+    /// The deciding statistic's count (version 1: answers equal to the watermark label).
     pub matches: usize,
     /// Chance of a match under independence.
     pub chance: f64,
-    /// Upper binomial tail p-value.
+    /// The deciding statistic's upper binomial tail p-value.
     pub p_value: f64,
     /// `log10` of the p-value.
     pub log10_p_value: f64,
@@ -38,6 +42,15 @@ pub struct EvidenceReport {
     pub alpha: f64,
     /// The decision.
     pub verdict: Verdict,
+    /// The deciding statistic (version 2; absent in version 1, which used `top1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<Statistic>,
+    /// The `top1` statistic (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1: Option<StatisticResult>,
+    /// The `top_among_wrong` statistic, when the suspect's answers carried scores (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_among_wrong: Option<StatisticResult>,
     /// Per-input evidence (what was queried and what came back).
     pub evidence: Vec<EvidenceItem>,
 }
@@ -46,7 +59,7 @@ impl EvidenceReport {
     /// A report from a verification result.
     pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
         EvidenceReport {
-            version: 1,
+            version: 2,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -60,6 +73,9 @@ impl EvidenceReport {
             log10_p_value: r.log10_p_value,
             alpha: r.alpha,
             verdict: r.verdict,
+            statistic: Some(r.statistic),
+            top1: Some(r.top1),
+            top_among_wrong: r.top_among_wrong,
             evidence: r.evidence.clone(),
         }
     }
@@ -184,13 +200,74 @@ mod tests {
             log10_p_value: -1.501_004_870_412_3,
             alpha: 1e-4,
             verdict: Verdict::NotFound,
+            statistic: None,
+            top1: None,
+            top_among_wrong: None,
             evidence: vec![EvidenceItem {
                 input_sha256: "cd".repeat(32),
                 watermark_label: 3,
                 suspect_label: 3,
                 matched: true,
+                true_label: None,
+                suspect_top_wrong: None,
+                matched_top_wrong: None,
             }],
         }
+    }
+
+    fn report_v2() -> EvidenceReport {
+        let mut r = report();
+        r.version = 2;
+        r.statistic = Some(Statistic::TopAmongWrong);
+        r.top1 = Some(StatisticResult {
+            statistic: Statistic::Top1,
+            matches: 1,
+            p_value: 0.297_668_038_408_779_2,
+            log10_p_value: -0.526_270_654_959_657_2,
+        });
+        r.top_among_wrong = Some(StatisticResult {
+            statistic: Statistic::TopAmongWrong,
+            matches: 2,
+            p_value: 0.031_550_068_587_105_62,
+            log10_p_value: -1.501_004_870_412_3,
+        });
+        r.evidence[0].true_label = Some(1);
+        r.evidence[0].suspect_top_wrong = Some(3);
+        r.evidence[0].matched_top_wrong = Some(true);
+        r
+    }
+
+    /// Version 1 reports (no statistic fields) keep their canonical bytes, so their
+    /// signatures still verify; version 2 fields are signed too.
+    #[test]
+    fn version_1_reports_still_verify_and_version_2_fields_are_signed() {
+        let s = ReportSigner::new(SecretKey::from_bytes([8; 32]));
+        let pk = parse_public_key(&s.public_key_hex()).unwrap();
+        let v1 = serde_json::to_string(&s.sign(report())).unwrap();
+        assert!(
+            !v1.contains("statistic") && !v1.contains("true_label"),
+            "{v1}"
+        );
+        let back: SignedReport = serde_json::from_str(&v1).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), report());
+
+        let signed = s.sign(report_v2());
+        let text = serde_json::to_string_pretty(&signed).unwrap();
+        assert!(
+            text.contains("\"statistic\": \"top_among_wrong\""),
+            "{text}"
+        );
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), report_v2());
+        let mut t = back.clone();
+        t.report.statistic = Some(Statistic::Top1);
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back.clone();
+        t.report.top_among_wrong.as_mut().unwrap().matches = 3;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back;
+        t.report.evidence[0].matched_top_wrong = Some(false);
+        assert!(check_report(&t, &pk).is_err());
     }
 
     #[test]

@@ -5,17 +5,37 @@
 //! answers reproduces many of them; an independent model matches a watermark label only by
 //! chance.
 //!
-//! **Chance of a match.** For a ledger input `x` with true label `y`, the watermark label
-//! `w(x)` is drawn by `HMAC-SHA256(k, x)` uniformly from the `c − 1` labels other than `y`,
-//! independently of anything a party without the key can compute. For any model `f` that did
-//! not see our watermarked answers, `P(f(x) = w(x)) = 1[f(x) ≠ y] / (c − 1) ≤ 1/(c − 1)`, and
-//! the events are independent across distinct inputs (HMAC as a PRF). So the number of matches
-//! of an independent model is stochastically dominated by `Binomial(n, 1/(c−1))`, and the
-//! upper tail of that binomial is a valid (conservative) p-value for the null hypothesis "the
-//! suspect is independent of our answers". This is the argument of DAWN (Szyller et al. 2021,
-//! §4), where watermarked answers are random wrong labels; measuring an empirical agreement
-//! baseline instead would need a population of independent models and gives no guarantee, so
-//! we use `1/(c − 1)`. Duplicate inputs in the ledger are counted once.
+//! **The null hypothesis and its exact chance.** For a ledger input `x` the victim predicted
+//! `y` (the record's `true_label`) and we answered the watermark label `w(x)`, drawn by
+//! `HMAC-SHA256(k, x)` uniformly from the `c − 1` labels other than `y`, independently of
+//! anything a party without the key can compute (DAWN, Szyller et al. 2021, §4: watermarked
+//! answers are keyed random wrong labels). Under H0, "the suspect is independent of our
+//! answers", the suspect's answer `a(x)` is independent of `w(x)`, and the events below are
+//! independent across distinct inputs (HMAC as a PRF). Two statistics count, over the `n`
+//! distinct ledger inputs, the records where an event holds:
+//!
+//! - **`top1`** (used when the suspect discloses only labels): the suspect's label equals
+//!   `w(x)`. `P(a(x) = w(x)) = 1[a(x) ≠ y] / (c − 1) ≤ 1/(c − 1)`.
+//! - **`top_among_wrong`** (used when the suspect's answers carry scores: full
+//!   probabilities or top-k): `w(x)` is the suspect's *unique* highest-scoring label among the
+//!   `c − 1` labels other than `y`. For any fixed score vector, at most one label is the unique
+//!   maximiser among those `c − 1`, so the chance is exactly `1/(c − 1)` when the maximiser is
+//!   unique and 0 when it is tied (a tie — including two undisclosed labels reported as 0, or
+//!   a non-finite score — counts as **no match**, which keeps the test conservative). This
+//!   counts the thief's *second* choice when its first is `y`, which is where a substitute
+//!   that only partly memorised the watermark puts `w(x)`, so it is the more powerful test.
+//!
+//! Either count is stochastically dominated by `Binomial(n, 1/(c − 1))` under H0, so the
+//! upper tail of that binomial is an exact (conservative) p-value. An empirical agreement
+//! baseline would need a population of independent models and gives no guarantee, so we use
+//! `1/(c − 1)`. Duplicate inputs in the ledger are counted once.
+//!
+//! **Which statistic decides** is fixed before any answer is looked at, by what the suspect's
+//! API discloses: `top_among_wrong` when every answer carries scores
+//! ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `top1` when any answer is
+//! label-only. It depends on the disclosure kind only, never on the answers' values, so the
+//! decision is one test, not the better of two (no multiple testing). Both counts are
+//! reported; the verdict, `p_value` and `matches` are those of the deciding statistic.
 
 use crate::error::DefenseError;
 use crate::ledger::{commitment, LedgerRecord};
@@ -36,6 +56,52 @@ pub enum Verdict {
     NotFound,
 }
 
+/// A test statistic (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    /// The suspect's label equals the watermark label.
+    Top1,
+    /// The watermark label is the suspect's unique highest-scoring label among the labels
+    /// other than the victim's (`true_label`); needs scores.
+    TopAmongWrong,
+}
+
+impl Statistic {
+    /// The statistic's name as written in JSON (`top1`, `top_among_wrong`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Statistic::Top1 => "top1",
+            Statistic::TopAmongWrong => "top_among_wrong",
+        }
+    }
+}
+
+/// One statistic's count and p-value.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatisticResult {
+    /// Which statistic.
+    pub statistic: Statistic,
+    /// Records on which its event holds.
+    pub matches: usize,
+    /// Upper binomial tail `P(X ≥ matches)` for `X ~ Binomial(queried, 1/(c − 1))`.
+    pub p_value: f64,
+    /// `log10` of the p-value (finite even when `p_value` underflows to 0).
+    pub log10_p_value: f64,
+}
+
+impl StatisticResult {
+    fn new(statistic: Statistic, matches: usize, queried: usize, chance: f64) -> Self {
+        let ln_p = binomial_upper_tail_ln(queried, matches, chance);
+        StatisticResult {
+            statistic,
+            matches,
+            p_value: ln_p.exp(),
+            log10_p_value: ln_p / std::f64::consts::LN_10,
+        }
+    }
+}
+
 /// One queried ledger input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceItem {
@@ -45,33 +111,81 @@ pub struct EvidenceItem {
     pub watermark_label: usize,
     /// The label the suspect predicted.
     pub suspect_label: usize,
-    /// Whether they are equal.
+    /// Whether they are equal (the `top1` event).
     pub matched: bool,
+    /// The victim's label for the input (the record's `true_label`); absent in reports made
+    /// before the `top_among_wrong` statistic existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_label: Option<usize>,
+    /// The suspect's unique highest-scoring label among those other than `true_label`;
+    /// absent when the answer has no scores or the highest score is tied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect_top_wrong: Option<usize>,
+    /// Whether `suspect_top_wrong` is the watermark label (the `top_among_wrong` event);
+    /// absent when the answer has no scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_top_wrong: Option<bool>,
 }
 
 /// The outcome of a verification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifyResult {
-    /// Upper binomial tail `P(X ≥ matches)` for `X ~ Binomial(queried, chance)`.
+    /// The deciding statistic's p-value (see [`VerifyResult::statistic`]).
     pub p_value: f64,
     /// `log10` of the p-value (finite even when `p_value` underflows to 0).
     pub log10_p_value: f64,
-    /// Number of suspect answers equal to the watermark label.
+    /// The deciding statistic's count.
     pub matches: usize,
     /// Number of distinct ledger inputs queried.
     pub queried: usize,
-    /// Chance of a match under independence, `1/(c − 1)`.
+    /// Chance of a match under independence, `1/(c − 1)` (both statistics).
     pub chance: f64,
     /// Significance level the verdict used.
     pub alpha: f64,
-    /// The decision.
+    /// The decision: `p_value < alpha`.
     pub verdict: Verdict,
+    /// The deciding statistic, fixed by the suspect's disclosure before counting.
+    pub statistic: Statistic,
+    /// The `top1` statistic (always available).
+    pub top1: StatisticResult,
+    /// The `top_among_wrong` statistic, when every answer carried scores.
+    pub top_among_wrong: Option<StatisticResult>,
     /// Number of classes.
     pub num_classes: usize,
     /// Commitment to the ledger records used (see [`crate::ledger::commitment`]).
     pub ledger_commitment: String,
     /// Per-input evidence.
     pub evidence: Vec<EvidenceItem>,
+}
+
+/// The suspect's unique highest-scoring label among all labels but `exclude`; `None` when
+/// the highest score is tied or any considered score is not finite (the conservative tie
+/// rule: no label is the suspect's choice, so nothing can match).
+pub fn top_among_others(scores: &[f32], exclude: usize) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    let mut tied = false;
+    for (j, &s) in scores.iter().enumerate() {
+        if j == exclude {
+            continue;
+        }
+        if !s.is_finite() {
+            return None;
+        }
+        match best {
+            None => best = Some((j, s)),
+            Some((_, b)) if s > b => {
+                best = Some((j, s));
+                tied = false;
+            }
+            Some((_, b)) if s == b => tied = true,
+            Some(_) => {}
+        }
+    }
+    if tied {
+        None
+    } else {
+        best.map(|(j, _)| j)
+    }
 }
 
 /// `ln P(X ≥ k)` for `X ~ Binomial(n, p)`, computed in log space (log-sum-exp over the tail
@@ -112,7 +226,9 @@ pub fn distinct_records(records: &[LedgerRecord]) -> Vec<&LedgerRecord> {
         .collect()
 }
 
-/// Queries `suspect` on the ledger's inputs (in batches of `batch`) and decides at `alpha`.
+/// Queries `suspect` on the ledger's inputs (in batches of `batch`), counts both statistics
+/// and decides at `alpha` with the one the suspect's disclosure allows (`top_among_wrong`
+/// when every answer carries scores, else `top1`; see the module documentation).
 pub fn verify(
     suspect: &mut dyn Oracle,
     records: &[LedgerRecord],
@@ -139,6 +255,15 @@ pub fn verify(
             "ledger records have {c} classes"
         )));
     }
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.true_label >= c || r.given_label >= c || r.true_label == r.given_label)
+    {
+        return Err(DefenseError::Verify(format!(
+            "ledger record {} is not a watermark mark: true label {}, given label {}, {c} classes",
+            r.input_sha256, r.true_label, r.given_label
+        )));
+    }
     if suspect.num_classes() != c {
         return Err(DefenseError::Verify(format!(
             "the suspect has {} classes, the ledger {c}",
@@ -156,6 +281,7 @@ pub fn verify(
         )));
     }
     let mut evidence = Vec::with_capacity(distinct.len());
+    let mut all_scored = true;
     for chunk in distinct.chunks(batch.max(1)) {
         let mut s = vec![chunk.len()];
         s.extend_from_slice(&shape);
@@ -169,32 +295,74 @@ pub fn verify(
                 chunk.len()
             )));
         }
-        for (r, &l) in chunk.iter().zip(&ans.labels) {
+        let scored = ans.disclosure != Disclosure::Label;
+        if scored && ans.probs.shape() != [chunk.len(), c] {
+            return Err(DefenseError::Verify(format!(
+                "the suspect answered scores of shape {:?} for {} inputs and {c} classes",
+                ans.probs.shape(),
+                chunk.len()
+            )));
+        }
+        all_scored &= scored;
+        for (i, (r, &l)) in chunk.iter().zip(&ans.labels).enumerate() {
+            let top_wrong = if scored {
+                top_among_others(ans.probs.row(i), r.true_label)
+            } else {
+                None
+            };
             evidence.push(EvidenceItem {
                 input_sha256: r.input_sha256.clone(),
                 watermark_label: r.given_label,
                 suspect_label: l,
                 matched: l == r.given_label,
+                true_label: Some(r.true_label),
+                suspect_top_wrong: top_wrong,
+                matched_top_wrong: scored.then_some(top_wrong == Some(r.given_label)),
             });
         }
     }
+    if !all_scored {
+        // The decision uses `top1` for every record; do not report a partial second count.
+        for e in &mut evidence {
+            e.suspect_top_wrong = None;
+            e.matched_top_wrong = None;
+        }
+    }
     let queried = evidence.len();
-    let matches = evidence.iter().filter(|e| e.matched).count();
     let chance = 1.0 / (c as f64 - 1.0);
-    let ln_p = binomial_upper_tail_ln(queried, matches, chance);
-    let p_value = ln_p.exp();
+    let top1 = StatisticResult::new(
+        Statistic::Top1,
+        evidence.iter().filter(|e| e.matched).count(),
+        queried,
+        chance,
+    );
+    let top_among_wrong = all_scored.then(|| {
+        StatisticResult::new(
+            Statistic::TopAmongWrong,
+            evidence
+                .iter()
+                .filter(|e| e.matched_top_wrong == Some(true))
+                .count(),
+            queried,
+            chance,
+        )
+    });
+    let decisive = top_among_wrong.unwrap_or(top1);
     Ok(VerifyResult {
-        p_value,
-        log10_p_value: ln_p / std::f64::consts::LN_10,
-        matches,
+        p_value: decisive.p_value,
+        log10_p_value: decisive.log10_p_value,
+        matches: decisive.matches,
         queried,
         chance,
         alpha,
-        verdict: if p_value < alpha {
+        verdict: if decisive.p_value < alpha {
             Verdict::WatermarkFound
         } else {
             Verdict::NotFound
         },
+        statistic: decisive.statistic,
+        top1,
+        top_among_wrong,
         num_classes: c,
         ledger_commitment: commitment(records),
         evidence,
@@ -264,5 +432,262 @@ mod tests {
         // Far below f64's range and still finite in log space.
         let l = binomial_upper_tail_ln(1000, 1000, 1.0 / 9.0);
         assert!(l.is_finite() && l < -2000.0);
+    }
+
+    /// Answers row `i` of `scores` for the input `[i]`, with the given disclosure.
+    struct Table {
+        scores: Vec<Vec<f32>>,
+        disclosure: Disclosure,
+    }
+
+    impl Oracle for Table {
+        fn input_shape(&self) -> Vec<usize> {
+            vec![1]
+        }
+        fn num_classes(&self) -> usize {
+            self.scores[0].len()
+        }
+        fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
+            let c = self.num_classes();
+            let rows: Vec<&Vec<f32>> = x.rows().map(|r| &self.scores[r[0] as usize]).collect();
+            let labels: Vec<usize> = rows
+                .iter()
+                .map(|s| crate::simplex::argmax(s.as_slice()))
+                .collect();
+            let data: Vec<f32> = match self.disclosure {
+                Disclosure::Label => labels
+                    .iter()
+                    .flat_map(|&l| (0..c).map(move |j| if j == l { 1.0 } else { 0.0 }))
+                    .collect(),
+                _ => rows.iter().flat_map(|s| s.iter().copied()).collect(),
+            };
+            Ok(OracleAnswer {
+                probs: Tensor::new(vec![rows.len(), c], data).unwrap(),
+                labels,
+                disclosure: self.disclosure,
+            })
+        }
+        fn queries_used(&self) -> u64 {
+            0
+        }
+        fn budget(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    fn rec(i: usize, true_label: usize, given_label: usize, c: usize) -> LedgerRecord {
+        LedgerRecord {
+            input_sha256: mamori_core::hash::sha256_f32(&[i as f32]),
+            input: vec![i as f32],
+            true_label,
+            given_label,
+            num_classes: c,
+            unix_ms: 0,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn exact_p_values_on_a_constructed_case() {
+        // c = 4: chance 1/3 for both statistics.
+        let records = vec![rec(0, 0, 2, 4), rec(1, 1, 3, 4), rec(2, 2, 0, 4)];
+        let scores = vec![
+            // Top-1 is the true label 0, second choice the watermark 2: top_among_wrong only.
+            vec![0.6, 0.1, 0.25, 0.05],
+            // Top-1 is the watermark 3: both statistics.
+            vec![0.1, 0.2, 0.1, 0.6],
+            // Second choice 1, not the watermark 0: neither.
+            vec![0.1, 0.3, 0.5, 0.1],
+        ];
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify(&mut o, &records, 0.5, 2).unwrap();
+        assert_eq!(r.statistic, Statistic::TopAmongWrong);
+        assert_eq!(r.queried, 3);
+        assert!(close(r.chance, 1.0 / 3.0));
+        // top1: 1 of 3, P(X ≥ 1) = 1 − (2/3)³ = 19/27.
+        assert_eq!(r.top1.matches, 1);
+        assert!(close(r.top1.p_value, 19.0 / 27.0), "{}", r.top1.p_value);
+        // top_among_wrong: 2 of 3, P(X ≥ 2) = 3·(1/3)²·(2/3) + (1/3)³ = 7/27.
+        let t = r.top_among_wrong.unwrap();
+        assert_eq!(t.matches, 2);
+        assert!(close(t.p_value, 7.0 / 27.0), "{}", t.p_value);
+        // The decision uses top_among_wrong.
+        assert_eq!((r.matches, r.p_value), (t.matches, t.p_value));
+        assert_eq!(r.verdict, Verdict::WatermarkFound);
+        assert!(close(r.log10_p_value, (7.0f64 / 27.0).log10()));
+        let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_top_wrong).collect();
+        assert_eq!(e, vec![Some(2), Some(3), Some(1)]);
+        assert_eq!(r.evidence[0].true_label, Some(0));
+        assert_eq!(r.evidence[0].matched_top_wrong, Some(true));
+        assert!(!r.evidence[0].matched);
+        // JSON names of the statistics.
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["statistic"], "top_among_wrong");
+        assert_eq!(j["top1"]["statistic"], "top1");
+        assert_eq!(Statistic::TopAmongWrong.name(), "top_among_wrong");
+    }
+
+    #[test]
+    fn ties_count_as_no_match() {
+        assert_eq!(top_among_others(&[0.5, 0.2, 0.2, 0.1], 0), None);
+        // A tie with the excluded (true) label does not matter.
+        assert_eq!(top_among_others(&[0.4, 0.4, 0.2], 0), Some(1));
+        // Undisclosed labels (top-k zeros) tie with each other.
+        assert_eq!(top_among_others(&[0.9, 0.0, 0.0, 0.0], 0), None);
+        assert_eq!(top_among_others(&[0.5, f32::NAN, 0.3], 0), None);
+        assert_eq!(top_among_others(&[0.5], 0), None);
+        // The watermark label 2 ties with 1 for the suspect's second choice: no match, even
+        // though 2 is one of the highest.
+        let records = vec![rec(0, 0, 2, 4)];
+        let mut o = Table {
+            scores: vec![vec![0.4, 0.25, 0.25, 0.1]],
+            disclosure: Disclosure::TopK(3),
+        };
+        let r = verify(&mut o, &records, 0.5, 8).unwrap();
+        assert_eq!(r.statistic, Statistic::TopAmongWrong);
+        assert_eq!(r.matches, 0);
+        assert_eq!(r.p_value, 1.0);
+        assert_eq!(r.evidence[0].suspect_top_wrong, None);
+        assert_eq!(r.evidence[0].matched_top_wrong, Some(false));
+    }
+
+    #[test]
+    fn label_only_answers_fall_back_to_top1() {
+        let records = vec![rec(0, 0, 2, 4), rec(1, 1, 3, 4), rec(2, 2, 0, 4)];
+        let scores = vec![
+            vec![0.6, 0.1, 0.25, 0.05],
+            vec![0.1, 0.2, 0.1, 0.6],
+            vec![0.7, 0.1, 0.1, 0.1],
+        ];
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Label,
+        };
+        let r = verify(&mut o, &records, 0.5, 2).unwrap();
+        assert_eq!(r.statistic, Statistic::Top1);
+        assert!(r.top_among_wrong.is_none());
+        assert_eq!(r.matches, 2);
+        // P(X ≥ 2), X ~ Bin(3, 1/3) = 7/27.
+        assert!(close(r.p_value, 7.0 / 27.0));
+        assert!(r
+            .evidence
+            .iter()
+            .all(|e| e.suspect_top_wrong.is_none() && e.matched_top_wrong.is_none()));
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["statistic"], "top1");
+        assert!(j["top_among_wrong"].is_null());
+    }
+
+    #[test]
+    fn bad_scores_and_records_are_errors() {
+        let mut o = Table {
+            scores: vec![vec![0.5, 0.5, 0.0, 0.0]],
+            disclosure: Disclosure::Probabilities,
+        };
+        for bad in [rec(0, 1, 1, 4), rec(0, 4, 1, 4), rec(0, 1, 7, 4)] {
+            let e = verify(&mut o, &[bad], 0.5, 1).unwrap_err().to_string();
+            assert!(e.contains("not a watermark mark"), "{e}");
+        }
+
+        /// Claims scores but answers a wrongly shaped tensor.
+        struct Short;
+        impl Oracle for Short {
+            fn input_shape(&self) -> Vec<usize> {
+                vec![1]
+            }
+            fn num_classes(&self) -> usize {
+                4
+            }
+            fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
+                Ok(OracleAnswer {
+                    probs: Tensor::zeros(vec![x.batch_size(), 3]),
+                    labels: vec![0; x.batch_size()],
+                    disclosure: Disclosure::Probabilities,
+                })
+            }
+            fn queries_used(&self) -> u64 {
+                0
+            }
+            fn budget(&self) -> Option<u64> {
+                None
+            }
+        }
+        let e = verify(&mut Short, &[rec(0, 0, 1, 4)], 0.5, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scores of shape"), "{e}");
+    }
+
+    /// A suspect independent of the key: its scores are drawn from its own stream, the
+    /// watermark labels uniformly over the wrong labels from another. Both statistics match
+    /// at rate 1/(c − 1), and the p-values are (conservatively) uniform: P(p ≤ a) ≤ a.
+    #[test]
+    fn a_model_independent_of_the_key_gives_uniform_statistics() {
+        use rand::{Rng, SeedableRng};
+        let c = 10;
+        let n = 44;
+        let reps = 400;
+        let mut scores_rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut key_rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let (mut m1, mut m2) = (0usize, 0usize);
+        let mut ps1 = Vec::new();
+        let mut ps2 = Vec::new();
+        for _ in 0..reps {
+            let scores: Vec<Vec<f32>> = (0..n)
+                .map(|_| {
+                    // Peaked like a classifier's output: the true label usually wins.
+                    (0..c).map(|_| scores_rng.gen::<f32>().powi(4)).collect()
+                })
+                .collect();
+            let records: Vec<LedgerRecord> = (0..n)
+                .map(|i| {
+                    let y = key_rng.gen_range(0..c);
+                    let w = (y + key_rng.gen_range(1..c)) % c;
+                    rec(i, y, w, c)
+                })
+                .collect();
+            let mut o = Table {
+                scores,
+                disclosure: Disclosure::Probabilities,
+            };
+            let r = verify(&mut o, &records, DEFAULT_ALPHA, 64).unwrap();
+            let t = r.top_among_wrong.unwrap();
+            m1 += r.top1.matches;
+            m2 += t.matches;
+            ps1.push(r.top1.p_value);
+            ps2.push(t.p_value);
+        }
+        let total = (n * reps) as f64;
+        let chance = 1.0 / (c as f64 - 1.0);
+        let sd = (total * chance * (1.0 - chance)).sqrt();
+        // top_among_wrong matches at exactly 1/(c − 1) (no ties with continuous scores);
+        // top1 at (1/(c − 1))·P(top-1 ≠ y) = 1/(c − 1) · (c − 1)/c = 1/c here.
+        assert!(
+            (m2 as f64 - total * chance).abs() < 4.0 * sd,
+            "{m2} vs {}",
+            total * chance
+        );
+        let top1_rate = 1.0 / c as f64;
+        assert!(
+            (m1 as f64 - total * top1_rate).abs() < 4.0 * sd,
+            "{m1} vs {}",
+            total * top1_rate
+        );
+        for ps in [&ps1, &ps2] {
+            for a in [0.01, 0.05, 0.2, 0.5] {
+                let share = ps.iter().filter(|&&p| p <= a).count() as f64 / reps as f64;
+                let slack = 4.0 * (a * (1.0 - a) / reps as f64).sqrt();
+                assert!(share <= a + slack, "P(p ≤ {a}) = {share}");
+            }
+        }
+        // Not trivially conservative: at a = 0.5 the exact test rejects often.
+        let share = ps2.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
+        assert!(share > 0.2, "{share}");
     }
 }

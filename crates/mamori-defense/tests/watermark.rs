@@ -6,7 +6,7 @@ use mamori_core::{
     DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor, Watermark,
 };
 use mamori_defense::report::{check_report, parse_public_key, EvidenceReport, ReportSigner};
-use mamori_defense::verify::{verify_model, Verdict};
+use mamori_defense::verify::{verify_model, Statistic, Verdict};
 use mamori_defense::{Dawn, LedgerRecord, SecretKey};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -141,14 +141,25 @@ fn memorising_thief_is_caught_independent_models_are_not() {
     );
     assert_eq!(r.verdict, Verdict::WatermarkFound);
 
-    // The victim itself never matches (watermark labels are never its label).
+    assert_eq!(r.statistic, Statistic::TopAmongWrong);
+    assert!(r.top1.p_value < 1e-9 && r.top_among_wrong.unwrap().matches >= r.top1.matches);
+
+    // The victim itself never matches top-1 (watermark labels are never its label); its
+    // second choices are independent of the key, so it is not accused either.
     let r = verify_model(&victim, &ledger, 1e-4).unwrap();
-    assert_eq!(r.matches, 0);
-    assert_eq!(r.p_value, 1.0);
+    assert_eq!(r.top1.matches, 0);
+    assert_eq!(r.top1.p_value, 1.0);
+    assert!(r.p_value > 0.01, "victim: p = {}", r.p_value);
+    assert_eq!(r.verdict, Verdict::NotFound);
     // Twenty independent models: none is accused at 1%.
     for seed in 10..30 {
         let r = verify_model(&Linear::new(seed), &ledger, 1e-4).unwrap();
         assert!(r.p_value > 0.01, "seed {seed}: p = {}", r.p_value);
+        assert!(
+            r.top1.p_value > 0.01,
+            "seed {seed}: top1 p = {}",
+            r.top1.p_value
+        );
         assert_eq!(r.verdict, Verdict::NotFound);
     }
 

@@ -57,7 +57,8 @@ struct VerifyArgs {
     /// Samples per query batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Write the full result (p_value, matches, queried, verdict, evidence) as JSON.
+    /// Write the full result (p_value, matches, queried, verdict, statistic, top1,
+    /// top_among_wrong, evidence) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write an ed25519-signed evidence report.
@@ -156,14 +157,29 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     println!("suspect     {}", a.suspect);
     println!("queried     {}", result.queried);
     println!(
-        "matches     {} (chance {:.4}, expected {:.1})",
-        result.matches,
+        "chance      {:.4} per input (expected {:.1} matches)",
         result.chance,
         result.chance * result.queried as f64
     );
+    for st in std::iter::once(&result.top1).chain(result.top_among_wrong.as_ref()) {
+        println!(
+            "{:<15} {} matches, p = {:e} (log10 {:.2}){}",
+            st.statistic.name(),
+            st.matches,
+            st.p_value,
+            st.log10_p_value,
+            if st.statistic == result.statistic {
+                "  <- decides"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
-        "p-value     {:e} (log10 {:.2})",
-        result.p_value, result.log10_p_value
+        "p-value     {:e} (log10 {:.2}, statistic {})",
+        result.p_value,
+        result.log10_p_value,
+        result.statistic.name()
     );
     println!(
         "verdict     {}",
@@ -206,7 +222,12 @@ fn run_check(a: CheckArgs) -> Result<()> {
     let r = check_report(&signed, &pk).with_context(|| format!("checking {}", a.file.display()))?;
     println!("signature   valid");
     println!("suspect     {}", r.suspect);
-    println!("matches     {}/{}", r.matches, r.queried);
+    println!(
+        "matches     {}/{} (statistic {})",
+        r.matches,
+        r.queried,
+        r.statistic.map_or("top1", |s| s.name())
+    );
     println!("p-value     {:e}", r.p_value);
     println!("verdict     {:?}", r.verdict);
     println!("commitment  {}", r.ledger_commitment);

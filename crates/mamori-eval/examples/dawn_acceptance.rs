@@ -1,0 +1,441 @@
+//! DAWN acceptance measurement (issue #6): substitutes stolen *through the gateway's
+//! protection chain* by the attack harness, verified against the DAWN ledger.
+//!
+//! ```text
+//! cargo run -p mamori-eval --example dawn_acceptance -- [--data DIR] [--cache DIR] \
+//!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E]
+//! ```
+//!
+//! 1. The victim is the evaluation harness's default (the shipped `eval.toml`: a Fashion-MNIST
+//!    MLP 784-256-10), trained once and cached by [`mamori_eval::victim::prepare`] in
+//!    `--cache` (default `<tmp>/mamori-dawn-acceptance/eval-cache`).
+//! 2. It is served through the chain of the built-in `dawn` policy
+//!    ([`mamori_gateway::protection`]: DAWN at r = 0.005, no detection, no blocking, full
+//!    probabilities), built by [`CellChain::build`] exactly as the evaluation harness builds a
+//!    cell, and reached in-process through [`mamori_gateway::ChainOracle`], one API key per
+//!    thief.
+//! 3. Benign cost: the evaluation images are answered through the chain (client `benign`).
+//! 4. Thieves: the harness's `random` (uniform noise), `knockoff` (MNIST natural images) and
+//!    `jbda` (Fashion-MNIST seeds) attacks, `--budget` queries each, with the harness's
+//!    default substitute (the shipped `[substitute]`: MLP 784-128-10, 10 epochs; `--hidden`
+//!    and `--epochs` give a larger or longer-trained thief) trained on probabilities and,
+//!    separately, on labels.
+//! 5. Each substitute is verified against the ledger records of the marks *its* client
+//!    received ([`mamori_defense::verify`], both statistics), then again after fine-tuning on
+//!    2,000 clean labelled images for 3 epochs and after pruning 50% of each layer's weights
+//!    by magnitude ([`mamori_defense::robustness`]).
+//! 6. `--clean` models trained independently on disjoint clean Fashion-MNIST training subsets
+//!    (true labels, different seeds) are verified against the whole ledger.
+//!
+//! Prints a Markdown report on stdout; progress on stderr.
+
+use mamori_attack::extract::ExtractionContext;
+use mamori_defense::robustness::{fine_tune, prune_smallest};
+use mamori_defense::verify::{distinct_records, verify_model, StatisticResult, VerifyResult};
+use mamori_defense::LedgerRecord;
+use mamori_eval::runner::{CellChain, Transport};
+use mamori_eval::EvalConfig;
+use mamori_ml::{NativeModel, Network, Targets, TrainConfig};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The acceptance threshold of issue #6.
+const THRESHOLD: f64 = 1e-9;
+
+struct Args {
+    data: Option<PathBuf>,
+    cache: PathBuf,
+    out: PathBuf,
+    budget: u64,
+    clean: usize,
+    hidden: Option<usize>,
+    epochs: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let base = std::env::temp_dir().join("mamori-dawn-acceptance");
+    let mut a = Args {
+        data: None,
+        cache: base.join("eval-cache"),
+        out: base.join("home"),
+        budget: 10_000,
+        clean: 20,
+        hidden: None,
+        epochs: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--data" => a.data = Some(PathBuf::from(value()?)),
+            "--cache" => a.cache = PathBuf::from(value()?),
+            "--out" => a.out = PathBuf::from(value()?),
+            "--budget" => a.budget = value()?.parse().map_err(|e| format!("--budget: {e}"))?,
+            "--clean" => a.clean = value()?.parse().map_err(|e| format!("--clean: {e}"))?,
+            "--hidden" => a.hidden = Some(value()?.parse().map_err(|e| format!("--hidden: {e}"))?),
+            "--epochs" => a.epochs = Some(value()?.parse().map_err(|e| format!("--epochs: {e}"))?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dawn_acceptance: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("dawn_acceptance failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn stat(s: &StatisticResult, n: usize) -> String {
+    format!("{}/{n}, p = {:.2e}", s.matches, s.p_value)
+}
+
+fn row(md: &mut String, what: &str, fid: f64, acc: f64, r: &VerifyResult) {
+    let taw = r
+        .top_among_wrong
+        .as_ref()
+        .map_or("–".to_string(), |s| stat(s, r.queried));
+    let _ = writeln!(
+        md,
+        "| {what} | {:.2}% | {:.2}% | {} | {taw} | {} | {} |",
+        100.0 * fid,
+        100.0 * acc,
+        stat(&r.top1, r.queried),
+        r.statistic.name(),
+        if r.p_value < THRESHOLD {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let log = |msg: String| eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+    let mut cfg = EvalConfig::shipped();
+    // The thief (and the clean models): the shipped substitute unless overridden. The victim
+    // and its cache key are unaffected.
+    if let Some(h) = args.hidden {
+        cfg.substitute.arch = mamori_ml::Arch::Mlp { hidden: vec![h] };
+    }
+    if let Some(e) = args.epochs {
+        cfg.substitute.epochs = e;
+    }
+    let data_dir = mamori_data::resolve_data_dir(args.data.as_deref());
+    std::fs::create_dir_all(&args.cache)?;
+    let victim = mamori_eval::victim::prepare(&cfg, &data_dir, &args.cache, true)?;
+    let v_acc = victim.eval.victim_accuracy();
+    log(format!(
+        "victim {} ({}), accuracy {:.2}% on {} evaluation images",
+        victim.model.card.name,
+        victim.dir.display(),
+        100.0 * v_acc,
+        victim.eval.test_y.len()
+    ));
+
+    // The thieves: (row label, strategy, attacker data, prefer soft targets).
+    let fashion = mamori_eval::victim::dataset("fashion-mnist", &data_dir)?;
+    let mnist = mamori_eval::victim::dataset("mnist", &data_dir)?;
+    let mut jbda_idx: Vec<usize> = (0..fashion.train.len()).collect();
+    jbda_idx.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa77a));
+    jbda_idx.truncate(1000);
+    let jbda_data = fashion.train.select(&jbda_idx);
+    let attacks: Vec<(&str, &str, Option<&mamori_data::Dataset>)> = vec![
+        ("random (uniform noise)", "random", None),
+        ("Knockoff (MNIST)", "knockoff", Some(&mnist.train)),
+        ("JBDA (Fashion-MNIST seeds)", "jbda", Some(&jbda_data)),
+    ];
+    let mut clients = vec!["benign".to_string()];
+    for (_, s, _) in &attacks {
+        clients.push(format!("{s}-prob"));
+        clients.push(format!("{s}-label"));
+    }
+    let cell = CellChain::build(
+        &victim.model,
+        &victim.calibration,
+        "dawn",
+        &cfg.matrix.custom,
+        &args.out,
+        cfg.seed,
+        &clients,
+        Transport::InProcess,
+    )?;
+    let dawn = cell
+        .dawn
+        .clone()
+        .ok_or("the `dawn` policy built no watermark")?;
+    let records_of = |client: &str| -> Vec<LedgerRecord> {
+        let mine = cell.marks.of(client);
+        dawn.ledger_records()
+            .into_iter()
+            .filter(|r| mine.contains(&r.input_sha256))
+            .collect()
+    };
+
+    // Benign cost through the chain.
+    let mut benign = cell.oracle("benign", 256)?;
+    let mut agree_true = 0usize;
+    let test_x = &victim.eval.test_x;
+    let n_test = test_x.batch_size();
+    for start in (0..n_test).step_by(256) {
+        let end = (start + 256).min(n_test);
+        let a = benign.query(&test_x.slice_rows(start, end))?;
+        agree_true += a
+            .labels
+            .iter()
+            .zip(&victim.eval.test_y[start..end])
+            .filter(|(a, b)| a == b)
+            .count();
+    }
+    let benign_marks = distinct_records(&records_of("benign")).len();
+    let chain_acc = agree_true as f64 / n_test as f64;
+    log(format!(
+        "benign: {benign_marks} of {n_test} answers watermarked, accuracy {:.2}% -> {:.2}%",
+        100.0 * v_acc,
+        100.0 * chain_acc
+    ));
+
+    // Clean data for the removal attacks: benign replay images (test split, disjoint from the
+    // evaluation and calibration parts), true labels.
+    let ft_n = 2000.min(victim.replay.len());
+    let ft = victim.replay.head(ft_n);
+    let ft_cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 64,
+        learning_rate: 1e-3,
+        weight_decay: 0.0,
+        seed: cfg.seed,
+        progress: false,
+    };
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| thief / model | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | decides | p < 1e-9 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for (label, strategy, data) in &attacks {
+        for soft in [true, false] {
+            let client = format!("{strategy}-{}", if soft { "prob" } else { "label" });
+            let attack = mamori_attack::extract::by_name(strategy)?;
+            let mut ctx = ExtractionContext::new(args.budget, cfg.substitute.arch.clone());
+            ctx.train = TrainConfig {
+                epochs: cfg.substitute.epochs,
+                batch_size: cfg.substitute.batch_size,
+                learning_rate: cfg.substitute.learning_rate,
+                weight_decay: 0.0,
+                seed: cfg.seed,
+                progress: false,
+            };
+            ctx.prefer_soft = soft;
+            ctx.query_data = *data;
+            ctx.query_batch = cfg.substitute.query_batch;
+            ctx.seed = cfg.seed;
+            let mut oracle = cell.oracle(&client, cfg.substitute.query_batch)?;
+            let ts = Instant::now();
+            let e = attack.extract(oracle.as_mut(), &ctx)?;
+            let records = records_of(&client);
+            let m = victim.eval.evaluate(&e.substitute)?;
+            let r = verify_model(&e.substitute, &records, 1e-4)?;
+            log(format!(
+                "{client}: {} queries, {} marks, soft targets {}, fidelity {:.2}%, top1 {} \
+                 top_among_wrong {:?} ({:.0} s)",
+                e.queries,
+                r.queried,
+                e.soft_targets,
+                100.0 * m.fidelity,
+                r.top1.matches,
+                r.top_among_wrong.map(|s| s.matches),
+                ts.elapsed().as_secs_f64()
+            ));
+            let kind = if e.soft_targets { "prob." } else { "label" };
+            let name = format!(
+                "{label}, {kind}-trained, {} queries, {} marks",
+                e.queries, r.queried
+            );
+            row(&mut md, &name, m.fidelity, m.substitute_accuracy, &r);
+            summary.push((name.clone(), r.p_value));
+
+            // Fine-tuned on clean labelled data.
+            let mut net: Network = e.substitute.network.clone();
+            fine_tune(&mut net, &ft.x, &ft.y, &ft_cfg)?;
+            let tuned = NativeModel {
+                network: net,
+                card: e.substitute.card.clone(),
+            };
+            let mt = victim.eval.evaluate(&tuned)?;
+            let rt = verify_model(&tuned, &records, 1e-4)?;
+            row(
+                &mut md,
+                &format!("↳ fine-tuned 3 epochs on {ft_n} clean labelled images"),
+                mt.fidelity,
+                mt.substitute_accuracy,
+                &rt,
+            );
+            summary.push((format!("{name}, fine-tuned"), rt.p_value));
+
+            // 50% magnitude pruning.
+            let mut net: Network = e.substitute.network.clone();
+            prune_smallest(&mut net, 0.5)?;
+            let pruned = NativeModel {
+                network: net,
+                card: e.substitute.card.clone(),
+            };
+            let mp = victim.eval.evaluate(&pruned)?;
+            let rp = verify_model(&pruned, &records, 1e-4)?;
+            row(
+                &mut md,
+                "↳ 50% smallest weights of each layer pruned",
+                mp.fidelity,
+                mp.substitute_accuracy,
+                &rp,
+            );
+            summary.push((format!("{name}, pruned"), rp.p_value));
+        }
+    }
+    let all_records = dawn.ledger_records();
+    let all_distinct = distinct_records(&all_records).len();
+    // The victim itself (never matches top-1 by construction; its second choices are
+    // independent of the key).
+    let rv = verify_model(victim.model.as_ref(), &all_records, 1e-4)?;
+    row(
+        &mut md,
+        &format!("victim, whole ledger ({all_distinct} marks)"),
+        1.0,
+        v_acc,
+        &rv,
+    );
+
+    // Independent clean models on disjoint training subsets.
+    let per = fashion.train.len() / args.clean.max(1);
+    let per = per.min(3000);
+    let mut clean = Vec::new();
+    for i in 0..args.clean {
+        let idx: Vec<usize> = (i * per..(i + 1) * per).collect();
+        let d = fashion.train.select(&idx);
+        let seed = 1000 + i as u64;
+        let mut net = Network::new(
+            &cfg.substitute.arch,
+            &victim.model.card.input_shape,
+            victim.model.card.num_classes(),
+            seed,
+        );
+        mamori_ml::train(
+            &mut net,
+            &d.x,
+            &Targets::Labels(d.y.clone()),
+            &TrainConfig {
+                epochs: cfg.substitute.epochs,
+                batch_size: cfg.substitute.batch_size,
+                learning_rate: cfg.substitute.learning_rate,
+                weight_decay: 0.0,
+                seed,
+                progress: false,
+            },
+        )?;
+        let mut card = victim.model.card.clone();
+        card.name = format!("clean-{i}");
+        let m = NativeModel { network: net, card };
+        let acc = victim.eval.evaluate(&m)?;
+        let r = verify_model(&m, &all_records, 1e-4)?;
+        clean.push((
+            acc.substitute_accuracy,
+            r.top1.p_value,
+            r.top_among_wrong.map_or(1.0, |s| s.p_value),
+            r.top1.matches,
+            r.top_among_wrong.map_or(0, |s| s.matches),
+        ));
+    }
+    log(format!("{} clean models verified", clean.len()));
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Victim: `{}` ({}, shipped `eval.toml`), accuracy {:.2}% on {} evaluation images. \
+         Served through the `dawn` policy chain (DAWN r = 0.005, full probabilities, no \
+         detection), in-process `ChainOracle`, one API key per thief.\n",
+        victim.model.card.name,
+        victim.model.card.architecture,
+        100.0 * v_acc,
+        n_test
+    );
+    let _ = writeln!(
+        out,
+        "Benign cost: {benign_marks} of {n_test} evaluation answers watermarked; accuracy \
+         {:.2}% → {:.2}% (**{:.2} pts**).\n",
+        100.0 * v_acc,
+        100.0 * chain_acc,
+        100.0 * (v_acc - chain_acc)
+    );
+    let _ = writeln!(
+        out,
+        "Thieves: the harness's attacks, budget {} queries each, substitute {:?} trained {} \
+         epochs ({}); each verified against the marks its own client \
+         received. Chance per mark 1/(c−1) = 1/9 for both statistics; `decides` is the \
+         statistic the suspect's answers allow (scores → `top_among_wrong`).\n",
+        args.budget,
+        cfg.substitute.arch,
+        cfg.substitute.epochs,
+        if args.hidden.is_some() || args.epochs.is_some() {
+            "overridden by --hidden/--epochs"
+        } else {
+            "the shipped `[substitute]`"
+        }
+    );
+    out.push_str(&md);
+    let n_ok = summary.iter().filter(|(_, p)| *p < THRESHOLD).count();
+    let _ = writeln!(
+        out,
+        "\nDeciding p < 1e-9: {n_ok} of {} rows (substitutes and their fine-tuned / pruned \
+         versions).",
+        summary.len()
+    );
+    for (name, p) in summary.iter().filter(|(_, p)| *p >= THRESHOLD) {
+        let _ = writeln!(out, "- not below 1e-9: {name}: p = {p:.2e}");
+    }
+    let min =
+        |f: fn(&(f64, f64, f64, usize, usize)) -> f64| clean.iter().map(f).fold(1.0f64, f64::min);
+    let _ = writeln!(
+        out,
+        "\n{} independent models ({:?}, {} epochs, each on {per} disjoint clean Fashion-MNIST \
+         training images with true labels, seeds 1000–{}; test accuracy {:.1}–{:.1}%) \
+         verified against the whole ledger ({all_distinct} distinct marks): smallest p \
+         top1 **{:.3}**, top_among_wrong **{:.3}**; most matches top1 {}, top_among_wrong {}; \
+         all deciding p > 0.01: **{}**.",
+        clean.len(),
+        cfg.substitute.arch,
+        cfg.substitute.epochs,
+        999 + clean.len(),
+        100.0 * clean.iter().map(|c| c.0).fold(1.0f64, f64::min),
+        100.0 * clean.iter().map(|c| c.0).fold(0.0f64, f64::max),
+        min(|c| c.1),
+        min(|c| c.2),
+        clean.iter().map(|c| c.3).max().unwrap_or(0),
+        clean.iter().map(|c| c.4).max().unwrap_or(0),
+        clean.iter().all(|c| c.2 > 0.01)
+    );
+    let _ = writeln!(
+        out,
+        "\nTotal {:.0} s (`cargo run -p mamori-eval --example dawn_acceptance -- {}`, dev \
+         profile).",
+        t0.elapsed().as_secs_f64(),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    println!("{out}");
+    cell.shutdown()?;
+    Ok(())
+}
