@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run -p mamori-attack --example reproduce -- <experiment> [--out DIR] [--quick]
+//! jbda flags: [--seeds 0,1,2] [--seed S] [--epochs E] [--lr LR] [--batch B]
+//!             [--cold-start] [--no-clip] [--logit-jacobian]
 //! experiments: tramer-binary, tramer-multinomial, tramer-mlp, label-only, jbda,
 //!              knockoff, curves, membership, inversion, all
 //! ```
@@ -235,47 +237,89 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(
-    out: &Path,
-    quick: bool,
+/// JBDA settings taken from the command line.
+struct JbdaRun {
     epochs: usize,
     lr: f32,
     batch: usize,
     logit: bool,
-    seed: u64,
-) -> R<()> {
+    warm_start: bool,
+    clip: bool,
+    seeds: Vec<u64>,
+}
+
+fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
+    let JbdaRun {
+        epochs, lr, batch, ..
+    } = *run;
+    let schedule = if run.warm_start {
+        "one substitute trained on across rounds (reference code)"
+    } else {
+        "substitute re-initialised every round"
+    };
+    let clip = if run.clip {
+        "synthetic points clipped to [0, 1]"
+    } else {
+        "synthetic points not clipped (reference code)"
+    };
+    let jac = if run.logit { "logit" } else { "softmax" };
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round, Adam lr {lr}, batch {batch})\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, MLP 784-200-200-10, {epochs} epochs per round, Adam lr {lr}, batch {batch}, {schedule}, {clip}, {jac} Jacobian; scored on the 9,850 test images after the seeds)\n"
     );
-    println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | substitute seed | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
     let v = mnist_victim(out, &s, quick)?;
-    let eval = EvalSet::from_model(&v, &s.test, 1000, [0.0, 1.0], 0)?;
-    let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
-    let mut ctx = ExtractionContext::new(
-        u64::MAX,
-        Arch::Mlp {
-            hidden: vec![200, 200],
-        },
-    );
-    ctx.train = cfg(epochs, lr, batch, 3 + seed);
-    ctx.seed = seed;
-    ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
-    ctx.progress = true;
     let attack = Jbda {
-        probability_jacobian: !logit,
+        probability_jacobian: !run.logit,
+        warm_start: run.warm_start,
+        clip: run.clip,
         ..Jbda::default()
     };
-    let e = attack.extract(&mut o, &ctx)?;
-    let m = eval.evaluate(&e.substitute)?;
-    row(&[
-        format!("MNIST {}", v.card.architecture),
-        format!("{:.4}", eval.victim_accuracy()),
-        e.queries.to_string(),
-        format!("{:.4}", m.substitute_accuracy),
-        format!("{:.4}", m.fidelity),
-        format!("{:.0}", e.seconds),
-    ]);
+    // The reference code's evaluation set: the test set without the 150 seed images.
+    let held_out = attack.held_out(&s.test)?;
+    let eval = EvalSet::from_model(&v, &held_out, 1000, [0.0, 1.0], 0)?;
+    let mut accs = Vec::new();
+    for &seed in &run.seeds {
+        let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+        let mut ctx = ExtractionContext::new(
+            u64::MAX,
+            Arch::Mlp {
+                hidden: vec![200, 200],
+            },
+        );
+        ctx.train = cfg(epochs, lr, batch, 3 + seed);
+        ctx.train.progress = false;
+        ctx.seed = seed;
+        ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
+        let e = attack.extract(&mut o, &ctx)?;
+        let m = eval.evaluate(&e.substitute)?;
+        accs.push(m.substitute_accuracy);
+        row(&[
+            format!("MNIST {}", v.card.architecture),
+            format!("{:.4}", eval.victim_accuracy()),
+            seed.to_string(),
+            e.queries.to_string(),
+            format!("{:.4}", m.substitute_accuracy),
+            format!("{:.4}", m.fidelity),
+            format!("{:.0}", e.seconds),
+        ]);
+    }
+    let n = accs.len() as f64;
+    let mean = accs.iter().sum::<f64>() / n;
+    // Sample standard deviation (n − 1).
+    let sd = if accs.len() > 1 {
+        (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    println!(
+        "\nSubstitute accuracy over {} seeds: mean {:.4} ± {:.4} (sample std), min {:.4}, max {:.4}",
+        accs.len(),
+        mean,
+        sd,
+        accs.iter().copied().fold(f64::INFINITY, f64::min),
+        accs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
     Ok(())
 }
 
@@ -568,9 +612,24 @@ fn main() -> R<()> {
     let lr = flag("--lr").and_then(|v| v.parse().ok()).unwrap_or(1e-3);
     let batch = flag("--batch").and_then(|v| v.parse().ok()).unwrap_or(128);
     if all || what == "jbda" {
-        let seed = flag("--seed").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let logit = args.iter().any(|a| a == "--logit-jacobian");
-        jbda(&out, quick, epochs, lr, batch, logit, seed)?;
+        // `--seeds 0,1,2,3,4` (or `--seed S` for one run): substitute seeds.
+        let seeds: Vec<u64> = match flag("--seeds") {
+            Some(list) => list
+                .split(',')
+                .map(|v| v.trim().parse())
+                .collect::<Result<_, _>>()?,
+            None => vec![flag("--seed").and_then(|v| v.parse().ok()).unwrap_or(0)],
+        };
+        let run = JbdaRun {
+            epochs,
+            lr,
+            batch,
+            logit: args.iter().any(|a| a == "--logit-jacobian"),
+            warm_start: !args.iter().any(|a| a == "--cold-start"),
+            clip: !args.iter().any(|a| a == "--no-clip"),
+            seeds,
+        };
+        jbda(&out, quick, &run)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;
