@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p mamori-attack --example reproduce -- <experiment> [--out DIR] [--quick]
 //! jbda flags: [--seeds 0,1,2] [--seed S] [--epochs E] [--lr LR] [--batch B]
-//!             [--cold-start] [--no-clip] [--logit-jacobian]
+//!             [--cold-start] [--no-clip] [--logit-jacobian] [--per-round]
 //! experiments: tramer-binary, tramer-multinomial, tramer-mlp, label-only, jbda,
 //!              knockoff, curves, membership, inversion, all
 //! ```
@@ -246,6 +246,7 @@ struct JbdaRun {
     warm_start: bool,
     clip: bool,
     seeds: Vec<u64>,
+    per_round: bool,
 }
 
 fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
@@ -304,14 +305,7 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
             format!("{:.0}", e.seconds),
         ]);
     }
-    let n = accs.len() as f64;
-    let mean = accs.iter().sum::<f64>() / n;
-    // Sample standard deviation (n − 1).
-    let sd = if accs.len() > 1 {
-        (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
+    let (mean, sd) = mean_sd(&accs);
     println!(
         "\nSubstitute accuracy over {} seeds: mean {:.4} ± {:.4} (sample std), min {:.4}, max {:.4}",
         accs.len(),
@@ -320,7 +314,60 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
         accs.iter().copied().fold(f64::INFINITY, f64::min),
         accs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     );
+    if run.per_round {
+        // Table 1 of the paper: the substitute after each substitute epoch ρ. Training is
+        // deterministic per round (round r uses seed `train.seed + r`), so the substitute of a
+        // `rounds = r` run is the one the 6-round run had after round r.
+        println!("\n| ρ | queries | substitute accuracy, mean ± std over seeds | paper (Table 1, MNIST seeds) |\n|---:|---:|---:|---:|");
+        let paper = [
+            "24.86%", "41.37%", "65.72%", "74.22%", "80.56%", "79.18%", "81.20%",
+        ];
+        for (r, p) in paper.iter().enumerate().take(attack.rounds + 1) {
+            let short = Jbda {
+                rounds: r,
+                ..attack.clone()
+            };
+            let mut accs = Vec::new();
+            let mut queries = 0;
+            for &seed in &run.seeds {
+                let mut o =
+                    LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+                let mut ctx = ExtractionContext::new(
+                    u64::MAX,
+                    Arch::Mlp {
+                        hidden: vec![200, 200],
+                    },
+                );
+                ctx.train = cfg(epochs, lr, batch, 3 + seed);
+                ctx.train.progress = false;
+                ctx.seed = seed;
+                ctx.query_data = Some(&s.test);
+                let e = short.extract(&mut o, &ctx)?;
+                queries = e.queries;
+                accs.push(eval.evaluate(&e.substitute)?.substitute_accuracy);
+            }
+            let (m, d) = mean_sd(&accs);
+            row(&[
+                r.to_string(),
+                queries.to_string(),
+                format!("{:.2}% ± {:.2}", 100.0 * m, 100.0 * d),
+                p.to_string(),
+            ]);
+        }
+    }
     Ok(())
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for one value).
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    let sd = if v.len() > 1 {
+        (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, sd)
 }
 
 fn knockoff(out: &Path, quick: bool) -> R<()> {
@@ -628,6 +675,7 @@ fn main() -> R<()> {
             warm_start: !args.iter().any(|a| a == "--cold-start"),
             clip: !args.iter().any(|a| a == "--no-clip"),
             seeds,
+            per_round: args.iter().any(|a| a == "--per-round"),
         };
         jbda(&out, quick, &run)?;
     }
