@@ -41,6 +41,7 @@
 //!   Table 1's ρ = 6 row;
 //! - the Jacobian of the softmax output `F` (the paper's `J_F`; the early reference code used
 //!   the softmax output too, cleverhans 3 the logits: `probability_jacobian = false`).
+
 use super::{
     check_data_shape, query_all, sample_indices, substitute_card, AttackInfo, Extraction,
     ExtractionAttack, ExtractionContext, Meter, Need,
