@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run -p mamori-attack --example reproduce -- <experiment> [--out DIR] [--quick]
+//! jbda flags: [--seeds 0,1,2] [--seed S] [--epochs E] [--lr LR] [--batch B]
+//!             [--cold-start] [--no-clip] [--logit-jacobian] [--per-round]
 //! experiments: tramer-binary, tramer-multinomial, tramer-mlp, label-only, jbda,
 //!              knockoff, curves, membership, inversion, all
 //! ```
@@ -235,48 +237,137 @@ fn mnist_victim(out: &Path, s: &Split, quick: bool) -> R<NativeModel> {
     }
 }
 
-fn jbda(
-    out: &Path,
-    quick: bool,
+/// JBDA settings taken from the command line.
+struct JbdaRun {
     epochs: usize,
     lr: f32,
     batch: usize,
     logit: bool,
-    seed: u64,
-) -> R<()> {
+    warm_start: bool,
+    clip: bool,
+    seeds: Vec<u64>,
+    per_round: bool,
+}
+
+fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
+    let JbdaRun {
+        epochs, lr, batch, ..
+    } = *run;
+    let schedule = if run.warm_start {
+        "one substitute trained on across rounds (reference code)"
+    } else {
+        "substitute re-initialised every round"
+    };
+    let clip = if run.clip {
+        "synthetic points clipped to [0, 1]"
+    } else {
+        "synthetic points not clipped (reference code)"
+    };
+    let jac = if run.logit { "logit" } else { "softmax" };
     println!(
-        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, {epochs} epochs per round, Adam lr {lr}, batch {batch})\n"
+        "\n## Row 5: Papernot JBDA (150 seeds, 6 rounds, λ=0.1 flipped every 3, labels only, MLP 784-200-200-10, {epochs} epochs per round, Adam lr {lr}, batch {batch}, {schedule}, {clip}, {jac} Jacobian; scored on the 9,850 test images after the seeds)\n"
     );
-    println!("| victim | victim acc | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|");
+    println!("| victim | victim acc | substitute seed | queries | substitute accuracy | fidelity (test) | seconds |\n|---|---:|---:|---:|---:|---:|---:|");
     let s = data("mnist")?;
     let v = mnist_victim(out, &s, quick)?;
-    let eval = EvalSet::from_model(&v, &s.test, 1000, [0.0, 1.0], 0)?;
-    let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
-    let mut ctx = ExtractionContext::new(
-        u64::MAX,
-        Arch::Mlp {
-            hidden: vec![200, 200],
-        },
-    );
-    ctx.train = cfg(epochs, lr, batch, 3 + seed);
-    ctx.seed = seed;
-    ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
-    ctx.progress = true;
     let attack = Jbda {
-        probability_jacobian: !logit,
+        probability_jacobian: !run.logit,
+        warm_start: run.warm_start,
+        clip: run.clip,
         ..Jbda::default()
     };
-    let e = attack.extract(&mut o, &ctx)?;
-    let m = eval.evaluate(&e.substitute)?;
-    row(&[
-        format!("MNIST {}", v.card.architecture),
-        format!("{:.4}", eval.victim_accuracy()),
-        e.queries.to_string(),
-        format!("{:.4}", m.substitute_accuracy),
-        format!("{:.4}", m.fidelity),
-        format!("{:.0}", e.seconds),
-    ]);
+    // The reference code's evaluation set: the test set without the 150 seed images.
+    let held_out = attack.held_out(&s.test)?;
+    let eval = EvalSet::from_model(&v, &held_out, 1000, [0.0, 1.0], 0)?;
+    let mut accs = Vec::new();
+    for &seed in &run.seeds {
+        let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+        let mut ctx = ExtractionContext::new(
+            u64::MAX,
+            Arch::Mlp {
+                hidden: vec![200, 200],
+            },
+        );
+        ctx.train = cfg(epochs, lr, batch, 3 + seed);
+        ctx.train.progress = false;
+        ctx.seed = seed;
+        ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
+        let e = attack.extract(&mut o, &ctx)?;
+        let m = eval.evaluate(&e.substitute)?;
+        accs.push(m.substitute_accuracy);
+        row(&[
+            format!("MNIST {}", v.card.architecture),
+            format!("{:.4}", eval.victim_accuracy()),
+            seed.to_string(),
+            e.queries.to_string(),
+            format!("{:.4}", m.substitute_accuracy),
+            format!("{:.4}", m.fidelity),
+            format!("{:.0}", e.seconds),
+        ]);
+    }
+    let (mean, sd) = mean_sd(&accs);
+    println!(
+        "\nSubstitute accuracy over {} seeds: mean {:.4} ± {:.4} (sample std), min {:.4}, max {:.4}",
+        accs.len(),
+        mean,
+        sd,
+        accs.iter().copied().fold(f64::INFINITY, f64::min),
+        accs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
+    if run.per_round {
+        // Table 1 of the paper: the substitute after each substitute epoch ρ. Training is
+        // deterministic per round (round r uses seed `train.seed + r`), so the substitute of a
+        // `rounds = r` run is the one the 6-round run had after round r.
+        println!("\n| ρ | queries | substitute accuracy, mean ± std over seeds | paper (Table 1, MNIST seeds) |\n|---:|---:|---:|---:|");
+        let paper = [
+            "24.86%", "41.37%", "65.72%", "74.22%", "80.56%", "79.18%", "81.20%",
+        ];
+        for (r, p) in paper.iter().enumerate().take(attack.rounds + 1) {
+            let short = Jbda {
+                rounds: r,
+                ..attack.clone()
+            };
+            let mut accs = Vec::new();
+            let mut queries = 0;
+            for &seed in &run.seeds {
+                let mut o =
+                    LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
+                let mut ctx = ExtractionContext::new(
+                    u64::MAX,
+                    Arch::Mlp {
+                        hidden: vec![200, 200],
+                    },
+                );
+                ctx.train = cfg(epochs, lr, batch, 3 + seed);
+                ctx.train.progress = false;
+                ctx.seed = seed;
+                ctx.query_data = Some(&s.test);
+                let e = short.extract(&mut o, &ctx)?;
+                queries = e.queries;
+                accs.push(eval.evaluate(&e.substitute)?.substitute_accuracy);
+            }
+            let (m, d) = mean_sd(&accs);
+            row(&[
+                r.to_string(),
+                queries.to_string(),
+                format!("{:.2}% ± {:.2}", 100.0 * m, 100.0 * d),
+                p.to_string(),
+            ]);
+        }
+    }
     Ok(())
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for one value).
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    let sd = if v.len() > 1 {
+        (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, sd)
 }
 
 fn knockoff(out: &Path, quick: bool) -> R<()> {
@@ -568,9 +659,25 @@ fn main() -> R<()> {
     let lr = flag("--lr").and_then(|v| v.parse().ok()).unwrap_or(1e-3);
     let batch = flag("--batch").and_then(|v| v.parse().ok()).unwrap_or(128);
     if all || what == "jbda" {
-        let seed = flag("--seed").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let logit = args.iter().any(|a| a == "--logit-jacobian");
-        jbda(&out, quick, epochs, lr, batch, logit, seed)?;
+        // `--seeds 0,1,2,3,4` (or `--seed S` for one run): substitute seeds.
+        let seeds: Vec<u64> = match flag("--seeds") {
+            Some(list) => list
+                .split(',')
+                .map(|v| v.trim().parse())
+                .collect::<Result<_, _>>()?,
+            None => vec![flag("--seed").and_then(|v| v.parse().ok()).unwrap_or(0)],
+        };
+        let run = JbdaRun {
+            epochs,
+            lr,
+            batch,
+            logit: args.iter().any(|a| a == "--logit-jacobian"),
+            warm_start: !args.iter().any(|a| a == "--cold-start"),
+            clip: !args.iter().any(|a| a == "--no-clip"),
+            seeds,
+            per_round: args.iter().any(|a| a == "--per-round"),
+        };
+        jbda(&out, quick, &run)?;
     }
     if all || what == "knockoff" {
         knockoff(&out, quick)?;

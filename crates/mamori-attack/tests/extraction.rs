@@ -225,3 +225,74 @@ fn attacks_that_need_query_data_say_so() {
     assert!(by_name("knockoff").unwrap().extract(&mut o, &ctx).is_err());
     assert_eq!(o.queries_used(), 0);
 }
+
+/// JBDA's two training schedules, replayed by hand on digits (labels only, 20 seeds, one
+/// augmentation round): with `warm_start` (the reference code's `init_all=False`) the returned
+/// substitute is the round-0 network trained further on `S_1`; without it, a fresh network
+/// (seed `ctx.seed + 1`) trained on `S_1` only.
+#[test]
+fn jbda_warm_start_continues_the_round_0_substitute_and_cold_start_does_not() {
+    use mamori_core::{GradTarget, Tensor};
+    use mamori_ml::{predict_labels, train, Network, Targets};
+    let s = digits();
+    let victim = train_victim(
+        &Arch::Mlp { hidden: vec![32] },
+        &s.train,
+        &s.test,
+        &cfg(10),
+        "digits-mlp",
+    )
+    .unwrap();
+    let arch = Arch::Mlp { hidden: vec![16] };
+    let mut ctx = ExtractionContext::new(1_000, arch.clone());
+    ctx.train = cfg(5);
+    ctx.query_data = Some(&s.train);
+    ctx.seed = 4;
+    let shape = victim.card.input_shape.clone();
+    // Algorithm 1 by hand: S_0 = the first 20 samples, labelled by the victim.
+    let s0 = s.train.x.slice_rows(0, 20);
+    let y0 = predict_labels(&victim, &s0).unwrap();
+    let mut round_cfg = ctx.train.clone();
+    let mut net0 = Network::new(&arch, &shape, 10, ctx.seed);
+    train(&mut net0, &s0, &Targets::Labels(y0.clone()), &round_cfg).unwrap();
+    let g = net0
+        .input_gradient(&s0, &GradTarget::Probability(y0.clone()))
+        .unwrap();
+    let mut s1_new = s0.clone();
+    for (v, g) in s1_new.data_mut().iter_mut().zip(g.data()) {
+        *v = (*v + 0.1 * g.signum() * f32::from(*g != 0.0)).clamp(0.0, 1.0);
+    }
+    let mut y1 = y0;
+    y1.extend(predict_labels(&victim, &s1_new).unwrap());
+    let s1 = Tensor::concat(&[s0, s1_new]).unwrap();
+    round_cfg.seed += 1;
+    let mut warm = net0;
+    train(&mut warm, &s1, &Targets::Labels(y1.clone()), &round_cfg).unwrap();
+    let mut cold = Network::new(&arch, &shape, 10, ctx.seed + 1);
+    train(&mut cold, &s1, &Targets::Labels(y1), &round_cfg).unwrap();
+
+    let probe = s.test.x.slice_rows(0, 50);
+    let gap = |a: &Network, b: &Network| -> f32 {
+        let (la, lb) = (a.forward(&probe).unwrap(), b.forward(&probe).unwrap());
+        la.data()
+            .iter()
+            .zip(lb.data())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(gap(&warm, &cold) > 1e-2, "the two schedules must differ");
+    for warm_start in [true, false] {
+        let mut o = oracle(&victim, 1_000).with_disclosure(Disclosure::Label);
+        let attack = Jbda {
+            seeds: 20,
+            rounds: 1,
+            warm_start,
+            ..Default::default()
+        };
+        let e = attack.extract(&mut o, &ctx).unwrap();
+        assert_eq!(e.queries, 40);
+        let expected = if warm_start { &warm } else { &cold };
+        let d = gap(&e.substitute.network, expected);
+        assert!(d < 1e-4, "warm_start = {warm_start}: max logit gap {d}");
+    }
+}
