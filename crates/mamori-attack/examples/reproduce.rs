@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p mamori-attack --example reproduce -- <experiment> [--out DIR] [--quick]
 //! jbda flags: [--seeds 0,1,2] [--seed S] [--epochs E] [--lr LR] [--batch B]
-//!             [--cold-start] [--no-clip] [--logit-jacobian] [--per-round]
+//!             [--cold-start] [--no-clip] [--logit-jacobian] [--per-round] [--sub-arch mlp|cnn]
 //! experiments: tramer-binary, tramer-multinomial, tramer-mlp, label-only, jbda,
 //!              knockoff, curves, membership, inversion, all
 //! ```
@@ -247,6 +247,20 @@ struct JbdaRun {
     clip: bool,
     seeds: Vec<u64>,
     per_round: bool,
+    /// Substitute architecture (`--sub-arch mlp|cnn`; the paper's row uses the MLP).
+    cnn: bool,
+}
+
+/// The JBDA substitute: Papernot et al.'s MLP 784-200-200-10 (PAPERS.md row 5), or the
+/// LeNet-style CNN (`--sub-arch cnn`).
+fn jbda_substitute(cnn: bool) -> Arch {
+    if cnn {
+        Arch::Cnn
+    } else {
+        Arch::Mlp {
+            hidden: vec![200, 200],
+        }
+    }
 }
 
 fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
@@ -282,12 +296,7 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
     let mut accs = Vec::new();
     for &seed in &run.seeds {
         let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
-        let mut ctx = ExtractionContext::new(
-            u64::MAX,
-            Arch::Mlp {
-                hidden: vec![200, 200],
-            },
-        );
+        let mut ctx = ExtractionContext::new(u64::MAX, jbda_substitute(run.cnn));
         ctx.train = cfg(epochs, lr, batch, 3 + seed);
         ctx.train.progress = false;
         ctx.seed = seed;
@@ -332,12 +341,7 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
             for &seed in &run.seeds {
                 let mut o =
                     LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
-                let mut ctx = ExtractionContext::new(
-                    u64::MAX,
-                    Arch::Mlp {
-                        hidden: vec![200, 200],
-                    },
-                );
+                let mut ctx = ExtractionContext::new(u64::MAX, jbda_substitute(run.cnn));
                 ctx.train = cfg(epochs, lr, batch, 3 + seed);
                 ctx.train.progress = false;
                 ctx.seed = seed;
@@ -676,6 +680,7 @@ fn main() -> R<()> {
             clip: !args.iter().any(|a| a == "--no-clip"),
             seeds,
             per_round: args.iter().any(|a| a == "--per-round"),
+            cnn: flag("--sub-arch").as_deref() == Some("cnn"),
         };
         jbda(&out, quick, &run)?;
     }
