@@ -88,9 +88,11 @@ pub struct CurvePoint {
 pub struct WatermarkOutcome {
     /// Watermarked answers the attacker received (distinct inputs).
     pub marks: usize,
-    /// Ledger inputs on which the substitute gives the watermark label.
+    /// Matches of the deciding statistic of [`mamori_defense::verify`]: `top_among_wrong` (the
+    /// watermark label is the substitute's highest-scoring label other than the victim's) when
+    /// the substitute gives scores, `top1` (its label equals the watermark label) otherwise.
     pub matches: usize,
-    /// Binomial-test p-value (1 when there were no marks).
+    /// Exact binomial-test p-value of the deciding statistic (1 when there were no marks).
     pub p_value: f64,
     /// log10 of the p-value.
     pub log10_p_value: f64,
