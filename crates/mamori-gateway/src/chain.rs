@@ -94,6 +94,9 @@ pub struct InferResponse {
     pub disclosure: Disclosure,
     /// The escalation decision applied to this answer.
     pub action: Action,
+    /// Outputs the client asked to receive as binary tensor data (binary tensor data
+    /// extension); the others go back as JSON.
+    pub binary_outputs: OutputSelection,
 }
 
 /// Receives watermark marks (the DAWN ledger).
@@ -760,6 +763,13 @@ fn respond(ex: Exchange) -> InferResponse {
     let probs = ex.probs.unwrap_or_else(|| Tensor::zeros(vec![0, 0]));
     let labels = probs.argmax_rows();
     let show_probs = ex.outputs.probabilities && ex.disclosure != Disclosure::Label;
+    let binary_outputs = match &ex.body {
+        Some(b) => OutputSelection {
+            probabilities: b.binary_output(oip::OUTPUT_PROBABILITIES),
+            label: b.binary_output(oip::OUTPUT_LABEL),
+        },
+        None => OutputSelection::NONE,
+    };
     InferResponse {
         model_name: entry_name,
         model_version: MODEL_VERSION.to_string(),
@@ -768,6 +778,7 @@ fn respond(ex: Exchange) -> InferResponse {
         labels: ex.outputs.label.then_some(labels),
         disclosure: ex.disclosure,
         action: ex.action,
+        binary_outputs,
     }
 }
 
