@@ -6,8 +6,14 @@
 //! at batch 1 and 32, with a built-in closed-loop load generator.
 //!
 //! ```text
-//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH]
+//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH] [--chain-cpu] [--no-http]
 //! ```
+//!
+//! `--chain-cpu` adds a second table: the cost of `Chain::handle` itself, in process, without
+//! HTTP, on the same JSON request body, full chain against disabled chain: wall time per request
+//! on the calling thread, and process CPU time per request (every thread, the audit writer's
+//! hashing and SQLite work included; read from `/proc/self/stat`, Linux only). `--no-http` skips
+//! the HTTP table.
 //!
 //! Without `--model`, the model is a fixed dense MLP 784-256-10 (ReLU) on 1×28×28 inputs,
 //! defined below (about 0.2 M multiply-adds per sample), so the benchmark runs before a trained
@@ -262,6 +268,59 @@ fn bench_http(
     })
 }
 
+/// CPU time of the whole process (all threads), seconds; `None` where `/proc` is absent.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line (11 and 12 here), in clock ticks
+    // (USER_HZ, 100 on Linux).
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// In-process `Chain::handle` on `body` for `secs` seconds from one thread: (wall µs per
+/// request on the calling thread, process CPU µs per request).
+fn bench_chain(
+    chain: &Arc<mamori_gateway::Chain>,
+    model: &str,
+    key: Option<&str>,
+    body: &[u8],
+    secs: f64,
+) -> (f64, f64) {
+    let req = || mamori_gateway::InferRequest {
+        credential: key.map(str::to_string),
+        model: model.to_string(),
+        version: None,
+        payload: mamori_gateway::Payload::Oip {
+            body: body.to_vec(),
+            binary_header_len: None,
+        },
+    };
+    for _ in 0..200 {
+        chain.handle(req()).expect("warm-up request");
+    }
+    chain.flush_audit();
+    let cpu0 = process_cpu_s();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..100 {
+            std::hint::black_box(chain.handle(req()).expect("request"));
+        }
+        n += 100;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    // The writer's work for these requests counts too.
+    chain.flush_audit();
+    let cpu = match (cpu0, process_cpu_s()) {
+        (Some(a), Some(b)) => (b - a) / n as f64 * 1e6,
+        _ => f64::NAN,
+    };
+    (wall / n as f64 * 1e6, cpu)
+}
+
 fn request_body(x: &Tensor) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "inputs": [{"name": "input", "shape": x.shape(), "datatype": "FP32", "data": x.data()}]
@@ -274,6 +333,8 @@ fn main() {
     let mut clients = 4usize;
     let mut rounds = 3usize;
     let mut detectors = false;
+    let mut chain_cpu = false;
+    let mut http = true;
     let mut model_path: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -297,6 +358,8 @@ fn main() {
                     .expect("--rounds N")
             }
             "--detectors" => detectors = true,
+            "--chain-cpu" => chain_cpu = true,
+            "--no-http" => http = false,
             "--model" => model_path = args.next().map(Into::into),
             other => panic!("unknown argument {other}"),
         }
@@ -350,7 +413,7 @@ fn main() {
     );
     let srv_det = BlockingServer::start(detected, "127.0.0.1:0").expect("server");
     let srv_full = BlockingServer::start(full.clone(), "127.0.0.1:0").expect("server");
-    let srv_bare = BlockingServer::start(bare_chain, "127.0.0.1:0").expect("server");
+    let srv_bare = BlockingServer::start(bare_chain.clone(), "127.0.0.1:0").expect("server");
 
     println!(
         "model {name}; {clients} concurrent clients; {secs} s per cell, median of {rounds} interleaved rounds; cores: {}",
@@ -358,7 +421,44 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    if chain_cpu {
+        println!();
+        println!("In-process `Chain::handle` (no HTTP), one calling thread, JSON body; median of {rounds} interleaved rounds of {secs} s:");
+        println!();
+        println!("| batch | chain | wall µs/request | process CPU µs/request |");
+        println!("|---:|---|---:|---:|");
+        for batch in [1usize, 32] {
+            let body = request_body(&input_batch(batch, model.card()));
+            let (mut fw, mut fc, mut bw, mut bc) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..rounds {
+                let (w, c) = bench_chain(&bare_chain, &name, None, &body, secs);
+                bw.push(w);
+                bc.push(c);
+                let (w, c) = bench_chain(&full, &name, Some(&key), &body, secs);
+                fw.push(w);
+                fc.push(c);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            let (fw, fc, bw, bc) = (med(&mut fw), med(&mut fc), med(&mut bw), med(&mut bc));
+            println!("| {batch} | disabled | {bw:.1} | {bc:.1} |");
+            println!("| {batch} | full | {fw:.1} | {fc:.1} |");
+            println!(
+                "| {batch} | full − disabled | {:+.1} | {:+.1} |",
+                fw - bw,
+                fc - bc
+            );
+        }
+    }
     println!();
+    if !http {
+        srv_full.shutdown().expect("shutdown");
+        srv_det.shutdown().expect("shutdown");
+        srv_bare.shutdown().expect("shutdown");
+        return;
+    }
     println!("| batch | configuration | samples/s | requests/s | p50 (ms) | p99 (ms) | errors |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for batch in [1usize, 32] {
