@@ -10,10 +10,9 @@
 //! ```
 //!
 //! `--chain-cpu` adds a second table: the cost of `Chain::handle` itself, in process, without
-//! HTTP, on the same JSON request body, full chain against disabled chain: wall time per request
-//! on the calling thread, and process CPU time per request (every thread, the audit writer's
-//! hashing and SQLite work included; read from `/proc/self/stat`, Linux only). `--no-http` skips
-//! the HTTP table.
+//! HTTP, on the same JSON request body, full chain against disabled chain: CPU time per request
+//! of the calling thread (the request path) and of the whole process (the audit writer's work
+//! included); read from `/proc/.../schedstat`, Linux only. `--no-http` skips the HTTP table.
 //!
 //! Without `--model`, the model is a fixed dense MLP 784-256-10 (ReLU) on 1×28×28 inputs,
 //! defined below (about 0.2 M multiply-adds per sample), so the benchmark runs before a trained
@@ -268,20 +267,25 @@ fn bench_http(
     })
 }
 
-/// CPU time of the whole process (all threads), seconds; `None` where `/proc` is absent.
-fn process_cpu_s() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the full line (11 and 12 here), in clock ticks
-    // (USER_HZ, 100 on Linux).
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+/// CPU time of one task from its `schedstat` (first field: ns on a CPU), seconds.
+fn schedstat_s(path: &std::path::Path) -> Option<f64> {
+    let t = std::fs::read_to_string(path).ok()?;
+    Some(t.split_whitespace().next()?.parse::<f64>().ok()? / 1e9)
 }
 
-/// In-process `Chain::handle` on `body` for `secs` seconds from one thread: (wall µs per
-/// request on the calling thread, process CPU µs per request).
+/// CPU time of the calling thread and of the whole process (every live thread), seconds;
+/// `None` where `/proc` is absent.
+fn cpu_s() -> Option<(f64, f64)> {
+    let own = schedstat_s(std::path::Path::new("/proc/thread-self/schedstat"))?;
+    let mut all = 0.0;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        all += schedstat_s(&t.ok()?.path().join("schedstat")).unwrap_or(0.0);
+    }
+    Some((own, all))
+}
+
+/// In-process `Chain::handle` on `body` for `secs` seconds from one thread: CPU µs per
+/// request of (the calling thread, the whole process).
 fn bench_chain(
     chain: &Arc<mamori_gateway::Chain>,
     model: &str,
@@ -302,7 +306,7 @@ fn bench_chain(
         chain.handle(req()).expect("warm-up request");
     }
     chain.flush_audit();
-    let cpu0 = process_cpu_s();
+    let cpu0 = cpu_s();
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed().as_secs_f64() < secs {
@@ -311,14 +315,12 @@ fn bench_chain(
         }
         n += 100;
     }
-    let wall = t0.elapsed().as_secs_f64();
     // The writer's work for these requests counts too.
     chain.flush_audit();
-    let cpu = match (cpu0, process_cpu_s()) {
-        (Some(a), Some(b)) => (b - a) / n as f64 * 1e6,
-        _ => f64::NAN,
-    };
-    (wall / n as f64 * 1e6, cpu)
+    match (cpu0, cpu_s()) {
+        (Some(a), Some(b)) => ((b.0 - a.0) / n as f64 * 1e6, (b.1 - a.1) / n as f64 * 1e6),
+        _ => (f64::NAN, f64::NAN),
+    }
 }
 
 fn request_body(x: &Tensor) -> Vec<u8> {
@@ -425,7 +427,7 @@ fn main() {
         println!();
         println!("In-process `Chain::handle` (no HTTP), one calling thread, JSON body; median of {rounds} interleaved rounds of {secs} s:");
         println!();
-        println!("| batch | chain | wall µs/request | process CPU µs/request |");
+        println!("| batch | chain | request-thread CPU µs/request | process CPU µs/request |");
         println!("|---:|---|---:|---:|");
         for batch in [1usize, 32] {
             let body = request_body(&input_batch(batch, model.card()));
