@@ -793,34 +793,32 @@ fn respond(ex: Exchange) -> InferResponse {
 pub fn enforce_disclosure(d: Disclosure, probs: &mut [f32]) {
     match d {
         Disclosure::Probabilities => {}
+        Disclosure::TopK(k) if k >= probs.len() => {}
+        Disclosure::TopK(k) if probs.len() <= 64 => {
+            // Rank by counting (no allocation): i is kept when fewer than k values come before
+            // it in the order "larger first, then lower index" of the sort below.
+            let mut keep = 0u64;
+            for i in 0..probs.len() {
+                let above = (0..probs.len())
+                    .filter(|&j| {
+                        probs[j].total_cmp(&probs[i]).then(i.cmp(&j)) == std::cmp::Ordering::Greater
+                    })
+                    .count();
+                if above < k {
+                    keep |= 1 << i;
+                }
+            }
+            for (i, v) in probs.iter_mut().enumerate() {
+                if keep & (1 << i) == 0 {
+                    *v = 0.0;
+                }
+            }
+        }
         Disclosure::TopK(k) => {
-            if k >= probs.len() {
-            } else if probs.len() <= 64 {
-                // Rank by counting (no allocation): i is kept when fewer than k values come
-                // before it in the order "larger first, then lower index" of the sort below.
-                let mut keep = 0u64;
-                for i in 0..probs.len() {
-                    let above = (0..probs.len())
-                        .filter(|&j| {
-                            probs[j].total_cmp(&probs[i]).then(i.cmp(&j))
-                                == std::cmp::Ordering::Greater
-                        })
-                        .count();
-                    if above < k {
-                        keep |= 1 << i;
-                    }
-                }
-                for (i, v) in probs.iter_mut().enumerate() {
-                    if keep & (1 << i) == 0 {
-                        *v = 0.0;
-                    }
-                }
-            } else {
-                let mut idx: Vec<usize> = (0..probs.len()).collect();
-                idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-                for &i in &idx[k..] {
-                    probs[i] = 0.0;
-                }
+            let mut idx: Vec<usize> = (0..probs.len()).collect();
+            idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            for &i in &idx[k..] {
+                probs[i] = 0.0;
             }
         }
         Disclosure::Label => {
