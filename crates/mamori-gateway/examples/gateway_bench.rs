@@ -6,8 +6,13 @@
 //! at batch 1 and 32, with a built-in closed-loop load generator.
 //!
 //! ```text
-//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH]
+//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH] [--chain-cpu] [--no-http]
 //! ```
+//!
+//! `--chain-cpu` adds a second table: the cost of `Chain::handle` itself, in process, without
+//! HTTP, on the same JSON request body, full chain against disabled chain: CPU time per request
+//! of the calling thread (the request path) and of the whole process (the audit writer's work
+//! included); read from `/proc/.../schedstat`, Linux only. `--no-http` skips the HTTP table.
 //!
 //! Without `--model`, the model is a fixed dense MLP 784-256-10 (ReLU) on 1×28×28 inputs,
 //! defined below (about 0.2 M multiply-adds per sample), so the benchmark runs before a trained
@@ -262,6 +267,62 @@ fn bench_http(
     })
 }
 
+/// CPU time of one task from its `schedstat` (first field: ns on a CPU), seconds.
+fn schedstat_s(path: &std::path::Path) -> Option<f64> {
+    let t = std::fs::read_to_string(path).ok()?;
+    Some(t.split_whitespace().next()?.parse::<f64>().ok()? / 1e9)
+}
+
+/// CPU time of the calling thread and of the whole process (every live thread), seconds;
+/// `None` where `/proc` is absent.
+fn cpu_s() -> Option<(f64, f64)> {
+    let own = schedstat_s(std::path::Path::new("/proc/thread-self/schedstat"))?;
+    let mut all = 0.0;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        all += schedstat_s(&t.ok()?.path().join("schedstat")).unwrap_or(0.0);
+    }
+    Some((own, all))
+}
+
+/// In-process `Chain::handle` on `body` for `secs` seconds from one thread: CPU µs per
+/// request of (the calling thread, the whole process).
+fn bench_chain(
+    chain: &Arc<mamori_gateway::Chain>,
+    model: &str,
+    key: Option<&str>,
+    body: &[u8],
+    secs: f64,
+) -> (f64, f64) {
+    let req = || mamori_gateway::InferRequest {
+        credential: key.map(str::to_string),
+        model: model.to_string(),
+        version: None,
+        payload: mamori_gateway::Payload::Oip {
+            body: body.to_vec(),
+            binary_header_len: None,
+        },
+    };
+    for _ in 0..200 {
+        chain.handle(req()).expect("warm-up request");
+    }
+    chain.flush_audit();
+    let cpu0 = cpu_s();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..100 {
+            std::hint::black_box(chain.handle(req()).expect("request"));
+        }
+        n += 100;
+    }
+    // The writer's work for these requests counts too.
+    chain.flush_audit();
+    match (cpu0, cpu_s()) {
+        (Some(a), Some(b)) => ((b.0 - a.0) / n as f64 * 1e6, (b.1 - a.1) / n as f64 * 1e6),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
 fn request_body(x: &Tensor) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "inputs": [{"name": "input", "shape": x.shape(), "datatype": "FP32", "data": x.data()}]
@@ -274,6 +335,8 @@ fn main() {
     let mut clients = 4usize;
     let mut rounds = 3usize;
     let mut detectors = false;
+    let mut chain_cpu = false;
+    let mut http = true;
     let mut model_path: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -297,6 +360,8 @@ fn main() {
                     .expect("--rounds N")
             }
             "--detectors" => detectors = true,
+            "--chain-cpu" => chain_cpu = true,
+            "--no-http" => http = false,
             "--model" => model_path = args.next().map(Into::into),
             other => panic!("unknown argument {other}"),
         }
@@ -350,7 +415,7 @@ fn main() {
     );
     let srv_det = BlockingServer::start(detected, "127.0.0.1:0").expect("server");
     let srv_full = BlockingServer::start(full.clone(), "127.0.0.1:0").expect("server");
-    let srv_bare = BlockingServer::start(bare_chain, "127.0.0.1:0").expect("server");
+    let srv_bare = BlockingServer::start(bare_chain.clone(), "127.0.0.1:0").expect("server");
 
     println!(
         "model {name}; {clients} concurrent clients; {secs} s per cell, median of {rounds} interleaved rounds; cores: {}",
@@ -358,7 +423,44 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    if chain_cpu {
+        println!();
+        println!("In-process `Chain::handle` (no HTTP), one calling thread, JSON body; median of {rounds} interleaved rounds of {secs} s:");
+        println!();
+        println!("| batch | chain | request-thread CPU µs/request | process CPU µs/request |");
+        println!("|---:|---|---:|---:|");
+        for batch in [1usize, 32] {
+            let body = request_body(&input_batch(batch, model.card()));
+            let (mut fw, mut fc, mut bw, mut bc) = (vec![], vec![], vec![], vec![]);
+            for _ in 0..rounds {
+                let (w, c) = bench_chain(&bare_chain, &name, None, &body, secs);
+                bw.push(w);
+                bc.push(c);
+                let (w, c) = bench_chain(&full, &name, Some(&key), &body, secs);
+                fw.push(w);
+                fc.push(c);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            let (fw, fc, bw, bc) = (med(&mut fw), med(&mut fc), med(&mut bw), med(&mut bc));
+            println!("| {batch} | disabled | {bw:.1} | {bc:.1} |");
+            println!("| {batch} | full | {fw:.1} | {fc:.1} |");
+            println!(
+                "| {batch} | full − disabled | {:+.1} | {:+.1} |",
+                fw - bw,
+                fc - bc
+            );
+        }
+    }
     println!();
+    if !http {
+        srv_full.shutdown().expect("shutdown");
+        srv_det.shutdown().expect("shutdown");
+        srv_bare.shutdown().expect("shutdown");
+        return;
+    }
     println!("| batch | configuration | samples/s | requests/s | p50 (ms) | p99 (ms) | errors |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for batch in [1usize, 32] {

@@ -1,12 +1,15 @@
 //! The audit log: every request, alert, block and watermark mark, through a bounded, batched
 //! asynchronous writer into an [`AuditStore`] (SQLite in WAL mode by default).
 //!
-//! The chain hands each event to [`AuditWriter::record`] before it answers the client; the
-//! writer thread drains the bounded `tokio::sync::mpsc` queue in batches, one transaction per
-//! batch. [`AuditWriter::shutdown`] closes the queue and waits until every queued event is
+//! The chain hands each event to [`AuditWriter::record`] (requests as a [`RequestDraft`] to
+//! [`AuditWriter::record_request`]) before it answers the client; the writer thread drains the
+//! bounded `tokio::sync::mpsc` queue in batches, one transaction per batch. The costly parts of a
+//! request event (input SHA-256, the output's JSON, the raw input copy) are computed by the
+//! writer thread, off the request path. [`AuditWriter::shutdown`] closes the queue and waits until every queued event is
 //! written, so an acknowledged request is never lost on a graceful shutdown.
 
 use crate::error::GatewayError;
+use mamori_core::Tensor;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,6 +47,93 @@ pub struct RequestEvent {
     pub error: Option<String>,
     /// Time spent in the chain, microseconds.
     pub latency_us: u64,
+}
+
+/// A request event as the request path hands it over: what [`RequestEvent`] holds, with the
+/// input and the answer still as tensors. [`RequestDraft::into_event`] (run by the writer
+/// thread) derives the input SHA-256, the raw input copy and the output's JSON from them.
+#[derive(Clone, Debug)]
+pub struct RequestDraft {
+    /// Time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Request id given by the client, if any.
+    pub request_id: Option<String>,
+    /// Client name (empty when authentication failed).
+    pub client: String,
+    /// Key id (empty when authentication failed).
+    pub key_id: String,
+    /// Model name as asked.
+    pub model: String,
+    /// The normalised input batch, when decoded.
+    pub input: Option<Arc<Tensor>>,
+    /// Whether the raw input is stored too.
+    pub store_raw_input: bool,
+    /// The answer as returned, when the request succeeded.
+    pub output: Option<OutputDraft>,
+    /// Detector scores (`name` or `name@group`).
+    pub scores: Vec<(String, f64)>,
+    /// The chain's decision (`allow`, `alert`, ..., or the error kind).
+    pub decision: &'static str,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Error message, if refused.
+    pub error: Option<String>,
+    /// Time spent in the chain, microseconds.
+    pub latency_us: u64,
+}
+
+/// The answer of a request as returned to the client.
+#[derive(Clone, Debug)]
+pub struct OutputDraft {
+    /// Probabilities as disclosed (`[n, classes]`); labels are their argmax.
+    pub probabilities: Tensor,
+    /// Whether the probabilities were returned (else only the labels).
+    pub show_probabilities: bool,
+}
+
+impl RequestDraft {
+    /// The event as stored.
+    pub fn into_event(self) -> RequestEvent {
+        let output = self.output.map(|o| {
+            let mut m = serde_json::Map::new();
+            if o.show_probabilities {
+                m.insert(
+                    "probabilities".into(),
+                    serde_json::json!(o.probabilities.rows().collect::<Vec<_>>()),
+                );
+            }
+            m.insert(
+                "label".into(),
+                serde_json::json!(o.probabilities.argmax_rows()),
+            );
+            serde_json::Value::Object(m)
+        });
+        let scores = self
+            .scores
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::json!(v)))
+            .collect();
+        RequestEvent {
+            time_ms: self.time_ms,
+            request_id: self.request_id,
+            client: self.client,
+            key_id: self.key_id,
+            model: self.model,
+            batch: self.input.as_ref().map_or(0, |t| t.batch_size() as u64),
+            input_sha256: self.input.as_ref().map(|t| input_sha256(t.data())),
+            input: if self.store_raw_input {
+                self.input.as_ref().map(|t| t.data().to_vec())
+            } else {
+                None
+            },
+            output,
+            scores,
+            decision: self.decision.to_string(),
+            status: self.status,
+            error: self.error,
+            latency_us: self.latency_us,
+        }
+    }
 }
 
 /// A detector alarm.
@@ -445,6 +535,7 @@ impl AuditStore for MemoryStore {
 
 enum Msg {
     Record(Box<AuditRecord>),
+    Draft(Box<RequestDraft>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -482,6 +573,7 @@ impl AuditWriter {
                 while let Some(first) = rx.blocking_recv() {
                     let mut push = |m: Msg, buf: &mut Vec<AuditRecord>| match m {
                         Msg::Record(r) => buf.push(*r),
+                        Msg::Draft(d) => buf.push(AuditRecord::Request(d.into_event())),
                         Msg::Flush(w) => waiters.push(w),
                     };
                     push(first, &mut buf);
@@ -529,6 +621,15 @@ impl AuditWriter {
             .sender()
             .ok_or_else(|| GatewayError::Storage("audit writer is shut down".into()))?;
         send_waiting(&tx, Msg::Record(Box::new(r)))
+    }
+
+    /// Queues a request event; the writer thread completes it ([`RequestDraft::into_event`]).
+    /// Waits while the queue is full, like [`AuditWriter::record`].
+    pub fn record_request(&self, d: RequestDraft) -> Result<(), GatewayError> {
+        let tx = self
+            .sender()
+            .ok_or_else(|| GatewayError::Storage("audit writer is shut down".into()))?;
+        send_waiting(&tx, Msg::Draft(Box::new(d)))
     }
 
     /// Waits until everything queued so far is written.
@@ -719,6 +820,60 @@ mod tests {
                 "n = {n}"
             );
         }
+    }
+
+    #[test]
+    fn a_draft_becomes_the_event_the_chain_used_to_build() {
+        let x = Tensor::new(vec![2, 3], vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]).unwrap();
+        let p = Tensor::new(vec![2, 2], vec![0.25, 0.75, 0.9, 0.1]).unwrap();
+        let draft = RequestDraft {
+            time_ms: 5,
+            request_id: Some("r".into()),
+            client: "c".into(),
+            key_id: "k".into(),
+            model: "m".into(),
+            input: Some(Arc::new(x.clone())),
+            store_raw_input: true,
+            output: Some(OutputDraft {
+                probabilities: p.clone(),
+                show_probabilities: true,
+            }),
+            scores: vec![("volume".into(), 0.5), ("volume@group".into(), 0.25)],
+            decision: "allow",
+            status: 200,
+            error: None,
+            latency_us: 9,
+        };
+        let mut scores = serde_json::Map::new();
+        scores.insert("volume".into(), serde_json::json!(0.5f64));
+        scores.insert("volume@group".into(), serde_json::json!(0.25f64));
+        let want = RequestEvent {
+            time_ms: 5,
+            request_id: Some("r".into()),
+            client: "c".into(),
+            key_id: "k".into(),
+            model: "m".into(),
+            batch: 2,
+            input_sha256: Some(mamori_core::hash::sha256_f32(x.data())),
+            input: Some(x.data().to_vec()),
+            output: Some(serde_json::json!({
+                "probabilities": [[0.25f32, 0.75f32], [0.9f32, 0.1f32]],
+                "label": [1, 0],
+            })),
+            scores,
+            decision: "allow".into(),
+            status: 200,
+            error: None,
+            latency_us: 9,
+        };
+        assert_eq!(draft.clone().into_event(), want);
+        // Label-only answers and no raw input.
+        let mut d = draft;
+        d.store_raw_input = false;
+        d.output.as_mut().unwrap().show_probabilities = false;
+        let e = d.into_event();
+        assert_eq!(e.input, None);
+        assert_eq!(e.output, Some(serde_json::json!({"label": [1, 0]})));
     }
 
     #[test]

@@ -22,12 +22,12 @@
 
 use crate::audit::{
     AlertEvent, AuditRecord, AuditStore, AuditWriter, BlockEvent, LedgerEvent, MemoryStore,
-    RequestEvent,
+    OutputDraft, RequestDraft,
 };
 use crate::config::{GatewayConfig, TierConfig};
 use crate::error::GatewayError;
 use crate::keys::{now_ms, KeyStore, Principal};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::oip::{self, InferBody, MODEL_VERSION};
 use crate::policy::{AlertOnAlarm, NamedVerdict, Policy};
 use crate::ratelimit::{Limits, RateLimiter};
@@ -94,6 +94,9 @@ pub struct InferResponse {
     pub disclosure: Disclosure,
     /// The escalation decision applied to this answer.
     pub action: Action,
+    /// Outputs the client asked to receive as binary tensor data (binary tensor data
+    /// extension); the others go back as JSON.
+    pub binary_outputs: OutputSelection,
 }
 
 /// Receives watermark marks (the DAWN ledger).
@@ -158,6 +161,8 @@ pub struct ModelEntry {
     policy: Mutex<Box<dyn Policy>>,
     watermark: Option<Arc<dyn Watermark>>,
     blocks: Mutex<Blocks>,
+    /// Metric handles for allowed answers, taken on the first one.
+    metrics: std::sync::OnceLock<ModelMetrics>,
 }
 
 impl ModelEntry {
@@ -229,14 +234,14 @@ pub struct Exchange {
     pub started: Instant,
     /// Arrival time, ms since the epoch.
     pub time_ms: u64,
-    /// Set by authenticate.
-    pub principal: Option<Principal>,
+    /// Set by authenticate (shared with the key store's index: no copy per request).
+    pub principal: Option<Arc<Principal>>,
     /// Set by validate.
     pub entry: Option<Arc<ModelEntry>>,
     /// Decoded OIP body, when the payload was JSON.
     pub body: Option<InferBody>,
-    /// The normalised input batch.
-    pub input: Option<Tensor>,
+    /// The normalised input batch (shared with the audit event: no copy per request).
+    pub input: Option<Arc<Tensor>>,
     /// Requested outputs.
     pub outputs: OutputSelection,
     /// Whether the outputs were listed explicitly.
@@ -438,6 +443,7 @@ impl ChainBuilder {
                     policy: Mutex::new(spec.policy),
                     watermark: spec.watermark,
                     blocks: Mutex::new(Blocks::default()),
+                    metrics: std::sync::OnceLock::new(),
                 }),
             );
         }
@@ -555,17 +561,21 @@ impl Chain {
             Ok(()) => (200, action_name(ex.action)),
             Err(e) => (e.status(), e.kind()),
         };
-        if self.mode == ChainMode::Full {
-            self.shared.metrics.observe_request(
+        let seconds = ex.started.elapsed().as_secs_f64();
+        let samples = ex.input.as_ref().map_or(0, |t| t.batch_size() as u64);
+        match (&ex.entry, self.mode, status, decision) {
+            (Some(e), ChainMode::Full, 200, "allow") => e
+                .metrics
+                .get_or_init(|| self.shared.metrics.model(&e.name))
+                .observe_allowed(seconds, samples),
+            (_, ChainMode::Full, ..) => self.shared.metrics.observe_request(
                 &ex.request.model,
                 status,
                 decision,
-                ex.started.elapsed().as_secs_f64(),
-                ex.input
-                    .as_ref()
-                    .map(|t| t.batch_size() as u64)
-                    .unwrap_or(0),
-            );
+                seconds,
+                samples,
+            ),
+            (_, ChainMode::Disabled, ..) => {}
         }
         result?;
         Ok(respond(ex))
@@ -760,6 +770,13 @@ fn respond(ex: Exchange) -> InferResponse {
     let probs = ex.probs.unwrap_or_else(|| Tensor::zeros(vec![0, 0]));
     let labels = probs.argmax_rows();
     let show_probs = ex.outputs.probabilities && ex.disclosure != Disclosure::Label;
+    let binary_outputs = match &ex.body {
+        Some(b) => OutputSelection {
+            probabilities: b.binary_output(oip::OUTPUT_PROBABILITIES),
+            label: b.binary_output(oip::OUTPUT_LABEL),
+        },
+        None => OutputSelection::NONE,
+    };
     InferResponse {
         model_name: entry_name,
         model_version: MODEL_VERSION.to_string(),
@@ -768,6 +785,7 @@ fn respond(ex: Exchange) -> InferResponse {
         labels: ex.outputs.label.then_some(labels),
         disclosure: ex.disclosure,
         action: ex.action,
+        binary_outputs,
     }
 }
 
@@ -775,13 +793,32 @@ fn respond(ex: Exchange) -> InferResponse {
 pub fn enforce_disclosure(d: Disclosure, probs: &mut [f32]) {
     match d {
         Disclosure::Probabilities => {}
-        Disclosure::TopK(k) => {
-            if k < probs.len() {
-                let mut idx: Vec<usize> = (0..probs.len()).collect();
-                idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-                for &i in &idx[k..] {
-                    probs[i] = 0.0;
+        Disclosure::TopK(k) if k >= probs.len() => {}
+        Disclosure::TopK(k) if probs.len() <= 64 => {
+            // Rank by counting (no allocation): i is kept when fewer than k values come before
+            // it in the order "larger first, then lower index" of the sort below.
+            let mut keep = 0u64;
+            for i in 0..probs.len() {
+                let above = (0..probs.len())
+                    .filter(|&j| {
+                        probs[j].total_cmp(&probs[i]).then(i.cmp(&j)) == std::cmp::Ordering::Greater
+                    })
+                    .count();
+                if above < k {
+                    keep |= 1 << i;
                 }
+            }
+            for (i, v) in probs.iter_mut().enumerate() {
+                if keep & (1 << i) == 0 {
+                    *v = 0.0;
+                }
+            }
+        }
+        Disclosure::TopK(k) => {
+            let mut idx: Vec<usize> = (0..probs.len()).collect();
+            idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            for &i in &idx[k..] {
+                probs[i] = 0.0;
             }
         }
         Disclosure::Label => {
@@ -829,7 +866,7 @@ impl Stage for Authenticate {
             .as_deref()
             .filter(|k| !k.is_empty())
             .ok_or(GatewayError::MissingCredential)?;
-        let p = sh.keys.authenticate(key)?;
+        let p = sh.keys.authenticate_shared(key)?;
         if !p.models.is_empty() && !p.models.contains(&ex.request.model) {
             return Err(GatewayError::Forbidden(format!(
                 "key {} is not allowed to query model {:?}",
@@ -874,12 +911,12 @@ impl Stage for Validate {
                 let (t, sel) = validate::validate_body(&decoded, card, max_batch)?;
                 ex.outputs_explicit = decoded.outputs.as_ref().is_some_and(|o| !o.is_empty());
                 ex.outputs = sel;
-                ex.input = Some(t);
+                ex.input = Some(Arc::new(t));
                 ex.body = Some(decoded);
             }
             Payload::Tensor { input, .. } => {
                 validate::validate_tensor(input, card, max_batch)?;
-                ex.input = Some(input.clone());
+                ex.input = Some(Arc::new(input.clone()));
             }
         }
         if ex.outputs_explicit && ex.outputs.probabilities && ex.disclosure == Disclosure::Label {
@@ -944,19 +981,18 @@ impl Stage for Detect {
         "detect"
     }
     fn request_filter(&self, _sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
-        let client = ex.client().to_string();
-        if ex.entry()?.is_blocked(&client) {
-            return Err(GatewayError::Blocked(client));
+        if ex.entry()?.is_blocked(ex.client()) {
+            return Err(GatewayError::Blocked(ex.client().to_string()));
         }
         Ok(())
     }
 
     fn response_filter(&self, sh: &Shared, ex: &mut Exchange) -> Result<(), GatewayError> {
         let entry = ex.entry()?.clone();
-        let p = ex.principal.clone().ok_or_else(misordered)?;
         if entry.detectors.is_empty() {
             return Ok(());
         }
+        let p = ex.principal.clone().ok_or_else(misordered)?;
         let mut subjects = vec![p.client.clone()];
         if let Some(g) = &p.group {
             subjects.push(format!("group:{g}"));
@@ -1073,7 +1109,7 @@ impl Stage for Detect {
                         reason: verdicts_reason(&ex.verdicts),
                     }))?;
                 }
-                Err(GatewayError::Blocked(p.client))
+                Err(GatewayError::Blocked(p.client.clone()))
             }
         }
     }
@@ -1130,13 +1166,13 @@ impl Stage for Infer {
                                 .map(|v| entry.card().normalisation.apply(*v as f32))
                                 .collect(),
                         };
-                        ex.input = Some(
+                        ex.input = Some(Arc::new(
                             Tensor::new(shape, data)
                                 .map_err(|e| GatewayError::BadRequest(e.to_string()))?,
-                        );
+                        ));
                         ex.body = Some(b);
                     }
-                    Payload::Tensor { input, .. } => ex.input = Some(input.clone()),
+                    Payload::Tensor { input, .. } => ex.input = Some(Arc::new(input.clone())),
                     Payload::Oversized { got } => {
                         return Err(GatewayError::BodyTooLarge {
                             got: *got,
@@ -1178,11 +1214,11 @@ impl Stage for Postprocess {
         let p = ex.principal.as_ref().ok_or_else(misordered)?;
         let tier = sh.tier(&p.tier)?;
         let degraded = ex.action == Action::Degrade;
-        let pps: Vec<&Arc<dyn Postprocessor>> = tier
-            .postprocessors
-            .iter()
-            .chain(sh.degrade.iter().filter(|_| degraded))
-            .collect();
+        let pps = || {
+            tier.postprocessors
+                .iter()
+                .chain(sh.degrade.iter().filter(|_| degraded))
+        };
         let input = ex.input.as_ref().ok_or_else(misordered)?;
         let logits = ex.logits.as_ref();
         let probs = ex.probs.as_mut().ok_or_else(misordered)?;
@@ -1196,7 +1232,7 @@ impl Stage for Postprocess {
                 model: Some(entry.model.as_ref()),
             };
             let row = probs.row_mut(i);
-            for pp in &pps {
+            for pp in pps() {
                 pp.apply(&ctx, row);
             }
             enforce_disclosure(ex.disclosure, row);
@@ -1241,35 +1277,31 @@ impl Stage for Audit {
     }
     fn logging(&self, sh: &Shared, ex: &Exchange, result: Result<(), &GatewayError>) {
         let (status, decision, error) = match result {
-            Ok(()) => (200, action_name(ex.action).to_string(), None),
-            Err(e) => (e.status(), e.kind().to_string(), Some(e.public_message())),
+            Ok(()) => (200, action_name(ex.action), None),
+            Err(e) => (e.status(), e.kind(), Some(e.public_message())),
         };
+        // The costly parts (input hash, output JSON) are left to the writer thread.
         let output = match (result, &ex.probs) {
-            (Ok(()), Some(p)) => {
-                let show = ex.outputs.probabilities && ex.disclosure != Disclosure::Label;
-                let mut o = serde_json::Map::new();
-                if show {
-                    o.insert(
-                        "probabilities".into(),
-                        serde_json::json!(p.rows().collect::<Vec<_>>()),
-                    );
-                }
-                o.insert("label".into(), serde_json::json!(p.argmax_rows()));
-                Some(serde_json::Value::Object(o))
-            }
+            (Ok(()), Some(p)) => Some(OutputDraft {
+                probabilities: p.clone(),
+                show_probabilities: ex.outputs.probabilities && ex.disclosure != Disclosure::Label,
+            }),
             _ => None,
         };
-        let mut scores = serde_json::Map::new();
-        for v in &ex.verdicts {
-            let key = if v.subject.starts_with("group:") {
-                format!("{}@group", v.detector)
-            } else {
-                v.detector.clone()
-            };
-            scores.insert(key, serde_json::json!(v.verdict.score));
-        }
+        let scores = ex
+            .verdicts
+            .iter()
+            .map(|v| {
+                let key = if v.subject.starts_with("group:") {
+                    format!("{}@group", v.detector)
+                } else {
+                    v.detector.clone()
+                };
+                (key, v.verdict.score)
+            })
+            .collect();
         let p = ex.principal.as_ref();
-        let ev = RequestEvent {
+        let draft = RequestDraft {
             time_ms: ex.time_ms,
             request_id: match (&ex.body, &ex.request.payload) {
                 (Some(b), _) => b.id.clone(),
@@ -1279,20 +1311,8 @@ impl Stage for Audit {
             client: p.map(|p| p.client.clone()).unwrap_or_default(),
             key_id: p.map(|p| p.key_id.clone()).unwrap_or_default(),
             model: ex.request.model.clone(),
-            batch: ex
-                .input
-                .as_ref()
-                .map(|t| t.batch_size() as u64)
-                .unwrap_or(0),
-            input_sha256: ex
-                .input
-                .as_ref()
-                .map(|t| crate::audit::input_sha256(t.data())),
-            input: if sh.config.server.store_raw_input {
-                ex.input.as_ref().map(|t| t.data().to_vec())
-            } else {
-                None
-            },
+            input: ex.input.clone(),
+            store_raw_input: sh.config.server.store_raw_input,
             output,
             scores,
             decision,
@@ -1300,7 +1320,7 @@ impl Stage for Audit {
             error,
             latency_us: ex.started.elapsed().as_micros() as u64,
         };
-        if let Err(e) = sh.audit.record(AuditRecord::Request(ev)) {
+        if let Err(e) = sh.audit.record_request(draft) {
             tracing::error!("audit event lost: {e}");
         }
     }
@@ -1447,6 +1467,35 @@ mod tests {
             stricter(Disclosure::Label, Disclosure::Probabilities),
             Disclosure::Label
         );
+    }
+
+    #[test]
+    fn top_k_without_allocation_matches_the_sort() {
+        fn by_sort(k: usize, p: &mut [f32]) {
+            let mut idx: Vec<usize> = (0..p.len()).collect();
+            idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            for &i in &idx[k.min(p.len())..] {
+                p[i] = 0.0;
+            }
+        }
+        let mut seed = 7u64;
+        for n in [1usize, 2, 3, 10, 64, 65, 100] {
+            for k in [1usize, 2, 3, 5, 70] {
+                for _ in 0..20 {
+                    // Few distinct values, so ties are common.
+                    let p: Vec<f32> = (0..n)
+                        .map(|_| {
+                            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            ((seed >> 60) as f32) / 16.0
+                        })
+                        .collect();
+                    let (mut a, mut b) = (p.clone(), p.clone());
+                    enforce_disclosure(Disclosure::TopK(k), &mut a);
+                    by_sort(k, &mut b);
+                    assert_eq!(a, b, "n {n} k {k} p {p:?}");
+                }
+            }
+        }
     }
 
     #[test]

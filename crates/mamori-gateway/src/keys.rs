@@ -15,8 +15,9 @@ use crate::error::GatewayError;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 use subtle::ConstantTimeEq;
 
@@ -76,10 +77,49 @@ struct KeyFile {
     admin_sha256: Option<String>,
 }
 
+/// What authentication needs of one key, prepared when the file is (re)loaded so that a
+/// lookup allocates nothing.
+struct IndexEntry {
+    /// Hex SHA-256 of the key, as stored.
+    sha256: String,
+    /// The principal handed to the chain.
+    principal: Arc<Principal>,
+    /// Whether the key is revoked.
+    revoked: bool,
+}
+
+/// Records by key id (the first record wins if a hand-edited file repeats an id, as a
+/// linear search would).
+fn index(file: &KeyFile) -> HashMap<String, IndexEntry> {
+    let mut m = HashMap::with_capacity(file.keys.len());
+    for r in &file.keys {
+        m.entry(r.id.clone()).or_insert_with(|| IndexEntry {
+            sha256: r.sha256.clone(),
+            principal: Arc::new(Principal {
+                key_id: r.id.clone(),
+                client: r.client.clone(),
+                group: r.group.clone(),
+                tier: r.tier.clone(),
+                models: r.models.clone(),
+            }),
+            revoked: r.revoked_ms.is_some(),
+        });
+    }
+    m
+}
+
+/// The loaded file, its modification time, the last reload check and the lookup index.
+type State = (
+    KeyFile,
+    Option<SystemTime>,
+    Instant,
+    HashMap<String, IndexEntry>,
+);
+
 /// Key store backed by a JSON file.
 pub struct KeyStore {
     path: Option<PathBuf>,
-    state: RwLock<(KeyFile, Option<SystemTime>, Instant)>,
+    state: RwLock<State>,
 }
 
 /// Current time in ms since the Unix epoch.
@@ -109,7 +149,7 @@ impl KeyStore {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            state: RwLock::new((KeyFile::default(), None, Instant::now())),
+            state: RwLock::new((KeyFile::default(), None, Instant::now(), HashMap::new())),
         }
     }
 
@@ -117,9 +157,10 @@ impl KeyStore {
     pub fn open(home: &Path) -> Result<Self, GatewayError> {
         let path = home.join("keys.json");
         let (file, mtime) = read_file(&path)?;
+        let idx = index(&file);
         Ok(Self {
             path: Some(path),
-            state: RwLock::new((file, mtime, Instant::now())),
+            state: RwLock::new((file, mtime, Instant::now(), idx)),
         })
     }
 
@@ -138,6 +179,7 @@ impl KeyStore {
         if mtime != st.1 {
             match read_file(path) {
                 Ok((f, m)) => {
+                    st.3 = index(&f);
                     st.0 = f;
                     st.1 = m;
                 }
@@ -175,7 +217,9 @@ impl KeyStore {
             st.0 = f2;
             st.1 = m;
         }
-        let r = f(&mut st.0)?;
+        let r = f(&mut st.0);
+        st.3 = index(&st.0);
+        let r = r?;
         st.1 = self.save(&st.0)?;
         Ok(r)
     }
@@ -263,31 +307,33 @@ impl KeyStore {
 
     /// Authenticates a client key.
     pub fn authenticate(&self, key: &str) -> Result<Principal, GatewayError> {
+        self.authenticate_shared(key).map(|p| (*p).clone())
+    }
+
+    /// Authenticates a client key; the principal is shared, so a lookup allocates nothing
+    /// (the request path's form of [`KeyStore::authenticate`]).
+    pub fn authenticate_shared(&self, key: &str) -> Result<Arc<Principal>, GatewayError> {
         self.maybe_reload();
-        let digest = sha256_hex(key);
+        let mut digest = [0u8; 64];
+        hex::encode_to_slice(Sha256::digest(key.as_bytes()), &mut digest)
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
         let id = key
             .strip_prefix("mk_")
             .and_then(|rest| rest.split('_').next())
             .unwrap_or("");
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let rec = st.0.keys.iter().find(|k| k.id == id);
+        let rec = st.3.get(id);
         // Compare against a dummy digest when the id is unknown, so timing does not tell
         // whether an id exists.
-        let dummy = "0".repeat(64);
-        let stored = rec.map(|r| r.sha256.as_str()).unwrap_or(&dummy);
-        let ok = ct_eq_hex(&digest, stored);
+        const DUMMY: [u8; 64] = [b'0'; 64];
+        let stored = rec.map(|r| r.sha256.as_bytes()).unwrap_or(&DUMMY);
+        let ok = stored.len() == digest.len() && bool::from(digest.ct_eq(stored));
         match rec {
             Some(r) if ok => {
-                if r.revoked_ms.is_some() {
-                    return Err(GatewayError::RevokedKey(r.id.clone()));
+                if r.revoked {
+                    return Err(GatewayError::RevokedKey(r.principal.key_id.clone()));
                 }
-                Ok(Principal {
-                    key_id: r.id.clone(),
-                    client: r.client.clone(),
-                    group: r.group.clone(),
-                    tier: r.tier.clone(),
-                    models: r.models.clone(),
-                })
+                Ok(r.principal.clone())
             }
             _ => Err(GatewayError::InvalidCredential),
         }

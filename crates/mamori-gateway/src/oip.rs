@@ -1,7 +1,8 @@
 //! Open Inference Protocol v2 (KServe / Triton) REST wire format.
 //!
 //! Decodes inference requests (JSON tensors, optionally with Triton's binary tensor data
-//! extension for inputs) and encodes metadata and inference responses. Structural problems of
+//! extension for inputs, and its `binary_data` / `binary_data_output` parameters asking for
+//! binary outputs) and encodes metadata and inference responses. Structural problems of
 //! a request (malformed JSON, missing fields, wrong JSON types) are reported here; checks against
 //! the model card live in [`crate::validate`].
 
@@ -45,6 +46,8 @@ pub struct InputTensor {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
+    /// The output's `binary_data` parameter (binary tensor data extension), if given.
+    pub binary_data: Option<bool>,
 }
 
 /// A decoded inference request.
@@ -58,6 +61,25 @@ pub struct InferBody {
     pub inputs: Vec<InputTensor>,
     /// Requested outputs (`None`: every output the tier allows).
     pub outputs: Option<Vec<RequestedOutput>>,
+}
+
+impl InferBody {
+    /// Whether output `name` is to be returned as binary tensor data: the output's own
+    /// `binary_data` parameter when it is listed with one, else the request's
+    /// `binary_data_output` parameter, else JSON (Triton's binary tensor data extension).
+    pub fn binary_output(&self, name: &str) -> bool {
+        let own = self
+            .outputs
+            .as_ref()
+            .and_then(|o| o.iter().find(|o| o.name == name))
+            .and_then(|o| o.binary_data);
+        own.unwrap_or_else(|| {
+            self.parameters
+                .get("binary_data_output")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
+    }
 }
 
 fn bad(msg: impl Into<String>) -> GatewayError {
@@ -111,6 +133,12 @@ pub fn decode_infer(
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(bad("`parameters` must be a JSON object")),
     };
+    if parameters
+        .get("binary_data_output")
+        .is_some_and(|v| !v.is_boolean())
+    {
+        return Err(bad("parameter `binary_data_output` must be true or false"));
+    }
     let inputs_v = obj
         .get("inputs")
         .ok_or_else(|| bad("missing `inputs`: the request must list its input tensors"))?
@@ -143,9 +171,7 @@ pub fn decode_infer(
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(format!("outputs[{i}] needs a string `name`")))?;
-                outs.push(RequestedOutput {
-                    name: name.to_string(),
-                });
+                outs.push(decode_output(name, o.get("parameters"))?);
             }
             Some(outs)
         }
@@ -156,6 +182,44 @@ pub fn decode_infer(
         parameters,
         inputs,
         outputs,
+    })
+}
+
+/// One requested output's parameters: `binary_data` is honoured; the classification and
+/// shared-memory extensions are refused by name rather than silently ignored.
+fn decode_output(name: &str, params: Option<&Value>) -> Result<RequestedOutput, GatewayError> {
+    let p = match params {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => {
+            return Err(bad(format!(
+                "output {name:?}: `parameters` must be a JSON object"
+            )))
+        }
+    };
+    let get = |k: &str| p.and_then(|m| m.get(k)).filter(|v| !v.is_null());
+    if get("classification").is_some_and(|v| v.as_u64() != Some(0)) {
+        return Err(bad(format!(
+            "output {name:?}: the classification extension (class_count) is not supported; request the \"{OUTPUT_LABEL}\" output for labels"
+        )));
+    }
+    if get("shared_memory_region").is_some() {
+        return Err(bad(format!(
+            "output {name:?}: the shared-memory extension is not supported; omit shared_memory_region"
+        )));
+    }
+    let binary_data = match get("binary_data") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(bad(format!(
+                "output {name:?}: `binary_data` must be true or false"
+            )))
+        }
+    };
+    Ok(RequestedOutput {
+        name: name.to_string(),
+        binary_data,
     })
 }
 
@@ -212,6 +276,14 @@ fn decode_input(
         }
     };
     let expected: usize = shape.iter().product();
+    if o.get("parameters")
+        .and_then(|p| p.get("shared_memory_region"))
+        .is_some()
+    {
+        return Err(bad(format!(
+            "input {name:?}: the shared-memory extension is not supported; send the tensor in the body"
+        )));
+    }
     let binary_size = o
         .get("parameters")
         .and_then(|p| p.get("binary_data_size"))
@@ -367,6 +439,21 @@ mod tests {
         let r = decode_infer(&body, Some(header.len())).unwrap();
         assert_eq!(r.inputs[0].data, vec![7.0, 255.0]);
         assert_eq!(r.inputs[0].datatype, InputType::Uint8);
+    }
+
+    #[test]
+    fn binary_outputs_follow_the_output_then_the_request() {
+        let b = br#"{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[1]}],
+            "parameters":{"binary_data_output":true},
+            "outputs":[{"name":"label","parameters":{"binary_data":false}},{"name":"probabilities"}]}"#;
+        let r = decode_infer(b, None).unwrap();
+        assert!(!r.binary_output(OUTPUT_LABEL));
+        assert!(r.binary_output(OUTPUT_PROBABILITIES));
+        let b = br#"{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[1]}],
+            "outputs":[{"name":"label","parameters":{"binary_data":true}}]}"#;
+        let r = decode_infer(b, None).unwrap();
+        assert!(r.binary_output(OUTPUT_LABEL));
+        assert!(!r.binary_output(OUTPUT_PROBABILITIES));
     }
 
     #[test]

@@ -51,13 +51,22 @@ impl RateLimiter {
         now_ms: u64,
     ) -> Result<(), GatewayError> {
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map.entry(key.to_string()).or_insert(Bucket {
-            tokens: limits.burst as f64,
-            last_ms: now_ms,
-            day: now_ms / DAY_MS,
-            used_today: 0,
-            throttle: None,
-        });
+        // Look up before inserting: a known key costs no allocation.
+        if !map.contains_key(key) {
+            map.insert(
+                key.to_string(),
+                Bucket {
+                    tokens: limits.burst as f64,
+                    last_ms: now_ms,
+                    day: now_ms / DAY_MS,
+                    used_today: 0,
+                    throttle: None,
+                },
+            );
+        }
+        let Some(b) = map.get_mut(key) else {
+            return Err(GatewayError::Config("rate limiter lost a bucket".into()));
+        };
         let factor = b.throttle.unwrap_or(1.0);
         let rate = limits.rate_per_s * factor;
         let burst = ((limits.burst as f64) * factor).max(1.0);

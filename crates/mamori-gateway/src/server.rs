@@ -21,6 +21,7 @@
 use crate::chain::{Chain, InferRequest, InferResponse, Payload};
 use crate::error::GatewayError;
 use crate::oip;
+use crate::validate::OutputSelection;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -250,30 +251,67 @@ async fn run_infer(
     let chain = c.clone();
     let result = tokio::task::spawn_blocking(move || chain.handle(req)).await;
     match result {
-        Ok(Ok(r)) => Json(response_json(&r)).into_response(),
+        Ok(Ok(r)) => infer_response(&r),
         Ok(Err(e)) => error_response(&e),
         Err(e) => error_response(&GatewayError::Inference(format!("worker failed: {e}"))),
     }
 }
 
-/// The Open Inference Protocol response body of an answer.
+/// The Open Inference Protocol response body of an answer, every output as JSON.
 pub fn response_json(r: &InferResponse) -> Value {
+    response_value(r, OutputSelection::NONE, &mut Vec::new())
+}
+
+/// The encoded response body of an answer and, when some outputs were requested as binary
+/// tensor data, the length of its JSON header (the `Inference-Header-Content-Length` value):
+/// the body is then the JSON header followed by those outputs' raw little-endian bytes, in
+/// output order, each output announcing its `binary_data_size` (Triton's binary tensor data
+/// extension).
+pub fn response_body(r: &InferResponse) -> (Vec<u8>, Option<usize>) {
+    let mut raw = Vec::new();
+    let v = response_value(r, r.binary_outputs, &mut raw);
+    let mut body = serde_json::to_vec(&v).unwrap_or_default();
+    if r.binary_outputs == OutputSelection::NONE {
+        return (body, None);
+    }
+    let header_len = body.len();
+    body.extend_from_slice(&raw);
+    (body, Some(header_len))
+}
+
+fn response_value(r: &InferResponse, binary: OutputSelection, raw: &mut Vec<u8>) -> Value {
     let mut outputs = Vec::new();
     if let Some(p) = &r.probabilities {
-        outputs.push(json!({
+        let mut o = json!({
             "name": oip::OUTPUT_PROBABILITIES,
             "shape": p.shape(),
             "datatype": "FP32",
-            "data": p.data(),
-        }));
+        });
+        if binary.probabilities {
+            o["parameters"] = json!({"binary_data_size": p.data().len() * 4});
+            for v in p.data() {
+                raw.extend_from_slice(&v.to_le_bytes());
+            }
+        } else {
+            o["data"] = json!(p.data());
+        }
+        outputs.push(o);
     }
     if let Some(l) = &r.labels {
-        outputs.push(json!({
+        let mut o = json!({
             "name": oip::OUTPUT_LABEL,
             "shape": [l.len()],
             "datatype": "INT64",
-            "data": l,
-        }));
+        });
+        if binary.label {
+            o["parameters"] = json!({"binary_data_size": l.len() * 8});
+            for v in l {
+                raw.extend_from_slice(&(*v as i64).to_le_bytes());
+            }
+        } else {
+            o["data"] = json!(l);
+        }
+        outputs.push(o);
     }
     let disclosure = match r.disclosure {
         mamori_core::Disclosure::Probabilities => "probabilities".to_string(),
@@ -290,6 +328,26 @@ pub fn response_json(r: &InferResponse) -> Value {
         v["id"] = json!(id);
     }
     v
+}
+
+/// The HTTP response of an answer ([`response_body`]).
+fn infer_response(r: &InferResponse) -> Response {
+    let (body, header_len) = response_body(r);
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    match header_len {
+        None => {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        Some(n) => {
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert("inference-header-content-length", HeaderValue::from(n));
+        }
+    }
+    resp
 }
 
 async fn metrics(State(c): State<Arc<Chain>>) -> Response {

@@ -24,6 +24,11 @@ impl OutputSelection {
         probabilities: true,
         label: true,
     };
+    /// Neither output.
+    pub const NONE: OutputSelection = OutputSelection {
+        probabilities: false,
+        label: false,
+    };
 }
 
 fn bad(msg: impl Into<String>) -> GatewayError {
@@ -150,10 +155,7 @@ fn select_outputs(body: &InferBody) -> Result<OutputSelection, GatewayError> {
     if outs.is_empty() {
         return Ok(OutputSelection::ALL);
     }
-    let mut sel = OutputSelection {
-        probabilities: false,
-        label: false,
-    };
+    let mut sel = OutputSelection::NONE;
     for o in outs {
         match o.name.as_str() {
             OUTPUT_PROBABILITIES => sel.probabilities = true,

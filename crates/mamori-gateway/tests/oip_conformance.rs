@@ -235,3 +235,137 @@ async fn metrics_endpoint_counts_requests_and_decisions() {
     assert!(text.contains("mamori_request_duration_seconds_count{model=\"lin\"} 2"));
     env.shutdown().await;
 }
+
+/// Binary tensor data extension for outputs (what NVIDIA's tritonclient asks for by default):
+/// `binary_data_output` for every output, `binary_data` per output overriding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_tensor_extension_output() {
+    let mut env = start_default().await;
+    let (_, key) = env.keys.create("alice", None, "full", &[]).unwrap();
+    let rows = vec![sample(4), sample(5)];
+    let want = expected_probs("lin", &rows);
+    let send = |body: serde_json::Value| {
+        env.client
+            .post(env.infer_url("lin"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+
+    // Every output binary.
+    let mut body = fp32_body(&rows);
+    body["parameters"] = json!({"binary_data_output": true});
+    let r = send(body).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    let n: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    let outs = &header["outputs"];
+    assert_eq!(outs[0]["name"], "probabilities");
+    assert_eq!(outs[0]["shape"], json!([2, 3]));
+    assert_eq!(outs[0]["parameters"]["binary_data_size"], 24);
+    assert!(outs[0].get("data").is_none());
+    assert_eq!(outs[1]["name"], "label");
+    assert_eq!(outs[1]["datatype"], "INT64");
+    assert_eq!(outs[1]["parameters"]["binary_data_size"], 16);
+    assert_eq!(bytes.len(), n + 24 + 16);
+    let probs: Vec<f32> = bytes[n..n + 24]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(probs, want.data());
+    let labels: Vec<usize> = bytes[n + 24..]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    assert_eq!(labels, want.argmax_rows());
+
+    // Per-output choice overrides the request-wide one: label binary, probabilities JSON.
+    let mut body = fp32_body(&rows);
+    body["parameters"] = json!({"binary_data_output": true});
+    body["outputs"] = json!([
+        {"name": "probabilities", "parameters": {"binary_data": false}},
+        {"name": "label"}
+    ]);
+    let r = send(body).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let n: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    let json_probs: Vec<f32> = header["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(json_probs, want.data());
+    assert_eq!(header["outputs"][1]["parameters"]["binary_data_size"], 16);
+    assert_eq!(bytes.len(), n + 16);
+
+    // binary_data false everywhere: a plain JSON answer without the header.
+    let mut body = fp32_body(&rows);
+    body["outputs"] = json!([{"name": "label", "parameters": {"binary_data": false}}]);
+    let r = send(body).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("inference-header-content-length").is_none());
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["outputs"][0]["data"], json!(want.argmax_rows()));
+    env.shutdown().await;
+}
+
+/// Extensions the gateway does not implement are refused by name (400), not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_output_extensions_are_named() {
+    let mut env = start_default().await;
+    let (_, key) = env.keys.create("alice", None, "full", &[]).unwrap();
+    let cases = [
+        (
+            json!({"outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]}),
+            "classification extension (class_count) is not supported",
+        ),
+        (
+            json!({"outputs": [{"name": "label", "parameters": {"shared_memory_region": "r"}}]}),
+            "shared-memory extension is not supported",
+        ),
+        (
+            json!({"outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}),
+            "`binary_data` must be true or false",
+        ),
+        (
+            json!({"outputs": [{"name": "label", "parameters": 3}]}),
+            "`parameters` must be a JSON object",
+        ),
+        (
+            json!({"parameters": {"binary_data_output": 1}}),
+            "`binary_data_output` must be true or false",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut body = fp32_body(&[sample(1)]);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, e) = env.post("lin", &key, body).await;
+        assert_eq!(s, 400, "{want}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg} should say {want}");
+    }
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32",
+        "parameters": {"shared_memory_region": "in"}}]});
+    let (s, e) = env.post("lin", &key, body).await;
+    assert_eq!(s, 400);
+    assert!(e["error"]
+        .as_str()
+        .unwrap()
+        .contains("shared-memory extension is not supported"));
+    env.shutdown().await;
+}
