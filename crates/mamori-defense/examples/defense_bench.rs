@@ -420,7 +420,11 @@ fn main() {
         );
         r.p_value
     };
-    row(&mut md, "victim (top1 never matches by construction)", &victim);
+    row(
+        &mut md,
+        "victim (top1 never matches by construction)",
+        &victim,
+    );
     let wm_labels: Vec<usize> = q_wm.rows().map(argmax).collect();
     let mut stolen = Vec::new();
     for (name, targets, epochs) in [
