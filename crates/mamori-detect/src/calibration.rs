@@ -15,7 +15,11 @@
 //! - `hoda`: benign class and hardness frequencies; thresholds = `margin` × the largest benign
 //!   window distance.
 //!
-//! Rate limits are configuration, not fitted.
+//! - `rate.max_per_window`, only when `benign_interval_ms` is given (the mean time between two
+//!   queries of one benign client; arrivals modelled as a Poisson process): the Poisson upper
+//!   tail at `fpr / queries_per_client` of the queries in one window, at least the largest
+//!   count seen in simulated benign streams ([`crate::rate::fit_window_bound`]). Otherwise rate
+//!   limits stay configuration.
 
 use crate::blacklight::BlacklightDetector;
 use crate::error::DetectError;
@@ -51,6 +55,9 @@ pub struct CalibrationOptions {
     pub seed: u64,
     /// Starting configuration (non-fitted fields are kept).
     pub base: DetectorsConfig,
+    /// Mean time between two queries of one benign client, in milliseconds (Poisson
+    /// arrivals); `None` leaves the rate limits as configured.
+    pub benign_interval_ms: Option<f64>,
 }
 
 impl Default for CalibrationOptions {
@@ -64,6 +71,7 @@ impl Default for CalibrationOptions {
             max_train: 10_000,
             seed: 0,
             base: DetectorsConfig::default(),
+            benign_interval_ms: None,
         }
     }
 }
@@ -85,6 +93,12 @@ pub struct CalibrationReport {
     pub hoda_max_class: f64,
     /// Largest benign hardness Pearson distance.
     pub hoda_max_hard: f64,
+    /// Mean benign inter-arrival time the rate limit was fitted for (ms), if any.
+    #[serde(default)]
+    pub rate_benign_interval_ms: Option<f64>,
+    /// Largest number of simulated benign queries in one rate window.
+    #[serde(default)]
+    pub rate_max_window: u64,
 }
 
 /// A stored calibration.
@@ -212,6 +226,13 @@ pub fn calibrate(
             "fpr must be in (0, 1), got {}",
             opts.fpr
         )));
+    }
+    if let Some(i) = opts.benign_interval_ms {
+        if !(i > 0.0 && i.is_finite()) {
+            return Err(DetectError::Calibration(format!(
+                "benign_interval_ms must be a positive number, got {i}"
+            )));
+        }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cfg = opts.base.clone();
@@ -365,6 +386,21 @@ pub fn calibrate(
     report.prada_min_w = min_w;
     if let Some(w) = min_w {
         cfg.prada.delta = cfg.prada.delta.min(0.995 * w);
+    }
+
+    // Rate: Poisson arrivals at the benign mean interval.
+    if let Some(interval) = opts.benign_interval_ms {
+        let (bound, seen) = crate::rate::fit_window_bound(
+            cfg.rate.window_ms,
+            interval,
+            opts.clients,
+            opts.queries_per_client,
+            tail,
+            &mut rng,
+        );
+        cfg.rate.max_per_window = bound;
+        report.rate_benign_interval_ms = Some(interval);
+        report.rate_max_window = seen;
     }
 
     Ok(Calibration {
