@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 /// The smallest `k` with `P(X > k) ≤ tail` for `X ~ Poisson(mean)` (upper-tail bound of the
 /// number of benign queries in one window when arrivals are Poisson).
 pub fn poisson_bound(mean: f64, tail: f64) -> u64 {
-    if !(mean > 0.0) || !mean.is_finite() {
+    if mean.is_nan() || mean <= 0.0 || mean.is_infinite() {
         return 0;
     }
     // Probability mass function computed iteratively in log space.
