@@ -6,7 +6,11 @@
 //! - `knn.threshold` = the `fpr` quantile of benign per-query mean k-NN distances (Chen et al.'s
 //!   rule);
 //! - `blacklight.match_threshold` = one more than the `1 − fpr` quantile of benign per-query
-//!   matches (at least the paper's 25, at most `top_n`);
+//!   matches (at least the paper's 25, at most `top_n`); `blacklight.min_flagged` = one more
+//!   than the binomial tail bound (at `fpr / queries_per_client`) of flagged queries in one
+//!   `window_queries` window for a per-query flag rate of max(benign rate, `alpha`) — a benign
+//!   stream of similar images (e.g. MNIST digits, 1.3% flagged at threshold 25) must not reach
+//!   it, a near-duplicate search (every query flagged) reaches it within a few queries;
 //! - `prada.delta` = min(configured δ, 0.995 × the smallest benign W) — PRADA's own choice of δ
 //!   for zero benign false positives;
 //! - `ood`: per-predicted-class centroids and `1 − alpha` distance radii and the `alpha`
@@ -85,6 +89,9 @@ pub struct CalibrationReport {
     pub knn_min_score: Option<f64>,
     /// Largest benign Blacklight match count.
     pub blacklight_max_match: usize,
+    /// Fraction of benign queries Blacklight flags at the fitted threshold.
+    #[serde(default)]
+    pub blacklight_flag_rate: f64,
     /// Fraction of benign queries scored OOD.
     pub ood_benign_rate: f64,
     /// Largest benign OOD count in one window.
@@ -320,6 +327,19 @@ pub fn calibrate(
             .max(opts.base.blacklight.match_threshold)
             .min(cfg.blacklight.top_n);
     }
+    // Client alarm: more flagged queries in one window than a benign stream with a per-query
+    // flag rate of max(observed, alpha) reaches with probability `fpr / queries_per_client`.
+    let bl_thr = cfg.blacklight.match_threshold as f64;
+    let bl_rate =
+        bl_matches.iter().filter(|&&m| m >= bl_thr).count() as f64 / bl_matches.len().max(1) as f64;
+    report.blacklight_flag_rate = bl_rate;
+    cfg.blacklight.min_flagged = (1 + binomial_bound(
+        cfg.blacklight.window_queries,
+        bl_rate.max(opts.alpha),
+        opts.fpr / opts.queries_per_client as f64,
+    ))
+    .max(opts.base.blacklight.min_flagged)
+    .min(cfg.blacklight.window_queries.max(1));
 
     // OOD benign rate and window bound; HODA references.
     let mut ood_flags = 0usize;

@@ -93,3 +93,28 @@ fn bad_interval_is_refused() {
         assert!(e.to_string().contains("benign_interval_ms"), "{e}");
     }
 }
+
+#[test]
+fn blacklight_client_alarm_tolerates_the_alpha_flag_rate() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    let b = &c.detectors.blacklight;
+    let rate = c.report.blacklight_flag_rate.max(0.01);
+    // One more than the binomial tail bound at fpr / queries = 5e-6 over a 20-query window.
+    let want = 1 + mamori_detect::ood::binomial_bound(b.window_queries, rate, 0.001 / 200.0);
+    assert_eq!(b.min_flagged, want.clamp(2, b.window_queries));
+    assert!(b.min_flagged >= 5, "{}", b.min_flagged);
+    // A larger tolerated rate needs more flagged queries.
+    let loose = calibrate(
+        &m,
+        &tr,
+        &be,
+        "b",
+        &CalibrationOptions {
+            alpha: 0.2,
+            ..opts(None)
+        },
+    )
+    .unwrap();
+    assert!(loose.detectors.blacklight.min_flagged > b.min_flagged);
+}
