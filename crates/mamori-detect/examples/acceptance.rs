@@ -483,13 +483,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- PRADA: the paper's single-test rule against two consecutive tests ----
     println!(
-        "## PRADA alone on the MNIST benign streams above and the JBDA streams: persist = 1 (paper) vs 2 consecutive tests below δ = {:.3}\n",
+        "## PRADA alone on the MNIST benign streams above and the JBDA streams: persist = 1 (paper), 2 (default), 3 consecutive tests below δ = {:.3}\n",
         cal_m.detectors.prada.delta
     );
     println!("| persist | benign MNIST clients flagged | JBDA: queries until flagged (median, detected/{attackers}) | JBDA per attacker |");
     println!("|---|---|---|---|");
     let jbda_streams = &streams[0].1;
-    for persist in [1u32, 2] {
+    for persist in [1u32, 2, 3] {
         let mut pc = cal_m.detectors.prada.clone();
         pc.persist = persist;
         let det = mamori_detect::prada::PradaDetector::new(pc.clone());
