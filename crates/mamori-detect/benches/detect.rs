@@ -1,8 +1,8 @@
 //! Per-query cost of the full detector set (engine + policy) with 1k, 10k and 100k queries of
 //! one client's history already observed.
 //!
-//! Run: `cargo bench -p mamori-detect --bench detect` (needs the MNIST IDX files in the data
-//! directory; falls back to synthetic images otherwise).
+//! Run: `cargo bench -p mamori-detect --bench detect` (reads MNIST with `mamori_data::load`
+//! from `mamori_data::resolve_data_dir(None)`; falls back to synthetic images otherwise).
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -13,15 +13,14 @@ use mamori_detect::hoda::HARDNESS_EDGES;
 use mamori_detect::{default_detectors, DetectorsConfig, Engine, PolicyConfig};
 use rand::{Rng, SeedableRng};
 
-#[path = "../examples/common/idx.rs"]
-mod idx;
-
 /// Query stream: MNIST training images, then shifted and noised copies (all distinct).
 fn images(n: usize) -> (Vec<Vec<f32>>, Vec<usize>) {
-    let dir = mamori_data::resolve_data_dir(None).join("mnist");
+    let dir = mamori_data::resolve_data_dir(None);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let base: Vec<(Vec<f32>, usize)> = match idx::load(&dir, "train") {
-        Ok(d) => (0..d.len()).map(|i| (d.row(i).to_vec(), d.y[i])).collect(),
+    let base: Vec<(Vec<f32>, usize)> = match mamori_data::load("mnist", &dir) {
+        Ok(s) => (0..s.train.len())
+            .map(|i| (s.train.x.row(i).to_vec(), s.train.y[i]))
+            .collect(),
         Err(e) => {
             eprintln!("MNIST not found ({e}); using synthetic images");
             (0..10_000)

@@ -279,13 +279,57 @@ impl<T: Elem> Hnsw<T> {
         kept
     }
 
-    /// Inserts a vector (must have the graph's dimension).
-    pub fn insert(&mut self, v: &[T]) {
-        debug_assert_eq!(v.len(), self.dim);
-        let id = self.links.len() as u32;
+    /// Draws the level of a new point (Malkov & Yashunin: `⌊−ln(U)·m_L⌋`, `m_L = 1/ln M`).
+    fn draw_level(&mut self) -> usize {
         let ml = 1.0 / (self.params.m.max(2) as f64).ln();
         let u = (splitmix(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64;
-        let level = ((-(1.0 - u).ln()) * ml).floor().min(16.0) as usize;
+        ((-(1.0 - u).ln()) * ml).floor().min(16.0) as usize
+    }
+
+    /// Inserts a vector (must have the graph's dimension).
+    pub fn insert(&mut self, v: &[T]) {
+        let level = self.draw_level();
+        self.insert_at(v, level, None);
+    }
+
+    /// Squared distances of (approximately) the `k` nearest points to `v`, then inserts `v` —
+    /// the same as [`Hnsw::search`] followed by [`Hnsw::insert`], but for a point drawn at
+    /// level 0 (a fraction `1 − 1/M` of them) one layer-0 search with
+    /// `ef = max(ef_search, k, ef_construction)` serves both: its `k` nearest are the answer and
+    /// its `ef_construction` nearest the insertion candidates (the upper-layer descent is the
+    /// same greedy walk for both).
+    pub fn search_insert(&mut self, v: &[T], k: usize) -> Vec<f32> {
+        debug_assert_eq!(v.len(), self.dim);
+        let level = self.draw_level();
+        let Some(entry) = self.entry else {
+            self.insert_at(v, level, None);
+            return Vec::new();
+        };
+        if level > 0 {
+            let d = self.search(v, k);
+            self.insert_at(v, level, None);
+            return d;
+        }
+        let mut ep = entry;
+        for l in (1..=self.level_of(entry)).rev() {
+            ep = self.greedy(v, ep, l);
+        }
+        let ef = self
+            .params
+            .ef_search
+            .max(k)
+            .max(self.params.ef_construction);
+        let found = self.search_layer(v, &[ep], ef, 0);
+        let d = found.iter().take(k).map(|c| c.0).collect();
+        let n = found.len().min(self.params.ef_construction.max(1));
+        self.insert_at(v, 0, Some(&found[..n]));
+        d
+    }
+
+    /// Inserts `v` at `level`; `layer0` = layer-0 candidates already found (only with
+    /// `level == 0` and a non-empty graph).
+    fn insert_at(&mut self, v: &[T], level: usize, layer0: Option<&[Cand]>) {
+        let id = self.links.len() as u32;
         self.data.extend_from_slice(v);
         self.links.push(vec![Vec::new(); level + 1]);
         let Some(entry) = self.entry else {
@@ -294,12 +338,17 @@ impl<T: Elem> Hnsw<T> {
         };
         let top = self.level_of(entry);
         let mut ep = entry;
-        for l in (level + 1..=top).rev() {
-            ep = self.greedy(v, ep, l);
+        if layer0.is_none() {
+            for l in (level + 1..=top).rev() {
+                ep = self.greedy(v, ep, l);
+            }
         }
         let mut eps = vec![ep];
         for l in (0..=level.min(top)).rev() {
-            let found = self.search_layer(v, &eps, self.params.ef_construction, l);
+            let found = match layer0 {
+                Some(f) if l == 0 => f.to_vec(),
+                _ => self.search_layer(v, &eps, self.params.ef_construction, l),
+            };
             let max_links = if l == 0 {
                 2 * self.params.m
             } else {
@@ -465,6 +514,20 @@ impl<T: Elem> AnnIndex<T> {
         d
     }
 
+    /// [`AnnIndex::search`] then [`AnnIndex::insert`] of the same point, sharing the current
+    /// generation's search ([`Hnsw::search_insert`]).
+    pub fn search_insert(&mut self, v: &[T], k: usize) -> Vec<f32> {
+        // Rotating first searches the same points: the full generation becomes `previous`.
+        self.rotate();
+        let mut d = self.current.search_insert(v, k);
+        if let Some(p) = self.previous.as_mut() {
+            d.extend(p.search(v, k));
+            d.sort_by(f32::total_cmp);
+            d.truncate(k);
+        }
+        d
+    }
+
     /// Exact version of [`AnnIndex::search`] (linear scan).
     pub fn exact_search(&self, q: &[T], k: usize) -> Vec<f32> {
         let mut d = self.current.exact_search(q, k);
@@ -537,6 +600,47 @@ mod tests {
             }
         }
         assert!(exact_hits >= 90, "1-NN recall {exact_hits}/100");
+    }
+
+    /// The k-NN detector's parameters (k = 50, 24-d codes, `KnnConfig::default()`): a stream
+    /// scored and inserted with `search_insert` keeps recall@50 against exact search, and the
+    /// graph it builds answers later searches as well as one built by `insert`.
+    #[test]
+    fn search_insert_keeps_recall_at_knn_parameters() {
+        let params = crate::knn::KnnConfig::default().hnsw;
+        let k = 50;
+        let pts = clustered(3000, 24, 11);
+        let mut a = AnnIndex::new(24, params, 1000, 5);
+        let mut b = AnnIndex::new(24, params, 1000, 5);
+        let (mut hit, mut total) = (0usize, 0usize);
+        for (i, p) in pts.iter().enumerate() {
+            let exact = a.exact_search(p, k);
+            let approx = a.search_insert(p, k);
+            b.insert(p);
+            assert_eq!(approx.len(), exact.len(), "point {i}");
+            if exact.len() == k && i % 10 == 0 {
+                let kth = exact[k - 1];
+                hit += approx.iter().filter(|&&d| d <= kth).count();
+                total += k;
+            }
+        }
+        assert_eq!(a.len(), b.len());
+        let stream_recall = hit as f64 / total as f64;
+        assert!(stream_recall > 0.9, "stream recall@50 = {stream_recall}");
+        let queries = clustered(100, 24, 12);
+        let recall = |idx: &mut AnnIndex<f32>| {
+            let mut hit = 0usize;
+            for q in &queries {
+                let kth = idx.exact_search(q, k)[k - 1];
+                hit += idx.search(q, k).iter().filter(|&&d| d <= kth).count();
+            }
+            hit as f64 / (queries.len() * k) as f64
+        };
+        let (ra, rb) = (recall(&mut a), recall(&mut b));
+        assert!(
+            ra > 0.9 && ra > rb - 0.03,
+            "search_insert graph {ra}, insert graph {rb}"
+        );
     }
 
     #[test]

@@ -87,6 +87,11 @@ impl BlacklightDetector {
 }
 
 /// The `top_n` largest distinct window hashes of `x`.
+///
+/// Windows whose values all quantise to 0 (blank background, e.g. the borders of an MNIST
+/// digit) are not hashed: every image with a blank region of `window` values shares that hash,
+/// so it carries no information about the query and only inflates matches between unrelated
+/// sparse images.
 pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
     const BASE: u64 = 0x100_0000_01B3;
     let step = cfg.quant_step.max(1) as f32;
@@ -100,23 +105,46 @@ pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
     }
     let pow = (0..w).fold(1u64, |acc, _| acc.wrapping_mul(BASE));
     let mut h = 0u64;
+    // Values in the current window above the lowest level (level 0 is stored as 1).
+    let mut lit = 0usize;
     let mut hashes = Vec::with_capacity(q.len());
     for i in 0..q.len() {
         h = h.wrapping_mul(BASE).wrapping_add(q[i]);
+        lit += (q[i] > 1) as usize;
         if i >= w {
             h = h.wrapping_sub(q[i - w].wrapping_mul(pow));
+            lit -= (q[i - w] > 1) as usize;
         }
-        if i + 1 >= w {
+        if i + 1 >= w && lit > 0 {
             let mut z = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             hashes.push(z ^ (z >> 31));
         }
     }
-    hashes.sort_unstable_by(|a, b| b.cmp(a));
-    hashes.dedup();
-    hashes.truncate(cfg.top_n);
+    top_distinct(&mut hashes, cfg.top_n);
     hashes
+}
+
+/// Keeps the `n` largest distinct values of `v`, in decreasing order: a bounded selection
+/// (`select_nth_unstable`, O(len)) of a few more than `n` candidates, sorted; a full sort only
+/// when duplicates among the candidates leave fewer than `n` distinct values.
+fn top_distinct(v: &mut Vec<u64>, n: usize) {
+    let m = (2 * n).max(1);
+    if v.len() > m {
+        v.select_nth_unstable_by(m - 1, |a, b| b.cmp(a));
+        let mut head: Vec<u64> = v[..m].to_vec();
+        head.sort_unstable_by(|a, b| b.cmp(a));
+        head.dedup();
+        if head.len() >= n {
+            head.truncate(n);
+            *v = head;
+            return;
+        }
+    }
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.dedup();
+    v.truncate(n);
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -266,5 +294,33 @@ mod tests {
         let r = d.restore_state(&s.snapshot()).unwrap();
         assert_eq!(r.queries(), 320);
         assert!(d.restore_state(b"nope").is_err());
+    }
+
+    #[test]
+    fn blank_windows_are_not_hashed_and_selection_matches_a_full_sort() {
+        let cfg = BlacklightConfig::default();
+        assert!(fingerprint(&cfg, &[0.0; 784]).is_empty());
+        // Two unrelated sparse images (one short stroke each, far apart) share no hash.
+        let mut a = vec![0.0f32; 784];
+        let mut b = vec![0.0f32; 784];
+        a[100..104].fill(1.0);
+        b[600..605].fill(0.6);
+        let (fa, fb) = (fingerprint(&cfg, &a), fingerprint(&cfg, &b));
+        assert!(!fa.is_empty() && !fb.is_empty());
+        assert_eq!(fa.iter().filter(|h| fb.contains(h)).count(), 0);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for len in [0usize, 3, 60, 100, 101, 765] {
+            for n in [1usize, 5, 50] {
+                // Few distinct values: many duplicates among the candidates.
+                let v: Vec<u64> = (0..len).map(|_| rng.gen_range(0..40)).collect();
+                let mut want = v.clone();
+                want.sort_unstable_by(|a, b| b.cmp(a));
+                want.dedup();
+                want.truncate(n);
+                let mut got = v;
+                top_distinct(&mut got, n);
+                assert_eq!(got, want, "len {len}, n {n}");
+            }
+        }
     }
 }

@@ -6,7 +6,11 @@
 //! - `knn.threshold` = the `fpr` quantile of benign per-query mean k-NN distances (Chen et al.'s
 //!   rule);
 //! - `blacklight.match_threshold` = one more than the `1 − fpr` quantile of benign per-query
-//!   matches (at least the paper's 25, at most `top_n`);
+//!   matches (at least the paper's 25, at most `top_n`); `blacklight.min_flagged` = one more
+//!   than the binomial tail bound (at `fpr / queries_per_client`) of flagged queries in one
+//!   `window_queries` window for a per-query flag rate of max(benign rate, `alpha`) — a benign
+//!   stream of similar images (e.g. MNIST digits, 1.3% flagged at threshold 25) must not reach
+//!   it, a near-duplicate search (every query flagged) reaches it within a few queries;
 //! - `prada.delta` = min(configured δ, 0.995 × the smallest benign W) — PRADA's own choice of δ
 //!   for zero benign false positives;
 //! - `ood`: per-predicted-class centroids and `1 − alpha` distance radii and the `alpha`
@@ -15,7 +19,11 @@
 //! - `hoda`: benign class and hardness frequencies; thresholds = `margin` × the largest benign
 //!   window distance.
 //!
-//! Rate limits are configuration, not fitted.
+//! - `rate.max_per_window`, only when `benign_interval_ms` is given (the mean time between two
+//!   queries of one benign client; arrivals modelled as a Poisson process): the Poisson upper
+//!   tail at `fpr / queries_per_client` of the queries in one window, at least the largest
+//!   count seen in simulated benign streams ([`crate::rate::fit_window_bound`]). Otherwise rate
+//!   limits stay configuration.
 
 use crate::blacklight::BlacklightDetector;
 use crate::error::DetectError;
@@ -51,6 +59,9 @@ pub struct CalibrationOptions {
     pub seed: u64,
     /// Starting configuration (non-fitted fields are kept).
     pub base: DetectorsConfig,
+    /// Mean time between two queries of one benign client, in milliseconds (Poisson
+    /// arrivals); `None` leaves the rate limits as configured.
+    pub benign_interval_ms: Option<f64>,
 }
 
 impl Default for CalibrationOptions {
@@ -64,6 +75,7 @@ impl Default for CalibrationOptions {
             max_train: 10_000,
             seed: 0,
             base: DetectorsConfig::default(),
+            benign_interval_ms: None,
         }
     }
 }
@@ -77,6 +89,9 @@ pub struct CalibrationReport {
     pub knn_min_score: Option<f64>,
     /// Largest benign Blacklight match count.
     pub blacklight_max_match: usize,
+    /// Fraction of benign queries Blacklight flags at the fitted threshold.
+    #[serde(default)]
+    pub blacklight_flag_rate: f64,
     /// Fraction of benign queries scored OOD.
     pub ood_benign_rate: f64,
     /// Largest benign OOD count in one window.
@@ -85,6 +100,12 @@ pub struct CalibrationReport {
     pub hoda_max_class: f64,
     /// Largest benign hardness Pearson distance.
     pub hoda_max_hard: f64,
+    /// Mean benign inter-arrival time the rate limit was fitted for (ms), if any.
+    #[serde(default)]
+    pub rate_benign_interval_ms: Option<f64>,
+    /// Largest number of simulated benign queries in one rate window.
+    #[serde(default)]
+    pub rate_max_window: u64,
 }
 
 /// A stored calibration.
@@ -213,6 +234,13 @@ pub fn calibrate(
             opts.fpr
         )));
     }
+    if let Some(i) = opts.benign_interval_ms {
+        if !(i > 0.0 && i.is_finite()) {
+            return Err(DetectError::Calibration(format!(
+                "benign_interval_ms must be a positive number, got {i}"
+            )));
+        }
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cfg = opts.base.clone();
     let mut report = CalibrationReport::default();
@@ -299,6 +327,19 @@ pub fn calibrate(
             .max(opts.base.blacklight.match_threshold)
             .min(cfg.blacklight.top_n);
     }
+    // Client alarm: more flagged queries in one window than a benign stream with a per-query
+    // flag rate of max(observed, alpha) reaches with probability `fpr / queries_per_client`.
+    let bl_thr = cfg.blacklight.match_threshold as f64;
+    let bl_rate =
+        bl_matches.iter().filter(|&&m| m >= bl_thr).count() as f64 / bl_matches.len().max(1) as f64;
+    report.blacklight_flag_rate = bl_rate;
+    cfg.blacklight.min_flagged = (1 + binomial_bound(
+        cfg.blacklight.window_queries,
+        bl_rate.max(opts.alpha),
+        opts.fpr / opts.queries_per_client as f64,
+    ))
+    .max(opts.base.blacklight.min_flagged)
+    .min(cfg.blacklight.window_queries.max(1));
 
     // OOD benign rate and window bound; HODA references.
     let mut ood_flags = 0usize;
@@ -365,6 +406,21 @@ pub fn calibrate(
     report.prada_min_w = min_w;
     if let Some(w) = min_w {
         cfg.prada.delta = cfg.prada.delta.min(0.995 * w);
+    }
+
+    // Rate: Poisson arrivals at the benign mean interval.
+    if let Some(interval) = opts.benign_interval_ms {
+        let (bound, seen) = crate::rate::fit_window_bound(
+            cfg.rate.window_ms,
+            interval,
+            opts.clients,
+            opts.queries_per_client,
+            tail,
+            &mut rng,
+        );
+        cfg.rate.max_per_window = bound;
+        report.rate_benign_interval_ms = Some(interval);
+        report.rate_max_window = seen;
     }
 
     Ok(Calibration {

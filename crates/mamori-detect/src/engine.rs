@@ -51,6 +51,8 @@ struct EngineSnapshot {
 pub struct Engine {
     detectors: Vec<Arc<dyn Detector>>,
     names: Vec<String>,
+    /// `group:<name>`, built once (verdict names are borrowed per query, not formatted).
+    group_names: Vec<String>,
     clients: HashMap<String, Tracked>,
     groups: HashMap<String, Tracked>,
     policy: Policy,
@@ -69,10 +71,12 @@ fn input_hash(x: &[f32]) -> u64 {
 impl Engine {
     /// An engine running `detectors` under `policy`.
     pub fn new(detectors: Vec<Arc<dyn Detector>>, policy: PolicyConfig) -> Self {
-        let names = detectors.iter().map(|d| d.info().name).collect();
+        let names: Vec<String> = detectors.iter().map(|d| d.info().name).collect();
+        let group_names = names.iter().map(|n| format!("group:{n}")).collect();
         Self {
             detectors,
             names,
+            group_names,
             clients: HashMap::new(),
             groups: HashMap::new(),
             policy: Policy::new(policy),
@@ -113,24 +117,24 @@ impl Engine {
         }
     }
 
-    fn run(
-        names: &[String],
+    fn run<'n>(
+        names: &'n [String],
+        labels: &'n [String],
         t: &mut Tracked,
         obs: &Observation<'_>,
         hash: u64,
-        prefix: &str,
-        out: &mut Vec<(String, Verdict)>,
+        out: &mut Vec<(&'n str, Verdict)>,
     ) {
         t.queries += 1;
         if t.seen.len() >= MAX_SEEN {
             t.seen.clear();
         }
         let repeat = !t.seen.insert(hash);
-        for (name, st) in names.iter().zip(t.states.iter_mut()) {
+        for ((name, label), st) in names.iter().zip(labels).zip(t.states.iter_mut()) {
             if repeat && name != RateDetector::NAME {
                 continue;
             }
-            out.push((format!("{prefix}{name}"), st.observe(obs)));
+            out.push((label.as_str(), st.observe(obs)));
         }
     }
 
@@ -144,17 +148,20 @@ impl Engine {
         let hash = input_hash(obs.input);
         let mut verdicts = Vec::with_capacity(2 * self.names.len());
         let dets = &self.detectors;
-        let t = self
-            .clients
-            .entry(client.to_string())
-            .or_insert_with(|| Self::fresh(dets));
-        Self::run(&self.names, t, obs, hash, "", &mut verdicts);
+        // Look up before inserting: no key allocation for a known client.
+        if !self.clients.contains_key(client) {
+            self.clients.insert(client.to_string(), Self::fresh(dets));
+        }
+        if let Some(t) = self.clients.get_mut(client) {
+            Self::run(&self.names, &self.names, t, obs, hash, &mut verdicts);
+        }
         if let Some(g) = group {
-            let t = self
-                .groups
-                .entry(g.to_string())
-                .or_insert_with(|| Self::fresh(dets));
-            Self::run(&self.names, t, obs, hash, "group:", &mut verdicts);
+            if !self.groups.contains_key(g) {
+                self.groups.insert(g.to_string(), Self::fresh(dets));
+            }
+            if let Some(t) = self.groups.get_mut(g) {
+                Self::run(&self.names, &self.group_names, t, obs, hash, &mut verdicts);
+            }
         }
         self.policy.decide(client, group, &verdicts, obs.time_ms)
     }

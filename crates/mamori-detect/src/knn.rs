@@ -174,13 +174,11 @@ impl KnnState {
         let index = self
             .index
             .get_or_insert_with(|| AnnIndex::new(code.len(), cfg.hnsw, cfg.capacity, cfg.seed));
-        let score = if index.len() >= cfg.k {
-            let d = index.search(&code, cfg.k);
-            Some(d.iter().map(|&d2| (d2 as f64).sqrt()).sum::<f64>() / d.len().max(1) as f64)
-        } else {
-            None
-        };
-        index.insert(&code);
+        // One search serves the score and the insertion (`AnnIndex::search_insert`).
+        let enough = index.len() >= cfg.k;
+        let d = index.search_insert(&code, cfg.k);
+        let score = enough
+            .then(|| d.iter().map(|&d2| (d2 as f64).sqrt()).sum::<f64>() / d.len().max(1) as f64);
         self.code = code;
         score
     }

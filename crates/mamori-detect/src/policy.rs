@@ -5,7 +5,18 @@
 //! highest level whose threshold the risk reaches (`degrade` < `throttle` < `block`), and at
 //! least [`Action::Alert`] while any detector with weight ≥ `alert_min_weight` alarms now. So a
 //! persistent alarm escalates Alert → Degrade → Throttle → Block as alarming queries accumulate,
-//! and a client that stops decays back down. Admin overrides (`allow` / `block` lists, or
+//! and a client that stops decays back down.
+//!
+//! Suspicion and corroboration: detectors listed in `suspicion` (default `ood`, `hoda`) see
+//! only the *distribution* of a client's queries. A legitimate user whose data differs from the
+//! training set (another dataset's natural images, a new camera) looks exactly like a
+//! Knockoff-style stream of natural out-of-distribution images, so distribution evidence alone
+//! cannot separate them. Their alarms are therefore suspicion: reported in the reasons, but they
+//! add risk and raise an Alert only while a *behaviour* detector (any detector not in
+//! `suspicion`: query rate/volume above the benign calibrated bound, PRADA, k-NN, Blacklight)
+//! alarms on the same query — as a security team escalates an anomaly only when it is
+//! corroborated by extraction behaviour. Group verdicts (`group:<d>`) follow the same rule,
+//! corroborated by any behaviour alarm of the client or the group. Admin overrides (`allow` / `block` lists, or
 //! [`Policy::set_override`]) win over everything. Every [`Decision`] carries its reasons.
 
 use mamori_core::{Action, Verdict};
@@ -35,6 +46,10 @@ pub struct PolicyConfig {
     pub allow: Vec<String>,
     /// Clients always blocked (admin override).
     pub block: Vec<String>,
+    /// Distribution-only detectors: their alarms count only when a detector not listed here
+    /// alarms on the same query (see the module documentation). Names without the `group:`
+    /// prefix; they apply to group verdicts too. Empty = every alarm counts on its own.
+    pub suspicion: Vec<String>,
 }
 
 impl Default for PolicyConfig {
@@ -49,6 +64,7 @@ impl Default for PolicyConfig {
             half_life_ms: 3_600_000,
             allow: Vec::new(),
             block: Vec::new(),
+            suspicion: vec!["ood".to_string(), "hoda".to_string()],
         }
     }
 }
@@ -153,6 +169,12 @@ impl Policy {
         0.5f64.powf(dt / self.cfg.half_life_ms as f64)
     }
 
+    /// Whether `name` (possibly `group:<d>`) is a distribution-only detector.
+    fn is_suspicion(&self, name: &str) -> bool {
+        let base = name.strip_prefix("group:").unwrap_or(name);
+        self.cfg.suspicion.iter().any(|s| s == base)
+    }
+
     fn weight(&self, name: &str) -> f64 {
         self.cfg
             .weights
@@ -164,11 +186,11 @@ impl Policy {
     /// Decides the action for `client` after a query with these verdicts. `group`, when
     /// given, only labels the reasons; group-level verdicts are passed in `verdicts` named
     /// `group:<detector>`.
-    pub fn decide(
+    pub fn decide<S: AsRef<str>>(
         &mut self,
         client: &str,
         group: Option<&str>,
-        verdicts: &[(String, Verdict)],
+        verdicts: &[(S, Verdict)],
         now_ms: u64,
     ) -> Decision {
         let mut reasons: Vec<Reason> = verdicts
@@ -176,31 +198,38 @@ impl Policy {
             .filter(|(_, v)| v.alarm)
             .map(|(n, v)| Reason {
                 detector: match group {
-                    Some(g) if n.starts_with("group:") => format!("{n}@{g}"),
-                    _ => n.clone(),
+                    Some(g) if n.as_ref().starts_with("group:") => format!("{}@{g}", n.as_ref()),
+                    _ => n.as_ref().to_string(),
                 },
                 score: v.score,
                 alarm: true,
             })
             .collect();
+        let corroborated = verdicts
+            .iter()
+            .any(|(n, v)| v.alarm && !self.is_suspicion(n.as_ref()));
+        let counts = |n: &str| corroborated || !self.is_suspicion(n);
         let added: f64 = verdicts
             .iter()
-            .filter(|(_, v)| v.alarm)
-            .map(|(n, _)| self.weight(n))
+            .filter(|(n, v)| v.alarm && counts(n.as_ref()))
+            .map(|(n, _)| self.weight(n.as_ref()))
             .sum();
-        let alert = verdicts
-            .iter()
-            .any(|(n, v)| v.alarm && self.weight(n) >= self.cfg.alert_min_weight);
+        let alert = verdicts.iter().any(|(n, v)| {
+            v.alarm && counts(n.as_ref()) && self.weight(n.as_ref()) >= self.cfg.alert_min_weight
+        });
         let decayed = self.risk(client, now_ms);
         let risk = decayed + added;
         if risk > 0.0 {
-            self.risk.insert(
-                client.to_string(),
-                ClientRisk {
-                    risk,
-                    last_ms: now_ms,
-                },
-            );
+            let r = ClientRisk {
+                risk,
+                last_ms: now_ms,
+            };
+            match self.risk.get_mut(client) {
+                Some(slot) => *slot = r,
+                None => {
+                    self.risk.insert(client.to_string(), r);
+                }
+            }
         }
         let mut action = if risk >= self.cfg.block_at {
             Action::Block
@@ -298,8 +327,10 @@ mod tests {
 
     #[test]
     fn weights_and_toml_config() {
-        let cfg: PolicyConfig =
-            toml::from_str("degrade_at = 2.0\nallow = [\"ops\"]\n[weights]\nood = 0.25\n").unwrap();
+        let cfg: PolicyConfig = toml::from_str(
+            "degrade_at = 2.0\nallow = [\"ops\"]\nsuspicion = []\n[weights]\nood = 0.25\n",
+        )
+        .unwrap();
         let mut p = Policy::new(cfg);
         let ood = [("ood".to_string(), v(true))];
         // Below the alert weight: risk grows, no alert yet.
@@ -311,5 +342,42 @@ mod tests {
         assert_eq!(p.decide("ops", None, &ood, 9).action, Action::Allow);
         let bad: Result<PolicyConfig, _> = toml::from_str("degrade = 2.0");
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn distribution_alarms_need_corroboration() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let ood_only = [
+            ("ood".to_string(), v(true)),
+            ("group:hoda".to_string(), v(true)),
+            ("rate".to_string(), v(false)),
+        ];
+        for t in 0..1000 {
+            let d = p.decide("c", Some("org"), &ood_only, t);
+            assert_eq!(d.action, Action::Allow, "query {t}");
+            assert_eq!(d.risk, 0.0);
+            // Still reported, for the audit log.
+            assert_eq!(d.reasons.len(), 2);
+        }
+        // Corroborated by a behaviour detector (rate: weight 2): ood and group:hoda count too.
+        let both = [
+            ("ood".to_string(), v(true)),
+            ("group:hoda".to_string(), v(true)),
+            ("rate".to_string(), v(true)),
+        ];
+        let d = p.decide("c", Some("org"), &both, 1000);
+        assert_eq!(d.action, Action::Alert);
+        assert!((d.risk - 4.0).abs() < 1e-9, "{}", d.risk);
+        // A group-level behaviour alarm corroborates the client's own ood alarm.
+        let d = p.decide(
+            "d",
+            Some("org"),
+            &[
+                ("ood".to_string(), v(true)),
+                ("group:knn".to_string(), v(true)),
+            ],
+            0,
+        );
+        assert!((d.risk - 2.0).abs() < 1e-9, "{}", d.risk);
     }
 }

@@ -14,6 +14,57 @@ use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
+/// The smallest `k` with `P(X > k) ≤ tail` for `X ~ Poisson(mean)` (upper-tail bound of the
+/// number of benign queries in one window when arrivals are Poisson).
+pub fn poisson_bound(mean: f64, tail: f64) -> u64 {
+    if mean.is_nan() || mean <= 0.0 || mean.is_infinite() {
+        return 0;
+    }
+    // Probability mass function computed iteratively in log space.
+    let mut logpmf = -mean;
+    let mut cdf = 0.0;
+    let mut k = 0u64;
+    loop {
+        cdf += logpmf.exp();
+        if 1.0 - cdf <= tail || k > (mean + 50.0 * mean.sqrt() + 50.0) as u64 {
+            return k;
+        }
+        k += 1;
+        logpmf += mean.ln() - (k as f64).ln();
+    }
+}
+
+/// Fits `max_per_window` for benign clients whose queries arrive as a Poisson process with
+/// mean inter-arrival `interval_ms`: `clients` streams of `queries` exponential gaps are
+/// simulated with `rng` and the largest window count seen is kept; the bound is the larger of
+/// that and `1 + poisson_bound(window_ms / interval_ms, tail)` (the query that closes the window
+/// plus the others in it). Returns `(bound, largest simulated count)`.
+pub fn fit_window_bound(
+    window_ms: u64,
+    interval_ms: f64,
+    clients: usize,
+    queries: usize,
+    tail: f64,
+    rng: &mut impl rand::Rng,
+) -> (u64, u64) {
+    let interval = interval_ms.max(1e-3);
+    let mut seen = 0u64;
+    for _ in 0..clients {
+        let mut times: VecDeque<f64> = VecDeque::new();
+        let mut t = 0.0f64;
+        for _ in 0..queries {
+            t += -interval * (1.0 - rng.gen::<f64>()).ln();
+            times.push_back(t);
+            while times.front().is_some_and(|&f| t - f >= window_ms as f64) {
+                times.pop_front();
+            }
+            seen = seen.max(times.len() as u64);
+        }
+    }
+    let bound = 1 + poisson_bound(window_ms as f64 / interval, tail);
+    (bound.max(seen), seen)
+}
+
 /// Configuration of the rate detector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -126,6 +177,7 @@ impl DetectorState for RateState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
     fn obs(t: u64) -> Observation<'static> {
         Observation {
@@ -157,6 +209,36 @@ mod tests {
             }
         }
         assert_eq!(first, Some(10), "the 11th query inside one second alarms");
+    }
+
+    #[test]
+    fn poisson_window_bound() {
+        // Poisson(6): P(X ≤ 14) = 0.99858, P(X ≤ 15) = 0.99943.
+        assert_eq!(poisson_bound(6.0, 1e-3), 15);
+        assert_eq!(poisson_bound(6.0, 2e-3), 14);
+        assert_eq!(poisson_bound(0.0, 1e-3), 0);
+        assert_eq!(poisson_bound(f64::NAN, 1e-3), 0);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // One query per 10 s on average, 60 s windows: about 6 per window.
+        let (bound, seen) = fit_window_bound(60_000, 10_000.0, 20, 500, 2e-6, &mut rng);
+        assert!((8..=20).contains(&seen), "largest simulated window {seen}");
+        assert!(bound >= seen && bound <= 30, "bound {bound}");
+        // A stream at that rate does not alarm; one ten times faster does.
+        let d = RateDetector::new(RateConfig {
+            window_ms: 60_000,
+            max_per_window: bound,
+            max_total: 0,
+        });
+        let mut slow = d.new_state();
+        let mut fast = d.new_state();
+        let (mut t, mut slow_alarm) = (0.0f64, false);
+        for i in 0..500u64 {
+            t += -10_000.0 * (1.0 - rng.gen::<f64>()).ln();
+            slow_alarm |= slow.observe(&obs(t as u64)).alarm;
+            fast.observe(&obs(i * 1000));
+        }
+        assert!(!slow_alarm);
+        assert!(fast.observe(&obs(500_000)).alarm);
     }
 
     #[test]

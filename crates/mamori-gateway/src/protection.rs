@@ -188,8 +188,10 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
 /// The escalation of the built-in `detect` and `default` policies: `mamori_detect`'s default
 /// thresholds, with the distribution monitors (`ood`, `hoda`) weighted 0.1 per alarming query.
 /// Their alarms say "this client's queries do not look like the training distribution", which
-/// is also true of legitimate out-of-distribution users; at 0.1 a client is degraded after
-/// 50 such queries and blocked only after 500, so volume, not one batch, decides the block.
+/// is also true of legitimate out-of-distribution users; under `mamori_detect`'s default
+/// `suspicion` rule they add risk only while a behaviour detector (rate/volume, PRADA, k-NN,
+/// Blacklight) alarms on the same query, and then at 0.1 a client is degraded after 50 such
+/// queries and blocked only after 500, so behaviour and volume, not one batch, decide the block.
 pub fn detect_escalation() -> PolicyConfig {
     let mut e = PolicyConfig::default();
     e.weights.insert("ood".into(), 0.1);

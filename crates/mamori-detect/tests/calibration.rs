@@ -1,0 +1,120 @@
+//! `calibrate` on a tiny linear model: the rate limit fitted from the benign arrival rate, and
+//! bad options refused.
+
+use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
+use mamori_detect::{calibrate, CalibrationOptions, DetectError};
+
+const LEN: usize = 16;
+
+struct Linear(ModelCard);
+
+impl Model for Linear {
+    fn card(&self) -> &ModelCard {
+        &self.0
+    }
+    fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        let mut out = Vec::new();
+        for r in x.rows() {
+            for c in 0..3 {
+                out.push(
+                    r.iter()
+                        .enumerate()
+                        .map(|(i, v)| v * (((i * 7 + c * 5) % 11) as f32 - 5.0))
+                        .sum(),
+                );
+            }
+        }
+        Ok(Tensor::new(vec![x.batch_size(), 3], out)?)
+    }
+}
+
+fn model() -> Linear {
+    Linear(ModelCard {
+        name: "linear".into(),
+        architecture: "softmax".into(),
+        architecture_detail: serde_json::Value::Null,
+        input_shape: vec![LEN],
+        input_dtype: "FP32".into(),
+        input_range: [0.0, 1.0],
+        normalisation: Normalisation::default(),
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        output_kind: OutputKind::Logits,
+        dataset: DatasetRef::default(),
+        test_accuracy: None,
+        training_time_s: None,
+        seed: None,
+        extra: Default::default(),
+    })
+}
+
+fn data(n: usize, salt: usize) -> Tensor {
+    let x: Vec<f32> = (0..n * LEN)
+        .map(|i| ((i * 31 + salt * 17 + i / LEN * 13) % 97) as f32 / 97.0)
+        .collect();
+    Tensor::new(vec![n, LEN], x).unwrap()
+}
+
+fn opts(interval: Option<f64>) -> CalibrationOptions {
+    CalibrationOptions {
+        clients: 4,
+        queries_per_client: 200,
+        max_train: 300,
+        benign_interval_ms: interval,
+        ..CalibrationOptions::default()
+    }
+}
+
+#[test]
+fn rate_limit_follows_the_benign_arrival_rate() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let none = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    assert_eq!(
+        none.detectors.rate.max_per_window, 600,
+        "configured default kept"
+    );
+    assert_eq!(none.report.rate_benign_interval_ms, None);
+    // One query per 10 s on average over 60 s windows: ≈ 6 per window, bound well below 600.
+    let slow = calibrate(&m, &tr, &be, "b", &opts(Some(10_000.0))).unwrap();
+    let b = slow.detectors.rate.max_per_window;
+    assert!((10..=30).contains(&b), "bound {b}");
+    assert!(b >= slow.report.rate_max_window);
+    // Ten times faster benign clients get a much higher bound (mean 60 per window).
+    let fast = calibrate(&m, &tr, &be, "b", &opts(Some(1_000.0))).unwrap();
+    assert!(fast.detectors.rate.max_per_window > 3 * b);
+}
+
+#[test]
+fn bad_interval_is_refused() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+        let e = calibrate(&m, &tr, &be, "b", &opts(Some(bad))).unwrap_err();
+        assert!(matches!(e, DetectError::Calibration(_)), "{bad}: {e}");
+        assert!(e.to_string().contains("benign_interval_ms"), "{e}");
+    }
+}
+
+#[test]
+fn blacklight_client_alarm_tolerates_the_alpha_flag_rate() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    let b = &c.detectors.blacklight;
+    let rate = c.report.blacklight_flag_rate.max(0.01);
+    // One more than the binomial tail bound at fpr / queries = 5e-6 over a 20-query window.
+    let want = 1 + mamori_detect::ood::binomial_bound(b.window_queries, rate, 0.001 / 200.0);
+    assert_eq!(b.min_flagged, want.clamp(2, b.window_queries));
+    assert!(b.min_flagged >= 5, "{}", b.min_flagged);
+    // A larger tolerated rate needs more flagged queries.
+    let loose = calibrate(
+        &m,
+        &tr,
+        &be,
+        "b",
+        &CalibrationOptions {
+            alpha: 0.2,
+            ..opts(None)
+        },
+    )
+    .unwrap();
+    assert!(loose.detectors.blacklight.min_flagged > b.min_flagged);
+}
