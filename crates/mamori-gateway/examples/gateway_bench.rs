@@ -6,7 +6,7 @@
 //! at batch 1 and 32, with a built-in closed-loop load generator.
 //!
 //! ```text
-//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH] [--chain-cpu] [--no-http]
+//! cargo run --release -p mamori-gateway --example gateway_bench -- [--seconds 5] [--clients 4] [--rounds 3] [--detectors] [--model PATH] [--chain-cpu] [--no-http] [--linger-ms N]
 //! ```
 //!
 //! `--chain-cpu` adds a second table: the cost of `Chain::handle` itself, in process, without
@@ -336,6 +336,7 @@ fn main() {
     let mut rounds = 3usize;
     let mut detectors = false;
     let mut chain_cpu = false;
+    let mut linger_ms: Option<u64> = None;
     let mut http = true;
     let mut model_path: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
@@ -363,6 +364,13 @@ fn main() {
             "--chain-cpu" => chain_cpu = true,
             "--no-http" => http = false,
             "--model" => model_path = args.next().map(Into::into),
+            "--linger-ms" => {
+                linger_ms = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .map(Some)
+                    .expect("--linger-ms N")
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -373,6 +381,9 @@ fn main() {
     let name = model.card().name.clone();
     let home = tempfile::tempdir().expect("tempdir");
     let mut cfg = GatewayConfig::default();
+    if let Some(ms) = linger_ms {
+        cfg.audit.linger_ms = ms;
+    }
     cfg.server.max_batch = 64;
     cfg.server.max_body_bytes = 64 << 20;
     let t = cfg.tiers.get_mut("standard").expect("standard tier");
