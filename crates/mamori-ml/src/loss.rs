@@ -73,6 +73,31 @@ pub(crate) fn xent_soft(
     scale: f32,
     dlogits: &mut [f32],
 ) -> (f64, usize) {
+    soft_rows(logits, targets, classes, dlogits, |z, t, d| {
+        let lse = softmax_into(z, d);
+        let mut loss = 0.0;
+        let mut tsum = 0.0f32;
+        for j in 0..classes {
+            loss += t[j] as f64 * (lse - z[j] as f64);
+            tsum += t[j];
+        }
+        for j in 0..classes {
+            d[j] = (d[j] * tsum - t[j]) * scale;
+        }
+        loss
+    })
+}
+
+/// Runs `row(z, t, d)` — which writes one sample's scaled logit gradient into `d` and returns
+/// its loss — over every (logits, soft target, gradient) row; returns `(summed loss, number of
+/// rows whose logits' argmax is the target's argmax)`. Shared by the soft-target losses.
+fn soft_rows(
+    logits: &[f32],
+    targets: &[f32],
+    classes: usize,
+    dlogits: &mut [f32],
+    mut row: impl FnMut(&[f32], &[f32], &mut [f32]) -> f64,
+) -> (f64, usize) {
     let mut loss = 0.0;
     let mut correct = 0;
     for ((z, d), t) in logits
@@ -80,16 +105,8 @@ pub(crate) fn xent_soft(
         .zip(dlogits.chunks_exact_mut(classes))
         .zip(targets.chunks_exact(classes))
     {
-        let lse = softmax_into(z, d);
-        let mut tsum = 0.0f32;
-        for j in 0..classes {
-            loss += t[j] as f64 * (lse - z[j] as f64);
-            tsum += t[j];
-        }
+        loss += row(z, t, d);
         correct += usize::from(argmax(z) == argmax(t));
-        for j in 0..classes {
-            d[j] = (d[j] * tsum - t[j]) * scale;
-        }
     }
     (loss, correct)
 }
@@ -110,25 +127,19 @@ pub(crate) fn logit_mse_soft(
     scale: f32,
     dlogits: &mut [f32],
 ) -> (f64, usize) {
-    let mut loss = 0.0;
-    let mut correct = 0;
     let k = classes as f64;
-    for ((z, d), t) in logits
-        .chunks_exact(classes)
-        .zip(dlogits.chunks_exact_mut(classes))
-        .zip(targets.chunks_exact(classes))
-    {
+    let lt = |v: f32| (v.max(LOG_TARGET_FLOOR) as f64).ln();
+    soft_rows(logits, targets, classes, dlogits, |z, t, d| {
         let zm = z.iter().map(|&v| v as f64).sum::<f64>() / k;
-        let lt = |v: f32| (v.max(LOG_TARGET_FLOOR) as f64).ln();
         let tm = t.iter().map(|&v| lt(v)).sum::<f64>() / k;
+        let mut loss = 0.0;
         for j in 0..classes {
             let r = (z[j] as f64 - zm) - (lt(t[j]) - tm);
             loss += 0.5 * r * r;
             d[j] = r as f32 * scale;
         }
-        correct += usize::from(argmax(z) == argmax(t));
-    }
-    (loss, correct)
+        loss
+    })
 }
 
 /// Probability regression against soft targets: `loss = ½‖softmax(z) − t‖²`, gradient
@@ -140,14 +151,9 @@ pub(crate) fn prob_mse_soft(
     scale: f32,
     dlogits: &mut [f32],
 ) -> (f64, usize) {
-    let mut loss = 0.0;
-    let mut correct = 0;
-    for ((z, d), t) in logits
-        .chunks_exact(classes)
-        .zip(dlogits.chunks_exact_mut(classes))
-        .zip(targets.chunks_exact(classes))
-    {
+    soft_rows(logits, targets, classes, dlogits, |z, t, d| {
         softmax_into(z, d);
+        let mut loss = 0.0;
         let mut pe = 0.0f64;
         for j in 0..classes {
             let e = (d[j] - t[j]) as f64;
@@ -158,9 +164,8 @@ pub(crate) fn prob_mse_soft(
             let p = d[j] as f64;
             d[j] = (p * ((p - t[j] as f64) - pe)) as f32 * scale;
         }
-        correct += usize::from(argmax(z) == argmax(t));
-    }
-    (loss, correct)
+        loss
+    })
 }
 
 /// Gradient of each sample's objective w.r.t. its logits (unscaled: one sample's objective,
