@@ -102,6 +102,33 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
+    /// A card for an in-memory FP32 classifier with inputs in `[0, 1]`, no normalisation,
+    /// logits out and classes named `"0"`, `"1"`, …: what benchmarks and experiments give the
+    /// models they train on the fly.
+    pub fn classifier(
+        name: &str,
+        architecture: &str,
+        input_shape: &[usize],
+        classes: usize,
+    ) -> ModelCard {
+        ModelCard {
+            name: name.into(),
+            architecture: architecture.into(),
+            architecture_detail: serde_json::Value::Null,
+            input_shape: input_shape.to_vec(),
+            input_dtype: "FP32".into(),
+            input_range: [0.0, 1.0],
+            normalisation: Normalisation::default(),
+            class_names: (0..classes).map(|i| i.to_string()).collect(),
+            output_kind: OutputKind::Logits,
+            dataset: DatasetRef::default(),
+            test_accuracy: None,
+            training_time_s: None,
+            seed: None,
+            extra: Default::default(),
+        }
+    }
+
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
@@ -138,6 +165,15 @@ mod tests {
         let s = serde_json::to_string(&card).unwrap();
         let back: ModelCard = serde_json::from_str(&s).unwrap();
         assert_eq!(card, back);
+        let plain = ModelCard::classifier("fmnist-cnn", "cnn", &[1, 28, 28], 10);
+        assert_eq!(
+            plain,
+            ModelCard {
+                test_accuracy: None,
+                seed: None,
+                ..card
+            }
+        );
         assert_eq!(back.input_len(), 784);
         assert!((Normalisation::default().apply(255.0) - 1.0).abs() < 1e-6);
     }

@@ -11,10 +11,8 @@
 //! label-trained substitute on the answers. Fidelity = agreement with the victim on the 10,000
 //! test images. Benign cost = victim test accuracy minus the accuracy of the defended answers.
 
-use mamori_core::{
-    DatasetRef, Model, ModelCard, Normalisation, OutputKind, PostContext, Postprocessor, Tensor,
-    Watermark,
-};
+use mamori_core::{ModelCard, Postprocessor, Tensor, Watermark};
+use mamori_defense::defended_answers;
 use mamori_defense::post::{build, BuildContext, PostprocessorSpec};
 use mamori_defense::robustness::{fine_tune, prune_smallest};
 use mamori_defense::simplex::argmax;
@@ -25,25 +23,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-fn card(input_shape: &[usize], classes: usize) -> ModelCard {
-    ModelCard {
-        name: "bench".into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: input_shape.to_vec(),
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: (0..classes).map(|i| i.to_string()).collect(),
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    }
-}
-
 /// Answers of `victim` on `x`, passed through `pp` and then `wm` (either optional).
 fn answer(
     victim: &NativeModel,
@@ -51,24 +30,10 @@ fn answer(
     pp: Option<&dyn Postprocessor>,
     wm: Option<&dyn Watermark>,
 ) -> Tensor {
-    let logits = victim.logits(x).expect("victim runs");
-    let mut probs = logits.clone();
-    mamori_core::softmax_rows(&mut probs);
-    let shape = victim.card.input_shape.clone();
-    for i in 0..x.batch_size() {
-        let input = x.row(i);
-        if let Some(p) = pp {
-            let ctx = PostContext {
-                client: "bench",
-                input,
-                input_shape: &shape,
-                logits: Some(logits.row(i)),
-                model: Some(victim),
-            };
-            p.apply(&ctx, probs.row_mut(i));
-        }
-        if let Some(w) = wm {
-            w.apply(input, probs.row_mut(i));
+    let mut probs = defended_answers(victim, x, pp, "bench").expect("victim runs");
+    if let Some(w) = wm {
+        for i in 0..x.batch_size() {
+            w.apply(x.row(i), probs.row_mut(i));
         }
     }
     probs
@@ -107,7 +72,7 @@ fn substitute(
     Sub {
         model: NativeModel {
             network: net,
-            card: card(input_shape, classes),
+            card: ModelCard::classifier("bench", "mlp", input_shape, classes),
         },
     }
 }
@@ -163,7 +128,7 @@ fn main() {
     .expect("victim trains");
     let victim = NativeModel {
         network: vnet.clone(),
-        card: card(&shape, classes),
+        card: ModelCard::classifier("bench", "mlp", &shape, classes),
     };
     let victim_acc = accuracy(&victim, &test.x, &test.y).unwrap();
     eprintln!(
@@ -469,7 +434,7 @@ fn main() {
         .unwrap();
         let m = NativeModel {
             network: net,
-            card: card(&shape, classes),
+            card: ModelCard::classifier("bench", "mlp", &shape, classes),
         };
         row(
             &mut md,
@@ -480,7 +445,7 @@ fn main() {
         prune_smallest(&mut net, 0.5).unwrap();
         let m = NativeModel {
             network: net,
-            card: card(&shape, classes),
+            card: ModelCard::classifier("bench", "mlp", &shape, classes),
         };
         row(&mut md, &format!("{name}, 50% smallest weights pruned"), &m);
     }
@@ -507,7 +472,7 @@ fn main() {
         .unwrap();
         let m = NativeModel {
             network: net,
-            card: card(&shape, classes),
+            card: ModelCard::classifier("bench", "mlp", &shape, classes),
         };
         let r = verify_model(&m, &records, 1e-4).unwrap();
         ps.push((r.p_value, r.matches));

@@ -16,9 +16,8 @@
 //! log-probabilities, i.e. a thief that inverts the softmax) and probability regression
 //! (squared error on the probabilities). Prints a Markdown table on stdout.
 
-use mamori_core::{
-    DatasetRef, Model, ModelCard, Normalisation, OutputKind, PostContext, Postprocessor, Tensor,
-};
+use mamori_core::{ModelCard, Postprocessor, Tensor};
+use mamori_defense::defended_answers;
 use mamori_defense::post::ReverseSigmoid;
 use mamori_defense::simplex::argmax;
 use mamori_ml::{
@@ -27,43 +26,8 @@ use mamori_ml::{
 };
 use std::time::Instant;
 
-fn card(input_shape: &[usize], classes: usize) -> ModelCard {
-    ModelCard {
-        name: "repro".into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: input_shape.to_vec(),
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: (0..classes).map(|i| i.to_string()).collect(),
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    }
-}
-
 fn answer(victim: &NativeModel, x: &Tensor, pp: Option<&dyn Postprocessor>) -> Tensor {
-    let logits = victim.logits(x).expect("victim runs");
-    let mut probs = logits.clone();
-    mamori_core::softmax_rows(&mut probs);
-    if let Some(p) = pp {
-        let shape = victim.card.input_shape.clone();
-        for i in 0..x.batch_size() {
-            let ctx = PostContext {
-                client: "repro",
-                input: x.row(i),
-                input_shape: &shape,
-                logits: Some(logits.row(i)),
-                model: Some(victim),
-            };
-            p.apply(&ctx, probs.row_mut(i));
-        }
-    }
-    probs
+    defended_answers(victim, x, pp, "repro").expect("victim runs")
 }
 
 fn main() {
@@ -132,7 +96,7 @@ fn main() {
         .expect("victim trains");
         let victim = NativeModel {
             network: vnet,
-            card: card(&shape, classes),
+            card: ModelCard::classifier("repro", "mlp", &shape, classes),
         };
         let vacc = accuracy(&victim, &test.x, &test.y).unwrap();
         eprintln!(
@@ -187,7 +151,7 @@ fn main() {
                     .expect("substitute trains");
                 let sub = NativeModel {
                     network: net,
-                    card: card(&shape, classes),
+                    card: ModelCard::classifier("repro", "mlp", &shape, classes),
                 };
                 let acc = accuracy(&sub, &test.x, &test.y).unwrap();
                 let fid = agreement(&sub, &victim, &test.x).unwrap();

@@ -20,9 +20,9 @@
 use mamori_attack::extract::{by_name, ExtractionContext};
 use mamori_attack::oracle::disclose;
 use mamori_core::{
-    DatasetRef, Disclosure, Model, ModelCard, Normalisation, Oracle, OracleAnswer, OracleError,
-    OutputKind, PostContext, Postprocessor, Tensor,
+    Disclosure, ModelCard, Oracle, OracleAnswer, OracleError, Postprocessor, Tensor,
 };
+use mamori_defense::defended_answers;
 use mamori_defense::post::{build, BuildContext, PostprocessorSpec};
 use mamori_defense::simplex::argmax;
 use mamori_defense::SecretKey;
@@ -30,44 +30,9 @@ use mamori_ml::{accuracy, agreement, train, Arch, NativeModel, Network, Targets,
 use std::sync::Arc;
 use std::time::Instant;
 
-fn card(input_shape: &[usize], classes: usize) -> ModelCard {
-    ModelCard {
-        name: "victim".into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: input_shape.to_vec(),
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: (0..classes).map(|i| i.to_string()).collect(),
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    }
-}
-
 /// Softmax answers of `victim`, each row passed through `pp`.
 fn defended(victim: &NativeModel, x: &Tensor, pp: Option<&dyn Postprocessor>) -> Tensor {
-    let logits = victim.logits(x).expect("victim runs");
-    let mut probs = logits.clone();
-    mamori_core::softmax_rows(&mut probs);
-    if let Some(p) = pp {
-        let shape = victim.card.input_shape.clone();
-        for i in 0..x.batch_size() {
-            let ctx = PostContext {
-                client: "thief",
-                input: x.row(i),
-                input_shape: &shape,
-                logits: Some(logits.row(i)),
-                model: Some(victim),
-            };
-            p.apply(&ctx, probs.row_mut(i));
-        }
-    }
-    probs
+    defended_answers(victim, x, pp, "thief").expect("victim runs")
 }
 
 /// The victim behind one postprocessor, as an oracle disclosing the postprocessed
@@ -148,7 +113,7 @@ fn main() {
     .expect("victim trains");
     let victim = Arc::new(NativeModel {
         network: vnet.clone(),
-        card: card(&shape, classes),
+        card: ModelCard::classifier("victim", "mlp", &shape, classes),
     });
     let vacc = accuracy(victim.as_ref(), &test.x, &test.y).unwrap();
     eprintln!(

@@ -10,7 +10,7 @@
 
 use crate::error::DefenseError;
 use crate::key::SecretKey;
-use mamori_core::{PostContext, Postprocessor};
+use mamori_core::{Model, PostContext, Postprocessor, Tensor};
 use mamori_ml::Network;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -149,6 +149,34 @@ impl PostprocessorSpec {
         }
         toml::from_str(&doc).map_err(err)
     }
+}
+
+/// The softmax answers of `model` on the batch `x`, each row passed through `pp` (when given)
+/// with the context the gateway's postprocess stage gives it (`client`, the input, the logits,
+/// the model). Benchmarks that steal through a defense use it as the defended API.
+pub fn defended_answers(
+    model: &mamori_ml::NativeModel,
+    x: &Tensor,
+    pp: Option<&dyn Postprocessor>,
+    client: &str,
+) -> Result<Tensor, DefenseError> {
+    let logits = model.logits(x)?;
+    let mut probs = logits.clone();
+    mamori_core::softmax_rows(&mut probs);
+    if let Some(p) = pp {
+        let shape = &model.card.input_shape;
+        for i in 0..x.batch_size() {
+            let ctx = PostContext {
+                client,
+                input: x.row(i),
+                input_shape: shape,
+                logits: Some(logits.row(i)),
+                model: Some(model),
+            };
+            p.apply(&ctx, probs.row_mut(i));
+        }
+    }
+    Ok(probs)
 }
 
 /// A name → postprocessor resolver for the gateway: parses the name with
