@@ -78,6 +78,18 @@ fn probs(label: usize) -> Vec<f32> {
     p
 }
 
+/// One benchmark client's observation of an MNIST-shaped query.
+fn obs<'a>(input: &'a [f32], probs: &'a [f32], label: usize, time_ms: u64) -> Observation<'a> {
+    Observation {
+        client: "bench",
+        input,
+        input_shape: &[1, 28, 28],
+        probs,
+        label,
+        time_ms,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let sizes = [1_000usize, 10_000, 100_000];
     let (xs, ys) = images(100_000 + 20_000);
@@ -87,18 +99,7 @@ fn bench(c: &mut Criterion) {
         let mut engine = Engine::new(default_detectors(&config()), PolicyConfig::default());
         for i in 0..n {
             let p = probs(ys[i]);
-            engine.observe(
-                "bench",
-                None,
-                &Observation {
-                    client: "bench",
-                    input: &xs[i],
-                    input_shape: &[1, 28, 28],
-                    probs: &p,
-                    label: ys[i],
-                    time_ms: i as u64 * 1000,
-                },
-            );
+            engine.observe("bench", None, &obs(&xs[i], &p, ys[i], i as u64 * 1000));
         }
         let mut next = n;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -109,18 +110,7 @@ fn bench(c: &mut Criterion) {
                 // Fresh inputs only (repeats would skip the similarity detectors).
                 let mut x = xs[i].clone();
                 x[next % 784] = (next % 251) as f32 / 251.0;
-                engine.observe(
-                    "bench",
-                    None,
-                    &Observation {
-                        client: "bench",
-                        input: &x,
-                        input_shape: &[1, 28, 28],
-                        probs: &p,
-                        label: ys[i],
-                        time_ms: next as u64 * 1000,
-                    },
-                )
+                engine.observe("bench", None, &obs(&x, &p, ys[i], next as u64 * 1000))
             })
         });
     }
@@ -141,14 +131,7 @@ fn bench_each(c: &mut Criterion) {
             let mut state = det.new_state();
             for i in 0..n {
                 let p = probs(ys[i]);
-                state.observe(&Observation {
-                    client: "bench",
-                    input: &xs[i],
-                    input_shape: &[1, 28, 28],
-                    probs: &p,
-                    label: ys[i],
-                    time_ms: i as u64 * 1000,
-                });
+                state.observe(&obs(&xs[i], &p, ys[i], i as u64 * 1000));
             }
             let mut next = n;
             group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -158,14 +141,7 @@ fn bench_each(c: &mut Criterion) {
                     let p = probs(ys[i]);
                     let mut x = xs[i].clone();
                     x[next % 784] = (next % 251) as f32 / 251.0;
-                    state.observe(&Observation {
-                        client: "bench",
-                        input: &x,
-                        input_shape: &[1, 28, 28],
-                        probs: &p,
-                        label: ys[i],
-                        time_ms: next as u64 * 1000,
-                    })
+                    state.observe(&obs(&x, &p, ys[i], next as u64 * 1000))
                 })
             });
         }
