@@ -24,6 +24,7 @@ pub mod model;
 pub mod oracle;
 pub mod postprocess;
 pub mod tensor;
+pub mod testing;
 pub mod watermark;
 
 pub use card::{DatasetRef, FileDigest, ModelCard, Normalisation, OutputKind};

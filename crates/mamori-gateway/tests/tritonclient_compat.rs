@@ -18,22 +18,7 @@ fn script() -> PathBuf {
 }
 
 fn tritonclient_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import tritonclient.http, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "CI=true but `python3 -c 'import tritonclient.http, numpy'` fails: .ci/run must install tritonclient[http]"
-            );
-        }
-        eprintln!(
-            "SKIPPED: python3 with the `tritonclient[http]` package is not available (pip install 'tritonclient[http]')"
-        );
-    }
-    ok
+    mamori_core::testing::python_imports_or_skip("tritonclient.http, numpy", "'tritonclient[http]'")
 }
 
 /// Raw UINT8 rows (pixel-like bytes).

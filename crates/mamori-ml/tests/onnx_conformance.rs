@@ -86,20 +86,7 @@ fn batch_dimension_is_dynamic() {
 /// (`CI=true`), where `.ci/run` installs it and a missing package is a failure.
 #[test]
 fn regenerated_fixtures_match_when_python_onnx_is_available() {
-    let has_onnx = Command::new("python3")
-        .args(["-c", "import onnx, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_onnx {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "CI=true but `python3 -c 'import onnx, numpy'` fails: .ci/run must install onnx"
-            );
-        }
-        eprintln!(
-            "SKIPPED: python3 with the `onnx` package is not available (pip install onnx numpy)"
-        );
+    if !mamori_core::testing::python_imports_or_skip("onnx, numpy", "onnx numpy") {
         return;
     }
     let out = tempfile::tempdir().unwrap();

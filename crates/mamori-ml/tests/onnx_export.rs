@@ -266,20 +266,7 @@ fn malformed_networks_are_refused() {
 /// tract's outputs to 1e-4. Needs python3 with `onnx` (skipped without it, failing in CI).
 #[test]
 fn exported_onnx_matches_reference_evaluator() {
-    let ok = Command::new("python3")
-        .args(["-c", "import onnx, numpy"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "CI=true but `python3 -c 'import onnx, numpy'` fails: .ci/run must install onnx"
-            );
-        }
-        eprintln!(
-            "SKIPPED: python3 with the `onnx` package is not available (pip install onnx numpy)"
-        );
+    if !mamori_core::testing::python_imports_or_skip("onnx, numpy", "onnx numpy") {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_onnx_cnn.py");
