@@ -16,6 +16,26 @@ fn tight(rate: f64, burst: u64, quota: u64) -> GatewayConfig {
     cfg
 }
 
+/// Sends one sample to `lin` with key `k`, asserts a 429 and returns its `Retry-After` seconds
+/// and its JSON body.
+async fn refused_retry_after(env: &Env, k: &str) -> (u64, serde_json::Value) {
+    let r = env
+        .client
+        .post(env.infer_url("lin"))
+        .bearer_auth(k)
+        .json(&fp32_body(&[sample(0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (retry, r.json().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_bucket_gives_429_with_retry_after() {
     let mut env = start(
@@ -33,22 +53,8 @@ async fn token_bucket_gives_429_with_retry_after() {
         200
     );
     assert_eq!(env.post("lin", &k, fp32_body(&[sample(0)])).await.0, 200);
-    let r = env
-        .client
-        .post(env.infer_url("lin"))
-        .bearer_auth(&k)
-        .json(&fp32_body(&[sample(0)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 429);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (retry, v) = refused_retry_after(&env, &k).await;
     assert!((1..=2).contains(&retry), "retry-after {retry}");
-    let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("rate limit"));
     // A batch larger than the burst can never pass: say so.
     let (s, v) = env.post("lin", &k2, fp32_body(&vec![sample(0); 5])).await;
@@ -74,22 +80,8 @@ async fn daily_quota_gives_429_until_midnight() {
         env.post("lin", &k, fp32_body(&vec![sample(0); 5])).await.0,
         200
     );
-    let r = env
-        .client
-        .post(env.infer_url("lin"))
-        .bearer_auth(&k)
-        .json(&fp32_body(&[sample(0)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 429);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (retry, v) = refused_retry_after(&env, &k).await;
     assert!((1..=86_400).contains(&retry));
-    let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"]
         .as_str()
         .unwrap()
