@@ -2,7 +2,7 @@
 //! queries-until-detection per attack × detector and for the combined policy.
 //!
 //! Run (release; ~2–4 min on 2 cores):
-//! `cargo run --release -p mamori-detect --example acceptance -- [clients] [queries] [max_attack]`
+//! `cargo run --release -p mamori-detect --example acceptance -- [clients] [queries] [max_attack] [--seed N]`
 //!
 //! Victims: one-hidden-layer MLPs (784-128-10) trained here on MNIST and Fashion-MNIST with
 //! the workspace's trainer (`mamori_ml::zoo::train_model`, data read by `mamori_data::load`;
@@ -210,10 +210,25 @@ fn median(v: &mut [usize]) -> Option<usize> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    // Positional: clients, queries, attack cap; `--seed N` seeds the benign clients, the
+    // attack streams and the arrival times (default 42, the seed of the first runs).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut seed = 42u64;
+    let mut args: Vec<usize> = Vec::new();
+    let mut it = raw.iter();
+    while let Some(a) = it.next() {
+        if a == "--seed" {
+            seed = it
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or("--seed needs an unsigned integer")?;
+        } else {
+            args.push(
+                a.parse()
+                    .map_err(|_| format!("unexpected argument `{a}`"))?,
+            );
+        }
+    }
     let clients = args.first().copied().unwrap_or(20);
     let queries = args.get(1).copied().unwrap_or(500);
     let cap = args.get(2).copied().unwrap_or(2000);
@@ -263,12 +278,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|d| d.info().name)
         .collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mn_eval = rows(mn_te, half..mn_te.len());
     let fa_eval = rows(fa_te, half..fa_te.len());
 
     // ---- benign ----
-    println!("## Benign streams ({clients} clients × {queries} queries each, default policy)\n");
+    println!("## Benign streams ({clients} clients × {queries} queries each, default policy, seed {seed})\n");
     println!(
         "| stream | model | clients alerted (action ≥ alert) | per-detector alarms (clients) |"
     );

@@ -8,16 +8,26 @@
 //! - `blacklight.match_threshold` = one more than the `1 − fpr` quantile of benign per-query
 //!   matches (at least the paper's 25, at most `top_n`); `blacklight.min_flagged` = one more
 //!   than the binomial tail bound (at `fpr / queries_per_client`) of flagged queries in one
-//!   `window_queries` window for a per-query flag rate of max(benign rate, `alpha`) — a benign
-//!   stream of similar images (e.g. MNIST digits, 1.3% flagged at threshold 25) must not reach
-//!   it, a near-duplicate search (every query flagged) reaches it within a few queries;
-//! - `prada.delta` = min(configured δ, 0.995 × the smallest benign W) — PRADA's own choice of δ
-//!   for zero benign false positives;
+//!   `window_queries` window for a per-query flag rate of max(benign rate,
+//!   `blacklight_tolerance` = 5%) — a benign stream of similar images (e.g. MNIST digits, 1.3%
+//!   flagged at threshold 25, up to 4 in one window) must not reach it, a near-duplicate search
+//!   (every query flagged) reaches it within one window;
+//! - `prada.delta` = min(configured δ, 0.995 × the smallest benign *critical* δ) — PRADA's own
+//!   rule (δ below every benign W) applied per client and at the configured `persist`: a
+//!   client's critical δ is the largest δ at which it is not flagged
+//!   ([`crate::prada::critical_delta`]). A per-client false-positive rate of `fpr` is a tail
+//!   event seen about once in 1/`fpr` clients, so PRADA is fitted on `tail_clients` simulated
+//!   clients (⌈1/`fpr`⌉ by default, 1,000 at `fpr` = 0.001), not on the `clients` the other
+//!   detectors use: fitted on 20 clients, δ let 1–2 of 200 fresh benign clients per stream
+//!   through (`docs/bench/detect.md`);
 //! - `ood`: per-predicted-class centroids and `1 − alpha` distance radii and the `alpha`
 //!   max-softmax quantile on (a sample of) the training data; the window bound from the benign
 //!   OOD rate by a binomial tail at `fpr / queries_per_client`, at least the benign maximum;
 //! - `hoda`: benign class and hardness frequencies; thresholds = `margin` × the largest benign
 //!   window distance.
+//! - `synthetic.threshold` = the `fpr` quantile of the smoothness of (a sample of) the training
+//!   inputs (images only); `max_flagged` from the benign flag rate by a binomial tail at
+//!   `fpr / queries_per_client`, as for the OOD rate.
 //!
 //! - `rate.max_per_window`, only when `benign_interval_ms` is given (the mean time between two
 //!   queries of one benign client; arrivals modelled as a Poisson process): the Poisson upper
@@ -31,7 +41,8 @@ use crate::hoda::{hardness_bin, HodaDetector, HARDNESS_EDGES};
 use crate::knn::KnnDetector;
 use crate::ood::{binomial_bound, OodDetector};
 use crate::registry::DetectorsConfig;
-use mamori_core::{Detector, Model, Observation, Tensor};
+use crate::synthetic::{smoothness, SyntheticDetector};
+use mamori_core::{Model, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -62,6 +73,26 @@ pub struct CalibrationOptions {
     /// Mean time between two queries of one benign client, in milliseconds (Poisson
     /// arrivals); `None` leaves the rate limits as configured.
     pub benign_interval_ms: Option<f64>,
+    /// Simulated benign clients for PRADA's per-client tail; `None`: ⌈1/`fpr`⌉ (at most
+    /// 5,000), and never fewer than `clients`.
+    pub tail_clients: Option<usize>,
+    /// Per-query Blacklight flag rate a benign stream may reach without its client being
+    /// flagged (when higher than the rate measured on the benign data): benign traffic from a
+    /// distribution calibration never saw (e.g. MNIST digits, which share stroke windows, sent
+    /// to a Fashion-MNIST model: 1.3% of queries flagged, some clients 4 in one 20-query
+    /// window) must stay below the client rule, while a near-duplicate search flags nearly
+    /// every query and still reaches it within a window.
+    pub blacklight_tolerance: f64,
+}
+
+impl CalibrationOptions {
+    /// Simulated clients PRADA's δ is fitted on (see [`CalibrationOptions::tail_clients`]).
+    pub fn tail_clients(&self, clients: usize) -> usize {
+        let n = self
+            .tail_clients
+            .unwrap_or_else(|| ((1.0 / self.fpr).ceil() as usize).min(5000));
+        n.max(clients)
+    }
 }
 
 impl Default for CalibrationOptions {
@@ -76,6 +107,8 @@ impl Default for CalibrationOptions {
             seed: 0,
             base: DetectorsConfig::default(),
             benign_interval_ms: None,
+            tail_clients: None,
+            blacklight_tolerance: 0.05,
         }
     }
 }
@@ -83,8 +116,15 @@ impl Default for CalibrationOptions {
 /// Benign statistics observed during calibration (for the record).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationReport {
-    /// Smallest benign PRADA W.
+    /// Smallest benign PRADA W (over every test of every PRADA calibration client).
     pub prada_min_w: Option<f64>,
+    /// Smallest benign PRADA critical δ (`prada::critical_delta` at the configured `persist`):
+    /// the fitted δ is 0.995 × this value (or the configured δ, if lower).
+    #[serde(default)]
+    pub prada_min_critical: Option<f64>,
+    /// Simulated benign clients PRADA's δ was fitted on.
+    #[serde(default)]
+    pub prada_clients: usize,
     /// Smallest benign mean k-NN distance.
     pub knn_min_score: Option<f64>,
     /// Largest benign Blacklight match count.
@@ -106,6 +146,9 @@ pub struct CalibrationReport {
     /// Largest number of simulated benign queries in one rate window.
     #[serde(default)]
     pub rate_max_window: u64,
+    /// Fraction of benign queries the synthetic-input detector flags at the fitted threshold.
+    #[serde(default)]
+    pub synthetic_benign_rate: f64,
 }
 
 /// A stored calibration.
@@ -328,14 +371,14 @@ pub fn calibrate(
             .min(cfg.blacklight.top_n);
     }
     // Client alarm: more flagged queries in one window than a benign stream with a per-query
-    // flag rate of max(observed, alpha) reaches with probability `fpr / queries_per_client`.
+    // flag rate of max(observed, blacklight_tolerance) reaches with probability `fpr / queries_per_client`.
     let bl_thr = cfg.blacklight.match_threshold as f64;
     let bl_rate =
         bl_matches.iter().filter(|&&m| m >= bl_thr).count() as f64 / bl_matches.len().max(1) as f64;
     report.blacklight_flag_rate = bl_rate;
     cfg.blacklight.min_flagged = (1 + binomial_bound(
         cfg.blacklight.window_queries,
-        bl_rate.max(opts.alpha),
+        bl_rate.max(opts.blacklight_tolerance),
         opts.fpr / opts.queries_per_client as f64,
     ))
     .max(opts.base.blacklight.min_flagged)
@@ -366,6 +409,28 @@ pub fn calibrate(
     let tail = opts.fpr / opts.queries_per_client as f64;
     cfg.ood.max_ood = binomial_bound(cfg.ood.window, report.ood_benign_rate.max(opts.alpha), tail)
         .max(report.ood_max_window);
+    // Synthetic inputs: the `fpr` quantile of the training data's smoothness; the window bound
+    // from the benign flag rate by the same binomial tail as the OOD rate. Models whose inputs
+    // are not images keep the detector inactive.
+    let mut rho: Vec<f64> = (0..tx.batch_size())
+        .filter_map(|i| smoothness(tx.row(i), &card.input_shape))
+        .collect();
+    if let Some(t) = quantile(&mut rho, opts.fpr) {
+        cfg.synthetic.threshold = Some(t);
+        let flagged = streams
+            .iter()
+            .flatten()
+            .filter(|&&i| {
+                SyntheticDetector::is_flagged(&cfg.synthetic, benign_x.row(i), &card.input_shape)
+            })
+            .count();
+        report.synthetic_benign_rate = flagged as f64 / need as f64;
+        cfg.synthetic.max_flagged = binomial_bound(
+            cfg.synthetic.window,
+            report.synthetic_benign_rate.max(opts.alpha),
+            tail,
+        );
+    }
     cfg.hoda.class_ref = class_freq.iter().map(|c| c / need as f64).collect();
     cfg.hoda.hard_ref = hard_freq.iter().map(|c| c / need as f64).collect();
     let hoda = HodaDetector::new(cfg.hoda.clone());
@@ -382,30 +447,41 @@ pub fn calibrate(
     cfg.hoda.class_threshold = opts.margin * report.hoda_max_class.max(1e-6);
     cfg.hoda.hard_threshold = opts.margin * report.hoda_max_hard.max(1e-6);
 
-    // PRADA: smallest benign W.
+    // PRADA: δ from the per-client tail. A client is flagged iff `persist` consecutive tests
+    // give W < δ, i.e. iff δ exceeds its critical value (`prada::critical_delta`). A per-client
+    // false-positive rate of `fpr` is only visible over about 1/fpr clients, so PRADA gets its
+    // own, larger population of simulated benign clients (`tail_clients`), drawn from a
+    // separate generator so that the other detectors' fits do not depend on it.
     let prada = crate::prada::PradaDetector::new(cfg.prada.clone());
+    let tail_clients = opts.tail_clients(opts.clients);
+    let mut tail_rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7072_6164_615f_7461);
     let mut min_w: Option<f64> = None;
-    for s in &streams {
-        let mut st = prada.new_state();
-        for (t, &i) in s.iter().enumerate() {
-            let v = st.observe(&Observation {
-                client: "calibration",
-                input: benign_x.row(i),
-                input_shape: &card.input_shape,
-                probs: bp.row(i),
-                label: blabels[i],
-                time_ms: t as u64,
-            });
-            if v.score > 0.0 {
-                // score = (1 − W)/(1 − δ)  ⇒  W = 1 − score·(1 − δ)
-                let w = 1.0 - v.score * (1.0 - cfg.prada.delta);
-                min_w = Some(min_w.map_or(w, |m: f64| m.min(w)));
+    let mut min_crit: Option<f64> = None;
+    for c in 0..tail_clients {
+        let extra;
+        let s = match streams.get(c) {
+            Some(s) => s,
+            None => {
+                let mut p: Vec<usize> = (0..benign_x.batch_size()).collect();
+                p.shuffle(&mut tail_rng);
+                p.truncate(opts.queries_per_client);
+                extra = p;
+                &extra
             }
+        };
+        let ws = prada.w_series(s.iter().map(|&i| (benign_x.row(i), blabels[i])));
+        for &w in &ws {
+            min_w = Some(min_w.map_or(w, |m: f64| m.min(w)));
+        }
+        if let Some(c) = crate::prada::critical_delta(&ws, cfg.prada.persist) {
+            min_crit = Some(min_crit.map_or(c, |m: f64| m.min(c)));
         }
     }
     report.prada_min_w = min_w;
-    if let Some(w) = min_w {
-        cfg.prada.delta = cfg.prada.delta.min(0.995 * w);
+    report.prada_min_critical = min_crit;
+    report.prada_clients = tail_clients;
+    if let Some(c) = min_crit {
+        cfg.prada.delta = cfg.prada.delta.min(0.995 * c);
     }
 
     // Rate: Poisson arrivals at the benign mean interval.

@@ -11,6 +11,7 @@
 //! | `blacklight` | [`blacklight`] | Li et al., Blacklight, USENIX Security 2022 | precursor |
 //! | `ood` | [`ood`] | Atli et al. 2020 (OOD query rate) | precursor |
 //! | `hoda` | [`hoda`] | Sadeghzadeh et al., HODA (hardness histogram) | precursor |
+//! | `synthetic` | [`synthetic`] | natural-image statistics vs Tramèr et al. 2016's synthetic queries | precursor |
 //!
 //! Every detector is registered in one place, [`registry::default_detectors`]; the gateway
 //! drives them through [`Engine::observe`], which applies the [`Policy`].
@@ -29,6 +30,7 @@ pub mod prada;
 pub mod rate;
 pub mod registry;
 pub mod shapiro;
+pub mod synthetic;
 mod window;
 
 pub use calibration::{calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE};

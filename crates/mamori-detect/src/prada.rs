@@ -103,6 +103,48 @@ impl PradaDetector {
         let proj = Arc::new(Projections::new(0x707261646100, cfg.proj_dim.max(1)));
         Self { cfg, proj }
     }
+
+    /// The configuration.
+    pub fn config(&self) -> &PradaConfig {
+        &self.cfg
+    }
+
+    /// The W of every test a fresh client state runs on `stream` (each query's input and
+    /// predicted label), in order; a test on equal distances counts as W = 0 as in
+    /// [`DetectorState::observe`]. Calibration sets δ from these series.
+    pub fn w_series<'a>(&self, stream: impl IntoIterator<Item = (&'a [f32], usize)>) -> Vec<f64> {
+        let mut s = PradaState {
+            cfg: self.cfg.clone(),
+            proj: Some(self.proj.clone()),
+            ..PradaState::default()
+        };
+        let mut out = Vec::new();
+        for (t, (x, label)) in stream.into_iter().enumerate() {
+            let before = s.tests;
+            s.observe(&Observation {
+                client: "calibration",
+                input: x,
+                input_shape: &[x.len()],
+                probs: &[],
+                label,
+                time_ms: t as u64,
+            });
+            if s.tests > before {
+                out.extend(s.last_w);
+            }
+        }
+        out
+    }
+}
+
+/// The largest δ at which a client whose tests gave `ws` would *not* be flagged with
+/// `persist` consecutive tests below δ: the smallest, over every run of `persist` consecutive
+/// tests, of the run's largest W (`None` when there are fewer than `persist` tests: the client
+/// cannot be flagged at any δ).
+pub fn critical_delta(ws: &[f64], persist: u32) -> Option<f64> {
+    ws.windows(persist.max(1) as usize)
+        .map(|run| run.iter().copied().fold(f64::MIN, f64::max))
+        .reduce(f64::min)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +178,9 @@ struct PradaState {
     buf: Vec<u8>,
     #[serde(skip)]
     code: Vec<f32>,
+    /// Tests run by this state since it was created or restored (for calibration).
+    #[serde(skip)]
+    tests: u64,
 }
 
 /// Quantises `[0, 1]` inputs to bytes.
@@ -201,6 +246,7 @@ impl PradaState {
         if kept.len() <= self.cfg.min_distances.max(2) {
             return;
         }
+        self.tests += 1;
         match shapiro_wilk_w(&kept) {
             Ok(w) => {
                 self.last_w = Some(w);
@@ -215,7 +261,10 @@ impl PradaState {
                 self.last_w = Some(0.0);
                 self.below = self.below.saturating_add(1);
             }
-            Err(_) => return,
+            Err(_) => {
+                self.tests -= 1;
+                return;
+            }
         }
         self.alarm = self.below >= self.cfg.persist.max(1);
     }
@@ -408,6 +457,47 @@ mod tests {
         };
         let (one, two) = (first(1), first(2));
         assert_eq!(two, one + PradaConfig::default().check_every as usize);
+    }
+
+    #[test]
+    fn critical_delta_predicts_the_alarm() {
+        // Benign-like streams (the W series of natural data) and a synthetic one: a state
+        // run at δ is flagged exactly when δ exceeds the series' critical value.
+        assert_eq!(
+            critical_delta(&[0.97, 0.93, 0.96, 0.92, 0.91], 1),
+            Some(0.91)
+        );
+        assert_eq!(
+            critical_delta(&[0.97, 0.93, 0.96, 0.92, 0.91], 2),
+            Some(0.92)
+        );
+        assert_eq!(
+            critical_delta(&[0.97, 0.93, 0.96, 0.92, 0.91], 3),
+            Some(0.96)
+        );
+        assert_eq!(critical_delta(&[0.9], 2), None);
+        for seed in [7u64, 8, 9] {
+            let xs = natural(400, seed);
+            let probe = PradaDetector::new(PradaConfig::default());
+            let ws = probe.w_series(xs.iter().map(|(x, l)| (x.as_slice(), *l)));
+            assert!(ws.len() > 20, "{}", ws.len());
+            for persist in [1u32, 2, 3] {
+                let c = critical_delta(&ws, persist).unwrap();
+                for delta in [c - 1e-3, c + 1e-3] {
+                    let d = PradaDetector::new(PradaConfig {
+                        delta,
+                        persist,
+                        ..PradaConfig::default()
+                    });
+                    let flagged = run(&d, &xs).0.is_some();
+                    assert_eq!(
+                        flagged,
+                        delta > c,
+                        "seed {seed} persist {persist} δ {delta}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

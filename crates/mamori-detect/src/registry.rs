@@ -6,6 +6,7 @@ use crate::knn::{KnnConfig, KnnDetector};
 use crate::ood::{OodConfig, OodDetector};
 use crate::prada::{PradaConfig, PradaDetector};
 use crate::rate::{RateConfig, RateDetector};
+use crate::synthetic::{SyntheticConfig, SyntheticDetector};
 use mamori_core::{Detector, DetectorInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct DetectorsConfig {
     pub ood: OodConfig,
     /// HODA-style histograms (inactive until calibrated).
     pub hoda: HodaConfig,
+    /// Synthetic-input rate (inactive until calibrated).
+    pub synthetic: SyntheticConfig,
 }
 
 /// The detector set built from `cfg`, in catalogue order.
@@ -38,6 +41,7 @@ pub fn default_detectors(cfg: &DetectorsConfig) -> Vec<Arc<dyn Detector>> {
         Arc::new(BlacklightDetector::new(cfg.blacklight.clone())),
         Arc::new(OodDetector::new(cfg.ood.clone())),
         Arc::new(HodaDetector::new(cfg.hoda.clone())),
+        Arc::new(SyntheticDetector::new(cfg.synthetic.clone())),
     ]
 }
 
@@ -57,7 +61,18 @@ mod tests {
     fn catalogue_lists_every_detector_once_with_a_paper() {
         let c = catalogue();
         let names: Vec<&str> = c.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["rate", "prada", "knn", "blacklight", "ood", "hoda"]);
+        assert_eq!(
+            names,
+            [
+                "rate",
+                "prada",
+                "knn",
+                "blacklight",
+                "ood",
+                "hoda",
+                "synthetic"
+            ]
+        );
         assert!(c.iter().all(|i| !i.paper.is_empty() && !i.needs.is_empty()));
     }
 

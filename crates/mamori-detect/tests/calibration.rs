@@ -61,6 +61,7 @@ fn opts(interval: Option<f64>) -> CalibrationOptions {
         queries_per_client: 200,
         max_train: 300,
         benign_interval_ms: interval,
+        tail_clients: Some(8),
         ..CalibrationOptions::default()
     }
 }
@@ -95,15 +96,16 @@ fn bad_interval_is_refused() {
 }
 
 #[test]
-fn blacklight_client_alarm_tolerates_the_alpha_flag_rate() {
+fn blacklight_client_alarm_tolerates_the_configured_flag_rate() {
     let (m, tr, be) = (model(), data(300, 1), data(300, 2));
     let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
     let b = &c.detectors.blacklight;
-    let rate = c.report.blacklight_flag_rate.max(0.01);
-    // One more than the binomial tail bound at fpr / queries = 5e-6 over a 20-query window.
+    let rate = c.report.blacklight_flag_rate.max(0.05);
+    // One more than the binomial tail bound at fpr / queries = 5e-6 over a 20-query window
+    // for the default tolerated flag rate of 5%.
     let want = 1 + mamori_detect::ood::binomial_bound(b.window_queries, rate, 0.001 / 200.0);
     assert_eq!(b.min_flagged, want.clamp(2, b.window_queries));
-    assert!(b.min_flagged >= 5, "{}", b.min_flagged);
+    assert!(b.min_flagged >= 8, "{}", b.min_flagged);
     // A larger tolerated rate needs more flagged queries.
     let loose = calibrate(
         &m,
@@ -111,10 +113,75 @@ fn blacklight_client_alarm_tolerates_the_alpha_flag_rate() {
         &be,
         "b",
         &CalibrationOptions {
-            alpha: 0.2,
+            blacklight_tolerance: 0.2,
             ..opts(None)
         },
     )
     .unwrap();
     assert!(loose.detectors.blacklight.min_flagged > b.min_flagged);
+}
+
+#[test]
+fn prada_delta_lets_every_calibration_client_through() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    let r = &c.report;
+    // PRADA is fitted on its own, larger population (8 here, the other detectors on 4).
+    assert_eq!(r.prada_clients, 8);
+    let crit = r.prada_min_critical.expect("every client ran tests");
+    let min_w = r.prada_min_w.expect("tests ran");
+    // A critical value is the largest W of some run of `persist` tests: never below the
+    // smallest W, and δ sits strictly below every client's critical value.
+    assert!(crit >= min_w, "{crit} < {min_w}");
+    let d = c.detectors.prada.delta;
+    assert!(
+        d < crit && (d - (0.95f64).min(0.995 * crit)).abs() < 1e-12,
+        "δ {d}, critical {crit}"
+    );
+    // By default the population is ⌈1/fpr⌉ and never smaller than `clients`.
+    let o = CalibrationOptions::default();
+    assert_eq!(o.tail_clients(20), 1000);
+    assert_eq!(o.tail_clients(2000), 2000);
+    let o = CalibrationOptions { fpr: 1e-6, ..o };
+    assert_eq!(o.tail_clients(20), 5000);
+}
+
+#[test]
+fn synthetic_detector_is_fitted_on_images_only() {
+    // Tabular inputs: no spatial structure, the detector stays inactive.
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    assert_eq!(c.detectors.synthetic.threshold, None);
+
+    // 4×4 images (the same linear model over 16 pixels): smooth gradients with a random
+    // direction. The threshold lies below every training image's smoothness but above noise.
+    let mut img = model();
+    img.0.input_shape = vec![1, 4, 4];
+    let smooth = |n: usize, salt: usize| {
+        let x: Vec<f32> = (0..n)
+            .flat_map(|k| {
+                let (a, b) = (
+                    ((k * 7 + salt) % 5) as f32 * 0.05,
+                    ((k * 3 + salt) % 7) as f32,
+                );
+                (0..LEN).map(move |i| {
+                    let (r, c) = ((i / 4) as f32, (i % 4) as f32);
+                    (0.1 + a * r + 0.02 * b * c).min(1.0)
+                })
+            })
+            .collect();
+        Tensor::new(vec![n, 1, 4, 4], x).unwrap()
+    };
+    let c = calibrate(&img, &smooth(300, 1), &smooth(300, 2), "b", &opts(None)).unwrap();
+    let t = c.detectors.synthetic.threshold.expect("fitted on images");
+    let rho: Vec<f64> = (0..300)
+        .filter_map(|k| mamori_detect::synthetic::smoothness(smooth(300, 1).row(k), &[1, 4, 4]))
+        .collect();
+    let min = rho.iter().copied().fold(f64::MAX, f64::min);
+    assert!(
+        t <= min + 1e-12 && t > 0.3,
+        "threshold {t}, smallest training ρ {min}"
+    );
+    assert_eq!(c.report.synthetic_benign_rate, 0.0);
+    assert!(c.detectors.synthetic.max_flagged >= 1);
 }

@@ -106,6 +106,9 @@ pub struct CalibrationConfig {
     pub queries_per_client: usize,
     /// Training samples for the OOD statistics (at most).
     pub max_train: usize,
+    /// Simulated clients PRADA's per-client tail is fitted on (unset: ⌈1/fpr⌉, see
+    /// `mamori_detect::CalibrationOptions::tail_clients`).
+    pub tail_clients: Option<usize>,
 }
 
 impl Default for CalibrationConfig {
@@ -115,6 +118,7 @@ impl Default for CalibrationConfig {
             clients: 10,
             queries_per_client: 400,
             max_train: 5000,
+            tail_clients: None,
         }
     }
 }

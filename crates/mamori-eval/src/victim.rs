@@ -145,6 +145,7 @@ pub fn prepare(
                 clients: cfg.calibration.clients,
                 queries_per_client: cfg.calibration.queries_per_client,
                 max_train: cfg.calibration.max_train,
+                tail_clients: cfg.calibration.tail_clients,
                 seed: cfg.seed,
                 ..Default::default()
             };

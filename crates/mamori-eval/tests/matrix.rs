@@ -21,6 +21,7 @@ query_batch = 50
 clients = 30
 queries_per_client = 100
 max_train = 1000
+tail_clients = 200
 [benign]
 replay_clients = 2
 other_clients = 1

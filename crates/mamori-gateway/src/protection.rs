@@ -604,7 +604,7 @@ mod tests {
     #[test]
     fn exact_repeats_are_not_shown_to_similarity_detectors() {
         let dets = repeat_aware(mamori_detect::default_detectors(&DetectorsConfig::default()));
-        assert_eq!(dets.len(), 6);
+        assert_eq!(dets.len(), 7);
         let knn = dets.iter().find(|d| d.info().name == "knn").unwrap();
         let mut st = knn.new_state();
         let x = vec![0.5f32; 16];

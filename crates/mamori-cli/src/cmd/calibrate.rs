@@ -25,6 +25,10 @@ pub struct Args {
     /// Queries per simulated client.
     #[arg(long, default_value_t = 500)]
     pub queries: usize,
+    /// Simulated benign clients PRADA's per-client tail is fitted on (default ⌈1/fpr⌉, at
+    /// most 5,000, at least `--clients`).
+    #[arg(long)]
+    pub tail_clients: Option<usize>,
     /// Shuffling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -47,13 +51,16 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         fpr: args.fpr,
         clients: args.clients,
         queries_per_client: args.queries,
+        tail_clients: args.tail_clients,
         seed: args.seed,
         ..CalibrationOptions::default()
     };
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
-        "calibrating on {} clients × {} queries",
-        args.clients, args.queries
+        "calibrating on {} clients × {} queries (PRADA: {} clients)",
+        args.clients,
+        args.queries,
+        opts.tail_clients(args.clients)
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let cal = calibrate(
@@ -77,11 +84,14 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let path = cal.save(&dir)?;
     let d = &cal.detectors;
     println!("calibration written to {}", path.display());
-    println!("  prada.delta                = {:.4}", d.prada.delta);
+    println!(
+        "  prada.delta                = {:.4} ({} clients, persist {})",
+        d.prada.delta, cal.report.prada_clients, d.prada.persist
+    );
     println!("  knn.threshold              = {:.4}", d.knn.threshold);
     println!(
-        "  blacklight.match_threshold = {}",
-        d.blacklight.match_threshold
+        "  blacklight.match_threshold = {}, client alarm at {} of {} queries",
+        d.blacklight.match_threshold, d.blacklight.min_flagged, d.blacklight.window_queries
     );
     println!(
         "  ood: benign rate {:.4}, alarm above {} of {} queries",
