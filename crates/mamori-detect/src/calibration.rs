@@ -7,7 +7,9 @@
 //!   rule);
 //! - `blacklight.match_threshold` = one more than the `1 − fpr` quantile of benign per-query
 //!   matches (at least the paper's 25, at most `top_n`); `blacklight.min_flagged` = one more
-//!   than the binomial tail bound (at `fpr / queries_per_client`) of flagged queries in one
+//!   than the binomial tail bound (at `fpr / (ALONE_DETECTORS · queries_per_client)`: the
+//!   union bound over the detectors that act alone, spread over a client's queries — the
+//!   per-window tail of every analytic bound here) of flagged queries in one
 //!   `window_queries` window for a per-query flag rate of max(benign rate,
 //!   `blacklight_tolerance` = 5%) — a benign stream of similar images (e.g. MNIST digits, 1.3%
 //!   flagged at threshold 25, up to 4 in one window) must not reach it, a near-duplicate search
@@ -22,16 +24,16 @@
 //!   through (`docs/bench/detect.md`);
 //! - `ood`: per-predicted-class centroids and `1 − alpha` distance radii and the `alpha`
 //!   max-softmax quantile on (a sample of) the training data; the window bound from the benign
-//!   OOD rate by a binomial tail at `fpr / queries_per_client`, at least the benign maximum;
+//!   OOD rate by a binomial tail at that same per-window tail, at least the benign maximum;
 //! - `hoda`: benign class and hardness frequencies; thresholds = `margin` × the largest benign
 //!   window distance.
 //! - `synthetic.threshold` = the `fpr` quantile of the smoothness of (a sample of) the training
-//!   inputs (images only); `max_flagged` from the benign flag rate by a binomial tail at
-//!   `fpr / queries_per_client`, as for the OOD rate.
+//!   inputs (images only); `max_flagged` from the benign flag rate by the same binomial tail
+//!   as the OOD rate.
 //!
 //! - `rate.max_per_window`, only when `benign_interval_ms` is given (the mean time between two
 //!   queries of one benign client; arrivals modelled as a Poisson process): the Poisson upper
-//!   tail at `fpr / queries_per_client` of the queries in one window, at least the largest
+//!   tail at that per-window tail of the queries in one window, at least the largest
 //!   count seen in simulated benign streams ([`crate::rate::fit_window_bound`]). Otherwise rate
 //!   limits stay configuration.
 
@@ -47,6 +49,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Detectors whose alarms act on their own under the default policy (rate, PRADA, k-NN,
+/// Blacklight, synthetic; OOD and HODA are suspicion). The analytic per-client bounds use
+/// `fpr / ALONE_DETECTORS` each, so that the union of their false alarms stays within `fpr`.
+pub const ALONE_DETECTORS: usize = 5;
 
 /// File name of a calibration stored beside a model.
 pub const CALIBRATION_FILE: &str = "calibration.json";
@@ -338,6 +345,11 @@ pub fn calibrate(
         cfg.hoda.window = 100;
     }
 
+    // The per-client budget `fpr` is split evenly (union bound) among the detectors whose
+    // alarms act on their own, and spread over a client's queries: the per-window tail of
+    // every analytic bound below.
+    let tail = opts.fpr / (ALONE_DETECTORS as f64 * opts.queries_per_client as f64);
+
     // Benign client streams.
     let bp = predict_all(model, benign_x)?;
     let blabels = bp.argmax_rows();
@@ -379,7 +391,7 @@ pub fn calibrate(
     cfg.blacklight.min_flagged = (1 + binomial_bound(
         cfg.blacklight.window_queries,
         bl_rate.max(opts.blacklight_tolerance),
-        opts.fpr / opts.queries_per_client as f64,
+        tail,
     ))
     .max(opts.base.blacklight.min_flagged)
     .min(cfg.blacklight.window_queries.max(1));
@@ -406,7 +418,6 @@ pub fn calibrate(
     }
     report.ood_benign_rate = ood_flags as f64 / need as f64;
     cfg.ood.benign_rate = report.ood_benign_rate;
-    let tail = opts.fpr / opts.queries_per_client as f64;
     cfg.ood.max_ood = binomial_bound(cfg.ood.window, report.ood_benign_rate.max(opts.alpha), tail)
         .max(report.ood_max_window);
     // Synthetic inputs: the `fpr` quantile of the training data's smoothness; the window bound

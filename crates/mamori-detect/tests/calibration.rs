@@ -80,6 +80,10 @@ fn rate_limit_follows_the_benign_arrival_rate() {
     let b = slow.detectors.rate.max_per_window;
     assert!((10..=30).contains(&b), "bound {b}");
     assert!(b >= slow.report.rate_max_window);
+    // The Poisson tail at this detector's share of the per-client budget: fpr / (5 · 200).
+    let share = 0.001 / (mamori_detect::calibration::ALONE_DETECTORS as f64 * 200.0);
+    let analytic = 1 + mamori_detect::rate::poisson_bound(6.0, share);
+    assert_eq!(b, analytic.max(slow.report.rate_max_window));
     // Ten times faster benign clients get a much higher bound (mean 60 per window).
     let fast = calibrate(&m, &tr, &be, "b", &opts(Some(1_000.0))).unwrap();
     assert!(fast.detectors.rate.max_per_window > 3 * b);
@@ -101,9 +105,14 @@ fn blacklight_client_alarm_tolerates_the_configured_flag_rate() {
     let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
     let b = &c.detectors.blacklight;
     let rate = c.report.blacklight_flag_rate.max(0.05);
-    // One more than the binomial tail bound at fpr / queries = 5e-6 over a 20-query window
+    // One more than the binomial tail bound at fpr / (5 detectors · queries) = 1e-6 over a
+    // 20-query window
     // for the default tolerated flag rate of 5%.
-    let want = 1 + mamori_detect::ood::binomial_bound(b.window_queries, rate, 0.001 / 200.0);
+    let want = 1 + mamori_detect::ood::binomial_bound(
+        b.window_queries,
+        rate,
+        0.001 / (mamori_detect::calibration::ALONE_DETECTORS as f64 * 200.0),
+    );
     assert_eq!(b.min_flagged, want.clamp(2, b.window_queries));
     assert!(b.min_flagged >= 8, "{}", b.min_flagged);
     // A larger tolerated rate needs more flagged queries.
