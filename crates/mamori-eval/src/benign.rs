@@ -147,9 +147,11 @@ pub struct BenignOutcome {
     pub baseline_accuracy: Option<f64>,
     /// Share of queries answered with the unprotected victim's label.
     pub agreement: f64,
-    /// Whether any detector alarmed on this client (filled from the audit log).
+    /// Whether the policy acted on an alarm of this client (action above `allow`; filled from
+    /// the audit log).
     pub alarmed: bool,
-    /// Detectors that alarmed on this client, with the client's queries at the alarm.
+    /// Detectors that alarmed on this client, with the client's queries at the alarm
+    /// (uncorroborated suspicion alarms included).
     pub alarms: Vec<(String, u64)>,
     /// Mean seconds per request through the chain.
     pub mean_request_s: f64,

@@ -324,8 +324,9 @@ pub fn markdown(r: &EvalResults, plots: &[(String, String)], command: &str) -> S
     s.push_str(&comparison_markdown(r));
     s.push_str(
         "\nQuery efficiency and fidelity are measured without protection (`none`); detection \
-         risk over the policies that run the detectors; a run is detected when the attacker \
-         raised any alarm.\n\n",
+         risk over the policies that run the detectors; a run is detected when the policy acted \
+         on one of the attacker's alarms (action above `allow`: OOD and HODA alarms alone are \
+         suspicion and do not count).\n\n",
     );
     let _ = writeln!(s, "## Every cell\n");
     s.push_str(&cells_markdown(r));

@@ -129,11 +129,12 @@ pub struct CellResult {
     pub substitute_source: String,
     /// Fidelity curve over harvested answers.
     pub curve: Vec<CurvePoint>,
-    /// Attacker queries at the first alarm of any detector.
+    /// Attacker queries at the first alarm the policy acted on (action above `allow`;
+    /// uncorroborated suspicion alarms are in `alarms_by_detector` only).
     pub first_alarm: Option<u64>,
-    /// The detector that alarmed first.
+    /// The detector of that alarm.
     pub first_alarm_detector: Option<String>,
-    /// Attacker queries at each detector's first alarm.
+    /// Attacker queries at each detector's first alarm (suspicion alarms included).
     pub alarms_by_detector: BTreeMap<String, u64>,
     /// Attacker queries answered before it was degraded to labels only.
     pub degraded_at: Option<u64>,
@@ -143,7 +144,7 @@ pub struct CellResult {
     pub watermark: Option<WatermarkOutcome>,
     /// The benign clients.
     pub benign: Vec<BenignOutcome>,
-    /// Benign clients with at least one alarm.
+    /// Benign clients with at least one alarm the policy acted on.
     pub benign_false_alarms: usize,
     /// Mean over replay and bursty clients of (unprotected accuracy − accuracy received).
     pub benign_accuracy_cost: f64,
@@ -495,12 +496,18 @@ impl CellChain {
     }
 
     /// Alerts recorded so far, as (client, detector, queries).
-    pub fn alerts(&self) -> Result<Vec<(String, String, u64)>, EvalError> {
+    /// Each alert as (client, detector, the client's queries at the alarm, whether the policy
+    /// acted on it, i.e. its action was more than `allow`: alarms of suspicion-only detectors
+    /// without corroboration are recorded with `allow`).
+    pub fn alerts(&self) -> Result<Vec<(String, String, u64, bool)>, EvalError> {
         self.chain.flush_audit();
         let alerts = self.chain.shared().audit.with_store(|s| s.alerts())?;
         Ok(alerts
             .into_iter()
-            .map(|a| (a.client, a.detector, a.queries))
+            .map(|a| {
+                let acted = a.action != "allow";
+                (a.client, a.detector, a.queries, acted)
+            })
             .collect())
     }
 
@@ -764,18 +771,26 @@ pub fn run_cell(
     // Detection from the audit log.
     let alerts = cell.alerts()?;
     let mut by_det: BTreeMap<String, u64> = BTreeMap::new();
-    for (client, det, q) in &alerts {
+    let mut first: Option<(u64, String)> = None;
+    for (client, det, q, acted) in &alerts {
         if client == ATTACKER {
             let e = by_det.entry(det.clone()).or_insert(*q);
             *e = (*e).min(*q);
+            if *acted && first.as_ref().is_none_or(|f| *q < f.0) {
+                first = Some((*q, det.clone()));
+            }
         }
     }
-    let first = by_det.iter().min_by_key(|(_, q)| **q);
     let (first_alarm, first_alarm_detector) = match first {
-        Some((d, q)) => (Some(*q), Some(d.clone())),
+        Some((q, d)) => (Some(q), Some(d)),
         None => (None, None),
     };
-    let alarmed: HashSet<&str> = alerts.iter().map(|a| a.0.as_str()).collect();
+    // A benign client is falsely alarmed when the policy acted on one of its alarms.
+    let alarmed: HashSet<&str> = alerts
+        .iter()
+        .filter(|a| a.3)
+        .map(|a| a.0.as_str())
+        .collect();
     for b in &mut benign_out {
         b.alarmed = alarmed.contains(b.client.as_str());
         b.alarms = alerts

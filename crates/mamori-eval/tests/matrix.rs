@@ -111,6 +111,23 @@ fn tiny_matrix_in_process_measures_real_differences_and_writes_reports() {
         assert!(!b.alarmed, "{b:?}");
         assert_eq!(b.refused, 0);
     }
+    // The client sending another dataset (MNIST to the Fashion victim) may raise OOD/HODA
+    // suspicion, which the policy does not act on: not a false alarm.
+    for b in det
+        .benign
+        .iter()
+        .filter(|b| b.client.starts_with("benign-other"))
+    {
+        assert!(
+            b.alarms.iter().all(|(d, _)| d == "ood" || d == "hoda"),
+            "{b:?}"
+        );
+        assert!(!b.alarmed, "{b:?}");
+    }
+    assert_eq!(
+        det.benign_false_alarms,
+        det.benign.iter().filter(|b| b.alarmed).count()
+    );
     // Without protection, benign clients get exactly the victim's answers.
     for b in &open.benign {
         assert_eq!(b.agreement, 1.0, "{b:?}");
