@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run -p mamori-eval --example dawn_acceptance -- [--data DIR] [--cache DIR] \
 //!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E] [--patience P] \
-//!     [--only STRATEGY,STRATEGY,..]
+//!     [--min-gain G] [--only STRATEGY,STRATEGY,..]
 //! ```
 //!
 //! 1. The victim is the evaluation harness's default (the shipped `eval.toml`: a Fashion-MNIST
@@ -20,8 +20,8 @@
 //! 4. Thieves: every extraction strategy of the harness (`mamori attack extract --strategy`,
 //!    [`mamori_attack::extract::STRATEGIES`]), `--budget` queries each, with the harness's
 //!    default substitute (the shipped `[substitute]`: MLP 784-256-10 trained until its fit to
-//!    the answers plateaus, at most 50 epochs; `--hidden`, `--epochs` and `--patience` change
-//!    it, `--patience 0` trains exactly `--epochs`), trained on probabilities and, separately,
+//!    the answers plateaus, at most 50 epochs; `--hidden`, `--epochs`, `--patience` and
+//!    `--min-gain` change it, `--patience 0` trains exactly `--epochs`), trained on probabilities and, separately,
 //!    on labels (label-only attacks once). Attacker data: MNIST training images (Knockoff,
 //!    adaptive Knockoff, active learning, transfer with MNIST pre-training), 1,000
 //!    Fashion-MNIST training images (JBDA seeds), none (random, Tramèr, label-only). Every
@@ -63,6 +63,7 @@ struct Args {
     hidden: Option<usize>,
     epochs: Option<usize>,
     patience: Option<usize>,
+    min_gain: Option<f32>,
     only: Option<Vec<String>>,
 }
 
@@ -77,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         hidden: None,
         epochs: None,
         patience: None,
+        min_gain: None,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -92,6 +94,9 @@ fn parse_args() -> Result<Args, String> {
             "--epochs" => a.epochs = Some(value()?.parse().map_err(|e| format!("--epochs: {e}"))?),
             "--patience" => {
                 a.patience = Some(value()?.parse().map_err(|e| format!("--patience: {e}"))?)
+            }
+            "--min-gain" => {
+                a.min_gain = Some(value()?.parse().map_err(|e| format!("--min-gain: {e}"))?)
             }
             "--only" => {
                 let list: Vec<String> = value()?.split(',').map(|s| s.trim().to_string()).collect();
@@ -182,9 +187,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p) = args.patience {
         cfg.substitute.patience = p;
     }
+    if let Some(g) = args.min_gain {
+        cfg.substitute.min_gain = g;
+    }
     cfg.check("<shipped eval.toml with overrides>")?;
     let stop = cfg.substitute.stop();
     let schedule = match stop {
+        Some(p) if p.min_gain == 0.0 => format!(
+            "trained until its training agreement stops improving for {} epochs, at most {} \
+             epochs",
+            p.patience, cfg.substitute.epochs
+        ),
         Some(p) => format!(
             "trained until its training agreement gains no more than {} points in {} epochs, \
              at most {} epochs",
@@ -567,8 +580,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          (scores → `top_among_wrong`).\n",
         args.budget,
         cfg.substitute.arch,
-        if args.hidden.is_some() || args.epochs.is_some() || args.patience.is_some() {
-            "overridden by --hidden/--epochs/--patience"
+        if args.hidden.is_some()
+            || args.epochs.is_some()
+            || args.patience.is_some()
+            || args.min_gain.is_some()
+        {
+            "overridden by --hidden/--epochs/--patience/--min-gain"
         } else {
             "the shipped `[substitute]`"
         }
@@ -592,7 +609,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
          {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
          smallest p top1 **{:.3}**, top_among_wrong **{:.3}**; most matches top1 {}, \
-         top_among_wrong {}; all deciding p > 0.01: **{}**.",
+         top_among_wrong {}; all deciding p > 0.01: **{}** ({} of {} at p ≤ 0.01). Deciding \
+         p-values, smallest first: {}.",
         clean.len(),
         cfg.substitute.arch,
         clean_epochs.iter().min().unwrap_or(&0),
@@ -604,7 +622,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min(|c| c.2),
         clean.iter().map(|c| c.3).max().unwrap_or(0),
         clean.iter().map(|c| c.4).max().unwrap_or(0),
-        clean.iter().all(|c| c.2 > 0.01)
+        clean.iter().all(|c| c.2 > 0.01),
+        clean.iter().filter(|c| c.2 <= 0.01).count(),
+        clean.len(),
+        {
+            let mut ps: Vec<f64> = clean.iter().map(|c| c.2).collect();
+            ps.sort_by(f64::total_cmp);
+            ps.iter()
+                .map(|p| format!("{p:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     );
     let _ = writeln!(
         out,

@@ -10,7 +10,7 @@
 //! arch = { kind = "mlp", hidden = [256] }
 //! epochs = 50                  # the cap
 //! patience = 3                 # 0: exactly `epochs` epochs
-//! min_gain = 0.001
+//! min_gain = 0.0
 //! [benign]
 //! replay_clients = 4           # test-set images in random order
 //! other_clients = 2            # images of another dataset
