@@ -633,3 +633,36 @@ fn membership(a: MembershipArgs, g: &Global) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(patience: usize, min_gain: f32) -> SubArgs {
+        SubArgs {
+            arch: "mlp:8".into(),
+            epochs: 5,
+            patience,
+            min_gain,
+            lr: 1e-3,
+            batch_size: 16,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn the_stopping_rule_follows_patience_and_refuses_a_bad_min_gain() {
+        assert_eq!(stop_rule(&sub(0, 0.5)).unwrap(), None);
+        assert_eq!(
+            stop_rule(&sub(3, 0.0)).unwrap(),
+            Some(Plateau {
+                patience: 3,
+                min_gain: 0.0
+            })
+        );
+        for bad in [-0.1, 1.0, f32::NAN] {
+            let e = format!("{:#}", stop_rule(&sub(3, bad)).unwrap_err());
+            assert!(e.contains("--min-gain") && e.contains("min_gain"), "{e}");
+        }
+    }
+}
