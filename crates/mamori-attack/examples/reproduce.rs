@@ -167,6 +167,7 @@ fn tramer_mlp(out: &Path) -> R<()> {
     let mut o = LocalOracle::new(Box::new(v.clone()));
     let mut ctx = ExtractionContext::new(u64::MAX, Arch::Mlp { hidden: vec![20] });
     ctx.train = cfg(1000, 3e-3, 64, 2);
+    ctx.stop = None; // the paper's fixed schedule
     ctx.train.progress = false;
     let e = TramerMlp::default().extract(&mut o, &ctx)?;
     let u = uniform(10_000, &v.card.input_shape, 2);
@@ -201,6 +202,7 @@ fn label_only(out: &Path) -> R<()> {
         let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
         let mut ctx = ExtractionContext::new(827, Arch::Logistic);
         ctx.train = cfg(100, 1e-2, 32, 2);
+        ctx.stop = None; // the paper's fixed schedule
         ctx.train.progress = false;
         let e = LabelOnlyRetraining::default().extract(&mut o, &ctx)?;
         let u = uniform(10_000, &v.card.input_shape, 2);
@@ -298,6 +300,7 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
         let mut o = LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
         let mut ctx = ExtractionContext::new(u64::MAX, jbda_substitute(run.cnn));
         ctx.train = cfg(epochs, lr, batch, 3 + seed);
+        ctx.stop = None; // the paper's fixed schedule
         ctx.train.progress = false;
         ctx.seed = seed;
         ctx.query_data = Some(&s.test); // Papernot's seeds: the first 150 test images.
@@ -343,6 +346,7 @@ fn jbda(out: &Path, quick: bool, run: &JbdaRun) -> R<()> {
                     LocalOracle::new(Box::new(v.clone())).with_disclosure(Disclosure::Label);
                 let mut ctx = ExtractionContext::new(u64::MAX, jbda_substitute(run.cnn));
                 ctx.train = cfg(epochs, lr, batch, 3 + seed);
+                ctx.stop = None; // the paper's fixed schedule
                 ctx.train.progress = false;
                 ctx.seed = seed;
                 ctx.query_data = Some(&s.test);
@@ -403,6 +407,7 @@ fn knockoff(out: &Path, quick: bool) -> R<()> {
             },
         );
         ctx.train = cfg(10, 1e-3, 64, 3);
+        ctx.stop = None; // the paper's fixed schedule
         ctx.query_data = Some(qd);
         ctx.progress = true;
         let e = KnockoffRandom.extract(&mut o, &ctx)?;
@@ -472,6 +477,7 @@ fn curves(out: &Path, quick: bool) -> R<()> {
                     },
                 );
                 ctx.train = cfg(5, 1e-3, 64, 3);
+                ctx.stop = None; // the paper's fixed schedule
                 ctx.query_data = Some(&other.train);
                 ctx.progress = true;
                 let e = a.extract(o.as_mut(), &ctx)?;
@@ -591,6 +597,7 @@ fn inversion(out: &Path, quick: bool) -> R<()> {
     let mut o = LocalOracle::new(Box::new(v.clone())).with_budget(Some(10_000));
     let mut ctx = ExtractionContext::new(10_000, Arch::Softmax);
     ctx.train = cfg(10, 1e-3, 64, 3);
+    ctx.stop = None; // the paper's fixed schedule
     ctx.query_data = Some(&s.test);
     let e = KnockoffRandom.extract(&mut o, &ctx)?;
     let bb = mi_face(&e.substitute, &classes, &c)?;

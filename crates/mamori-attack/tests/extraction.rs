@@ -5,11 +5,12 @@
 use mamori_attack::experiment::{binary_subset, max_prob_distance, train_victim, tv_distance};
 use mamori_attack::extract::{
     by_name, ExtractionContext, Jbda, KnockoffAdaptive, LabelOnlyRetraining, TramerLr, STRATEGIES,
+    SUBSTITUTE_MAX_EPOCHS,
 };
 use mamori_attack::{EvalSet, ExtractionAttack, LocalOracle};
 use mamori_core::{Disclosure, Model, Oracle};
 use mamori_data::{load, resolve_data_dir, Split};
-use mamori_ml::{agreement, Arch, NativeModel, TrainConfig};
+use mamori_ml::{agreement, Arch, NativeModel, Plateau, TrainConfig};
 
 fn digits() -> Split {
     load("digits", &resolve_data_dir(None)).expect("digits dataset")
@@ -246,6 +247,8 @@ fn jbda_warm_start_continues_the_round_0_substitute_and_cold_start_does_not() {
     let arch = Arch::Mlp { hidden: vec![16] };
     let mut ctx = ExtractionContext::new(1_000, arch.clone());
     ctx.train = cfg(5);
+    // Replayed below with the fixed 5-epoch schedule.
+    ctx.stop = None;
     ctx.query_data = Some(&s.train);
     ctx.seed = 4;
     let shape = victim.card.input_shape.clone();
@@ -295,4 +298,44 @@ fn jbda_warm_start_continues_the_round_0_substitute_and_cold_start_does_not() {
         let d = gap(&e.substitute.network, expected);
         assert!(d < 1e-4, "warm_start = {warm_start}: max logit gap {d}");
     }
+}
+
+/// The default thief trains until its fit to the answers plateaus (at most
+/// `SUBSTITUTE_MAX_EPOCHS` epochs) and so reproduces the answers it was given; a thief held to
+/// one epoch (the fixed schedule, `stop = None`) fits them visibly worse.
+#[test]
+fn the_default_thief_fits_its_answers() {
+    let s = digits();
+    let victim = train_victim(
+        &Arch::Mlp { hidden: vec![32] },
+        &s.train,
+        &s.test,
+        &cfg(10),
+        "digits-mlp",
+    )
+    .unwrap();
+    let n = s.train.len() as u64;
+    let arch = Arch::Mlp { hidden: vec![32] };
+    let base = ExtractionContext::new(n, arch);
+    assert_eq!(base.stop, Some(Plateau::default()));
+    assert_eq!(base.train.epochs, SUBSTITUTE_MAX_EPOCHS);
+    let answers = mamori_ml::predict_labels(&victim, &s.train.x).unwrap();
+    let fit = |ctx: &ExtractionContext<'_>| {
+        // Knockoff with the whole training split as attacker data and budget queries all of it.
+        let mut o = oracle(&victim, n).with_disclosure(Disclosure::Label);
+        let e = by_name("knockoff").unwrap().extract(&mut o, ctx).unwrap();
+        assert_eq!(e.queries, n);
+        let got = mamori_ml::predict_labels(&e.substitute, &s.train.x).unwrap();
+        got.iter().zip(&answers).filter(|(a, b)| a == b).count() as f64 / n as f64
+    };
+    let mut ctx = base.clone();
+    ctx.query_data = Some(&s.train);
+    let converged = fit(&ctx);
+    ctx.stop = None;
+    ctx.train.epochs = 1;
+    let one_epoch = fit(&ctx);
+    assert!(
+        converged >= 0.95 && converged > one_epoch + 0.05,
+        "fit to the answers: until plateau {converged}, one epoch {one_epoch}"
+    );
 }

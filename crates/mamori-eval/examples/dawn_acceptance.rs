@@ -1,9 +1,11 @@
 //! DAWN acceptance measurement (issue #6): substitutes stolen *through the gateway's
-//! protection chain* by the attack harness, verified against the DAWN ledger.
+//! protection chain* by every extraction attack of the harness, verified against the DAWN
+//! ledger.
 //!
 //! ```text
 //! cargo run -p mamori-eval --example dawn_acceptance -- [--data DIR] [--cache DIR] \
-//!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E]
+//!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E] [--patience P] \
+//!     [--min-gain G] [--only STRATEGY,STRATEGY,..]
 //! ```
 //!
 //! 1. The victim is the evaluation harness's default (the shipped `eval.toml`: a Fashion-MNIST
@@ -15,25 +17,31 @@
 //!    cell, and reached in-process through [`mamori_gateway::ChainOracle`], one API key per
 //!    thief.
 //! 3. Benign cost: the evaluation images are answered through the chain (client `benign`).
-//! 4. Thieves: the harness's `random` (uniform noise), `knockoff` (MNIST natural images) and
-//!    `jbda` (Fashion-MNIST seeds) attacks, `--budget` queries each, with the harness's
-//!    default substitute (the shipped `[substitute]`: MLP 784-128-10, 10 epochs; `--hidden`
-//!    and `--epochs` give a larger or longer-trained thief) trained on probabilities and,
-//!    separately, on labels.
+//! 4. Thieves: every extraction strategy of the harness (`mamori attack extract --strategy`,
+//!    [`mamori_attack::extract::STRATEGIES`]), `--budget` queries each, with the harness's
+//!    default substitute (the shipped `[substitute]`: MLP 784-256-10 trained until its fit to
+//!    the answers plateaus, at most 50 epochs; `--hidden`, `--epochs`, `--patience` and
+//!    `--min-gain` change it, `--patience 0` trains exactly `--epochs`), trained on probabilities and, separately,
+//!    on labels (label-only attacks once). Attacker data: MNIST training images (Knockoff,
+//!    adaptive Knockoff, active learning, transfer with MNIST pre-training), 1,000
+//!    Fashion-MNIST training images (JBDA seeds), none (random, Tramèr, label-only). Every
+//!    answer a thief receives is recorded, so its substitute's fit to its own answers
+//!    (training agreement) is reported beside the marks it reproduces.
 //! 5. Each substitute is verified against the ledger records of the marks *its* client
 //!    received ([`mamori_defense::verify`], both statistics), then again after fine-tuning on
 //!    2,000 clean labelled images for 3 epochs and after pruning 50% of each layer's weights
 //!    by magnitude ([`mamori_defense::robustness`]).
-//! 6. `--clean` models trained independently on disjoint clean Fashion-MNIST training subsets
-//!    (true labels, different seeds) are verified against the whole ledger.
+//! 6. `--clean` models of the substitute's architecture and schedule, trained independently on
+//!    disjoint clean Fashion-MNIST training subsets (true labels, different seeds), are
+//!    verified against the whole ledger.
 //!
 //! Prints a Markdown report on stdout; progress on stderr.
 
-use mamori_attack::extract::ExtractionContext;
+use mamori_attack::extract::{ExtractionAttack, ExtractionContext, STRATEGIES};
 use mamori_defense::robustness::{fine_tune, prune_smallest};
 use mamori_defense::verify::{distinct_records, verify_model, StatisticResult, VerifyResult};
 use mamori_defense::LedgerRecord;
-use mamori_eval::runner::{CellChain, Transport};
+use mamori_eval::runner::{CellChain, Recorder, Transport};
 use mamori_eval::EvalConfig;
 use mamori_ml::{NativeModel, Network, Targets, TrainConfig};
 use rand::seq::SliceRandom;
@@ -54,6 +62,9 @@ struct Args {
     clean: usize,
     hidden: Option<usize>,
     epochs: Option<usize>,
+    patience: Option<usize>,
+    min_gain: Option<f32>,
+    only: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +77,9 @@ fn parse_args() -> Result<Args, String> {
         clean: 20,
         hidden: None,
         epochs: None,
+        patience: None,
+        min_gain: None,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +92,19 @@ fn parse_args() -> Result<Args, String> {
             "--clean" => a.clean = value()?.parse().map_err(|e| format!("--clean: {e}"))?,
             "--hidden" => a.hidden = Some(value()?.parse().map_err(|e| format!("--hidden: {e}"))?),
             "--epochs" => a.epochs = Some(value()?.parse().map_err(|e| format!("--epochs: {e}"))?),
+            "--patience" => {
+                a.patience = Some(value()?.parse().map_err(|e| format!("--patience: {e}"))?)
+            }
+            "--min-gain" => {
+                a.min_gain = Some(value()?.parse().map_err(|e| format!("--min-gain: {e}"))?)
+            }
+            "--only" => {
+                let list: Vec<String> = value()?.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(bad) = list.iter().find(|s| !STRATEGIES.contains(&s.as_str())) {
+                    return Err(format!("--only: unknown strategy {bad}"));
+                }
+                a.only = Some(list);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -102,14 +129,16 @@ fn stat(s: &StatisticResult, n: usize) -> String {
     format!("{}/{n}, p = {:.2e}", s.matches, s.p_value)
 }
 
-fn row(md: &mut String, what: &str, fid: f64, acc: f64, r: &VerifyResult) {
+/// One table row; `fit` is the model's agreement with the answers its thief received.
+fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &VerifyResult) {
     let taw = r
         .top_among_wrong
         .as_ref()
         .map_or("–".to_string(), |s| stat(s, r.queried));
+    let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
         md,
-        "| {what} | {:.2}% | {:.2}% | {} | {taw} | {} | {} |",
+        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {} | {} |",
         100.0 * fid,
         100.0 * acc,
         stat(&r.top1, r.queried),
@@ -120,6 +149,27 @@ fn row(md: &mut String, what: &str, fid: f64, acc: f64, r: &VerifyResult) {
             "**no**"
         }
     );
+}
+
+/// A thief: row label, strategy, attacker data, auxiliary (pre-training) data, and whether it
+/// is run with probabilities preferred and/or with labels.
+struct Thief<'a> {
+    label: &'static str,
+    strategy: &'static str,
+    data: Option<&'a mamori_data::Dataset>,
+    aux: Option<&'a mamori_data::Dataset>,
+    modes: &'static [bool],
+}
+
+/// Share of `x` on which `model` gives the recorded label.
+fn agreement(model: &NativeModel, x: &mamori_core::Tensor, labels: &[usize]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    match mamori_ml::predict_labels(model, x) {
+        Ok(p) => p.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len() as f64,
+        Err(_) => 0.0,
+    }
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -134,34 +184,159 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(e) = args.epochs {
         cfg.substitute.epochs = e;
     }
+    if let Some(p) = args.patience {
+        cfg.substitute.patience = p;
+    }
+    if let Some(g) = args.min_gain {
+        cfg.substitute.min_gain = g;
+    }
+    cfg.check("<shipped eval.toml with overrides>")?;
+    let stop = cfg.substitute.stop();
+    let schedule = match stop {
+        Some(p) if p.min_gain == 0.0 => format!(
+            "trained until its training agreement stops improving for {} epochs, at most {} \
+             epochs",
+            p.patience, cfg.substitute.epochs
+        ),
+        Some(p) => format!(
+            "trained until its training agreement gains no more than {} points in {} epochs, \
+             at most {} epochs",
+            100.0 * p.min_gain,
+            p.patience,
+            cfg.substitute.epochs
+        ),
+        None => format!("trained exactly {} epochs", cfg.substitute.epochs),
+    };
     let data_dir = mamori_data::resolve_data_dir(args.data.as_deref());
     std::fs::create_dir_all(&args.cache)?;
     let victim = mamori_eval::victim::prepare(&cfg, &data_dir, &args.cache, true)?;
     let v_acc = victim.eval.victim_accuracy();
     log(format!(
-        "victim {} ({}), accuracy {:.2}% on {} evaluation images",
+        "victim {} ({}), accuracy {:.2}% on {} evaluation images{}",
         victim.model.card.name,
         victim.dir.display(),
         100.0 * v_acc,
-        victim.eval.test_y.len()
+        victim.eval.test_y.len(),
+        if victim.trained_now {
+            " (trained in this run)"
+        } else {
+            " (cached)"
+        }
     ));
 
-    // The thieves: (row label, strategy, attacker data, prefer soft targets).
     let fashion = mamori_eval::victim::dataset("fashion-mnist", &data_dir)?;
     let mnist = mamori_eval::victim::dataset("mnist", &data_dir)?;
     let mut jbda_idx: Vec<usize> = (0..fashion.train.len()).collect();
     jbda_idx.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa77a));
     jbda_idx.truncate(1000);
     let jbda_data = fashion.train.select(&jbda_idx);
-    let attacks: Vec<(&str, &str, Option<&mamori_data::Dataset>)> = vec![
-        ("random (uniform noise)", "random", None),
-        ("Knockoff (MNIST)", "knockoff", Some(&mnist.train)),
-        ("JBDA (Fashion-MNIST seeds)", "jbda", Some(&jbda_data)),
+    const BOTH: &[bool] = &[true, false];
+    const SOFT: &[bool] = &[true];
+    const LABELS: &[bool] = &[false];
+    let all = [
+        Thief {
+            label: "random (uniform noise)",
+            strategy: "random",
+            data: None,
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "random (Gaussian noise)",
+            strategy: "random-gaussian",
+            data: None,
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "Knockoff (MNIST)",
+            strategy: "knockoff",
+            data: Some(&mnist.train),
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "adaptive Knockoff (MNIST)",
+            strategy: "knockoff-adaptive",
+            data: Some(&mnist.train),
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "JBDA (Fashion-MNIST seeds)",
+            strategy: "jbda",
+            data: Some(&jbda_data),
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "active, least confident (MNIST pool)",
+            strategy: "active",
+            data: Some(&mnist.train),
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "active, margin (MNIST pool)",
+            strategy: "active-margin",
+            data: Some(&mnist.train),
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "active, k-center (MNIST pool)",
+            strategy: "active-kcenter",
+            data: Some(&mnist.train),
+            aux: None,
+            modes: BOTH,
+        },
+        // Equation solving needs probabilities; on labels it falls back to label-only
+        // retraining, which has its own row.
+        Thief {
+            label: "Tramèr equation solving (softmax regression)",
+            strategy: "tramer",
+            data: None,
+            aux: None,
+            modes: SOFT,
+        },
+        Thief {
+            label: "Tramèr MLP retraining (784-20-10)",
+            strategy: "tramer-mlp",
+            data: None,
+            aux: None,
+            modes: BOTH,
+        },
+        Thief {
+            label: "Tramèr label-only adaptive retraining",
+            strategy: "label-only",
+            data: None,
+            aux: None,
+            modes: LABELS,
+        },
+        Thief {
+            label: "transfer (MNIST pre-training, MNIST queries)",
+            strategy: "transfer",
+            data: Some(&mnist.train),
+            aux: Some(&mnist.train),
+            modes: BOTH,
+        },
     ];
+    debug_assert_eq!(all.len(), STRATEGIES.len());
+    let thieves: Vec<&Thief> = all
+        .iter()
+        .filter(|t| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|s| s == t.strategy))
+        })
+        .collect();
+    let client_of =
+        |t: &Thief, soft: bool| format!("{}-{}", t.strategy, if soft { "prob" } else { "label" });
     let mut clients = vec!["benign".to_string()];
-    for (_, s, _) in &attacks {
-        clients.push(format!("{s}-prob"));
-        clients.push(format!("{s}-label"));
+    for t in &thieves {
+        for &soft in t.modes {
+            clients.push(client_of(t, soft));
+        }
     }
     let cell = CellChain::build(
         &victim.model,
@@ -220,54 +395,69 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         seed: cfg.seed,
         progress: false,
     };
+    let sub_train = |seed: u64| TrainConfig {
+        epochs: cfg.substitute.epochs,
+        batch_size: cfg.substitute.batch_size,
+        learning_rate: cfg.substitute.learning_rate,
+        weight_decay: 0.0,
+        seed,
+        progress: false,
+    };
 
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| thief / model | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | decides | p < 1e-9 |"
+        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | decides | p < 1e-9 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
-    for (label, strategy, data) in &attacks {
-        for soft in [true, false] {
-            let client = format!("{strategy}-{}", if soft { "prob" } else { "label" });
-            let attack = mamori_attack::extract::by_name(strategy)?;
+    for t in &thieves {
+        for &soft in t.modes {
+            let client = client_of(t, soft);
+            let attack: Box<dyn ExtractionAttack> = mamori_attack::extract::by_name(t.strategy)?;
             let mut ctx = ExtractionContext::new(args.budget, cfg.substitute.arch.clone());
-            ctx.train = TrainConfig {
-                epochs: cfg.substitute.epochs,
-                batch_size: cfg.substitute.batch_size,
-                learning_rate: cfg.substitute.learning_rate,
-                weight_decay: 0.0,
-                seed: cfg.seed,
-                progress: false,
-            };
+            ctx.train = sub_train(cfg.seed);
+            ctx.stop = stop;
             ctx.prefer_soft = soft;
-            ctx.query_data = *data;
+            ctx.query_data = t.data;
+            ctx.aux_data = t.aux;
             ctx.query_batch = cfg.substitute.query_batch;
             ctx.seed = cfg.seed;
-            let mut oracle = cell.oracle(&client, cfg.substitute.query_batch)?;
+            let mut oracle = Recorder::new(cell.oracle(&client, cfg.substitute.query_batch)?);
             let ts = Instant::now();
-            let e = attack.extract(oracle.as_mut(), &ctx)?;
+            let e = attack.extract(&mut oracle, &ctx)?;
+            let (hx, hans) = oracle.harvest()?;
+            let fit = agreement(&e.substitute, &hx, &hans.labels);
             let records = records_of(&client);
             let m = victim.eval.evaluate(&e.substitute)?;
             let r = verify_model(&e.substitute, &records, 1e-4)?;
             log(format!(
-                "{client}: {} queries, {} marks, soft targets {}, fidelity {:.2}%, top1 {} \
-                 top_among_wrong {:?} ({:.0} s)",
+                "{client}: {} queries, {} marks, soft targets {}, fit {:.2}%, fidelity {:.2}%, \
+                 top1 {} top_among_wrong {:?}, p {:.2e} ({:.0} s) {:?}",
                 e.queries,
                 r.queried,
                 e.soft_targets,
+                100.0 * fit,
                 100.0 * m.fidelity,
                 r.top1.matches,
                 r.top_among_wrong.map(|s| s.matches),
-                ts.elapsed().as_secs_f64()
+                r.p_value,
+                ts.elapsed().as_secs_f64(),
+                e.notes
             ));
             let kind = if e.soft_targets { "prob." } else { "label" };
             let name = format!(
-                "{label}, {kind}-trained, {} queries, {} marks",
-                e.queries, r.queried
+                "{}, {kind}-trained, {} queries, {} marks",
+                t.label, e.queries, r.queried
             );
-            row(&mut md, &name, m.fidelity, m.substitute_accuracy, &r);
+            row(
+                &mut md,
+                &name,
+                Some(fit),
+                m.fidelity,
+                m.substitute_accuracy,
+                &r,
+            );
             summary.push((name.clone(), r.p_value));
 
             // Fine-tuned on clean labelled data.
@@ -282,6 +472,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             row(
                 &mut md,
                 &format!("↳ fine-tuned 3 epochs on {ft_n} clean labelled images"),
+                Some(agreement(&tuned, &hx, &hans.labels)),
                 mt.fidelity,
                 mt.substitute_accuracy,
                 &rt,
@@ -300,6 +491,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             row(
                 &mut md,
                 "↳ 50% smallest weights of each layer pruned",
+                Some(agreement(&pruned, &hx, &hans.labels)),
                 mp.fidelity,
                 mp.substitute_accuracy,
                 &rp,
@@ -315,15 +507,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     row(
         &mut md,
         &format!("victim, whole ledger ({all_distinct} marks)"),
+        None,
         1.0,
         v_acc,
         &rv,
     );
 
-    // Independent clean models on disjoint training subsets.
+    // Independent clean models on disjoint training subsets, trained like the thieves'
+    // substitutes (same architecture and schedule), on true labels.
     let per = fashion.train.len() / args.clean.max(1);
     let per = per.min(3000);
     let mut clean = Vec::new();
+    let mut clean_epochs = Vec::new();
     for i in 0..args.clean {
         let idx: Vec<usize> = (i * per..(i + 1) * per).collect();
         let d = fashion.train.select(&idx);
@@ -334,19 +529,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             victim.model.card.num_classes(),
             seed,
         );
-        mamori_ml::train(
+        let rep = mamori_attack::extract::fit_substitute(
             &mut net,
             &d.x,
             &Targets::Labels(d.y.clone()),
-            &TrainConfig {
-                epochs: cfg.substitute.epochs,
-                batch_size: cfg.substitute.batch_size,
-                learning_rate: cfg.substitute.learning_rate,
-                weight_decay: 0.0,
-                seed,
-                progress: false,
-            },
+            &sub_train(seed),
+            stop.as_ref(),
         )?;
+        clean_epochs.push(rep.epoch_loss.len());
         let mut card = victim.model.card.clone();
         card.name = format!("clean-{i}");
         let m = NativeModel { network: net, card };
@@ -383,15 +573,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let _ = writeln!(
         out,
-        "Thieves: the harness's attacks, budget {} queries each, substitute {:?} trained {} \
-         epochs ({}); each verified against the marks its own client \
-         received. Chance per mark 1/(c−1) = 1/9 for both statistics; `decides` is the \
-         statistic the suspect's answers allow (scores → `top_among_wrong`).\n",
+        "Thieves: the harness's attacks, budget {} queries each, substitute {:?} {schedule} \
+         ({}); each verified against the marks its own client received. \"Fit\" is the \
+         model's agreement with every answer its thief received. Chance per mark 1/(c−1) = \
+         1/9 for both statistics; `decides` is the statistic the suspect's answers allow \
+         (scores → `top_among_wrong`).\n",
         args.budget,
         cfg.substitute.arch,
-        cfg.substitute.epochs,
-        if args.hidden.is_some() || args.epochs.is_some() {
-            "overridden by --hidden/--epochs"
+        if args.hidden.is_some()
+            || args.epochs.is_some()
+            || args.patience.is_some()
+            || args.min_gain.is_some()
+        {
+            "overridden by --hidden/--epochs/--patience/--min-gain"
         } else {
             "the shipped `[substitute]`"
         }
@@ -411,14 +605,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         |f: fn(&(f64, f64, f64, usize, usize)) -> f64| clean.iter().map(f).fold(1.0f64, f64::min);
     let _ = writeln!(
         out,
-        "\n{} independent models ({:?}, {} epochs, each on {per} disjoint clean Fashion-MNIST \
-         training images with true labels, seeds 1000–{}; test accuracy {:.1}–{:.1}%) \
-         verified against the whole ledger ({all_distinct} distinct marks): smallest p \
-         top1 **{:.3}**, top_among_wrong **{:.3}**; most matches top1 {}, top_among_wrong {}; \
-         all deciding p > 0.01: **{}**.",
+        "\n{} independent models ({:?}, {schedule}: {}–{} epochs run; each on {per} disjoint \
+         clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
+         {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
+         smallest p top1 **{:.3}**, top_among_wrong **{:.3}**; most matches top1 {}, \
+         top_among_wrong {}; all deciding p > 0.01: **{}** ({} of {} at p ≤ 0.01). Deciding \
+         p-values, smallest first: {}.",
         clean.len(),
         cfg.substitute.arch,
-        cfg.substitute.epochs,
+        clean_epochs.iter().min().unwrap_or(&0),
+        clean_epochs.iter().max().unwrap_or(&0),
         999 + clean.len(),
         100.0 * clean.iter().map(|c| c.0).fold(1.0f64, f64::min),
         100.0 * clean.iter().map(|c| c.0).fold(0.0f64, f64::max),
@@ -426,7 +622,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min(|c| c.2),
         clean.iter().map(|c| c.3).max().unwrap_or(0),
         clean.iter().map(|c| c.4).max().unwrap_or(0),
-        clean.iter().all(|c| c.2 > 0.01)
+        clean.iter().all(|c| c.2 > 0.01),
+        clean.iter().filter(|c| c.2 <= 0.01).count(),
+        clean.len(),
+        {
+            let mut ps: Vec<f64> = clean.iter().map(|c| c.2).collect();
+            ps.sort_by(f64::total_cmp);
+            ps.iter()
+                .map(|p| format!("{p:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     );
     let _ = writeln!(
         out,

@@ -228,6 +228,7 @@ fn main() {
                 };
                 let mut ctx = ExtractionContext::new(budget, Arch::Mlp { hidden: vec![256] });
                 ctx.train.epochs = s_epochs;
+                ctx.stop = None; // the fixed schedule the documented numbers used
                 ctx.train.seed = 11;
                 ctx.seed = 11;
                 ctx.prefer_soft = prefer_soft;

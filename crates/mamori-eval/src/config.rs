@@ -6,9 +6,11 @@
 //! dataset = "fashion-mnist"
 //! arch = { kind = "mlp", hidden = [256] }
 //! epochs = 4
-//! [substitute]
-//! arch = { kind = "mlp", hidden = [128] }
-//! epochs = 10
+//! [substitute]                 # trained until its fit to the answers plateaus
+//! arch = { kind = "mlp", hidden = [256] }
+//! epochs = 50                  # the cap
+//! patience = 3                 # 0: exactly `epochs` epochs
+//! min_gain = 0.0
 //! [benign]
 //! replay_clients = 4           # test-set images in random order
 //! other_clients = 2            # images of another dataset
@@ -27,7 +29,7 @@
 
 use crate::error::EvalError;
 use mamori_gateway::protection::{self, PolicySpec};
-use mamori_ml::Arch;
+use mamori_ml::{Arch, Plateau};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,14 +68,20 @@ impl Default for VictimConfig {
     }
 }
 
-/// The attacker's substitute.
+/// The attacker's substitute, trained the way a thief trains it: until its fit to the stolen
+/// answers plateaus ([`mamori_ml::Plateau`]), at most `epochs` epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubstituteConfig {
     /// Architecture.
     pub arch: Arch,
-    /// Training epochs.
+    /// Training epochs: the cap when `patience > 0`, else the exact count.
     pub epochs: usize,
+    /// Stop after this many epochs without a gain of more than `min_gain` in training
+    /// agreement; 0 trains exactly `epochs` epochs.
+    pub patience: usize,
+    /// Gain in training agreement (a fraction) that counts as progress.
+    pub min_gain: f32,
     /// Mini-batch size.
     pub batch_size: usize,
     /// Adam learning rate.
@@ -82,11 +90,23 @@ pub struct SubstituteConfig {
     pub query_batch: usize,
 }
 
+impl SubstituteConfig {
+    /// The stopping rule: a [`Plateau`] when `patience > 0`, else `None` (a fixed schedule).
+    pub fn stop(&self) -> Option<Plateau> {
+        (self.patience > 0).then_some(Plateau {
+            patience: self.patience,
+            min_gain: self.min_gain,
+        })
+    }
+}
+
 impl Default for SubstituteConfig {
     fn default() -> Self {
         Self {
-            arch: Arch::Mlp { hidden: vec![128] },
-            epochs: 10,
+            arch: Arch::Mlp { hidden: vec![256] },
+            epochs: mamori_attack::extract::SUBSTITUTE_MAX_EPOCHS,
+            patience: Plateau::default().patience,
+            min_gain: Plateau::default().min_gain,
             batch_size: 64,
             learning_rate: 1e-3,
             query_batch: 100,
@@ -293,6 +313,10 @@ impl EvalConfig {
         if self.substitute.epochs == 0 {
             return Err(bad("substitute.epochs", "must be at least 1".into()));
         }
+        if let Some(p) = self.substitute.stop() {
+            p.check()
+                .map_err(|e| bad("substitute.min_gain", e.to_string()))?;
+        }
         if self.substitute.query_batch == 0 || self.substitute.batch_size == 0 {
             return Err(bad(
                 "substitute.query_batch / batch_size",
@@ -419,6 +443,10 @@ mod tests {
                 "[[attacks]]\nstrategy = \"random\"\nbudget = 10\n[[attacks]]\nstrategy = \"random\"\nbudget = 5\n",
                 "two attacks",
             ),
+            (
+                "[[attacks]]\nstrategy = \"random\"\nbudget = 10\n[substitute]\nmin_gain = -0.5\n",
+                "substitute.min_gain",
+            ),
             ("attacks = []\n", "attacks"),
             ("seed = \"x\"\n", "seed"),
         ];
@@ -428,6 +456,20 @@ mod tests {
                 .to_string();
             assert!(e.contains(want) && e.contains("t.toml"), "{text:?} → {e}");
         }
+    }
+
+    #[test]
+    fn the_shipped_thief_trains_until_its_fit_plateaus() {
+        let c = EvalConfig::shipped();
+        assert_eq!(c.substitute, SubstituteConfig::default());
+        assert_eq!(c.substitute.stop(), Some(Plateau::default()));
+        let fixed = EvalConfig::from_toml(
+            "[[attacks]]\nstrategy = \"random\"\nbudget = 10\n[substitute]\npatience = 0\nepochs = 7\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(fixed.substitute.stop(), None);
+        assert_eq!(fixed.substitute.epochs, 7);
     }
 
     #[test]

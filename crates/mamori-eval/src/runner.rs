@@ -24,7 +24,7 @@ use crate::benign::{self, BenignKind, BenignOutcome, BenignStream};
 use crate::config::{AttackConfig, EvalConfig};
 use crate::error::EvalError;
 use crate::victim::{self, Victim};
-use mamori_attack::extract::ExtractionContext;
+use mamori_attack::extract::{fit_substitute, ExtractionContext};
 use mamori_attack::metrics::SubstituteMetrics;
 use mamori_attack::oracle::{answer_targets, is_soft};
 use mamori_attack::{HttpOracle, HttpOracleConfig};
@@ -543,7 +543,14 @@ pub fn train_on_harvest(
         true,
     );
     if n > 0 {
-        mamori_ml::train(&mut net, &xs, &targets, &train_config(cfg, seed, false))?;
+        fit_substitute(
+            &mut net,
+            &xs,
+            &targets,
+            &train_config(cfg, seed, false),
+            cfg.substitute.stop().as_ref(),
+        )
+        .map_err(|e| EvalError::Model(e.to_string()))?;
     }
     let mut card = victim.card.clone();
     card.name = "substitute".into();
@@ -665,6 +672,7 @@ pub fn run_cell(
         .and_then(|d| d.as_ref());
     let mut ctx = ExtractionContext::new(attack.budget, cfg.substitute.arch.clone());
     ctx.train = train_config(cfg, seed, false);
+    ctx.stop = cfg.substitute.stop();
     ctx.query_data = qd;
     ctx.query_batch = cfg.substitute.query_batch;
     ctx.seed = seed;

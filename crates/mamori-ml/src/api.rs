@@ -74,6 +74,72 @@ impl Default for TrainConfig {
     }
 }
 
+/// Early stopping on training fit: train until the network's agreement with its own training
+/// targets stops improving, with [`TrainConfig::epochs`] as the cap.
+///
+/// This is how a model thief trains a substitute on stolen answers: it has no labelled
+/// validation data, only the answers, and trains until it fits them. Watermarks carried by a
+/// few deliberately wrong answers (DAWN, Szyller et al., "DAWN: Dynamic Adversarial
+/// Watermarking of Neural Networks", ACM MM 2021) assume exactly such a thief, one whose
+/// surrogate reproduces its training answers.
+///
+/// The agreement of an epoch is the share of training samples whose target (the label, or the
+/// argmax of a soft target) the network predicted while that epoch ran
+/// ([`TrainReport::epoch_accuracy`]). After epoch `e > patience`, training stops when the best
+/// agreement of the last `patience` epochs is not more than `min_gain` (a fraction: `0.001` =
+/// 0.1 points) above the best agreement of the epochs before them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plateau {
+    /// Epochs without enough gain before stopping (at least 1).
+    pub patience: usize,
+    /// Gain in agreement (a fraction in `[0, 1)`) that must be exceeded to count as progress.
+    pub min_gain: f32,
+}
+
+impl Default for Plateau {
+    /// Three epochs without any gain in training agreement (`min_gain` 0: the best
+    /// agreement so far must strictly improve). A coarser threshold lets a thief stop while
+    /// the last few tenths of a percent of its answers — exactly where DAWN's 0.5% of marked
+    /// answers sit — are still being fitted.
+    fn default() -> Self {
+        Self {
+            patience: 3,
+            min_gain: 0.0,
+        }
+    }
+}
+
+impl Plateau {
+    /// Checks the settings (the error names the bad one).
+    pub fn check(&self) -> Result<(), MlError> {
+        if self.patience == 0 {
+            return Err(MlError::Training(
+                "plateau patience must be at least 1".into(),
+            ));
+        }
+        if !(self.min_gain.is_finite() && (0.0..1.0).contains(&self.min_gain)) {
+            return Err(MlError::Training(format!(
+                "plateau min_gain must be in [0, 1), got {}",
+                self.min_gain
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether training should stop after the epochs whose agreements are `agreement`
+    /// (oldest first).
+    pub fn reached(&self, agreement: &[f32]) -> bool {
+        let e = agreement.len();
+        if self.patience == 0 || e <= self.patience {
+            return false;
+        }
+        let (before, recent) = agreement.split_at(e - self.patience);
+        let best = |v: &[f32]| v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        best(recent) <= best(before) + self.min_gain
+    }
+}
+
 /// What training did.
 #[derive(Clone, Debug, Default)]
 pub struct TrainReport {
@@ -126,7 +192,20 @@ pub fn train(
     y: &Targets,
     cfg: &TrainConfig,
 ) -> Result<TrainReport, MlError> {
-    crate::train::train(net, x, y, cfg, SoftLoss::CrossEntropy)
+    crate::train::train(net, x, y, cfg, SoftLoss::CrossEntropy, None)
+}
+
+/// Like [`train`], but stops early when the fit to the training targets reaches a
+/// [`Plateau`]; `cfg.epochs` is the cap. The report has one entry per epoch run.
+pub fn train_until_plateau(
+    net: &mut Network,
+    x: &Tensor,
+    y: &Targets,
+    cfg: &TrainConfig,
+    plateau: &Plateau,
+) -> Result<TrainReport, MlError> {
+    plateau.check()?;
+    crate::train::train(net, x, y, cfg, SoftLoss::CrossEntropy, Some(plateau))
 }
 
 /// How a network is fitted to soft targets (probability vectors). Hard labels are always
@@ -158,7 +237,7 @@ pub fn train_with_loss(
     cfg: &TrainConfig,
     soft_loss: SoftLoss,
 ) -> Result<TrainReport, MlError> {
-    crate::train::train(net, x, y, cfg, soft_loss)
+    crate::train::train(net, x, y, cfg, soft_loss, None)
 }
 
 /// Mean softmax cross-entropy of `net` on `(x, y)` and its gradient with respect to every
@@ -234,4 +313,35 @@ pub fn predict_labels(model: &dyn Model, x: &Tensor) -> Result<Vec<usize>, Model
         s = e;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plateau;
+
+    #[test]
+    fn plateau_stops_only_after_patience_epochs_without_enough_gain() {
+        let p = Plateau {
+            patience: 2,
+            min_gain: 0.01,
+        };
+        assert!(!p.reached(&[]));
+        assert!(!p.reached(&[0.5, 0.5]), "needs more than `patience` epochs");
+        assert!(p.reached(&[0.5, 0.5, 0.5]));
+        // A gain of at least min_gain in the last two epochs keeps training.
+        assert!(!p.reached(&[0.5, 0.5, 0.52]));
+        assert!(!p.reached(&[0.5, 0.52, 0.51]));
+        assert!(p.reached(&[0.5, 0.505, 0.509]));
+        // A drop after a peak is no progress: compared with the best before the window.
+        assert!(p.reached(&[0.3, 0.9, 0.8, 0.85]));
+        assert!(!p.reached(&[0.3, 0.9, 0.8, 0.95]));
+        // min_gain 0: any improvement counts.
+        let any = Plateau {
+            patience: 1,
+            min_gain: 0.0,
+        };
+        assert!(!any.reached(&[0.5, 0.5001]));
+        assert!(any.reached(&[0.5, 0.5]));
+        assert!(Plateau::default().check().is_ok());
+    }
 }

@@ -1,7 +1,7 @@
 //! Mini-batch training with Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization",
 //! ICLR 2015) on softmax cross-entropy, against hard labels or soft targets.
 
-use crate::api::{MlError, SoftLoss, Targets, TrainConfig, TrainReport};
+use crate::api::{MlError, Plateau, SoftLoss, Targets, TrainConfig, TrainReport};
 use crate::arch::{LayerParams, Network};
 use crate::engine::{self, Workspace};
 use crate::loss::{logit_mse_soft, prob_mse_soft, xent_labels, xent_soft};
@@ -154,6 +154,7 @@ pub(crate) fn train(
     y: &Targets,
     cfg: &TrainConfig,
     soft_loss: SoftLoss,
+    stop: Option<&Plateau>,
 ) -> Result<TrainReport, MlError> {
     let soft_fn = match soft_loss {
         SoftLoss::CrossEntropy => xent_soft,
@@ -247,6 +248,9 @@ pub(crate) fn train(
             loss_sum / n as f64,
             correct as f64 / n as f64
         ));
+        if stop.is_some_and(|p| p.reached(&report.epoch_accuracy)) {
+            break;
+        }
     }
     bar.finish();
     report.seconds = start.elapsed().as_secs_f64();

@@ -4,7 +4,8 @@ mod common;
 
 use mamori_core::{GradTarget, Model};
 use mamori_ml::{
-    accuracy, train, train_with_loss, Arch, MlError, Network, SoftLoss, Targets, TrainConfig,
+    accuracy, train, train_until_plateau, train_with_loss, Arch, MlError, Network, Plateau,
+    SoftLoss, Targets, TrainConfig,
 };
 
 #[test]
@@ -114,6 +115,100 @@ fn training_is_deterministic_for_a_seed() {
     assert_eq!(a, b);
     let c = Network::new(&arch, &[64], 10, 6);
     assert_ne!(Network::new(&arch, &[64], 10, 5).params, c.params);
+}
+
+/// Training until the fit plateaus stops before the cap once the network fits its training
+/// labels, on exactly the trajectory of the fixed schedule of that many epochs.
+#[test]
+fn training_until_plateau_stops_when_the_fit_stops_improving() {
+    let Some((x, y)) = common::digits() else {
+        return;
+    };
+    let x = x.slice_rows(0, 600);
+    let y = Targets::Labels(y[..600].to_vec());
+    let arch = Arch::Mlp { hidden: vec![32] };
+    let cap = TrainConfig {
+        epochs: 200,
+        batch_size: 32,
+        seed: 2,
+        ..TrainConfig::default()
+    };
+    let plateau = Plateau::default();
+    let mut a = Network::new(&arch, &[64], 10, 1);
+    let rep = train_until_plateau(&mut a, &x, &y, &cap, &plateau).unwrap();
+    let e = rep.epoch_accuracy.len();
+    assert!(
+        e > plateau.patience && e < cap.epochs,
+        "stopped after {e} epochs"
+    );
+    assert!(plateau.reached(&rep.epoch_accuracy));
+    assert!(!plateau.reached(&rep.epoch_accuracy[..e - 1]));
+    // The stop comes once the 600 digits are fitted, not while the fit is still rising.
+    let best = rep.epoch_accuracy.iter().copied().fold(0.0f32, f32::max);
+    assert!(
+        best >= 0.95 && best > rep.epoch_accuracy[0] + 0.2,
+        "training agreement {:?}",
+        rep.epoch_accuracy
+    );
+    let mut b = Network::new(&arch, &[64], 10, 1);
+    let fixed = TrainConfig {
+        epochs: e,
+        ..cap.clone()
+    };
+    let rep_b = train(&mut b, &x, &y, &fixed).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(rep.epoch_loss, rep_b.epoch_loss);
+    // A cap below the plateau is honoured.
+    let short = TrainConfig {
+        epochs: 2,
+        ..cap.clone()
+    };
+    let mut c = Network::new(&arch, &[64], 10, 1);
+    let rep_c = train_until_plateau(&mut c, &x, &y, &short, &plateau).unwrap();
+    assert_eq!(rep_c.epoch_accuracy.len(), 2);
+}
+
+#[test]
+fn bad_plateau_settings_are_errors() {
+    let x = mamori_core::Tensor::new(vec![4, 3], vec![0.5; 12]).unwrap();
+    let y = Targets::Labels(vec![0, 1, 0, 1]);
+    let mut net = Network::new(&Arch::Softmax, &[3], 2, 0);
+    let cfg = TrainConfig::default();
+    for (p, what) in [
+        (
+            Plateau {
+                patience: 0,
+                min_gain: 0.01,
+            },
+            "patience",
+        ),
+        (
+            Plateau {
+                patience: 2,
+                min_gain: -0.1,
+            },
+            "min_gain",
+        ),
+        (
+            Plateau {
+                patience: 2,
+                min_gain: f32::NAN,
+            },
+            "min_gain",
+        ),
+        (
+            Plateau {
+                patience: 2,
+                min_gain: 1.0,
+            },
+            "min_gain",
+        ),
+    ] {
+        let before = net.clone();
+        let err = train_until_plateau(&mut net, &x, &y, &cfg, &p).unwrap_err();
+        assert!(err.to_string().contains(what), "{p:?}: {err}");
+        assert_eq!(net, before, "a refused run must not train");
+    }
 }
 
 #[test]

@@ -153,7 +153,7 @@ impl ExtractionAttack for ActiveLearning {
             let t = answer_targets(&probs, &labels, soft, ctx.prefer_soft);
             let mut cfg = ctx.train.clone();
             cfg.progress = ctx.progress;
-            mamori_ml::train(&mut net, &x, &t, &cfg)?;
+            super::fit_substitute(&mut net, &x, &t, &cfg, ctx.stop.as_ref())?;
             let room = budget.saturating_sub(chosen.len());
             if room == 0 {
                 break net;

@@ -78,7 +78,8 @@ pub struct Jbda {
     /// weights carried over, fresh optimiser state each round) instead of re-initialising it
     /// before each round (the paper's text). Round 0 starts from `Network::new(…, ctx.seed)`;
     /// without a warm start round `r` starts from `Network::new(…, ctx.seed + r)`. Round `r`
-    /// trains with `ctx.train`, its shuffling seed `ctx.train.seed + r`.
+    /// trains with `ctx.train` (until its fit plateaus when `ctx.stop` is set), its shuffling
+    /// seed `ctx.train.seed + r`.
     pub warm_start: bool,
     /// Clip the synthetic points to the context's input range (the reference code and
     /// Algorithm 1 do not; real APIs refuse out-of-range inputs).
@@ -199,7 +200,7 @@ impl ExtractionAttack for Jbda {
             let mut cfg = ctx.train.clone();
             cfg.progress = ctx.progress;
             cfg.seed = ctx.train.seed.wrapping_add(r as u64);
-            mamori_ml::train(&mut net, &s, &t, &cfg)?;
+            super::fit_substitute(&mut net, &s, &t, &cfg, ctx.stop.as_ref())?;
             notes.push(format!("round {r}: |S| = {}", s.batch_size()));
             if r == self.rounds {
                 break;

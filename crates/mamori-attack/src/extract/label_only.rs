@@ -27,7 +27,8 @@ pub struct LabelOnlyRetraining {
     pub rounds: usize,
     /// Random candidates scored per selected query.
     pub pool_factor: usize,
-    /// At least this many training epochs per round (small sets need many).
+    /// At least this many training epochs per round (small sets need many); the rounds run
+    /// `max(ctx.train.epochs, min_epochs)` epochs in full (no plateau stop).
     pub min_epochs: usize,
     /// Draw initial points and candidates from the box mixture (faces included) instead of
     /// uniformly (the paper).

@@ -32,7 +32,7 @@ use mamori_core::{
     DatasetRef, Disclosure, ModelCard, Normalisation, Oracle, OracleAnswer, OutputKind, Tensor,
 };
 use mamori_data::Dataset;
-use mamori_ml::{Arch, NativeModel, Network, TrainConfig};
+use mamori_ml::{Arch, NativeModel, Network, Plateau, Targets, TrainConfig, TrainReport};
 use rand::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -71,8 +71,12 @@ pub struct ExtractionContext<'a> {
     pub budget: u64,
     /// Substitute architecture.
     pub arch: Arch,
-    /// Substitute training settings.
+    /// Substitute training settings (with [`ExtractionContext::stop`], `train.epochs` is the
+    /// cap).
     pub train: TrainConfig,
+    /// Train each substitute until its fit to the answers plateaus ([`Plateau`]), at most
+    /// `train.epochs` epochs; `None`: exactly `train.epochs` epochs.
+    pub stop: Option<Plateau>,
     /// Train on probabilities when the oracle discloses them (else labels).
     pub prefer_soft: bool,
     /// Attacker's natural data (Knockoff, active learning, JBDA seeds, transfer).
@@ -90,13 +94,16 @@ pub struct ExtractionContext<'a> {
 }
 
 impl<'a> ExtractionContext<'a> {
-    /// Defaults: budget `budget`, substitute `arch`, 10 epochs, soft targets preferred.
+    /// Defaults: budget `budget`, substitute `arch` trained like a real thief trains it —
+    /// until its fit to the answers plateaus ([`Plateau::default`]), at most
+    /// [`SUBSTITUTE_MAX_EPOCHS`] epochs — with soft targets preferred.
     pub fn new(budget: u64, arch: Arch) -> Self {
         Self {
             budget,
             arch,
+            stop: Some(Plateau::default()),
             train: TrainConfig {
-                epochs: 10,
+                epochs: SUBSTITUTE_MAX_EPOCHS,
                 batch_size: 64,
                 learning_rate: 1e-3,
                 weight_decay: 0.0,
@@ -127,6 +134,25 @@ impl<'a> ExtractionContext<'a> {
             problem: "needs attacker data (--query-data DATASET)".into(),
         })
     }
+}
+
+/// The default cap on substitute training epochs when training stops at a [`Plateau`].
+pub const SUBSTITUTE_MAX_EPOCHS: usize = 50;
+
+/// Trains `net` on `(x, targets)` with `cfg`: until the fit plateaus when `stop` is given
+/// (`cfg.epochs` is then the cap), else exactly `cfg.epochs` epochs. Every substitute of the
+/// harness is trained through this function.
+pub fn fit_substitute(
+    net: &mut Network,
+    x: &Tensor,
+    targets: &Targets,
+    cfg: &TrainConfig,
+    stop: Option<&Plateau>,
+) -> Result<TrainReport, AttackError> {
+    Ok(match stop {
+        Some(p) => mamori_ml::train_until_plateau(net, x, targets, cfg, p)?,
+        None => mamori_ml::train(net, x, targets, cfg)?,
+    })
 }
 
 /// The result of one extraction.
@@ -303,7 +329,7 @@ pub(crate) fn train_substitute(
     let mut cfg = ctx.train.clone();
     cfg.progress = ctx.progress;
     if x.batch_size() > 0 {
-        mamori_ml::train(&mut net, x, &targets, &cfg)?;
+        fit_substitute(&mut net, x, &targets, &cfg, ctx.stop.as_ref())?;
     }
     let card = substitute_card(&ctx.arch, &shape, classes, strategy, ctx.seed);
     Ok((NativeModel { network: net, card }, soft))

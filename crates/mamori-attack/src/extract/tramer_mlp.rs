@@ -27,7 +27,7 @@ pub struct TramerMlp {
     pub hidden: usize,
     /// Queries per unknown parameter (2 in the paper).
     pub factor: f64,
-    /// At least this many epochs.
+    /// At least this many epochs, always run in full (no plateau stop).
     pub min_epochs: usize,
     /// Draw queries from the box mixture (faces included) instead of uniformly (the paper).
     pub mixed: bool,
@@ -85,7 +85,10 @@ impl ExtractionAttack for TramerMlp {
         ctx2.arch = Arch::Mlp {
             hidden: vec![self.hidden],
         };
+        // The paper's long fixed schedule: the answers are probabilities to regress, and the
+        // top-1 agreement a plateau watches stops moving long before they are fitted.
         ctx2.train.epochs = ctx.train.epochs.max(self.min_epochs);
+        ctx2.stop = None;
         let (sub, soft) = train_substitute(oracle, &x, &answer, &ctx2, "tramer-mlp")?;
         let notes = vec![format!(
             "{unknowns} unknowns, {n} queries ({:.2} per unknown)",

@@ -116,7 +116,7 @@ impl ExtractionAttack for TransferExtraction {
         let mut cfg = ctx.train.clone();
         cfg.progress = ctx.progress;
         if n > 0 {
-            mamori_ml::train(&mut net, &x, &t, &cfg)?;
+            super::fit_substitute(&mut net, &x, &t, &cfg, ctx.stop.as_ref())?;
         }
         let card = substitute_card(&ctx.arch, &shape, classes, "transfer", ctx.seed);
         let notes = vec![format!(

@@ -13,7 +13,7 @@ use mamori_attack::metrics::{CurvePoint, EvalSet};
 use mamori_attack::report;
 use mamori_attack::{HttpOracle, HttpOracleConfig, LocalOracle, MultiKeyOracle};
 use mamori_core::{Disclosure, Model, Oracle};
-use mamori_ml::{Arch, TrainConfig};
+use mamori_ml::{Arch, Plateau, TrainConfig};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `mamori attack`.
@@ -56,9 +56,16 @@ struct SubArgs {
     /// Substitute architecture: `logistic`, `softmax`, `mlp[:H1,H2,..]`, `cnn`.
     #[arg(long, default_value = "mlp:200,200")]
     arch: String,
-    /// Substitute training epochs.
-    #[arg(long, default_value_t = 10)]
+    /// Substitute training epochs: the cap when --patience > 0, else the exact count.
+    #[arg(long, default_value_t = mamori_attack::extract::SUBSTITUTE_MAX_EPOCHS)]
     epochs: usize,
+    /// Train the substitute until its fit to the answers plateaus: stop after this many epochs
+    /// without a gain of more than --min-gain in training agreement (0: exactly --epochs).
+    #[arg(long, default_value_t = Plateau::default().patience)]
+    patience: usize,
+    /// Gain in training agreement (a fraction) that counts as progress for --patience.
+    #[arg(long, default_value_t = Plateau::default().min_gain)]
+    min_gain: f32,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
@@ -244,6 +251,19 @@ fn train_config(s: &SubArgs) -> TrainConfig {
     }
 }
 
+/// The substitute's stopping rule (`None`: exactly `--epochs`).
+fn stop_rule(s: &SubArgs) -> Result<Option<Plateau>> {
+    if s.patience == 0 {
+        return Ok(None);
+    }
+    let p = Plateau {
+        patience: s.patience,
+        min_gain: s.min_gain,
+    };
+    p.check().context("--min-gain")?;
+    Ok(Some(p))
+}
+
 fn is_url(t: &str) -> bool {
     t.starts_with("http://") || t.starts_with("https://")
 }
@@ -375,6 +395,7 @@ fn extract(a: ExtractArgs, g: &Global) -> Result<()> {
     };
     let mut ctx = ExtractionContext::new(budgets[0], parse_arch(&a.sub.arch)?);
     ctx.train = train_config(&a.sub);
+    ctx.stop = stop_rule(&a.sub)?;
     ctx.prefer_soft = !a.labels_only;
     ctx.query_data = query_ds;
     ctx.aux_data = pretrain.as_ref().map(|s| &s.train);
@@ -489,6 +510,7 @@ fn invert(a: InvertArgs, g: &Global) -> Result<()> {
             let (mut oracle, _) = make_oracle(&t, Some(a.budget))?;
             let mut ctx = ExtractionContext::new(a.budget, parse_arch(&a.sub.arch)?);
             ctx.train = train_config(&a.sub);
+            ctx.stop = stop_rule(&a.sub)?;
             ctx.query_data = q.as_ref().map(|s| &s.train);
             ctx.seed = a.sub.seed;
             ctx.progress = true;
@@ -610,4 +632,37 @@ fn membership(a: MembershipArgs, g: &Global) -> Result<()> {
         None => println!("{}", serde_json::to_string_pretty(&v)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(patience: usize, min_gain: f32) -> SubArgs {
+        SubArgs {
+            arch: "mlp:8".into(),
+            epochs: 5,
+            patience,
+            min_gain,
+            lr: 1e-3,
+            batch_size: 16,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn the_stopping_rule_follows_patience_and_refuses_a_bad_min_gain() {
+        assert_eq!(stop_rule(&sub(0, 0.5)).unwrap(), None);
+        assert_eq!(
+            stop_rule(&sub(3, 0.0)).unwrap(),
+            Some(Plateau {
+                patience: 3,
+                min_gain: 0.0
+            })
+        );
+        for bad in [-0.1, 1.0, f32::NAN] {
+            let e = format!("{:#}", stop_rule(&sub(3, bad)).unwrap_err());
+            assert!(e.contains("--min-gain") && e.contains("min_gain"), "{e}");
+        }
+    }
 }
