@@ -190,6 +190,10 @@ fn jbda(model: &dyn Model, seeds: &mamori_data::Dataset, cap: usize, seed: u64) 
     ctx.query_data = Some(seeds);
     ctx.seed = seed;
     ctx.train.seed = seed;
+    // The fixed 10-epoch schedule every documented run used (the harness's default thief now
+    // trains until its fit plateaus, which changes the synthetic queries JBDA derives).
+    ctx.stop = None;
+    ctx.train.epochs = 10;
     let attack = Jbda {
         rounds: 8,
         ..Jbda::default()
