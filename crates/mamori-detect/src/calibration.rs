@@ -55,6 +55,12 @@ use std::path::Path;
 /// `fpr / ALONE_DETECTORS` each, so that the union of their false alarms stays within `fpr`.
 pub const ALONE_DETECTORS: usize = 5;
 
+/// Version of the calibrations [`calibrate`] writes. 2: PRADA's δ fitted on `tail_clients`,
+/// the FPR budget split among the detectors that act alone, the `synthetic` detector fitted.
+/// Version-1 files still load (their detectors run with the thresholds they hold, `synthetic`
+/// inactive) but are not [`Calibration::is_current`].
+pub const CALIBRATION_VERSION: u32 = 2;
+
 /// File name of a calibration stored beside a model.
 pub const CALIBRATION_FILE: &str = "calibration.json";
 
@@ -162,7 +168,7 @@ pub struct CalibrationReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    /// Format version (1).
+    /// Format version ([`CALIBRATION_VERSION`] when written by this release; 1 = older).
     pub version: u32,
     /// Model name (from its card).
     pub model: String,
@@ -181,6 +187,12 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// Whether this calibration was fitted by the current rules (else: re-run `mamori
+    /// calibrate` to get them).
+    pub fn is_current(&self) -> bool {
+        self.version == CALIBRATION_VERSION
+    }
+
     /// Writes `dir/calibration.json`.
     pub fn save(&self, dir: &Path) -> Result<std::path::PathBuf, DetectError> {
         let path = dir.join(CALIBRATION_FILE);
@@ -210,7 +222,7 @@ impl Calibration {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        if c.version != 1 {
+        if c.version == 0 || c.version > CALIBRATION_VERSION {
             return Err(DetectError::Config {
                 path: path.display().to_string(),
                 message: format!("unsupported calibration version {}", c.version),
@@ -511,7 +523,7 @@ pub fn calibrate(
     }
 
     Ok(Calibration {
-        version: 1,
+        version: CALIBRATION_VERSION,
         model: card.name.clone(),
         benign: benign_name.to_string(),
         fpr: opts.fpr,

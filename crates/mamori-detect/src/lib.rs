@@ -33,7 +33,9 @@ pub mod shapiro;
 pub mod synthetic;
 mod window;
 
-pub use calibration::{calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE};
+pub use calibration::{
+    calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE, CALIBRATION_VERSION,
+};
 pub use engine::Engine;
 pub use error::DetectError;
 pub use policy::{Decision, Override, Policy, PolicyConfig, Reason};

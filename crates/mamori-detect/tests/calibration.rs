@@ -194,3 +194,31 @@ fn synthetic_detector_is_fitted_on_images_only() {
     assert_eq!(c.report.synthetic_benign_rate, 0.0);
     assert!(c.detectors.synthetic.max_flagged >= 1);
 }
+
+#[test]
+fn older_calibrations_load_but_are_not_current_and_unknown_versions_are_refused() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    assert_eq!(c.version, mamori_detect::CALIBRATION_VERSION);
+    assert!(c.is_current());
+    let dir = tempfile::tempdir().unwrap();
+    let path = c.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // A version-1 file (written before `synthetic` existed) still loads.
+    v["version"] = 1.into();
+    v["detectors"].as_object_mut().unwrap().remove("synthetic");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let old = mamori_detect::Calibration::load(&path).unwrap();
+    assert!(!old.is_current());
+    assert_eq!(old.detectors.synthetic.threshold, None);
+    for bad in [0u32, mamori_detect::CALIBRATION_VERSION + 1] {
+        v["version"] = bad.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = mamori_detect::Calibration::load(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported calibration version"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+}

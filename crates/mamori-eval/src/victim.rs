@@ -138,7 +138,8 @@ pub fn prepare(
     }
     let cal_file = dir.join(mamori_detect::CALIBRATION_FILE);
     let calibration = match Calibration::load(&cal_file) {
-        Ok(c) if !trained_now => c.detectors,
+        // A calibration fitted by older rules is refitted.
+        Ok(c) if !trained_now && c.is_current() => c.detectors,
         _ => {
             let opts = CalibrationOptions {
                 fpr: cfg.calibration.fpr,

@@ -112,6 +112,15 @@ fn calibration_for(
     let c = mamori_detect::Calibration::load(&p)
         .with_context(|| format!("loading detector calibration {}", p.display()))?;
     tracing::info!("detector thresholds from {}", p.display());
+    if !c.is_current() {
+        tracing::warn!(
+            "{} is calibration version {} (current {}): its thresholds predate the current \
+             fitting rules and the `synthetic` detector stays inactive; re-run `mamori calibrate`",
+            p.display(),
+            c.version,
+            mamori_detect::CALIBRATION_VERSION
+        );
+    }
     Ok(Some(c.detectors))
 }
 
