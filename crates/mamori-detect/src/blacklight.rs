@@ -16,12 +16,18 @@
 //! Memory: posting lists (hash → past query ids) in two generations of `capacity` queries each
 //! (the older generation is dropped when the current one fills), each list capped at
 //! `max_postings` newest ids.
+//!
+//! Cost: the posting maps and the per-query match counts are keyed by already-mixed 64-bit
+//! hashes and small ids, so they use the multiplicative Fx hash instead of SipHash (no
+//! adversary chooses the keys: a client's hashes only index that client's own state), the
+//! count map is reused across queries, and the current generation's list of each hash is
+//! looked up once for both the match count and the insertion.
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Blacklight configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,7 +155,7 @@ fn top_distinct(v: &mut Vec<u64>, n: usize) {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Generation {
-    postings: HashMap<u64, Vec<u32>>,
+    postings: FxHashMap<u64, Vec<u32>>,
     count: usize,
 }
 
@@ -163,36 +169,64 @@ struct BlState {
     #[serde(flatten)]
     flags: FlagWindow,
     queries: u64,
+    /// Per-query match counts (id → shared hashes), reused across queries.
+    #[serde(skip)]
+    counts: FxHashMap<u32, u32>,
 }
 
 impl BlState {
     fn match_and_insert(&mut self, x: &[f32]) -> usize {
         let fp = fingerprint(&self.cfg, x);
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for h in &fp {
-            for g in [&self.current, &self.previous] {
-                if let Some(ids) = g.postings.get(h) {
-                    for &id in ids {
-                        *counts.entry(id).or_default() += 1;
-                    }
-                }
-            }
-        }
-        let best = counts.values().copied().max().unwrap_or(0) as usize;
-        if self.current.count >= self.cfg.capacity.max(1) {
-            self.previous = std::mem::take(&mut self.current);
-        }
+        // The current generation is full: this query is matched against both generations
+        // as they are, then starts a fresh one (the previous one is dropped).
+        let rotate = self.current.count >= self.cfg.capacity.max(1);
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        for h in fp {
-            let list = self.current.postings.entry(h).or_default();
-            list.push(id);
-            if list.len() > self.cfg.max_postings.max(1) {
-                list.remove(0);
+        let max_postings = self.cfg.max_postings.max(1);
+        let counts = &mut self.counts;
+        counts.clear();
+        let mut best = 0u32;
+        let mut count = |ids: &[u32]| {
+            for &i in ids {
+                let c = counts.entry(i).or_default();
+                *c += 1;
+                best = best.max(*c);
+            }
+        };
+        for &h in &fp {
+            if let Some(ids) = self.previous.postings.get(&h) {
+                count(ids);
+            }
+            if rotate {
+                if let Some(ids) = self.current.postings.get(&h) {
+                    count(ids);
+                }
+            } else {
+                let list = self.current.postings.entry(h).or_default();
+                count(list);
+                push_capped(list, id, max_postings);
+            }
+        }
+        if rotate {
+            self.previous = std::mem::take(&mut self.current);
+            for &h in &fp {
+                push_capped(
+                    self.current.postings.entry(h).or_default(),
+                    id,
+                    max_postings,
+                );
             }
         }
         self.current.count += 1;
-        best
+        best as usize
+    }
+}
+
+/// Appends `id` to a posting list, dropping its oldest id beyond `max` entries.
+fn push_capped(list: &mut Vec<u32>, id: u32, max: usize) {
+    list.push(id);
+    if list.len() > max {
+        list.remove(0);
     }
 }
 
