@@ -217,11 +217,13 @@ impl<T> Hnsw<T> {
         self.upper.is_empty()
     }
 
+    #[inline]
     fn level_of(&self, i: u32) -> usize {
         self.upper[i as usize].len()
     }
 
     /// Neighbour ids of node `i` on `level`.
+    #[inline]
     fn links(&self, i: u32, level: usize) -> &[u32] {
         if level == 0 {
             let s = i as usize * self.stride;
@@ -271,6 +273,7 @@ impl<T: Elem> Hnsw<T> {
         }
     }
 
+    #[inline]
     fn vec(&self, i: u32) -> &[T] {
         let i = i as usize;
         &self.data[i * self.dim..(i + 1) * self.dim]
