@@ -136,6 +136,8 @@ struct Scratch {
     heap: BinaryHeap<Reverse<Cand>>,
     /// Result of the last [`Hnsw::search_layer`]: ascending, at most `ef` entries.
     found: Vec<Cand>,
+    /// The unvisited neighbours of the node being expanded, with their distances.
+    batch: Vec<Cand>,
     /// A neighbour list being pruned, scored against its owner.
     scored: Vec<Cand>,
     kept: Vec<u32>,
@@ -283,12 +285,19 @@ impl<T: Elem> Hnsw<T> {
         let mut best = T::dist2(q, self.vec(ep));
         loop {
             let mut changed = false;
-            for &nb in self.links(ep, level) {
-                let d = T::dist2(q, self.vec(nb));
-                if d < best {
-                    best = d;
-                    ep = nb;
-                    changed = true;
+            // Distances of a block of neighbours first, then the comparisons (same result as
+            // one pass; the loads overlap, see `search_layer`).
+            for block in self.links(ep, level).chunks(16) {
+                let mut d = [0.0f32; 16];
+                for (di, &nb) in d.iter_mut().zip(block) {
+                    *di = T::dist2(q, self.vec(nb));
+                }
+                for (&di, &nb) in d.iter().zip(block) {
+                    if di < best {
+                        best = di;
+                        ep = nb;
+                        changed = true;
+                    }
                 }
             }
             if !changed {
@@ -305,6 +314,7 @@ impl<T: Elem> Hnsw<T> {
             visited,
             heap,
             found,
+            batch,
             ..
         } = sc;
         heap.clear();
@@ -320,16 +330,24 @@ impl<T: Elem> Hnsw<T> {
             if c.0 > worst && found.len() >= ef {
                 break;
             }
+            // In three passes over the node's list (same visits, distances and decisions as
+            // one pass): the unvisited neighbours, then all their distances in a loop without
+            // data-dependent branches (their vectors are scattered in memory; without a
+            // mispredicted branch between them, the loads overlap), then the updates.
+            batch.clear();
             for &nb in self.links(c.1, level) {
                 let seen = &mut visited[nb as usize];
-                if *seen == stamp {
-                    continue;
+                if *seen != stamp {
+                    *seen = stamp;
+                    batch.push(Cand(0.0, nb));
                 }
-                *seen = stamp;
-                let d = T::dist2(q, self.vec(nb));
+            }
+            for b in batch.iter_mut() {
+                b.0 = T::dist2(q, self.vec(b.1));
+            }
+            for &c in batch.iter() {
                 let worst = found.last().map_or(f32::INFINITY, |w| w.0);
-                if found.len() < ef || d < worst {
-                    let c = Cand(d, nb);
+                if found.len() < ef || c.0 < worst {
                     heap.push(Reverse(c));
                     push_bounded(found, c, ef);
                 }

@@ -20,8 +20,8 @@
 //! Cost: the posting maps and the per-query match counts are keyed by already-mixed 64-bit
 //! hashes and small ids, so they use the multiplicative Fx hash instead of SipHash (no
 //! adversary chooses the keys: a client's hashes only index that client's own state), the
-//! count map is reused across queries, and the current generation's list of each hash is
-//! looked up once for both the match count and the insertion.
+//! count map is reused across queries, and the lookups are made in a pass of their own (their
+//! cache misses overlap).
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
@@ -173,50 +173,46 @@ struct BlState {
     /// Per-query match counts (id → shared hashes), reused across queries.
     #[serde(skip)]
     counts: FxHashMap<u32, u32>,
+    /// Per-query ids of the matching posting lists, reused across queries.
+    #[serde(skip)]
+    ids: Vec<u32>,
 }
 
 impl BlState {
     fn match_and_insert(&mut self, x: &[f32]) -> usize {
         let fp = fingerprint(&self.cfg, x);
-        // The current generation is full: this query is matched against both generations
-        // as they are, then starts a fresh one (the previous one is dropped).
-        let rotate = self.current.count >= self.cfg.capacity.max(1);
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let max_postings = self.cfg.max_postings.max(1);
+        // In passes, so that the scattered reads of the posting maps and lists overlap instead
+        // of waiting for each other behind the counting: the ids of every hash's lists in
+        // both generations are copied out (short loops, independent lookups), then counted.
+        let ids = &mut self.ids;
+        ids.clear();
+        for h in &fp {
+            for g in [&self.current, &self.previous] {
+                if let Some(list) = g.postings.get(h) {
+                    ids.extend_from_slice(list);
+                }
+            }
+        }
         let counts = &mut self.counts;
         counts.clear();
         let mut best = 0u32;
-        let mut count = |ids: &[u32]| {
-            for &i in ids {
-                let c = counts.entry(i).or_default();
-                *c += 1;
-                best = best.max(*c);
-            }
-        };
-        for &h in &fp {
-            if let Some(ids) = self.previous.postings.get(&h) {
-                count(ids);
-            }
-            if rotate {
-                if let Some(ids) = self.current.postings.get(&h) {
-                    count(ids);
-                }
-            } else {
-                let list = self.current.postings.entry(h).or_default();
-                count(list);
-                push_capped(list, id, max_postings);
-            }
+        for &i in ids.iter() {
+            let c = counts.entry(i).or_default();
+            *c += 1;
+            best = best.max(*c);
         }
-        if rotate {
+        if self.current.count >= self.cfg.capacity.max(1) {
             self.previous = std::mem::take(&mut self.current);
-            for &h in &fp {
-                push_capped(
-                    self.current.postings.entry(h).or_default(),
-                    id,
-                    max_postings,
-                );
-            }
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let max_postings = self.cfg.max_postings.max(1);
+        for h in fp {
+            push_capped(
+                self.current.postings.entry(h).or_default(),
+                id,
+                max_postings,
+            );
         }
         self.current.count += 1;
         best as usize

@@ -130,7 +130,8 @@ pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
         return Err(ShapiroError::NonFinite);
     }
     let mut s = x.to_vec();
-    s.sort_by(f64::total_cmp);
+    // Unstable is enough: `total_cmp` only calls bit-identical values equal.
+    s.sort_unstable_by(f64::total_cmp);
     let range = s[n - 1] - s[0];
     if range <= 0.0 {
         return Err(ShapiroError::ZeroRange);
