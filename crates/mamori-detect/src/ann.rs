@@ -164,8 +164,14 @@ impl Scratch {
 /// Inserts `c` into the ascending list `found` and drops its largest entry beyond `ef` — the
 /// same set and order as a max-heap bounded to `ef`, in one contiguous array.
 fn push_bounded(found: &mut Vec<Cand>, c: Cand, ef: usize) {
-    let pos = found.partition_point(|x| *x < c);
-    found.insert(pos, c);
+    // Shifted in from the end (short lists: no `memmove` call).
+    found.push(c);
+    let mut i = found.len() - 1;
+    while i > 0 && found[i - 1] > c {
+        found[i] = found[i - 1];
+        i -= 1;
+    }
+    found[i] = c;
     if found.len() > ef {
         found.pop();
     }

@@ -189,7 +189,7 @@ impl BlState {
         for h in &fp {
             for g in [&self.current, &self.previous] {
                 if let Some(list) = g.postings.get(h) {
-                    ids.extend_from_slice(list);
+                    ids.extend(list.iter().copied());
                 }
             }
         }
