@@ -121,7 +121,8 @@ fn coefficients(n: usize) -> Vec<f64> {
 }
 
 /// Sorts `v` ascending in [`f64::total_cmp`] order — the same result as a comparison sort —
-/// in linear time: an LSD radix sort, one byte per pass, of the order-preserving bit patterns
+/// in linear time: an LSD radix sort, one byte per pass (all byte counts taken in one first
+/// pass), of the order-preserving bit patterns
 /// (sign bit flipped for positive values, all bits for negative ones), skipping the bytes every
 /// value shares. PRADA sorts up to 5000 distances at each test.
 fn sort_total(v: &mut [f64]) {
@@ -142,11 +143,15 @@ fn sort_total(v: &mut [f64]) {
         })
         .collect();
     let mut tmp = vec![0u64; keys.len()];
-    for shift in (0..64).step_by(8) {
-        let mut start = [0usize; 256];
-        for &k in &keys {
-            start[((k >> shift) & 0xff) as usize] += 1;
+    // The counts of all eight bytes in one pass.
+    let mut counts = [[0usize; 256]; 8];
+    for &k in &keys {
+        for (b, c) in counts.iter_mut().enumerate() {
+            c[((k >> (8 * b)) & 0xff) as usize] += 1;
         }
+    }
+    for (b, start) in counts.iter_mut().enumerate() {
+        let shift = 8 * b;
         if start.contains(&keys.len()) {
             continue;
         }
