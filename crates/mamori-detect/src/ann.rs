@@ -131,8 +131,10 @@ fn splitmix(state: &mut u64) -> u64 {
 /// search and insertion paths.
 #[derive(Clone, Debug, Default)]
 struct Scratch {
-    visited: Vec<u32>,
-    stamp: u32,
+    /// One byte per point (a small footprint next to the vectors and lists the search reads),
+    /// cleared once every 255 searches.
+    visited: Vec<u8>,
+    stamp: u8,
     heap: BinaryHeap<Reverse<Cand>>,
     /// Result of the last [`Hnsw::search_layer`]: ascending, at most `ef` entries.
     found: Vec<Cand>,
@@ -148,7 +150,7 @@ struct Scratch {
 
 impl Scratch {
     /// Starts a search over `n` points: a fresh stamp marks "visited in this search".
-    fn begin(&mut self, n: usize) -> u32 {
+    fn begin(&mut self, n: usize) -> u8 {
         if self.visited.len() < n {
             self.visited.resize(n, 0);
         }
