@@ -1,0 +1,557 @@
+//! Acceptance run of the detection engine (issue #5): benign false-alarm rates and
+//! queries-until-detection per attack × detector and for the combined policy.
+//!
+//! Run (release; ~2–4 min on 2 cores):
+//! `cargo run --release -p mamori-detect --example acceptance -- [clients] [queries] [max_attack]`
+//!
+//! Victims: one-hidden-layer MLPs (784-128-10) trained here on MNIST and Fashion-MNIST with
+//! the workspace's trainer (`mamori_ml::zoo::train_model`, data read by `mamori_data::load`;
+//! weights are never written to disk). Each victim is calibrated with
+//! `mamori_detect::calibrate` on the first half of its test set; benign clients stream the
+//! second half.
+//!
+//! Time: benign clients query as a Poisson process with mean inter-arrival
+//! [`BENIGN_INTERVAL_MS`] (one query per 10 s, 6 per minute — an interactive user or a small
+//! batch job); the calibration fits the rate limit for that rate in the same run. Attackers are
+//! run twice: at bulk speed ([`BULK_INTERVAL_MS`] between queries) and *throttled* to the benign
+//! Poisson rate, so that the table shows what content-based evidence alone achieves.
+
+#![allow(clippy::type_complexity)]
+
+use mamori_attack::extract::Jbda;
+use mamori_attack::{ExtractionAttack, ExtractionContext};
+use mamori_core::{
+    Action, Disclosure, Model, Observation, Oracle, OracleAnswer, OracleError, Tensor,
+};
+use mamori_detect::{calibrate, default_detectors, CalibrationOptions, Engine, PolicyConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+type Stream = Vec<Vec<f32>>;
+
+/// Mean time between two queries of a benign client (Poisson arrivals), in milliseconds.
+const BENIGN_INTERVAL_MS: f64 = 10_000.0;
+/// Time between two queries of a bulk attacker, in milliseconds (20 queries per second).
+const BULK_INTERVAL_MS: u64 = 50;
+/// Training epochs of each victim.
+const EPOCHS: usize = 2;
+
+/// How a client's queries are spaced in time.
+#[derive(Clone, Copy)]
+enum Timing {
+    /// Poisson arrivals with this mean inter-arrival (ms).
+    Poisson(f64),
+    /// A fixed interval (ms).
+    Fixed(u64),
+}
+
+impl Timing {
+    fn times(self, n: usize, rng: &mut rand::rngs::StdRng) -> Vec<u64> {
+        let mut t = 0.0f64;
+        (0..n)
+            .map(|i| match self {
+                Timing::Poisson(m) => {
+                    t += -m * (1.0 - rng.gen::<f64>()).ln();
+                    t as u64
+                }
+                Timing::Fixed(d) => i as u64 * d,
+            })
+            .collect()
+    }
+}
+
+struct Outcome {
+    /// First query (1-based) at which each detector alarmed.
+    first: BTreeMap<String, usize>,
+    /// First query with action ≥ Alert / ≥ Block.
+    alert: Option<usize>,
+    block: Option<usize>,
+}
+
+fn run_client(
+    engine: &mut Engine,
+    model: &dyn Model,
+    client: &str,
+    stream: &Stream,
+    times: &[u64],
+) -> Outcome {
+    let mut out = Outcome {
+        first: BTreeMap::new(),
+        alert: None,
+        block: None,
+    };
+    for (t, (x, &time_ms)) in stream.iter().zip(times).enumerate() {
+        let xt = Tensor::new(vec![1, 1, 28, 28], x.clone()).expect("shape");
+        let p = model.predict(&xt).expect("predict").into_data();
+        let label = p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        let d = engine.observe(
+            client,
+            None,
+            &Observation {
+                client,
+                input: x,
+                input_shape: &[1, 28, 28],
+                probs: &p,
+                label,
+                time_ms,
+            },
+        );
+        for r in &d.reasons {
+            out.first.entry(r.detector.clone()).or_insert(t + 1);
+        }
+        if d.action >= Action::Alert && out.alert.is_none() {
+            out.alert = Some(t + 1);
+        }
+        if d.action >= Action::Block && out.block.is_none() {
+            out.block = Some(t + 1);
+        }
+    }
+    out
+}
+
+fn rows(d: &mamori_data::Dataset, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    range.map(|i| d.x.row(i).to_vec()).collect()
+}
+
+fn tensor(xs: &[f32]) -> Tensor {
+    Tensor::new(vec![xs.len() / 784, 1, 28, 28], xs.to_vec()).expect("shape")
+}
+
+/// A 784-128-10 ReLU MLP trained with the workspace's trainer (`mamori_ml::zoo::train_model`,
+/// its default MLP hyper-parameters but `epochs` epochs).
+fn train(
+    name: &str,
+    split: &mamori_data::Split,
+    epochs: usize,
+) -> Result<mamori_ml::NativeModel, mamori_ml::MlError> {
+    let arch = mamori_ml::Arch::Mlp { hidden: vec![128] };
+    let cfg = mamori_ml::TrainConfig {
+        epochs,
+        ..mamori_ml::zoo::default_config(&arch)
+    };
+    Ok(mamori_ml::zoo::train_model(name, split, &arch, &cfg)?.model)
+}
+
+fn accuracy(m: &dyn Model, d: &mamori_data::Dataset) -> f64 {
+    let p = m.predict(&d.x).expect("predict");
+    let pred = p.argmax_rows();
+    pred.iter().zip(&d.y).filter(|(a, b)| a == b).count() as f64 / d.len() as f64
+}
+
+/// An oracle over the victim answering labels only (as in Papernot et al.) and recording every
+/// queried sample, so that the detectors see exactly the stream the attack sent.
+struct Recorder<'a> {
+    model: &'a dyn Model,
+    sent: Stream,
+}
+
+impl Oracle for Recorder<'_> {
+    fn input_shape(&self) -> Vec<usize> {
+        self.model.card().input_shape.clone()
+    }
+    fn num_classes(&self) -> usize {
+        self.model.card().num_classes()
+    }
+    fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
+        let n = x.batch_size();
+        for i in 0..n {
+            self.sent.push(x.row(i).to_vec());
+        }
+        let p = self.model.predict(x)?;
+        Ok(mamori_attack::oracle::disclose(p, Disclosure::Label))
+    }
+    fn queries_used(&self) -> u64 {
+        self.sent.len() as u64
+    }
+    fn budget(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A real JBDA run (Papernot et al. 2017, `mamori_attack::extract::Jbda`: 150 seeds, λ = 0.1
+/// flipped every τ = 3 rounds, Jacobian of a 784-200-200-10 substitute retrained each round,
+/// label-only answers) against `model`, capped at `cap` queries; returns the queries it sent.
+fn jbda(model: &dyn Model, seeds: &mamori_data::Dataset, cap: usize, seed: u64) -> Stream {
+    let mut oracle = Recorder {
+        model,
+        sent: Vec::new(),
+    };
+    let mut ctx = ExtractionContext::new(
+        cap as u64,
+        mamori_ml::Arch::Mlp {
+            hidden: vec![200, 200],
+        },
+    );
+    ctx.query_data = Some(seeds);
+    ctx.seed = seed;
+    ctx.train.seed = seed;
+    let attack = Jbda {
+        rounds: 8,
+        ..Jbda::default()
+    };
+    if let Err(e) = attack.extract(&mut oracle, &ctx) {
+        eprintln!("jbda stopped: {e}");
+    }
+    oracle.sent.truncate(cap);
+    oracle.sent
+}
+
+fn median(v: &mut [usize]) -> Option<usize> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let clients = args.first().copied().unwrap_or(20);
+    let queries = args.get(1).copied().unwrap_or(500);
+    let cap = args.get(2).copied().unwrap_or(2000);
+    let attackers = 5;
+    let dir = mamori_data::resolve_data_dir(None);
+    let t0 = std::time::Instant::now();
+    let mn_split = mamori_data::load("mnist", &dir)?;
+    let fa_split = mamori_data::load("fashion-mnist", &dir)?;
+    let (mn_tr, mn_te) = (&mn_split.train, &mn_split.test);
+    let (fa_tr, fa_te) = (&fa_split.train, &fa_split.test);
+    let mnist = train("mnist-mlp", &mn_split, EPOCHS)?;
+    let fashion = train("fashion-mlp", &fa_split, EPOCHS)?;
+    eprintln!(
+        "trained victims in {:.0}s: MNIST acc {:.4}, Fashion acc {:.4}",
+        t0.elapsed().as_secs_f64(),
+        accuracy(&mnist, mn_te),
+        accuracy(&fashion, fa_te)
+    );
+    let half = mn_te.len() / 2;
+    let opts = CalibrationOptions {
+        benign_interval_ms: Some(BENIGN_INTERVAL_MS),
+        ..CalibrationOptions::default()
+    };
+    let cal_m = calibrate(
+        &mnist,
+        &mn_tr.x,
+        &mn_te.x.slice_rows(0, half),
+        "mnist test[0..5000]",
+        &opts,
+    )?;
+    let cal_f = calibrate(
+        &fashion,
+        &fa_tr.x,
+        &fa_te.x.slice_rows(0, half),
+        "fashion-mnist test[0..5000]",
+        &opts,
+    )?;
+    eprintln!(
+        "calibrated: mnist {}",
+        serde_json::to_string(&cal_m.report)?
+    );
+    eprintln!(
+        "calibrated: fashion {}",
+        serde_json::to_string(&cal_f.report)?
+    );
+    let names: Vec<String> = default_detectors(&cal_m.detectors)
+        .iter()
+        .map(|d| d.info().name)
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mn_eval = rows(mn_te, half..mn_te.len());
+    let fa_eval = rows(fa_te, half..fa_te.len());
+
+    // ---- benign ----
+    println!("## Benign streams ({clients} clients × {queries} queries each, default policy)\n");
+    println!(
+        "| stream | model | clients alerted (action ≥ alert) | per-detector alarms (clients) |"
+    );
+    println!("|---|---|---|---|");
+    let benign: Vec<(
+        &str,
+        &dyn Model,
+        &mamori_detect::Calibration,
+        Box<dyn Fn(&mut rand::rngs::StdRng) -> Stream>,
+    )> = vec![
+        (
+            "MNIST test images, random order",
+            &mnist,
+            &cal_m,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = mn_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "Fashion test images, random order",
+            &fashion,
+            &cal_f,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = fa_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "MNIST images sent to the Fashion model",
+            &fashion,
+            &cal_f,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = mn_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
+            "repeated legitimate queries (20 images, resent)",
+            &mnist,
+            &cal_m,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let pool: Stream = mn_eval.choose_multiple(r, 20).cloned().collect();
+                (0..queries)
+                    .map(|_| pool.choose(r).cloned().unwrap_or_default())
+                    .collect()
+            }),
+        ),
+    ];
+    let mut total_clients = 0;
+    let mut total_alerted = 0;
+    // The MNIST benign streams (first row), replayed to PRADA alone below.
+    let mut mnist_benign: Vec<Stream> = Vec::new();
+    for (label, model, cal, gen) in &benign {
+        let mut engine = Engine::new(default_detectors(&cal.detectors), PolicyConfig::default());
+        let mut alerted = 0;
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for c in 0..clients {
+            let s = gen(&mut rng);
+            if mnist_benign.len() < clients {
+                mnist_benign.push(s.clone());
+            }
+            let times = Timing::Poisson(BENIGN_INTERVAL_MS).times(s.len(), &mut rng);
+            let o = run_client(&mut engine, *model, &format!("benign{c}"), &s, &times);
+            alerted += o.alert.is_some() as usize;
+            for k in o.first.keys() {
+                *per.entry(k.clone()).or_default() += 1;
+            }
+        }
+        total_clients += clients;
+        total_alerted += alerted;
+        println!(
+            "| {label} | {} | {alerted}/{clients} | {} |",
+            model.card().name,
+            if per.is_empty() {
+                "none".to_string()
+            } else {
+                per.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    println!(
+        "\nOverall benign false-alarm rate: {total_alerted}/{total_clients} clients = {:.2}%\n",
+        100.0 * total_alerted as f64 / total_clients as f64
+    );
+
+    type Gen<'a> = Box<dyn Fn(&mut rand::rngs::StdRng) -> Stream + 'a>;
+    let attacks: Vec<(&str, Gen)> = vec![
+        (
+            "JBDA (150 seeds, λ=0.1, τ=3)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let idx: Vec<usize> = (half..mn_te.len()).collect();
+                let pick: Vec<usize> = idx.choose_multiple(r, 150).cloned().collect();
+                let seeds = mn_te.select(&pick);
+                jbda(&mnist, &seeds, cap, r.gen())
+            }),
+        ),
+        (
+            "uniform noise",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                (0..cap)
+                    .map(|_| (0..784).map(|_| r.gen::<f32>()).collect())
+                    .collect()
+            }),
+        ),
+        (
+            "Knockoff (Fashion-MNIST images)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = fa_eval.clone();
+                s.shuffle(r);
+                s.truncate(cap);
+                s
+            }),
+        ),
+        (
+            "Tramèr equation solving (basis + random vectors)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s: Stream = vec![vec![0.0; 784]];
+                let mut px: Vec<usize> = (0..784).collect();
+                px.shuffle(r);
+                for i in px {
+                    let mut e = vec![0.0; 784];
+                    e[i] = 1.0;
+                    s.push(e);
+                }
+                while s.len() < cap {
+                    s.push((0..784).map(|_| r.gen::<f32>()).collect());
+                }
+                s.truncate(cap);
+                s
+            }),
+        ),
+        (
+            "near-duplicate adversarial search (random walk, step 0.01)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut x = mn_eval.choose(r).cloned().unwrap_or_default();
+                (0..cap.min(1000))
+                    .map(|_| {
+                        for v in x.iter_mut() {
+                            *v = (*v + r.gen_range(-0.01..0.01)).clamp(0.0, 1.0);
+                        }
+                        x.clone()
+                    })
+                    .collect()
+            }),
+        ),
+    ];
+    // Every attacker's stream is drawn once and replayed under both timings.
+    let streams: Vec<(&str, Vec<Stream>)> = attacks
+        .iter()
+        .map(|(label, gen)| (*label, (0..attackers).map(|_| gen(&mut rng)).collect()))
+        .collect();
+    eprintln!("attack streams ready at {:.0}s", t0.elapsed().as_secs_f64());
+    for (title, timing) in [
+        (
+            format!("bulk speed, one query per {BULK_INTERVAL_MS} ms"),
+            Timing::Fixed(BULK_INTERVAL_MS),
+        ),
+        (
+            format!(
+                "throttled to the benign rate, Poisson, mean {:.0} s between queries",
+                BENIGN_INTERVAL_MS / 1000.0
+            ),
+            Timing::Poisson(BENIGN_INTERVAL_MS),
+        ),
+    ] {
+        println!("## Attacks on the MNIST victim, {title}: queries until detection (median over {attackers} attacker clients; detected/attackers; stream cap {cap})\n");
+        let mut header = vec!["attack".to_string()];
+        header.extend(names.iter().cloned());
+        header.push("policy: alert".into());
+        header.push("policy: block".into());
+        println!("| {} |", header.join(" | "));
+        println!("|{}", "---|".repeat(header.len()));
+        for (label, ss) in &streams {
+            let mut engine =
+                Engine::new(default_detectors(&cal_m.detectors), PolicyConfig::default());
+            let mut per: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            let mut alerts = Vec::new();
+            let mut blocks = Vec::new();
+            for (a, s) in ss.iter().enumerate() {
+                let times = timing.times(s.len(), &mut rng);
+                let o = run_client(&mut engine, &mnist, &format!("attacker{a}"), s, &times);
+                for (k, v) in o.first {
+                    per.entry(k).or_default().push(v);
+                }
+                alerts.extend(o.alert);
+                blocks.extend(o.block);
+            }
+            let cell = |v: &mut Vec<usize>| match median(v) {
+                Some(m) => format!("{m} ({}/{attackers})", v.len()),
+                None => "—".to_string(),
+            };
+            let mut line = vec![label.to_string()];
+            for n in &names {
+                line.push(cell(per.entry(n.clone()).or_default()));
+            }
+            line.push(cell(&mut alerts));
+            line.push(cell(&mut blocks));
+            println!("| {} |", line.join(" | "));
+        }
+        println!();
+    }
+
+    // ---- PRADA: the paper's single-test rule against two consecutive tests ----
+    println!(
+        "## PRADA alone on the MNIST benign streams above and the JBDA streams: persist = 1 (paper), 2 (default), 3 consecutive tests below δ = {:.3}\n",
+        cal_m.detectors.prada.delta
+    );
+    println!("| persist | benign MNIST clients flagged | JBDA: queries until flagged (median, detected/{attackers}) | JBDA per attacker |");
+    println!("|---|---|---|---|");
+    let jbda_streams = &streams[0].1;
+    for persist in [1u32, 2, 3] {
+        let mut pc = cal_m.detectors.prada.clone();
+        pc.persist = persist;
+        let det = mamori_detect::prada::PradaDetector::new(pc.clone());
+        let run = |s: &Stream, who: &str| -> Option<usize> {
+            let mut st = mamori_core::Detector::new_state(&det);
+            let mut first = None;
+            let mut below = Vec::new();
+            for (t, x) in s.iter().enumerate() {
+                let p = mnist.predict(&tensor(x)).expect("predict").into_data();
+                let label = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                let v = st.observe(&Observation {
+                    client: who,
+                    input: x,
+                    input_shape: &[1, 28, 28],
+                    probs: &p,
+                    label,
+                    time_ms: t as u64,
+                });
+                // Tests run at queries 1, 11, 21, …; W = 1 − score·(1 − δ).
+                if t % pc.check_every as usize == 0 && v.score > 0.0 {
+                    let w = 1.0 - v.score * (1.0 - pc.delta);
+                    if w < pc.delta {
+                        below.push(format!("{}:{w:.3}", t + 1));
+                    }
+                }
+                if v.alarm && first.is_none() {
+                    first = Some(t + 1);
+                }
+            }
+            if !below.is_empty() && who.starts_with("benign") {
+                eprintln!(
+                    "prada persist={persist} {who}: tests with W < δ (query:W) {}",
+                    below.join(" ")
+                );
+            }
+            first
+        };
+        let mut flagged = 0;
+        for (c, s) in mnist_benign.iter().enumerate() {
+            flagged += run(s, &format!("benign{c}")).is_some() as usize;
+        }
+        let firsts: Vec<Option<usize>> = jbda_streams
+            .iter()
+            .enumerate()
+            .map(|(a, s)| run(s, &format!("jbda{a}")))
+            .collect();
+        let mut found: Vec<usize> = firsts.iter().flatten().copied().collect();
+        let n = found.len();
+        println!(
+            "| {persist} | {flagged}/{clients} | {} ({n}/{attackers}) | {} |",
+            median(&mut found).map_or("—".into(), |m| m.to_string()),
+            firsts
+                .iter()
+                .map(|f| f.map_or("—".into(), |m| m.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    eprintln!("total {:.0}s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
