@@ -13,8 +13,9 @@
 //! `capacity` and `2·capacity` of its most recent points — memory is bounded and the oldest
 //! history is forgotten first, in blocks.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::cmp::Ordering;
+use serde::ser::SerializeStruct;
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 /// A vector element type with a squared-L2 distance.
@@ -102,7 +103,7 @@ impl Default for HnswParams {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Cand(f32, u32);
 impl Eq for Cand {}
 impl PartialOrd for Cand {
@@ -124,25 +125,144 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Reusable search buffers of one graph (not serialised): a generation-stamped visited array
+/// (no per-search set or clearing), the candidate heap, the bounded result list and the
+/// neighbour-selection buffers. Keeping them across searches removes every allocation from the
+/// search and insertion paths.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    /// One byte per point (a small footprint next to the vectors and lists the search reads),
+    /// cleared once every 255 searches.
+    visited: Vec<u8>,
+    stamp: u8,
+    heap: BinaryHeap<Reverse<Cand>>,
+    /// Result of the last [`Hnsw::search_layer`]: ascending, at most `ef` entries.
+    found: Vec<Cand>,
+    /// The unvisited neighbours of the node being expanded, with their distances.
+    batch: Vec<Cand>,
+    /// A neighbour list being pruned, scored against its owner.
+    scored: Vec<Cand>,
+    kept: Vec<u32>,
+    pruned: Vec<u32>,
+    chosen: Vec<u32>,
+    eps: Vec<u32>,
+}
+
+impl Scratch {
+    /// Starts a search over `n` points: a fresh stamp marks "visited in this search".
+    fn begin(&mut self, n: usize) -> u8 {
+        if self.visited.len() < n {
+            self.visited.resize(n, 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.visited.fill(0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+}
+
+/// Inserts `c` into the ascending list `found` and drops its largest entry beyond `ef` — the
+/// same set and order as a max-heap bounded to `ef`, in one contiguous array.
+fn push_bounded(found: &mut Vec<Cand>, c: Cand, ef: usize) {
+    // Shifted in from the end (short lists: no `memmove` call).
+    found.push(c);
+    let mut i = found.len() - 1;
+    while i > 0 && found[i - 1] > c {
+        found[i] = found[i - 1];
+        i -= 1;
+    }
+    found[i] = c;
+    if found.len() > ef {
+        found.pop();
+    }
+}
+
+/// Most ids a neighbour list holds between prunings: `max_links` plus half again (lists
+/// overflow by half before being pruned back, which amortises the O(m²) pruning).
+fn list_cap(max_links: usize) -> usize {
+    max_links + max_links / 2
+}
+
+/// Slots per node in the flat layer-0 array: the list length, then up to
+/// `list_cap(2·m)` neighbour ids.
+fn layer0_stride(params: &HnswParams) -> usize {
+    list_cap(2 * params.m).max(1) + 1
+}
+
 /// One HNSW graph over vectors of a fixed dimension.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// Layout: vectors in one contiguous array; layer-0 lists (every node has one, and searches
+/// spend nearly all their time there) in one flat array with a fixed number of slots per node,
+/// so expanding a node reads one block instead of following two pointers; the rarer upper-layer
+/// lists (a fraction `1/M` of the nodes) as nested vectors. The serialised form is the nested
+/// `links[node][level]` list of ids, checked on loading (ids in range, levels consistent).
+#[derive(Clone, Debug)]
 pub struct Hnsw<T> {
     dim: usize,
     params: HnswParams,
     data: Vec<T>,
-    /// `links[node][level]` = neighbour ids.
-    links: Vec<Vec<Vec<u32>>>,
+    /// Node `i` owns `layer0[i·stride .. (i+1)·stride]`: its list length, then the ids.
+    layer0: Vec<u32>,
+    stride: usize,
+    /// `upper[node][level − 1]` = neighbour ids on `level ≥ 1`; empty for layer-0-only nodes.
+    upper: Vec<Vec<Vec<u32>>>,
     entry: Option<u32>,
     rng: u64,
     /// Optional per-point byte payload (e.g. the full quantised input), `payload_dim` each.
-    #[serde(default)]
     payload_dim: usize,
-    #[serde(default)]
     payload: Vec<u8>,
-    #[serde(skip)]
-    visited: Vec<u32>,
-    #[serde(skip)]
-    stamp: u32,
+    scratch: Scratch,
+}
+
+impl<T> Hnsw<T> {
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.upper.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.upper.is_empty()
+    }
+
+    #[inline]
+    fn level_of(&self, i: u32) -> usize {
+        self.upper[i as usize].len()
+    }
+
+    /// Neighbour ids of node `i` on `level`.
+    #[inline]
+    fn links(&self, i: u32, level: usize) -> &[u32] {
+        if level == 0 {
+            let s = i as usize * self.stride;
+            let n = self.layer0[s] as usize;
+            &self.layer0[s + 1..s + 1 + n]
+        } else {
+            &self.upper[i as usize][level - 1]
+        }
+    }
+
+    /// Replaces node `i`'s list on `level` (at most `stride − 1` ids on layer 0; callers never
+    /// pass more than `list_cap(2·m)`).
+    fn set_links(&mut self, i: u32, level: usize, ids: &[u32]) {
+        if level == 0 {
+            let s = i as usize * self.stride;
+            let n = ids.len().min(self.stride - 1);
+            self.layer0[s] = n as u32;
+            self.layer0[s + 1..s + 1 + n].copy_from_slice(&ids[..n]);
+        } else {
+            let l = &mut self.upper[i as usize][level - 1];
+            l.clear();
+            l.extend_from_slice(ids);
+        }
+    }
+
+    /// The serialised `links[node][level]` form of node `i`.
+    fn node_links(&self, i: u32) -> impl Iterator<Item = &[u32]> {
+        std::iter::once(self.links(i, 0)).chain(self.upper[i as usize].iter().map(Vec::as_slice))
+    }
 }
 
 impl<T: Elem> Hnsw<T> {
@@ -152,56 +272,40 @@ impl<T: Elem> Hnsw<T> {
             dim,
             params,
             data: Vec::new(),
-            links: Vec::new(),
+            layer0: Vec::new(),
+            stride: layer0_stride(&params),
+            upper: Vec::new(),
             entry: None,
             rng: seed,
             payload_dim: 0,
             payload: Vec::new(),
-            visited: Vec::new(),
-            stamp: 0,
+            scratch: Scratch::default(),
         }
     }
 
-    /// Number of points.
-    pub fn len(&self) -> usize {
-        self.links.len()
-    }
-
-    /// Whether the graph is empty.
-    pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
-    }
-
+    #[inline]
     fn vec(&self, i: u32) -> &[T] {
         let i = i as usize;
         &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    fn level_of(&self, i: u32) -> usize {
-        self.links[i as usize].len() - 1
-    }
-
-    fn new_stamp(&mut self) {
-        if self.visited.len() < self.links.len() {
-            self.visited.resize(self.links.len(), 0);
-        }
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.visited.iter_mut().for_each(|v| *v = 0);
-            self.stamp = 1;
-        }
     }
 
     fn greedy(&self, q: &[T], mut ep: u32, level: usize) -> u32 {
         let mut best = T::dist2(q, self.vec(ep));
         loop {
             let mut changed = false;
-            for &nb in &self.links[ep as usize][level] {
-                let d = T::dist2(q, self.vec(nb));
-                if d < best {
-                    best = d;
-                    ep = nb;
-                    changed = true;
+            // Distances of a block of neighbours first, then the comparisons (same result as
+            // one pass; the loads overlap, see `search_layer`).
+            for block in self.links(ep, level).chunks(16) {
+                let mut d = [0.0f32; 16];
+                for (di, &nb) in d.iter_mut().zip(block) {
+                    *di = T::dist2(q, self.vec(nb));
+                }
+                for (&di, &nb) in d.iter().zip(block) {
+                    if di < best {
+                        best = di;
+                        ep = nb;
+                        changed = true;
+                    }
                 }
             }
             if !changed {
@@ -210,73 +314,112 @@ impl<T: Elem> Hnsw<T> {
         }
     }
 
-    /// Best-first search on one layer; returns up to `ef` candidates sorted by distance.
-    fn search_layer(&mut self, q: &[T], eps: &[u32], ef: usize, level: usize) -> Vec<Cand> {
-        self.new_stamp();
-        let stamp = self.stamp;
-        let mut cands: BinaryHeap<std::cmp::Reverse<Cand>> = BinaryHeap::new();
-        let mut found: BinaryHeap<Cand> = BinaryHeap::new();
+    /// Best-first search on one layer (the paper's Algorithm 2); leaves up to `ef` candidates,
+    /// ascending by distance, in `sc.found`.
+    fn search_layer(&self, sc: &mut Scratch, q: &[T], eps: &[u32], ef: usize, level: usize) {
+        let stamp = sc.begin(self.len());
+        let Scratch {
+            visited,
+            heap,
+            found,
+            batch,
+            ..
+        } = sc;
+        heap.clear();
+        found.clear();
         for &e in eps {
-            self.visited[e as usize] = stamp;
+            visited[e as usize] = stamp;
             let c = Cand(T::dist2(q, self.vec(e)), e);
-            cands.push(std::cmp::Reverse(c));
-            found.push(c);
+            heap.push(Reverse(c));
+            push_bounded(found, c, ef.max(eps.len()));
         }
-        while let Some(std::cmp::Reverse(c)) = cands.pop() {
-            let worst = found.peek().map(|w| w.0).unwrap_or(f32::INFINITY);
+        while let Some(Reverse(c)) = heap.pop() {
+            let worst = found.last().map_or(f32::INFINITY, |w| w.0);
             if c.0 > worst && found.len() >= ef {
                 break;
             }
-            let nbs = std::mem::take(&mut self.links[c.1 as usize][level]);
-            for &nb in &nbs {
-                if self.visited[nb as usize] == stamp {
-                    continue;
-                }
-                self.visited[nb as usize] = stamp;
-                let d = T::dist2(q, self.vec(nb));
-                let worst = found.peek().map(|w| w.0).unwrap_or(f32::INFINITY);
-                if found.len() < ef || d < worst {
-                    cands.push(std::cmp::Reverse(Cand(d, nb)));
-                    found.push(Cand(d, nb));
-                    if found.len() > ef {
-                        found.pop();
-                    }
+            // In three passes over the node's list (same visits, distances and decisions as
+            // one pass): the unvisited neighbours, then all their distances in a loop without
+            // data-dependent branches (their vectors are scattered in memory; without a
+            // mispredicted branch between them, the loads overlap), then the updates.
+            batch.clear();
+            for &nb in self.links(c.1, level) {
+                let seen = &mut visited[nb as usize];
+                if *seen != stamp {
+                    *seen = stamp;
+                    batch.push(Cand(0.0, nb));
                 }
             }
-            self.links[c.1 as usize][level] = nbs;
+            for b in batch.iter_mut() {
+                b.0 = T::dist2(q, self.vec(b.1));
+            }
+            for &c in batch.iter() {
+                let worst = found.last().map_or(f32::INFINITY, |w| w.0);
+                if found.len() < ef || c.0 < worst {
+                    heap.push(Reverse(c));
+                    push_bounded(found, c, ef);
+                }
+            }
         }
-        let mut v = found.into_vec();
-        v.sort();
-        v
     }
 
     /// The paper's neighbour-selection heuristic (Algorithm 4, keeping pruned connections):
     /// a candidate is kept when it is closer to the base point than to every neighbour kept
     /// so far, which preserves links between clusters; the list is then topped up with the
-    /// nearest pruned candidates. `sorted` is ascending by distance to the base point.
-    fn select_neighbours(&self, sorted: &[Cand], m: usize) -> Vec<u32> {
-        let mut kept: Vec<u32> = Vec::with_capacity(m);
-        let mut pruned: Vec<u32> = Vec::new();
+    /// nearest pruned candidates. `sorted` is ascending by distance to the base point; the
+    /// selection is left in `kept`.
+    fn select_neighbours(
+        &self,
+        kept: &mut Vec<u32>,
+        pruned: &mut Vec<u32>,
+        sorted: &[Cand],
+        m: usize,
+    ) {
+        kept.clear();
+        pruned.clear();
         for c in sorted {
             if kept.len() >= m {
                 break;
             }
-            let ok = kept
-                .iter()
-                .all(|&r| T::dist2(self.vec(c.1), self.vec(r)) > c.0);
-            if ok {
+            let vc = self.vec(c.1);
+            if kept.iter().all(|&r| T::dist2(vc, self.vec(r)) > c.0) {
                 kept.push(c.1);
             } else {
                 pruned.push(c.1);
             }
         }
-        for p in pruned {
+        for &p in pruned.iter() {
             if kept.len() >= m {
                 break;
             }
             kept.push(p);
         }
-        kept
+    }
+
+    /// Adds the link `nb → id` on `level`; a list that would exceed `list_cap(max_links)` is
+    /// pruned back to `max_links` by the selection heuristic (over its ids and `id`).
+    fn add_link(&mut self, sc: &mut Scratch, nb: u32, level: usize, id: u32, max_links: usize) {
+        let len = self.links(nb, level).len();
+        if len < list_cap(max_links) {
+            if level == 0 {
+                let s = nb as usize * self.stride;
+                self.layer0[s + 1 + len] = id;
+                self.layer0[s] += 1;
+            } else {
+                self.upper[nb as usize][level - 1].push(id);
+            }
+            return;
+        }
+        let base = self.vec(nb);
+        sc.scored.clear();
+        for &x in self.links(nb, level).iter().chain(std::iter::once(&id)) {
+            sc.scored.push(Cand(T::dist2(base, self.vec(x)), x));
+        }
+        sc.scored.sort_unstable();
+        self.select_neighbours(&mut sc.kept, &mut sc.pruned, &sc.scored, max_links);
+        let kept = std::mem::take(&mut sc.kept);
+        self.set_links(nb, level, &kept);
+        sc.kept = kept;
     }
 
     /// Draws the level of a new point (Malkov & Yashunin: `⌊−ln(U)·m_L⌋`, `m_L = 1/ln M`).
@@ -319,23 +462,28 @@ impl<T: Elem> Hnsw<T> {
             .ef_search
             .max(k)
             .max(self.params.ef_construction);
-        let found = self.search_layer(v, &[ep], ef, 0);
+        let mut sc = std::mem::take(&mut self.scratch);
+        self.search_layer(&mut sc, v, &[ep], ef, 0);
+        let mut found = std::mem::take(&mut sc.found);
+        self.scratch = sc;
         let d = found.iter().take(k).map(|c| c.0).collect();
-        let n = found.len().min(self.params.ef_construction.max(1));
-        self.insert_at(v, 0, Some(&found[..n]));
+        found.truncate(self.params.ef_construction.max(1));
+        self.insert_at(v, 0, Some(found));
         d
     }
 
     /// Inserts `v` at `level`; `layer0` = layer-0 candidates already found (only with
     /// `level == 0` and a non-empty graph).
-    fn insert_at(&mut self, v: &[T], level: usize, layer0: Option<&[Cand]>) {
-        let id = self.links.len() as u32;
+    fn insert_at(&mut self, v: &[T], level: usize, layer0: Option<Vec<Cand>>) {
+        let id = self.len() as u32;
         self.data.extend_from_slice(v);
-        self.links.push(vec![Vec::new(); level + 1]);
+        self.layer0.resize(self.layer0.len() + self.stride, 0);
+        self.upper.push(vec![Vec::new(); level]);
         let Some(entry) = self.entry else {
             self.entry = Some(id);
             return;
         };
+        let mut sc = std::mem::take(&mut self.scratch);
         let top = self.level_of(entry);
         let mut ep = entry;
         if layer0.is_none() {
@@ -343,35 +491,36 @@ impl<T: Elem> Hnsw<T> {
                 ep = self.greedy(v, ep, l);
             }
         }
-        let mut eps = vec![ep];
+        let mut eps = std::mem::take(&mut sc.eps);
+        eps.clear();
+        eps.push(ep);
+        let mut layer0 = layer0;
         for l in (0..=level.min(top)).rev() {
-            let found = match layer0 {
-                Some(f) if l == 0 => f.to_vec(),
-                _ => self.search_layer(v, &eps, self.params.ef_construction, l),
+            let found = match layer0.take() {
+                Some(f) if l == 0 => f,
+                _ => {
+                    self.search_layer(&mut sc, v, &eps, self.params.ef_construction, l);
+                    std::mem::take(&mut sc.found)
+                }
             };
             let max_links = if l == 0 {
                 2 * self.params.m
             } else {
                 self.params.m
             };
-            let chosen = self.select_neighbours(&found, self.params.m);
+            let mut chosen = std::mem::take(&mut sc.chosen);
+            self.select_neighbours(&mut chosen, &mut sc.pruned, &found, self.params.m);
             for &nb in &chosen {
-                self.links[nb as usize][l].push(id);
-                // Lists may overflow by half before being pruned back (with the heuristic),
-                // which amortises the O(m²) pruning over several insertions.
-                if self.links[nb as usize][l].len() > max_links + max_links / 2 {
-                    let base = self.vec(nb).to_vec();
-                    let mut scored: Vec<Cand> = self.links[nb as usize][l]
-                        .iter()
-                        .map(|&x| Cand(T::dist2(&base, self.vec(x)), x))
-                        .collect();
-                    scored.sort();
-                    self.links[nb as usize][l] = self.select_neighbours(&scored, max_links);
-                }
+                self.add_link(&mut sc, nb, l, id, max_links);
             }
-            self.links[id as usize][l] = chosen;
-            eps = found.iter().map(|c| c.1).collect();
+            self.set_links(id, l, &chosen);
+            sc.chosen = chosen;
+            eps.clear();
+            eps.extend(found.iter().map(|c| c.1));
+            sc.found = found;
         }
+        sc.eps = eps;
+        self.scratch = sc;
         if level > top {
             self.entry = Some(id);
         }
@@ -379,7 +528,8 @@ impl<T: Elem> Hnsw<T> {
 
     /// Squared distances of (approximately) the `k` nearest points to `q`, ascending.
     pub fn search(&mut self, q: &[T], k: usize) -> Vec<f32> {
-        self.search_cands(q, k).into_iter().map(|c| c.0).collect()
+        let n = self.search_scratch(q, k);
+        self.scratch.found[..n].iter().map(|c| c.0).collect()
     }
 
     /// Inserts a vector with a byte payload (all payloads of a graph have one length).
@@ -398,18 +548,24 @@ impl<T: Elem> Hnsw<T> {
         &self.payload[i * self.payload_dim..(i + 1) * self.payload_dim]
     }
 
-    fn search_cands(&mut self, q: &[T], k: usize) -> Vec<Cand> {
+    /// Searches for the `k` nearest points to `q`; they are the first entries (the returned
+    /// count) of `self.scratch.found`, ascending.
+    fn search_scratch(&mut self, q: &[T], k: usize) -> usize {
         let Some(entry) = self.entry else {
-            return Vec::new();
+            self.scratch.found.clear();
+            return 0;
         };
         let mut ep = entry;
         for l in (1..=self.level_of(entry)).rev() {
             ep = self.greedy(q, ep, l);
         }
         let ef = self.params.ef_search.max(k);
-        let mut found = self.search_layer(q, &[ep], ef, 0);
-        found.truncate(k);
-        found
+        let mut sc = std::mem::take(&mut self.scratch);
+        self.search_layer(&mut sc, q, &[ep], ef, 0);
+        sc.found.truncate(k);
+        let n = sc.found.len();
+        self.scratch = sc;
+        n
     }
 
     /// Exact squared distances of the `k` nearest points (linear scan; for tests and checks).
@@ -420,6 +576,119 @@ impl<T: Elem> Hnsw<T> {
         d.sort_by(f32::total_cmp);
         d.truncate(k);
         d
+    }
+}
+
+/// Serialised form of [`Hnsw`] (the field names and nesting of the first, all-nested layout,
+/// so stored client states keep loading).
+#[derive(Deserialize)]
+struct HnswRepr<T> {
+    dim: usize,
+    params: HnswParams,
+    data: Vec<T>,
+    /// `links[node][level]` = neighbour ids.
+    links: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    rng: u64,
+    #[serde(default)]
+    payload_dim: usize,
+    #[serde(default)]
+    payload: Vec<u8>,
+}
+
+impl<T> Hnsw<T> {
+    /// Checks a loaded graph (a corrupt snapshot must give an error, not a panic in a later
+    /// search) and builds the flat layout.
+    fn from_repr(r: HnswRepr<T>) -> Result<Self, String> {
+        let n = r.links.len();
+        if n > u32::MAX as usize || Some(r.data.len()) != n.checked_mul(r.dim) {
+            return Err(format!(
+                "{} vector values for {n} points of dimension {}",
+                r.data.len(),
+                r.dim
+            ));
+        }
+        match r.entry {
+            None if n == 0 => {}
+            Some(e) if (e as usize) < n => {}
+            e => return Err(format!("entry point {e:?} for {n} points")),
+        }
+        if let Some(i) = r.links.iter().position(Vec::is_empty) {
+            return Err(format!("point {i} has no layer"));
+        }
+        for (i, node) in r.links.iter().enumerate() {
+            for (l, list) in node.iter().enumerate() {
+                // A neighbour on layer `l` must itself have layer `l`.
+                if let Some(&bad) = list
+                    .iter()
+                    .find(|&&nb| r.links.get(nb as usize).is_none_or(|x| x.len() <= l))
+                {
+                    return Err(format!("point {i}, layer {l}: bad neighbour {bad}"));
+                }
+            }
+        }
+        let longest = r.links.iter().map(|x| x[0].len()).max().unwrap_or(0);
+        let stride = layer0_stride(&r.params).max(longest + 1);
+        let mut layer0 = vec![0u32; n * stride];
+        let mut upper = Vec::with_capacity(n);
+        for (i, mut node) in r.links.into_iter().enumerate() {
+            let l0 = &node[0];
+            layer0[i * stride] = l0.len() as u32;
+            layer0[i * stride + 1..i * stride + 1 + l0.len()].copy_from_slice(l0);
+            node.remove(0);
+            upper.push(node);
+        }
+        Ok(Self {
+            dim: r.dim,
+            params: r.params,
+            data: r.data,
+            layer0,
+            stride,
+            upper,
+            entry: r.entry,
+            rng: r.rng,
+            payload_dim: r.payload_dim,
+            payload: r.payload,
+            scratch: Scratch::default(),
+        })
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Hnsw<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::from_repr(HnswRepr::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `links[node][level]`, written from the flat layout without building the nested lists.
+struct LinksSer<'a, T>(&'a Hnsw<T>);
+
+impl<T> Serialize for LinksSer<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..self.0.len() as u32).map(|i| NodeSer(self.0, i)))
+    }
+}
+
+struct NodeSer<'a, T>(&'a Hnsw<T>, u32);
+
+impl<T> Serialize for NodeSer<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.node_links(self.1))
+    }
+}
+
+impl<T: Serialize> Serialize for Hnsw<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Hnsw", 8)?;
+        st.serialize_field("dim", &self.dim)?;
+        st.serialize_field("params", &self.params)?;
+        st.serialize_field("data", &self.data)?;
+        st.serialize_field("links", &LinksSer(self))?;
+        st.serialize_field("entry", &self.entry)?;
+        st.serialize_field("rng", &self.rng)?;
+        st.serialize_field("payload_dim", &self.payload_dim)?;
+        st.serialize_field("payload", &self.payload)?;
+        st.end()
     }
 }
 
@@ -487,7 +756,8 @@ impl<T: Elem> AnnIndex<T> {
     ) -> Option<f32> {
         let mut best: Option<f32> = None;
         for g in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
-            for c in g.search_cands(q, candidates) {
+            let n = g.search_scratch(q, candidates);
+            for c in &g.scratch.found[..n] {
                 let d = u8::dist2(full, g.payload(c.1));
                 best = Some(best.map_or(d, |b| b.min(d)));
             }
@@ -692,6 +962,46 @@ mod tests {
             exact += (approx == truth) as usize;
         }
         assert!(exact >= 180, "exact 1-NN for {exact}/200 queries");
+    }
+
+    /// The serialised graph keeps the nested `links[node][level]` form (states written before
+    /// the flat layer-0 layout load unchanged), and a corrupt graph is an error, not a later
+    /// out-of-range panic in a search.
+    #[test]
+    fn nested_links_load_and_corrupt_graphs_are_refused() {
+        let graph = |data: &str, links: &str, entry: &str| {
+            format!(
+                r#"{{"dim":1,"params":{{"m":2,"ef_construction":4,"ef_search":4}},"data":{data},"links":{links},"entry":{entry},"rng":1,"payload_dim":0,"payload":[]}}"#
+            )
+        };
+        let good = graph("[0.0,1.0,5.0]", "[[[1,2],[1]],[[0],[0]],[[0]]]", "0");
+        let mut h: Hnsw<f32> = serde_json::from_str(&good).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.search(&[4.0], 2), vec![1.0, 9.0]);
+        assert_eq!(serde_json::to_string(&h).unwrap(), good);
+        h.insert(&[4.5]);
+        assert_eq!(h.search(&[4.0], 1), vec![0.25]);
+        for (data, links, entry, what) in [
+            ("[0.0,1.0]", "[[[1,2]],[[0]],[[0]]]", "0", "vector values"),
+            (
+                "[0.0,1.0,5.0]",
+                "[[[1,7]],[[0]],[[0]]]",
+                "0",
+                "bad neighbour 7",
+            ),
+            (
+                "[0.0,1.0,5.0]",
+                "[[[1,2],[2]],[[0]],[[0]]]",
+                "0",
+                "layer 1: bad neighbour 2",
+            ),
+            ("[0.0,1.0,5.0]", "[[[1,2]],[],[[0]]]", "0", "no layer"),
+            ("[0.0,1.0,5.0]", "[[[1,2]],[[0]],[[0]]]", "3", "entry point"),
+            ("[]", "[]", "0", "entry point"),
+        ] {
+            let err = serde_json::from_str::<Hnsw<f32>>(&graph(data, links, entry)).unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -16,12 +16,18 @@
 //! Memory: posting lists (hash → past query ids) in two generations of `capacity` queries each
 //! (the older generation is dropped when the current one fills), each list capped at
 //! `max_postings` newest ids.
+//!
+//! Cost: the posting maps and the per-query match counts are keyed by already-mixed 64-bit
+//! hashes and small ids, so they use the multiplicative Fx hash instead of SipHash (no
+//! adversary chooses the keys: a client's hashes only index that client's own state), the
+//! count map is reused across queries, and the lookups are made in a pass of their own (their
+//! cache misses overlap).
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Blacklight configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,7 +103,8 @@ pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
     let step = cfg.quant_step.max(1) as f32;
     let q: Vec<u64> = x
         .iter()
-        .map(|&v| ((v.clamp(0.0, 1.0) * 255.0) / step).floor() as u64 + 1)
+        // Non-negative, so the truncating cast is the floor (without a libm call per value).
+        .map(|&v| ((v.clamp(0.0, 1.0) * 255.0) / step) as u64 + 1)
         .collect();
     let w = cfg.window.max(1).min(q.len().max(1));
     if q.is_empty() {
@@ -149,7 +156,7 @@ fn top_distinct(v: &mut Vec<u64>, n: usize) {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Generation {
-    postings: HashMap<u64, Vec<u32>>,
+    postings: FxHashMap<u64, Vec<u32>>,
     count: usize,
 }
 
@@ -163,36 +170,60 @@ struct BlState {
     #[serde(flatten)]
     flags: FlagWindow,
     queries: u64,
+    /// Per-query match counts (id → shared hashes), reused across queries.
+    #[serde(skip)]
+    counts: FxHashMap<u32, u32>,
+    /// Per-query ids of the matching posting lists, reused across queries.
+    #[serde(skip)]
+    ids: Vec<u32>,
 }
 
 impl BlState {
     fn match_and_insert(&mut self, x: &[f32]) -> usize {
         let fp = fingerprint(&self.cfg, x);
-        let mut counts: HashMap<u32, u32> = HashMap::new();
+        // In passes, so that the scattered reads of the posting maps and lists overlap instead
+        // of waiting for each other behind the counting: the ids of every hash's lists in
+        // both generations are copied out (short loops, independent lookups), then counted.
+        let ids = &mut self.ids;
+        ids.clear();
         for h in &fp {
             for g in [&self.current, &self.previous] {
-                if let Some(ids) = g.postings.get(h) {
-                    for &id in ids {
-                        *counts.entry(id).or_default() += 1;
-                    }
+                if let Some(list) = g.postings.get(h) {
+                    ids.extend(list.iter().copied());
                 }
             }
         }
-        let best = counts.values().copied().max().unwrap_or(0) as usize;
+        let counts = &mut self.counts;
+        counts.clear();
+        let mut best = 0u32;
+        for &i in ids.iter() {
+            let c = counts.entry(i).or_default();
+            *c += 1;
+            best = best.max(*c);
+        }
         if self.current.count >= self.cfg.capacity.max(1) {
             self.previous = std::mem::take(&mut self.current);
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
+        let max_postings = self.cfg.max_postings.max(1);
         for h in fp {
-            let list = self.current.postings.entry(h).or_default();
-            list.push(id);
-            if list.len() > self.cfg.max_postings.max(1) {
-                list.remove(0);
-            }
+            push_capped(
+                self.current.postings.entry(h).or_default(),
+                id,
+                max_postings,
+            );
         }
         self.current.count += 1;
-        best
+        best as usize
+    }
+}
+
+/// Appends `id` to a posting list, dropping its oldest id beyond `max` entries.
+fn push_capped(list: &mut Vec<u32>, id: u32, max: usize) {
+    list.push(id);
+    if list.len() > max {
+        list.remove(0);
     }
 }
 

@@ -19,8 +19,9 @@ use crate::error::DetectError;
 use crate::policy::{Decision, Override, Policy, PolicyConfig};
 use crate::rate::RateDetector;
 use mamori_core::{Detector, DetectorState, Observation, Verdict};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Input hashes remembered per client for exact-repeat detection.
@@ -28,7 +29,8 @@ pub const MAX_SEEN: usize = 100_000;
 
 struct Tracked {
     states: Vec<Box<dyn DetectorState>>,
-    seen: HashSet<u64>,
+    /// Input hashes (already mixed: the Fx hash of the set adds one multiply, not SipHash).
+    seen: FxHashSet<u64>,
     queries: u64,
 }
 
@@ -112,7 +114,7 @@ impl Engine {
     fn fresh(detectors: &[Arc<dyn Detector>]) -> Tracked {
         Tracked {
             states: detectors.iter().map(|d| d.new_state()).collect(),
-            seen: HashSet::new(),
+            seen: FxHashSet::default(),
             queries: 0,
         }
     }

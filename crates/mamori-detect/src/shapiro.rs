@@ -120,6 +120,59 @@ fn coefficients(n: usize) -> Vec<f64> {
     a
 }
 
+/// Sorts `v` ascending in [`f64::total_cmp`] order — the same result as a comparison sort —
+/// in linear time: an LSD radix sort, one byte per pass (all byte counts taken in one first
+/// pass), of the order-preserving bit patterns
+/// (sign bit flipped for positive values, all bits for negative ones), skipping the bytes every
+/// value shares. PRADA sorts up to 5000 distances at each test.
+fn sort_total(v: &mut [f64]) {
+    if v.len() < 64 {
+        v.sort_unstable_by(f64::total_cmp);
+        return;
+    }
+    const SIGN: u64 = 1 << 63;
+    let mut keys: Vec<u64> = v
+        .iter()
+        .map(|x| {
+            let b = x.to_bits();
+            if b & SIGN != 0 {
+                !b
+            } else {
+                b ^ SIGN
+            }
+        })
+        .collect();
+    let mut tmp = vec![0u64; keys.len()];
+    // The counts of all eight bytes in one pass.
+    let mut counts = [[0usize; 256]; 8];
+    for &k in &keys {
+        for (b, c) in counts.iter_mut().enumerate() {
+            c[((k >> (8 * b)) & 0xff) as usize] += 1;
+        }
+    }
+    for (b, start) in counts.iter_mut().enumerate() {
+        let shift = 8 * b;
+        if start.contains(&keys.len()) {
+            continue;
+        }
+        let mut sum = 0;
+        for c in start.iter_mut() {
+            let n = *c;
+            *c = sum;
+            sum += n;
+        }
+        for &k in &keys {
+            let d = ((k >> shift) & 0xff) as usize;
+            tmp[start[d]] = k;
+            start[d] += 1;
+        }
+        std::mem::swap(&mut keys, &mut tmp);
+    }
+    for (x, k) in v.iter_mut().zip(keys) {
+        *x = f64::from_bits(if k & SIGN != 0 { k ^ SIGN } else { !k });
+    }
+}
+
 /// The Shapiro–Wilk W statistic of `x` (any order). Smaller W = less normal.
 pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
     let n = x.len();
@@ -130,7 +183,7 @@ pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
         return Err(ShapiroError::NonFinite);
     }
     let mut s = x.to_vec();
-    s.sort_by(f64::total_cmp);
+    sort_total(&mut s);
     let range = s[n - 1] - s[0];
     if range <= 0.0 {
         return Err(ShapiroError::ZeroRange);
@@ -160,6 +213,33 @@ mod tests {
         ("normalish_500", 0.9970368228164032),
         ("normalish_3000", 0.9993696855140941),
     ];
+
+    #[test]
+    fn radix_sort_matches_total_cmp_sort() {
+        let u = lcg_uniform(7, 6000);
+        for n in [0usize, 1, 5, 63, 64, 65, 1000, 5000] {
+            // Mixed signs and magnitudes, signed zeros, infinities, ties.
+            let mut v: Vec<f64> = u[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| match i % 7 {
+                    0 => -x * 1e3,
+                    1 => x,
+                    2 => (x * 10.0).floor(),
+                    3 => -0.0,
+                    4 => 0.0,
+                    5 if i % 5 == 0 => f64::INFINITY,
+                    5 => f64::NEG_INFINITY,
+                    _ => x * 1e-300,
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort_by(f64::total_cmp);
+            sort_total(&mut v);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&v), bits(&want), "n = {n}");
+        }
+    }
 
     fn lcg_uniform(seed: u64, n: usize) -> Vec<f64> {
         let mut s = seed;
