@@ -69,6 +69,8 @@ fn config() -> DetectorsConfig {
     cfg.hoda.window = 100;
     cfg.hoda.class_threshold = 50.0;
     cfg.hoda.hard_threshold = 0.5;
+    // Active synthetic-input detector at MNIST's calibrated threshold.
+    cfg.synthetic.threshold = Some(0.6);
     cfg
 }
 

@@ -780,11 +780,22 @@ pub fn run_cell(
     let alerts = cell.alerts()?;
     let mut by_det: BTreeMap<String, u64> = BTreeMap::new();
     let mut first: Option<(u64, String)> = None;
+    // Alarms of one request share its query count; among them the first alarm names a
+    // behaviour detector rather than a suspicion monitor (which cannot act alone).
+    let suspicion = mamori_detect::PolicyConfig::default().suspicion;
+    let weak = |d: &str| {
+        suspicion
+            .iter()
+            .any(|s| d.trim_start_matches("group:") == s)
+    };
     for (client, det, q, acted) in &alerts {
         if client == ATTACKER {
             let e = by_det.entry(det.clone()).or_insert(*q);
             *e = (*e).min(*q);
-            if *acted && first.as_ref().is_none_or(|f| *q < f.0) {
+            let earlier = first
+                .as_ref()
+                .is_none_or(|f| *q < f.0 || (*q == f.0 && weak(&f.1) && !weak(det)));
+            if *acted && earlier {
                 first = Some((*q, det.clone()));
             }
         }
