@@ -36,6 +36,18 @@ fn uniform(n: usize, shape: &[usize], seed: u64) -> mamori_core::Tensor {
     mamori_core::Tensor::new(full, (0..n * per).map(|_| rng.gen::<f32>()).collect()).unwrap()
 }
 
+/// The digits victim the tests attack: an MLP 64-32-10 trained `epochs` epochs.
+fn digits_victim(s: &Split, epochs: usize) -> NativeModel {
+    train_victim(
+        &Arch::Mlp { hidden: vec![32] },
+        &s.train,
+        &s.test,
+        &cfg(epochs),
+        "digits-mlp",
+    )
+    .unwrap()
+}
+
 fn oracle(v: &NativeModel, budget: u64) -> LocalOracle {
     LocalOracle::new(Box::new(v.clone())).with_budget(Some(budget))
 }
@@ -134,14 +146,7 @@ fn label_only_retraining_reaches_high_agreement_on_binary_lr() {
 #[test]
 fn every_attack_respects_its_budget_and_beats_chance_on_digits() {
     let s = digits();
-    let victim = train_victim(
-        &Arch::Mlp { hidden: vec![32] },
-        &s.train,
-        &s.test,
-        &cfg(20),
-        "digits-mlp",
-    )
-    .unwrap();
+    let victim = digits_victim(&s, 20);
     let eval = EvalSet::from_model(&victim, &s.test, 500, [0.0, 1.0], 0).unwrap();
     assert!(eval.victim_accuracy() > 0.9);
     // The transfer attack pre-trains on a relabelled subset (odd vs even digits).
@@ -236,14 +241,7 @@ fn jbda_warm_start_continues_the_round_0_substitute_and_cold_start_does_not() {
     use mamori_core::{GradTarget, Tensor};
     use mamori_ml::{predict_labels, train, Network, Targets};
     let s = digits();
-    let victim = train_victim(
-        &Arch::Mlp { hidden: vec![32] },
-        &s.train,
-        &s.test,
-        &cfg(10),
-        "digits-mlp",
-    )
-    .unwrap();
+    let victim = digits_victim(&s, 10);
     let arch = Arch::Mlp { hidden: vec![16] };
     let mut ctx = ExtractionContext::new(1_000, arch.clone());
     ctx.train = cfg(5);
@@ -306,14 +304,7 @@ fn jbda_warm_start_continues_the_round_0_substitute_and_cold_start_does_not() {
 #[test]
 fn the_default_thief_fits_its_answers() {
     let s = digits();
-    let victim = train_victim(
-        &Arch::Mlp { hidden: vec![32] },
-        &s.train,
-        &s.test,
-        &cfg(10),
-        "digits-mlp",
-    )
-    .unwrap();
+    let victim = digits_victim(&s, 10);
     let n = s.train.len() as u64;
     let arch = Arch::Mlp { hidden: vec![32] };
     let base = ExtractionContext::new(n, arch);
