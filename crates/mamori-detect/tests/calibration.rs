@@ -1,7 +1,7 @@
 //! `calibrate` on a tiny linear model: the rate limit fitted from the benign arrival rate, and
 //! bad options refused.
 
-use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
+use mamori_core::{Model, ModelCard, ModelError, Tensor};
 use mamori_detect::{calibrate, CalibrationOptions, DetectError};
 
 const LEN: usize = 16;
@@ -30,22 +30,7 @@ impl Model for Linear {
 }
 
 fn model() -> Linear {
-    Linear(ModelCard {
-        name: "linear".into(),
-        architecture: "softmax".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: vec![LEN],
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: vec!["a".into(), "b".into(), "c".into()],
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    })
+    Linear(ModelCard::classifier("linear", "softmax", &[LEN], 3))
 }
 
 fn data(n: usize, salt: usize) -> Tensor {
