@@ -101,5 +101,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         "  hoda: class χ² > {:.2}, hardness Pearson > {:.3}",
         d.hoda.class_threshold, d.hoda.hard_threshold
     );
+    match d.synthetic.threshold {
+        Some(t) => println!(
+            "  synthetic: smoothness < {t:.3}, alarm above {} of {} queries",
+            d.synthetic.max_flagged, d.synthetic.window
+        ),
+        None => println!("  synthetic: inactive (the model's inputs are not images)"),
+    }
     Ok(())
 }
