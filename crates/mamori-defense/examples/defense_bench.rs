@@ -262,17 +262,7 @@ fn main() {
         let pp_ref = pp.as_deref();
         let test_ans = answer(&victim, &test.x, pp_ref, None);
         let acc = label_acc(&test_ans, &test.y);
-        let l1: f64 = test_ans
-            .rows()
-            .zip(clean_test.rows())
-            .map(|(a, b)| {
-                a.iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs() as f64)
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / test.y.len() as f64;
+        let l1 = mamori_defense::answer_distortion(&test_ans, &clean_test);
         let q_ans = answer(&victim, &qx, pp_ref, None);
         let q_labels: Vec<usize> = q_ans.rows().map(argmax).collect();
         let soft = substitute(

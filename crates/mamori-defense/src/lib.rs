@@ -26,5 +26,7 @@ pub use dawn::Dawn;
 pub use error::DefenseError;
 pub use key::SecretKey;
 pub use ledger::{Ledger, LedgerRecord};
-pub use post::{build, defended_answers, registry, BuildContext, PostprocessorSpec};
+pub use post::{
+    answer_distortion, build, defended_answers, registry, BuildContext, PostprocessorSpec,
+};
 pub use verify::{verify, verify_model, Verdict, VerifyResult};

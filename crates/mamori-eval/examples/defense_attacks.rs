@@ -201,17 +201,7 @@ fn main() {
             .filter(|(r, &y)| argmax(r) == y)
             .count() as f64
             / test.y.len() as f64;
-        let l1 = ans
-            .rows()
-            .zip(clean.rows())
-            .map(|(a, b)| {
-                a.iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs() as f64)
-                    .sum::<f64>()
-            })
-            .sum::<f64>()
-            / test.y.len() as f64;
+        let l1 = mamori_defense::answer_distortion(&ans, &clean);
         for attack in attacks {
             let mut cells = Vec::new();
             let mut queries = 0;

@@ -179,6 +179,22 @@ pub fn defended_answers(
     Ok(probs)
 }
 
+/// How far defended answers moved from clean ones: the mean over rows of the L1 distance
+/// between `defended` and `clean` (same shape; 0 = untouched, 2 = disjoint distributions).
+pub fn answer_distortion(defended: &Tensor, clean: &Tensor) -> f64 {
+    let total: f64 = defended
+        .rows()
+        .zip(clean.rows())
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs() as f64)
+                .sum::<f64>()
+        })
+        .sum();
+    total / defended.batch_size().max(1) as f64
+}
+
 /// A name → postprocessor resolver for the gateway: parses the name with
 /// [`PostprocessorSpec::parse`] and builds it with `ctx`; a name that does not parse or build
 /// gives `None` (and a warning in the log).
@@ -299,6 +315,15 @@ pub(crate) mod test_util {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_distortion_is_the_mean_row_l1() {
+        let clean = Tensor::new(vec![2, 2], vec![1.0, 0.0, 0.5, 0.5]).unwrap();
+        let moved = Tensor::new(vec![2, 2], vec![0.0, 1.0, 0.5, 0.5]).unwrap();
+        assert_eq!(answer_distortion(&clean, &clean), 0.0);
+        // Row 1 moves by 2 (disjoint), row 2 not at all.
+        assert!((answer_distortion(&moved, &clean) - 1.0).abs() < 1e-12);
+    }
 
     #[test]
     fn specs_parse_from_toml() {
