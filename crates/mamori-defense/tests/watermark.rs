@@ -2,9 +2,7 @@
 //! answers is caught at p < 1e-9, independent models are not, and signed reports detect
 //! tampering.
 
-use mamori_core::{
-    DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor, Watermark,
-};
+use mamori_core::{Model, ModelCard, ModelError, Tensor, Watermark};
 use mamori_defense::report::{check_report, parse_public_key, EvidenceReport, ReportSigner};
 use mamori_defense::verify::{verify_model, Statistic, Verdict};
 use mamori_defense::{Dawn, LedgerRecord, SecretKey};
@@ -15,22 +13,7 @@ const C: usize = 10;
 const D: usize = 16;
 
 fn card() -> ModelCard {
-    ModelCard {
-        name: "stand-in".into(),
-        architecture: "softmax".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: vec![D],
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
-        class_names: (0..C).map(|i| i.to_string()).collect(),
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
-    }
+    ModelCard::classifier("stand-in", "softmax", &[D], C)
 }
 
 /// A fixed random linear classifier (the "victim").

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! A tiny hand-written softmax model shared by the oracle tests (no ML engine needed).
 
-use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
+use mamori_core::{Model, ModelCard, ModelError, Tensor};
 
 /// `logits = W x + b` with fixed weights, `d` inputs, `c` classes.
 pub struct Linear {
@@ -20,22 +20,7 @@ impl Linear {
             .map(|i| ((i * 7919 % 23) as f32 - 11.0) / 5.0)
             .collect();
         let b = (0..c).map(|k| k as f32 * 0.1 - 0.2).collect();
-        let card = ModelCard {
-            name: "lin".into(),
-            architecture: "softmax".into(),
-            architecture_detail: serde_json::Value::Null,
-            input_shape: vec![d],
-            input_dtype: "FP32".into(),
-            input_range: [0.0, 1.0],
-            normalisation: Normalisation::default(),
-            class_names: (0..c).map(|k| k.to_string()).collect(),
-            output_kind: OutputKind::Logits,
-            dataset: DatasetRef::default(),
-            test_accuracy: None,
-            training_time_s: None,
-            seed: None,
-            extra: Default::default(),
-        };
+        let card = ModelCard::classifier("lin", "softmax", &[d], c);
         Self { w, b, card }
     }
 }

@@ -2,7 +2,7 @@
 //! stop a real gateway process.
 #![allow(dead_code)]
 
-use mamori_core::{DatasetRef, ModelCard, Normalisation, OutputKind};
+use mamori_core::ModelCard;
 use mamori_ml::{Arch, NativeModel, Network};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,20 +18,8 @@ pub fn mamori(home: &Path) -> Command {
 /// Saves a small MLP (input `[1, 4, 4]`, 3 classes) named `name` into `dir`.
 pub fn tiny_model(dir: &Path, name: &str) {
     let card = ModelCard {
-        name: name.into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: vec![1, 4, 4],
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
         class_names: vec!["a".into(), "b".into(), "c".into()],
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
+        ..ModelCard::classifier(name, "mlp", &[1, 4, 4], 3)
     };
     let net = Network::new(&Arch::Mlp { hidden: vec![8] }, &[1, 4, 4], 3, 3);
     NativeModel::new(net, card).save(dir).unwrap();

@@ -1,7 +1,7 @@
 //! Shared fixtures: a tiny linear softmax model and a gateway on 127.0.0.1:0.
 #![allow(dead_code)]
 
-use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
+use mamori_core::{Model, ModelCard, ModelError, Tensor};
 use mamori_gateway::{
     server, Chain, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, RunningServer, SqliteStore,
 };
@@ -23,20 +23,8 @@ pub struct LinearModel {
 
 pub fn card(name: &str) -> ModelCard {
     ModelCard {
-        name: name.into(),
-        architecture: "softmax".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: SHAPE.to_vec(),
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Normalisation::default(),
         class_names: vec!["a".into(), "b".into(), "c".into()],
-        output_kind: OutputKind::Logits,
-        dataset: DatasetRef::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: None,
-        extra: Default::default(),
+        ..ModelCard::classifier(name, "softmax", &SHAPE, 3)
     }
 }
 
