@@ -237,6 +237,19 @@ async fn metrics_endpoint_counts_requests_and_decisions() {
 }
 
 /// Binary tensor data extension for outputs (what NVIDIA's tritonclient asks for by default):
+/// A binary-extension reply split into the JSON header's length (from
+/// `Inference-Header-Content-Length`), the parsed header and the whole body.
+async fn binary_reply(r: reqwest::Response) -> (usize, serde_json::Value, Vec<u8>) {
+    let n: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap().to_vec();
+    let header = serde_json::from_slice(&bytes[..n]).unwrap();
+    (n, header, bytes)
+}
+
 /// `binary_data_output` for every output, `binary_data` per output overriding it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_tensor_extension_output() {
@@ -258,13 +271,7 @@ async fn binary_tensor_extension_output() {
     let r = send(body).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
-    let n: usize = r.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.bytes().await.unwrap();
-    let header: serde_json::Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    let (n, header, bytes) = binary_reply(r).await;
     let outs = &header["outputs"];
     assert_eq!(outs[0]["name"], "probabilities");
     assert_eq!(outs[0]["shape"], json!([2, 3]));
@@ -294,13 +301,7 @@ async fn binary_tensor_extension_output() {
     ]);
     let r = send(body).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let n: usize = r.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.bytes().await.unwrap();
-    let header: serde_json::Value = serde_json::from_slice(&bytes[..n]).unwrap();
+    let (n, header, bytes) = binary_reply(r).await;
     let json_probs: Vec<f32> = header["outputs"][0]["data"]
         .as_array()
         .unwrap()
