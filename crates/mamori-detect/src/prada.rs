@@ -246,9 +246,9 @@ impl PradaState {
         if kept.len() <= self.cfg.min_distances.max(2) {
             return;
         }
-        self.tests += 1;
         match shapiro_wilk_w(&kept) {
             Ok(w) => {
+                self.tests += 1;
                 self.last_w = Some(w);
                 self.below = if w < self.cfg.delta {
                     self.below.saturating_add(1)
@@ -258,13 +258,11 @@ impl PradaState {
             }
             // All distances equal (e.g. one point repeated): maximally non-normal.
             Err(crate::shapiro::ShapiroError::ZeroRange) => {
+                self.tests += 1;
                 self.last_w = Some(0.0);
                 self.below = self.below.saturating_add(1);
             }
-            Err(_) => {
-                self.tests -= 1;
-                return;
-            }
+            Err(_) => return,
         }
         self.alarm = self.below >= self.cfg.persist.max(1);
     }

@@ -781,8 +781,9 @@ pub fn run_cell(
     let mut by_det: BTreeMap<String, u64> = BTreeMap::new();
     let mut first: Option<(u64, String)> = None;
     // Alarms of one request share its query count; among them the first alarm names a
-    // behaviour detector rather than a suspicion monitor (which cannot act alone).
-    let suspicion = mamori_detect::PolicyConfig::default().suspicion;
+    // behaviour detector rather than one of the cell policy's suspicion monitors (which cannot
+    // act alone).
+    let suspicion = &spec.escalation.suspicion;
     let weak = |d: &str| {
         suspicion
             .iter()
