@@ -99,12 +99,13 @@ pub struct CalibrationOptions {
 }
 
 impl CalibrationOptions {
-    /// Simulated clients PRADA's δ is fitted on (see [`CalibrationOptions::tail_clients`]).
-    pub fn tail_clients(&self, clients: usize) -> usize {
+    /// Simulated clients PRADA's δ is fitted on: `tail_clients`, by default ⌈1/`fpr`⌉ (at most
+    /// 5,000), never fewer than `clients`.
+    pub fn prada_clients(&self) -> usize {
         let n = self
             .tail_clients
             .unwrap_or_else(|| ((1.0 / self.fpr).ceil() as usize).min(5000));
-        n.max(clients)
+        n.max(self.clients)
     }
 }
 
@@ -476,7 +477,7 @@ pub fn calibrate(
     // own, larger population of simulated benign clients (`tail_clients`), drawn from a
     // separate generator so that the other detectors' fits do not depend on it.
     let prada = crate::prada::PradaDetector::new(cfg.prada.clone());
-    let tail_clients = opts.tail_clients(opts.clients);
+    let tail_clients = opts.prada_clients();
     let mut tail_rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7072_6164_615f_7461);
     let mut min_w: Option<f64> = None;
     let mut min_crit: Option<f64> = None;

@@ -133,11 +133,14 @@ fn prada_delta_lets_every_calibration_client_through() {
         "δ {d}, critical {crit}"
     );
     // By default the population is ⌈1/fpr⌉ and never smaller than `clients`.
-    let o = CalibrationOptions::default();
-    assert_eq!(o.tail_clients(20), 1000);
-    assert_eq!(o.tail_clients(2000), 2000);
-    let o = CalibrationOptions { fpr: 1e-6, ..o };
-    assert_eq!(o.tail_clients(20), 5000);
+    let o = |clients, fpr| CalibrationOptions {
+        clients,
+        fpr,
+        ..CalibrationOptions::default()
+    };
+    assert_eq!(o(20, 0.001).prada_clients(), 1000);
+    assert_eq!(o(2000, 0.001).prada_clients(), 2000);
+    assert_eq!(o(20, 1e-6).prada_clients(), 5000);
 }
 
 #[test]

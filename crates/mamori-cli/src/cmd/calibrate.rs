@@ -60,7 +60,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         "calibrating on {} clients × {} queries (PRADA: {} clients)",
         args.clients,
         args.queries,
-        opts.tail_clients(args.clients)
+        opts.prada_clients()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let cal = calibrate(
