@@ -6,13 +6,16 @@
 //! parsing and re-serialising gives the same bytes). Checking uses a public key supplied by the
 //! checker, never the one embedded in the file.
 //!
-//! Version 2 reports also name the deciding statistic and carry both statistics' counts and
-//! p-values (see [`crate::verify`]); these fields are left out of version 1 reports, whose
-//! signatures therefore still verify.
+//! Version 2 reports also name the deciding statistic and carry both count statistics' counts
+//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic. Fields
+//! a version does not have are left out of its canonical JSON, so the signatures of older
+//! reports still verify.
 
 use crate::error::DefenseError;
 use crate::key::SecretKey;
-use crate::verify::{EvidenceItem, Statistic, StatisticResult, Verdict, VerifyResult};
+use crate::verify::{
+    EvidenceItem, RankSumResult, Statistic, StatisticResult, Verdict, VerifyResult,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -20,7 +23,8 @@ use std::path::Path;
 /// The signed content of a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceReport {
-    /// Format version (2; 1 for reports made before `statistic` existed).
+    /// Format version (3; 2 for reports made before `rank_sum` existed, 1 before
+    /// `statistic`).
     pub version: u32,
     /// When the report was made, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
@@ -51,6 +55,9 @@ pub struct EvidenceReport {
     /// The `top_among_wrong` statistic, when the suspect's answers carried scores (version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_among_wrong: Option<StatisticResult>,
+    /// The rank-sum statistic, when the suspect's answers carried scores (version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_sum: Option<RankSumResult>,
     /// Per-input evidence (what was queried and what came back).
     pub evidence: Vec<EvidenceItem>,
 }
@@ -59,7 +66,7 @@ impl EvidenceReport {
     /// A report from a verification result.
     pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
         EvidenceReport {
-            version: 2,
+            version: 3,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -76,6 +83,7 @@ impl EvidenceReport {
             statistic: Some(r.statistic),
             top1: Some(r.top1),
             top_among_wrong: r.top_among_wrong,
+            rank_sum: r.rank_sum,
             evidence: r.evidence.clone(),
         }
     }
@@ -203,6 +211,7 @@ mod tests {
             statistic: None,
             top1: None,
             top_among_wrong: None,
+            rank_sum: None,
             evidence: vec![EvidenceItem {
                 input_sha256: "cd".repeat(32),
                 watermark_label: 3,
@@ -211,6 +220,7 @@ mod tests {
                 true_label: None,
                 suspect_top_wrong: None,
                 matched_top_wrong: None,
+                suspect_rank_wrong: None,
             }],
         }
     }
@@ -238,9 +248,9 @@ mod tests {
     }
 
     /// Version 1 reports (no statistic fields) keep their canonical bytes, so their
-    /// signatures still verify; version 2 fields are signed too.
+    /// signatures still verify; version 2 and 3 fields are signed too.
     #[test]
-    fn version_1_reports_still_verify_and_version_2_fields_are_signed() {
+    fn version_1_reports_still_verify_and_newer_fields_are_signed() {
         let s = ReportSigner::new(SecretKey::from_bytes([8; 32]));
         let pk = parse_public_key(&s.public_key_hex()).unwrap();
         let v1 = serde_json::to_string(&s.sign(report())).unwrap();
@@ -268,6 +278,57 @@ mod tests {
         let mut t = back;
         t.report.evidence[0].matched_top_wrong = Some(false);
         assert!(check_report(&t, &pk).is_err());
+
+        // Version 3: the rank-sum statistic and the evidence's ranks are signed too, and a
+        // version 2 report has neither in its JSON.
+        assert!(!text.contains("rank_sum") && !text.contains("suspect_rank_wrong"));
+        let mut v3 = report_v2();
+        v3.version = 3;
+        v3.statistic = Some(Statistic::TopAmongWrongOrRankSum);
+        v3.rank_sum = Some(RankSumResult {
+            rank_sum: 0,
+            expected: 4.0,
+            p_value: 1.0 / 9.0,
+            log10_p_value: -(9f64.log10()),
+        });
+        v3.evidence[0].suspect_rank_wrong = Some(1);
+        let text = serde_json::to_string_pretty(&s.sign(v3.clone())).unwrap();
+        assert!(
+            text.contains("\"statistic\": \"top_among_wrong_or_rank_sum\""),
+            "{text}"
+        );
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), v3);
+        let mut t = back.clone();
+        t.report.rank_sum.as_mut().unwrap().rank_sum = 1;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back;
+        t.report.evidence[0].suspect_rank_wrong = Some(2);
+        assert!(check_report(&t, &pk).is_err());
+    }
+
+    /// A report read back from its file verifies whatever its floats are: serde_json parses
+    /// them bit for bit (its `float_roundtrip` feature; without it, one of these values in a
+    /// few parsed one ulp off and the signature of an untouched report failed).
+    #[test]
+    fn signatures_survive_the_file_round_trip_for_any_float() {
+        let s = ReportSigner::new(SecretKey::from_bytes([9; 32]));
+        let pk = parse_public_key(&s.public_key_hex()).unwrap();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..500 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let mut r = report_v2();
+            r.log10_p_value = -300.0 * u;
+            r.p_value = 10f64.powf(r.log10_p_value);
+            r.chance = u / 7.0;
+            r.alpha = u.sqrt() / 3.0;
+            let text = serde_json::to_string_pretty(&s.sign(r.clone())).unwrap();
+            let back: SignedReport = serde_json::from_str(&text).unwrap();
+            assert_eq!(check_report(&back, &pk).unwrap(), r, "{text}");
+        }
     }
 
     #[test]

@@ -30,12 +30,28 @@
 //! baseline would need a population of independent models and gives no guarantee, so we use
 //! `1/(c − 1)`. Duplicate inputs in the ledger are counted once.
 //!
+//! - **`rank_sum`** (scores): the sum over the records of `rank − 1`, where `rank` is the
+//!   place of `w(x)` among the `c − 1` labels other than `y` in the suspect's scores (1 =
+//!   highest; ties and non-finite scores count against `w(x)`, see [`rank_among_others`]).
+//!   Under H0 `w(x)` is a uniform draw from those labels, independent of the scores, so each
+//!   rank is uniform on `1..=c − 1` (stochastically larger with ties) and the lower tail of
+//!   the sum of `n` independent uniform ranks ([`uniform_sum_lower_tail_ln`]) is an exact
+//!   (conservative) p-value. It counts *how high* the suspect ranks the watermark label, not
+//!   only whether it is first: a substitute that absorbed the marks only partly (trained on
+//!   few epochs, on answers it could not fit, or with a small learning signal per mark) lifts
+//!   `w(x)` a few places without making it its first choice, which `top_among_wrong` misses
+//!   and a linear rank statistic sees (a Wilcoxon-type statistic; the sign-free ranks make the
+//!   null distribution exact for any suspect).
+//!
 //! **Which statistic decides** is fixed before any answer is looked at, by what the suspect's
-//! API discloses: `top_among_wrong` when every answer carries scores
-//! ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `top1` when any answer is
-//! label-only. It depends on the disclosure kind only, never on the answers' values, so the
-//! decision is one test, not the better of two (no multiple testing). Both counts are
-//! reported; the verdict, `p_value` and `matches` are those of the deciding statistic.
+//! API discloses: when every answer carries scores ([`Disclosure::Probabilities`] or
+//! [`Disclosure::TopK`]), `top_among_wrong_or_rank_sum`: `p = min(1, 2·min(p_top_among_wrong,
+//! p_rank_sum))`, a Bonferroni combination, valid whatever the dependence between the two;
+//! `top1` when any answer is label-only. It depends on the disclosure kind only, never on the
+//! answers' values, so the decision is one pre-specified test, not the best of several
+//! looked at afterwards. Every statistic is reported; the verdict and `p_value` are those of
+//! the decision, `matches` the `top_among_wrong` count for scored suspects and the `top1`
+//! count otherwise.
 
 use crate::error::DefenseError;
 use crate::ledger::{commitment, LedgerRecord};
@@ -65,6 +81,12 @@ pub enum Statistic {
     /// The watermark label is the suspect's unique highest-scoring label among the labels
     /// other than the victim's (`true_label`); needs scores.
     TopAmongWrong,
+    /// The sum of the watermark labels' ranks among the labels other than the victim's;
+    /// needs scores.
+    RankSum,
+    /// The decision for suspects that disclose scores: the smaller of the `top_among_wrong`
+    /// and `rank_sum` p-values, doubled (Bonferroni over the two).
+    TopAmongWrongOrRankSum,
 }
 
 impl Statistic {
@@ -73,6 +95,8 @@ impl Statistic {
         match self {
             Statistic::Top1 => "top1",
             Statistic::TopAmongWrong => "top_among_wrong",
+            Statistic::RankSum => "rank_sum",
+            Statistic::TopAmongWrongOrRankSum => "top_among_wrong_or_rank_sum",
         }
     }
 }
@@ -102,6 +126,34 @@ impl StatisticResult {
     }
 }
 
+/// The rank-sum statistic: how high the suspect ranks the watermark labels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankSumResult {
+    /// `Σ (rank − 1)` over the queried inputs, each rank that of the watermark label among the
+    /// `c − 1` labels other than the victim's ([`rank_among_others`]); 0 when every watermark
+    /// label is the suspect's top choice among them.
+    pub rank_sum: usize,
+    /// Its mean under H0, `n (c − 2) / 2`.
+    pub expected: f64,
+    /// Lower tail `P(S ≤ rank_sum)` for `S` a sum of `n` independent uniform ranks.
+    pub p_value: f64,
+    /// `log10` of the p-value.
+    pub log10_p_value: f64,
+}
+
+impl RankSumResult {
+    fn new(rank_sum: usize, queried: usize, c: usize) -> Self {
+        let k = c.saturating_sub(1).max(1);
+        let ln_p = uniform_sum_lower_tail_ln(queried, k, rank_sum);
+        RankSumResult {
+            rank_sum,
+            expected: queried as f64 * (k as f64 - 1.0) / 2.0,
+            p_value: ln_p.exp(),
+            log10_p_value: ln_p / std::f64::consts::LN_10,
+        }
+    }
+}
+
 /// One queried ledger input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceItem {
@@ -125,16 +177,21 @@ pub struct EvidenceItem {
     /// absent when the answer has no scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_top_wrong: Option<bool>,
+    /// The watermark label's rank among the labels other than `true_label` in the suspect's
+    /// scores ([`rank_among_others`]); absent when the answer has no scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect_rank_wrong: Option<usize>,
 }
 
 /// The outcome of a verification.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifyResult {
-    /// The deciding statistic's p-value (see [`VerifyResult::statistic`]).
+    /// The decision's p-value (see [`VerifyResult::statistic`]).
     pub p_value: f64,
     /// `log10` of the p-value (finite even when `p_value` underflows to 0).
     pub log10_p_value: f64,
-    /// The deciding statistic's count.
+    /// The deciding count: `top_among_wrong` matches for scored suspects, `top1` matches
+    /// for label-only ones.
     pub matches: usize,
     /// Number of distinct ledger inputs queried.
     pub queried: usize,
@@ -150,6 +207,9 @@ pub struct VerifyResult {
     pub top1: StatisticResult,
     /// The `top_among_wrong` statistic, when every answer carried scores.
     pub top_among_wrong: Option<StatisticResult>,
+    /// The rank-sum statistic, when every answer carried scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_sum: Option<RankSumResult>,
     /// Number of classes.
     pub num_classes: usize,
     /// Commitment to the ledger records used (see [`crate::ledger::commitment`]).
@@ -186,6 +246,90 @@ pub fn top_among_others(scores: &[f32], exclude: usize) -> Option<usize> {
     } else {
         best.map(|(j, _)| j)
     }
+}
+
+/// The rank (1 = highest) of `label`'s score among all labels but `exclude`, with ties and
+/// non-finite scores counted against `label` (every other label scoring at least as high, or
+/// not finite, ranks above it; a non-finite score of `label` itself gives the last rank).
+/// Under H0 the watermark label is uniform over the `c − 1` labels other than the victim's,
+/// independently of the scores, so with distinct scores its rank is uniform on `1..=c − 1`;
+/// the pessimistic tie rule only makes ranks larger, which keeps the rank-sum test
+/// conservative.
+pub fn rank_among_others(scores: &[f32], exclude: usize, label: usize) -> usize {
+    let others = scores.len().saturating_sub(1).max(1);
+    let Some(&s) = scores.get(label) else {
+        return others;
+    };
+    if !s.is_finite() {
+        return others;
+    }
+    1 + scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, &v)| j != exclude && j != label && (!v.is_finite() || v >= s))
+        .count()
+}
+
+/// Work bound (`n · (s + 1) · k` additions) above which [`uniform_sum_lower_tail_ln`] uses
+/// its Chernoff bound instead of the exact convolution.
+const EXACT_SUM_WORK: usize = 100_000_000;
+
+/// `ln P(S ≤ s)` for `S` the sum of `n` independent uniform integers on `0..k` (`k` values).
+///
+/// Exact, by convolving the distribution `n` times over `0..=s` only, rescaled after each step
+/// so that tails far below `f64::MIN_POSITIVE` stay representable (e.g. `P(S = 0) = k^−n`).
+/// When that costs more than `1e8` additions it returns the Chernoff bound
+/// `min_θ≥0 θs + n ln E[e^−θU]` instead, which is never below the exact value (a conservative
+/// p-value).
+pub fn uniform_sum_lower_tail_ln(n: usize, k: usize, s: usize) -> f64 {
+    if k <= 1 || n == 0 || s >= n * (k - 1) {
+        return 0.0;
+    }
+    let work = n.saturating_mul(s + 1).saturating_mul(k);
+    if work <= EXACT_SUM_WORK {
+        let mut dist = vec![0.0f64; s + 1];
+        dist[0] = 1.0;
+        let mut next = vec![0.0f64; s + 1];
+        let mut ln_scale = 0.0f64;
+        for _ in 0..n {
+            for (t, slot) in next.iter_mut().enumerate() {
+                let lo = t.saturating_sub(k - 1);
+                *slot = dist[lo..=t].iter().sum::<f64>() / k as f64;
+            }
+            let m = next.iter().copied().fold(0.0f64, f64::max);
+            if m <= 0.0 {
+                return f64::NEG_INFINITY;
+            }
+            ln_scale += m.ln();
+            for (d, x) in dist.iter_mut().zip(&next) {
+                *d = x / m;
+            }
+        }
+        return (ln_scale + dist.iter().sum::<f64>().ln()).min(0.0);
+    }
+    uniform_sum_chernoff_ln(n, k, s)
+}
+
+/// The Chernoff bound on `ln P(S ≤ s)` of [`uniform_sum_lower_tail_ln`]:
+/// `ln P(S ≤ s) ≤ θs + n ln((1/k) Σ_u e^−θu)` for every `θ ≥ 0`; the right side is convex in
+/// `θ` and minimised by golden-section search.
+fn uniform_sum_chernoff_ln(n: usize, k: usize, s: usize) -> f64 {
+    let bound = |theta: f64| {
+        let m: f64 = (0..k).map(|u| (-theta * u as f64).exp()).sum::<f64>() / k as f64;
+        theta * s as f64 + n as f64 * m.ln()
+    };
+    let (mut a, mut b) = (0.0f64, 60.0f64);
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..200 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if bound(c) < bound(d) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    bound((a + b) / 2.0).min(bound(0.0)).min(0.0)
 }
 
 /// `ln P(X ≥ k)` for `X ~ Binomial(n, p)`, computed in log space (log-sum-exp over the tail
@@ -318,6 +462,8 @@ pub fn verify(
                 true_label: Some(r.true_label),
                 suspect_top_wrong: top_wrong,
                 matched_top_wrong: scored.then_some(top_wrong == Some(r.given_label)),
+                suspect_rank_wrong: scored
+                    .then(|| rank_among_others(ans.probs.row(i), r.true_label, r.given_label)),
             });
         }
     }
@@ -326,6 +472,7 @@ pub fn verify(
         for e in &mut evidence {
             e.suspect_top_wrong = None;
             e.matched_top_wrong = None;
+            e.suspect_rank_wrong = None;
         }
     }
     let queried = evidence.len();
@@ -347,22 +494,43 @@ pub fn verify(
             chance,
         )
     });
-    let decisive = top_among_wrong.unwrap_or(top1);
+    let rank_sum = all_scored.then(|| {
+        RankSumResult::new(
+            evidence
+                .iter()
+                .filter_map(|e| e.suspect_rank_wrong)
+                .map(|r| r - 1)
+                .sum(),
+            queried,
+            c,
+        )
+    });
+    // The decision (fixed by the disclosure, see the module documentation).
+    let (statistic, log10_p, matches) = match (top_among_wrong, rank_sum) {
+        (Some(t), Some(r)) => (
+            Statistic::TopAmongWrongOrRankSum,
+            (std::f64::consts::LOG10_2 + t.log10_p_value.min(r.log10_p_value)).min(0.0),
+            t.matches,
+        ),
+        _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
+    };
+    let p_value = 10f64.powf(log10_p);
     Ok(VerifyResult {
-        p_value: decisive.p_value,
-        log10_p_value: decisive.log10_p_value,
-        matches: decisive.matches,
+        p_value,
+        log10_p_value: log10_p,
+        matches,
         queried,
         chance,
         alpha,
-        verdict: if decisive.p_value < alpha {
+        verdict: if p_value < alpha {
             Verdict::WatermarkFound
         } else {
             Verdict::NotFound
         },
-        statistic: decisive.statistic,
+        statistic,
         top1,
         top_among_wrong,
+        rank_sum,
         num_classes: c,
         ledger_commitment: commitment(records),
         evidence,
@@ -432,6 +600,117 @@ mod tests {
         // Far below f64's range and still finite in log space.
         let l = binomial_upper_tail_ln(1000, 1000, 1.0 / 9.0);
         assert!(l.is_finite() && l < -2000.0);
+    }
+
+    #[test]
+    fn ranks_count_ties_and_non_finite_scores_against_the_label() {
+        // Labels other than 0: 1 (0.1), 2 (0.25), 3 (0.05).
+        let s = [0.6, 0.1, 0.25, 0.05];
+        assert_eq!(rank_among_others(&s, 0, 2), 1);
+        assert_eq!(rank_among_others(&s, 0, 1), 2);
+        assert_eq!(rank_among_others(&s, 0, 3), 3);
+        // The excluded label never counts, even when it scores highest.
+        assert_eq!(rank_among_others(&[0.9, 0.05, 0.05], 0, 1), 2);
+        assert_eq!(rank_among_others(&[0.9, 0.05, 0.05], 1, 2), 2);
+        assert_eq!(rank_among_others(&[0.5, f32::NAN, 0.3], 0, 2), 2);
+        assert_eq!(rank_among_others(&[0.5, 0.2, f32::INFINITY], 0, 2), 2);
+        assert_eq!(rank_among_others(&[0.5, 0.2, 0.3], 0, 7), 2);
+    }
+
+    /// `P(S ≤ s)` by enumerating every sequence of `n` values in `0..k`.
+    fn brute_lower_tail(n: usize, k: usize, s: usize) -> f64 {
+        let total = k.pow(n as u32);
+        let hits = (0..total)
+            .filter(|&code| {
+                let (mut c, mut sum) = (code, 0);
+                for _ in 0..n {
+                    sum += c % k;
+                    c /= k;
+                }
+                sum <= s
+            })
+            .count();
+        hits as f64 / total as f64
+    }
+
+    #[test]
+    fn uniform_sum_tail_is_exact_and_its_bound_conservative() {
+        for n in 1..=5 {
+            for k in 1..=5 {
+                for s in 0..=n * k {
+                    let exact = uniform_sum_lower_tail_ln(n, k, s).exp();
+                    let brute = brute_lower_tail(n, k, s);
+                    assert!(
+                        (exact - brute).abs() < 1e-12,
+                        "n {n} k {k} s {s}: {exact} vs {brute}"
+                    );
+                }
+            }
+        }
+        // P(S = 0) = k^−n, far below f64's range and still exact in log space.
+        let l = uniform_sum_lower_tail_ln(1000, 9, 0);
+        assert!((l + 1000.0 * 9f64.ln()).abs() < 1e-6, "{l}");
+        // The Chernoff bound is never below the exact tail and is tight to a few nats.
+        for s in [0, 50, 200, 500, 799] {
+            let exact = uniform_sum_lower_tail_ln(200, 9, s);
+            let bound = uniform_sum_chernoff_ln(200, 9, s);
+            assert!(
+                bound >= exact - 1e-9 && bound - exact < 5.0,
+                "s {s}: {bound} vs {exact}"
+            );
+        }
+        // Past the exact method's work bound the function returns the Chernoff bound.
+        let (n, s) = (20_000, 40_000);
+        assert_eq!(
+            uniform_sum_lower_tail_ln(n, 9, s),
+            uniform_sum_chernoff_ln(n, 9, s)
+        );
+        assert!(uniform_sum_chernoff_ln(n, 9, s) < -1000.0);
+    }
+
+    /// A suspect that absorbed the marks only partly: the watermark label is never its first
+    /// choice among the wrong labels, always its second or third. `top_among_wrong` sees
+    /// nothing; the rank sum convicts.
+    #[test]
+    fn rank_sum_catches_a_partly_absorbed_watermark() {
+        let c = 10;
+        let n = 40;
+        let mut records = Vec::new();
+        let mut scores = Vec::new();
+        for i in 0..n {
+            let y = i % c;
+            let w = (y + 1 + i % (c - 1)) % c;
+            let other = (0..c).find(|&j| j != y && j != w).unwrap();
+            let mut s = vec![0.01f32; c];
+            s[y] = 0.7;
+            s[other] = 0.12;
+            s[w] = if i % 2 == 0 { 0.1 } else { 0.11 };
+            // The third place: one more label above w on odd records.
+            if i % 2 == 1 {
+                let third = (0..c).find(|&j| j != y && j != w && j != other).unwrap();
+                s[third] = 0.115;
+            }
+            records.push(rec(i, y, w, c));
+            scores.push(s);
+        }
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify(&mut o, &records, 1e-9, 16).unwrap();
+        assert_eq!(r.top_among_wrong.unwrap().matches, 0);
+        let rs = r.rank_sum.unwrap();
+        // Ranks 2 and 3 alternate: Σ (rank − 1) = 20·1 + 20·2 = 60, against 160 expected.
+        assert_eq!(rs.rank_sum, 60);
+        assert!((rs.expected - 160.0).abs() < 1e-12);
+        assert!(rs.p_value < 1e-9, "{}", rs.p_value);
+        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
+        assert!((r.log10_p_value - (std::f64::consts::LOG10_2 + rs.log10_p_value)).abs() < 1e-9);
+        assert_eq!(r.verdict, Verdict::WatermarkFound);
+        assert!(r
+            .evidence
+            .iter()
+            .all(|e| matches!(e.suspect_rank_wrong, Some(2 | 3))));
     }
 
     /// Answers row `i` of `scores` for the input `[i]`, with the given disclosure.
@@ -506,8 +785,8 @@ mod tests {
             scores,
             disclosure: Disclosure::Probabilities,
         };
-        let r = verify(&mut o, &records, 0.5, 2).unwrap();
-        assert_eq!(r.statistic, Statistic::TopAmongWrong);
+        let r = verify(&mut o, &records, 0.6, 2).unwrap();
+        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
         assert_eq!(r.queried, 3);
         assert!(close(r.chance, 1.0 / 3.0));
         // top1: 1 of 3, P(X ≥ 1) = 1 − (2/3)³ = 19/27.
@@ -517,18 +796,28 @@ mod tests {
         let t = r.top_among_wrong.unwrap();
         assert_eq!(t.matches, 2);
         assert!(close(t.p_value, 7.0 / 27.0), "{}", t.p_value);
-        // The decision uses top_among_wrong.
-        assert_eq!((r.matches, r.p_value), (t.matches, t.p_value));
+        // rank_sum: ranks 1, 1, 3 (label 0 ties with 3 at 0.1 and counts below it): Σ (rank −
+        // 1) = 2; P(S ≤ 2) for three uniform values on {0, 1, 2} = (1 + 3 + 6) / 27.
+        let rs = r.rank_sum.unwrap();
+        assert_eq!(rs.rank_sum, 2);
+        assert!(close(rs.p_value, 10.0 / 27.0), "{}", rs.p_value);
+        assert!(close(rs.expected, 3.0));
+        // The decision: 2·min(7/27, 10/27), with the top_among_wrong count.
+        assert_eq!(r.matches, t.matches);
+        assert!(close(r.p_value, 14.0 / 27.0), "{}", r.p_value);
         assert_eq!(r.verdict, Verdict::WatermarkFound);
-        assert!(close(r.log10_p_value, (7.0f64 / 27.0).log10()));
+        assert!(close(r.log10_p_value, (14.0f64 / 27.0).log10()));
         let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_top_wrong).collect();
         assert_eq!(e, vec![Some(2), Some(3), Some(1)]);
+        let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_rank_wrong).collect();
+        assert_eq!(e, vec![Some(1), Some(1), Some(3)]);
         assert_eq!(r.evidence[0].true_label, Some(0));
         assert_eq!(r.evidence[0].matched_top_wrong, Some(true));
         assert!(!r.evidence[0].matched);
         // JSON names of the statistics.
         let j = serde_json::to_value(&r).unwrap();
-        assert_eq!(j["statistic"], "top_among_wrong");
+        assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum");
+        assert_eq!(j["rank_sum"]["rank_sum"], 2);
         assert_eq!(j["top1"]["statistic"], "top1");
         assert_eq!(Statistic::TopAmongWrong.name(), "top_among_wrong");
     }
@@ -550,9 +839,12 @@ mod tests {
             disclosure: Disclosure::TopK(3),
         };
         let r = verify(&mut o, &records, 0.5, 8).unwrap();
-        assert_eq!(r.statistic, Statistic::TopAmongWrong);
+        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
         assert_eq!(r.matches, 0);
         assert_eq!(r.p_value, 1.0);
+        // The tie puts the watermark label second of three: P(S ≤ 1) = 2/3.
+        assert_eq!(r.evidence[0].suspect_rank_wrong, Some(2));
+        assert!(close(r.rank_sum.unwrap().p_value, 2.0 / 3.0));
         assert_eq!(r.evidence[0].suspect_top_wrong, None);
         assert_eq!(r.evidence[0].matched_top_wrong, Some(false));
     }
@@ -571,14 +863,13 @@ mod tests {
         };
         let r = verify(&mut o, &records, 0.5, 2).unwrap();
         assert_eq!(r.statistic, Statistic::Top1);
-        assert!(r.top_among_wrong.is_none());
+        assert!(r.top_among_wrong.is_none() && r.rank_sum.is_none());
         assert_eq!(r.matches, 2);
         // P(X ≥ 2), X ~ Bin(3, 1/3) = 7/27.
         assert!(close(r.p_value, 7.0 / 27.0));
-        assert!(r
-            .evidence
-            .iter()
-            .all(|e| e.suspect_top_wrong.is_none() && e.matched_top_wrong.is_none()));
+        assert!(r.evidence.iter().all(|e| e.suspect_top_wrong.is_none()
+            && e.matched_top_wrong.is_none()
+            && e.suspect_rank_wrong.is_none()));
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["statistic"], "top1");
         assert!(j["top_among_wrong"].is_null());
@@ -625,8 +916,9 @@ mod tests {
     }
 
     /// A suspect independent of the key: its scores are drawn from its own stream, the
-    /// watermark labels uniformly over the wrong labels from another. Both statistics match
-    /// at rate 1/(c − 1), and the p-values are (conservatively) uniform: P(p ≤ a) ≤ a.
+    /// watermark labels uniformly over the wrong labels from another. Both counts match at
+    /// rate 1/(c − 1), and every p-value — the three statistics' and the decision's — is
+    /// (conservatively) uniform: P(p ≤ a) ≤ a.
     #[test]
     fn a_model_independent_of_the_key_gives_uniform_statistics() {
         use rand::{Rng, SeedableRng};
@@ -638,6 +930,8 @@ mod tests {
         let (mut m1, mut m2) = (0usize, 0usize);
         let mut ps1 = Vec::new();
         let mut ps2 = Vec::new();
+        let mut ps3 = Vec::new();
+        let mut ps_decision = Vec::new();
         for _ in 0..reps {
             let scores: Vec<Vec<f32>> = (0..n)
                 .map(|_| {
@@ -662,6 +956,8 @@ mod tests {
             m2 += t.matches;
             ps1.push(r.top1.p_value);
             ps2.push(t.p_value);
+            ps3.push(r.rank_sum.unwrap().p_value);
+            ps_decision.push(r.p_value);
         }
         let total = (n * reps) as f64;
         let chance = 1.0 / (c as f64 - 1.0);
@@ -679,7 +975,7 @@ mod tests {
             "{m1} vs {}",
             total * top1_rate
         );
-        for ps in [&ps1, &ps2] {
+        for ps in [&ps1, &ps2, &ps3, &ps_decision] {
             for a in [0.01, 0.05, 0.2, 0.5] {
                 let share = ps.iter().filter(|&&p| p <= a).count() as f64 / reps as f64;
                 let slack = 4.0 * (a * (1.0 - a) / reps as f64).sqrt();
@@ -687,7 +983,9 @@ mod tests {
             }
         }
         // Not trivially conservative: at a = 0.5 the exact test rejects often.
-        let share = ps2.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
-        assert!(share > 0.2, "{share}");
+        for ps in [&ps2, &ps3] {
+            let share = ps.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
+            assert!(share > 0.2, "{share}");
+        }
     }
 }

@@ -135,20 +135,38 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
         .top_among_wrong
         .as_ref()
         .map_or("–".to_string(), |s| stat(s, r.queried));
+    let rank = r.rank_sum.as_ref().map_or("–".to_string(), |s| {
+        format!(
+            "{} (exp. {:.0}), p = {:.2e}",
+            s.rank_sum, s.expected, s.p_value
+        )
+    });
     let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
         md,
-        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {} | {} |",
+        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {}, p = {:.2e} | {} |",
         100.0 * fid,
         100.0 * acc,
         stat(&r.top1, r.queried),
         r.statistic.name(),
+        r.p_value,
         if r.p_value < THRESHOLD {
             "yes"
         } else {
             "**no**"
         }
     );
+}
+
+/// One independently trained clean model's verification.
+struct Clean {
+    acc: f64,
+    p_top1: f64,
+    p_top_wrong: f64,
+    p_rank: f64,
+    p: f64,
+    top1: usize,
+    top_wrong: usize,
 }
 
 /// A thief: row label, strategy, attacker data, auxiliary (pre-training) data, and whether it
@@ -407,9 +425,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | decides | p < 1e-9 |"
+        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | decision | p < 1e-9 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for t in &thieves {
         for &soft in t.modes {
@@ -433,7 +451,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let r = verify_model(&e.substitute, &records, 1e-4)?;
             log(format!(
                 "{client}: {} queries, {} marks, soft targets {}, fit {:.2}%, fidelity {:.2}%, \
-                 top1 {} top_among_wrong {:?}, p {:.2e} ({:.0} s) {:?}",
+                 top1 {} top_among_wrong {:?}, rank sum {:?}, p {:.2e} ({:.0} s) {:?}",
                 e.queries,
                 r.queried,
                 e.soft_targets,
@@ -441,6 +459,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * m.fidelity,
                 r.top1.matches,
                 r.top_among_wrong.map(|s| s.matches),
+                r.rank_sum.map(|s| (s.rank_sum, s.expected, s.p_value)),
                 r.p_value,
                 ts.elapsed().as_secs_f64(),
                 e.notes
@@ -542,13 +561,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let m = NativeModel { network: net, card };
         let acc = victim.eval.evaluate(&m)?;
         let r = verify_model(&m, &all_records, 1e-4)?;
-        clean.push((
-            acc.substitute_accuracy,
-            r.top1.p_value,
-            r.top_among_wrong.map_or(1.0, |s| s.p_value),
-            r.top1.matches,
-            r.top_among_wrong.map_or(0, |s| s.matches),
-        ));
+        clean.push(Clean {
+            acc: acc.substitute_accuracy,
+            p_top1: r.top1.p_value,
+            p_top_wrong: r.top_among_wrong.map_or(1.0, |s| s.p_value),
+            p_rank: r.rank_sum.map_or(1.0, |s| s.p_value),
+            p: r.p_value,
+            top1: r.top1.matches,
+            top_wrong: r.top_among_wrong.map_or(0, |s| s.matches),
+        });
     }
     log(format!("{} clean models verified", clean.len()));
 
@@ -576,8 +597,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "Thieves: the harness's attacks, budget {} queries each, substitute {:?} {schedule} \
          ({}); each verified against the marks its own client received. \"Fit\" is the \
          model's agreement with every answer its thief received. Chance per mark 1/(c−1) = \
-         1/9 for both statistics; `decides` is the statistic the suspect's answers allow \
-         (scores → `top_among_wrong`).\n",
+         1/9 for both counts; the rank sum is Σ (rank − 1) of the watermark label among the 9 \
+         wrong labels (expected 4 per mark); the decision is the one the suspect's answers \
+         allow (scores → `top_among_wrong_or_rank_sum` = 2·min of the two p-values).\n",
         args.budget,
         cfg.substitute.arch,
         if args.hidden.is_some()
@@ -601,32 +623,32 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for (name, p) in summary.iter().filter(|(_, p)| *p >= THRESHOLD) {
         let _ = writeln!(out, "- not below 1e-9: {name}: p = {p:.2e}");
     }
-    let min =
-        |f: fn(&(f64, f64, f64, usize, usize)) -> f64| clean.iter().map(f).fold(1.0f64, f64::min);
+    let min = |f: fn(&Clean) -> f64| clean.iter().map(f).fold(1.0f64, f64::min);
     let _ = writeln!(
         out,
         "\n{} independent models ({:?}, {schedule}: {}–{} epochs run; each on {per} disjoint \
          clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
          {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
-         smallest p top1 **{:.3}**, top_among_wrong **{:.3}**; most matches top1 {}, \
-         top_among_wrong {}; all deciding p > 0.01: **{}** ({} of {} at p ≤ 0.01). Deciding \
-         p-values, smallest first: {}.",
+         smallest p top1 **{:.3}**, top_among_wrong **{:.3}**, rank sum **{:.3}**; most \
+         matches top1 {}, top_among_wrong {}; all decision p > 0.01: **{}** ({} of {} at p ≤ \
+         0.01). Decision p-values, smallest first: {}.",
         clean.len(),
         cfg.substitute.arch,
         clean_epochs.iter().min().unwrap_or(&0),
         clean_epochs.iter().max().unwrap_or(&0),
         999 + clean.len(),
-        100.0 * clean.iter().map(|c| c.0).fold(1.0f64, f64::min),
-        100.0 * clean.iter().map(|c| c.0).fold(0.0f64, f64::max),
-        min(|c| c.1),
-        min(|c| c.2),
-        clean.iter().map(|c| c.3).max().unwrap_or(0),
-        clean.iter().map(|c| c.4).max().unwrap_or(0),
-        clean.iter().all(|c| c.2 > 0.01),
-        clean.iter().filter(|c| c.2 <= 0.01).count(),
+        100.0 * clean.iter().map(|c| c.acc).fold(1.0f64, f64::min),
+        100.0 * clean.iter().map(|c| c.acc).fold(0.0f64, f64::max),
+        min(|c| c.p_top1),
+        min(|c| c.p_top_wrong),
+        min(|c| c.p_rank),
+        clean.iter().map(|c| c.top1).max().unwrap_or(0),
+        clean.iter().map(|c| c.top_wrong).max().unwrap_or(0),
+        clean.iter().all(|c| c.p > 0.01),
+        clean.iter().filter(|c| c.p <= 0.01).count(),
         clean.len(),
         {
-            let mut ps: Vec<f64> = clean.iter().map(|c| c.2).collect();
+            let mut ps: Vec<f64> = clean.iter().map(|c| c.p).collect();
             ps.sort_by(f64::total_cmp);
             ps.iter()
                 .map(|p| format!("{p:.3}"))

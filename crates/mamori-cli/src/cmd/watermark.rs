@@ -58,7 +58,7 @@ struct VerifyArgs {
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Write the full result (p_value, matches, queried, verdict, statistic, top1,
-    /// top_among_wrong, evidence) as JSON.
+    /// top_among_wrong, rank_sum, evidence) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write an ed25519-signed evidence report.
@@ -173,6 +173,12 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
             } else {
                 ""
             }
+        );
+    }
+    if let Some(rs) = &result.rank_sum {
+        println!(
+            "rank_sum        {} (expected {:.1} under independence), p = {:e} (log10 {:.2})",
+            rs.rank_sum, rs.expected, rs.p_value, rs.log10_p_value
         );
     }
     println!(
