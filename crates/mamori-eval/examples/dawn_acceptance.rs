@@ -658,9 +658,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let _ = writeln!(
         out,
-        "\nTotal {:.0} s (`cargo run -p mamori-eval --example dawn_acceptance -- {}`, dev \
-         profile).",
+        "\nTotal {:.0} s (`cargo run{} -p mamori-eval --example dawn_acceptance -- {}`).",
         t0.elapsed().as_secs_f64(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        },
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     println!("{out}");

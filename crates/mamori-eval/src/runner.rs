@@ -88,11 +88,13 @@ pub struct CurvePoint {
 pub struct WatermarkOutcome {
     /// Watermarked answers the attacker received (distinct inputs).
     pub marks: usize,
-    /// Matches of the deciding statistic of [`mamori_defense::verify`]: `top_among_wrong` (the
+    /// Matches of the deciding count of [`mamori_defense::verify`]: `top_among_wrong` (the
     /// watermark label is the substitute's highest-scoring label other than the victim's) when
     /// the substitute gives scores, `top1` (its label equals the watermark label) otherwise.
     pub matches: usize,
-    /// Exact binomial-test p-value of the deciding statistic (1 when there were no marks).
+    /// The decision's exact p-value (1 when there were no marks): for scored substitutes the
+    /// Bonferroni combination of the `top_among_wrong` binomial test and the rank-sum test,
+    /// otherwise the `top1` binomial test.
     pub p_value: f64,
     /// log10 of the p-value.
     pub log10_p_value: f64,
