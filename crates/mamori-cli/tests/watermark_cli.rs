@@ -1,0 +1,246 @@
+//! `mamori watermark` end to end: a DAWN ledger in the home, a suspect that memorised the
+//! watermarked answers and one that did not, the JSON result, the signed report and its
+//! check, and the bad inputs the command refuses.
+
+mod common;
+
+use common::mamori;
+use mamori_core::{Model, ModelCard, Tensor};
+use mamori_defense::Dawn;
+use mamori_ml::{Arch, NativeModel, Network, Targets, TrainConfig};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+const SHAPE: [usize; 3] = [1, 4, 4];
+const CLASSES: usize = 4;
+
+fn card(name: &str) -> ModelCard {
+    ModelCard::classifier(name, "mlp", &SHAPE, CLASSES)
+}
+
+/// Writes DAWN marks for 400 random inputs answered by `victim` into `home`'s ledger (rate
+/// 0.25); returns the marked inputs and their watermark labels.
+fn make_ledger(home: &Path, victim: &NativeModel) -> (Vec<Vec<f32>>, Vec<usize>) {
+    let dawn = Dawn::open_home(home, 0.25).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        let x: Vec<f32> = (0..16).map(|_| rng.gen::<f32>()).collect();
+        let t = Tensor::new(vec![1, 1, 4, 4], x.clone()).unwrap();
+        let mut p = victim.predict(&t).unwrap().data().to_vec();
+        if let Some(m) = dawn.apply_recorded(&x, &mut p).unwrap() {
+            xs.push(x);
+            ys.push(m.given_label);
+        }
+    }
+    (xs, ys)
+}
+
+/// An MLP trained on `xs` with labels `ys` until it memorises them.
+fn memoriser(dir: &Path, xs: &[Vec<f32>], ys: &[usize]) {
+    let mut net = Network::new(&Arch::Mlp { hidden: vec![64] }, &SHAPE, CLASSES, 5);
+    let x = Tensor::new(
+        vec![xs.len(), 1, 4, 4],
+        xs.iter().flatten().copied().collect(),
+    )
+    .unwrap();
+    let cfg = TrainConfig {
+        epochs: 300,
+        batch_size: 32,
+        learning_rate: 1e-2,
+        ..TrainConfig::default()
+    };
+    mamori_ml::train(&mut net, &x, &Targets::Labels(ys.to_vec()), &cfg).unwrap();
+    NativeModel::new(net, card("thief")).save(dir).unwrap();
+}
+
+fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = mamori(home).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let victim = NativeModel::new(
+        Network::new(&Arch::Mlp { hidden: vec![8] }, &SHAPE, CLASSES, 3),
+        card("victim"),
+    );
+    let (xs, ys) = make_ledger(&home, &victim);
+    assert!(xs.len() > 60, "{} marks", xs.len());
+    let thief = tmp.path().join("thief");
+    memoriser(&thief, &xs, &ys);
+    let clean = tmp.path().join("clean");
+    NativeModel::new(
+        Network::new(&Arch::Mlp { hidden: vec![8] }, &SHAPE, CLASSES, 99),
+        card("clean"),
+    )
+    .save(&clean)
+    .unwrap();
+
+    let json = tmp.path().join("thief.json");
+    let report = tmp.path().join("thief.report.json");
+    let (ok, out, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            thief.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("watermark found"), "{out}");
+    assert!(out.contains("rank_sum"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["verdict"], "watermark_found");
+    assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum");
+    assert_eq!(j["queried"], xs.len());
+    assert!(j["p_value"].as_f64().unwrap() < 1e-9, "{j}");
+    assert!(j["matches"].as_u64().unwrap() > xs.len() as u64 / 2);
+    assert!(j["rank_sum"]["p_value"].as_f64().unwrap() < 1e-9);
+
+    // The signed report checks with the public key written beside the signing key, and
+    // fails once edited.
+    let pk = home.join("watermark").join("signing.key.pub");
+    let (ok, out, err) = run(
+        &home,
+        &[
+            "watermark",
+            "check-report",
+            report.to_str().unwrap(),
+            "--public-key",
+            pk.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("signature   valid"), "{out}");
+    let text = std::fs::read_to_string(&report).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["report"]["version"], 3);
+    let sum = v["report"]["rank_sum"]["rank_sum"].as_u64().unwrap();
+    v["report"]["rank_sum"]["rank_sum"] = serde_json::json!(sum + 7);
+    let tampered = tmp.path().join("tampered.json");
+    std::fs::write(&tampered, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "check-report",
+            tampered.to_str().unwrap(),
+            "--public-key",
+            pk.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("signature does not verify"), "{err}");
+
+    // A model that never saw our answers is not accused.
+    let (ok, out, err) = run(
+        &home,
+        &["watermark", "verify", "--suspect", clean.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("not found at alpha"), "{out}");
+}
+
+#[test]
+fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let victim = NativeModel::new(
+        Network::new(&Arch::Mlp { hidden: vec![8] }, &SHAPE, CLASSES, 3),
+        card("victim"),
+    );
+    make_ledger(&home, &victim);
+    let model = tmp.path().join("model");
+    victim.save(&model).unwrap();
+
+    // No ledger in this home.
+    let empty = tmp.path().join("empty");
+    let (ok, _, err) = run(
+        &empty,
+        &["watermark", "verify", "--suspect", model.to_str().unwrap()],
+    );
+    assert!(
+        !ok && err.contains("ledger") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // A suspect path that is not a model.
+    let missing = tmp.path().join("no-such-model");
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("no-such-model"), "{err}");
+
+    // A suspect of another shape.
+    let other = tmp.path().join("other");
+    common::tiny_model(&other, "other");
+    let (ok, _, err) = run(
+        &home,
+        &["watermark", "verify", "--suspect", other.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("classes"), "{err}");
+
+    // A significance level outside (0, 1).
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            model.to_str().unwrap(),
+            "--alpha",
+            "2",
+        ],
+    );
+    assert!(!ok && err.contains("alpha"), "{err}");
+
+    // A report file that is not a report, and a malformed public key.
+    let junk = tmp.path().join("junk.json");
+    std::fs::write(&junk, "{\"nope\": 1}").unwrap();
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "check-report",
+            junk.to_str().unwrap(),
+            "--public-key",
+            &mamori_defense::report::ReportSigner::new(mamori_defense::SecretKey::from_bytes(
+                [1; 32],
+            ))
+            .public_key_hex(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("junk.json") && err.contains("not a signed report"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "check-report",
+            junk.to_str().unwrap(),
+            "--public-key",
+            "xyz",
+        ],
+    );
+    assert!(!ok && err.contains("public key"), "{err}");
+}
