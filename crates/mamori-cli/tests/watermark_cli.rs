@@ -144,6 +144,73 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     );
     assert!(!ok && err.contains("signature does not verify"), "{err}");
 
+    // With the protected model as reference (and its calibration's quiet dimensions), the
+    // fingerprint test joins the decision.
+    let reference = tmp.path().join("reference");
+    victim.save(&reference).unwrap();
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            thief.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("mamori calibrate"), "{err}");
+    mamori_detect::Calibration {
+        version: mamori_detect::CALIBRATION_VERSION,
+        model: "victim".into(),
+        benign: "test".into(),
+        fpr: 0.001,
+        clients: 1,
+        queries_per_client: 1,
+        detectors: mamori_detect::DetectorsConfig::default(),
+        report: mamori_detect::calibration::CalibrationReport::default(),
+        fingerprint_dims: (0..8).collect(),
+    }
+    .save(&reference)
+    .unwrap();
+    let (ok, out, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            thief.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--fingerprint-queries",
+            "500",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("fingerprint     z ="), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum_or_fingerprint");
+    assert_eq!(j["fingerprint"]["queried"], 500);
+    assert_eq!(j["verdict"], "watermark_found");
+    // A missing DAWN key is named.
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "watermark",
+            "verify",
+            "--suspect",
+            thief.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--dawn-key",
+            tmp.path().join("nokey").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("nokey"), "{err}");
+
     // A model that never saw our answers is not accused.
     let (ok, out, err) = run(
         &home,

@@ -2,6 +2,7 @@
 //! Asokan, ACM Multimedia 2021).
 
 use crate::error::DefenseError;
+use crate::fingerprint::LinearFingerprint;
 use crate::key::{unit_interval, SecretKey};
 use crate::ledger::{Ledger, LedgerRecord};
 use crate::simplex::argmax;
@@ -25,6 +26,9 @@ pub const DEFAULT_RATE: f64 = 0.005;
 /// keeps the shape of a genuine one); if that leaves a tie at the top the answer becomes
 /// one-hot on `w(x)`.
 ///
+/// With [`Dawn::with_fingerprint`], every answer also carries the keyed linear fingerprint of
+/// [`crate::fingerprint`] (DAWN's complement against least-squares thieves).
+///
 /// With a ledger attached ([`Dawn::with_ledger`]), every marked answer is appended and synced
 /// before [`Watermark::apply`] returns. If the append fails the answer is left unmarked (an
 /// unrecorded watermark could never be used as evidence) and the error is logged. The key is
@@ -33,6 +37,7 @@ pub struct Dawn {
     key: SecretKey,
     rate: f64,
     ledger: Option<Mutex<Ledger>>,
+    fingerprint: Option<LinearFingerprint>,
 }
 
 impl std::fmt::Debug for Dawn {
@@ -41,6 +46,10 @@ impl std::fmt::Debug for Dawn {
             .field("key", &"<redacted>")
             .field("rate", &self.rate)
             .field("ledger", &self.ledger.as_ref().map(|_| "attached"))
+            .field(
+                "fingerprint",
+                &self.fingerprint.as_ref().map(|f| f.epsilon()),
+            )
             .finish()
     }
 }
@@ -81,7 +90,31 @@ impl Dawn {
             key,
             rate,
             ledger: None,
+            fingerprint: None,
         })
+    }
+
+    /// Adds the keyed linear fingerprint ([`crate::fingerprint`]) of strength `epsilon` to
+    /// every answer, keyed by a sub-key of DAWN's key (so the same key file serves both).
+    pub fn with_fingerprint(mut self, epsilon: f32, dims: Vec<u32>) -> Result<Dawn, DefenseError> {
+        self.fingerprint = Some(
+            LinearFingerprint::new(self.key.derive("linear-fingerprint"), epsilon)?.with_dims(dims),
+        );
+        Ok(self)
+    }
+
+    /// The fingerprint added to every answer, if any (for verification).
+    pub fn fingerprint(&self) -> Option<&LinearFingerprint> {
+        self.fingerprint.as_ref()
+    }
+
+    /// The fingerprint DAWN with key `key` uses at strength `epsilon` (what
+    /// [`Dawn::with_fingerprint`] adds), for verifying with the key file alone.
+    pub fn fingerprint_for_key(
+        key: &SecretKey,
+        epsilon: f32,
+    ) -> Result<LinearFingerprint, DefenseError> {
+        LinearFingerprint::new(key.derive("linear-fingerprint"), epsilon)
     }
 
     /// Attaches the ledger marked answers are recorded in.
@@ -138,6 +171,9 @@ impl Dawn {
         let c = probs.len();
         let true_label = argmax(probs);
         let Some(given) = self.select(input, true_label, c) else {
+            if let Some(f) = &self.fingerprint {
+                f.apply(input, probs);
+            }
             return Ok(None);
         };
         let mark = WatermarkMark {
@@ -162,6 +198,10 @@ impl Dawn {
                 num_classes: c,
                 unix_ms,
             })?;
+        }
+        // The fingerprint keeps the top-1 label, so the mark's labels are unchanged by it.
+        if let Some(f) = &self.fingerprint {
+            f.apply(input, probs);
         }
         probs.swap(true_label, given);
         if argmax(probs) != given {
@@ -249,6 +289,42 @@ mod tests {
             }
         }
         assert!(marked > 30 && marked < 70, "{marked}");
+    }
+
+    /// With the fingerprint every answer changes but keeps its label (unmarked) or gets the
+    /// same watermark label as without it (marked); the selection is the fingerprint-free one.
+    #[test]
+    fn fingerprint_changes_every_answer_but_no_label_or_selection() {
+        let key = SecretKey::from_bytes([4; 32]);
+        let plain = Dawn::new(key.clone(), 0.3).unwrap();
+        let fp = Dawn::new(key.clone(), 0.3)
+            .unwrap()
+            .with_fingerprint(0.5, Vec::new())
+            .unwrap();
+        assert!(fp.fingerprint().is_some() && plain.fingerprint().is_none());
+        assert!(format!("{fp:?}").contains("fingerprint: Some(0.5)"));
+        assert!(Dawn::new(key.clone(), 0.3)
+            .unwrap()
+            .with_fingerprint(-1.0, Vec::new())
+            .is_err());
+        let mut changed = 0;
+        for i in 0..200 {
+            let base = [0.1f32, 0.6, 0.2, 0.1];
+            let (mut a, mut b) = (base, base);
+            let ma = plain.apply(&input(i), &mut a);
+            let mb = fp.apply(&input(i), &mut b);
+            assert_eq!(ma, mb);
+            assert_eq!(argmax(&a), argmax(&b));
+            assert!((b.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            changed += usize::from(a != b);
+        }
+        assert!(changed > 150, "{changed}");
+        // The key file alone rebuilds the same fingerprint.
+        let again = Dawn::fingerprint_for_key(&key, 0.5).unwrap();
+        let (mut x, mut y) = ([0.2f32, 0.5, 0.3], [0.2f32, 0.5, 0.3]);
+        fp.fingerprint().unwrap().apply(&input(3), &mut x);
+        again.apply(&input(3), &mut y);
+        assert_eq!(x, y);
     }
 
     #[test]

@@ -7,13 +7,17 @@
 //! - [`key`]: secret keys (redacted `Debug`, `0600` key files) and keyed per-input randomness.
 //! - [`dawn`]: DAWN answer watermarking ([`mamori_core::Watermark`]), recording marked answers
 //!   in the encrypted, append-only [`ledger`].
-//! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial test).
+//! - [`fingerprint`]: a keyed linear fingerprint in every answer, DAWN's complement against
+//!   least-squares (equation-solving) thieves, with its exact verification test.
+//! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial and
+//!   rank-sum tests, plus the fingerprint test).
 //! - [`report`]: ed25519-signed evidence reports.
 //! - [`robustness`]: fine-tuning and pruning, the usual watermark-removal attacks.
 //! - [`simplex`]: helpers that keep answers valid distributions.
 
 pub mod dawn;
 pub mod error;
+pub mod fingerprint;
 pub mod key;
 pub mod ledger;
 pub mod post;
@@ -24,9 +28,13 @@ pub mod verify;
 
 pub use dawn::Dawn;
 pub use error::DefenseError;
+pub use fingerprint::LinearFingerprint;
 pub use key::SecretKey;
 pub use ledger::{Ledger, LedgerRecord};
 pub use post::{
     answer_distortion, build, defended_answers, registry, BuildContext, PostprocessorSpec,
 };
-pub use verify::{verify, verify_model, Verdict, VerifyResult};
+pub use verify::{
+    verify, verify_model, verify_model_fingerprinted, verify_with, FingerprintCheck, Verdict,
+    VerifyResult,
+};

@@ -7,11 +7,12 @@
 //! checker, never the one embedded in the file.
 //!
 //! Version 2 reports also name the deciding statistic and carry both count statistics' counts
-//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic. Fields
+//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic and the fingerprint test. Fields
 //! a version does not have are left out of its canonical JSON, so the signatures of older
 //! reports still verify.
 
 use crate::error::DefenseError;
+use crate::fingerprint::FingerprintResult;
 use crate::key::SecretKey;
 use crate::verify::{
     EvidenceItem, RankSumResult, Statistic, StatisticResult, Verdict, VerifyResult,
@@ -58,6 +59,9 @@ pub struct EvidenceReport {
     /// The rank-sum statistic, when the suspect's answers carried scores (version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_sum: Option<RankSumResult>,
+    /// The linear-fingerprint test, when it ran (version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintResult>,
     /// Per-input evidence (what was queried and what came back).
     pub evidence: Vec<EvidenceItem>,
 }
@@ -84,6 +88,7 @@ impl EvidenceReport {
             top1: Some(r.top1),
             top_among_wrong: r.top_among_wrong,
             rank_sum: r.rank_sum,
+            fingerprint: r.fingerprint,
             evidence: r.evidence.clone(),
         }
     }
@@ -212,6 +217,7 @@ mod tests {
             top1: None,
             top_among_wrong: None,
             rank_sum: None,
+            fingerprint: None,
             evidence: vec![EvidenceItem {
                 input_sha256: "cd".repeat(32),
                 watermark_label: 3,

@@ -43,10 +43,19 @@
 //!   and a linear rank statistic sees (a Wilcoxon-type statistic; the sign-free ranks make the
 //!   null distribution exact for any suspect).
 //!
+//! - **`fingerprint`** (full probabilities, and only when the verifier supplies DAWN's key,
+//!   [`verify_with`]): the exact test of the keyed linear fingerprint DAWN adds to every
+//!   answer ([`crate::fingerprint`]); it convicts least-squares (equation-solving) copies that
+//!   the sparse marks cannot reach.
+//!
 //! **Which statistic decides** is fixed before any answer is looked at, by what the suspect's
-//! API discloses: when every answer carries scores ([`Disclosure::Probabilities`] or
-//! [`Disclosure::TopK`]), `top_among_wrong_or_rank_sum`: `p = min(1, 2·min(p_top_among_wrong,
-//! p_rank_sum))`, a Bonferroni combination, valid whatever the dependence between the two;
+//! API discloses and whether the verifier brought the key: when every answer carries scores
+//! ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `top_among_wrong_or_rank_sum`:
+//! `p = min(1, 2·min(p_top_among_wrong, p_rank_sum))`, a Bonferroni combination, valid
+//! whatever the dependence between the two; with the fingerprint test as well,
+//! `top_among_wrong_or_rank_sum_or_fingerprint`, a weighted Bonferroni combination:
+//! `p = min(1, p_top_among_wrong/0.495, p_rank_sum/0.495, p_fingerprint/0.01)`
+//! ([`FINGERPRINT_WEIGHT`]);
 //! `top1` when any answer is label-only. It depends on the disclosure kind only, never on the
 //! answers' values, so the decision is one pre-specified test, not the best of several
 //! looked at afterwards. Every statistic is reported; the verdict and `p_value` are those of
@@ -54,6 +63,7 @@
 //! count otherwise.
 
 use crate::error::DefenseError;
+use crate::fingerprint::{FingerprintResult, LinearFingerprint};
 use crate::ledger::{commitment, LedgerRecord};
 use mamori_core::{Disclosure, Model, Oracle, OracleAnswer, OracleError, Tensor};
 use serde::{Deserialize, Serialize};
@@ -87,6 +97,9 @@ pub enum Statistic {
     /// The decision for suspects that disclose scores: the smaller of the `top_among_wrong`
     /// and `rank_sum` p-values, doubled (Bonferroni over the two).
     TopAmongWrongOrRankSum,
+    /// The decision when the fingerprint test ran too: weighted Bonferroni over the three
+    /// ([`FINGERPRINT_WEIGHT`]).
+    TopAmongWrongOrRankSumOrFingerprint,
 }
 
 impl Statistic {
@@ -97,6 +110,9 @@ impl Statistic {
             Statistic::TopAmongWrong => "top_among_wrong",
             Statistic::RankSum => "rank_sum",
             Statistic::TopAmongWrongOrRankSum => "top_among_wrong_or_rank_sum",
+            Statistic::TopAmongWrongOrRankSumOrFingerprint => {
+                "top_among_wrong_or_rank_sum_or_fingerprint"
+            }
         }
     }
 }
@@ -210,6 +226,10 @@ pub struct VerifyResult {
     /// The rank-sum statistic, when every answer carried scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_sum: Option<RankSumResult>,
+    /// The linear-fingerprint test ([`crate::fingerprint`]), when the verifier supplied the
+    /// key and the suspect answered full probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<FingerprintResult>,
     /// Number of classes.
     pub num_classes: usize,
     /// Commitment to the ledger records used (see [`crate::ledger::commitment`]).
@@ -370,14 +390,49 @@ pub fn distinct_records(records: &[LedgerRecord]) -> Vec<&LedgerRecord> {
         .collect()
 }
 
-/// Queries `suspect` on the ledger's inputs (in batches of `batch`), counts both statistics
-/// and decides at `alpha` with the one the suspect's disclosure allows (`top_among_wrong`
-/// when every answer carries scores, else `top1`; see the module documentation).
+/// Share of the significance level the fingerprint test gets in the three-test decision
+/// (weighted Bonferroni: `p = min(1, p_top_among_wrong/w, p_rank_sum/w, p_fingerprint/w_f)`
+/// with `w = (1 − w_f)/2`). The fingerprint test is there for least-squares copies, which it
+/// convicts with z ≈ 9 (p ≈ 1e-20), so 1% of the level costs it nothing, while the two count
+/// tests, which decide every other thief, keep 99% (×2.02 instead of ×3).
+pub const FINGERPRINT_WEIGHT: f64 = 0.01;
+
+/// Share of the level each count test gets in the three-test decision.
+pub const COUNT_WEIGHT: f64 = (1.0 - FINGERPRINT_WEIGHT) / 2.0;
+
+/// What the fingerprint test of [`verify_with`] needs (see [`crate::fingerprint`]).
+pub struct FingerprintCheck<'a> {
+    /// The fingerprint (DAWN's sub-key and strength: [`crate::Dawn::fingerprint_for_key`]).
+    pub fingerprint: &'a LinearFingerprint,
+    /// The protected model itself, without the fingerprint (much stronger test when given).
+    pub reference: Option<&'a mut dyn Oracle>,
+    /// Verification queries.
+    pub queries: usize,
+    /// Range the verification inputs are drawn from, uniformly per value.
+    pub range: (f32, f32),
+}
+
+/// Queries `suspect` on the ledger's inputs (in batches of `batch`), computes every statistic
+/// and decides at `alpha` with the one the suspect's disclosure allows (see the module
+/// documentation). No fingerprint test: [`verify_with`].
 pub fn verify(
     suspect: &mut dyn Oracle,
     records: &[LedgerRecord],
     alpha: f64,
     batch: usize,
+) -> Result<VerifyResult, DefenseError> {
+    verify_with(suspect, records, alpha, batch, None)
+}
+
+/// Like [`verify`], and when `fingerprint` is given and the suspect answers full
+/// probabilities, the linear-fingerprint test joins the decision (weighted Bonferroni, see
+/// [`FINGERPRINT_WEIGHT`]).
+pub fn verify_with(
+    suspect: &mut dyn Oracle,
+    records: &[LedgerRecord],
+    alpha: f64,
+    batch: usize,
+    fingerprint: Option<FingerprintCheck<'_>>,
 ) -> Result<VerifyResult, DefenseError> {
     if records.is_empty() {
         return Err(DefenseError::Verify("the ledger has no records".into()));
@@ -505,9 +560,25 @@ pub fn verify(
             c,
         )
     });
-    // The decision (fixed by the disclosure, see the module documentation).
-    let (statistic, log10_p, matches) = match (top_among_wrong, rank_sum) {
-        (Some(t), Some(r)) => (
+    let fingerprint = match fingerprint {
+        Some(f) if all_scored => {
+            f.fingerprint
+                .verify(suspect, f.reference, f.queries, f.range, batch)?
+        }
+        _ => None,
+    };
+    // The decision (fixed by the disclosure and the verifier's key, see the module
+    // documentation).
+    let (statistic, log10_p, matches) = match (top_among_wrong, rank_sum, fingerprint) {
+        (Some(t), Some(r), Some(f)) => (
+            Statistic::TopAmongWrongOrRankSumOrFingerprint,
+            (t.log10_p_value - COUNT_WEIGHT.log10())
+                .min(r.log10_p_value - COUNT_WEIGHT.log10())
+                .min(f.log10_p_value - FINGERPRINT_WEIGHT.log10())
+                .min(0.0),
+            t.matches,
+        ),
+        (Some(t), Some(r), _) => (
             Statistic::TopAmongWrongOrRankSum,
             (std::f64::consts::LOG10_2 + t.log10_p_value.min(r.log10_p_value)).min(0.0),
             t.matches,
@@ -531,6 +602,7 @@ pub fn verify(
         top1,
         top_among_wrong,
         rank_sum,
+        fingerprint,
         num_classes: c,
         ledger_commitment: commitment(records),
         evidence,
@@ -544,6 +616,31 @@ pub fn verify_model(
     alpha: f64,
 ) -> Result<VerifyResult, DefenseError> {
     verify(&mut ModelOracle::new(model), records, alpha, 256)
+}
+
+/// Verifies a local model with the fingerprint test too ([`verify_with`]): `reference` is the
+/// protected model without the fingerprint; `queries` inputs uniform on `[0, 1]`.
+pub fn verify_model_fingerprinted(
+    model: &dyn Model,
+    records: &[LedgerRecord],
+    alpha: f64,
+    fingerprint: &LinearFingerprint,
+    reference: Option<&dyn Model>,
+    queries: usize,
+) -> Result<VerifyResult, DefenseError> {
+    let mut reference = reference.map(ModelOracle::new);
+    verify_with(
+        &mut ModelOracle::new(model),
+        records,
+        alpha,
+        256,
+        Some(FingerprintCheck {
+            fingerprint,
+            reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
+            queries,
+            range: (0.0, 1.0),
+        }),
+    )
 }
 
 /// A [`Model`] seen as an unlimited [`Oracle`] answering full probabilities.
@@ -820,6 +917,56 @@ mod tests {
         assert_eq!(j["rank_sum"]["rank_sum"], 2);
         assert_eq!(j["top1"]["statistic"], "top1");
         assert_eq!(Statistic::TopAmongWrong.name(), "top_among_wrong");
+    }
+
+    /// With the fingerprint test the decision is the weighted Bonferroni combination, and a
+    /// label-only suspect still falls back to `top1` (the fingerprint needs probabilities).
+    #[test]
+    fn the_fingerprint_test_joins_the_decision_with_its_weight() {
+        let records = vec![rec(0, 0, 2, 4), rec(1, 1, 3, 4), rec(2, 2, 0, 4)];
+        let scores = vec![
+            vec![0.6, 0.1, 0.25, 0.05],
+            vec![0.1, 0.2, 0.1, 0.6],
+            vec![0.1, 0.3, 0.5, 0.1],
+        ];
+        let fp = LinearFingerprint::new(crate::SecretKey::from_bytes([3; 32]), 1.0).unwrap();
+        let mut o = Table {
+            scores: scores.clone(),
+            disclosure: Disclosure::Probabilities,
+        };
+        let check = FingerprintCheck {
+            fingerprint: &fp,
+            reference: None,
+            queries: 64,
+            range: (0.0, 1.0),
+        };
+        let r = verify_with(&mut o, &records, 0.6, 2, Some(check)).unwrap();
+        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSumOrFingerprint);
+        let (t, rs, f) = (
+            r.top_among_wrong.unwrap(),
+            r.rank_sum.unwrap(),
+            r.fingerprint.unwrap(),
+        );
+        assert_eq!(f.queried, 64);
+        let want = (t.p_value / COUNT_WEIGHT)
+            .min(rs.p_value / COUNT_WEIGHT)
+            .min(f.p_value / FINGERPRINT_WEIGHT)
+            .min(1.0);
+        assert!((r.p_value - want).abs() < 1e-12, "{} vs {want}", r.p_value);
+        assert!((COUNT_WEIGHT * 2.0 + FINGERPRINT_WEIGHT - 1.0).abs() < 1e-15);
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Label,
+        };
+        let check = FingerprintCheck {
+            fingerprint: &fp,
+            reference: None,
+            queries: 64,
+            range: (0.0, 1.0),
+        };
+        let r = verify_with(&mut o, &records, 0.6, 2, Some(check)).unwrap();
+        assert_eq!(r.statistic, Statistic::Top1);
+        assert!(r.fingerprint.is_none());
     }
 
     #[test]

@@ -185,6 +185,42 @@ pub struct Calibration {
     pub detectors: DetectorsConfig,
     /// Benign statistics.
     pub report: CalibrationReport,
+    /// The input dimensions the model's training inputs barely use ([`quiet_dims`] at
+    /// [`QUIET_SHARE`]): where DAWN's linear answer fingerprint is placed
+    /// (`mamori_defense::fingerprint`). Empty in files written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fingerprint_dims: Vec<u32>,
+}
+
+/// Share of the training inputs' total mean square the quiet dimensions may carry.
+pub const QUIET_SHARE: f64 = 0.0025;
+
+/// The input dimensions `x` (a batch) barely uses: the dimensions sorted by their mean square
+/// over the batch, the quietest first, as many as keep their share of the total mean square
+/// at most `share` (ties broken by index). For Fashion-MNIST at `share` = 0.0025 these are
+/// 101 of the 784 pixels (mostly the image border).
+pub fn quiet_dims(x: &Tensor, share: f64) -> Vec<u32> {
+    let d = x.sample_len();
+    let mut ms = vec![0.0f64; d];
+    for row in x.rows() {
+        for (m, &v) in ms.iter_mut().zip(row) {
+            *m += f64::from(v) * f64::from(v);
+        }
+    }
+    let total: f64 = ms.iter().sum();
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| ms[a].total_cmp(&ms[b]).then(a.cmp(&b)));
+    let mut acc = 0.0;
+    let mut out = Vec::new();
+    for j in order {
+        acc += ms[j];
+        if acc > share * total || acc.is_nan() {
+            break;
+        }
+        out.push(j as u32);
+    }
+    out.sort_unstable();
+    out
 }
 
 impl Calibration {
@@ -532,5 +568,27 @@ pub fn calibrate(
         queries_per_client: opts.queries_per_client,
         detectors: cfg,
         report,
+        fingerprint_dims: quiet_dims(train_x, QUIET_SHARE),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_dims_are_the_least_used_within_the_share() {
+        // Dimension 0 always 0, 1 tiny, 2 and 3 large.
+        let rows: Vec<f32> = (0..50)
+            .flat_map(|i| [0.0, 0.01 * (i % 2) as f32, 0.8, 1.0])
+            .collect();
+        let x = Tensor::new(vec![50, 4], rows).unwrap();
+        assert_eq!(quiet_dims(&x, 0.0), vec![0]);
+        assert_eq!(quiet_dims(&x, 0.001), vec![0, 1]);
+        assert_eq!(quiet_dims(&x, 0.5), vec![0, 1, 2]);
+        assert_eq!(quiet_dims(&x, 1.0), vec![0, 1, 2, 3]);
+        // All-zero data: every dimension is quiet.
+        let z = Tensor::zeros(vec![3, 4]);
+        assert_eq!(quiet_dims(&z, QUIET_SHARE), vec![0, 1, 2, 3]);
+    }
 }

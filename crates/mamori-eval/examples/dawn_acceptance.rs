@@ -38,8 +38,11 @@
 //! Prints a Markdown report on stdout; progress on stderr.
 
 use mamori_attack::extract::{ExtractionAttack, ExtractionContext, STRATEGIES};
+use mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES;
 use mamori_defense::robustness::{fine_tune, prune_smallest};
-use mamori_defense::verify::{distinct_records, verify_model, StatisticResult, VerifyResult};
+use mamori_defense::verify::{
+    distinct_records, verify_model, verify_model_fingerprinted, StatisticResult, VerifyResult,
+};
 use mamori_defense::LedgerRecord;
 use mamori_eval::runner::{CellChain, Recorder, Transport};
 use mamori_eval::EvalConfig;
@@ -65,6 +68,8 @@ struct Args {
     patience: Option<usize>,
     min_gain: Option<f32>,
     only: Option<Vec<String>>,
+    fingerprint: Option<f32>,
+    quiet_share: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -80,6 +85,8 @@ fn parse_args() -> Result<Args, String> {
         patience: None,
         min_gain: None,
         only: None,
+        fingerprint: None,
+        quiet_share: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +111,20 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("--only: unknown strategy {bad}"));
                 }
                 a.only = Some(list);
+            }
+            "--fingerprint" => {
+                a.fingerprint = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--fingerprint: {e}"))?,
+                )
+            }
+            "--quiet-share" => {
+                a.quiet_share = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--quiet-share: {e}"))?,
+                )
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -141,10 +162,13 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
             s.rank_sum, s.expected, s.p_value
         )
     });
+    let fpr = r.fingerprint.as_ref().map_or("–".to_string(), |f| {
+        format!("z = {:.1}, p = {:.2e}", f.z, f.p_value)
+    });
     let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
         md,
-        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {}, p = {:.2e} | {} |",
+        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {fpr} | {}, p = {:.2e} | {} |",
         100.0 * fid,
         100.0 * acc,
         stat(&r.top1, r.queried),
@@ -164,6 +188,7 @@ struct Clean {
     p_top1: f64,
     p_top_wrong: f64,
     p_rank: f64,
+    p_fingerprint: f64,
     p: f64,
     top1: usize,
     top_wrong: usize,
@@ -348,6 +373,27 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .is_none_or(|o| o.iter().any(|s| s == t.strategy))
         })
         .collect();
+    // The `dawn` policy; `--fingerprint` / `--quiet-share` change the fingerprint's strength
+    // and the share of the training images' energy its dimensions may carry.
+    let mut custom = cfg.matrix.custom.clone();
+    if args.fingerprint.is_some() || args.quiet_share.is_some() {
+        let eps = args
+            .fingerprint
+            .unwrap_or(mamori_defense::fingerprint::DEFAULT_EPSILON);
+        let mut p = mamori_gateway::protection::builtin("dawn").ok_or("no dawn policy")?;
+        if let Some(mamori_gateway::protection::WatermarkSpec::Dawn {
+            fingerprint,
+            fingerprint_dims,
+            ..
+        }) = &mut p.watermark
+        {
+            *fingerprint = eps;
+            if let Some(share) = args.quiet_share {
+                *fingerprint_dims = mamori_detect::calibration::quiet_dims(&victim.train.x, share);
+            }
+        }
+        custom.insert("dawn".into(), p);
+    }
     let client_of =
         |t: &Thief, soft: bool| format!("{}-{}", t.strategy, if soft { "prob" } else { "label" });
     let mut clients = vec!["benign".to_string()];
@@ -357,10 +403,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let cell = CellChain::build(
-        &victim.model,
-        &victim.calibration,
+        &victim,
         "dawn",
-        &cfg.matrix.custom,
+        &custom,
         &args.out,
         cfg.seed,
         &clients,
@@ -370,6 +415,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .dawn
         .clone()
         .ok_or("the `dawn` policy built no watermark")?;
+    let fp_desc = match dawn.fingerprint() {
+        Some(f) => format!(
+            "ε = {} on {} quiet input dimensions",
+            f.epsilon(),
+            f.dims().len()
+        ),
+        None => "off".to_string(),
+    };
+    log(format!("fingerprint: {fp_desc}"));
     let records_of = |client: &str| -> Vec<LedgerRecord> {
         let mine = cell.marks.of(client);
         dawn.ledger_records()
@@ -378,14 +432,51 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     };
 
+    // Verification: every statistic, with the fingerprint test against the victim when the
+    // policy adds the fingerprint.
+    let ver = |m: &dyn mamori_core::Model, records: &[LedgerRecord]| match dawn.fingerprint() {
+        Some(f) => verify_model_fingerprinted(
+            m,
+            records,
+            1e-4,
+            f,
+            Some(victim.model.as_ref()),
+            DEFAULT_VERIFY_QUERIES,
+        ),
+        None => verify_model(m, records, 1e-4),
+    };
+
     // Benign cost through the chain.
     let mut benign = cell.oracle("benign", 256)?;
     let mut agree_true = 0usize;
     let test_x = &victim.eval.test_x;
     let n_test = test_x.batch_size();
+    // Distortion of the answers that keep their label (the fingerprint's cost): mean L1
+    // distance to the victim's own answer and mean largest log-probability shift.
+    let (mut l1, mut dlog, mut kept) = (0.0f64, 0.0f64, 0usize);
     for start in (0..n_test).step_by(256) {
         let end = (start + 256).min(n_test);
-        let a = benign.query(&test_x.slice_rows(start, end))?;
+        let xb = test_x.slice_rows(start, end);
+        let a = benign.query(&xb)?;
+        let clean = mamori_core::Model::predict(victim.model.as_ref(), &xb)?;
+        for i in 0..end - start {
+            let (p, q) = (a.probs.row(i), clean.row(i));
+            if a.labels[i] != clean.argmax_rows()[i] {
+                continue;
+            }
+            kept += 1;
+            l1 += p
+                .iter()
+                .zip(q)
+                .map(|(x, y)| f64::from((x - y).abs()))
+                .sum::<f64>();
+            dlog += p
+                .iter()
+                .zip(q)
+                .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+                .map(|(x, y)| (f64::from(*x).ln() - f64::from(*y).ln()).abs())
+                .fold(0.0, f64::max);
+        }
         agree_true += a
             .labels
             .iter()
@@ -393,6 +484,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .filter(|(a, b)| a == b)
             .count();
     }
+    let (l1, dlog) = (l1 / kept.max(1) as f64, dlog / kept.max(1) as f64);
     let benign_marks = distinct_records(&records_of("benign")).len();
     let chain_acc = agree_true as f64 / n_test as f64;
     log(format!(
@@ -425,9 +517,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | decision | p < 1e-9 |"
+        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | fingerprint | decision | p < 1e-9 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for t in &thieves {
         for &soft in t.modes {
@@ -448,10 +540,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let fit = agreement(&e.substitute, &hx, &hans.labels);
             let records = records_of(&client);
             let m = victim.eval.evaluate(&e.substitute)?;
-            let r = verify_model(&e.substitute, &records, 1e-4)?;
+            let r = ver(&e.substitute, &records)?;
             log(format!(
                 "{client}: {} queries, {} marks, soft targets {}, fit {:.2}%, fidelity {:.2}%, \
-                 top1 {} top_among_wrong {:?}, rank sum {:?}, p {:.2e} ({:.0} s) {:?}",
+                 top1 {} top_among_wrong {:?}, rank sum {:?}, fingerprint {:?}, p {:.2e} ({:.0} s) \
+                 {:?}",
                 e.queries,
                 r.queried,
                 e.soft_targets,
@@ -460,6 +553,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 r.top1.matches,
                 r.top_among_wrong.map(|s| s.matches),
                 r.rank_sum.map(|s| (s.rank_sum, s.expected, s.p_value)),
+                r.fingerprint.map(|f| (f.z, f.p_value)),
                 r.p_value,
                 ts.elapsed().as_secs_f64(),
                 e.notes
@@ -487,7 +581,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 card: e.substitute.card.clone(),
             };
             let mt = victim.eval.evaluate(&tuned)?;
-            let rt = verify_model(&tuned, &records, 1e-4)?;
+            let rt = ver(&tuned, &records)?;
             row(
                 &mut md,
                 &format!("↳ fine-tuned 3 epochs on {ft_n} clean labelled images"),
@@ -506,7 +600,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 card: e.substitute.card.clone(),
             };
             let mp = victim.eval.evaluate(&pruned)?;
-            let rp = verify_model(&pruned, &records, 1e-4)?;
+            let rp = ver(&pruned, &records)?;
             row(
                 &mut md,
                 "↳ 50% smallest weights of each layer pruned",
@@ -522,7 +616,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let all_distinct = distinct_records(&all_records).len();
     // The victim itself (never matches top-1 by construction; its second choices are
     // independent of the key).
-    let rv = verify_model(victim.model.as_ref(), &all_records, 1e-4)?;
+    let rv = ver(victim.model.as_ref(), &all_records)?;
     row(
         &mut md,
         &format!("victim, whole ledger ({all_distinct} marks)"),
@@ -560,12 +654,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         card.name = format!("clean-{i}");
         let m = NativeModel { network: net, card };
         let acc = victim.eval.evaluate(&m)?;
-        let r = verify_model(&m, &all_records, 1e-4)?;
+        let r = ver(&m, &all_records)?;
         clean.push(Clean {
             acc: acc.substitute_accuracy,
             p_top1: r.top1.p_value,
             p_top_wrong: r.top_among_wrong.map_or(1.0, |s| s.p_value),
             p_rank: r.rank_sum.map_or(1.0, |s| s.p_value),
+            p_fingerprint: r.fingerprint.map_or(1.0, |f| f.p_value),
             p: r.p_value,
             top1: r.top1.matches,
             top_wrong: r.top_among_wrong.map_or(0, |s| s.matches),
@@ -587,19 +682,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = writeln!(
         out,
         "Benign cost: {benign_marks} of {n_test} evaluation answers watermarked; accuracy \
-         {:.2}% → {:.2}% (**{:.2} pts**).\n",
+         {:.2}% → {:.2}% (**{:.2} pts**). Linear fingerprint: {fp_desc}; the {kept} unmarked \
+         answers differ from the victim's by {l1:.4} in L1 on average, and their largest \
+         log-probability shift is {dlog:.3} on average.\n",
         100.0 * v_acc,
         100.0 * chain_acc,
         100.0 * (v_acc - chain_acc)
     );
+    let verify_queries = DEFAULT_VERIFY_QUERIES;
     let _ = writeln!(
         out,
         "Thieves: the harness's attacks, budget {} queries each, substitute {:?} {schedule} \
          ({}); each verified against the marks its own client received. \"Fit\" is the \
          model's agreement with every answer its thief received. Chance per mark 1/(c−1) = \
          1/9 for both counts; the rank sum is Σ (rank − 1) of the watermark label among the 9 \
-         wrong labels (expected 4 per mark); the decision is the one the suspect's answers \
-         allow (scores → `top_among_wrong_or_rank_sum` = 2·min of the two p-values).\n",
+         wrong labels (expected 4 per mark); the fingerprint test ({verify_queries} keyed uniform inputs, \
+         the victim as reference) checks the keyed linear fingerprint the policy adds to every \
+         answer; the decision is the one the suspect's answers allow (probabilities → \
+         `top_among_wrong_or_rank_sum_or_fingerprint`: weighted Bonferroni, min(p_top_among_wrong / 0.495, p_rank_sum / 0.495, p_fingerprint / 0.01)).\n",
         args.budget,
         cfg.substitute.arch,
         if args.hidden.is_some()
@@ -629,7 +729,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "\n{} independent models ({:?}, {schedule}: {}–{} epochs run; each on {per} disjoint \
          clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
          {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
-         smallest p top1 **{:.3}**, top_among_wrong **{:.3}**, rank sum **{:.3}**; most \
+         smallest p top1 **{:.3}**, top_among_wrong **{:.3}**, rank sum **{:.3}**, \
+         fingerprint **{:.3}**; most \
          matches top1 {}, top_among_wrong {}; all decision p > 0.01: **{}** ({} of {} at p ≤ \
          0.01). Decision p-values, smallest first: {}.",
         clean.len(),
@@ -642,6 +743,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min(|c| c.p_top1),
         min(|c| c.p_top_wrong),
         min(|c| c.p_rank),
+        min(|c| c.p_fingerprint),
         clean.iter().map(|c| c.top1).max().unwrap_or(0),
         clean.iter().map(|c| c.top_wrong).max().unwrap_or(0),
         clean.iter().all(|c| c.p > 0.01),

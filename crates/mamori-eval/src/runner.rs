@@ -92,8 +92,9 @@ pub struct WatermarkOutcome {
     /// watermark label is the substitute's highest-scoring label other than the victim's) when
     /// the substitute gives scores, `top1` (its label equals the watermark label) otherwise.
     pub matches: usize,
-    /// The decision's exact p-value (1 when there were no marks): for scored substitutes the
-    /// Bonferroni combination of the `top_among_wrong` binomial test and the rank-sum test,
+    /// The decision's exact p-value (1 when there were no marks): for substitutes that give
+    /// probabilities the Bonferroni combination of the `top_among_wrong` binomial test, the
+    /// rank-sum test and the linear-fingerprint test (against the victim as reference),
     /// otherwise the `top1` binomial test.
     pub p_value: f64,
     /// log10 of the p-value.
@@ -414,12 +415,11 @@ pub struct CellChain {
 }
 
 impl CellChain {
-    /// Builds the chain of `policy` for `victim`, with keys for `clients`, and starts a
-    /// gateway on `127.0.0.1:0` for the HTTP transport. `home` holds the DAWN ledger.
-    #[allow(clippy::too_many_arguments)]
+    /// Builds the chain of `policy` for `victim` (its model, calibrated thresholds and quiet
+    /// dimensions), with keys for `clients`, and starts a gateway on `127.0.0.1:0` for the
+    /// HTTP transport. `home` holds the DAWN ledger.
     pub fn build(
-        victim: &Arc<NativeModel>,
-        calibration: &mamori_detect::DetectorsConfig,
+        prepared: &Victim,
         policy: &str,
         custom: &BTreeMap<String, protection::PolicySpec>,
         home: &Path,
@@ -432,11 +432,13 @@ impl CellChain {
             std::fs::remove_dir_all(home).map_err(|e| EvalError::io(home, e))?;
         }
         std::fs::create_dir_all(home).map_err(|e| EvalError::io(home, e))?;
+        let victim = &prepared.model;
         let ctx = ProtectionContext {
             home: home.to_path_buf(),
             secret: Some(secret_for_seed(seed)),
-            calibration: Some(calibration.clone()),
+            calibration: Some(prepared.calibration.clone()),
             network: Some(Arc::new(victim.network.clone())),
+            fingerprint_dims: prepared.fingerprint_dims.clone(),
         };
         let model: Arc<dyn Model> = victim.clone();
         let protected = protection::protect(
@@ -655,8 +657,7 @@ pub fn run_cell(
         sanitize(policy)
     ));
     let cell = CellChain::build(
-        &prep.victim.model,
-        &prep.victim.calibration,
+        &prep.victim,
         policy,
         &cfg.matrix.custom,
         &home,
@@ -841,11 +842,18 @@ pub fn run_cell(
                     verified: false,
                 })
             } else {
-                let v = mamori_defense::verify_model(
-                    &substitute,
-                    &records,
-                    mamori_defense::verify::DEFAULT_ALPHA,
-                )
+                let alpha = mamori_defense::verify::DEFAULT_ALPHA;
+                let v = match d.fingerprint() {
+                    Some(f) => mamori_defense::verify_model_fingerprinted(
+                        &substitute,
+                        &records,
+                        alpha,
+                        f,
+                        Some(victim_model),
+                        mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES,
+                    ),
+                    None => mamori_defense::verify_model(&substitute, &records, alpha),
+                }
                 .map_err(|e| EvalError::Defense(e.to_string()))?;
                 Some(WatermarkOutcome {
                     marks: v.queried,

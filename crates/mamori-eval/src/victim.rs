@@ -37,6 +37,9 @@ pub struct Victim {
     pub replay: Dataset,
     /// Calibrated detector thresholds.
     pub calibration: DetectorsConfig,
+    /// The training inputs' quiet dimensions (`mamori_detect::calibration::quiet_dims` at
+    /// `QUIET_SHARE`), where DAWN's linear fingerprint goes.
+    pub fingerprint_dims: Vec<u32>,
     /// Whether the model was trained (not loaded from the cache) in this run.
     pub trained_now: bool,
 }
@@ -171,6 +174,8 @@ pub fn prepare(
         cfg.seed,
     )
     .map_err(|e| EvalError::Model(e.to_string()))?;
+    let fingerprint_dims =
+        mamori_detect::calibration::quiet_dims(&train.x, mamori_detect::calibration::QUIET_SHARE);
     Ok(Victim {
         model: Arc::new(model),
         dir,
@@ -178,6 +183,7 @@ pub fn prepare(
         eval,
         replay,
         calibration,
+        fingerprint_dims,
         trained_now,
     })
 }

@@ -39,6 +39,7 @@ fn chain_for(
         secret: Some(mamori_eval::runner::secret_for_seed(1)),
         calibration: None,
         network: Some(Arc::new(model.network.clone())),
+        fingerprint_dims: Vec::new(),
     };
     let m: Arc<dyn Model> = model.clone();
     let p = protection::protect(

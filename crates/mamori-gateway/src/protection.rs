@@ -14,8 +14,8 @@
 //! | `none` | no protection (the chain still authenticates, validates, limits, audits) |
 //! | `label_only`, `top_k`, `rounding`, `gaussian_noise`, `laplace_noise`, `reverse_sigmoid`, `adaptive_misinformation`, `prediction_poisoning` | that postprocessor alone, on every answer |
 //! | `detect` | every registered detector (`mamori_detect::default_detectors`) with the risk/escalation policy (`mamori_detect::Policy`): alert → degrade to labels → throttle → block |
-//! | `dawn` | DAWN answer watermarking (Szyller et al. 2021) at `r = 0.5%` |
-//! | `default` | `detect` + rounding to 2 decimals + DAWN |
+//! | `dawn` | DAWN answer watermarking (Szyller et al. 2021) at `r = 0.5%`, with the keyed linear fingerprint (`mamori_defense::fingerprint`, ε = 9 on the model's quiet input dimensions from its calibration) in every answer |
+//! | `default` | `detect` + rounding to 2 decimals + DAWN (without the fingerprint, which would undo the rounding) |
 //!
 //! ```toml
 //! # a custom policy (e.g. in the eval config's [policies] table)
@@ -24,7 +24,7 @@
 //! postprocessors = [{ kind = "rounding", decimals = 1 }]
 //! degrade_postprocessors = [{ kind = "reverse_sigmoid", beta = 0.7, gamma = 1.2 }]
 //! degrade_disclosure = "label"
-//! watermark = { kind = "dawn", rate = 0.005 }
+//! watermark = { kind = "dawn", rate = 0.005, fingerprint = 9.0 }
 //! [policies.strict.escalation]
 //! degrade_at = 3.0
 //! block_at = 30.0
@@ -79,11 +79,25 @@ pub enum WatermarkSpec {
         /// Share of queries watermarked, in `(0, 1)` (paper default 0.005).
         #[serde(default = "default_dawn_rate")]
         rate: f64,
+        /// Strength `ε` of the keyed linear fingerprint added to every answer
+        /// ([`mamori_defense::fingerprint`]; it never changes the top-1 label); 0 turns it
+        /// off.
+        #[serde(default = "default_fingerprint")]
+        fingerprint: f32,
+        /// Input dimensions the fingerprint reads; empty = the model's quiet dimensions from
+        /// its calibration ([`ProtectionContext::fingerprint_dims`]). Without either the
+        /// fingerprint stays off: its default strength is set for quiet dimensions.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fingerprint_dims: Vec<u32>,
     },
 }
 
 fn default_dawn_rate() -> f64 {
     mamori_defense::dawn::DEFAULT_RATE
+}
+
+fn default_fingerprint() -> f32 {
+    mamori_defense::fingerprint::DEFAULT_EPSILON
 }
 
 /// One protection policy.
@@ -110,10 +124,32 @@ pub struct PolicySpec {
 impl PolicySpec {
     /// Checks the values a policy can get wrong before anything is built.
     pub fn check(&self, name: &str) -> Result<(), GatewayError> {
-        if let Some(WatermarkSpec::Dawn { rate }) = &self.watermark {
+        if let Some(WatermarkSpec::Dawn {
+            rate, fingerprint, ..
+        }) = &self.watermark
+        {
             if !(*rate > 0.0 && *rate < 1.0) {
                 return Err(GatewayError::Config(format!(
                     "policy {name:?}: watermark.rate must lie in (0, 1), got {rate}"
+                )));
+            }
+            let max = mamori_defense::fingerprint::MAX_EPSILON;
+            if !(fingerprint.is_finite() && (0.0..=max).contains(fingerprint)) {
+                return Err(GatewayError::Config(format!(
+                    "policy {name:?}: watermark.fingerprint must lie in [0, {max}], got \
+                     {fingerprint}"
+                )));
+            }
+            let rounds = self
+                .postprocessors
+                .iter()
+                .chain(&self.degrade_postprocessors)
+                .any(|p| matches!(p, PostprocessorSpec::Rounding { .. }));
+            if *fingerprint > 0.0 && rounds {
+                return Err(GatewayError::Config(format!(
+                    "policy {name:?}: watermark.fingerprint = {fingerprint} would undo the \
+                     rounding postprocessor (the fingerprint is added after it); set \
+                     watermark.fingerprint = 0"
                 )));
             }
         }
@@ -171,6 +207,8 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
         "dawn" => PolicySpec {
             watermark: Some(WatermarkSpec::Dawn {
                 rate: default_dawn_rate(),
+                fingerprint: default_fingerprint(),
+                fingerprint_dims: Vec::new(),
             }),
             ..Default::default()
         },
@@ -178,6 +216,9 @@ pub fn builtin(name: &str) -> Option<PolicySpec> {
             postprocessors: vec![PostprocessorSpec::Rounding { decimals: 2 }],
             watermark: Some(WatermarkSpec::Dawn {
                 rate: default_dawn_rate(),
+                // Rounding is on: the fingerprint would undo it.
+                fingerprint: 0.0,
+                fingerprint_dims: Vec::new(),
             }),
             ..detect
         },
@@ -232,6 +273,10 @@ pub struct ProtectionContext {
     pub calibration: Option<DetectorsConfig>,
     /// The served native network (prediction poisoning uses its features).
     pub network: Option<Arc<Network>>,
+    /// The served model's quiet input dimensions (`Calibration::fingerprint_dims`, see
+    /// `mamori_detect::calibration::quiet_dims`), where DAWN's linear fingerprint goes when
+    /// the policy names none.
+    pub fingerprint_dims: Vec<u32>,
 }
 
 impl ProtectionContext {
@@ -242,6 +287,7 @@ impl ProtectionContext {
             secret: None,
             calibration: None,
             network: None,
+            fingerprint_dims: Vec::new(),
         }
     }
 }
@@ -360,7 +406,16 @@ pub fn protect(
 
     let dawn = match &policy.watermark {
         None => None,
-        Some(WatermarkSpec::Dawn { rate }) => Some(Arc::new(open_dawn(ctx, *rate)?)),
+        Some(WatermarkSpec::Dawn {
+            rate,
+            fingerprint,
+            fingerprint_dims,
+        }) => Some(Arc::new(open_dawn(
+            ctx,
+            *rate,
+            *fingerprint,
+            fingerprint_dims.clone(),
+        )?)),
     };
     let detectors_cfg = policy
         .detectors
@@ -385,16 +440,37 @@ pub fn protect(
     })
 }
 
-fn open_dawn(ctx: &ProtectionContext, rate: f64) -> Result<Dawn, GatewayError> {
-    match &ctx.secret {
-        None => Dawn::open_home(&ctx.home, rate).map_err(cfg_err),
+fn open_dawn(
+    ctx: &ProtectionContext,
+    rate: f64,
+    fingerprint: f32,
+    dims: Vec<u32>,
+) -> Result<Dawn, GatewayError> {
+    let dawn = match &ctx.secret {
+        None => Dawn::open_home(&ctx.home, rate).map_err(cfg_err)?,
         Some(s) => {
             let p = mamori_defense::dawn::DawnPaths::in_home(&ctx.home);
             let ledger = Ledger::open(&p.ledger, &s.derive("dawn-ledger")).map_err(cfg_err)?;
-            Ok(Dawn::new(s.derive("dawn"), rate)
+            Dawn::new(s.derive("dawn"), rate)
                 .map_err(cfg_err)?
-                .with_ledger(ledger))
+                .with_ledger(ledger)
         }
+    };
+    let dims = if dims.is_empty() {
+        ctx.fingerprint_dims.clone()
+    } else {
+        dims
+    };
+    if fingerprint > 0.0 && dims.is_empty() {
+        tracing::warn!(
+            "DAWN's linear fingerprint is off: no quiet input dimensions (run `mamori \
+             calibrate` on the model, or name watermark.fingerprint_dims in the policy)"
+        );
+    }
+    if fingerprint > 0.0 && !dims.is_empty() {
+        dawn.with_fingerprint(fingerprint, dims).map_err(cfg_err)
+    } else {
+        Ok(dawn)
     }
 }
 
@@ -582,8 +658,21 @@ mod tests {
     #[test]
     fn bad_policies_are_refused_with_the_field() {
         let mut p = builtin("dawn").unwrap();
-        p.watermark = Some(WatermarkSpec::Dawn { rate: 1.5 });
+        p.watermark = Some(WatermarkSpec::Dawn {
+            rate: 1.5,
+            fingerprint: 0.5,
+            fingerprint_dims: Vec::new(),
+        });
         assert!(p.check("x").unwrap_err().to_string().contains("rate"));
+        for bad in [-0.1, f32::NAN, 25.0] {
+            p.watermark = Some(WatermarkSpec::Dawn {
+                rate: 0.005,
+                fingerprint: bad,
+                fingerprint_dims: Vec::new(),
+            });
+            let e = p.check("x").unwrap_err().to_string();
+            assert!(e.contains("watermark.fingerprint"), "{e}");
+        }
         let mut p = builtin("detect").unwrap();
         p.escalation.block_at = -1.0;
         assert!(p.check("x").unwrap_err().to_string().contains("block_at"));
@@ -598,7 +687,25 @@ mod tests {
         .unwrap();
         assert!(p.detect && p.postprocessors.len() == 1);
         assert_eq!(p.escalation.block_at, 10.0);
-        assert_eq!(p.watermark, Some(WatermarkSpec::Dawn { rate: 0.005 }));
+        assert_eq!(
+            p.watermark,
+            Some(WatermarkSpec::Dawn {
+                rate: 0.005,
+                fingerprint: 9.0,
+                fingerprint_dims: Vec::new(),
+            })
+        );
+        let p: PolicySpec =
+            toml::from_str("watermark = { kind = \"dawn\", fingerprint = 0.0 }\n").unwrap();
+        p.check("x").unwrap();
+        // Rounding with the fingerprint: refused with the fix in the message.
+        let p: PolicySpec = toml::from_str(
+            "postprocessors = [{ kind = \"rounding\", decimals = 2 }]\n\
+             watermark = { kind = \"dawn\" }\n",
+        )
+        .unwrap();
+        let e = p.check("x").unwrap_err().to_string();
+        assert!(e.contains("watermark.fingerprint = 0"), "{e}");
     }
 
     #[test]

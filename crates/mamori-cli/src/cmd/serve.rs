@@ -99,7 +99,7 @@ fn open_native(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<NativeMod
 fn calibration_for(
     paths: &[PathBuf],
     explicit: Option<&Path>,
-) -> anyhow::Result<Option<mamori_detect::DetectorsConfig>> {
+) -> anyhow::Result<Option<mamori_detect::Calibration>> {
     let cal = match explicit {
         Some(p) => Some(p.to_path_buf()),
         None => paths
@@ -121,7 +121,7 @@ fn calibration_for(
             mamori_detect::CALIBRATION_VERSION
         );
     }
-    Ok(Some(c.detectors))
+    Ok(Some(c))
 }
 
 fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
@@ -144,6 +144,18 @@ fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
     }
     if args.watermark.is_some() && spec.watermark.is_none() {
         spec.watermark = protection::builtin("dawn").and_then(|d| d.watermark);
+        // The fingerprint would undo a rounding postprocessor: DAWN alone then.
+        let rounds = spec
+            .postprocessors
+            .iter()
+            .chain(&spec.degrade_postprocessors)
+            .any(|p| matches!(p, mamori_defense::PostprocessorSpec::Rounding { .. }));
+        if let Some(protection::WatermarkSpec::Dawn { fingerprint, .. }) = &mut spec.watermark {
+            if rounds {
+                tracing::info!("the policy rounds answers: DAWN without its linear fingerprint");
+                *fingerprint = 0.0;
+            }
+        }
     }
     Ok(spec)
 }
@@ -196,7 +208,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut ctx = ProtectionContext::new(&home);
-    ctx.calibration = calibration_for(&args.models, args.calibration.as_deref())?;
+    if let Some(c) = calibration_for(&args.models, args.calibration.as_deref())? {
+        ctx.calibration = Some(c.detectors);
+        ctx.fingerprint_dims = c.fingerprint_dims;
+    }
     // Prediction poisoning needs the served network's features: only unambiguous with one.
     if served.len() == 1 {
         ctx.network = networks.pop();

@@ -8,8 +8,8 @@ use mamori_defense::dawn::DawnPaths;
 use mamori_defense::report::{
     check_report, parse_public_key, read_signed_report, EvidenceReport, ReportSigner,
 };
-use mamori_defense::verify::{verify, ModelOracle, Verdict, DEFAULT_ALPHA};
-use mamori_defense::{Ledger, SecretKey};
+use mamori_defense::verify::{verify_with, FingerprintCheck, ModelOracle, Verdict, DEFAULT_ALPHA};
+use mamori_defense::{Dawn, Ledger, LinearFingerprint, SecretKey};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `mamori watermark`.
@@ -57,8 +57,19 @@ struct VerifyArgs {
     /// Samples per query batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// The protected model itself (native model directory or `.onnx` file, with the
+    /// `calibration.json` of `mamori calibrate` beside it): adds the test of DAWN's linear
+    /// answer fingerprint, which convicts least-squares (equation-solving) copies.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// DAWN's key file (for the fingerprint test). Default: `dawn.key` beside the ledger.
+    #[arg(long)]
+    dawn_key: Option<PathBuf>,
+    /// Queries of the fingerprint test (keyed uniform inputs in [0, 1]).
+    #[arg(long, default_value_t = mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES)]
+    fingerprint_queries: usize,
     /// Write the full result (p_value, matches, queried, verdict, statistic, top1,
-    /// top_among_wrong, rank_sum, evidence) as JSON.
+    /// top_among_wrong, rank_sum, fingerprint, evidence) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write an ed25519-signed evidence report.
@@ -124,34 +135,100 @@ fn open_ledger(loc: &LedgerLoc, g: &Global) -> Result<Ledger> {
     Ledger::open(&path, &key).with_context(|| format!("opening ledger {}", path.display()))
 }
 
+/// Loads a native model directory or a model file; `what` names it in errors.
+fn load_any_model(path: &Path, what: &str) -> Result<Box<dyn mamori_core::Model>> {
+    Ok(if path.is_dir() {
+        Box::new(
+            mamori_ml::NativeModel::load(path)
+                .with_context(|| format!("loading {what} model {}", path.display()))?,
+        )
+    } else {
+        mamori_ml::load_model(path)
+            .with_context(|| format!("loading {what} model {}", path.display()))?
+    })
+}
+
+/// The reference model and the fingerprint (DAWN's key, the reference's quiet dimensions).
+fn fingerprint_setup(
+    a: &VerifyArgs,
+    reference: &Path,
+    g: &Global,
+) -> Result<(Box<dyn mamori_core::Model>, LinearFingerprint)> {
+    let model = load_any_model(reference, "reference")?;
+    let cal_dir = if reference.is_dir() {
+        reference.to_path_buf()
+    } else {
+        reference
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let cal_path = cal_dir.join(mamori_detect::CALIBRATION_FILE);
+    if !cal_path.is_file() {
+        bail!(
+            "the fingerprint test needs the reference's quiet input dimensions: {} does not \
+             exist (run `mamori calibrate` on the model)",
+            cal_path.display()
+        );
+    }
+    let cal = mamori_detect::Calibration::load(&cal_path)
+        .with_context(|| format!("loading {}", cal_path.display()))?;
+    if cal.fingerprint_dims.is_empty() {
+        bail!(
+            "{} has no fingerprint_dims (written before the fingerprint existed): re-run \
+             `mamori calibrate` on the model",
+            cal_path.display()
+        );
+    }
+    let key_path = a.dawn_key.clone().unwrap_or_else(|| {
+        let ledger = a
+            .ledger
+            .ledger
+            .clone()
+            .unwrap_or_else(|| DawnPaths::in_home(&g.home()).ledger);
+        ledger
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("dawn.key")
+    });
+    let key = SecretKey::load(&key_path)
+        .with_context(|| format!("reading DAWN's key {}", key_path.display()))?;
+    let fp = Dawn::fingerprint_for_key(&key, mamori_defense::fingerprint::DEFAULT_EPSILON)?
+        .with_dims(cal.fingerprint_dims);
+    Ok((model, fp))
+}
+
 fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     let ledger = open_ledger(&a.ledger, g)?;
     let records = ledger.records().to_vec();
+    let setup = match &a.reference {
+        Some(r) => Some(fingerprint_setup(&a, r, g)?),
+        None => None,
+    };
+    let mut reference = setup.as_ref().map(|(m, _)| ModelOracle::new(m.as_ref()));
+    let check = setup.as_ref().map(|(_, f)| FingerprintCheck {
+        fingerprint: f,
+        reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
+        queries: a.fingerprint_queries,
+        range: (0.0, 1.0),
+    });
     let result = if a.suspect.starts_with("http://") || a.suspect.starts_with("https://") {
         let mut cfg = HttpOracleConfig::from_url(&a.suspect, None)?;
         cfg.api_key = a.api_key.clone();
         cfg.batch_size = a.batch.max(1);
         let mut oracle: HttpOracle =
             HttpOracle::connect(cfg).with_context(|| format!("connecting to {}", a.suspect))?;
-        let r = verify(&mut oracle, &records, a.alpha, a.batch)?;
+        let r = verify_with(&mut oracle, &records, a.alpha, a.batch, check)?;
         tracing::info!(queries = oracle.queries_used(), "suspect queried over HTTP");
         r
     } else {
-        let path = Path::new(&a.suspect);
-        let model: Box<dyn mamori_core::Model> = if path.is_dir() {
-            Box::new(
-                mamori_ml::NativeModel::load(path)
-                    .with_context(|| format!("loading suspect model {}", path.display()))?,
-            )
-        } else {
-            mamori_ml::load_model(path)
-                .with_context(|| format!("loading suspect model {}", path.display()))?
-        };
-        verify(
+        let model = load_any_model(Path::new(&a.suspect), "suspect")?;
+        verify_with(
             &mut ModelOracle::new(model.as_ref()),
             &records,
             a.alpha,
             a.batch,
+            check,
         )?
     };
     println!("suspect     {}", a.suspect);
@@ -174,6 +251,14 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
                 ""
             }
         );
+    }
+    if let Some(f) = &result.fingerprint {
+        println!(
+            "fingerprint     z = {:.2} over {} queries, p = {:e} (log10 {:.2})",
+            f.z, f.queried, f.p_value, f.log10_p_value
+        );
+    } else if a.reference.is_some() {
+        println!("fingerprint     not tested (the suspect does not answer full probabilities)");
     }
     if let Some(rs) = &result.rank_sum {
         println!(
