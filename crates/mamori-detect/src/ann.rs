@@ -722,6 +722,20 @@ impl<T: Elem> AnnIndex<T> {
         self.len() == 0
     }
 
+    /// The vector dimension.
+    pub fn dim(&self) -> usize {
+        self.current.dim
+    }
+
+    /// The held points in insertion order (previous generation first).
+    pub fn points(&self) -> impl Iterator<Item = &[T]> {
+        let dim = self.current.dim.max(1);
+        self.previous
+            .iter()
+            .chain(std::iter::once(&self.current))
+            .flat_map(move |g| g.data.chunks_exact(dim))
+    }
+
     /// Inserts a point, rotating generations when the current one is full.
     pub fn insert(&mut self, v: &[T]) {
         self.rotate();
