@@ -57,7 +57,7 @@ impl Default for IvfParams {
     fn default() -> Self {
         Self {
             max_lists: 1024,
-            probe: 8,
+            probe: 12,
             train_size: 2048,
             cell_factor: 4,
             kmeans_iters: 6,

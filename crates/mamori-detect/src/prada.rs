@@ -24,7 +24,7 @@
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
 use crate::knn::Projections;
-use crate::shapiro::shapiro_wilk_w;
+use crate::shapiro::shapiro_wilk_w_in_place;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -181,6 +181,9 @@ struct PradaState {
     /// Tests run by this state since it was created or restored (for calibration).
     #[serde(skip)]
     tests: u64,
+    /// The pooled distances of a test (reused).
+    #[serde(skip)]
+    pooled: Vec<f64>,
 }
 
 /// Quantises `[0, 1]` inputs to bytes.
@@ -219,17 +222,20 @@ impl Detector for PradaDetector {
 impl PradaState {
     fn test(&mut self) {
         let min_entries = self.cfg.min_class_entries;
-        let counts: Vec<usize> = self
-            .classes
-            .iter()
-            .map(|c| c.as_ref().map_or(0, |c| c.d_count))
-            .collect();
-        let pooled: Vec<f64> = self
-            .dists
-            .iter()
-            .filter(|(c, _)| counts[*c as usize] >= min_entries)
-            .map(|&(_, d)| d)
-            .collect();
+        let classes = &self.classes;
+        let pooled = &mut self.pooled;
+        pooled.clear();
+        pooled.extend(
+            self.dists
+                .iter()
+                .filter(|(c, _)| {
+                    classes
+                        .get(*c as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| c.d_count >= min_entries)
+                })
+                .map(|&(_, d)| d),
+        );
         if pooled.is_empty() {
             return;
         }
@@ -239,14 +245,12 @@ impl PradaState {
         // Outliers are dropped first (strictly within `outlier_sigma`·σ, as the authors' code
         // does; with σ = 0 every value is kept); the test needs more than `min_distances`
         // of the remaining values.
-        let kept: Vec<f64> = pooled
-            .into_iter()
-            .filter(|d| sd == 0.0 || (d - mean).abs() < self.cfg.outlier_sigma * sd)
-            .collect();
-        if kept.len() <= self.cfg.min_distances.max(2) {
+        let limit = self.cfg.outlier_sigma * sd;
+        pooled.retain(|d| sd == 0.0 || (d - mean).abs() < limit);
+        if pooled.len() <= self.cfg.min_distances.max(2) {
             return;
         }
-        match shapiro_wilk_w(&kept) {
+        match shapiro_wilk_w_in_place(pooled) {
             Ok(w) => {
                 self.tests += 1;
                 self.last_w = Some(w);
