@@ -736,6 +736,15 @@ impl<T: Elem> AnnIndex<T> {
             .flat_map(move |g| g.data.chunks_exact(dim))
     }
 
+    /// The held points with their payloads (empty when the index has none), in insertion
+    /// order (previous generation first).
+    pub fn points_with_payload(&self) -> impl Iterator<Item = (&[T], &[u8])> {
+        self.previous
+            .iter()
+            .chain(std::iter::once(&self.current))
+            .flat_map(|g| (0..g.len() as u32).map(move |i| (g.vec(i), g.payload(i))))
+    }
+
     /// Inserts a point, rotating generations when the current one is full.
     pub fn insert(&mut self, v: &[T]) {
         self.rotate();

@@ -13,16 +13,21 @@
 //! roughly normal distances; synthetic attack queries (JBDA's small Jacobian steps, random
 //! probes) do not.
 //!
-//! Cost and memory: `d_min` comes from an HNSW index per class ([`crate::ann`]) searched in a
+//! Cost and memory: `d_min` comes from an inverted-file index per class ([`crate::ivf`]: k-means
+//! cells of the class's points, the nearest cells scanned contiguously) searched in a
 //! `proj_dim`-dimensional random projection; its `candidates` nearest are re-ranked by the
 //! exact L2 distance on the inputs quantised to bytes over `[0, 1]` (exact for 8-bit images),
 //! so `d_min` is exact whenever the true nearest is among the candidates (checked in the
-//! tests against a linear scan); each class keeps at most
-//! `2·class_capacity` points (generational eviction) and `D` keeps its newest `max_distances`
-//! values (the Shapiro–Wilk algorithm is valid up to 5000).
+//! tests against a linear scan); each class keeps at most `2·class_capacity` points
+//! (generational eviction, and the per-cell FIFO cap of [`crate::ivf`]) and `D` keeps its
+//! newest `max_distances` values (the Shapiro–Wilk algorithm is valid up to 5000).
+//!
+//! States saved before the IVF index (an HNSW index per class, [`crate::ann`], under the key
+//! `index`) still load: each class's points and inputs are re-inserted, oldest first.
 
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
+use crate::ivf::{IvfIndex, IvfParams};
 use crate::knn::Projections;
 use crate::shapiro::shapiro_wilk_w_in_place;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
@@ -60,6 +65,10 @@ pub struct PradaConfig {
     /// Candidates re-ranked by exact distance on the full quantised input.
     pub candidates: usize,
     /// Index parameters.
+    pub ivf: IvfParams,
+    /// Not used since the search moved to the IVF index ([`PradaConfig::ivf`]); accepted (and
+    /// not written) so that configuration files written before keep loading.
+    #[serde(skip_serializing)]
     pub hnsw: HnswParams,
     /// Consecutive tests with `W < δ` before the client is flagged (1 = the paper's rule).
     pub persist: u32,
@@ -77,6 +86,10 @@ impl Default for PradaConfig {
             class_capacity: 2048,
             proj_dim: 32,
             candidates: 8,
+            ivf: IvfParams {
+                train_size: 512,
+                ..IvfParams::default()
+            },
             hnsw: HnswParams {
                 m: 8,
                 ef_construction: 32,
@@ -149,7 +162,13 @@ pub fn critical_delta(ws: &[f64], persist: u32) -> Option<f64> {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ClassSet {
-    index: AnnIndex<f32>,
+    /// `G_c` (absent only in a state saved with the HNSW index, until it is converted).
+    #[serde(default, rename = "ivf")]
+    index: Option<IvfIndex>,
+    /// The HNSW index of a state saved before the IVF index (read, converted on restore,
+    /// never written).
+    #[serde(default, rename = "index", skip_serializing)]
+    legacy: Option<AnnIndex<f32>>,
     threshold: f64,
     /// Running sums over `D_{G_c}`: count, Σd, Σd².
     g_n: f64,
@@ -186,6 +205,11 @@ struct PradaState {
     pooled: Vec<f64>,
 }
 
+/// An empty `G_c` index for class `c`.
+fn new_class_index(cfg: &PradaConfig, dim: usize, c: usize) -> IvfIndex {
+    IvfIndex::new(dim, cfg.ivf, cfg.class_capacity, 0x5EED ^ c as u64)
+}
+
 /// Quantises `[0, 1]` inputs to bytes.
 pub(crate) fn quantise_unit(x: &[f32], out: &mut Vec<u8>) {
     out.clear();
@@ -215,6 +239,21 @@ impl Detector for PradaDetector {
         let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
         s.cfg = self.cfg.clone();
         s.proj = Some(self.proj.clone());
+        for (c, set) in s.classes.iter_mut().enumerate() {
+            let Some(set) = set else { continue };
+            if let Some(old) = set.legacy.take() {
+                if set.index.is_none() {
+                    let mut index = new_class_index(&self.cfg, old.dim(), c);
+                    for (code, input) in old.points_with_payload() {
+                        index.insert_with_payload(code, input);
+                    }
+                    set.index = Some(index);
+                }
+            }
+            if set.index.is_none() {
+                return Err(format!("prada: class {c} has no index"));
+            }
+        }
         Ok(Box::new(s))
     }
 }
@@ -289,13 +328,13 @@ impl DetectorState for PradaState {
         let slot = &mut self.classes[c];
         match slot {
             None => {
-                let mut index =
-                    AnnIndex::new(code.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
+                let mut index = new_class_index(cfg, code.len(), c);
                 index.insert_with_payload(&code, &buf);
                 // The first query of a class seeds `G_c` with distance 0 in `D_{G_c}` (it
                 // lowers the first thresholds); it adds nothing to `D`.
                 *slot = Some(ClassSet {
-                    index,
+                    index: Some(index),
+                    legacy: None,
                     threshold: 0.0,
                     g_n: 1.0,
                     g_sum: 0.0,
@@ -306,7 +345,8 @@ impl DetectorState for PradaState {
             Some(set) => {
                 let dmin = set
                     .index
-                    .nearest_payload_dist2(&code, &buf, cfg.candidates.max(1))
+                    .as_mut()
+                    .and_then(|i| i.nearest_payload_dist2(&code, &buf, cfg.candidates.max(1)))
                     .map_or(0.0, |d2| (d2 as f64).sqrt() / 255.0);
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
@@ -321,7 +361,9 @@ impl DetectorState for PradaState {
                     unreachable!("class set exists")
                 };
                 if dmin > set.threshold {
-                    set.index.insert_with_payload(&code, &buf);
+                    if let Some(i) = set.index.as_mut() {
+                        i.insert_with_payload(&code, &buf);
+                    }
                     set.g_n += 1.0;
                     set.g_sum += dmin;
                     set.g_sum2 += dmin * dmin;
@@ -524,5 +566,53 @@ mod tests {
             assert!((a.score - b.score).abs() < 1e-9);
         }
         assert!(d.restore_state(b"[]").is_err());
+    }
+
+    /// A state saved with the HNSW index (each class's points under `index`) loads: the points
+    /// are re-inserted into IVF indexes and the restored state goes on exactly as the live one
+    /// (small classes are scanned exactly, so both find the same `d_min`).
+    #[test]
+    fn states_saved_with_the_hnsw_index_still_load() {
+        let d = PradaDetector::new(PradaConfig::default());
+        let (_, mut live) = run(&d, &natural(300, 5));
+        let mut snap: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
+        let cfg = PradaConfig::default();
+        for class in snap["classes"].as_array_mut().unwrap() {
+            let obj = class.as_object_mut().unwrap();
+            let ivf: IvfIndex = serde_json::from_value(obj.remove("ivf").unwrap()).unwrap();
+            let (codes, inputs) = ivf.held_codes();
+            let mut old = AnnIndex::new(cfg.proj_dim, cfg.hnsw, cfg.class_capacity, 1);
+            for (code, input) in codes.chunks(cfg.proj_dim).zip(inputs.chunks(64)) {
+                old.insert_with_payload(code, input);
+            }
+            obj.insert("index".into(), serde_json::to_value(&old).unwrap());
+        }
+        let mut restored = d
+            .restore_state(&serde_json::to_vec(&snap).unwrap())
+            .unwrap();
+        assert_eq!(restored.queries(), 300);
+        let mut alarms = 0;
+        for (i, (x, l)) in natural(200, 6).iter().enumerate() {
+            let o = Observation {
+                client: "c",
+                input: x,
+                input_shape: &[],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            };
+            let (a, b) = (live.observe(&o), restored.observe(&o));
+            assert_eq!(a, b, "query {i}");
+            alarms += a.alarm as usize;
+        }
+        assert_eq!(alarms, 0);
+        // A class without any index is refused.
+        let mut bad: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
+        bad["classes"][0].as_object_mut().unwrap().remove("ivf");
+        let err = d
+            .restore_state(&serde_json::to_vec(&bad).unwrap())
+            .err()
+            .unwrap();
+        assert!(err.contains("class 0 has no index"), "{err}");
     }
 }
