@@ -137,9 +137,11 @@ impl Cell {
         }
     }
 
-    /// Squared distance of every code to `q`, offered with its slot to `offer`.
+    /// Squared distance of every code to `q`, offered with its slot to `offer` — except in
+    /// blocks where no distance is below `bound()` (the caller's current worst kept distance),
+    /// which are skipped whole.
     #[inline]
-    fn scan(&self, q: &[f32], mut offer: impl FnMut(f32, usize)) {
+    fn scan(&self, q: &[f32], bound: impl Fn() -> f32, mut offer: impl FnMut(f32, usize)) {
         let dim = q.len();
         if dim == 0 {
             return;
@@ -153,6 +155,10 @@ impl Cell {
                 }
             }
             let valid = (self.len - b * BLOCK).min(BLOCK);
+            let least = acc[..valid].iter().copied().fold(f32::INFINITY, f32::min);
+            if least >= bound() {
+                continue;
+            }
             for (l, &d) in acc[..valid].iter().enumerate() {
                 offer(d, b * BLOCK + l);
             }
@@ -393,7 +399,7 @@ impl IvfIndex {
 
     /// Cells for a clustering of `n` codes: `√(n/2)`, within `[2, max_lists]`.
     fn lists_for(&self, n: usize) -> usize {
-        (n / 2).isqrt().clamp(2, self.params.max_lists.max(2))
+        n.isqrt().clamp(2, self.params.max_lists.max(2))
     }
 
     /// Most codes a flat generation holds before it is clustered (or rotated).
@@ -474,9 +480,14 @@ impl IvfIndex {
         let k = candidates.max(1);
         let cands = &mut sc.cands;
         cands.clear();
-        self.search_with(q, k, &mut sc.probes, |d, g, c, slot| {
-            if cands.len() < k || cands.last().is_some_and(|w| d < w.0) {
+        let worst = std::cell::Cell::new(f32::INFINITY);
+        let bound = || worst.get();
+        self.search_with(q, k, &mut sc.probes, &bound, |d, g, c, slot| {
+            if d < worst.get() {
                 push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
+                if cands.len() >= k {
+                    worst.set(cands.last().map_or(f32::INFINITY, |w| w.0));
+                }
             }
         });
         let pd = self.payload_dim;
@@ -545,9 +556,14 @@ impl IvfIndex {
         let mut sc = std::mem::take(&mut self.scratch);
         let found = &mut sc.found;
         found.clear();
-        let home = self.search_with(q, k, &mut sc.probes, |d, _, _, _| {
-            if found.len() < k || found.last().is_some_and(|&w| d < w) {
+        let worst = std::cell::Cell::new(f32::INFINITY);
+        let bound = || worst.get();
+        let home = self.search_with(q, k, &mut sc.probes, &bound, |d, _, _, _| {
+            if d < worst.get() {
                 push_bounded_by(found, d, k, |&x| x);
+                if found.len() >= k {
+                    worst.set(found.last().copied().unwrap_or(f32::INFINITY));
+                }
             }
         });
         self.scratch = sc;
@@ -566,6 +582,7 @@ impl IvfIndex {
         q: &[f32],
         k: usize,
         probes: &mut Vec<(f32, u32)>,
+        bound: impl Fn() -> f32 + Copy,
         mut offer: impl FnMut(f32, u32, u32, usize),
     ) -> usize {
         let mut home = 0;
@@ -576,7 +593,7 @@ impl IvfIndex {
         {
             let gi = gi as u32;
             if g.centroids.is_empty() {
-                g.cells[0].scan(q, |d, slot| offer(d, gi, 0, slot));
+                g.cells[0].scan(q, bound, |d, slot| offer(d, gi, 0, slot));
                 continue;
             }
             // Distances to every centroid: the nearest is the home cell; the non-empty ones are
@@ -604,7 +621,7 @@ impl IvfIndex {
             let mut seen = 0;
             for &(_, c) in &probes[..first] {
                 let cell = &g.cells[c as usize];
-                cell.scan(q, |d, slot| offer(d, gi, c, slot));
+                cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
                 seen += cell.len;
             }
             if seen < k && first < probes.len() {
@@ -614,7 +631,7 @@ impl IvfIndex {
                         break;
                     }
                     let cell = &g.cells[c as usize];
-                    cell.scan(q, |d, slot| offer(d, gi, c, slot));
+                    cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
                     seen += cell.len;
                 }
             }
@@ -656,7 +673,7 @@ impl IvfIndex {
         let due = if flat {
             held >= self.params.train_size && self.lists_for(held) * 2 <= held
         } else {
-            held >= 4 * self.current.clustered_at && self.lists_for(held) > self.current.cells.len()
+            held >= 2 * self.current.clustered_at && self.lists_for(held) > self.current.cells.len()
         };
         if due && self.params.max_lists > 1 {
             self.cluster_current();
