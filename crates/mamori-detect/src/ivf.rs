@@ -12,9 +12,9 @@
 //!
 //! Centroids come from the client's own queries: a fresh index is *flat* (one cell, searched
 //! exactly) until it holds `train_size` codes; they are then clustered into
-//! `lists(n) = clamp(√(n/2), 2, max_lists)` cells for the `n` codes held, and re-clustered (all
-//! codes re-assigned) each time the generation has grown 4× since its last clustering, so the
-//! cells stay ≈ `√(2n)` codes and a search scans `O(probe·√n)` codes, not `O(n)`. Each later
+//! `lists(n) = clamp(√n, 2, max_lists)` cells for the `n` codes held, and re-clustered (all
+//! codes re-assigned) each time the generation has grown 2× since its last clustering, so the
+//! cells stay ≈ `√n` to `2√n` codes and a search scans `O(probe·√n)` codes, not `O(n)`. Each later
 //! generation is trained, when it starts, on a sample of the generation that just filled — so
 //! the cells follow the client's recent distribution, for any input dimension. A clustering
 //! costs `O(sample · lists · iterations + n · lists)` distance computations, paid by the query
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct IvfParams {
     /// Most cells (k-means centroids) per generation (fewer while it holds fewer than
-    /// `2·max_lists²` codes: `√(n/2)` for `n` codes).
+    /// `max_lists²` codes: `√n` for `n` codes).
     pub max_lists: usize,
     /// Cells scanned per search (the nearest centroids).
     pub probe: usize,
@@ -57,7 +57,7 @@ impl Default for IvfParams {
     fn default() -> Self {
         Self {
             max_lists: 1024,
-            probe: 12,
+            probe: 16,
             train_size: 2048,
             cell_factor: 4,
             kmeans_iters: 6,
@@ -176,7 +176,7 @@ struct Generation {
     /// Codes inserted into this generation (overwritten ones included).
     inserted: usize,
     /// Codes the centroids were trained for (0 while flat): the generation is re-clustered when
-    /// it holds 4× as many.
+    /// it holds 2× as many.
     clustered_at: usize,
 }
 
@@ -397,7 +397,7 @@ impl IvfIndex {
             .max(1)
     }
 
-    /// Cells for a clustering of `n` codes: `√(n/2)`, within `[2, max_lists]`.
+    /// Cells for a clustering of `n` codes: `√n`, within `[2, max_lists]`.
     fn lists_for(&self, n: usize) -> usize {
         n.isqrt().clamp(2, self.params.max_lists.max(2))
     }
@@ -659,7 +659,7 @@ impl IvfIndex {
 
     /// Appends `v` (payload `p`) to cell `cell` of the current generation (overwriting the
     /// cell's oldest code when it is full); clusters a flat generation that reaches
-    /// `train_size`, re-clusters one that has grown 4× since its last clustering.
+    /// `train_size`, re-clusters one that has grown 2× since its last clustering.
     fn insert_into(&mut self, v: &[f32], p: &[u8], cell: usize) {
         let flat = self.current.centroids.is_empty();
         let cap = if flat {
