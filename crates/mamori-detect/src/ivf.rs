@@ -482,7 +482,7 @@ impl IvfIndex {
         cands.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        self.search_with(q, k, &mut sc.probes, &bound, |d, g, c, slot| {
+        self.search_with(q, k, &mut sc.probes, bound, |d, g, c, slot| {
             if d < worst.get() {
                 push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
                 if cands.len() >= k {
@@ -558,7 +558,7 @@ impl IvfIndex {
         found.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        let home = self.search_with(q, k, &mut sc.probes, &bound, |d, _, _, _| {
+        let home = self.search_with(q, k, &mut sc.probes, bound, |d, _, _, _| {
             if d < worst.get() {
                 push_bounded_by(found, d, k, |&x| x);
                 if found.len() >= k {
