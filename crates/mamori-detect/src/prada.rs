@@ -29,7 +29,7 @@ use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
 use crate::ivf::{IvfIndex, IvfParams};
 use crate::knn::Projections;
-use crate::shapiro::shapiro_wilk_w_in_place;
+use crate::shapiro::shapiro_wilk_w_sorted;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -203,6 +203,16 @@ struct PradaState {
     /// The pooled distances of a test (reused).
     #[serde(skip)]
     pooled: Vec<f64>,
+    /// The distance set `D` kept sorted ((distance, class), ascending), updated with each
+    /// query (a binary search and a shift), so that a test needs no sort; rebuilt from `dists`
+    /// when out of step (after a restore).
+    #[serde(skip)]
+    sorted: Vec<(f64, u16)>,
+}
+
+/// The order of [`PradaState::sorted`]: by distance ([`f64::total_cmp`]), then class.
+fn by_distance(a: &(f64, u16), b: &(f64, u16)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
 }
 
 /// An empty `G_c` index for class `c`.
@@ -262,34 +272,53 @@ impl PradaState {
     fn test(&mut self) {
         let min_entries = self.cfg.min_class_entries;
         let classes = &self.classes;
-        let pooled = &mut self.pooled;
-        pooled.clear();
-        pooled.extend(
-            self.dists
-                .iter()
-                .filter(|(c, _)| {
-                    classes
-                        .get(*c as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|c| c.d_count >= min_entries)
-                })
-                .map(|&(_, d)| d),
-        );
-        if pooled.is_empty() {
+        let pooled_class = |c: u16| {
+            classes
+                .get(c as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.d_count >= min_entries)
+        };
+        // Mean and σ over the pooled distances in arrival order (the summation order of the
+        // authors' code), then the kept values straight from the sorted set.
+        let (mut n, mut sum) = (0usize, 0.0f64);
+        for &(c, d) in &self.dists {
+            if pooled_class(c) {
+                n += 1;
+                sum += d;
+            }
+        }
+        if n == 0 {
             return;
         }
-        let n = pooled.len() as f64;
-        let mean = pooled.iter().sum::<f64>() / n;
-        let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+        let mean = sum / n as f64;
+        let var = self
+            .dists
+            .iter()
+            .filter(|&&(c, _)| pooled_class(c))
+            .map(|&(_, d)| (d - mean) * (d - mean))
+            .sum::<f64>()
+            / n as f64;
+        let sd = var.sqrt();
         // Outliers are dropped first (strictly within `outlier_sigma`·σ, as the authors' code
         // does; with σ = 0 every value is kept); the test needs more than `min_distances`
         // of the remaining values.
         let limit = self.cfg.outlier_sigma * sd;
-        pooled.retain(|d| sd == 0.0 || (d - mean).abs() < limit);
+        if self.sorted.len() != self.dists.len() {
+            self.sorted = self.dists.iter().map(|&(c, d)| (d, c)).collect();
+            self.sorted.sort_unstable_by(by_distance);
+        }
+        let pooled = &mut self.pooled;
+        pooled.clear();
+        pooled.extend(
+            self.sorted
+                .iter()
+                .filter(|&&(d, c)| pooled_class(c) && (sd == 0.0 || (d - mean).abs() < limit))
+                .map(|&(d, _)| d),
+        );
         if pooled.len() <= self.cfg.min_distances.max(2) {
             return;
         }
-        match shapiro_wilk_w_in_place(pooled) {
+        match shapiro_wilk_w_sorted(pooled) {
             Ok(w) => {
                 self.tests += 1;
                 self.last_w = Some(w);
@@ -348,12 +377,31 @@ impl DetectorState for PradaState {
                     .as_mut()
                     .and_then(|i| i.nearest_payload_dist2(&code, &buf, cfg.candidates.max(1)))
                     .map_or(0.0, |d2| (d2 as f64).sqrt() / 255.0);
+                let live = self.sorted.len() == self.dists.len();
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
+                if live {
+                    let e = (dmin, c as u16);
+                    let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
+                    self.sorted.insert(at, e);
+                }
                 if self.dists.len() > cfg.max_distances.clamp(3, 5000) {
-                    if let Some((old, _)) = self.dists.pop_front() {
+                    if let Some((old, d)) = self.dists.pop_front() {
                         if let Some(Some(s)) = self.classes.get_mut(old as usize) {
                             s.d_count -= 1;
+                        }
+                        if live {
+                            let e = (d, old);
+                            let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
+                            if self
+                                .sorted
+                                .get(at)
+                                .is_some_and(|x| by_distance(x, &e).is_eq())
+                            {
+                                self.sorted.remove(at);
+                            } else {
+                                self.sorted.clear();
+                            }
                         }
                     }
                 }
@@ -542,6 +590,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The sorted distance set gives every test exactly the W of the plain computation (pool
+    /// the classes' distances in arrival order, drop the outliers, sort, W), also while the
+    /// oldest distances leave the set and after a restore.
+    #[test]
+    fn sorted_distance_set_gives_the_plain_w() {
+        let cfg = PradaConfig {
+            max_distances: 300,
+            ..PradaConfig::default()
+        };
+        let d = PradaDetector::new(cfg.clone());
+        let mut s = PradaState {
+            cfg: cfg.clone(),
+            proj: Some(d.proj.clone()),
+            ..PradaState::default()
+        };
+        let mut checked = 0;
+        for (i, (x, l)) in natural(1500, 11).iter().enumerate() {
+            if i == 700 {
+                // As after a restore: the sorted set is rebuilt.
+                s.sorted.clear();
+            }
+            let before = s.tests;
+            s.observe(&Observation {
+                client: "c",
+                input: x,
+                input_shape: &[],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            });
+            assert!(s.sorted.is_empty() || s.sorted.len() == s.dists.len());
+            if s.tests == before {
+                continue;
+            }
+            let pooled: Vec<f64> = s
+                .dists
+                .iter()
+                .filter(|(c, _)| {
+                    s.classes[*c as usize]
+                        .as_ref()
+                        .is_some_and(|c| c.d_count >= cfg.min_class_entries)
+                })
+                .map(|&(_, d)| d)
+                .collect();
+            let n = pooled.len() as f64;
+            let mean = pooled.iter().sum::<f64>() / n;
+            let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+            let kept: Vec<f64> = pooled
+                .into_iter()
+                .filter(|d| sd == 0.0 || (d - mean).abs() < cfg.outlier_sigma * sd)
+                .collect();
+            assert_eq!(
+                s.last_w,
+                crate::shapiro::shapiro_wilk_w(&kept).ok(),
+                "query {i}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 100, "{checked} tests");
     }
 
     #[test]

@@ -207,6 +207,16 @@ pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
 
 /// [`shapiro_wilk_w`] without the copy: sorts `x` in place.
 pub fn shapiro_wilk_w_in_place(x: &mut [f64]) -> Result<f64, ShapiroError> {
+    if x.iter().any(|v| !v.is_finite()) {
+        return Err(ShapiroError::NonFinite);
+    }
+    sort_total(x);
+    shapiro_wilk_w_sorted(x)
+}
+
+/// [`shapiro_wilk_w`] of a sample already in ascending order (PRADA keeps its distance set
+/// sorted); an unsorted sample is sorted in a copy first.
+pub fn shapiro_wilk_w_sorted(x: &[f64]) -> Result<f64, ShapiroError> {
     let n = x.len();
     if !(3..=5000).contains(&n) {
         return Err(ShapiroError::SampleSize(n));
@@ -214,8 +224,10 @@ pub fn shapiro_wilk_w_in_place(x: &mut [f64]) -> Result<f64, ShapiroError> {
     if x.iter().any(|v| !v.is_finite()) {
         return Err(ShapiroError::NonFinite);
     }
+    if !x.windows(2).all(|p| p[0] <= p[1]) {
+        return shapiro_wilk_w_in_place(&mut x.to_vec());
+    }
     let s = x;
-    sort_total(s);
     let range = s[n - 1] - s[0];
     if range <= 0.0 {
         return Err(ShapiroError::ZeroRange);
@@ -333,6 +345,12 @@ mod tests {
         let mut y = x.clone();
         assert_eq!(shapiro_wilk_w_in_place(&mut y), Ok(w));
         assert!(y.windows(2).all(|p| p[0] <= p[1]));
+        assert_eq!(shapiro_wilk_w_sorted(&y), Ok(w));
+        assert_eq!(shapiro_wilk_w_sorted(&x), Ok(w));
+        assert_eq!(
+            shapiro_wilk_w_sorted(&[1.0, 1.0]),
+            Err(ShapiroError::SampleSize(2))
+        );
     }
 
     #[test]
