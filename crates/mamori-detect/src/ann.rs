@@ -2,6 +2,12 @@
 //! "Efficient and robust approximate nearest neighbor search using Hierarchical Navigable Small
 //! World graphs", TPAMI 2018) with incremental insertion, wrapped in a two-generation store.
 //!
+//! The k-NN and PRADA detectors searched this index until they moved to the inverted-file index
+//! of [`crate::ivf`] (contiguous scans instead of a cache miss per visited node); it remains the
+//! format of their states saved before (read and converted on restore, see [`AnnIndex::points`]
+//! and [`AnnIndex::points_with_payload`]) and the graph index `examples/knn_recall.rs` compares
+//! against.
+//!
 //! Why our own: the maintained crates we looked at (`hnsw_rs`, `instant-distance`) either build
 //! the graph in one batch (instant-distance) or do not serialise per-client state with serde
 //! (hnsw_rs dumps to files); detectors need incremental insertion *and* a serde snapshot of each
@@ -895,7 +901,7 @@ mod tests {
         assert!(exact_hits >= 90, "1-NN recall {exact_hits}/100");
     }
 
-    /// The k-NN detector's parameters (k = 50, 24-d codes, `KnnConfig::default()`): a stream
+    /// The k-NN detector's former HNSW parameters (k = 50, 24-d codes, `KnnConfig::hnsw`): a stream
     /// scored and inserted with `search_insert` keeps recall@50 against exact search, and the
     /// graph it builds answers later searches as well as one built by `insert`.
     #[test]
