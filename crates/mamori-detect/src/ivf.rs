@@ -404,7 +404,8 @@ impl IvfIndex {
 
     /// Most codes a flat generation holds before it is clustered (or rotated).
     fn flat_cap(&self) -> usize {
-        self.params.train_size.max(1).min(self.capacity)
+        // At least 4 codes: the smallest set a clustering (2 cells) accepts.
+        self.params.train_size.max(4).min(self.capacity)
     }
 
     /// Squared distances of the (approximately) `k` nearest held codes to `q`, ascending
@@ -972,6 +973,41 @@ mod tests {
         // Wrong payload length: not inserted, no answer.
         idx.insert_with_payload(&c, &b[..10]);
         assert_eq!(idx.nearest_payload_dist2(&c, &b[..10], 8), None);
+    }
+
+    /// Degenerate parameters (zeros) give a working, bounded index, not a panic or an index
+    /// stuck at one code.
+    #[test]
+    fn zero_parameters_still_give_a_bounded_working_index() {
+        let zero = IvfParams {
+            max_lists: 0,
+            probe: 0,
+            train_size: 0,
+            cell_factor: 0,
+            kmeans_iters: 0,
+        };
+        for (params, capacity) in [
+            (zero, 0),
+            (zero, 50),
+            (
+                IvfParams {
+                    max_lists: 4,
+                    ..zero
+                },
+                50,
+            ),
+        ] {
+            let mut idx = IvfIndex::new(2, params, capacity, 1);
+            for i in 0..300 {
+                let v = [i as f32, (i % 7) as f32];
+                let found = idx.search_insert(&v, 3);
+                assert!(found.len() <= 3 && idx.len() <= 2 * capacity.max(1));
+                if i >= 10 && capacity > 0 {
+                    assert_eq!(found.len(), 3, "{params:?}");
+                }
+            }
+            assert_eq!(idx.search(&[299.0, 5.0], 1), vec![0.0], "{params:?}");
+        }
     }
 
     #[test]
