@@ -2,8 +2,9 @@
 //! of the detector's score (mean distance to the k nearest) they cause.
 //!
 //! Run: `cargo run --release -p mamori-detect --example knn_recall -- [N] [capacity] [max_lists]
-//! [probe]` (defaults 100000, 131072, the `IvfParams` defaults: `max_lists`, `probe`). The stream is the detection
-//! bench's: MNIST training images, then shifted and noised copies; each query is projected to
+//! [probe] [kmeans_iters]` (defaults: 100000, 131072, then the `IvfParams` defaults). The
+//! stream is the detection bench's: MNIST training images, then shifted and noised copies; each
+//! query is projected to
 //! 24 dimensions (a Rademacher projection, as the detector does), scored and inserted
 //! (`search_insert`). Every 97th query after the first 1,000 is also searched exactly (linear
 //! scan over the same held codes) and recall@50 is the fraction of the approximate 50 within
@@ -59,6 +60,7 @@ fn main() {
     let params = IvfParams {
         max_lists: arg(3, defaults.max_lists),
         probe: arg(4, defaults.probe),
+        kmeans_iters: arg(5, defaults.kmeans_iters),
         ..defaults
     };
     let cfg = KnnConfig::default();
