@@ -14,7 +14,8 @@
 //! exactly) until it holds `train_size` codes; they are then clustered into
 //! `lists(n) = clamp(√n, 2, max_lists)` cells for the `n` codes held, and re-clustered (all
 //! codes re-assigned) each time the generation has grown 2× since its last clustering, so the
-//! cells stay ≈ `√n` to `2√n` codes and a search scans `O(probe·√n)` codes, not `O(n)`. Each later
+//! cells stay ≈ `√n` to `2√n` codes and a search scans `O(probe·√n)` codes, not `O(n)` (a block
+//! of 8 codes none of which beats the current `k`-th distance is skipped whole). Each later
 //! generation is trained, when it starts, on a sample of the generation that just filled — so
 //! the cells follow the client's recent distribution, for any input dimension. A clustering
 //! costs `O(sample · lists · iterations + n · lists)` distance computations, paid by the query
@@ -26,12 +27,17 @@
 //!   a sample of the filled one. Searches look in both, so a search sees (at most) the client's
 //!   last `2·capacity` queries, oldest forgotten first, in blocks.
 //! - Cells: a cell holds at most `cell_cap = ⌈cell_factor · capacity / lists⌉` codes (`lists`
-//!   of its generation); a code
-//!   inserted into a full cell overwrites that cell's oldest code (per-cell FIFO). An attacker
-//!   who concentrates every query in one region of the input space fills one cell and then only
-//!   replaces its own oldest queries there: a search scans at most
-//!   `probe · cell_cap` codes per generation, independent of the history's length.
-//! - A flat (untrained) generation holds at most `train_size` codes (or `capacity`, if smaller).
+//!   of its generation); a code inserted into a full cell overwrites that cell's oldest code
+//!   (per-cell FIFO). An attacker who concentrates every query in one region of the input
+//!   space fills one cell and then only replaces its own oldest queries there: a search scans
+//!   at most `probe · cell_cap` codes per generation (plus the next cells when fewer than `k`
+//!   codes were seen), independent of the history's length.
+//! - A flat (untrained) generation holds at most `max(train_size, 4)` codes (or `capacity`, if
+//!   smaller).
+//!
+//! Cost measured on MNIST codes (`docs/bench/detect.md`, `examples/knn_recall.rs`): recall@50
+//! 0.94–0.95 against exact search at the k-NN detector's parameters, ≈ 0.6× the HNSW search
+//! time at the default capacity and the same time when one generation holds 100k codes.
 
 use crate::ann::sq_dist;
 use serde::{Deserialize, Serialize};
