@@ -2,6 +2,12 @@
 //! "Efficient and robust approximate nearest neighbor search using Hierarchical Navigable Small
 //! World graphs", TPAMI 2018) with incremental insertion, wrapped in a two-generation store.
 //!
+//! The k-NN and PRADA detectors searched this index until they moved to the inverted-file index
+//! of [`crate::ivf`] (contiguous scans instead of a cache miss per visited node); it remains the
+//! format of their states saved before (read and converted on restore, see [`AnnIndex::points`]
+//! and [`AnnIndex::points_with_payload`]) and the graph index `examples/knn_recall.rs` compares
+//! against.
+//!
 //! Why our own: the maintained crates we looked at (`hnsw_rs`, `instant-distance`) either build
 //! the graph in one batch (instant-distance) or do not serialise per-client state with serde
 //! (hnsw_rs dumps to files); detectors need incremental insertion *and* a serde snapshot of each
@@ -722,6 +728,29 @@ impl<T: Elem> AnnIndex<T> {
         self.len() == 0
     }
 
+    /// The vector dimension.
+    pub fn dim(&self) -> usize {
+        self.current.dim
+    }
+
+    /// The held points in insertion order (previous generation first).
+    pub fn points(&self) -> impl Iterator<Item = &[T]> {
+        let dim = self.current.dim.max(1);
+        self.previous
+            .iter()
+            .chain(std::iter::once(&self.current))
+            .flat_map(move |g| g.data.chunks_exact(dim))
+    }
+
+    /// The held points with their payloads (empty when the index has none), in insertion
+    /// order (previous generation first).
+    pub fn points_with_payload(&self) -> impl Iterator<Item = (&[T], &[u8])> {
+        self.previous
+            .iter()
+            .chain(std::iter::once(&self.current))
+            .flat_map(|g| (0..g.len() as u32).map(move |i| (g.vec(i), g.payload(i))))
+    }
+
     /// Inserts a point, rotating generations when the current one is full.
     pub fn insert(&mut self, v: &[T]) {
         self.rotate();
@@ -872,7 +901,7 @@ mod tests {
         assert!(exact_hits >= 90, "1-NN recall {exact_hits}/100");
     }
 
-    /// The k-NN detector's parameters (k = 50, 24-d codes, `KnnConfig::default()`): a stream
+    /// The k-NN detector's former HNSW parameters (k = 50, 24-d codes, `KnnConfig::hnsw`): a stream
     /// scored and inserted with `search_insert` keeps recall@50 against exact search, and the
     /// graph it builds answers later searches as well as one built by `insert`.
     #[test]

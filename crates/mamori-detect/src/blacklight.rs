@@ -20,8 +20,9 @@
 //! Cost: the posting maps and the per-query match counts are keyed by already-mixed 64-bit
 //! hashes and small ids, so they use the multiplicative Fx hash instead of SipHash (no
 //! adversary chooses the keys: a client's hashes only index that client's own state), the
-//! count map is reused across queries, and the lookups are made in a pass of their own (their
-//! cache misses overlap).
+//! count map is reused across queries, the lookups are made in a pass of their own (their
+//! cache misses overlap), and posting lists of up to 6 ids are stored inside the map's bucket
+//! (no pointer to follow for the common short list).
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
@@ -154,9 +155,84 @@ fn top_distinct(v: &mut Vec<u64>, n: usize) {
     v.truncate(n);
 }
 
+/// Posting lists of up to this many ids are stored inline, in the map's bucket.
+const INLINE: usize = 6;
+
+/// One posting list (past query ids, oldest first). Short lists — most hashes are seen by one
+/// or a few queries — live inline in the map's bucket, so a lookup does not follow a pointer
+/// to the heap (one cache miss fewer); a list that outgrows [`INLINE`] ids moves to the heap.
+/// Serialised as the plain list of ids (the form of states written before).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<u32>", into = "Vec<u32>")]
+struct Postings {
+    len: u32,
+    inline: [u32; INLINE],
+    spill: Vec<u32>,
+}
+
+impl Postings {
+    fn as_slice(&self) -> &[u32] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len as usize]
+        } else {
+            &self.spill
+        }
+    }
+
+    /// Appends `id`, dropping the oldest id beyond `max` entries.
+    fn push_capped(&mut self, id: u32, max: usize) {
+        let max = max.max(1);
+        if !self.spill.is_empty() {
+            self.spill.push(id);
+            if self.spill.len() > max {
+                self.spill.remove(0);
+            }
+            return;
+        }
+        let n = self.len as usize;
+        if n < INLINE.min(max) {
+            self.inline[n] = id;
+            self.len += 1;
+        } else if max <= INLINE {
+            // Full at `max`: drop the oldest, append.
+            self.inline.copy_within(1..n, 0);
+            self.inline[n - 1] = id;
+        } else {
+            self.spill.reserve(INLINE + 1);
+            self.spill.extend_from_slice(&self.inline[..n]);
+            self.spill.push(id);
+            self.len = 0;
+        }
+    }
+}
+
+impl From<Vec<u32>> for Postings {
+    fn from(ids: Vec<u32>) -> Self {
+        if ids.len() <= INLINE {
+            let mut p = Postings {
+                len: ids.len() as u32,
+                ..Postings::default()
+            };
+            p.inline[..ids.len()].copy_from_slice(&ids);
+            p
+        } else {
+            Postings {
+                spill: ids,
+                ..Postings::default()
+            }
+        }
+    }
+}
+
+impl From<Postings> for Vec<u32> {
+    fn from(p: Postings) -> Self {
+        p.as_slice().to_vec()
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Generation {
-    postings: FxHashMap<u64, Vec<u32>>,
+    postings: FxHashMap<u64, Postings>,
     count: usize,
 }
 
@@ -189,7 +265,7 @@ impl BlState {
         for h in &fp {
             for g in [&self.current, &self.previous] {
                 if let Some(list) = g.postings.get(h) {
-                    ids.extend(list.iter().copied());
+                    ids.extend_from_slice(list.as_slice());
                 }
             }
         }
@@ -208,22 +284,14 @@ impl BlState {
         self.next_id = self.next_id.wrapping_add(1);
         let max_postings = self.cfg.max_postings.max(1);
         for h in fp {
-            push_capped(
-                self.current.postings.entry(h).or_default(),
-                id,
-                max_postings,
-            );
+            self.current
+                .postings
+                .entry(h)
+                .or_default()
+                .push_capped(id, max_postings);
         }
         self.current.count += 1;
         best as usize
-    }
-}
-
-/// Appends `id` to a posting list, dropping its oldest id beyond `max` entries.
-fn push_capped(list: &mut Vec<u32>, id: u32, max: usize) {
-    list.push(id);
-    if list.len() > max {
-        list.remove(0);
     }
 }
 
@@ -325,6 +393,34 @@ mod tests {
         let r = d.restore_state(&s.snapshot()).unwrap();
         assert_eq!(r.queries(), 320);
         assert!(d.restore_state(b"nope").is_err());
+    }
+
+    /// Inline and heap posting lists keep the newest `max` ids in order, exactly as a plain
+    /// list capped the same way, and serialise as that plain list (states written before load).
+    #[test]
+    fn posting_lists_match_a_capped_vec_and_serialise_as_one() {
+        for max in [1usize, 3, 6, 7, 32] {
+            let mut p = Postings::default();
+            let mut v: Vec<u32> = Vec::new();
+            for id in 0..100u32 {
+                p.push_capped(id, max);
+                v.push(id);
+                if v.len() > max {
+                    v.remove(0);
+                }
+                assert_eq!(p.as_slice(), v.as_slice(), "max {max}, id {id}");
+                let json = serde_json::to_string(&p).unwrap();
+                assert_eq!(json, serde_json::to_string(&v).unwrap());
+                assert_eq!(
+                    serde_json::from_str::<Postings>(&json).unwrap().as_slice(),
+                    &v[..]
+                );
+            }
+        }
+        let old = r#"{"postings":{"7":[1,2,3,4,5,6,7,8],"9":[3]},"count":2}"#;
+        let g: Generation = serde_json::from_str(old).unwrap();
+        assert_eq!(g.postings[&7].as_slice(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(g.postings[&9].as_slice(), &[3]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod calibration;
 pub mod engine;
 pub mod error;
 pub mod hoda;
+pub mod ivf;
 pub mod knn;
 pub mod ood;
 pub mod policy;

@@ -13,18 +13,23 @@
 //! roughly normal distances; synthetic attack queries (JBDA's small Jacobian steps, random
 //! probes) do not.
 //!
-//! Cost and memory: `d_min` comes from an HNSW index per class ([`crate::ann`]) searched in a
+//! Cost and memory: `d_min` comes from an inverted-file index per class ([`crate::ivf`]: k-means
+//! cells of the class's points, the nearest cells scanned contiguously) searched in a
 //! `proj_dim`-dimensional random projection; its `candidates` nearest are re-ranked by the
 //! exact L2 distance on the inputs quantised to bytes over `[0, 1]` (exact for 8-bit images),
 //! so `d_min` is exact whenever the true nearest is among the candidates (checked in the
-//! tests against a linear scan); each class keeps at most
-//! `2·class_capacity` points (generational eviction) and `D` keeps its newest `max_distances`
-//! values (the Shapiro–Wilk algorithm is valid up to 5000).
+//! tests against a linear scan); each class keeps at most `2·class_capacity` points
+//! (generational eviction, and the per-cell FIFO cap of [`crate::ivf`]) and `D` keeps its
+//! newest `max_distances` values (the Shapiro–Wilk algorithm is valid up to 5000).
+//!
+//! States saved before the IVF index (an HNSW index per class, [`crate::ann`], under the key
+//! `index`) still load: each class's points and inputs are re-inserted, oldest first.
 
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
+use crate::ivf::{IvfIndex, IvfParams};
 use crate::knn::Projections;
-use crate::shapiro::shapiro_wilk_w;
+use crate::shapiro::shapiro_wilk_w_sorted;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -60,6 +65,10 @@ pub struct PradaConfig {
     /// Candidates re-ranked by exact distance on the full quantised input.
     pub candidates: usize,
     /// Index parameters.
+    pub ivf: IvfParams,
+    /// Not used since the search moved to the IVF index ([`PradaConfig::ivf`]); accepted (and
+    /// not written) so that configuration files written before keep loading.
+    #[serde(skip_serializing)]
     pub hnsw: HnswParams,
     /// Consecutive tests with `W < δ` before the client is flagged (1 = the paper's rule).
     pub persist: u32,
@@ -77,6 +86,10 @@ impl Default for PradaConfig {
             class_capacity: 2048,
             proj_dim: 32,
             candidates: 8,
+            ivf: IvfParams {
+                train_size: 512,
+                ..IvfParams::default()
+            },
             hnsw: HnswParams {
                 m: 8,
                 ef_construction: 32,
@@ -149,7 +162,13 @@ pub fn critical_delta(ws: &[f64], persist: u32) -> Option<f64> {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ClassSet {
-    index: AnnIndex<f32>,
+    /// `G_c` (absent only in a state saved with the HNSW index, until it is converted).
+    #[serde(default, rename = "ivf")]
+    index: Option<IvfIndex>,
+    /// The HNSW index of a state saved before the IVF index (read, converted on restore,
+    /// never written).
+    #[serde(default, rename = "index", skip_serializing)]
+    legacy: Option<AnnIndex<f32>>,
     threshold: f64,
     /// Running sums over `D_{G_c}`: count, Σd, Σd².
     g_n: f64,
@@ -181,6 +200,24 @@ struct PradaState {
     /// Tests run by this state since it was created or restored (for calibration).
     #[serde(skip)]
     tests: u64,
+    /// The pooled distances of a test (reused).
+    #[serde(skip)]
+    pooled: Vec<f64>,
+    /// The distance set `D` kept sorted ((distance, class), ascending), updated with each
+    /// query (a binary search and a shift), so that a test needs no sort; rebuilt from `dists`
+    /// when out of step (after a restore).
+    #[serde(skip)]
+    sorted: Vec<(f64, u16)>,
+}
+
+/// The order of [`PradaState::sorted`]: by distance ([`f64::total_cmp`]), then class.
+fn by_distance(a: &(f64, u16), b: &(f64, u16)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+}
+
+/// An empty `G_c` index for class `c`.
+fn new_class_index(cfg: &PradaConfig, dim: usize, c: usize) -> IvfIndex {
+    IvfIndex::new(dim, cfg.ivf, cfg.class_capacity, 0x5EED ^ c as u64)
 }
 
 /// Quantises `[0, 1]` inputs to bytes.
@@ -212,6 +249,21 @@ impl Detector for PradaDetector {
         let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
         s.cfg = self.cfg.clone();
         s.proj = Some(self.proj.clone());
+        for (c, set) in s.classes.iter_mut().enumerate() {
+            let Some(set) = set else { continue };
+            if let Some(old) = set.legacy.take() {
+                if set.index.is_none() {
+                    let mut index = new_class_index(&self.cfg, old.dim(), c);
+                    for (code, input) in old.points_with_payload() {
+                        index.insert_with_payload(code, input);
+                    }
+                    set.index = Some(index);
+                }
+            }
+            if set.index.is_none() {
+                return Err(format!("prada: class {c} has no index"));
+            }
+        }
         Ok(Box::new(s))
     }
 }
@@ -219,34 +271,54 @@ impl Detector for PradaDetector {
 impl PradaState {
     fn test(&mut self) {
         let min_entries = self.cfg.min_class_entries;
-        let counts: Vec<usize> = self
-            .classes
-            .iter()
-            .map(|c| c.as_ref().map_or(0, |c| c.d_count))
-            .collect();
-        let pooled: Vec<f64> = self
-            .dists
-            .iter()
-            .filter(|(c, _)| counts[*c as usize] >= min_entries)
-            .map(|&(_, d)| d)
-            .collect();
-        if pooled.is_empty() {
+        let classes = &self.classes;
+        let pooled_class = |c: u16| {
+            classes
+                .get(c as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.d_count >= min_entries)
+        };
+        // Mean and σ over the pooled distances in arrival order (the summation order of the
+        // authors' code), then the kept values straight from the sorted set.
+        let (mut n, mut sum) = (0usize, 0.0f64);
+        for &(c, d) in &self.dists {
+            if pooled_class(c) {
+                n += 1;
+                sum += d;
+            }
+        }
+        if n == 0 {
             return;
         }
-        let n = pooled.len() as f64;
-        let mean = pooled.iter().sum::<f64>() / n;
-        let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+        let mean = sum / n as f64;
+        let var = self
+            .dists
+            .iter()
+            .filter(|&&(c, _)| pooled_class(c))
+            .map(|&(_, d)| (d - mean) * (d - mean))
+            .sum::<f64>()
+            / n as f64;
+        let sd = var.sqrt();
         // Outliers are dropped first (strictly within `outlier_sigma`·σ, as the authors' code
         // does; with σ = 0 every value is kept); the test needs more than `min_distances`
         // of the remaining values.
-        let kept: Vec<f64> = pooled
-            .into_iter()
-            .filter(|d| sd == 0.0 || (d - mean).abs() < self.cfg.outlier_sigma * sd)
-            .collect();
-        if kept.len() <= self.cfg.min_distances.max(2) {
+        let limit = self.cfg.outlier_sigma * sd;
+        if self.sorted.len() != self.dists.len() {
+            self.sorted = self.dists.iter().map(|&(c, d)| (d, c)).collect();
+            self.sorted.sort_unstable_by(by_distance);
+        }
+        let pooled = &mut self.pooled;
+        pooled.clear();
+        pooled.extend(
+            self.sorted
+                .iter()
+                .filter(|&&(d, c)| pooled_class(c) && (sd == 0.0 || (d - mean).abs() < limit))
+                .map(|&(d, _)| d),
+        );
+        if pooled.len() <= self.cfg.min_distances.max(2) {
             return;
         }
-        match shapiro_wilk_w(&kept) {
+        match shapiro_wilk_w_sorted(pooled) {
             Ok(w) => {
                 self.tests += 1;
                 self.last_w = Some(w);
@@ -285,13 +357,13 @@ impl DetectorState for PradaState {
         let slot = &mut self.classes[c];
         match slot {
             None => {
-                let mut index =
-                    AnnIndex::new(code.len(), cfg.hnsw, cfg.class_capacity, 0x5EED ^ c as u64);
+                let mut index = new_class_index(cfg, code.len(), c);
                 index.insert_with_payload(&code, &buf);
                 // The first query of a class seeds `G_c` with distance 0 in `D_{G_c}` (it
                 // lowers the first thresholds); it adds nothing to `D`.
                 *slot = Some(ClassSet {
-                    index,
+                    index: Some(index),
+                    legacy: None,
                     threshold: 0.0,
                     g_n: 1.0,
                     g_sum: 0.0,
@@ -302,14 +374,34 @@ impl DetectorState for PradaState {
             Some(set) => {
                 let dmin = set
                     .index
-                    .nearest_payload_dist2(&code, &buf, cfg.candidates.max(1))
+                    .as_mut()
+                    .and_then(|i| i.nearest_payload_dist2(&code, &buf, cfg.candidates.max(1)))
                     .map_or(0.0, |d2| (d2 as f64).sqrt() / 255.0);
+                let live = self.sorted.len() == self.dists.len();
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
+                if live {
+                    let e = (dmin, c as u16);
+                    let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
+                    self.sorted.insert(at, e);
+                }
                 if self.dists.len() > cfg.max_distances.clamp(3, 5000) {
-                    if let Some((old, _)) = self.dists.pop_front() {
+                    if let Some((old, d)) = self.dists.pop_front() {
                         if let Some(Some(s)) = self.classes.get_mut(old as usize) {
                             s.d_count -= 1;
+                        }
+                        if live {
+                            let e = (d, old);
+                            let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
+                            if self
+                                .sorted
+                                .get(at)
+                                .is_some_and(|x| by_distance(x, &e).is_eq())
+                            {
+                                self.sorted.remove(at);
+                            } else {
+                                self.sorted.clear();
+                            }
                         }
                     }
                 }
@@ -317,7 +409,9 @@ impl DetectorState for PradaState {
                     unreachable!("class set exists")
                 };
                 if dmin > set.threshold {
-                    set.index.insert_with_payload(&code, &buf);
+                    if let Some(i) = set.index.as_mut() {
+                        i.insert_with_payload(&code, &buf);
+                    }
                     set.g_n += 1.0;
                     set.g_sum += dmin;
                     set.g_sum2 += dmin * dmin;
@@ -498,6 +592,67 @@ mod tests {
         }
     }
 
+    /// The sorted distance set gives every test exactly the W of the plain computation (pool
+    /// the classes' distances in arrival order, drop the outliers, sort, W), also while the
+    /// oldest distances leave the set and after a restore.
+    #[test]
+    fn sorted_distance_set_gives_the_plain_w() {
+        let cfg = PradaConfig {
+            max_distances: 300,
+            ..PradaConfig::default()
+        };
+        let d = PradaDetector::new(cfg.clone());
+        let mut s = PradaState {
+            cfg: cfg.clone(),
+            proj: Some(d.proj.clone()),
+            ..PradaState::default()
+        };
+        let mut checked = 0;
+        for (i, (x, l)) in natural(1500, 11).iter().enumerate() {
+            if i == 700 {
+                // As after a restore: the sorted set is rebuilt.
+                s.sorted.clear();
+            }
+            let before = s.tests;
+            s.observe(&Observation {
+                client: "c",
+                input: x,
+                input_shape: &[],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            });
+            assert!(s.sorted.is_empty() || s.sorted.len() == s.dists.len());
+            if s.tests == before {
+                continue;
+            }
+            let pooled: Vec<f64> = s
+                .dists
+                .iter()
+                .filter(|(c, _)| {
+                    s.classes[*c as usize]
+                        .as_ref()
+                        .is_some_and(|c| c.d_count >= cfg.min_class_entries)
+                })
+                .map(|&(_, d)| d)
+                .collect();
+            let n = pooled.len() as f64;
+            let mean = pooled.iter().sum::<f64>() / n;
+            let sd = (pooled.iter().map(|d| (d - mean) * (d - mean)).sum::<f64>() / n).sqrt();
+            let kept: Vec<f64> = pooled
+                .into_iter()
+                .filter(|d| sd == 0.0 || (d - mean).abs() < cfg.outlier_sigma * sd)
+                .collect();
+            assert_eq!(
+                s.last_w,
+                crate::shapiro::shapiro_wilk_w(&kept).ok(),
+                "query {i}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 100, "{checked} tests");
+    }
+
     #[test]
     fn snapshot_round_trip_keeps_state() {
         let d = PradaDetector::new(PradaConfig::default());
@@ -520,5 +675,53 @@ mod tests {
             assert!((a.score - b.score).abs() < 1e-9);
         }
         assert!(d.restore_state(b"[]").is_err());
+    }
+
+    /// A state saved with the HNSW index (each class's points under `index`) loads: the points
+    /// are re-inserted into IVF indexes and the restored state goes on exactly as the live one
+    /// (small classes are scanned exactly, so both find the same `d_min`).
+    #[test]
+    fn states_saved_with_the_hnsw_index_still_load() {
+        let d = PradaDetector::new(PradaConfig::default());
+        let (_, mut live) = run(&d, &natural(300, 5));
+        let mut snap: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
+        let cfg = PradaConfig::default();
+        for class in snap["classes"].as_array_mut().unwrap() {
+            let obj = class.as_object_mut().unwrap();
+            let ivf: IvfIndex = serde_json::from_value(obj.remove("ivf").unwrap()).unwrap();
+            let (codes, inputs) = ivf.held_codes();
+            let mut old = AnnIndex::new(cfg.proj_dim, cfg.hnsw, cfg.class_capacity, 1);
+            for (code, input) in codes.chunks(cfg.proj_dim).zip(inputs.chunks(64)) {
+                old.insert_with_payload(code, input);
+            }
+            obj.insert("index".into(), serde_json::to_value(&old).unwrap());
+        }
+        let mut restored = d
+            .restore_state(&serde_json::to_vec(&snap).unwrap())
+            .unwrap();
+        assert_eq!(restored.queries(), 300);
+        let mut alarms = 0;
+        for (i, (x, l)) in natural(200, 6).iter().enumerate() {
+            let o = Observation {
+                client: "c",
+                input: x,
+                input_shape: &[],
+                probs: &[],
+                label: *l,
+                time_ms: i as u64,
+            };
+            let (a, b) = (live.observe(&o), restored.observe(&o));
+            assert_eq!(a, b, "query {i}");
+            alarms += a.alarm as usize;
+        }
+        assert_eq!(alarms, 0);
+        // A class without any index is refused.
+        let mut bad: serde_json::Value = serde_json::from_slice(&live.snapshot()).unwrap();
+        bad["classes"][0].as_object_mut().unwrap().remove("ivf");
+        let err = d
+            .restore_state(&serde_json::to_vec(&bad).unwrap())
+            .err()
+            .unwrap();
+        assert!(err.contains("class 0 has no index"), "{err}");
     }
 }

@@ -173,8 +173,50 @@ fn sort_total(v: &mut [f64]) {
     }
 }
 
+/// Coefficient vectors of the most recent sample sizes: they depend on `n` only, and PRADA
+/// tests samples of nearly the same size (up to 5000) every few queries.
+static COEFFICIENTS: std::sync::Mutex<Vec<(usize, std::sync::Arc<Vec<f64>>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Sample sizes whose coefficients are kept (≤ 64 × 2500 values).
+const CACHED_SIZES: usize = 64;
+
+/// [`coefficients`] of `n`, from the cache when `n` was seen recently.
+fn cached_coefficients(n: usize) -> std::sync::Arc<Vec<f64>> {
+    let find = |c: &Vec<(usize, std::sync::Arc<Vec<f64>>)>| {
+        c.iter().find(|(m, _)| *m == n).map(|(_, a)| a.clone())
+    };
+    if let Some(a) = find(&COEFFICIENTS.lock().unwrap_or_else(|e| e.into_inner())) {
+        return a;
+    }
+    let a = std::sync::Arc::new(coefficients(n));
+    let mut cache = COEFFICIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if find(&cache).is_none() {
+        if cache.len() >= CACHED_SIZES {
+            cache.remove(0);
+        }
+        cache.push((n, a.clone()));
+    }
+    a
+}
+
 /// The Shapiro–Wilk W statistic of `x` (any order). Smaller W = less normal.
 pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
+    shapiro_wilk_w_in_place(&mut x.to_vec())
+}
+
+/// [`shapiro_wilk_w`] without the copy: sorts `x` in place.
+pub fn shapiro_wilk_w_in_place(x: &mut [f64]) -> Result<f64, ShapiroError> {
+    if x.iter().any(|v| !v.is_finite()) {
+        return Err(ShapiroError::NonFinite);
+    }
+    sort_total(x);
+    shapiro_wilk_w_sorted(x)
+}
+
+/// [`shapiro_wilk_w`] of a sample already in ascending order (PRADA keeps its distance set
+/// sorted); an unsorted sample is sorted in a copy first.
+pub fn shapiro_wilk_w_sorted(x: &[f64]) -> Result<f64, ShapiroError> {
     let n = x.len();
     if !(3..=5000).contains(&n) {
         return Err(ShapiroError::SampleSize(n));
@@ -182,15 +224,17 @@ pub fn shapiro_wilk_w(x: &[f64]) -> Result<f64, ShapiroError> {
     if x.iter().any(|v| !v.is_finite()) {
         return Err(ShapiroError::NonFinite);
     }
-    let mut s = x.to_vec();
-    sort_total(&mut s);
+    if !x.windows(2).all(|p| p[0] <= p[1]) {
+        return shapiro_wilk_w_in_place(&mut x.to_vec());
+    }
+    let s = x;
     let range = s[n - 1] - s[0];
     if range <= 0.0 {
         return Err(ShapiroError::ZeroRange);
     }
     let mean = s.iter().sum::<f64>() / n as f64;
     let ss: f64 = s.iter().map(|v| (v - mean) * (v - mean)).sum();
-    let a = coefficients(n);
+    let a = cached_coefficients(n);
     let mut num = 0.0;
     for (i, ai) in a.iter().enumerate() {
         num += ai * (s[n - 1 - i] - s[i]);
@@ -285,6 +329,28 @@ mod tests {
             let w = shapiro_wilk_w(&sample(name)).unwrap();
             assert!((w - w_ref).abs() < 2e-6, "{name}: W = {w}, scipy = {w_ref}");
         }
+    }
+
+    /// Cached coefficients are the computed ones, for sizes seen again after others.
+    #[test]
+    fn cached_coefficients_match_and_w_is_unchanged() {
+        for n in [3usize, 4, 5, 6, 11, 4999, 5000] {
+            assert_eq!(*cached_coefficients(n), coefficients(n));
+        }
+        for n in (100..200).chain(100..110) {
+            assert_eq!(*cached_coefficients(n), coefficients(n));
+        }
+        let x = lcg_uniform(5, 1234);
+        let w = shapiro_wilk_w(&x).unwrap();
+        let mut y = x.clone();
+        assert_eq!(shapiro_wilk_w_in_place(&mut y), Ok(w));
+        assert!(y.windows(2).all(|p| p[0] <= p[1]));
+        assert_eq!(shapiro_wilk_w_sorted(&y), Ok(w));
+        assert_eq!(shapiro_wilk_w_sorted(&x), Ok(w));
+        assert_eq!(
+            shapiro_wilk_w_sorted(&[1.0, 1.0]),
+            Err(ShapiroError::SampleSize(2))
+        );
     }
 
     #[test]
