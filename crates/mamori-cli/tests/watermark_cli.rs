@@ -54,6 +54,18 @@ fn memoriser(dir: &Path, xs: &[Vec<f32>], ys: &[usize]) {
     NativeModel::new(net, card("thief")).save(dir).unwrap();
 }
 
+/// `mamori watermark verify --suspect SUSPECT ARGS…`.
+fn verify(home: &Path, suspect: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec![
+        "watermark",
+        "verify",
+        "--suspect",
+        suspect.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run(home, &all)
+}
+
 fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
     let out = mamori(home).args(args).output().unwrap();
     (
@@ -85,13 +97,10 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
 
     let json = tmp.path().join("thief.json");
     let report = tmp.path().join("thief.report.json");
-    let (ok, out, err) = run(
+    let (ok, out, err) = verify(
         &home,
+        &thief,
         &[
-            "watermark",
-            "verify",
-            "--suspect",
-            thief.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
             "--report",
@@ -148,17 +157,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     // fingerprint test joins the decision.
     let reference = tmp.path().join("reference");
     victim.save(&reference).unwrap();
-    let (ok, _, err) = run(
-        &home,
-        &[
-            "watermark",
-            "verify",
-            "--suspect",
-            thief.to_str().unwrap(),
-            "--reference",
-            reference.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = verify(&home, &thief, &["--reference", reference.to_str().unwrap()]);
     assert!(!ok && err.contains("mamori calibrate"), "{err}");
     mamori_detect::Calibration {
         version: mamori_detect::CALIBRATION_VERSION,
@@ -173,13 +172,10 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     }
     .save(&reference)
     .unwrap();
-    let (ok, out, err) = run(
+    let (ok, out, err) = verify(
         &home,
+        &thief,
         &[
-            "watermark",
-            "verify",
-            "--suspect",
-            thief.to_str().unwrap(),
             "--reference",
             reference.to_str().unwrap(),
             "--fingerprint-queries",
@@ -196,13 +192,10 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert_eq!(j["fingerprint"]["queried"], 500);
     assert_eq!(j["verdict"], "watermark_found");
     // A missing DAWN key is named.
-    let (ok, _, err) = run(
+    let (ok, _, err) = verify(
         &home,
+        &thief,
         &[
-            "watermark",
-            "verify",
-            "--suspect",
-            thief.to_str().unwrap(),
             "--reference",
             reference.to_str().unwrap(),
             "--dawn-key",
@@ -212,10 +205,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(!ok && err.contains("nokey"), "{err}");
 
     // A model that never saw our answers is not accused.
-    let (ok, out, err) = run(
-        &home,
-        &["watermark", "verify", "--suspect", clean.to_str().unwrap()],
-    );
+    let (ok, out, err) = verify(&home, &clean, &[]);
     assert!(ok, "{err}");
     assert!(out.contains("not found at alpha"), "{out}");
 }
@@ -234,10 +224,7 @@ fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
 
     // No ledger in this home.
     let empty = tmp.path().join("empty");
-    let (ok, _, err) = run(
-        &empty,
-        &["watermark", "verify", "--suspect", model.to_str().unwrap()],
-    );
+    let (ok, _, err) = verify(&empty, &model, &[]);
     assert!(
         !ok && err.contains("ledger") && err.contains("does not exist"),
         "{err}"
@@ -245,38 +232,17 @@ fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
 
     // A suspect path that is not a model.
     let missing = tmp.path().join("no-such-model");
-    let (ok, _, err) = run(
-        &home,
-        &[
-            "watermark",
-            "verify",
-            "--suspect",
-            missing.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = verify(&home, &missing, &[]);
     assert!(!ok && err.contains("no-such-model"), "{err}");
 
     // A suspect of another shape.
     let other = tmp.path().join("other");
     common::tiny_model(&other, "other");
-    let (ok, _, err) = run(
-        &home,
-        &["watermark", "verify", "--suspect", other.to_str().unwrap()],
-    );
+    let (ok, _, err) = verify(&home, &other, &[]);
     assert!(!ok && err.contains("classes"), "{err}");
 
     // A significance level outside (0, 1).
-    let (ok, _, err) = run(
-        &home,
-        &[
-            "watermark",
-            "verify",
-            "--suspect",
-            model.to_str().unwrap(),
-            "--alpha",
-            "2",
-        ],
-    );
+    let (ok, _, err) = verify(&home, &model, &["--alpha", "2"]);
     assert!(!ok && err.contains("alpha"), "{err}");
 
     // A report file that is not a report, and a malformed public key.

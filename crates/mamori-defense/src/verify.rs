@@ -930,17 +930,19 @@ mod tests {
             vec![0.1, 0.3, 0.5, 0.1],
         ];
         let fp = LinearFingerprint::new(crate::SecretKey::from_bytes([3; 32]), 1.0).unwrap();
+        let check = || {
+            Some(FingerprintCheck {
+                fingerprint: &fp,
+                reference: None,
+                queries: 64,
+                range: (0.0, 1.0),
+            })
+        };
         let mut o = Table {
             scores: scores.clone(),
             disclosure: Disclosure::Probabilities,
         };
-        let check = FingerprintCheck {
-            fingerprint: &fp,
-            reference: None,
-            queries: 64,
-            range: (0.0, 1.0),
-        };
-        let r = verify_with(&mut o, &records, 0.6, 2, Some(check)).unwrap();
+        let r = verify_with(&mut o, &records, 0.6, 2, check()).unwrap();
         assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSumOrFingerprint);
         let (t, rs, f) = (
             r.top_among_wrong.unwrap(),
@@ -958,13 +960,7 @@ mod tests {
             scores,
             disclosure: Disclosure::Label,
         };
-        let check = FingerprintCheck {
-            fingerprint: &fp,
-            reference: None,
-            queries: 64,
-            range: (0.0, 1.0),
-        };
-        let r = verify_with(&mut o, &records, 0.6, 2, Some(check)).unwrap();
+        let r = verify_with(&mut o, &records, 0.6, 2, check()).unwrap();
         assert_eq!(r.statistic, Statistic::Top1);
         assert!(r.fingerprint.is_none());
     }
