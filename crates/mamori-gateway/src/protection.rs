@@ -708,6 +708,45 @@ mod tests {
         assert!(e.contains("watermark.fingerprint = 0"), "{e}");
     }
 
+    /// DAWN's fingerprint goes on the calibration's quiet dimensions, or on the policy's own
+    /// list; with neither, or at strength 0, it stays off.
+    #[test]
+    fn the_dawn_fingerprint_takes_its_dimensions_from_the_calibration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ctx = ProtectionContext::new(tmp.path());
+        ctx.secret = Some(SecretKey::from_bytes([2; 32]));
+        let build = |spec: &PolicySpec, ctx: &ProtectionContext| {
+            protect(GatewayConfig::default(), Vec::new(), spec, ctx)
+                .unwrap()
+                .dawn
+                .unwrap()
+        };
+        let spec = builtin("dawn").unwrap();
+        assert!(build(&spec, &ctx).fingerprint().is_none());
+        ctx.fingerprint_dims = vec![9, 1, 5];
+        let d = build(&spec, &ctx);
+        let f = d.fingerprint().unwrap();
+        assert_eq!(f.dims(), &[1, 5, 9]);
+        assert_eq!(f.epsilon(), mamori_defense::fingerprint::DEFAULT_EPSILON);
+        let mut own = spec.clone();
+        if let Some(WatermarkSpec::Dawn {
+            fingerprint_dims, ..
+        }) = &mut own.watermark
+        {
+            *fingerprint_dims = vec![0];
+        }
+        assert_eq!(build(&own, &ctx).fingerprint().unwrap().dims(), &[0]);
+        let mut off = spec;
+        if let Some(WatermarkSpec::Dawn { fingerprint, .. }) = &mut off.watermark {
+            *fingerprint = 0.0;
+        }
+        assert!(build(&off, &ctx).fingerprint().is_none());
+        // The default policy rounds answers: DAWN without the fingerprint.
+        assert!(build(&builtin("default").unwrap(), &ctx)
+            .fingerprint()
+            .is_none());
+    }
+
     #[test]
     fn exact_repeats_are_not_shown_to_similarity_detectors() {
         let dets = repeat_aware(mamori_detect::default_detectors(&DetectorsConfig::default()));
