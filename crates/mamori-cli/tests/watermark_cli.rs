@@ -66,6 +66,14 @@ fn verify(home: &Path, suspect: &Path, args: &[&str]) -> (bool, String, String) 
     run(home, &all)
 }
 
+/// `mamori watermark check-report FILE --public-key KEY`.
+fn check_report(home: &Path, file: &str, key: &str) -> (bool, String, String) {
+    run(
+        home,
+        &["watermark", "check-report", file, "--public-key", key],
+    )
+}
+
 fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
     let out = mamori(home).args(args).output().unwrap();
     (
@@ -122,16 +130,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     // The signed report checks with the public key written beside the signing key, and
     // fails once edited.
     let pk = home.join("watermark").join("signing.key.pub");
-    let (ok, out, err) = run(
-        &home,
-        &[
-            "watermark",
-            "check-report",
-            report.to_str().unwrap(),
-            "--public-key",
-            pk.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = check_report(&home, report.to_str().unwrap(), pk.to_str().unwrap());
     assert!(ok, "{err}");
     assert!(out.contains("signature   valid"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
@@ -141,16 +140,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     v["report"]["rank_sum"]["rank_sum"] = serde_json::json!(sum + 7);
     let tampered = tmp.path().join("tampered.json");
     std::fs::write(&tampered, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let (ok, _, err) = run(
-        &home,
-        &[
-            "watermark",
-            "check-report",
-            tampered.to_str().unwrap(),
-            "--public-key",
-            pk.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = check_report(&home, tampered.to_str().unwrap(), pk.to_str().unwrap());
     assert!(!ok && err.contains("signature does not verify"), "{err}");
 
     // With the protected model as reference (and its calibration's quiet dimensions), the
@@ -248,32 +238,16 @@ fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
     // A report file that is not a report, and a malformed public key.
     let junk = tmp.path().join("junk.json");
     std::fs::write(&junk, "{\"nope\": 1}").unwrap();
-    let (ok, _, err) = run(
+    let (ok, _, err) = check_report(
         &home,
-        &[
-            "watermark",
-            "check-report",
-            junk.to_str().unwrap(),
-            "--public-key",
-            &mamori_defense::report::ReportSigner::new(mamori_defense::SecretKey::from_bytes(
-                [1; 32],
-            ))
+        junk.to_str().unwrap(),
+        &mamori_defense::report::ReportSigner::new(mamori_defense::SecretKey::from_bytes([1; 32]))
             .public_key_hex(),
-        ],
     );
     assert!(
         !ok && err.contains("junk.json") && err.contains("not a signed report"),
         "{err}"
     );
-    let (ok, _, err) = run(
-        &home,
-        &[
-            "watermark",
-            "check-report",
-            junk.to_str().unwrap(),
-            "--public-key",
-            "xyz",
-        ],
-    );
+    let (ok, _, err) = check_report(&home, junk.to_str().unwrap(), "xyz");
     assert!(!ok && err.contains("public key"), "{err}");
 }
