@@ -471,6 +471,18 @@ mod tests {
         (first, s)
     }
 
+    /// Client `c`'s observation of query `i` (`x`, predicted `label`), no shape or scores.
+    fn obs(x: &[f32], label: usize, i: usize) -> Observation<'_> {
+        Observation {
+            client: "c",
+            input: x,
+            input_shape: &[],
+            probs: &[],
+            label,
+            time_ms: i as u64,
+        }
+    }
+
     /// Natural-like queries: each class a blob with Gaussian-ish spread (distances to the
     /// nearest previous query are roughly normal).
     fn natural(n: usize, seed: u64) -> Vec<(Vec<f32>, usize)> {
@@ -614,14 +626,7 @@ mod tests {
                 s.sorted.clear();
             }
             let before = s.tests;
-            s.observe(&Observation {
-                client: "c",
-                input: x,
-                input_shape: &[],
-                probs: &[],
-                label: *l,
-                time_ms: i as u64,
-            });
+            s.observe(&obs(x, *l, i));
             assert!(s.sorted.is_empty() || s.sorted.len() == s.dists.len());
             if s.tests == before {
                 continue;
@@ -662,14 +667,7 @@ mod tests {
         let mut r = d.restore_state(&s.snapshot()).unwrap();
         assert_eq!(r.queries(), 300);
         for (i, (x, l)) in natural(100, 6).iter().enumerate() {
-            let o = Observation {
-                client: "c",
-                input: x,
-                input_shape: &[],
-                probs: &[],
-                label: *l,
-                time_ms: i as u64,
-            };
+            let o = obs(x, *l, i);
             let (a, b) = (s.observe(&o), r.observe(&o));
             assert_eq!(a.alarm, b.alarm);
             assert!((a.score - b.score).abs() < 1e-9);
@@ -702,14 +700,7 @@ mod tests {
         assert_eq!(restored.queries(), 300);
         let mut alarms = 0;
         for (i, (x, l)) in natural(200, 6).iter().enumerate() {
-            let o = Observation {
-                client: "c",
-                input: x,
-                input_shape: &[],
-                probs: &[],
-                label: *l,
-                time_ms: i as u64,
-            };
+            let o = obs(x, *l, i);
             let (a, b) = (live.observe(&o), restored.observe(&o));
             assert_eq!(a, b, "query {i}");
             alarms += a.alarm as usize;
