@@ -35,6 +35,5 @@ pub use post::{
     answer_distortion, build, defended_answers, registry, BuildContext, PostprocessorSpec,
 };
 pub use verify::{
-    verify, verify_model, verify_model_fingerprinted, verify_with, FingerprintCheck, Verdict,
-    VerifyResult,
+    verify, verify_model, verify_model_with, verify_with, FingerprintCheck, Verdict, VerifyResult,
 };

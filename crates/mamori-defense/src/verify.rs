@@ -618,29 +618,26 @@ pub fn verify_model(
     verify(&mut ModelOracle::new(model), records, alpha, 256)
 }
 
-/// Verifies a local model with the fingerprint test too ([`verify_with`]): `reference` is the
-/// protected model without the fingerprint; `queries` inputs uniform on `[0, 1]`.
-pub fn verify_model_fingerprinted(
+/// Verifies a local model ([`verify_with`]), with the fingerprint test too when the DAWN that
+/// answered it added one (`fingerprint`, e.g. [`crate::Dawn::fingerprint`]): `reference` is
+/// the protected model without the fingerprint; `queries` inputs uniform on `[0, 1]`. With
+/// `None` it is [`verify_model`].
+pub fn verify_model_with(
     model: &dyn Model,
     records: &[LedgerRecord],
     alpha: f64,
-    fingerprint: &LinearFingerprint,
+    fingerprint: Option<&LinearFingerprint>,
     reference: Option<&dyn Model>,
     queries: usize,
 ) -> Result<VerifyResult, DefenseError> {
     let mut reference = reference.map(ModelOracle::new);
-    verify_with(
-        &mut ModelOracle::new(model),
-        records,
-        alpha,
-        256,
-        Some(FingerprintCheck {
-            fingerprint,
-            reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
-            queries,
-            range: (0.0, 1.0),
-        }),
-    )
+    let check = fingerprint.map(|fingerprint| FingerprintCheck {
+        fingerprint,
+        reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
+        queries,
+        range: (0.0, 1.0),
+    });
+    verify_with(&mut ModelOracle::new(model), records, alpha, 256, check)
 }
 
 /// A [`Model`] seen as an unlimited [`Oracle`] answering full probabilities.
@@ -862,13 +859,8 @@ mod tests {
         }
     }
 
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() < 1e-12
-    }
-
-    #[test]
-    fn exact_p_values_on_a_constructed_case() {
-        // c = 4: chance 1/3 for both statistics.
+    /// Three marks among 4 classes and a suspect's scores for them (see the first test).
+    fn constructed_case() -> (Vec<LedgerRecord>, Vec<Vec<f32>>) {
         let records = vec![rec(0, 0, 2, 4), rec(1, 1, 3, 4), rec(2, 2, 0, 4)];
         let scores = vec![
             // Top-1 is the true label 0, second choice the watermark 2: top_among_wrong only.
@@ -878,6 +870,17 @@ mod tests {
             // Second choice 1, not the watermark 0: neither.
             vec![0.1, 0.3, 0.5, 0.1],
         ];
+        (records, scores)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn exact_p_values_on_a_constructed_case() {
+        // c = 4: chance 1/3 for both statistics.
+        let (records, scores) = constructed_case();
         let mut o = Table {
             scores,
             disclosure: Disclosure::Probabilities,
@@ -923,12 +926,7 @@ mod tests {
     /// label-only suspect still falls back to `top1` (the fingerprint needs probabilities).
     #[test]
     fn the_fingerprint_test_joins_the_decision_with_its_weight() {
-        let records = vec![rec(0, 0, 2, 4), rec(1, 1, 3, 4), rec(2, 2, 0, 4)];
-        let scores = vec![
-            vec![0.6, 0.1, 0.25, 0.05],
-            vec![0.1, 0.2, 0.1, 0.6],
-            vec![0.1, 0.3, 0.5, 0.1],
-        ];
+        let (records, scores) = constructed_case();
         let fp = LinearFingerprint::new(crate::SecretKey::from_bytes([3; 32]), 1.0).unwrap();
         let check = || {
             Some(FingerprintCheck {

@@ -40,9 +40,7 @@
 use mamori_attack::extract::{ExtractionAttack, ExtractionContext, STRATEGIES};
 use mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES;
 use mamori_defense::robustness::{fine_tune, prune_smallest};
-use mamori_defense::verify::{
-    distinct_records, verify_model, verify_model_fingerprinted, StatisticResult, VerifyResult,
-};
+use mamori_defense::verify::{distinct_records, verify_model_with, StatisticResult, VerifyResult};
 use mamori_defense::LedgerRecord;
 use mamori_eval::runner::{CellChain, Recorder, Transport};
 use mamori_eval::EvalConfig;
@@ -434,16 +432,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Verification: every statistic, with the fingerprint test against the victim when the
     // policy adds the fingerprint.
-    let ver = |m: &dyn mamori_core::Model, records: &[LedgerRecord]| match dawn.fingerprint() {
-        Some(f) => verify_model_fingerprinted(
+    let ver = |m: &dyn mamori_core::Model, records: &[LedgerRecord]| {
+        verify_model_with(
             m,
             records,
             1e-4,
-            f,
+            dawn.fingerprint(),
             Some(victim.model.as_ref()),
             DEFAULT_VERIFY_QUERIES,
-        ),
-        None => verify_model(m, records, 1e-4),
+        )
     };
 
     // Benign cost through the chain.

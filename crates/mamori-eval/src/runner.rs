@@ -843,17 +843,14 @@ pub fn run_cell(
                 })
             } else {
                 let alpha = mamori_defense::verify::DEFAULT_ALPHA;
-                let v = match d.fingerprint() {
-                    Some(f) => mamori_defense::verify_model_fingerprinted(
-                        &substitute,
-                        &records,
-                        alpha,
-                        f,
-                        Some(victim_model),
-                        mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES,
-                    ),
-                    None => mamori_defense::verify_model(&substitute, &records, alpha),
-                }
+                let v = mamori_defense::verify_model_with(
+                    &substitute,
+                    &records,
+                    alpha,
+                    d.fingerprint(),
+                    Some(victim_model),
+                    mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES,
+                )
                 .map_err(|e| EvalError::Defense(e.to_string()))?;
                 Some(WatermarkOutcome {
                     marks: v.queried,
