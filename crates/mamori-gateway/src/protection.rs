@@ -122,6 +122,15 @@ pub struct PolicySpec {
 }
 
 impl PolicySpec {
+    /// Whether any of its postprocessors (for every client or for degraded ones) rounds
+    /// answers — which DAWN's linear fingerprint, added after them, would undo.
+    pub fn rounds_answers(&self) -> bool {
+        self.postprocessors
+            .iter()
+            .chain(&self.degrade_postprocessors)
+            .any(|p| matches!(p, PostprocessorSpec::Rounding { .. }))
+    }
+
     /// Checks the values a policy can get wrong before anything is built.
     pub fn check(&self, name: &str) -> Result<(), GatewayError> {
         if let Some(WatermarkSpec::Dawn {
@@ -140,12 +149,7 @@ impl PolicySpec {
                      {fingerprint}"
                 )));
             }
-            let rounds = self
-                .postprocessors
-                .iter()
-                .chain(&self.degrade_postprocessors)
-                .any(|p| matches!(p, PostprocessorSpec::Rounding { .. }));
-            if *fingerprint > 0.0 && rounds {
+            if *fingerprint > 0.0 && self.rounds_answers() {
                 return Err(GatewayError::Config(format!(
                     "policy {name:?}: watermark.fingerprint = {fingerprint} would undo the \
                      rounding postprocessor (the fingerprint is added after it); set \

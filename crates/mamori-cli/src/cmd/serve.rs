@@ -145,11 +145,7 @@ fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
     if args.watermark.is_some() && spec.watermark.is_none() {
         spec.watermark = protection::builtin("dawn").and_then(|d| d.watermark);
         // The fingerprint would undo a rounding postprocessor: DAWN alone then.
-        let rounds = spec
-            .postprocessors
-            .iter()
-            .chain(&spec.degrade_postprocessors)
-            .any(|p| matches!(p, mamori_defense::PostprocessorSpec::Rounding { .. }));
+        let rounds = spec.rounds_answers();
         if let Some(protection::WatermarkSpec::Dawn { fingerprint, .. }) = &mut spec.watermark {
             if rounds {
                 tracing::info!("the policy rounds answers: DAWN without its linear fingerprint");
