@@ -21,6 +21,12 @@ fn card(name: &str) -> ModelCard {
 /// Writes DAWN marks for 400 random inputs answered by `victim` into `home`'s ledger (rate
 /// 0.25); returns the marked inputs and their watermark labels.
 fn make_ledger(home: &Path, victim: &NativeModel) -> (Vec<Vec<f32>>, Vec<usize>) {
+    // A fixed key, so the statistical checks below see the same ledger every run.
+    let paths = mamori_defense::dawn::DawnPaths::in_home(home);
+    std::fs::create_dir_all(paths.key.parent().unwrap()).unwrap();
+    mamori_defense::SecretKey::from_bytes([0x3c; 32])
+        .save_new(&paths.key)
+        .unwrap();
     let dawn = Dawn::open_home(home, 0.25).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
