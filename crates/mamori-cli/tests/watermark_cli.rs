@@ -127,11 +127,13 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(j["verdict"], "watermark_found");
-    assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum");
+    assert_eq!(j["statistic"], "log_gap_sum");
     assert_eq!(j["queried"], xs.len());
     assert!(j["p_value"].as_f64().unwrap() < 1e-9, "{j}");
     assert!(j["matches"].as_u64().unwrap() > xs.len() as u64 / 2);
     assert!(j["rank_sum"]["p_value"].as_f64().unwrap() < 1e-9);
+    assert!(out.contains("log_gap_sum"), "{out}");
+    assert!(j["log_gap_sum"]["p_value"].as_f64().unwrap() < 1e-9);
 
     // The signed report checks with the public key written beside the signing key, and
     // fails once edited.
@@ -141,9 +143,9 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(out.contains("signature   valid"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["report"]["version"], 3);
-    let sum = v["report"]["rank_sum"]["rank_sum"].as_u64().unwrap();
-    v["report"]["rank_sum"]["rank_sum"] = serde_json::json!(sum + 7);
+    assert_eq!(v["report"]["version"], 4);
+    let sum = v["report"]["log_gap_sum"]["log_gap_sum"].as_u64().unwrap();
+    v["report"]["log_gap_sum"]["log_gap_sum"] = serde_json::json!(sum + 7);
     let tampered = tmp.path().join("tampered.json");
     std::fs::write(&tampered, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     let (ok, _, err) = check_report(&home, tampered.to_str().unwrap(), pk.to_str().unwrap());
@@ -184,7 +186,14 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(out.contains("fingerprint     z ="), "{out}");
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum_or_fingerprint");
+    assert_eq!(
+        j["statistic"],
+        "log_gap_sum_or_reference_gap_sum_or_fingerprint"
+    );
+    assert!(
+        j["reference_gap_sum"]["p_value"].as_f64().unwrap() < 1e-9,
+        "{j}"
+    );
     assert_eq!(j["fingerprint"]["queried"], 500);
     assert_eq!(j["verdict"], "watermark_found");
     // A missing DAWN key is named.

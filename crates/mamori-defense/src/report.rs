@@ -7,7 +7,10 @@
 //! checker, never the one embedded in the file.
 //!
 //! Version 2 reports also name the deciding statistic and carry both count statistics' counts
-//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic and the fingerprint test. Fields
+//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic and the
+//! fingerprint test; version 4 reports add the log-gap-sum and reference-gap-sum statistics
+//! (which decide them) and every queried input's gaps, from which anyone can recompute both.
+//! Fields
 //! a version does not have are left out of its canonical JSON, so the signatures of older
 //! reports still verify.
 
@@ -15,7 +18,7 @@ use crate::error::DefenseError;
 use crate::fingerprint::FingerprintResult;
 use crate::key::SecretKey;
 use crate::verify::{
-    EvidenceItem, RankSumResult, Statistic, StatisticResult, Verdict, VerifyResult,
+    EvidenceItem, LogGapSumResult, RankSumResult, Statistic, StatisticResult, Verdict, VerifyResult,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -24,8 +27,8 @@ use std::path::Path;
 /// The signed content of a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceReport {
-    /// Format version (3; 2 for reports made before `rank_sum` existed, 1 before
-    /// `statistic`).
+    /// Format version (4; 3 for reports made before `log_gap_sum` existed, 2 before
+    /// `rank_sum`, 1 before `statistic`).
     pub version: u32,
     /// When the report was made, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
@@ -59,6 +62,13 @@ pub struct EvidenceReport {
     /// The rank-sum statistic, when the suspect's answers carried scores (version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_sum: Option<RankSumResult>,
+    /// The log-gap-sum statistic, when the suspect's answers carried scores (version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_gap_sum: Option<LogGapSumResult>,
+    /// The reference-gap-sum statistic, when the verifier supplied the protected model
+    /// (version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_gap_sum: Option<LogGapSumResult>,
     /// The linear-fingerprint test, when it ran (version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<FingerprintResult>,
@@ -70,7 +80,7 @@ impl EvidenceReport {
     /// A report from a verification result.
     pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
         EvidenceReport {
-            version: 3,
+            version: 4,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -88,6 +98,8 @@ impl EvidenceReport {
             top1: Some(r.top1),
             top_among_wrong: r.top_among_wrong,
             rank_sum: r.rank_sum,
+            log_gap_sum: r.log_gap_sum,
+            reference_gap_sum: r.reference_gap_sum,
             fingerprint: r.fingerprint,
             evidence: r.evidence.clone(),
         }
@@ -217,6 +229,8 @@ mod tests {
             top1: None,
             top_among_wrong: None,
             rank_sum: None,
+            log_gap_sum: None,
+            reference_gap_sum: None,
             fingerprint: None,
             evidence: vec![EvidenceItem {
                 input_sha256: "cd".repeat(32),
@@ -227,6 +241,8 @@ mod tests {
                 suspect_top_wrong: None,
                 matched_top_wrong: None,
                 suspect_rank_wrong: None,
+                suspect_log_gaps: None,
+                reference_log_gaps: None,
             }],
         }
     }
@@ -310,6 +326,33 @@ mod tests {
         assert!(check_report(&t, &pk).is_err());
         let mut t = back;
         t.report.evidence[0].suspect_rank_wrong = Some(2);
+        assert!(check_report(&t, &pk).is_err());
+
+        // Version 4: the log-gap sum and the evidence's gaps are signed too, and a version 3
+        // report has neither in its JSON.
+        assert!(!text.contains("log_gap") && !text.contains("suspect_log_gaps"));
+        let mut v4 = v3;
+        v4.version = 4;
+        v4.log_gap_sum = Some(LogGapSumResult {
+            log_gap_sum: 0,
+            expected: 30.0,
+            p_value: 1.0 / 9.0,
+            log10_p_value: -(9f64.log10()),
+        });
+        v4.evidence[0].suspect_log_gaps = Some(vec![7, 64, 0, 12, 64, 64, 64, 64, 64]);
+        v4.reference_gap_sum = v4.log_gap_sum;
+        v4.evidence[0].reference_log_gaps = Some(vec![0, 9, 3, 12, 14, 20, 64, 64, 64]);
+        let text = serde_json::to_string_pretty(&s.sign(v4.clone())).unwrap();
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), v4);
+        let mut t = back.clone();
+        t.report.log_gap_sum.as_mut().unwrap().log_gap_sum = 1;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back.clone();
+        t.report.evidence[0].suspect_log_gaps.as_mut().unwrap()[2] = 1;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back;
+        t.report.evidence[0].reference_log_gaps.as_mut().unwrap()[0] = 1;
         assert!(check_report(&t, &pk).is_err());
     }
 

@@ -43,24 +43,46 @@
 //!   and a linear rank statistic sees (a Wilcoxon-type statistic; the sign-free ranks make the
 //!   null distribution exact for any suspect).
 //!
+//! - **`log_gap_sum`** (scores): the sum over the records of the watermark label's
+//!   log-probability gap below the suspect's best label among the `c − 1` labels other than
+//!   `y`, quantised to eighths of a nat and capped at 8 nats ([`log_gaps`]). Under H0 `w(x)` is
+//!   uniform over those labels independently of the scores, so each record's gap is a uniform
+//!   draw from its own `c − 1` gaps and the lower tail of the sum is computed exactly by
+//!   convolution ([`discrete_sum_lower_tail_ln`]; ties need no rule). It is the score test
+//!   of "the suspect raised the watermark label's log-odds" (see [`log_gaps`]): `top_among_wrong`
+//!   (gap 0) and the ranks are coarsenings of it, and on the DAWN acceptance runs it was about
+//!   as strong as the better of the two or stronger (docs/bench/defense.md).
+//!
+//! - **`reference_gap_sum`** (scores, and the verifier supplies the protected model as
+//!   reference): the same sum and exact null on the gaps of the suspect's *log-lift over the
+//!   reference* ([`reference_gaps`]). A copy imitates the protected model's order of the wrong
+//!   labels, which is noise to the raw gaps; over the reference only the labels the copy was
+//!   taught differently stand out, the watermark labels among them. It convicts copies that
+//!   absorbed the marks only partly (soft-label thieves that fit 86% of their answers) by
+//!   many orders of magnitude more than the raw gaps; the raw gaps stay stronger for copies
+//!   trained on noise inputs, where the two models' wrong-label scores are unrelated.
+//!
 //! - **`fingerprint`** (full probabilities, and only when the verifier supplies DAWN's key,
 //!   [`verify_with`]): the exact test of the keyed linear fingerprint DAWN adds to every
 //!   answer ([`crate::fingerprint`]); it convicts least-squares (equation-solving) copies that
 //!   the sparse marks cannot reach.
 //!
 //! **Which statistic decides** is fixed before any answer is looked at, by what the suspect's
-//! API discloses and whether the verifier brought the key: when every answer carries scores
-//! ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `top_among_wrong_or_rank_sum`:
-//! `p = min(1, 2·min(p_top_among_wrong, p_rank_sum))`, a Bonferroni combination, valid
-//! whatever the dependence between the two; with the fingerprint test as well,
-//! `top_among_wrong_or_rank_sum_or_fingerprint`, a weighted Bonferroni combination:
-//! `p = min(1, p_top_among_wrong/0.495, p_rank_sum/0.495, p_fingerprint/0.01)`
-//! ([`FINGERPRINT_WEIGHT`]);
+//! API discloses and what the verifier brought (the reference, DAWN's key): when every answer
+//! carries scores ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `log_gap_sum`;
+//! with the reference, `log_gap_sum_or_reference_gap_sum` (`p = min(1, 2·min(p_log_gap_sum,
+//! p_reference_gap_sum))`); with the fingerprint test, weighted Bonferroni combinations, valid
+//! whatever the dependence between the tests: `log_gap_sum_or_fingerprint`, `p = min(1,
+//! p_log_gap_sum/0.99, p_fingerprint/0.01)`, and with the reference too
+//! `log_gap_sum_or_reference_gap_sum_or_fingerprint`, `p = min(1, p_log_gap_sum/0.495,
+//! p_reference_gap_sum/0.495, p_fingerprint/0.01)` ([`FINGERPRINT_WEIGHT`], [`GAP_WEIGHT`]);
 //! `top1` when any answer is label-only. It depends on the disclosure kind only, never on the
 //! answers' values, so the decision is one pre-specified test, not the best of several
 //! looked at afterwards. Every statistic is reported; the verdict and `p_value` are those of
 //! the decision, `matches` the `top_among_wrong` count for scored suspects and the `top1`
-//! count otherwise.
+//! count otherwise. (Version-3 evidence reports were decided by
+//! `top_among_wrong_or_rank_sum[_or_fingerprint]`, a Bonferroni combination of the two
+//! coarser counts; those reports still read and verify.)
 
 use crate::error::DefenseError;
 use crate::fingerprint::{FingerprintResult, LinearFingerprint};
@@ -94,12 +116,29 @@ pub enum Statistic {
     /// The sum of the watermark labels' ranks among the labels other than the victim's;
     /// needs scores.
     RankSum,
-    /// The decision for suspects that disclose scores: the smaller of the `top_among_wrong`
-    /// and `rank_sum` p-values, doubled (Bonferroni over the two).
+    /// The sum of the watermark labels' quantised log-probability gaps below the suspect's
+    /// best label among the labels other than the victim's ([`log_gaps`]); needs scores.
+    LogGapSum,
+    /// The decision of version-3 reports for suspects that disclose scores: the smaller of the
+    /// `top_among_wrong` and `rank_sum` p-values, doubled (Bonferroni over the two). Kept so
+    /// that those reports still read and verify; no longer decided.
     TopAmongWrongOrRankSum,
-    /// The decision when the fingerprint test ran too: weighted Bonferroni over the three
-    /// ([`FINGERPRINT_WEIGHT`]).
+    /// The decision of version-3 reports when the fingerprint test ran too: weighted
+    /// Bonferroni over the three. Kept for those reports; no longer decided.
     TopAmongWrongOrRankSumOrFingerprint,
+    /// The sum of the watermark labels' quantised gaps in log-lift over the reference (the
+    /// protected model) below the best wrong label's lift ([`reference_gaps`]); needs scores
+    /// and the reference.
+    ReferenceGapSum,
+    /// The decision when the fingerprint test ran without a reference: weighted Bonferroni
+    /// over the log-gap sum and the fingerprint test ([`FINGERPRINT_WEIGHT`]).
+    LogGapSumOrFingerprint,
+    /// The decision with a reference and no fingerprint test: the smaller of the `log_gap_sum`
+    /// and `reference_gap_sum` p-values, doubled (Bonferroni over the two).
+    LogGapSumOrReferenceGapSum,
+    /// The decision with a reference and the fingerprint test: weighted Bonferroni over the
+    /// three ([`GAP_WEIGHT`] each for the two gap sums, [`FINGERPRINT_WEIGHT`]).
+    LogGapSumOrReferenceGapSumOrFingerprint,
 }
 
 impl Statistic {
@@ -109,9 +148,16 @@ impl Statistic {
             Statistic::Top1 => "top1",
             Statistic::TopAmongWrong => "top_among_wrong",
             Statistic::RankSum => "rank_sum",
+            Statistic::LogGapSum => "log_gap_sum",
             Statistic::TopAmongWrongOrRankSum => "top_among_wrong_or_rank_sum",
             Statistic::TopAmongWrongOrRankSumOrFingerprint => {
                 "top_among_wrong_or_rank_sum_or_fingerprint"
+            }
+            Statistic::ReferenceGapSum => "reference_gap_sum",
+            Statistic::LogGapSumOrFingerprint => "log_gap_sum_or_fingerprint",
+            Statistic::LogGapSumOrReferenceGapSum => "log_gap_sum_or_reference_gap_sum",
+            Statistic::LogGapSumOrReferenceGapSumOrFingerprint => {
+                "log_gap_sum_or_reference_gap_sum_or_fingerprint"
             }
         }
     }
@@ -170,6 +216,22 @@ impl RankSumResult {
     }
 }
 
+/// The log-gap-sum statistic: how close to the suspect's best wrong label the watermark
+/// labels' log-probabilities lie (see [`log_gaps`] and [`discrete_sum_lower_tail_ln`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogGapSumResult {
+    /// `Σ gap(w(x))` over the queried inputs, in units of [`LOG_GAP_STEP`] nats; 0 when every
+    /// watermark label is the suspect's most probable label among the wrong ones.
+    pub log_gap_sum: u64,
+    /// Its mean under H0, `Σ_x mean_j gap_x(j)` over the `c − 1` wrong labels `j`.
+    pub expected: f64,
+    /// Lower tail `P(S ≤ log_gap_sum)` for `S` the sum over the inputs of one gap each, drawn
+    /// uniformly from that input's `c − 1` gaps.
+    pub p_value: f64,
+    /// `log10` of the p-value.
+    pub log10_p_value: f64,
+}
+
 /// One queried ledger input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceItem {
@@ -197,6 +259,16 @@ pub struct EvidenceItem {
     /// scores ([`rank_among_others`]); absent when the answer has no scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect_rank_wrong: Option<usize>,
+    /// The suspect's quantised log-probability gaps of the `c − 1` labels other than
+    /// `true_label`, in label order ([`log_gaps`]): with them anyone can recompute the
+    /// `log_gap_sum` statistic and its exact null distribution from the report. Absent when the
+    /// answer has no scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect_log_gaps: Option<Vec<u32>>,
+    /// The quantised log-lift gaps over the reference of the same `c − 1` labels
+    /// ([`reference_gaps`]); absent without scores or without a reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_log_gaps: Option<Vec<u32>>,
 }
 
 /// The outcome of a verification.
@@ -226,6 +298,14 @@ pub struct VerifyResult {
     /// The rank-sum statistic, when every answer carried scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank_sum: Option<RankSumResult>,
+    /// The log-gap-sum statistic, when every answer carried scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_gap_sum: Option<LogGapSumResult>,
+    /// The reference-gap-sum statistic (the same form as the log-gap sum, on the gaps of
+    /// [`reference_gaps`]), when every answer carried scores and the verifier supplied the
+    /// reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_gap_sum: Option<LogGapSumResult>,
     /// The linear-fingerprint test ([`crate::fingerprint`]), when the verifier supplied the
     /// key and the suspect answered full probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,6 +432,223 @@ fn uniform_sum_chernoff_ln(n: usize, k: usize, s: usize) -> f64 {
     bound((a + b) / 2.0).min(bound(0.0)).min(0.0)
 }
 
+/// Width of one unit of the `log_gap_sum` statistic, in nats (natural-log units of
+/// probability).
+pub const LOG_GAP_STEP: f64 = 0.125;
+
+/// The largest gap counted, in units of [`LOG_GAP_STEP`] (8 nats: a label `e^−8 ≈ 3·10⁻⁴`
+/// times as probable as the suspect's best wrong label counts as far away as one it scores
+/// 0).
+pub const LOG_GAP_CAP: u32 = 64;
+
+/// The quantised log-probability gaps of the labels other than `exclude`, in label order
+/// (`scores.len() − 1` values): `gap(j) = min(CAP, round((ln s_max − ln s_j) / STEP))` with
+/// `s_max` the largest score among those labels ([`LOG_GAP_STEP`], [`LOG_GAP_CAP`]). A score
+/// that is not a finite positive number (an undisclosed top-k label, a 0, a NaN) gets the
+/// cap; when no label qualifies, every gap is the cap (the input then carries no evidence
+/// either way).
+///
+/// **Why this statistic.** Under H0 the watermark label is a uniform draw from these labels,
+/// independent of the scores. Against the alternative "the suspect raised the watermark
+/// label's log-odds" — `P(w = j | scores) ∝ s_j^δ`, δ > 0, which is what training on the
+/// mark does to a soft-label substitute — the locally most powerful test statistic (the
+/// score test at δ = 0) is `Σ_x ln s_{w(x)}` minus a per-input constant, i.e. the sum of the
+/// watermark labels' log-probability gaps (with the sign flipped). The ranks
+/// ([`rank_among_others`]) keep only the order of the scores; the gaps keep how far apart
+/// they are, which is where a partly absorbed mark shows. The cap bounds one input's
+/// influence (a label the suspect scores as impossible says little more than an unlikely
+/// one), and the quantisation makes the null distribution exactly computable
+/// ([`discrete_sum_lower_tail_ln`]). Any function of the scores and the label gives an exact
+/// test under this null; ties need no special rule.
+pub fn log_gaps(scores: &[f32], exclude: usize) -> Vec<u32> {
+    let ln: Vec<Option<f64>> = scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != exclude)
+        .map(|(_, &v)| (v.is_finite() && v > 0.0).then(|| f64::from(v).ln()))
+        .collect();
+    let best = ln
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    ln.iter()
+        .map(|l| match l {
+            Some(l) if best.is_finite() => {
+                let units = ((best - l) / LOG_GAP_STEP).round();
+                if units >= f64::from(LOG_GAP_CAP) {
+                    LOG_GAP_CAP
+                } else {
+                    units.max(0.0) as u32
+                }
+            }
+            _ => LOG_GAP_CAP,
+        })
+        .collect()
+}
+
+/// Probabilities below this count as this in [`reference_gaps`]' log-lifts.
+pub const REFERENCE_FLOOR: f32 = 1e-3;
+
+/// The quantised log-lift gaps of the labels other than `exclude`, in label order: with
+/// `d_j = ln max(s_j, F) − ln max(r_j, F)` the suspect's log-lift of label `j` over the
+/// reference's score `r_j` ([`REFERENCE_FLOOR`] `F`), `gap(j) = min(CAP, round((max d − d_j) /
+/// STEP))` (the same step and cap as [`log_gaps`]). A score that is not finite counts as 0.
+///
+/// **Why.** A copy imitates the protected model, so its wrong labels follow the reference's
+/// order; the raw gaps of [`log_gaps`] carry that imitated order as noise, and the lift over
+/// the reference removes it, leaving the watermark label as the one the copy raised. The
+/// reference's scores do not depend on the key, so this is a function of the scores and the
+/// label like any other and the exact null of [`discrete_sum_lower_tail_ln`] holds (the
+/// protected model itself gives every gap 0: no evidence). The floor keeps both models'
+/// extrapolations at tiny probabilities out of the lift: below 1e-3 they are noise (on the
+/// design runs, without it the lifts of copies trained on noise inputs were dominated by
+/// labels both models scored below 1e-6; docs/bench/defense.md).
+pub fn reference_gaps(scores: &[f32], reference: &[f32], exclude: usize) -> Vec<u32> {
+    let floor = f64::from(REFERENCE_FLOOR);
+    let ln = |v: f32| {
+        if v.is_finite() {
+            f64::from(v).max(floor).ln()
+        } else {
+            floor.ln()
+        }
+    };
+    let lift: Vec<f64> = scores
+        .iter()
+        .zip(reference)
+        .enumerate()
+        .filter(|&(j, _)| j != exclude)
+        .map(|(_, (&s, &r))| ln(s) - ln(r))
+        .collect();
+    let best = lift.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    lift.iter()
+        .map(|l| {
+            let units = ((best - l) / LOG_GAP_STEP).round();
+            if units >= f64::from(LOG_GAP_CAP) {
+                LOG_GAP_CAP
+            } else {
+                units.max(0.0) as u32
+            }
+        })
+        .collect()
+}
+
+/// `ln P(S ≤ s)` for `S = Σ_i U_i` with the `U_i` independent and `U_i` uniform over the
+/// multiset `values[i]` (each entry with probability `1/values[i].len()`; rows may differ in
+/// content and length, an empty row contributes 0).
+///
+/// Exact, by convolving over `0..=s` with rescaling (as [`uniform_sum_lower_tail_ln`]) while
+/// that costs at most `1e8` additions; beyond, the Chernoff bound
+/// `min_θ≥0 θs + Σ_i ln((1/|values[i]|) Σ_v e^−θv)`, which is never below the exact value.
+pub fn discrete_sum_lower_tail_ln(values: &[Vec<u32>], s: u64) -> f64 {
+    let rows: Vec<&Vec<u32>> = values.iter().filter(|r| !r.is_empty()).collect();
+    let max_sum: u64 = rows
+        .iter()
+        .map(|r| u64::from(*r.iter().max().unwrap_or(&0)))
+        .sum();
+    if rows.is_empty() || s >= max_sum {
+        return 0.0;
+    }
+    let min_sum: u64 = rows
+        .iter()
+        .map(|r| u64::from(*r.iter().min().unwrap_or(&0)))
+        .sum();
+    if s < min_sum {
+        return f64::NEG_INFINITY;
+    }
+    let entries: usize = rows.iter().map(|r| r.len()).sum();
+    let work = (s as usize).saturating_add(1).saturating_mul(entries);
+    if work <= EXACT_SUM_WORK {
+        let len = s as usize + 1;
+        let mut dist = vec![0.0f64; len];
+        dist[0] = 1.0;
+        let mut next = vec![0.0f64; len];
+        let mut ln_scale = 0.0f64;
+        for r in rows {
+            next.iter_mut().for_each(|x| *x = 0.0);
+            let w = 1.0 / r.len() as f64;
+            for &v in r.iter() {
+                let v = v as usize;
+                if v >= len {
+                    continue;
+                }
+                for (n, d) in next[v..].iter_mut().zip(&dist[..len - v]) {
+                    *n += w * d;
+                }
+            }
+            let m = next.iter().copied().fold(0.0f64, f64::max);
+            if m <= 0.0 {
+                return f64::NEG_INFINITY;
+            }
+            ln_scale += m.ln();
+            for (d, x) in dist.iter_mut().zip(&next) {
+                *d = x / m;
+            }
+        }
+        return (ln_scale + dist.iter().sum::<f64>().ln()).min(0.0);
+    }
+    discrete_sum_chernoff_ln(&rows, s)
+}
+
+/// The Chernoff bound of [`discrete_sum_lower_tail_ln`] (rows non-empty):
+/// `ln P(S ≤ s) ≤ θs + Σ_i ln((1/|row_i|) Σ_v e^−θv)` for every `θ ≥ 0`, convex in `θ`,
+/// minimised by golden-section search.
+fn discrete_sum_chernoff_ln(rows: &[&Vec<u32>], s: u64) -> f64 {
+    let bound = |theta: f64| {
+        let log_mgf: f64 = rows
+            .iter()
+            .map(|r| {
+                let m: f64 = r.iter().map(|&v| (-theta * f64::from(v)).exp()).sum();
+                (m / r.len() as f64).ln()
+            })
+            .sum();
+        theta * s as f64 + log_mgf
+    };
+    let (mut a, mut b) = (0.0f64, 20.0f64);
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..200 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if bound(c) < bound(d) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    bound((a + b) / 2.0).min(bound(0.0)).min(0.0)
+}
+
+/// Computes a gap-sum statistic from the evidence, on the gaps `gaps_of` picks (the log-gap
+/// sum: `suspect_log_gaps`; the reference-gap sum: `reference_log_gaps`); `None` unless every
+/// item carries them.
+fn gap_sum_of(
+    evidence: &[EvidenceItem],
+    gaps_of: fn(&EvidenceItem) -> Option<&Vec<u32>>,
+) -> Option<LogGapSumResult> {
+    let mut rows = Vec::with_capacity(evidence.len());
+    let mut sum = 0u64;
+    let mut expected = 0.0f64;
+    for e in evidence {
+        let gaps = gaps_of(e)?;
+        let y = e.true_label?;
+        let idx = if e.watermark_label < y {
+            e.watermark_label
+        } else {
+            e.watermark_label.checked_sub(1)?
+        };
+        sum += u64::from(*gaps.get(idx)?);
+        expected += gaps.iter().map(|&g| f64::from(g)).sum::<f64>() / gaps.len().max(1) as f64;
+        rows.push(gaps.clone());
+    }
+    let ln_p = discrete_sum_lower_tail_ln(&rows, sum);
+    Some(LogGapSumResult {
+        log_gap_sum: sum,
+        expected,
+        p_value: ln_p.exp(),
+        log10_p_value: ln_p / std::f64::consts::LN_10,
+    })
+}
+
 /// `ln P(X ≥ k)` for `X ~ Binomial(n, p)`, computed in log space (log-sum-exp over the tail
 /// terms `ln C(n,i) + i ln p + (n−i) ln(1−p)`), so p-values far below `f64::MIN_POSITIVE`
 /// are still represented.
@@ -390,22 +687,21 @@ pub fn distinct_records(records: &[LedgerRecord]) -> Vec<&LedgerRecord> {
         .collect()
 }
 
-/// Share of the significance level the fingerprint test gets in the three-test decision
-/// (weighted Bonferroni: `p = min(1, p_top_among_wrong/w, p_rank_sum/w, p_fingerprint/w_f)`
-/// with `w = (1 − w_f)/2`). The fingerprint test is there for least-squares copies, which it
-/// convicts with z ≈ 9 (p ≈ 1e-20), so 1% of the level costs it nothing, while the two count
-/// tests, which decide every other thief, keep 99% (×2.02 instead of ×3).
+/// Share of the significance level the fingerprint test gets in the decision (weighted
+/// Bonferroni: `p = min(1, p_log_gap_sum/(1 − w_f), p_fingerprint/w_f)`). The fingerprint
+/// test is there for least-squares copies, which it convicts with z ≈ 9 (p ≈ 1e-20), so 1% of
+/// the level costs it nothing, while the log-gap sum, which decides every other thief, keeps
+/// 99%.
 pub const FINGERPRINT_WEIGHT: f64 = 0.01;
 
-/// Share of the level each count test gets in the three-test decision.
-pub const COUNT_WEIGHT: f64 = (1.0 - FINGERPRINT_WEIGHT) / 2.0;
+/// Share of the level the gap sums get in the decision with the fingerprint test (split
+/// equally between the log-gap and reference-gap sums when both ran).
+pub const GAP_WEIGHT: f64 = 1.0 - FINGERPRINT_WEIGHT;
 
 /// What the fingerprint test of [`verify_with`] needs (see [`crate::fingerprint`]).
 pub struct FingerprintCheck<'a> {
     /// The fingerprint (DAWN's sub-key and strength: [`crate::Dawn::fingerprint_for_key`]).
     pub fingerprint: &'a LinearFingerprint,
-    /// The protected model itself, without the fingerprint (much stronger test when given).
-    pub reference: Option<&'a mut dyn Oracle>,
     /// Verification queries.
     pub queries: usize,
     /// Range the verification inputs are drawn from, uniformly per value.
@@ -421,17 +717,20 @@ pub fn verify(
     alpha: f64,
     batch: usize,
 ) -> Result<VerifyResult, DefenseError> {
-    verify_with(suspect, records, alpha, batch, None)
+    verify_with(suspect, records, alpha, batch, None, None)
 }
 
-/// Like [`verify`], and when `fingerprint` is given and the suspect answers full
-/// probabilities, the linear-fingerprint test joins the decision (weighted Bonferroni, see
-/// [`FINGERPRINT_WEIGHT`]).
+/// Like [`verify`], with the protected model as `reference` (it must answer full
+/// probabilities; the reference-gap sum joins the decision when the suspect answers scores)
+/// and, when `fingerprint` is given and the suspect answers full probabilities, the
+/// linear-fingerprint test (against `reference` when given); see the module documentation
+/// for the decision.
 pub fn verify_with(
     suspect: &mut dyn Oracle,
     records: &[LedgerRecord],
     alpha: f64,
     batch: usize,
+    mut reference: Option<&mut dyn Oracle>,
     fingerprint: Option<FingerprintCheck<'_>>,
 ) -> Result<VerifyResult, DefenseError> {
     if records.is_empty() {
@@ -479,6 +778,15 @@ pub fn verify_with(
             r.input.len()
         )));
     }
+    if let Some(r) = &reference {
+        if r.input_shape() != shape || r.num_classes() != c {
+            return Err(DefenseError::Verify(format!(
+                "the reference takes shape {:?} with {} classes, the suspect {shape:?} with {c}",
+                r.input_shape(),
+                r.num_classes()
+            )));
+        }
+    }
     let mut evidence = Vec::with_capacity(distinct.len());
     let mut all_scored = true;
     for chunk in distinct.chunks(batch.max(1)) {
@@ -503,6 +811,22 @@ pub fn verify_with(
             )));
         }
         all_scored &= scored;
+        let reference_probs = match reference.as_deref_mut() {
+            Some(o) if scored => {
+                let a = o.query(&x)?;
+                if a.disclosure != Disclosure::Probabilities || a.probs.shape() != [chunk.len(), c]
+                {
+                    return Err(DefenseError::Verify(format!(
+                        "the reference must answer full probabilities ({c} per input); it \
+                         answered {:?} of shape {:?}",
+                        a.disclosure,
+                        a.probs.shape()
+                    )));
+                }
+                Some(a.probs)
+            }
+            _ => None,
+        };
         for (i, (r, &l)) in chunk.iter().zip(&ans.labels).enumerate() {
             let top_wrong = if scored {
                 top_among_others(ans.probs.row(i), r.true_label)
@@ -519,6 +843,10 @@ pub fn verify_with(
                 matched_top_wrong: scored.then_some(top_wrong == Some(r.given_label)),
                 suspect_rank_wrong: scored
                     .then(|| rank_among_others(ans.probs.row(i), r.true_label, r.given_label)),
+                suspect_log_gaps: scored.then(|| log_gaps(ans.probs.row(i), r.true_label)),
+                reference_log_gaps: reference_probs
+                    .as_ref()
+                    .map(|p| reference_gaps(ans.probs.row(i), p.row(i), r.true_label)),
             });
         }
     }
@@ -528,6 +856,8 @@ pub fn verify_with(
             e.suspect_top_wrong = None;
             e.matched_top_wrong = None;
             e.suspect_rank_wrong = None;
+            e.suspect_log_gaps = None;
+            e.reference_log_gaps = None;
         }
     }
     let queried = evidence.len();
@@ -560,31 +890,55 @@ pub fn verify_with(
             c,
         )
     });
+    let (log_gap_sum, reference_gap_sum) = if all_scored {
+        (
+            gap_sum_of(&evidence, |e| e.suspect_log_gaps.as_ref()),
+            gap_sum_of(&evidence, |e| e.reference_log_gaps.as_ref()),
+        )
+    } else {
+        (None, None)
+    };
     let fingerprint = match fingerprint {
-        Some(f) if all_scored => {
-            f.fingerprint
-                .verify(suspect, f.reference, f.queries, f.range, batch)?
-        }
+        Some(f) if all_scored => f
+            .fingerprint
+            .verify(suspect, reference, f.queries, f.range, batch)?,
         _ => None,
     };
     // The decision (fixed by the disclosure and the verifier's key, see the module
     // documentation).
-    let (statistic, log10_p, matches) = match (top_among_wrong, rank_sum, fingerprint) {
-        (Some(t), Some(r), Some(f)) => (
-            Statistic::TopAmongWrongOrRankSumOrFingerprint,
-            (t.log10_p_value - COUNT_WEIGHT.log10())
-                .min(r.log10_p_value - COUNT_WEIGHT.log10())
-                .min(f.log10_p_value - FINGERPRINT_WEIGHT.log10())
-                .min(0.0),
-            t.matches,
-        ),
-        (Some(t), Some(r), _) => (
-            Statistic::TopAmongWrongOrRankSum,
-            (std::f64::consts::LOG10_2 + t.log10_p_value.min(r.log10_p_value)).min(0.0),
-            t.matches,
-        ),
-        _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
+    let weighted = |parts: &[(f64, f64)]| {
+        parts
+            .iter()
+            .map(|&(log10_p, w)| log10_p - w.log10())
+            .fold(0.0f64, f64::min)
     };
+    let (statistic, log10_p, matches) =
+        match (top_among_wrong, log_gap_sum, reference_gap_sum, fingerprint) {
+            (Some(t), Some(g), Some(r), Some(f)) => (
+                Statistic::LogGapSumOrReferenceGapSumOrFingerprint,
+                weighted(&[
+                    (g.log10_p_value, GAP_WEIGHT / 2.0),
+                    (r.log10_p_value, GAP_WEIGHT / 2.0),
+                    (f.log10_p_value, FINGERPRINT_WEIGHT),
+                ]),
+                t.matches,
+            ),
+            (Some(t), Some(g), Some(r), None) => (
+                Statistic::LogGapSumOrReferenceGapSum,
+                weighted(&[(g.log10_p_value, 0.5), (r.log10_p_value, 0.5)]),
+                t.matches,
+            ),
+            (Some(t), Some(g), None, Some(f)) => (
+                Statistic::LogGapSumOrFingerprint,
+                weighted(&[
+                    (g.log10_p_value, GAP_WEIGHT),
+                    (f.log10_p_value, FINGERPRINT_WEIGHT),
+                ]),
+                t.matches,
+            ),
+            (Some(t), Some(g), None, None) => (Statistic::LogGapSum, g.log10_p_value, t.matches),
+            _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
+        };
     let p_value = 10f64.powf(log10_p);
     Ok(VerifyResult {
         p_value,
@@ -602,6 +956,8 @@ pub fn verify_with(
         top1,
         top_among_wrong,
         rank_sum,
+        log_gap_sum,
+        reference_gap_sum,
         fingerprint,
         num_classes: c,
         ledger_commitment: commitment(records),
@@ -633,11 +989,17 @@ pub fn verify_model_with(
     let mut reference = reference.map(ModelOracle::new);
     let check = fingerprint.map(|fingerprint| FingerprintCheck {
         fingerprint,
-        reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
         queries,
         range: (0.0, 1.0),
     });
-    verify_with(&mut ModelOracle::new(model), records, alpha, 256, check)
+    verify_with(
+        &mut ModelOracle::new(model),
+        records,
+        alpha,
+        256,
+        reference.as_mut().map(|r| r as &mut dyn Oracle),
+        check,
+    )
 }
 
 /// A [`Model`] seen as an unlimited [`Oracle`] answering full probabilities.
@@ -798,13 +1160,315 @@ mod tests {
         assert_eq!(rs.rank_sum, 60);
         assert!((rs.expected - 160.0).abs() < 1e-12);
         assert!(rs.p_value < 1e-9, "{}", rs.p_value);
-        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
-        assert!((r.log10_p_value - (std::f64::consts::LOG10_2 + rs.log10_p_value)).abs() < 1e-9);
+        // The log-gap sum decides, and sees the same: every mark within 0.2 nats of the top.
+        assert_eq!(r.statistic, Statistic::LogGapSum);
+        let g = r.log_gap_sum.unwrap();
+        assert!(g.log_gap_sum <= 40 && g.p_value < 1e-9, "{g:?}");
+        assert!((r.log10_p_value - g.log10_p_value).abs() < 1e-12);
         assert_eq!(r.verdict, Verdict::WatermarkFound);
         assert!(r
             .evidence
             .iter()
             .all(|e| matches!(e.suspect_rank_wrong, Some(2 | 3))));
+    }
+
+    #[test]
+    fn log_gaps_quantise_clip_and_cap() {
+        let e = std::f32::consts::E;
+        // Excluding label 0; the best wrong label is 1 (0.25).
+        let g = log_gaps(&[0.5, 0.25, 0.25 / e, 0.0, f32::NAN, 0.25 / e.powi(20)], 0);
+        assert_eq!(g, vec![0, 8, LOG_GAP_CAP, LOG_GAP_CAP, LOG_GAP_CAP]);
+        // Half a step rounds to the nearest unit.
+        let g = log_gaps(&[0.3, 0.3 * (-0.06f32).exp(), 0.9], 2);
+        assert_eq!(g, vec![0, 0]);
+        let g = log_gaps(&[0.3, 0.3 * (-0.07f32).exp(), 0.9], 2);
+        assert_eq!(g, vec![0, 1]);
+        // Nothing usable: every gap is the cap.
+        assert_eq!(log_gaps(&[1.0, 0.0, -1.0], 0), vec![LOG_GAP_CAP; 2]);
+    }
+
+    /// Brute-force `P(S ≤ s)` by enumerating every combination.
+    fn brute_discrete(rows: &[Vec<u32>], s: u64) -> f64 {
+        fn go(rows: &[Vec<u32>], acc: u64, s: u64) -> f64 {
+            match rows.split_first() {
+                None => f64::from(u8::from(acc <= s)),
+                Some((r, rest)) => {
+                    r.iter()
+                        .map(|&v| go(rest, acc + u64::from(v), s))
+                        .sum::<f64>()
+                        / r.len() as f64
+                }
+            }
+        }
+        go(rows, 0, s)
+    }
+
+    #[test]
+    fn discrete_sum_tail_is_exact_and_its_bound_conservative() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..30 {
+            let n = rng.gen_range(1..6);
+            let rows: Vec<Vec<u32>> = (0..n)
+                .map(|_| {
+                    (0..rng.gen_range(1..5))
+                        .map(|_| rng.gen_range(0..9))
+                        .collect()
+                })
+                .collect();
+            let max: u64 = rows
+                .iter()
+                .map(|r| u64::from(*r.iter().max().unwrap()))
+                .sum();
+            for s in 0..=max + 1 {
+                let want = brute_discrete(&rows, s);
+                let got = discrete_sum_lower_tail_ln(&rows, s).exp();
+                assert!(
+                    (got - want).abs() < 1e-12,
+                    "{rows:?} s={s}: {got} vs {want}"
+                );
+                let refs: Vec<&Vec<u32>> = rows.iter().collect();
+                let bound = discrete_sum_chernoff_ln(&refs, s).exp();
+                assert!(
+                    bound >= want - 1e-12,
+                    "{rows:?} s={s}: bound {bound} < {want}"
+                );
+            }
+        }
+        // Uniform rows 0..k reduce to the rank-sum distribution.
+        let rows = vec![(0..9).collect::<Vec<u32>>(); 30];
+        for s in [0, 10, 60, 119] {
+            let a = discrete_sum_lower_tail_ln(&rows, s);
+            let b = uniform_sum_lower_tail_ln(30, 9, s as usize);
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+        // Far tails stay finite in log space: P(S = 0) = 9^−400.
+        let rows = vec![(0..9).collect::<Vec<u32>>(); 400];
+        let ln = discrete_sum_lower_tail_ln(&rows, 0);
+        assert!((ln + 400.0 * 9f64.ln()).abs() < 1e-6, "{ln}");
+        // Empty rows contribute nothing; below the smallest possible sum the tail is empty.
+        assert_eq!(
+            discrete_sum_lower_tail_ln(&[vec![], vec![3, 5]], 3),
+            (0.5f64).ln()
+        );
+        assert_eq!(
+            discrete_sum_lower_tail_ln(&[vec![3, 5]], 2),
+            f64::NEG_INFINITY
+        );
+        assert_eq!(discrete_sum_lower_tail_ln(&[], 0), 0.0);
+    }
+
+    /// A soft-label suspect that lifted every watermark label a little — never its first or
+    /// second choice among the wrong labels, but far closer to the top than the labels around
+    /// it: the gaps convict where the ranks say little.
+    #[test]
+    fn log_gap_sum_sees_how_far_a_mark_was_lifted() {
+        let c = 10;
+        let n = 40;
+        let mut records = Vec::new();
+        let mut scores = Vec::new();
+        for i in 0..n {
+            let y = i % c;
+            let w = (y + 1 + i % (c - 1)) % c;
+            let mut s = vec![0.0f32; c];
+            // Two wrong labels above w; the rest 6 nats lower.
+            let mut above = 0;
+            for (j, v) in s.iter_mut().enumerate() {
+                *v = if j == y {
+                    0.8
+                } else if j == w {
+                    0.05
+                } else if above < 2 {
+                    above += 1;
+                    0.06
+                } else {
+                    0.05 * (-6.0f32).exp()
+                };
+            }
+            records.push(rec(i, y, w, c));
+            scores.push(s);
+        }
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify(&mut o, &records, 1e-9, 16).unwrap();
+        assert_eq!(r.top_among_wrong.unwrap().matches, 0);
+        let g = r.log_gap_sum.unwrap();
+        // ln(0.06/0.05) = 0.18 nats = 1 unit per mark; the others 6.18 nats = 49 units.
+        assert_eq!(g.log_gap_sum, 40);
+        assert!((g.expected - 40.0 * (1.0 + 6.0 * 49.0) / 9.0).abs() < 1e-9);
+        assert!(g.p_value < 1e-15, "{}", g.p_value);
+        // The ranks: third of nine every time, p about 2e-6 (Σ = 80 against 160).
+        let rs = r.rank_sum.unwrap();
+        assert_eq!(rs.rank_sum, 80);
+        assert!(rs.p_value > 1e-9 && rs.p_value < 1e-3, "{}", rs.p_value);
+        // The report carries every gap, so the statistic can be recomputed from it.
+        let again = gap_sum_of(&r.evidence, |e| e.suspect_log_gaps.as_ref()).unwrap();
+        assert_eq!(again, g);
+        assert!(r.evidence.iter().all(|e| e
+            .suspect_log_gaps
+            .as_ref()
+            .is_some_and(|v| v.len() == c - 1)));
+    }
+
+    #[test]
+    fn reference_gaps_lift_over_the_reference_with_a_floor() {
+        // Label 0 excluded. Lifts: label 1 ln 2, label 2 0, label 3 both below the floor: 0,
+        // label 4 ln(0.1/0.2) = −ln 2.
+        let g = reference_gaps(&[0.5, 0.2, 0.1, 1e-6, 0.1], &[0.4, 0.1, 0.1, 1e-9, 0.2], 0);
+        let units = |nats: f64| (nats / LOG_GAP_STEP).round() as u32;
+        let ln2 = 2f64.ln();
+        assert_eq!(g, vec![0, units(ln2), units(ln2), units(2.0 * ln2)]);
+        // The protected model against itself: every gap 0, no evidence.
+        let p = [0.7, 0.2, 0.05, 0.05];
+        assert_eq!(reference_gaps(&p, &p, 1), vec![0, 0, 0]);
+        // Non-finite scores count as the floor.
+        assert_eq!(
+            reference_gaps(&[0.5, f32::NAN, 0.2], &[0.5, 0.3, 0.2], 0).len(),
+            2
+        );
+    }
+
+    /// A copy that imitates the protected model's order of the wrong labels and raised the
+    /// watermark label by one nat: among its own scores the watermark label sits wherever the
+    /// reference put it (the raw gaps see little), over the reference it is the one label
+    /// lifted (the reference gaps convict). The decision takes both, Bonferroni.
+    #[test]
+    fn reference_gap_sum_sees_a_lift_the_imitated_order_hides() {
+        use rand::{Rng, SeedableRng};
+        let c = 10;
+        let n = 40;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (mut records, mut sus, mut refs) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let y = rng.gen_range(0..c);
+            let w = (y + rng.gen_range(1..c)) % c;
+            // The reference: y at 0.6, the wrong labels spread over four nats.
+            let mut r: Vec<f32> = (0..c)
+                .map(|j| {
+                    if j == y {
+                        0.0
+                    } else {
+                        (-rng.gen_range(0.0f32..4.0)).exp()
+                    }
+                })
+                .collect();
+            let rest: f32 = r.iter().sum();
+            r.iter_mut().for_each(|v| *v *= 0.4 / rest);
+            r[y] = 0.6;
+            let mut s = r.clone();
+            s[w] *= 1f32.exp();
+            let t: f32 = s.iter().sum();
+            s.iter_mut().for_each(|v| *v /= t);
+            records.push(rec(i, y, w, c));
+            sus.push(s);
+            refs.push(r);
+        }
+        let mut o = Table {
+            scores: sus,
+            disclosure: Disclosure::Probabilities,
+        };
+        let mut reference = Table {
+            scores: refs,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify_with(&mut o, &records, 1e-9, 16, Some(&mut reference), None).unwrap();
+        let (g, rg) = (r.log_gap_sum.unwrap(), r.reference_gap_sum.unwrap());
+        assert!(g.p_value > 1e-9, "log-gap sum alone: {}", g.p_value);
+        // Every lift is exactly one nat (8 units) above the others: gap 0 at the mark.
+        assert_eq!(rg.log_gap_sum, 0);
+        assert!(rg.p_value < 1e-30, "{}", rg.p_value);
+        assert_eq!(r.statistic, Statistic::LogGapSumOrReferenceGapSum);
+        let want = (2.0 * g.p_value.min(rg.p_value)).min(1.0);
+        assert!(
+            (r.p_value / want - 1.0).abs() < 1e-9,
+            "{} vs {want}",
+            r.p_value
+        );
+        assert_eq!(r.verdict, Verdict::WatermarkFound);
+        assert!(r.evidence.iter().all(|e| e
+            .reference_log_gaps
+            .as_ref()
+            .is_some_and(|v| v.len() == c - 1)));
+        let again = gap_sum_of(&r.evidence, |e| e.reference_log_gaps.as_ref()).unwrap();
+        assert_eq!(again, rg);
+
+        // With the fingerprint test as well: weighted Bonferroni over the three.
+        let fp = LinearFingerprint::new(crate::SecretKey::from_bytes([3; 32]), 1.0).unwrap();
+        let check = FingerprintCheck {
+            fingerprint: &fp,
+            queries: 8,
+            range: (0.0, 1.0),
+        };
+        let r = verify_with(
+            &mut o,
+            &records,
+            1e-9,
+            16,
+            Some(&mut reference),
+            Some(check),
+        );
+        // The table oracle only answers inputs 0..n; the fingerprint's uniform inputs in
+        // [0, 1] read rows 0 and 1, which is enough to run the test.
+        let r = r.unwrap();
+        assert_eq!(
+            r.statistic,
+            Statistic::LogGapSumOrReferenceGapSumOrFingerprint
+        );
+        let f = r.fingerprint.unwrap();
+        let want = (g.p_value / (GAP_WEIGHT / 2.0))
+            .min(rg.p_value / (GAP_WEIGHT / 2.0))
+            .min(f.p_value / FINGERPRINT_WEIGHT)
+            .min(1.0);
+        assert!(
+            (r.p_value / want - 1.0).abs() < 1e-9,
+            "{} vs {want}",
+            r.p_value
+        );
+    }
+
+    #[test]
+    fn a_reference_that_does_not_fit_is_an_error() {
+        let (records, scores) = constructed_case();
+        let mut o = Table {
+            scores: scores.clone(),
+            disclosure: Disclosure::Probabilities,
+        };
+        let mut labels_only = Table {
+            scores: scores.clone(),
+            disclosure: Disclosure::Label,
+        };
+        let e = verify_with(&mut o, &records, 0.5, 2, Some(&mut labels_only), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reference must answer full probabilities"),
+            "{e}"
+        );
+        let mut wider = Table {
+            scores: scores
+                .iter()
+                .map(|s| [s.as_slice(), &[0.0]].concat())
+                .collect(),
+            disclosure: Disclosure::Probabilities,
+        };
+        let e = verify_with(&mut o, &records, 0.5, 2, Some(&mut wider), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the reference takes shape"), "{e}");
+        // A label-only suspect with a reference: the reference is not needed, top1 decides.
+        let mut lab = Table {
+            scores: scores.clone(),
+            disclosure: Disclosure::Label,
+        };
+        let mut reference = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify_with(&mut lab, &records, 0.5, 2, Some(&mut reference), None).unwrap();
+        assert_eq!(r.statistic, Statistic::Top1);
+        assert!(r.reference_gap_sum.is_none());
     }
 
     /// Answers row `i` of `scores` for the input `[i]`, with the given disclosure.
@@ -886,7 +1550,7 @@ mod tests {
             disclosure: Disclosure::Probabilities,
         };
         let r = verify(&mut o, &records, 0.6, 2).unwrap();
-        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
+        assert_eq!(r.statistic, Statistic::LogGapSum);
         assert_eq!(r.queried, 3);
         assert!(close(r.chance, 1.0 / 3.0));
         // top1: 1 of 3, P(X ≥ 1) = 1 − (2/3)³ = 19/27.
@@ -902,11 +1566,34 @@ mod tests {
         assert_eq!(rs.rank_sum, 2);
         assert!(close(rs.p_value, 10.0 / 27.0), "{}", rs.p_value);
         assert!(close(rs.expected, 3.0));
-        // The decision: 2·min(7/27, 10/27), with the top_among_wrong count.
+        // log_gap_sum, in eighths of a nat below the best wrong label, capped at 64:
+        // record 0 (wrong labels 1, 2, 3; best 0.25): ln 2.5 → 7, 0, ln 5 → 13, mark 2 → 0;
+        // record 1 (0, 2, 3; best 0.6): ln 6 → 14, 14, 0, mark 3 → 0;
+        // record 2 (0, 1, 3; best 0.3): ln 3 → 9, 0, 9, mark 0 → 9. Sum 9.
+        // P(S ≤ 9) needs record 1 at 0 (1/3) and records 0 + 2 ≤ 9: 0 + anything (1/3) or
+        // 7 + 0 (1/9), so 1/3 · 4/9 = 4/27. Expected (20 + 28 + 18)/3 = 22.
+        let g = r.log_gap_sum.unwrap();
+        assert_eq!(g.log_gap_sum, 9);
+        assert!(close(g.expected, 22.0));
+        assert!(close(g.p_value, 4.0 / 27.0), "{}", g.p_value);
+        let gaps: Vec<_> = r
+            .evidence
+            .iter()
+            .map(|e| e.suspect_log_gaps.clone())
+            .collect();
+        assert_eq!(
+            gaps,
+            vec![
+                Some(vec![7, 0, 13]),
+                Some(vec![14, 14, 0]),
+                Some(vec![9, 0, 9])
+            ]
+        );
+        // The decision is the log-gap sum, with the top_among_wrong count.
         assert_eq!(r.matches, t.matches);
-        assert!(close(r.p_value, 14.0 / 27.0), "{}", r.p_value);
+        assert!(close(r.p_value, 4.0 / 27.0), "{}", r.p_value);
         assert_eq!(r.verdict, Verdict::WatermarkFound);
-        assert!(close(r.log10_p_value, (14.0f64 / 27.0).log10()));
+        assert!(close(r.log10_p_value, (4.0f64 / 27.0).log10()));
         let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_top_wrong).collect();
         assert_eq!(e, vec![Some(2), Some(3), Some(1)]);
         let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_rank_wrong).collect();
@@ -916,8 +1603,9 @@ mod tests {
         assert!(!r.evidence[0].matched);
         // JSON names of the statistics.
         let j = serde_json::to_value(&r).unwrap();
-        assert_eq!(j["statistic"], "top_among_wrong_or_rank_sum");
+        assert_eq!(j["statistic"], "log_gap_sum");
         assert_eq!(j["rank_sum"]["rank_sum"], 2);
+        assert_eq!(j["log_gap_sum"]["log_gap_sum"], 9);
         assert_eq!(j["top1"]["statistic"], "top1");
         assert_eq!(Statistic::TopAmongWrong.name(), "top_among_wrong");
     }
@@ -931,7 +1619,6 @@ mod tests {
         let check = || {
             Some(FingerprintCheck {
                 fingerprint: &fp,
-                reference: None,
                 queries: 64,
                 range: (0.0, 1.0),
             })
@@ -940,25 +1627,20 @@ mod tests {
             scores: scores.clone(),
             disclosure: Disclosure::Probabilities,
         };
-        let r = verify_with(&mut o, &records, 0.6, 2, check()).unwrap();
-        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSumOrFingerprint);
-        let (t, rs, f) = (
-            r.top_among_wrong.unwrap(),
-            r.rank_sum.unwrap(),
-            r.fingerprint.unwrap(),
-        );
+        let r = verify_with(&mut o, &records, 0.6, 2, None, check()).unwrap();
+        assert_eq!(r.statistic, Statistic::LogGapSumOrFingerprint);
+        let (g, f) = (r.log_gap_sum.unwrap(), r.fingerprint.unwrap());
         assert_eq!(f.queried, 64);
-        let want = (t.p_value / COUNT_WEIGHT)
-            .min(rs.p_value / COUNT_WEIGHT)
+        let want = (g.p_value / GAP_WEIGHT)
             .min(f.p_value / FINGERPRINT_WEIGHT)
             .min(1.0);
         assert!((r.p_value - want).abs() < 1e-12, "{} vs {want}", r.p_value);
-        assert!((COUNT_WEIGHT * 2.0 + FINGERPRINT_WEIGHT - 1.0).abs() < 1e-15);
+        assert!((GAP_WEIGHT + FINGERPRINT_WEIGHT - 1.0).abs() < 1e-15);
         let mut o = Table {
             scores,
             disclosure: Disclosure::Label,
         };
-        let r = verify_with(&mut o, &records, 0.6, 2, check()).unwrap();
+        let r = verify_with(&mut o, &records, 0.6, 2, None, check()).unwrap();
         assert_eq!(r.statistic, Statistic::Top1);
         assert!(r.fingerprint.is_none());
     }
@@ -980,9 +1662,13 @@ mod tests {
             disclosure: Disclosure::TopK(3),
         };
         let r = verify(&mut o, &records, 0.5, 8).unwrap();
-        assert_eq!(r.statistic, Statistic::TopAmongWrongOrRankSum);
+        assert_eq!(r.statistic, Statistic::LogGapSum);
         assert_eq!(r.matches, 0);
-        assert_eq!(r.p_value, 1.0);
+        assert_eq!(r.top_among_wrong.unwrap().p_value, 1.0);
+        // The gaps need no tie rule: labels 1 and 2 both sit at gap 0, so the watermark's 0
+        // is reached by 2 of the 3 labels, P(S ≤ 0) = 2/3.
+        assert_eq!(r.evidence[0].suspect_log_gaps, Some(vec![0, 0, 7]));
+        assert!(close(r.p_value, 2.0 / 3.0), "{}", r.p_value);
         // The tie puts the watermark label second of three: P(S ≤ 1) = 2/3.
         assert_eq!(r.evidence[0].suspect_rank_wrong, Some(2));
         assert!(close(r.rank_sum.unwrap().p_value, 2.0 / 3.0));
@@ -1072,6 +1758,8 @@ mod tests {
         let mut ps1 = Vec::new();
         let mut ps2 = Vec::new();
         let mut ps3 = Vec::new();
+        let mut ps4 = Vec::new();
+        let mut ps5 = Vec::new();
         let mut ps_decision = Vec::new();
         for _ in 0..reps {
             let scores: Vec<Vec<f32>> = (0..n)
@@ -1087,17 +1775,35 @@ mod tests {
                     rec(i, y, w, c)
                 })
                 .collect();
+            // The reference: another model independent of the key (its own stream too).
+            let reference: Vec<Vec<f32>> = (0..n)
+                .map(|_| (0..c).map(|_| scores_rng.gen::<f32>().powi(4)).collect())
+                .collect();
             let mut o = Table {
                 scores,
                 disclosure: Disclosure::Probabilities,
             };
-            let r = verify(&mut o, &records, DEFAULT_ALPHA, 64).unwrap();
+            let mut reference = Table {
+                scores: reference,
+                disclosure: Disclosure::Probabilities,
+            };
+            let r = verify_with(
+                &mut o,
+                &records,
+                DEFAULT_ALPHA,
+                64,
+                Some(&mut reference),
+                None,
+            )
+            .unwrap();
+            ps5.push(r.reference_gap_sum.unwrap().p_value);
             let t = r.top_among_wrong.unwrap();
             m1 += r.top1.matches;
             m2 += t.matches;
             ps1.push(r.top1.p_value);
             ps2.push(t.p_value);
             ps3.push(r.rank_sum.unwrap().p_value);
+            ps4.push(r.log_gap_sum.unwrap().p_value);
             ps_decision.push(r.p_value);
         }
         let total = (n * reps) as f64;
@@ -1116,7 +1822,7 @@ mod tests {
             "{m1} vs {}",
             total * top1_rate
         );
-        for ps in [&ps1, &ps2, &ps3, &ps_decision] {
+        for ps in [&ps1, &ps2, &ps3, &ps4, &ps5, &ps_decision] {
             for a in [0.01, 0.05, 0.2, 0.5] {
                 let share = ps.iter().filter(|&&p| p <= a).count() as f64 / reps as f64;
                 let slack = 4.0 * (a * (1.0 - a) / reps as f64).sqrt();
@@ -1124,7 +1830,7 @@ mod tests {
             }
         }
         // Not trivially conservative: at a = 0.5 the exact test rejects often.
-        for ps in [&ps2, &ps3] {
+        for ps in [&ps2, &ps3, &ps4, &ps5] {
             let share = ps.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
             assert!(share > 0.2, "{share}");
         }

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run -p mamori-eval --example dawn_acceptance -- [--data DIR] [--cache DIR] \
 //!     [--out DIR] [--budget 10000] [--clean 20] [--hidden H] [--epochs E] [--patience P] \
-//!     [--min-gain G] [--only STRATEGY,STRATEGY,..]
+//!     [--min-gain G] [--only STRATEGY,STRATEGY,..] [--key-seed S]
 //! ```
 //!
 //! 1. The victim is the evaluation harness's default (the shipped `eval.toml`: a Fashion-MNIST
@@ -14,7 +14,8 @@
 //! 2. It is served through the chain of the built-in `dawn` policy
 //!    ([`mamori_gateway::protection`]: DAWN at r = 0.005, no detection, no blocking, full
 //!    probabilities), built by [`CellChain::build`] exactly as the evaluation harness builds a
-//!    cell, and reached in-process through [`mamori_gateway::ChainOracle`], one API key per
+//!    cell (its keys derive from the evaluation seed, or from `--key-seed`: another DAWN key,
+//!    fingerprint and set of marks for the same thieves), and reached in-process through [`mamori_gateway::ChainOracle`], one API key per
 //!    thief.
 //! 3. Benign cost: the evaluation images are answered through the chain (client `benign`).
 //! 4. Thieves: every extraction strategy of the harness (`mamori attack extract --strategy`,
@@ -68,6 +69,7 @@ struct Args {
     only: Option<Vec<String>>,
     fingerprint: Option<f32>,
     quiet_share: Option<f64>,
+    key_seed: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -85,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         only: None,
         fingerprint: None,
         quiet_share: None,
+        key_seed: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -124,6 +127,9 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--quiet-share: {e}"))?,
                 )
             }
+            "--key-seed" => {
+                a.key_seed = Some(value()?.parse().map_err(|e| format!("--key-seed: {e}"))?)
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -160,13 +166,23 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
             s.rank_sum, s.expected, s.p_value
         )
     });
+    let gap_of = |g: Option<&mamori_defense::verify::LogGapSumResult>| {
+        g.map_or("–".to_string(), |s| {
+            format!(
+                "{} (exp. {:.0}), p = {:.2e}",
+                s.log_gap_sum, s.expected, s.p_value
+            )
+        })
+    };
+    let gap = gap_of(r.log_gap_sum.as_ref());
+    let rgap = gap_of(r.reference_gap_sum.as_ref());
     let fpr = r.fingerprint.as_ref().map_or("–".to_string(), |f| {
         format!("z = {:.1}, p = {:.2e}", f.z, f.p_value)
     });
     let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
         md,
-        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {fpr} | {}, p = {:.2e} | {} |",
+        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {gap} | {rgap} | {fpr} | {}, p = {:.2e} | {} |",
         100.0 * fid,
         100.0 * acc,
         stat(&r.top1, r.queried),
@@ -186,6 +202,8 @@ struct Clean {
     p_top1: f64,
     p_top_wrong: f64,
     p_rank: f64,
+    p_gap: f64,
+    p_rgap: f64,
     p_fingerprint: f64,
     p: f64,
     top1: usize,
@@ -405,7 +423,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "dawn",
         &custom,
         &args.out,
-        cfg.seed,
+        args.key_seed.unwrap_or(cfg.seed),
         &clients,
         Transport::InProcess,
     )?;
@@ -432,15 +450,44 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Verification: every statistic, with the fingerprint test against the victim when the
     // policy adds the fingerprint.
-    let ver = |m: &dyn mamori_core::Model, records: &[LedgerRecord]| {
-        verify_model_with(
+    // Every verified model's scores on its marks go to `<out>/verify-scores.jsonl` (one JSON
+    // object per line: row, victim labels, watermark labels, the model's probabilities), so
+    // other statistics can be computed afterwards without retraining.
+    let dump = std::cell::RefCell::new(std::io::BufWriter::new(std::fs::File::create(
+        args.out.join("verify-scores.jsonl"),
+    )?));
+    let ver = |what: &str, m: &dyn mamori_core::Model, records: &[LedgerRecord]| {
+        let r = verify_model_with(
             m,
             records,
             1e-4,
             dawn.fingerprint(),
             Some(victim.model.as_ref()),
             DEFAULT_VERIFY_QUERIES,
+        )?;
+        let marks = distinct_records(records);
+        let mut shape = vec![marks.len()];
+        shape.extend_from_slice(&m.card().input_shape);
+        let x = mamori_core::Tensor::new(
+            shape,
+            marks.iter().flat_map(|r| r.input.iter().copied()).collect(),
         )
+        .map_err(mamori_core::ModelError::from)?;
+        let probs = m.predict(&x)?;
+        let reference = mamori_core::Model::predict(victim.model.as_ref(), &x)?;
+        let line = serde_json::json!({
+            "reference": reference.rows().map(|r| r.to_vec()).collect::<Vec<_>>(),
+            "row": what,
+            "true": marks.iter().map(|r| r.true_label).collect::<Vec<_>>(),
+            "given": marks.iter().map(|r| r.given_label).collect::<Vec<_>>(),
+            "probs": probs.rows().map(|r| r.to_vec()).collect::<Vec<_>>(),
+            "p": r.p_value,
+        });
+        use std::io::Write as _;
+        let mut f = dump.borrow_mut();
+        writeln!(f, "{line}")?;
+        f.flush()?;
+        Ok::<_, Box<dyn std::error::Error>>(r)
     };
 
     // Benign cost through the chain.
@@ -514,9 +561,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | fingerprint | decision | p < 1e-9 |"
+        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | log-gap sum, p | reference-gap sum, p | fingerprint | decision | p < 1e-9 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for t in &thieves {
         for &soft in t.modes {
@@ -537,7 +584,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let fit = agreement(&e.substitute, &hx, &hans.labels);
             let records = records_of(&client);
             let m = victim.eval.evaluate(&e.substitute)?;
-            let r = ver(&e.substitute, &records)?;
+            let r = ver(&client, &e.substitute, &records)?;
             log(format!(
                 "{client}: {} queries, {} marks, soft targets {}, fit {:.2}%, fidelity {:.2}%, \
                  top1 {} top_among_wrong {:?}, rank sum {:?}, fingerprint {:?}, p {:.2e} ({:.0} s) \
@@ -578,7 +625,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 card: e.substitute.card.clone(),
             };
             let mt = victim.eval.evaluate(&tuned)?;
-            let rt = ver(&tuned, &records)?;
+            let rt = ver(&format!("{client}, fine-tuned"), &tuned, &records)?;
             row(
                 &mut md,
                 &format!("↳ fine-tuned 3 epochs on {ft_n} clean labelled images"),
@@ -597,7 +644,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 card: e.substitute.card.clone(),
             };
             let mp = victim.eval.evaluate(&pruned)?;
-            let rp = ver(&pruned, &records)?;
+            let rp = ver(&format!("{client}, pruned"), &pruned, &records)?;
             row(
                 &mut md,
                 "↳ 50% smallest weights of each layer pruned",
@@ -613,7 +660,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let all_distinct = distinct_records(&all_records).len();
     // The victim itself (never matches top-1 by construction; its second choices are
     // independent of the key).
-    let rv = ver(victim.model.as_ref(), &all_records)?;
+    let rv = ver("victim", victim.model.as_ref(), &all_records)?;
     row(
         &mut md,
         &format!("victim, whole ledger ({all_distinct} marks)"),
@@ -651,12 +698,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         card.name = format!("clean-{i}");
         let m = NativeModel { network: net, card };
         let acc = victim.eval.evaluate(&m)?;
-        let r = ver(&m, &all_records)?;
+        let r = ver(&format!("clean-{i}"), &m, &all_records)?;
         clean.push(Clean {
             acc: acc.substitute_accuracy,
             p_top1: r.top1.p_value,
             p_top_wrong: r.top_among_wrong.map_or(1.0, |s| s.p_value),
             p_rank: r.rank_sum.map_or(1.0, |s| s.p_value),
+            p_gap: r.log_gap_sum.map_or(1.0, |s| s.p_value),
+            p_rgap: r.reference_gap_sum.map_or(1.0, |s| s.p_value),
             p_fingerprint: r.fingerprint.map_or(1.0, |f| f.p_value),
             p: r.p_value,
             top1: r.top1.matches,
@@ -693,10 +742,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          ({}); each verified against the marks its own client received. \"Fit\" is the \
          model's agreement with every answer its thief received. Chance per mark 1/(c−1) = \
          1/9 for both counts; the rank sum is Σ (rank − 1) of the watermark label among the 9 \
-         wrong labels (expected 4 per mark); the fingerprint test ({verify_queries} keyed uniform inputs, \
+         wrong labels (expected 4 per mark); the log-gap sum is Σ of the watermark label's \
+         log-probability gap below the suspect's best wrong label, in eighths of a nat capped \
+         at 8 nats (exact null: each mark's gap uniform over its 9 wrong labels' gaps); the \
+         reference-gap sum is the same on the suspect's log-lift over the victim (both \
+         probabilities floored at 1e-3); the fingerprint test ({verify_queries} keyed uniform inputs, \
          the victim as reference) checks the keyed linear fingerprint the policy adds to every \
-         answer; the decision is the one the suspect's answers allow (probabilities → \
-         `top_among_wrong_or_rank_sum_or_fingerprint`: weighted Bonferroni, min(p_top_among_wrong / 0.495, p_rank_sum / 0.495, p_fingerprint / 0.01)).\n",
+         answer; the decision is the one the suspect's answers allow (probabilities and the \
+         victim as reference → `log_gap_sum_or_reference_gap_sum_or_fingerprint`: weighted \
+         Bonferroni, min(p_log_gap_sum / 0.495, p_reference_gap_sum / 0.495, p_fingerprint / 0.01)).\n",
         args.budget,
         cfg.substitute.arch,
         if args.hidden.is_some()
@@ -727,7 +781,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
          {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
          smallest p top1 **{:.3}**, top_among_wrong **{:.3}**, rank sum **{:.3}**, \
-         fingerprint **{:.3}**; most \
+         log-gap sum **{:.3}**, reference-gap sum **{:.3}**, fingerprint **{:.3}**; most \
          matches top1 {}, top_among_wrong {}; all decision p > 0.01: **{}** ({} of {} at p ≤ \
          0.01). Decision p-values, smallest first: {}.",
         clean.len(),
@@ -740,6 +794,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min(|c| c.p_top1),
         min(|c| c.p_top_wrong),
         min(|c| c.p_rank),
+        min(|c| c.p_gap),
+        min(|c| c.p_rgap),
         min(|c| c.p_fingerprint),
         clean.iter().map(|c| c.top1).max().unwrap_or(0),
         clean.iter().map(|c| c.top_wrong).max().unwrap_or(0),

@@ -59,7 +59,8 @@ struct VerifyArgs {
     batch: usize,
     /// The protected model itself (native model directory or `.onnx` file, with the
     /// `calibration.json` of `mamori calibrate` beside it): adds the test of DAWN's linear
-    /// answer fingerprint, which convicts least-squares (equation-solving) copies.
+    /// answer fingerprint, which convicts least-squares (equation-solving) copies, and the
+    /// reference-gap sum (the marks' lift over the protected model's own scores).
     #[arg(long)]
     reference: Option<PathBuf>,
     /// DAWN's key file (for the fingerprint test). Default: `dawn.key` beside the ledger.
@@ -69,7 +70,8 @@ struct VerifyArgs {
     #[arg(long, default_value_t = mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES)]
     fingerprint_queries: usize,
     /// Write the full result (p_value, matches, queried, verdict, statistic, top1,
-    /// top_among_wrong, rank_sum, fingerprint, evidence) as JSON.
+    /// top_among_wrong, rank_sum, log_gap_sum, reference_gap_sum, fingerprint, evidence) as
+    /// JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write an ed25519-signed evidence report.
@@ -208,17 +210,17 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     let mut reference = setup.as_ref().map(|(m, _)| ModelOracle::new(m.as_ref()));
     let check = setup.as_ref().map(|(_, f)| FingerprintCheck {
         fingerprint: f,
-        reference: reference.as_mut().map(|r| r as &mut dyn Oracle),
         queries: a.fingerprint_queries,
         range: (0.0, 1.0),
     });
+    let reference = reference.as_mut().map(|r| r as &mut dyn Oracle);
     let result = if a.suspect.starts_with("http://") || a.suspect.starts_with("https://") {
         let mut cfg = HttpOracleConfig::from_url(&a.suspect, None)?;
         cfg.api_key = a.api_key.clone();
         cfg.batch_size = a.batch.max(1);
         let mut oracle: HttpOracle =
             HttpOracle::connect(cfg).with_context(|| format!("connecting to {}", a.suspect))?;
-        let r = verify_with(&mut oracle, &records, a.alpha, a.batch, check)?;
+        let r = verify_with(&mut oracle, &records, a.alpha, a.batch, reference, check)?;
         tracing::info!(queries = oracle.queries_used(), "suspect queried over HTTP");
         r
     } else {
@@ -228,6 +230,7 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
             &records,
             a.alpha,
             a.batch,
+            reference,
             check,
         )?
     };
@@ -265,6 +268,17 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
             "rank_sum        {} (expected {:.1} under independence), p = {:e} (log10 {:.2})",
             rs.rank_sum, rs.expected, rs.p_value, rs.log10_p_value
         );
+    }
+    for (name, g) in [
+        ("log_gap_sum", &result.log_gap_sum),
+        ("reference_gap", &result.reference_gap_sum),
+    ] {
+        if let Some(g) = g {
+            println!(
+                "{name:<15} {} (expected {:.1} under independence), p = {:e} (log10 {:.2})",
+                g.log_gap_sum, g.expected, g.p_value, g.log10_p_value
+            );
+        }
     }
     println!(
         "p-value     {:e} (log10 {:.2}, statistic {})",
