@@ -35,6 +35,7 @@ pub trait Elem: Copy + Serialize + DeserializeOwned + Send + Sync + 'static {
 const LANES: usize = 8;
 
 /// `Σ a_i·b_i` over the common length, accumulated in [`LANES`] partial sums.
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -51,6 +52,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `Σ (a_i − b_i)²` over the common length, accumulated in [`LANES`] partial sums.
+#[inline(always)]
 pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -74,6 +76,7 @@ impl Elem for f32 {
 }
 
 impl Elem for u8 {
+    #[inline(always)]
     fn dist2(a: &[u8], b: &[u8]) -> f32 {
         let s: u32 = a
             .iter()

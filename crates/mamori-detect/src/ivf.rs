@@ -40,6 +40,7 @@
 //! time at the default capacity and the same time when one generation holds 100k codes.
 
 use crate::ann::sq_dist;
+use crate::simd::Kernel;
 use serde::{Deserialize, Serialize};
 
 /// IVF parameters.
@@ -146,7 +147,7 @@ impl Cell {
     /// Squared distance of every code to `q`, offered with its slot to `offer` — except in
     /// blocks where no distance is below `bound()` (the caller's current worst kept distance),
     /// which are skipped whole.
-    #[inline]
+    #[inline(always)]
     fn scan(&self, q: &[f32], bound: impl Fn() -> f32, mut offer: impl FnMut(f32, usize)) {
         let dim = q.len();
         if dim == 0 {
@@ -315,6 +316,127 @@ impl TryFrom<IvfRepr> for IvfIndex {
 /// The `n` nearest of the `dim`-dimensional `centroids` to `q`, ascending (ties to the lower
 /// cell), into `out`.
 fn nearest_centroids(
+    centroids: &[f32],
+    dim: usize,
+    q: &[f32],
+    n: usize,
+    out: &mut Vec<(f32, u32)>,
+) {
+    crate::simd::vectorized(CentroidKernel {
+        centroids,
+        dim,
+        q,
+        n,
+        out,
+    })
+}
+
+/// [`nearest_centroids`] as a [`Kernel`].
+struct CentroidKernel<'a> {
+    centroids: &'a [f32],
+    dim: usize,
+    q: &'a [f32],
+    n: usize,
+    out: &'a mut Vec<(f32, u32)>,
+}
+
+impl Kernel for CentroidKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        nearest_centroids_in(self.centroids, self.dim, self.q, self.n, self.out)
+    }
+}
+
+/// [`IvfIndex::search_with`] as a [`Kernel`].
+struct SearchKernel<'a, B, O> {
+    index: &'a IvfIndex,
+    q: &'a [f32],
+    k: usize,
+    probes: &'a mut Vec<(f32, u32)>,
+    bound: B,
+    offer: O,
+}
+
+impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKernel<'_, B, O> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn run(self) -> usize {
+        self.index
+            .search_with_in(self.q, self.k, self.probes, self.bound, self.offer)
+    }
+}
+
+/// The smallest exact squared distance between `full` and the payloads of `cands` (PRADA's
+/// re-rank), as a [`Kernel`].
+struct RerankKernel<'a> {
+    index: &'a IvfIndex,
+    cands: &'a [(f32, u32, u32, u32)],
+    full: &'a [u8],
+}
+
+impl Kernel for RerankKernel<'_> {
+    type Output = Option<f32>;
+
+    #[inline(always)]
+    fn run(self) -> Option<f32> {
+        let pd = self.index.payload_dim;
+        self.cands
+            .iter()
+            .map(|&(_, g, c, slot)| {
+                let gen = if g == 0 {
+                    &self.index.current
+                } else {
+                    self.index.previous.as_ref().unwrap_or(&self.index.current)
+                };
+                let cell = &gen.cells[c as usize];
+                let p = &cell.payload[slot as usize * pd..(slot as usize + 1) * pd];
+                <u8 as crate::ann::Elem>::dist2(self.full, p)
+            })
+            .reduce(f32::min)
+    }
+}
+
+/// One pass of Lloyd's assignment step (nearest centroid of each sample code, summed into
+/// `sums` and counted), as a [`Kernel`].
+struct AssignKernel<'a> {
+    sample: &'a [&'a [f32]],
+    cent: &'a [f32],
+    dim: usize,
+    sums: &'a mut [f64],
+    counts: &'a mut [usize],
+}
+
+impl Kernel for AssignKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let dim = self.dim;
+        for v in self.sample {
+            let mut best = (f32::INFINITY, 0usize);
+            for (i, c) in self.cent.chunks_exact(dim).enumerate() {
+                let d = sq_dist(v, c);
+                if d < best.0 {
+                    best = (d, i);
+                }
+            }
+            self.counts[best.1] += 1;
+            for (s, &x) in self.sums[best.1 * dim..(best.1 + 1) * dim]
+                .iter_mut()
+                .zip(*v)
+            {
+                *s += x as f64;
+            }
+        }
+    }
+}
+
+/// [`nearest_centroids`]' body (inlined into the dispatched closure).
+#[inline(always)]
+fn nearest_centroids_in(
     centroids: &[f32],
     dim: usize,
     q: &[f32],
@@ -497,21 +619,11 @@ impl IvfIndex {
                 }
             }
         });
-        let pd = self.payload_dim;
-        let best = sc
-            .cands
-            .iter()
-            .map(|&(_, g, c, slot)| {
-                let gen = if g == 0 {
-                    &self.current
-                } else {
-                    self.previous.as_ref().unwrap_or(&self.current)
-                };
-                let cell = &gen.cells[c as usize];
-                let p = &cell.payload[slot as usize * pd..(slot as usize + 1) * pd];
-                <u8 as crate::ann::Elem>::dist2(full, p)
-            })
-            .reduce(f32::min);
+        let best = crate::simd::vectorized(RerankKernel {
+            index: self,
+            cands: &sc.cands,
+            full,
+        });
         self.scratch = sc;
         best
     }
@@ -585,6 +697,26 @@ impl IvfIndex {
     /// ones in order of their centroid's distance until `k` codes were seen (so a search returns
     /// `min(k, held)` distances, as an exact search would).
     fn search_with(
+        &self,
+        q: &[f32],
+        k: usize,
+        probes: &mut Vec<(f32, u32)>,
+        bound: impl Fn() -> f32 + Copy,
+        offer: impl FnMut(f32, u32, u32, usize),
+    ) -> usize {
+        crate::simd::vectorized(SearchKernel {
+            index: self,
+            q,
+            k,
+            probes,
+            bound,
+            offer,
+        })
+    }
+
+    /// [`IvfIndex::search_with`]'s body (inlined into the dispatched closure).
+    #[inline(always)]
+    fn search_with_in(
         &self,
         q: &[f32],
         k: usize,
@@ -744,19 +876,13 @@ impl IvfIndex {
         for _ in 0..self.params.kmeans_iters {
             sums.fill(0.0);
             counts.fill(0);
-            for v in &sample {
-                let mut best = (f32::INFINITY, 0usize);
-                for (i, c) in cent.chunks_exact(dim).enumerate() {
-                    let d = sq_dist(v, c);
-                    if d < best.0 {
-                        best = (d, i);
-                    }
-                }
-                counts[best.1] += 1;
-                for (s, &x) in sums[best.1 * dim..(best.1 + 1) * dim].iter_mut().zip(*v) {
-                    *s += x as f64;
-                }
-            }
+            crate::simd::vectorized(AssignKernel {
+                sample: &sample,
+                cent: &cent,
+                dim,
+                sums: &mut sums,
+                counts: &mut counts,
+            });
             for (i, &cnt) in counts.iter().enumerate() {
                 if cnt > 0 {
                     for j in 0..dim {
