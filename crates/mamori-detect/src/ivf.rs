@@ -669,22 +669,39 @@ impl IvfIndex {
         d
     }
 
-    /// Searches both generations; leaves the `k` smallest distances in `scratch.found` and
-    /// returns the current generation's nearest cell (where `q` would be inserted).
+    /// Searches both generations; leaves the `k` smallest distances in `scratch.found`
+    /// (ascending) and returns the current generation's nearest cell (where `q` would be
+    /// inserted).
+    ///
+    /// The distances below the bound are appended to an unsorted buffer of up to `2k`; a full
+    /// buffer is cut to its `k` smallest (a selection, `O(k)`), whose largest becomes the
+    /// bound. The bound is looser between two cuts than a sorted list of `k` would keep, so
+    /// more codes are appended, but each in `O(1)` instead of an insertion into the list; a code
+    /// that is skipped is still never below the final `k`-th distance, so the `k` values
+    /// returned are exactly the `k` smallest of the scanned codes, as before.
     fn search_scratch(&mut self, q: &[f32], k: usize) -> usize {
         let mut sc = std::mem::take(&mut self.scratch);
         let found = &mut sc.found;
         found.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
+        let cut = |found: &mut Vec<f32>| {
+            if found.len() > k {
+                found.select_nth_unstable_by(k, f32::total_cmp);
+                found.truncate(k);
+            }
+        };
         let home = self.search_with(q, k, &mut sc.probes, bound, |d, _, _, _| {
-            if d < worst.get() {
-                push_bounded_by(found, d, k, |&x| x);
-                if found.len() >= k {
-                    worst.set(found.last().copied().unwrap_or(f32::INFINITY));
+            if k > 0 && d < worst.get() {
+                found.push(d);
+                if found.len() >= 2 * k {
+                    cut(found);
+                    worst.set(found.iter().copied().fold(f32::NEG_INFINITY, f32::max));
                 }
             }
         });
+        cut(found);
+        found.sort_unstable_by(f32::total_cmp);
         self.scratch = sc;
         home
     }
