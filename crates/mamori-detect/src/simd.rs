@@ -73,4 +73,39 @@ mod tests {
             assert_eq!(s0.to_bits(), s1.to_bits(), "sq_dist, n = {n}");
         }
     }
+
+    /// The byte distance (PRADA's re-rank) and the byte quantisation, written as dispatched
+    /// loops, give the values of the plain formulas (including the remainder lanes and the
+    /// edge values of the quantisation: NaN, out of range, halves).
+    #[test]
+    fn byte_kernels_match_the_plain_formulas() {
+        use crate::ann::Elem;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        for n in [0usize, 1, 15, 16, 17, 784] {
+            let a: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            let b: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            let plain: u32 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| ((x as i32 - y as i32) * (x as i32 - y as i32)) as u32)
+                .sum();
+            assert_eq!(<u8 as Elem>::dist2(&a, &b), plain as f32, "n = {n}");
+        }
+        let mut x: Vec<f32> = (0..784).map(|_| rng.gen_range(-0.2..1.2)).collect();
+        x.extend([
+            f32::NAN,
+            -0.0,
+            0.5 / 255.0,
+            1.5 / 255.0,
+            254.5 / 255.0,
+            f32::INFINITY,
+        ]);
+        let mut q = Vec::new();
+        crate::prada::quantise_unit(&x, &mut q);
+        let plain: Vec<u8> = x
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        assert_eq!(q, plain);
+    }
 }
