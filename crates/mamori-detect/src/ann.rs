@@ -79,9 +79,9 @@ impl Elem for f32 {
 }
 
 impl Elem for u8 {
-    /// Exact (integer) sum over the common length, in [`U8_LANES`] partial sums written as
+    /// Exact (integer) sum over the common length, in 16 partial sums written as
     /// plain loops (no iterator adapter left out of line), so that it vectorises inside a
-    /// dispatched kernel ([`crate::simd`]).
+    /// dispatched kernel (`crate::simd`).
     #[inline(always)]
     fn dist2(a: &[u8], b: &[u8]) -> f32 {
         let n = a.len().min(b.len());

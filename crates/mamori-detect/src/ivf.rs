@@ -6,7 +6,8 @@
 //! A *generation* holds centroids (k-means, Lloyd's algorithm) and one *cell* per
 //! centroid: the codes assigned to that centroid, stored contiguously. A search computes the
 //! distances to all centroids, scans the `probe` nearest cells in full (contiguous memory, an
-//! auto-vectorised distance loop, no pointer chasing) and keeps the `k` smallest distances.
+//! auto-vectorised distance loop — compiled for AVX2 at run time where the CPU has it, see
+//! `crate::simd` —, no pointer chasing) and keeps the `k` smallest distances.
 //! Compared with a graph index ([`crate::ann`]), whose search is one cache miss per visited
 //! vector and neighbour list, the scan reads sequential memory the hardware prefetcher streams.
 //!

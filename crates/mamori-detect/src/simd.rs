@@ -1,6 +1,6 @@
 //! Runtime SIMD dispatch for the distance scans, without `unsafe` in this crate.
 //!
-//! [`vectorized`] runs a closure compiled a second time with the AVX2 + FMA instruction set
+//! [`vectorized`] runs a [`Kernel`] compiled a second time with the AVX2 + FMA instruction set
 //! enabled (`pulp`'s `x86-v3` level) when the running CPU has it, and the portable build
 //! otherwise (SSE2 on a generic x86-64 target, or another architecture's baseline). The
 //! distance loops in this crate are written over arrays of 8 independent lanes, which the
