@@ -34,7 +34,11 @@ pub trait Elem: Copy + Serialize + DeserializeOwned + Send + Sync + 'static {
 /// loop (a single running `f32` sum is a serial dependency chain it may not reorder).
 const LANES: usize = 8;
 
+/// Lanes of [`Elem::dist2`] for bytes.
+const U8_LANES: usize = 16;
+
 /// `Σ a_i·b_i` over the common length, accumulated in [`LANES`] partial sums.
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -51,6 +55,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `Σ (a_i − b_i)²` over the common length, accumulated in [`LANES`] partial sums.
+#[inline(always)]
 pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -74,15 +79,30 @@ impl Elem for f32 {
 }
 
 impl Elem for u8 {
+    /// Exact (integer) sum over the common length, in 16 partial sums written as
+    /// plain loops (no iterator adapter left out of line), so that it vectorises inside a
+    /// dispatched kernel (`crate::simd`).
+    #[inline(always)]
     fn dist2(a: &[u8], b: &[u8]) -> f32 {
-        let s: u32 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| {
-                let d = x as i32 - y as i32;
-                (d * d) as u32
-            })
-            .sum();
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0u32; U8_LANES];
+        let (ca, cb) = (a.chunks_exact(U8_LANES), b.chunks_exact(U8_LANES));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for i in 0..U8_LANES {
+                let d = x[i] as i32 - y[i] as i32;
+                acc[i] = acc[i].wrapping_add((d * d) as u32);
+            }
+        }
+        let mut s = 0u32;
+        for &v in &acc {
+            s = s.wrapping_add(v);
+        }
+        for (&x, &y) in ra.iter().zip(rb) {
+            let d = x as i32 - y as i32;
+            s = s.wrapping_add((d * d) as u32);
+        }
         s as f32
     }
 }

@@ -6,7 +6,8 @@
 //! A *generation* holds centroids (k-means, Lloyd's algorithm) and one *cell* per
 //! centroid: the codes assigned to that centroid, stored contiguously. A search computes the
 //! distances to all centroids, scans the `probe` nearest cells in full (contiguous memory, an
-//! auto-vectorised distance loop, no pointer chasing) and keeps the `k` smallest distances.
+//! auto-vectorised distance loop — compiled for AVX2 at run time where the CPU has it, see
+//! `crate::simd` —, no pointer chasing) and keeps the `k` smallest distances.
 //! Compared with a graph index ([`crate::ann`]), whose search is one cache miss per visited
 //! vector and neighbour list, the scan reads sequential memory the hardware prefetcher streams.
 //!
@@ -40,6 +41,7 @@
 //! time at the default capacity and the same time when one generation holds 100k codes.
 
 use crate::ann::sq_dist;
+use crate::simd::Kernel;
 use serde::{Deserialize, Serialize};
 
 /// IVF parameters.
@@ -146,30 +148,73 @@ impl Cell {
     /// Squared distance of every code to `q`, offered with its slot to `offer` — except in
     /// blocks where no distance is below `bound()` (the caller's current worst kept distance),
     /// which are skipped whole.
-    #[inline]
+    ///
+    /// Two blocks are summed side by side: each code's sum is still one chain over its
+    /// coordinates in order (the same value as one block at a time), but the two chains are
+    /// independent, so their additions overlap. The blocks are then checked and offered in
+    /// order, the second against `bound()` as it stands after the first one's offers — the
+    /// same decisions as one block at a time.
+    #[inline(always)]
     fn scan(&self, q: &[f32], bound: impl Fn() -> f32, mut offer: impl FnMut(f32, usize)) {
         let dim = q.len();
         if dim == 0 {
             return;
         }
-        for (b, block) in self.blocks.chunks_exact(dim * BLOCK).enumerate() {
-            let mut acc = [0.0f32; BLOCK];
-            for (&qj, col) in q.iter().zip(block.chunks_exact(BLOCK)) {
-                for l in 0..BLOCK {
-                    let d = col[l] - qj;
-                    acc[l] += d * d;
-                }
-            }
+        let stride = dim * BLOCK;
+        let mut emit = |b: usize, acc: &[f32; BLOCK]| {
             let valid = (self.len - b * BLOCK).min(BLOCK);
-            let least = acc[..valid].iter().copied().fold(f32::INFINITY, f32::min);
+            let least = if valid == BLOCK {
+                min_lane(acc)
+            } else {
+                acc[..valid].iter().copied().fold(f32::INFINITY, f32::min)
+            };
             if least >= bound() {
-                continue;
+                return;
             }
             for (l, &d) in acc[..valid].iter().enumerate() {
                 offer(d, b * BLOCK + l);
             }
+        };
+        let pairs = self.blocks.chunks_exact(2 * stride);
+        let rest = pairs.remainder();
+        for (p, pair) in pairs.enumerate() {
+            let (x, y) = pair.split_at(stride);
+            let (mut a, mut b) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            for ((&qj, cx), cy) in q
+                .iter()
+                .zip(x.chunks_exact(BLOCK))
+                .zip(y.chunks_exact(BLOCK))
+            {
+                for l in 0..BLOCK {
+                    let d = cx[l] - qj;
+                    a[l] += d * d;
+                    let e = cy[l] - qj;
+                    b[l] += e * e;
+                }
+            }
+            emit(2 * p, &a);
+            emit(2 * p + 1, &b);
+        }
+        if !rest.is_empty() {
+            let mut a = [0.0f32; BLOCK];
+            for (&qj, col) in q.iter().zip(rest.chunks_exact(BLOCK)) {
+                for l in 0..BLOCK {
+                    let d = col[l] - qj;
+                    a[l] += d * d;
+                }
+            }
+            emit(self.blocks.len() / stride - 1, &a);
         }
     }
+}
+
+/// The smallest lane, NaN lanes ignored as `f32::min` ignores them — the same value as a fold
+/// with `f32::min` (distances are never −0), but without its NaN test per step, so it
+/// vectorises.
+#[inline(always)]
+fn min_lane(acc: &[f32; BLOCK]) -> f32 {
+    acc.iter()
+        .fold(f32::INFINITY, |m, &x| if x < m { x } else { m })
 }
 
 /// One generation: centroids (none while flat) and their cells.
@@ -315,6 +360,127 @@ impl TryFrom<IvfRepr> for IvfIndex {
 /// The `n` nearest of the `dim`-dimensional `centroids` to `q`, ascending (ties to the lower
 /// cell), into `out`.
 fn nearest_centroids(
+    centroids: &[f32],
+    dim: usize,
+    q: &[f32],
+    n: usize,
+    out: &mut Vec<(f32, u32)>,
+) {
+    crate::simd::vectorized(CentroidKernel {
+        centroids,
+        dim,
+        q,
+        n,
+        out,
+    })
+}
+
+/// [`nearest_centroids`] as a [`Kernel`].
+struct CentroidKernel<'a> {
+    centroids: &'a [f32],
+    dim: usize,
+    q: &'a [f32],
+    n: usize,
+    out: &'a mut Vec<(f32, u32)>,
+}
+
+impl Kernel for CentroidKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        nearest_centroids_in(self.centroids, self.dim, self.q, self.n, self.out)
+    }
+}
+
+/// [`IvfIndex::search_with`] as a [`Kernel`].
+struct SearchKernel<'a, B, O> {
+    index: &'a IvfIndex,
+    q: &'a [f32],
+    k: usize,
+    probes: &'a mut Vec<(f32, u32)>,
+    bound: B,
+    offer: O,
+}
+
+impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKernel<'_, B, O> {
+    type Output = usize;
+
+    #[inline(always)]
+    fn run(self) -> usize {
+        self.index
+            .search_with_in(self.q, self.k, self.probes, self.bound, self.offer)
+    }
+}
+
+/// The smallest exact squared distance between `full` and the payloads of `cands` (PRADA's
+/// re-rank), as a [`Kernel`].
+struct RerankKernel<'a> {
+    index: &'a IvfIndex,
+    cands: &'a [(f32, u32, u32, u32)],
+    full: &'a [u8],
+}
+
+impl Kernel for RerankKernel<'_> {
+    type Output = Option<f32>;
+
+    #[inline(always)]
+    fn run(self) -> Option<f32> {
+        let pd = self.index.payload_dim;
+        self.cands
+            .iter()
+            .map(|&(_, g, c, slot)| {
+                let gen = if g == 0 {
+                    &self.index.current
+                } else {
+                    self.index.previous.as_ref().unwrap_or(&self.index.current)
+                };
+                let cell = &gen.cells[c as usize];
+                let p = &cell.payload[slot as usize * pd..(slot as usize + 1) * pd];
+                <u8 as crate::ann::Elem>::dist2(self.full, p)
+            })
+            .reduce(f32::min)
+    }
+}
+
+/// One pass of Lloyd's assignment step (nearest centroid of each sample code, summed into
+/// `sums` and counted), as a [`Kernel`].
+struct AssignKernel<'a> {
+    sample: &'a [&'a [f32]],
+    cent: &'a [f32],
+    dim: usize,
+    sums: &'a mut [f64],
+    counts: &'a mut [usize],
+}
+
+impl Kernel for AssignKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let dim = self.dim;
+        for v in self.sample {
+            let mut best = (f32::INFINITY, 0usize);
+            for (i, c) in self.cent.chunks_exact(dim).enumerate() {
+                let d = sq_dist(v, c);
+                if d < best.0 {
+                    best = (d, i);
+                }
+            }
+            self.counts[best.1] += 1;
+            for (s, &x) in self.sums[best.1 * dim..(best.1 + 1) * dim]
+                .iter_mut()
+                .zip(*v)
+            {
+                *s += x as f64;
+            }
+        }
+    }
+}
+
+/// [`nearest_centroids`]' body (inlined into the dispatched closure).
+#[inline(always)]
+fn nearest_centroids_in(
     centroids: &[f32],
     dim: usize,
     q: &[f32],
@@ -497,21 +663,11 @@ impl IvfIndex {
                 }
             }
         });
-        let pd = self.payload_dim;
-        let best = sc
-            .cands
-            .iter()
-            .map(|&(_, g, c, slot)| {
-                let gen = if g == 0 {
-                    &self.current
-                } else {
-                    self.previous.as_ref().unwrap_or(&self.current)
-                };
-                let cell = &gen.cells[c as usize];
-                let p = &cell.payload[slot as usize * pd..(slot as usize + 1) * pd];
-                <u8 as crate::ann::Elem>::dist2(full, p)
-            })
-            .reduce(f32::min);
+        let best = crate::simd::vectorized(RerankKernel {
+            index: self,
+            cands: &sc.cands,
+            full,
+        });
         self.scratch = sc;
         best
     }
@@ -557,22 +713,39 @@ impl IvfIndex {
         d
     }
 
-    /// Searches both generations; leaves the `k` smallest distances in `scratch.found` and
-    /// returns the current generation's nearest cell (where `q` would be inserted).
+    /// Searches both generations; leaves the `k` smallest distances in `scratch.found`
+    /// (ascending) and returns the current generation's nearest cell (where `q` would be
+    /// inserted).
+    ///
+    /// The distances below the bound are appended to an unsorted buffer of up to `2k`; a full
+    /// buffer is cut to its `k` smallest (a selection, `O(k)`), whose largest becomes the
+    /// bound. The bound is looser between two cuts than a sorted list of `k` would keep, so
+    /// more codes are appended, but each in `O(1)` instead of an insertion into the list; a code
+    /// that is skipped is still never below the final `k`-th distance, so the `k` values
+    /// returned are exactly the `k` smallest of the scanned codes, as before.
     fn search_scratch(&mut self, q: &[f32], k: usize) -> usize {
         let mut sc = std::mem::take(&mut self.scratch);
         let found = &mut sc.found;
         found.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
+        let cut = |found: &mut Vec<f32>| {
+            if found.len() > k {
+                found.select_nth_unstable_by(k, f32::total_cmp);
+                found.truncate(k);
+            }
+        };
         let home = self.search_with(q, k, &mut sc.probes, bound, |d, _, _, _| {
-            if d < worst.get() {
-                push_bounded_by(found, d, k, |&x| x);
-                if found.len() >= k {
-                    worst.set(found.last().copied().unwrap_or(f32::INFINITY));
+            if k > 0 && d < worst.get() {
+                found.push(d);
+                if found.len() >= 2 * k {
+                    cut(found);
+                    worst.set(found.iter().copied().fold(f32::NEG_INFINITY, f32::max));
                 }
             }
         });
+        cut(found);
+        found.sort_unstable_by(f32::total_cmp);
         self.scratch = sc;
         home
     }
@@ -585,6 +758,26 @@ impl IvfIndex {
     /// ones in order of their centroid's distance until `k` codes were seen (so a search returns
     /// `min(k, held)` distances, as an exact search would).
     fn search_with(
+        &self,
+        q: &[f32],
+        k: usize,
+        probes: &mut Vec<(f32, u32)>,
+        bound: impl Fn() -> f32 + Copy,
+        offer: impl FnMut(f32, u32, u32, usize),
+    ) -> usize {
+        crate::simd::vectorized(SearchKernel {
+            index: self,
+            q,
+            k,
+            probes,
+            bound,
+            offer,
+        })
+    }
+
+    /// [`IvfIndex::search_with`]'s body (inlined into the dispatched closure).
+    #[inline(always)]
+    fn search_with_in(
         &self,
         q: &[f32],
         k: usize,
@@ -744,19 +937,13 @@ impl IvfIndex {
         for _ in 0..self.params.kmeans_iters {
             sums.fill(0.0);
             counts.fill(0);
-            for v in &sample {
-                let mut best = (f32::INFINITY, 0usize);
-                for (i, c) in cent.chunks_exact(dim).enumerate() {
-                    let d = sq_dist(v, c);
-                    if d < best.0 {
-                        best = (d, i);
-                    }
-                }
-                counts[best.1] += 1;
-                for (s, &x) in sums[best.1 * dim..(best.1 + 1) * dim].iter_mut().zip(*v) {
-                    *s += x as f64;
-                }
-            }
+            crate::simd::vectorized(AssignKernel {
+                sample: &sample,
+                cent: &cent,
+                dim,
+                sums: &mut sums,
+                counts: &mut counts,
+            });
             for (i, &cnt) in counts.iter().enumerate() {
                 if cnt > 0 {
                     for j in 0..dim {
@@ -782,6 +969,70 @@ impl Generation {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// The scan (two blocks side by side, branch-free minimum) offers exactly what the plain
+    /// one-block-at-a-time scan offers — the same distances, bit for bit, the same slots, in
+    /// the same order — for cells of every length (odd block counts, a partial last block),
+    /// with the bound tightening as a k-NN search's does.
+    #[test]
+    fn scan_offers_what_one_block_at_a_time_offers() {
+        fn plain(cell: &Cell, q: &[f32], k: usize) -> Vec<(u32, usize)> {
+            let (mut kept, mut out) = (Vec::<f32>::new(), Vec::new());
+            for (b, block) in cell.blocks.chunks_exact(q.len() * BLOCK).enumerate() {
+                let mut acc = [0.0f32; BLOCK];
+                for (&qj, col) in q.iter().zip(block.chunks_exact(BLOCK)) {
+                    for l in 0..BLOCK {
+                        let d = col[l] - qj;
+                        acc[l] += d * d;
+                    }
+                }
+                let valid = (cell.len - b * BLOCK).min(BLOCK);
+                let bound = if kept.len() >= k {
+                    kept[k - 1]
+                } else {
+                    f32::INFINITY
+                };
+                if acc[..valid].iter().copied().fold(f32::INFINITY, f32::min) >= bound {
+                    continue;
+                }
+                for (l, &d) in acc[..valid].iter().enumerate() {
+                    out.push((d.to_bits(), b * BLOCK + l));
+                    kept.push(d);
+                    kept.sort_by(f32::total_cmp);
+                }
+            }
+            out
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for len in [1usize, 7, 8, 9, 16, 17, 24, 25, 40, 41, 100] {
+            let dim = 5;
+            let mut cell = Cell::default();
+            for _ in 0..len {
+                let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                cell.push_fifo(&v, &[], usize::MAX);
+            }
+            let q: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            for k in [1usize, 3, 10] {
+                let kept = std::cell::RefCell::new(Vec::<f32>::new());
+                let mut got = Vec::new();
+                let bound = || {
+                    let kept = kept.borrow();
+                    if kept.len() >= k {
+                        kept[k - 1]
+                    } else {
+                        f32::INFINITY
+                    }
+                };
+                cell.scan(&q, bound, |d, slot| {
+                    got.push((d.to_bits(), slot));
+                    let mut kept = kept.borrow_mut();
+                    kept.push(d);
+                    kept.sort_by(f32::total_cmp);
+                });
+                assert_eq!(got, plain(&cell, &q, k), "len {len}, k {k}");
+            }
+        }
+    }
 
     /// MNIST-like codes: images with a low intrinsic dimension (10 class centres plus 8 latent
     /// directions of variation in 196 pixels, clamped to `[0, 1]`), projected to 24 dimensions

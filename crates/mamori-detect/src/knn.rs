@@ -23,6 +23,7 @@
 use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
 use crate::ivf::{IvfIndex, IvfParams};
+use crate::simd::Kernel;
 use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use serde::{Deserialize, Serialize};
@@ -118,9 +119,27 @@ impl Projections {
     }
 
     pub(crate) fn project(m: &[f32], x: &[f32], out: &mut Vec<f32>) {
-        let dim = x.len();
         out.clear();
-        out.extend(m.chunks(dim.max(1)).map(|row| crate::ann::dot(row, x)));
+        crate::simd::vectorized(ProjectKernel { m, x, out });
+    }
+}
+
+/// [`Projections::project`] as a [`Kernel`].
+struct ProjectKernel<'a> {
+    m: &'a [f32],
+    x: &'a [f32],
+    out: &'a mut Vec<f32>,
+}
+
+impl Kernel for ProjectKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        // A plain loop: an iterator adapter's `fold` would stay out of line, undispatched.
+        for row in self.m.chunks(self.x.len().max(1)) {
+            self.out.push(crate::ann::dot(row, self.x));
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod prada;
 pub mod rate;
 pub mod registry;
 pub mod shapiro;
+mod simd;
 pub mod synthetic;
 mod window;
 
