@@ -370,66 +370,30 @@ pub fn rank_among_others(scores: &[f32], exclude: usize, label: usize) -> usize 
         .count()
 }
 
-/// Work bound (`n · (s + 1) · k` additions) above which [`uniform_sum_lower_tail_ln`] uses
+/// Work bound (`(s + 1) · Σ |row|` additions) above which [`discrete_sum_lower_tail_ln`] uses
 /// its Chernoff bound instead of the exact convolution.
 const EXACT_SUM_WORK: usize = 100_000_000;
 
 /// `ln P(S ≤ s)` for `S` the sum of `n` independent uniform integers on `0..k` (`k` values).
 ///
-/// Exact, by convolving the distribution `n` times over `0..=s` only, rescaled after each step
-/// so that tails far below `f64::MIN_POSITIVE` stay representable (e.g. `P(S = 0) = k^−n`).
-/// When that costs more than `1e8` additions it returns the Chernoff bound
-/// `min_θ≥0 θs + n ln E[e^−θU]` instead, which is never below the exact value (a conservative
+/// The rank-sum case of [`discrete_sum_lower_tail_ln`] (every row `0..k`): exact by
+/// convolution over `0..=s` with rescaling, so that tails far below `f64::MIN_POSITIVE` stay
+/// representable (e.g. `P(S = 0) = k^−n`); past `1e8` additions the Chernoff bound
+/// `min_θ≥0 θs + n ln E[e^−θU]`, which is never below the exact value (a conservative
 /// p-value).
 pub fn uniform_sum_lower_tail_ln(n: usize, k: usize, s: usize) -> f64 {
-    if k <= 1 || n == 0 || s >= n * (k - 1) {
+    if k <= 1 || n == 0 {
         return 0.0;
     }
-    let work = n.saturating_mul(s + 1).saturating_mul(k);
-    if work <= EXACT_SUM_WORK {
-        let mut dist = vec![0.0f64; s + 1];
-        dist[0] = 1.0;
-        let mut next = vec![0.0f64; s + 1];
-        let mut ln_scale = 0.0f64;
-        for _ in 0..n {
-            for (t, slot) in next.iter_mut().enumerate() {
-                let lo = t.saturating_sub(k - 1);
-                *slot = dist[lo..=t].iter().sum::<f64>() / k as f64;
-            }
-            let m = next.iter().copied().fold(0.0f64, f64::max);
-            if m <= 0.0 {
-                return f64::NEG_INFINITY;
-            }
-            ln_scale += m.ln();
-            for (d, x) in dist.iter_mut().zip(&next) {
-                *d = x / m;
-            }
-        }
-        return (ln_scale + dist.iter().sum::<f64>().ln()).min(0.0);
-    }
-    uniform_sum_chernoff_ln(n, k, s)
+    let row: Vec<u32> = (0..k as u32).collect();
+    discrete_sum_lower_tail_ln(&vec![row; n], s as u64)
 }
 
-/// The Chernoff bound on `ln P(S ≤ s)` of [`uniform_sum_lower_tail_ln`]:
-/// `ln P(S ≤ s) ≤ θs + n ln((1/k) Σ_u e^−θu)` for every `θ ≥ 0`; the right side is convex in
-/// `θ` and minimised by golden-section search.
+/// The Chernoff bound of [`uniform_sum_lower_tail_ln`] (see [`discrete_sum_chernoff_ln`]).
+#[cfg(test)]
 fn uniform_sum_chernoff_ln(n: usize, k: usize, s: usize) -> f64 {
-    let bound = |theta: f64| {
-        let m: f64 = (0..k).map(|u| (-theta * u as f64).exp()).sum::<f64>() / k as f64;
-        theta * s as f64 + n as f64 * m.ln()
-    };
-    let (mut a, mut b) = (0.0f64, 60.0f64);
-    let g = (5f64.sqrt() - 1.0) / 2.0;
-    for _ in 0..200 {
-        let c = b - g * (b - a);
-        let d = a + g * (b - a);
-        if bound(c) < bound(d) {
-            b = d;
-        } else {
-            a = c;
-        }
-    }
-    bound((a + b) / 2.0).min(bound(0.0)).min(0.0)
+    let row: Vec<u32> = (0..k as u32).collect();
+    discrete_sum_chernoff_ln(&vec![&row; n], s as u64)
 }
 
 /// Width of one unit of the `log_gap_sum` statistic, in nats (natural-log units of
@@ -598,13 +562,19 @@ fn discrete_sum_chernoff_ln(rows: &[&Vec<u32>], s: u64) -> f64 {
         let log_mgf: f64 = rows
             .iter()
             .map(|r| {
-                let m: f64 = r.iter().map(|&v| (-theta * f64::from(v)).exp()).sum();
-                (m / r.len() as f64).ln()
+                // ln((1/|r|) Σ e^−θv), shifted by the row's minimum so that no term underflows
+                // to a sum of 0 (a row of large values at a large θ).
+                let lo = f64::from(*r.iter().min().unwrap_or(&0));
+                let m: f64 = r
+                    .iter()
+                    .map(|&v| (-theta * (f64::from(v) - lo)).exp())
+                    .sum();
+                -theta * lo + (m / r.len() as f64).ln()
             })
             .sum();
         theta * s as f64 + log_mgf
     };
-    let (mut a, mut b) = (0.0f64, 20.0f64);
+    let (mut a, mut b) = (0.0f64, 60.0f64);
     let g = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..200 {
         let c = b - g * (b - a);
@@ -1246,6 +1216,11 @@ mod tests {
         let rows = vec![(0..9).collect::<Vec<u32>>(); 400];
         let ln = discrete_sum_lower_tail_ln(&rows, 0);
         assert!((ln + 400.0 * 9f64.ln()).abs() < 1e-6, "{ln}");
+        // Rows of large values: the bound stays finite and above the exact tail (no term
+        // underflows), here P(S ≤ 64) = 1/2 for rows {64, 64} and {0, 5}.
+        let (big, small) = (vec![64u32, 64], vec![0u32, 5]);
+        let b = discrete_sum_chernoff_ln(&[&big, &small], 64);
+        assert!(b.is_finite() && b >= 0.5f64.ln() - 1e-12, "{b}");
         // Empty rows contribute nothing; below the smallest possible sum the tail is empty.
         assert_eq!(
             discrete_sum_lower_tail_ln(&[vec![], vec![3, 5]], 3),
