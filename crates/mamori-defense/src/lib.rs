@@ -9,8 +9,9 @@
 //!   in the encrypted, append-only [`ledger`].
 //! - [`fingerprint`]: a keyed linear fingerprint in every answer, DAWN's complement against
 //!   least-squares (equation-solving) thieves, with its exact verification test.
-//! - [`verify`]: ownership verification of a suspect against the ledger (exact binomial and
-//!   rank-sum tests, plus the fingerprint test).
+//! - [`verify`](mod@verify): ownership verification of a suspect against the ledger (exact
+//!   tests on the marks' log-probability gaps, in the suspect's scores and over the protected
+//!   model's, plus the fingerprint test; the binomial counts and rank sum are reported).
 //! - [`report`]: ed25519-signed evidence reports.
 //! - [`robustness`]: fine-tuning and pruning, the usual watermark-removal attacks.
 //! - [`simplex`]: helpers that keep answers valid distributions.

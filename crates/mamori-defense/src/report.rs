@@ -7,7 +7,7 @@
 //! checker, never the one embedded in the file.
 //!
 //! Version 2 reports also name the deciding statistic and carry both count statistics' counts
-//! and p-values (see [`crate::verify`]); version 3 reports add the rank-sum statistic and the
+//! and p-values (see [`crate::verify`](mod@crate::verify)); version 3 reports add the rank-sum statistic and the
 //! fingerprint test; version 4 reports add the log-gap-sum and reference-gap-sum statistics
 //! (which decide them) and every queried input's gaps, from which anyone can recompute both.
 //! Fields
