@@ -177,7 +177,12 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
     let gap = gap_of(r.log_gap_sum.as_ref());
     let rgap = gap_of(r.reference_gap_sum.as_ref());
     let fpr = r.fingerprint.as_ref().map_or("–".to_string(), |f| {
-        format!("z = {:.1}, p = {:.2e}", f.z, f.p_value)
+        format!(
+            "z = {:.1} / {:.1} (floored), p = {:.2e}",
+            f.z,
+            f.z_floored.unwrap_or(f64::NAN),
+            f.p_value
+        )
     });
     let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
@@ -747,7 +752,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          at 8 nats (exact null: each mark's gap uniform over its 9 wrong labels' gaps); the \
          reference-gap sum is the same on the suspect's log-lift over the victim (both \
          probabilities floored at 1e-3); the fingerprint test ({verify_queries} keyed uniform inputs, \
-         the victim as reference) checks the keyed linear fingerprint the policy adds to every \
+         the victim as reference; two statistics, log-probabilities clamped at 1e-30 and floored \
+         at 1e-3, p = twice the smaller tail) checks the keyed linear fingerprint the policy adds to every \
          answer; the decision is the one the suspect's answers allow (probabilities and the \
          victim as reference → `log_gap_sum_or_reference_gap_sum_or_fingerprint`: weighted \
          Bonferroni, min(p_log_gap_sum / 0.495, p_reference_gap_sum / 0.495, p_fingerprint / 0.01)).\n",

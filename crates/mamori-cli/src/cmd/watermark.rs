@@ -257,8 +257,13 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     }
     if let Some(f) = &result.fingerprint {
         println!(
-            "fingerprint     z = {:.2} over {} queries, p = {:e} (log10 {:.2})",
-            f.z, f.queried, f.p_value, f.log10_p_value
+            "fingerprint     z = {:.2}{} over {} queries, p = {:e} (log10 {:.2})",
+            f.z,
+            f.z_floored
+                .map_or(String::new(), |z| format!(" / {z:.2} floored")),
+            f.queried,
+            f.p_value,
+            f.log10_p_value
         );
     } else if a.reference.is_some() {
         println!("fingerprint     not tested (the suspect does not answer full probabilities)");
