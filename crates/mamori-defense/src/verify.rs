@@ -431,12 +431,19 @@ pub fn log_gaps(scores: &[f32], exclude: usize) -> Vec<u32> {
         .filter(|&(j, _)| j != exclude)
         .map(|(_, &v)| (v.is_finite() && v > 0.0).then(|| f64::from(v).ln()))
         .collect();
-    let best = ln
+    quantised_gaps(&ln)
+}
+
+/// Each value's gap below the largest, in units of [`LOG_GAP_STEP`] rounded and capped at
+/// [`LOG_GAP_CAP`]; `None` (and everything, when no value is given) gets the cap.
+fn quantised_gaps(values: &[Option<f64>]) -> Vec<u32> {
+    let best = values
         .iter()
         .flatten()
         .copied()
         .fold(f64::NEG_INFINITY, f64::max);
-    ln.iter()
+    values
+        .iter()
         .map(|l| match l {
             Some(l) if best.is_finite() => {
                 let units = ((best - l) / LOG_GAP_STEP).round();
@@ -477,24 +484,14 @@ pub fn reference_gaps(scores: &[f32], reference: &[f32], exclude: usize) -> Vec<
             floor.ln()
         }
     };
-    let lift: Vec<f64> = scores
+    let lift: Vec<Option<f64>> = scores
         .iter()
         .zip(reference)
         .enumerate()
         .filter(|&(j, _)| j != exclude)
-        .map(|(_, (&s, &r))| ln(s) - ln(r))
+        .map(|(_, (&s, &r))| Some(ln(s) - ln(r)))
         .collect();
-    let best = lift.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    lift.iter()
-        .map(|l| {
-            let units = ((best - l) / LOG_GAP_STEP).round();
-            if units >= f64::from(LOG_GAP_CAP) {
-                LOG_GAP_CAP
-            } else {
-                units.max(0.0) as u32
-            }
-        })
-        .collect()
+    quantised_gaps(&lift)
 }
 
 /// `ln P(S ≤ s)` for `S = Σ_i U_i` with the `U_i` independent and `U_i` uniform over the
