@@ -306,16 +306,7 @@ impl LinearFingerprint {
                 "the suspect takes shape {shape:?} and has {c} classes"
             )));
         }
-        if let Some(r) = &reference {
-            if r.input_shape() != shape || r.num_classes() != c {
-                return Err(DefenseError::Verify(format!(
-                    "the reference takes shape {:?} with {} classes, the suspect {shape:?} with \
-                     {c}",
-                    r.input_shape(),
-                    r.num_classes()
-                )));
-            }
-        }
+        check_reference(reference.as_deref(), &shape, c)?;
         let centre = 0.5 * (f64::from(lo) + f64::from(hi));
         let sub = self.key.derive("linear-fingerprint/inputs");
         let mut rng = ChaCha20Rng::from_seed(*sub.expose());
@@ -386,8 +377,27 @@ impl LinearFingerprint {
     }
 }
 
+/// An error unless `reference` (when given) takes the suspect's input `shape` and has its `c`
+/// classes.
+pub(crate) fn check_reference(
+    reference: Option<&dyn Oracle>,
+    shape: &[usize],
+    c: usize,
+) -> Result<(), DefenseError> {
+    match reference {
+        Some(r) if r.input_shape() != shape || r.num_classes() != c => {
+            Err(DefenseError::Verify(format!(
+                "the reference takes shape {:?} with {} classes, the suspect {shape:?} with {c}",
+                r.input_shape(),
+                r.num_classes()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The answer's probabilities for `x`, `None` unless they are full probability vectors.
-fn full_probabilities(
+pub(crate) fn full_probabilities(
     o: &mut dyn Oracle,
     x: &Tensor,
     who: &str,

@@ -85,7 +85,9 @@
 //! coarser counts; those reports still read and verify.)
 
 use crate::error::DefenseError;
-use crate::fingerprint::{FingerprintResult, LinearFingerprint};
+use crate::fingerprint::{
+    check_reference, full_probabilities, FingerprintResult, LinearFingerprint,
+};
 use crate::ledger::{commitment, LedgerRecord};
 use mamori_core::{Disclosure, Model, Oracle, OracleAnswer, OracleError, Tensor};
 use serde::{Deserialize, Serialize};
@@ -745,15 +747,7 @@ pub fn verify_with(
             r.input.len()
         )));
     }
-    if let Some(r) = &reference {
-        if r.input_shape() != shape || r.num_classes() != c {
-            return Err(DefenseError::Verify(format!(
-                "the reference takes shape {:?} with {} classes, the suspect {shape:?} with {c}",
-                r.input_shape(),
-                r.num_classes()
-            )));
-        }
-    }
+    check_reference(reference.as_deref(), &shape, c)?;
     let mut evidence = Vec::with_capacity(distinct.len());
     let mut all_scored = true;
     for chunk in distinct.chunks(batch.max(1)) {
@@ -779,19 +773,15 @@ pub fn verify_with(
         }
         all_scored &= scored;
         let reference_probs = match reference.as_deref_mut() {
-            Some(o) if scored => {
-                let a = o.query(&x)?;
-                if a.disclosure != Disclosure::Probabilities || a.probs.shape() != [chunk.len(), c]
-                {
-                    return Err(DefenseError::Verify(format!(
-                        "the reference must answer full probabilities ({c} per input); it \
-                         answered {:?} of shape {:?}",
-                        a.disclosure,
-                        a.probs.shape()
-                    )));
-                }
-                Some(a.probs)
-            }
+            Some(o) if scored => Some(
+                full_probabilities(o, &x, "reference", chunk.len(), c)?.ok_or_else(|| {
+                    DefenseError::Verify(
+                        "the reference must answer full probabilities, it answered labels or \
+                         top-k scores"
+                            .into(),
+                    )
+                })?,
+            ),
             _ => None,
         };
         for (i, (r, &l)) in chunk.iter().zip(&ans.labels).enumerate() {
