@@ -29,4 +29,4 @@ pub use key::ModelKey;
 pub use keys::{KeyInfo, SigningKeyPair, TrustStore};
 pub use open::{open_model, OpenedModel, SignaturePolicy};
 pub use pins::{check_pinned_digests, check_pins, PinSet};
-pub use sign::{sign_model, verify_files, verify_model, Manifest};
+pub use sign::{card_file_name, sign_model, verify_files, verify_model, Manifest};

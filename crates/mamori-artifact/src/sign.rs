@@ -30,6 +30,25 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 /// The model card file name.
 pub const CARD_FILE: &str = "model.json";
+/// The card of a model directory: for an ONNX model directory (exactly one `.onnx` file),
+/// `<file>.onnx.json` beside it (the name `mamori export --onnx` writes and the ONNX loader
+/// reads) when present; otherwise [`CARD_FILE`] (`model.json`, a native model's card).
+/// `None` when the directory has neither.
+pub fn card_file_name<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let names: Vec<&str> = names.into_iter().collect();
+    let onnx: Vec<&&str> = names
+        .iter()
+        .filter(|n| n.to_ascii_lowercase().ends_with(".onnx"))
+        .collect();
+    if let [one] = onnx.as_slice() {
+        let card = format!("{one}.json");
+        if names.contains(&card.as_str()) {
+            return Some(card);
+        }
+    }
+    names.contains(&CARD_FILE).then(|| CARD_FILE.into())
+}
+
 /// The `format` field of a manifest.
 pub const MANIFEST_FORMAT: &str = "mamori-model-manifest";
 const SIGNING_CONTEXT: &[u8] = b"mamori-model-manifest-v1\0";
@@ -143,16 +162,19 @@ pub fn build_manifest(
     key_id: &str,
     now: u64,
 ) -> Result<Manifest> {
-    let card_bytes = files
-        .get(CARD_FILE)
-        .ok_or_else(|| ArtifactError::UnsupportedEntry {
+    let card_name = card_file_name(files.keys().map(String::as_str)).ok_or_else(|| {
+        ArtifactError::UnsupportedEntry {
             path: CARD_FILE.into(),
-            reason: "a model directory needs its model card (model.json) to be signed".into(),
-        })?;
-    let card: ModelCard = serde_json::from_slice(card_bytes).map_err(|e| ArtifactError::Json {
-        path: CARD_FILE.into(),
-        source: e,
+            reason: "a model directory needs its model card to be signed (model.json; for an \
+                     ONNX model directory, <file>.onnx.json beside its only .onnx file)"
+                .into(),
+        }
     })?;
+    let card: ModelCard =
+        serde_json::from_slice(&files[&card_name]).map_err(|e| ArtifactError::Json {
+            path: card_name.clone().into(),
+            source: e,
+        })?;
     let base_model = match (base_dir, base_from_card(&card)) {
         (Some(dir), from_card) => {
             let mut b = describe_base_dir(dir)?;
@@ -316,15 +338,16 @@ pub fn verify_files<B: AsRef<[u8]>>(
             reason: "not listed in the signed manifest".into(),
         });
     }
-    if let Some(card) = files.get(CARD_FILE) {
+    let card_name = card_file_name(files.keys().map(String::as_str));
+    if let Some((name, card)) = card_name.and_then(|n| files.get(&n).map(|c| (n, c))) {
         let card: ModelCard =
             serde_json::from_slice(card.as_ref()).map_err(|e| ArtifactError::TamperedFile {
-                file: CARD_FILE.into(),
+                file: name.clone(),
                 reason: format!("not a valid model card: {e}"),
             })?;
         if card != manifest.card {
             return Err(ArtifactError::TamperedFile {
-                file: CARD_FILE.into(),
+                file: name,
                 reason: "differs from the card in the signed manifest".into(),
             });
         }
@@ -379,4 +402,40 @@ pub fn check_base(manifest: &Manifest, base_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_of_an_onnx_directory_is_its_onnx_json() {
+        let card = |names: &[&str]| card_file_name(names.iter().copied());
+        assert_eq!(
+            card(&["model.json", "model.safetensors"]).as_deref(),
+            Some("model.json")
+        );
+        assert_eq!(
+            card(&["m.onnx", "m.onnx.json"]).as_deref(),
+            Some("m.onnx.json")
+        );
+        assert_eq!(
+            card(&["m.ONNX", "m.ONNX.json"]).as_deref(),
+            Some("m.ONNX.json")
+        );
+        assert_eq!(
+            card(&["m.onnx", "m.onnx.json", "model.json"]).as_deref(),
+            Some("m.onnx.json")
+        );
+        assert_eq!(
+            card(&["m.onnx", "model.json"]).as_deref(),
+            Some("model.json")
+        );
+        assert_eq!(card(&["m.onnx"]), None);
+        assert_eq!(
+            card(&["a.onnx", "a.onnx.json", "b.onnx", "b.onnx.json"]),
+            None
+        );
+        assert_eq!(card(&["weights.bin"]), None);
+    }
 }

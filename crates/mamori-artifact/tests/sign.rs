@@ -272,7 +272,13 @@ fn malformed_signature_files_are_tampered_manifests() {
     let err = sign_model(&bare, &k, None, T0 + 1).unwrap_err();
     assert!(
         err.to_string()
-            .contains("needs its model card (model.json)"),
+            .contains("needs its model card to be signed (model.json"),
         "{err}"
     );
+    // Nor an ONNX model directory without its `<file>.onnx.json`.
+    let onnx = d.path().join("onnx");
+    fs::create_dir(&onnx).unwrap();
+    fs::write(onnx.join("m.onnx"), b"graph").unwrap();
+    let err = sign_model(&onnx, &k, None, T0 + 1).unwrap_err();
+    assert!(err.to_string().contains("<file>.onnx.json"), "{err}");
 }

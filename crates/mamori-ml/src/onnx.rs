@@ -97,6 +97,18 @@ impl OnnxModel {
         Self::load_inner(path, card, true)
     }
 
+    /// Builds a model from the bytes of an `.onnx` file held in memory (e.g. decrypted from an
+    /// encrypted model directory: the plaintext never touches the disk). `path` names the file
+    /// the bytes came from, in errors and in the inferred card's name; `card` as in
+    /// [`OnnxModel::load_with_card`].
+    pub fn from_bytes(
+        bytes: &[u8],
+        path: &Path,
+        card: Option<ModelCard>,
+    ) -> Result<OnnxModel, MlError> {
+        Self::build(bytes, path, card, true)
+    }
+
     fn load_inner(
         path: &Path,
         card: Option<ModelCard>,
@@ -106,12 +118,21 @@ impl OnnxModel {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        Self::build(&bytes, path, card, try_symbolic)
+    }
+
+    fn build(
+        bytes: &[u8],
+        path: &Path,
+        card: Option<ModelCard>,
+        try_symbolic: bool,
+    ) -> Result<OnnxModel, MlError> {
         if bytes.is_empty() {
             return Err(invalid(path, "empty file"));
         }
         let onnx = tract_onnx::onnx();
         let proto = onnx
-            .proto_model_for_read(&mut bytes.as_slice())
+            .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| invalid(path, format!("not an ONNX model: {e:#}")))?;
         let graph = proto
             .graph
@@ -378,6 +399,35 @@ mod tests {
     fn onnx_model_is_send_and_sync() {
         fn is<T: Send + Sync>() {}
         is::<OnnxModel>();
+    }
+
+    #[test]
+    fn a_model_from_bytes_answers_as_the_file_and_bad_bytes_are_named() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cnn_probs.onnx");
+        let bytes = std::fs::read(&f).unwrap();
+        let label = Path::new("decrypted/cnn.onnx");
+        let mem = OnnxModel::from_bytes(&bytes, label, None).unwrap();
+        let file = OnnxModel::load(&f).unwrap();
+        assert_eq!(mem.path(), label);
+        assert_eq!(mem.card().name, "cnn");
+        let x = CoreTensor::new(
+            vec![2, 1, 28, 28],
+            (0..2 * 784).map(|i| (i % 13) as f32 / 13.0).collect(),
+        )
+        .unwrap();
+        assert_eq!(
+            mem.predict(&x).unwrap().data(),
+            file.predict(&x).unwrap().data()
+        );
+        for (bad, why) in [
+            (&b""[..], "empty file"),
+            (&b"not onnx"[..], "not an ONNX model"),
+        ] {
+            let e = OnnxModel::from_bytes(bad, label, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why) && e.contains("decrypted/cnn.onnx"), "{e}");
+        }
     }
 
     #[test]

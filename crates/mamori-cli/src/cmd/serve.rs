@@ -14,9 +14,10 @@ use std::sync::Arc;
 /// Arguments of `mamori serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model to serve: a native model directory (plain, signed and/or encrypted) or an
-    /// `.onnx` file. Repeatable; each model is served under its card's name with its own
-    /// state.
+    /// Model to serve: a model directory — native (`model.safetensors` + `model.json`) or ONNX
+    /// (one `.onnx` file and its card `<file>.onnx.json`), plain, signed and/or encrypted —
+    /// or a bare `.onnx` file (only with `--allow-unsigned`: it carries no signature).
+    /// Repeatable; each model is served under its card's name with its own state.
     #[arg(long = "model")]
     pub models: Vec<PathBuf>,
     /// Configuration file (default: `mamori.toml` in the home directory, if present).
@@ -59,13 +60,28 @@ pub struct Args {
     pub allow_unsigned: bool,
 }
 
-/// Opens a native model directory through the artifact layer: decrypted in memory if it is
-/// encrypted, its signature checked against the home's trusted keys.
-fn open_native(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<NativeModel> {
+/// A model opened for serving, with the platform name OIP metadata reports and, for a
+/// native model, its network (prediction poisoning needs its features).
+struct Served {
+    model: Arc<dyn Model>,
+    platform: &'static str,
+    network: Option<Network>,
+}
+
+/// Opens a model directory through the artifact layer — decrypted in memory if it is
+/// encrypted, its signature checked against the home's trusted keys — and builds the model it
+/// holds: a native model (`model.safetensors` + `model.json`) or an ONNX model (its only
+/// `.onnx` file, with its card `<file>.onnx.json` or `model.json` if present). The plaintext
+/// of an encrypted model never touches the disk.
+fn open_dir(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> {
     let key = if mamori_artifact::is_encrypted_model(dir) {
         Some(
-            ModelKey::resolve(args.model_key_file.as_deref())
-                .with_context(|| format!("{}: the model is encrypted", dir.display()))?,
+            ModelKey::resolve(args.model_key_file.as_deref()).with_context(|| {
+                format!(
+                    "{}: the model is encrypted (give its key with --model-key-file)",
+                    dir.display()
+                )
+            })?,
         )
     } else {
         None
@@ -77,23 +93,102 @@ fn open_native(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<NativeMod
     } else {
         SignaturePolicy::Require(trust)
     };
-    let opened = mamori_artifact::open_model(dir, key.as_ref(), &policy).with_context(|| {
-        format!(
-            "{}: refusing to serve this model (sign it with `mamori model sign`, or pass \
-             --allow-unsigned)",
-            dir.display()
-        )
-    })?;
-    let file = |name: &str| {
-        opened
-            .files
-            .get(name)
-            .with_context(|| format!("{}: no {name} in the model directory", dir.display()))
+    let opened = match mamori_artifact::open_model(dir, key.as_ref(), &policy) {
+        Ok(o) => o,
+        Err(e @ mamori_artifact::ArtifactError::UnsignedModel { .. }) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{}: refusing to serve this model (sign it with `mamori model sign`, or pass \
+                 --allow-unsigned)",
+                dir.display()
+            )))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("{}: refusing to serve this model", dir.display())))
+        }
     };
-    Ok(NativeModel::from_bytes(
-        file(mamori_ml::WEIGHTS_FILE)?,
-        file(mamori_ml::CARD_FILE)?,
-    )?)
+    let files = &opened.files.files;
+    if files.contains_key(mamori_ml::WEIGHTS_FILE) {
+        let file = |name: &str| {
+            files
+                .get(name)
+                .with_context(|| format!("{}: no {name} in the model directory", dir.display()))
+        };
+        let m =
+            NativeModel::from_bytes(file(mamori_ml::WEIGHTS_FILE)?, file(mamori_ml::CARD_FILE)?)?;
+        return Ok(Served {
+            network: Some(m.network.clone()),
+            model: Arc::new(m),
+            platform: "mamori-native",
+        });
+    }
+    let mut onnx: Vec<&String> = files
+        .keys()
+        .filter(|n| n.to_ascii_lowercase().ends_with(".onnx"))
+        .collect();
+    onnx.sort();
+    let name = match onnx.as_slice() {
+        [one] => *one,
+        [] => anyhow::bail!(
+            "{}: not a model directory: no {} (native model) and no .onnx file",
+            dir.display(),
+            mamori_ml::WEIGHTS_FILE
+        ),
+        _ => anyhow::bail!(
+            "{}: {} .onnx files in one model directory; serve each from its own directory",
+            dir.display(),
+            onnx.len()
+        ),
+    };
+    let card = match mamori_artifact::card_file_name(files.keys().map(String::as_str)) {
+        Some(c) => Some(
+            serde_json::from_slice::<mamori_core::ModelCard>(&files[&c])
+                .with_context(|| format!("{}: {c} is not a valid model card", dir.display()))?,
+        ),
+        None => None,
+    };
+    let m = mamori_ml::OnnxModel::from_bytes(&files[name], &dir.join(name), card)?;
+    Ok(Served {
+        model: Arc::new(m),
+        platform: "onnx",
+        network: None,
+    })
+}
+
+/// Opens one `--model` path: a model directory (see [`open_dir`]) or a bare `.onnx` file. A
+/// bare file carries no signature, so it is served only with `--allow-unsigned`.
+fn open_served(path: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> {
+    if path.is_dir() {
+        return open_dir(path, args, home);
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        if !args.allow_unsigned {
+            anyhow::bail!(
+                "{}: refusing to serve a bare .onnx file: it carries no signature. Put it in a \
+                 directory (with its card <file>.onnx.json), sign it with `mamori model sign \
+                 --model DIR` and serve the directory, or pass --allow-unsigned",
+                path.display()
+            );
+        }
+        let m = mamori_ml::load_model(path)
+            .with_context(|| format!("loading model {}", path.display()))?;
+        return Ok(Served {
+            model: Arc::from(m),
+            platform: "onnx",
+            network: None,
+        });
+    }
+    if !path.exists() {
+        anyhow::bail!("{}: no such file or directory", path.display());
+    }
+    anyhow::bail!(
+        "{}: not a model: give a model directory (native or ONNX, plain, signed and/or \
+         encrypted) or an .onnx file",
+        path.display()
+    )
 }
 
 fn calibration_for(
@@ -178,16 +273,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let mut served: Vec<(Arc<dyn Model>, String)> = Vec::new();
     let mut networks: Vec<Arc<Network>> = Vec::new();
     for path in &args.models {
-        let (model, platform): (Arc<dyn Model>, &str) =
-            if path.extension().is_some_and(|e| e == "onnx") {
-                let m = mamori_ml::load_model(path)
-                    .with_context(|| format!("loading model {}", path.display()))?;
-                (Arc::from(m), "onnx")
-            } else {
-                let m = open_native(path, &args, &home)?;
-                networks.push(Arc::new(m.network.clone()));
-                (Arc::new(m), "mamori-native")
-            };
+        let Served {
+            model,
+            platform,
+            network,
+        } = open_served(path, &args, &home)?;
+        networks.extend(network.map(Arc::new));
         tracing::info!(
             "serving {} ({platform}) from {}",
             model.card().name,

@@ -4,6 +4,7 @@
 
 use mamori_core::ModelCard;
 use mamori_ml::{Arch, NativeModel, Network};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -47,15 +48,22 @@ pub fn create_key(home: &Path, client: &str) -> String {
 /// Starts `mamori serve --allow-unsigned --addr 127.0.0.1:0 --model DIR`; returns the child
 /// and the base URL it printed.
 pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
+    start_serve_with(
+        home,
+        &[
+            "--allow-unsigned".into(),
+            "--model".into(),
+            model_dir.into(),
+        ],
+    )
+}
+
+/// Starts `mamori serve --addr 127.0.0.1:0 ARGS...`; returns the child and the base URL it
+/// printed (panics if the server exits instead).
+pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
     let mut child = mamori(home)
-        .args([
-            "serve",
-            "--allow-unsigned",
-            "--addr",
-            "127.0.0.1:0",
-            "--model",
-        ])
-        .arg(model_dir)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -93,4 +101,32 @@ pub fn stop(mut child: Child) {
         .success());
     let status = child.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// Runs `mamori serve --addr 127.0.0.1:0 ARGS...` expecting it to refuse to start: returns its
+/// stderr once it has exited with a failure (panics if it starts serving or succeeds).
+pub fn serve_refuses(home: &Path, args: &[OsString]) -> String {
+    let mut child = mamori(home)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "serve exited successfully: {err}");
+            eprintln!("serve refused: {}", err.trim());
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not refuse to start within 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,202 @@
+//! ONNX models through the artifact layer (issue #8): an exported ONNX model directory is
+//! signed, encrypted and served decrypted in memory, answering exactly as the native model it
+//! came from; every way of getting it wrong is refused with a message naming the problem.
+
+mod common;
+
+use common::{create_key, mamori, serve_refuses, start_serve_with, stop, tiny_model};
+use std::ffi::OsString;
+use std::path::Path;
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The served probabilities of a fixed batch of 4 inputs.
+fn probabilities(url: &str, key: &str) -> Vec<f64> {
+    let data: Vec<f32> = (0..64).map(|i| (i % 17) as f32 / 16.0).collect();
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [4, 1, 4, 4], "datatype": "FP32", "data": data}]
+    });
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{url}/v2/models/onnx-mlp/infer"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([4, 3]));
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    parts.iter().map(|p| p.as_ref().to_owned()).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_signed_encrypted_onnx_directory_is_served_decrypted_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let native = tmp.path().join("native");
+    tiny_model(&native, "onnx-mlp");
+    let key = create_key(&home, "carol");
+
+    // Export to an ONNX model directory: m.onnx + its card m.onnx.json.
+    let onnx_dir = tmp.path().join("onnx");
+    std::fs::create_dir(&onnx_dir).unwrap();
+    let onnx_file = onnx_dir.join("m.onnx");
+    ok(mamori(&home)
+        .args(["export", "--onnx", "--model"])
+        .arg(&native)
+        .arg("--out")
+        .arg(&onnx_file)
+        .output()
+        .unwrap());
+    // An unsigned copy, kept before signing.
+    let unsigned_dir = tmp.path().join("onnx-unsigned");
+    copy_dir(&onnx_dir, &unsigned_dir);
+
+    // Sign it (with a signing key created in, and trusted by, the home), then encrypt it.
+    ok(mamori(&home)
+        .args(["model", "keys", "create", "--name", "test"])
+        .output()
+        .unwrap());
+    let signed = ok(mamori(&home)
+        .args(["model", "sign", "--model"])
+        .arg(&onnx_dir)
+        .output()
+        .unwrap());
+    assert!(signed.contains("(2 file(s))"), "{signed}");
+    let key_file = tmp.path().join("model.key");
+    ok(mamori(&home)
+        .args(["model", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap());
+    let enc_dir = tmp.path().join("onnx-enc");
+    ok(mamori(&home)
+        .args(["model", "encrypt", "--model"])
+        .arg(&onnx_dir)
+        .arg("--key-file")
+        .arg(&key_file)
+        .arg("--out")
+        .arg(&enc_dir)
+        .output()
+        .unwrap());
+    let verified = ok(mamori(&home)
+        .args(["model", "verify", "--model"])
+        .arg(&enc_dir)
+        .arg("--key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap());
+    assert!(verified.contains("OK:"), "{verified}");
+    // No plaintext ONNX bytes in the encrypted directory.
+    let plain = std::fs::read(&onnx_file).unwrap();
+    for e in std::fs::read_dir(&enc_dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(!bytes.windows(64).any(|w| w == &plain[..64]));
+    }
+
+    // The native model's answers, then the encrypted ONNX directory's, without --allow-unsigned.
+    let (child, url) = start_serve_with(
+        &home,
+        &args(&[
+            &"--policy",
+            &"none",
+            &"--allow-unsigned",
+            &"--model",
+            &native,
+        ]),
+    );
+    let expected = probabilities(&url, &key);
+    stop(child);
+    let (child, url) = start_serve_with(
+        &home,
+        &args(&[
+            &"--policy",
+            &"none",
+            &"--model-key-file",
+            &key_file,
+            &"--model",
+            &enc_dir,
+        ]),
+    );
+    let got = probabilities(&url, &key);
+    stop(child);
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-5, "ONNX {got:?} vs native {expected:?}");
+    }
+    // The signed plaintext directory is served too.
+    let (child, url) = start_serve_with(&home, &args(&[&"--model", &onnx_dir]));
+    assert_eq!(probabilities(&url, &key).len(), 12);
+    stop(child);
+
+    // Refusals, each naming its problem.
+    let err = serve_refuses(&home, &args(&[&"--model", &onnx_file]));
+    assert!(
+        err.contains("bare .onnx file") && err.contains("m.onnx"),
+        "{err}"
+    );
+    let err = serve_refuses(&home, &args(&[&"--model", &unsigned_dir]));
+    assert!(err.contains("unsigned"), "{err}");
+    let err = serve_refuses(&home, &args(&[&"--model", &enc_dir]));
+    assert!(err.contains("the model is encrypted"), "{err}");
+    let wrong_key = tmp.path().join("wrong.key");
+    ok(mamori(&home)
+        .args(["model", "keygen", "--out"])
+        .arg(&wrong_key)
+        .output()
+        .unwrap());
+    let err = serve_refuses(
+        &home,
+        &args(&[&"--model-key-file", &wrong_key, &"--model", &enc_dir]),
+    );
+    assert!(err.contains("wrong model key"), "{err}");
+    // One flipped byte of the encrypted ONNX file.
+    let tampered = tmp.path().join("onnx-tampered");
+    copy_dir(&enc_dir, &tampered);
+    let target = tampered.join("m.onnx.enc");
+    let mut bytes = std::fs::read(&target).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&target, bytes).unwrap();
+    let err = serve_refuses(
+        &home,
+        &args(&[&"--model-key-file", &key_file, &"--model", &tampered]),
+    );
+    assert!(
+        err.contains("m.onnx.enc") && err.contains("failed authentication"),
+        "{err}"
+    );
+    // A signed ONNX directory whose graph was swapped after signing.
+    let swapped = tmp.path().join("onnx-swapped");
+    copy_dir(&onnx_dir, &swapped);
+    let mut g = std::fs::read(swapped.join("m.onnx")).unwrap();
+    let last = g.len() - 1;
+    g[last] ^= 0x40;
+    std::fs::write(swapped.join("m.onnx"), g).unwrap();
+    let err = serve_refuses(&home, &args(&[&"--model", &swapped]));
+    assert!(err.contains("m.onnx") && err.contains("sha256"), "{err}");
+}
