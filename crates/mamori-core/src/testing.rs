@@ -1,5 +1,9 @@
 //! Support for tests that need an external Python package (the ONNX reference evaluator,
-//! NVIDIA's OIP client): one rule for all of them.
+//! NVIDIA's OIP client, PostgreSQL from the `pgserver` wheel): one rule for all of them.
+
+mod postgres;
+
+pub use postgres::{postgres_bindir, TempPostgres};
 
 use std::process::Command;
 

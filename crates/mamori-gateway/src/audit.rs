@@ -192,7 +192,8 @@ pub struct LedgerEvent {
 }
 
 /// Anything the audit log stores.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", content = "event", rename_all = "snake_case")]
 pub enum AuditRecord {
     /// A request.
     Request(RequestEvent),
@@ -539,6 +540,223 @@ enum Msg {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// Settings of an [`AuditWriter`].
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Capacity of the bounded queue (producers wait when it is full).
+    pub capacity: usize,
+    /// Largest number of events per transaction.
+    pub batch: usize,
+    /// Pause after each transaction (ms) so that the next one carries more events.
+    pub linger_ms: u64,
+    /// A local JSON Lines file for batches the store refuses (database down, disk full): a
+    /// batch that still fails after [`QUICK_RETRIES`] quick retries is appended there (and
+    /// `fsync`ed) instead of holding up the gateway, and replayed into the store, oldest
+    /// first, as soon as a write succeeds again or when the next writer starts. Without a
+    /// spill file the writer retries until the store answers (producers wait once the queue
+    /// is full), and at shutdown gives up after [`SHUTDOWN_RETRIES`].
+    pub spill: Option<std::path::PathBuf>,
+}
+
+/// Quick retries of a failed batch before it goes to the spill file.
+pub const QUICK_RETRIES: u32 = 3;
+/// Retries of a failed batch during shutdown when there is no spill file.
+pub const SHUTDOWN_RETRIES: u32 = 10;
+
+/// Writes `buf`, retrying with exponential backoff (20 ms doubling to 1 s). Returns `false`
+/// when it gives up: after [`QUICK_RETRIES`] when a spill file can take the batch, after
+/// [`SHUTDOWN_RETRIES`] once `closing()` says the queue is closed, and never otherwise.
+fn write_with_retry(
+    st: &Mutex<Box<dyn AuditStore>>,
+    buf: &[AuditRecord],
+    can_spill: bool,
+    closing: impl Fn() -> bool,
+) -> bool {
+    let mut delay = std::time::Duration::from_millis(20);
+    let mut failures = 0u32;
+    loop {
+        let result = st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_batch(buf);
+        match result {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::warn!("audit store answers again after {failures} failed writes");
+                }
+                return true;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::error!(
+                        "audit write of {} events failed (attempt {failures}): {e}",
+                        buf.len()
+                    );
+                }
+                if (can_spill && failures > QUICK_RETRIES)
+                    || (closing() && failures > SHUTDOWN_RETRIES)
+                {
+                    return false;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// The writer's spill file (see [`WriterOptions::spill`]).
+struct Spill {
+    path: std::path::PathBuf,
+    /// Whether the file may hold records not yet in the store.
+    pending: bool,
+}
+
+impl Spill {
+    fn new(path: std::path::PathBuf) -> Self {
+        let pending = path.is_file();
+        Self { path, pending }
+    }
+
+    /// Appends `records` as JSON Lines and syncs the file.
+    fn append(&mut self, records: &[AuditRecord]) {
+        use std::io::Write;
+        let mut text = String::new();
+        for r in records {
+            match serde_json::to_string(r) {
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                Err(e) => tracing::error!("audit event not serialisable, lost: {e}"),
+            }
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            });
+        match written {
+            Ok(()) => {
+                self.pending = true;
+                tracing::warn!(
+                    "audit store unavailable: {} events kept in {} until it answers",
+                    records.len(),
+                    self.path.display()
+                );
+            }
+            Err(e) => tracing::error!(
+                "audit store unavailable and spill file {} failed ({e}): {} events lost",
+                self.path.display(),
+                records.len()
+            ),
+        }
+    }
+
+    /// Writes the spilled records into the store in batches of `batch`; what the store still
+    /// refuses stays in the file (rewritten atomically), so nothing is written twice.
+    fn replay(&mut self, st: &Mutex<Box<dyn AuditStore>>, batch: usize) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.pending = false;
+                return;
+            }
+            Err(e) => {
+                tracing::error!("audit spill file {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let mut records = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            match serde_json::from_str::<AuditRecord>(line) {
+                Ok(r) => records.push(r),
+                // A torn last line (crash while appending) is the only way to get here.
+                Err(e) => tracing::error!(
+                    "audit spill file {} line {}: {e} (skipped)",
+                    self.path.display(),
+                    i + 1
+                ),
+            }
+        }
+        let mut done = 0;
+        for chunk in records.chunks(batch.max(1)) {
+            let ok = st
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_batch(chunk)
+                .is_ok();
+            if !ok {
+                break;
+            }
+            done += chunk.len();
+        }
+        if done == records.len() {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => {
+                    self.pending = false;
+                    if done > 0 {
+                        tracing::warn!(
+                            "audit: {done} spilled events from {} written to the store",
+                            self.path.display()
+                        );
+                    }
+                }
+                Err(e) => tracing::error!("audit spill file {}: {e}", self.path.display()),
+            }
+            return;
+        }
+        if done > 0 {
+            let rest: String = records[done..]
+                .iter()
+                .filter_map(|r| serde_json::to_string(r).ok())
+                .map(|l| l + "\n")
+                .collect();
+            let tmp = self.path.with_extension("jsonl.tmp");
+            let rewritten = std::fs::write(&tmp, rest)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &self.path));
+            if let Err(e) = rewritten {
+                tracing::error!(
+                    "audit spill file {}: {e}; {done} of its events are already in the store",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Opens the audit store the configuration names: `<home>/audit.db` (SQLite) or the
+/// PostgreSQL database of `audit.postgres_url`.
+pub fn open_store(
+    cfg: &crate::config::AuditConfig,
+    home: &Path,
+) -> Result<Box<dyn AuditStore>, GatewayError> {
+    match cfg.store {
+        crate::config::AuditBackend::Sqlite => Ok(Box::new(SqliteStore::open_home(home)?)),
+        crate::config::AuditBackend::Postgres => {
+            let url = cfg.postgres_url.as_ref().ok_or_else(|| {
+                GatewayError::Config(
+                    "audit.store = \"postgres\" needs audit.postgres_url (or \
+                     MAMORI_AUDIT_POSTGRES_URL)"
+                        .into(),
+                )
+            })?;
+            Ok(Box::new(crate::audit_postgres::PostgresStore::connect(
+                &url.0,
+            )?))
+        }
+    }
+}
+
 /// Bounded, batched asynchronous writer in front of an [`AuditStore`].
 pub struct AuditWriter {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
@@ -561,13 +779,32 @@ impl AuditWriter {
         batch: usize,
         linger_ms: u64,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Msg>(capacity.max(1));
+        Self::start_with(
+            store,
+            WriterOptions {
+                capacity,
+                batch,
+                linger_ms,
+                spill: None,
+            },
+        )
+    }
+
+    /// Starts the writer thread with every option. With a spill file, the thread first
+    /// replays what an earlier run left there (see [`WriterOptions::spill`]).
+    pub fn start_with(store: Box<dyn AuditStore>, opts: WriterOptions) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Msg>(opts.capacity.max(1));
         let store = Arc::new(Mutex::new(store));
         let st = store.clone();
-        let batch = batch.max(1);
+        let batch = opts.batch.max(1);
+        let linger_ms = opts.linger_ms;
         let thread = std::thread::Builder::new()
             .name("mamori-audit".into())
             .spawn(move || {
+                let mut spill = opts.spill.map(Spill::new);
+                if let Some(sp) = spill.as_mut() {
+                    sp.replay(&st, batch);
+                }
                 let mut buf: Vec<AuditRecord> = Vec::with_capacity(batch);
                 let mut waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
@@ -584,9 +821,16 @@ impl AuditWriter {
                         }
                     }
                     if !buf.is_empty() {
-                        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Err(e) = s.write_batch(&buf) {
-                            tracing::error!("audit write of {} events failed: {e}", buf.len());
+                        let written =
+                            write_with_retry(&st, &buf, spill.is_some(), || rx.is_closed());
+                        match (written, spill.as_mut()) {
+                            (true, Some(sp)) if sp.pending => sp.replay(&st, batch),
+                            (false, Some(sp)) => sp.append(&buf),
+                            (false, None) => tracing::error!(
+                                "audit store unavailable at shutdown: {} events lost",
+                                buf.len()
+                            ),
+                            _ => {}
                         }
                         buf.clear();
                     }
@@ -790,6 +1034,140 @@ pub fn last_request_time(conn_path: &Path) -> Result<Option<u64>, GatewayError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memory store that refuses every write while `down` is set.
+    #[derive(Clone, Default)]
+    struct FlakyStore {
+        inner: MemoryStore,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl AuditStore for FlakyStore {
+        fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(GatewayError::Storage("database down".into()));
+            }
+            self.inner.write_batch(records)
+        }
+        fn requests(&self, c: Option<&str>, s: u64) -> Result<Vec<RequestEvent>, GatewayError> {
+            self.inner.requests(c, s)
+        }
+        fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError> {
+            self.inner.alerts()
+        }
+        fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError> {
+            self.inner.blocks()
+        }
+        fn ledger(&self, m: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
+            self.inner.ledger(m)
+        }
+    }
+
+    fn writer(store: &FlakyStore, spill: &Path) -> AuditWriter {
+        AuditWriter::start_with(
+            Box::new(store.clone()),
+            WriterOptions {
+                capacity: 64,
+                batch: 2,
+                linger_ms: 0,
+                spill: Some(spill.to_path_buf()),
+            },
+        )
+    }
+
+    fn ids(store: &FlakyStore) -> Vec<u64> {
+        let mut v: Vec<u64> = store
+            .requests(None, 0)
+            .unwrap()
+            .iter()
+            .map(|e| e.time_ms)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn refused_batches_are_spilled_then_replayed_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("spill.jsonl");
+        let store = FlakyStore::default();
+        let w = writer(&store, &spill);
+        w.record(AuditRecord::Request(ev(0, "a"))).unwrap();
+        w.flush();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for i in 1..6 {
+            w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
+        }
+        w.record(AuditRecord::Alert(AlertEvent {
+            time_ms: 9,
+            model: "m".into(),
+            client: "a".into(),
+            detector: "prada".into(),
+            score: 0.5,
+            queries: 6,
+            action: "alert".into(),
+        }))
+        .unwrap();
+        w.flush();
+        assert_eq!(ids(&store), vec![0]);
+        let text = std::fs::read_to_string(&spill).unwrap();
+        assert_eq!(text.lines().count(), 6, "{text}");
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        w.record(AuditRecord::Request(ev(6, "a"))).unwrap();
+        w.flush();
+        assert!(!spill.exists());
+        assert_eq!(ids(&store), (0..7).collect::<Vec<_>>());
+        assert_eq!(store.alerts().unwrap().len(), 1);
+        w.shutdown();
+    }
+
+    #[test]
+    fn a_spill_left_at_shutdown_is_replayed_by_the_next_writer_skipping_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("spill.jsonl");
+        let store = FlakyStore::default();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let w = writer(&store, &spill);
+        for i in 0..3 {
+            w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
+        }
+        w.shutdown();
+        assert_eq!(std::fs::read_to_string(&spill).unwrap().lines().count(), 3);
+        // A crash while appending leaves a torn last line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&spill)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"record\":\"request\",\"ev").unwrap();
+        drop(f);
+        // Still down when the next writer starts: the file stays as it is.
+        let w = writer(&store, &spill);
+        w.flush();
+        assert!(spill.exists() && ids(&store).is_empty());
+        w.shutdown();
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let w = writer(&store, &spill);
+        w.flush();
+        assert!(!spill.exists());
+        assert_eq!(ids(&store), vec![0, 1, 2]);
+        w.shutdown();
+    }
+
+    #[test]
+    fn without_a_spill_file_the_writer_waits_for_the_store() {
+        let store = FlakyStore::default();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let w = Arc::new(AuditWriter::start(Box::new(store.clone()), 8, 4));
+        w.record(AuditRecord::Request(ev(0, "a"))).unwrap();
+        let up = store.down.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            up.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        w.flush();
+        t.join().unwrap();
+        assert_eq!(ids(&store), vec![0]);
+    }
 
     fn ev(i: u64, client: &str) -> RequestEvent {
         RequestEvent {

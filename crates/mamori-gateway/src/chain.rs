@@ -315,6 +315,7 @@ pub struct ChainBuilder {
     config: GatewayConfig,
     keys: Option<Arc<KeyStore>>,
     store: Option<Box<dyn AuditStore>>,
+    audit_spill: Option<std::path::PathBuf>,
     models: Vec<ModelSpec>,
     registry: Option<PostprocessorRegistry>,
     ledger: Option<Arc<dyn LedgerSink>>,
@@ -330,6 +331,7 @@ impl ChainBuilder {
             config,
             keys: None,
             store: None,
+            audit_spill: None,
             models: Vec::new(),
             registry: None,
             ledger: None,
@@ -346,6 +348,13 @@ impl ChainBuilder {
     /// The audit store (default: in memory).
     pub fn audit_store(mut self, store: Box<dyn AuditStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+    /// A local spill file for audit batches the store refuses, replayed when it answers again
+    /// (see [`crate::audit::WriterOptions::spill`]; default: none, the writer waits for the
+    /// store).
+    pub fn audit_spill(mut self, path: std::path::PathBuf) -> Self {
+        self.audit_spill = Some(path);
         self
     }
     /// Adds a served model.
@@ -450,11 +459,14 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
-        let audit = Arc::new(AuditWriter::start_with_linger(
+        let audit = Arc::new(AuditWriter::start_with(
             store,
-            self.config.audit.queue,
-            self.config.audit.batch,
-            self.config.audit.linger_ms,
+            crate::audit::WriterOptions {
+                capacity: self.config.audit.queue,
+                batch: self.config.audit.batch,
+                linger_ms: self.config.audit.linger_ms,
+                spill: self.audit_spill,
+            },
         ));
         let ledger = self
             .ledger

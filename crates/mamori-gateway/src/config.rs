@@ -54,10 +54,74 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where the audit log (requests, alerts, blocks, watermark ledger) is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditBackend {
+    /// `<home>/audit.db`, SQLite in WAL mode (one gateway process).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by every gateway replica ([`AuditConfig::postgres_url`]).
+    Postgres,
+}
+
+impl std::str::FromStr for AuditBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            other => Err(format!(
+                "unknown audit store {other:?} (sqlite or postgres)"
+            )),
+        }
+    }
+}
+
+/// A PostgreSQL connection string (`postgresql://user:pass@host:port/db` or
+/// `host=... user=... dbname=...`). Its `Debug` hides the password, so a logged configuration
+/// never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PostgresUrl(pub String);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({:?})", redact_password(&self.0))
+    }
+}
+
+/// The connection string with any password replaced by `***` (URL form `user:pass@` and
+/// key-value form `password=...`).
+pub fn redact_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (auth, tail) = match rest.find('@') {
+            Some(at) if !rest[..at].contains('/') => (&rest[..at], &rest[at..]),
+            _ => return url.to_string(),
+        };
+        return match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{tail}"),
+            None => url.to_string(),
+        };
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Audit writer settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
+    /// The store: `sqlite` (default, `<home>/audit.db`) or `postgres`.
+    pub store: AuditBackend,
+    /// The PostgreSQL connection string when `store = "postgres"` (better given through
+    /// `MAMORI_AUDIT_POSTGRES_URL` than written into a file).
+    pub postgres_url: Option<PostgresUrl>,
     /// Capacity of the bounded event queue (requests wait when it is full).
     pub queue: usize,
     /// Largest number of events written in one transaction.
@@ -71,6 +135,8 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            store: AuditBackend::Sqlite,
+            postgres_url: None,
             queue: 10_000,
             batch: 512,
             linger_ms: 2,
@@ -255,7 +321,8 @@ impl GatewayConfig {
     }
 
     /// Applies `MAMORI_ADDR`, `MAMORI_MAX_BODY_BYTES`, `MAMORI_MAX_BATCH`,
-    /// `MAMORI_STORE_RAW_INPUT` and `MAMORI_DEFAULT_TIER` from `get`.
+    /// `MAMORI_STORE_RAW_INPUT`, `MAMORI_DEFAULT_TIER`, `MAMORI_AUDIT_STORE` and
+    /// `MAMORI_AUDIT_POSTGRES_URL` from `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), GatewayError> {
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, GatewayError> {
             v.parse().map_err(|_| {
@@ -276,6 +343,14 @@ impl GatewayConfig {
         }
         if let Some(v) = get("MAMORI_DEFAULT_TIER") {
             self.default_tier = v;
+        }
+        if let Some(v) = get("MAMORI_AUDIT_STORE") {
+            self.audit.store = v.parse().map_err(|e| {
+                GatewayError::Config(format!("environment variable MAMORI_AUDIT_STORE: {e}"))
+            })?;
+        }
+        if let Some(v) = get("MAMORI_AUDIT_POSTGRES_URL").filter(|v| !v.is_empty()) {
+            self.audit.postgres_url = Some(PostgresUrl(v));
         }
         Ok(())
     }
@@ -306,6 +381,12 @@ impl GatewayConfig {
                 "server.max_batch and server.max_body_bytes must be positive".into(),
             ));
         }
+        if self.audit.store == AuditBackend::Postgres && self.audit.postgres_url.is_none() {
+            return Err(GatewayError::Config(
+                "audit.store = \"postgres\" needs audit.postgres_url (or MAMORI_AUDIT_POSTGRES_URL)"
+                    .into(),
+            ));
+        }
         if !(self.detect.throttle_factor > 0.0 && self.detect.throttle_factor <= 1.0) {
             return Err(GatewayError::Config(
                 "detect.throttle_factor must be in (0, 1]".into(),
@@ -318,6 +399,52 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_postgres_store_is_configured_by_file_or_environment_and_its_password_never_printed() {
+        let cfg = GatewayConfig::from_toml(
+            "[audit]\nstore = \"postgres\"\npostgres_url = \"postgresql://mamori:s3cret@db:5432/audit\"\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.audit.store, AuditBackend::Postgres);
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgresql://mamori:***@db:5432/audit"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_password("host=/run/pg user=m password=s3cret dbname=a"),
+            "host=/run/pg user=m password=*** dbname=a"
+        );
+        assert_eq!(redact_password("postgresql://db/a"), "postgresql://db/a");
+
+        // The backend without its URL is a configuration error naming both settings.
+        let mut cfg = GatewayConfig::default();
+        cfg.apply_env(|k| (k == "MAMORI_AUDIT_STORE").then(|| "postgres".to_string()))
+            .unwrap();
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(
+            e.contains("audit.postgres_url") && e.contains("MAMORI_AUDIT_POSTGRES_URL"),
+            "{e}"
+        );
+        cfg.apply_env(|k| {
+            (k == "MAMORI_AUDIT_POSTGRES_URL").then(|| "postgresql://db/a".to_string())
+        })
+        .unwrap();
+        cfg.check().unwrap();
+        let e = cfg
+            .apply_env(|k| (k == "MAMORI_AUDIT_STORE").then(|| "mysql".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MAMORI_AUDIT_STORE") && e.contains("mysql"),
+            "{e}"
+        );
+        // An unknown store name in the file is refused too.
+        assert!(GatewayConfig::from_toml("[audit]\nstore = \"mysql\"\n").is_err());
+    }
 
     #[test]
     fn toml_and_env_overrides() {

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod audit;
+pub mod audit_postgres;
 pub mod chain;
 pub mod config;
 pub mod error;
@@ -39,12 +40,13 @@ pub mod server;
 pub mod upstream;
 pub mod validate;
 
-pub use audit::{AuditRecord, AuditStore, AuditWriter, MemoryStore, SqliteStore};
+pub use audit::{open_store, AuditRecord, AuditStore, AuditWriter, MemoryStore, SqliteStore};
+pub use audit_postgres::PostgresStore;
 pub use chain::{
     Chain, ChainBuilder, ChainMode, ChainOracle, InferRequest, InferResponse, LedgerSink,
     ModelSpec, Payload, PostprocessorRegistry, Stage,
 };
-pub use config::{GatewayConfig, TierConfig};
+pub use config::{AuditBackend, GatewayConfig, TierConfig};
 pub use error::GatewayError;
 pub use keys::{KeyRecord, KeyStore, Principal};
 pub use policy::{AlertOnAlarm, NamedVerdict, OnAlarm, Policy};

@@ -1,8 +1,6 @@
 //! `mamori alerts` (issue #3): list the alerts raised by the detectors.
 
 use crate::global::Global;
-use mamori_gateway::audit::AuditStore;
-use mamori_gateway::SqliteStore;
 
 /// Arguments of `mamori alerts`.
 #[derive(clap::Args, Debug)]
@@ -14,6 +12,10 @@ pub struct Args {
     /// Only this client.
     #[arg(long)]
     pub client: Option<String>,
+    /// Gateway configuration naming the audit store (default: `mamori.toml` in the home
+    /// directory, if present).
+    #[arg(long, env = "MAMORI_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -41,11 +43,9 @@ fn rfc3339(ms: u64) -> String {
 
 /// Runs `mamori alerts`.
 pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
-    let db = g.home().join("audit.db");
-    let alerts = if db.is_file() {
-        SqliteStore::open(&db)?.alerts()?
-    } else {
-        Vec::new()
+    let alerts = match super::audit::open_configured_store(args.config.as_deref(), &g.home())? {
+        Some(store) => store.alerts()?,
+        None => Vec::new(),
     };
     let alerts: Vec<_> = alerts
         .into_iter()

@@ -111,6 +111,15 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
                 dbs,
                 bytes
             );
+            if let Some(h) = home {
+                let cfg = mamori_gateway::GatewayConfig::load_for_home(None, &h);
+                if cfg.is_ok_and(|c| c.audit.store == mamori_gateway::AuditBackend::Postgres) {
+                    println!(
+                        "note: this home's audit log is in PostgreSQL (audit.store = \"postgres\"), \
+                         not in the archive: back up its mamori_* tables with pg_dump"
+                    );
+                }
+            }
         }
         Command::Restore {
             file,

@@ -6,7 +6,7 @@ use anyhow::Context;
 use mamori_artifact::{ModelKey, SignaturePolicy, TrustStore};
 use mamori_core::Model;
 use mamori_gateway::protection::{self, PolicySpec, ProtectionContext};
-use mamori_gateway::{server, GatewayConfig, KeyStore, SqliteStore, UpstreamModel};
+use mamori_gateway::{server, GatewayConfig, KeyStore, UpstreamModel};
 use mamori_ml::{NativeModel, Network};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -319,7 +319,10 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let builder = protected
         .builder()
         .keys(keys.clone())
-        .audit_store(Box::new(SqliteStore::open_home(&home)?))
+        .audit_store(
+            mamori_gateway::open_store(&cfg.audit, &home).context("opening the audit store")?,
+        )
+        .audit_spill(home.join("audit-spill.jsonl"))
         .state_dir(&home.join("state"));
     let chain = Arc::new(builder.build()?);
     if keys.list().iter().all(|k| k.revoked_ms.is_some()) {

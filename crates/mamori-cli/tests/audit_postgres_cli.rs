@@ -1,0 +1,94 @@
+//! `mamori serve`, `audit export` and `alerts` on a PostgreSQL audit store chosen by the home's
+//! `mamori.toml`, against a real server (`TempPostgres`; skipped with a message where none is
+//! installed, except in CI).
+
+mod common;
+
+use common::{create_key, mamori, serve_refuses, start_serve_with, stop, tiny_model};
+use mamori_core::testing::TempPostgres;
+use std::ffi::OsString;
+
+#[test]
+fn the_gateway_writes_its_audit_log_to_postgres_and_the_cli_reads_it_back() {
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "pg-mlp");
+    let key = create_key(&home, "dora");
+    let config = |url: Option<&str>| {
+        let mut text = "[audit]\nstore = \"postgres\"\n".to_string();
+        if let Some(u) = url {
+            text.push_str(&format!("postgres_url = \"{u}\"\n"));
+        }
+        std::fs::write(home.join("mamori.toml"), text).unwrap();
+    };
+    config(None);
+
+    // Without the URL: a configuration error naming what is missing.
+    let args: Vec<OsString> = vec![
+        "--allow-unsigned".into(),
+        "--model".into(),
+        model_dir.clone().into(),
+    ];
+    let err = serve_refuses(&home, &args);
+    assert!(err.contains("MAMORI_AUDIT_POSTGRES_URL"), "{err}");
+    // A database that does not answer: refused at start, password hidden.
+    config(Some(
+        "postgresql://mamori:hunter2@127.0.0.1:1/postgres?connect_timeout=5",
+    ));
+    let err = serve_refuses(&home, &args);
+    assert!(
+        err.contains("opening the audit store") && !err.contains("hunter2"),
+        "{err}"
+    );
+
+    config(Some(&pg.url()));
+    let (child, url) = start_serve_with(&home, &args);
+    let body = serde_json::json!({
+        "id": "pg-1",
+        "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": vec![0.5f32; 16]}]
+    });
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..4 {
+        let r = client
+            .post(format!("{url}/v2/models/pg-mlp/infer"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    stop(child);
+    // No SQLite file was written: the events are in PostgreSQL only.
+    assert!(!home.join("audit.db").exists());
+
+    let out = mamori(&home)
+        .args(["audit", "export", "--client", "dora"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines
+        .iter()
+        .all(|e| e["request_id"] == "pg-1" && e["model"] == "pg-mlp"));
+    let out = mamori(&home).args(["alerts", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(alerts.is_array());
+}

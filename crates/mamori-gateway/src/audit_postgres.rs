@@ -1,0 +1,367 @@
+//! The PostgreSQL audit store: the same four event tables as the SQLite store, in a database
+//! that every gateway replica writes to, so `mamori alerts`, `mamori audit export` and the
+//! admin API of any replica see the events of all of them.
+//!
+//! Tables (created if missing): `mamori_requests`, `mamori_alerts`, `mamori_blocks`,
+//! `mamori_ledger`; ids are `BIGSERIAL`, so "oldest first" is the commit order across replicas.
+//! The request's input, output and scores are `JSONB` (queryable in SQL:
+//! `scores->>'prada'`). One transaction per batch, like the SQLite store. A broken connection
+//! (database restart, network) is reopened on the next write; the writer retries failed
+//! batches ([`crate::audit::AuditWriter`]), so a database outage delays events instead of
+//! losing them.
+//!
+//! Connections are plain TCP or a Unix socket (`host=/var/run/postgresql`); TLS to the
+//! database is not built in (use a local socket or a TLS sidecar).
+
+use crate::audit::{AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent};
+use crate::config::redact_password;
+use crate::error::GatewayError;
+use postgres::{Client, NoTls};
+use std::sync::Mutex;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mamori_requests (
+    id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, request_id TEXT,
+    client TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+    batch BIGINT NOT NULL, input_sha256 TEXT, input JSONB, output JSONB,
+    scores JSONB NOT NULL, decision TEXT NOT NULL, status INTEGER NOT NULL,
+    error TEXT, latency_us BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS mamori_requests_client_time ON mamori_requests (client, time_ms);
+CREATE TABLE IF NOT EXISTS mamori_alerts (
+    id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, model TEXT NOT NULL,
+    client TEXT NOT NULL, detector TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,
+    queries BIGINT NOT NULL, action TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mamori_blocks (
+    id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, model TEXT NOT NULL,
+    client TEXT NOT NULL, kind TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mamori_ledger (
+    id BIGSERIAL PRIMARY KEY, time_ms BIGINT NOT NULL, model TEXT NOT NULL,
+    client TEXT NOT NULL, watermark TEXT NOT NULL, input_sha256 TEXT NOT NULL,
+    true_label BIGINT NOT NULL, given_label BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS mamori_ledger_model ON mamori_ledger (model);
+";
+
+/// The PostgreSQL audit store (see the module documentation).
+pub struct PostgresStore {
+    url: String,
+    /// `None` only while being dropped.
+    client: Mutex<Option<Client>>,
+}
+
+impl Drop for PostgresStore {
+    /// The synchronous client owns a small tokio runtime, which must not be dropped on an
+    /// async worker thread (the gateway drops its chain there at shutdown): drop it on a
+    /// thread of its own.
+    fn drop(&mut self) {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = client {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(c)).join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &redact_password(&self.url))
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and creates the tables if they are missing. Errors name the database
+    /// with its password hidden.
+    pub fn connect(url: &str) -> Result<Self, GatewayError> {
+        let mut client = open(url)?;
+        client
+            .batch_execute(SCHEMA)
+            .map_err(|e| pg(url, "creating the audit tables", e))?;
+        Ok(Self {
+            url: url.to_string(),
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// The connection, reopened first if it was closed (database restart, network).
+    fn client(&self) -> Result<ClientGuard<'_>, GatewayError> {
+        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if c.as_ref().is_none_or(Client::is_closed) {
+            *c = Some(open(&self.url)?);
+        }
+        Ok(ClientGuard(c))
+    }
+}
+
+/// A locked, open connection.
+struct ClientGuard<'a>(std::sync::MutexGuard<'a, Option<Client>>);
+
+impl std::ops::Deref for ClientGuard<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("ClientGuard holds an open client")
+    }
+}
+
+impl std::ops::DerefMut for ClientGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("ClientGuard holds an open client")
+    }
+}
+
+fn open(url: &str) -> Result<Client, GatewayError> {
+    Client::connect(url, NoTls).map_err(|e| pg(url, "connecting", e))
+}
+
+fn pg(url: &str, what: &str, e: postgres::Error) -> GatewayError {
+    let cause = std::error::Error::source(&e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    GatewayError::Storage(format!(
+        "audit database {}: {what}: {e}{cause}",
+        redact_password(url)
+    ))
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn json_of<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+impl AuditStore for PostgresStore {
+    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+        let url = self.url.clone();
+        let e = |what: &str| {
+            let url = url.clone();
+            let what = what.to_string();
+            move |err: postgres::Error| pg(&url, &what, err)
+        };
+        let mut c = self.client()?;
+        let mut tx = c.transaction().map_err(e("beginning a transaction"))?;
+        let ins_req = tx
+            .prepare(
+                "INSERT INTO mamori_requests (time_ms, request_id, client, key_id, model, batch,
+                 input_sha256, input, output, scores, decision, status, error, latency_us)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+            )
+            .map_err(e("preparing"))?;
+        let ins_alert = tx
+            .prepare(
+                "INSERT INTO mamori_alerts (time_ms, model, client, detector, score, queries, action)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            )
+            .map_err(e("preparing"))?;
+        let ins_block = tx
+            .prepare(
+                "INSERT INTO mamori_blocks (time_ms, model, client, kind, by, reason)
+                 VALUES ($1,$2,$3,$4,$5,$6)",
+            )
+            .map_err(e("preparing"))?;
+        let ins_ledger = tx
+            .prepare(
+                "INSERT INTO mamori_ledger (time_ms, model, client, watermark, input_sha256,
+                 true_label, given_label) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            )
+            .map_err(e("preparing"))?;
+        for r in records {
+            match r {
+                AuditRecord::Request(q) => {
+                    let input = q.input.as_ref().map(json_of);
+                    let scores = serde_json::Value::Object(q.scores.clone());
+                    tx.execute(
+                        &ins_req,
+                        &[
+                            &i64_of(q.time_ms),
+                            &q.request_id,
+                            &q.client,
+                            &q.key_id,
+                            &q.model,
+                            &i64_of(q.batch),
+                            &q.input_sha256,
+                            &input,
+                            &q.output,
+                            &scores,
+                            &q.decision,
+                            &i32::from(q.status),
+                            &q.error,
+                            &i64_of(q.latency_us),
+                        ],
+                    )
+                    .map_err(e("writing a request"))?;
+                }
+                AuditRecord::Alert(a) => {
+                    tx.execute(
+                        &ins_alert,
+                        &[
+                            &i64_of(a.time_ms),
+                            &a.model,
+                            &a.client,
+                            &a.detector,
+                            &a.score,
+                            &i64_of(a.queries),
+                            &a.action,
+                        ],
+                    )
+                    .map_err(e("writing an alert"))?;
+                }
+                AuditRecord::Block(b) => {
+                    tx.execute(
+                        &ins_block,
+                        &[
+                            &i64_of(b.time_ms),
+                            &b.model,
+                            &b.client,
+                            &b.kind,
+                            &b.by,
+                            &b.reason,
+                        ],
+                    )
+                    .map_err(e("writing a block"))?;
+                }
+                AuditRecord::Ledger(l) => {
+                    tx.execute(
+                        &ins_ledger,
+                        &[
+                            &i64_of(l.time_ms),
+                            &l.model,
+                            &l.client,
+                            &l.watermark,
+                            &l.input_sha256,
+                            &i64_of(l.true_label),
+                            &i64_of(l.given_label),
+                        ],
+                    )
+                    .map_err(e("writing a ledger entry"))?;
+                }
+            }
+        }
+        tx.commit().map_err(e("committing"))
+    }
+
+    fn requests(
+        &self,
+        client: Option<&str>,
+        since_ms: u64,
+    ) -> Result<Vec<RequestEvent>, GatewayError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT time_ms, request_id, client, key_id, model, batch, input_sha256, input,
+                 output, scores, decision, status, error, latency_us FROM mamori_requests
+                 WHERE ($1::TEXT IS NULL OR client = $1) AND time_ms >= $2 ORDER BY id",
+                &[&client, &i64_of(since_ms)],
+            )
+            .map_err(|e| pg(&self.url, "reading requests", e))?;
+        rows.iter()
+            .map(|r| {
+                let input: Option<serde_json::Value> = r.try_get(7)?;
+                let scores: serde_json::Value = r.try_get(9)?;
+                Ok(RequestEvent {
+                    time_ms: u64_of(r.try_get(0)?),
+                    request_id: r.try_get(1)?,
+                    client: r.try_get(2)?,
+                    key_id: r.try_get(3)?,
+                    model: r.try_get(4)?,
+                    batch: u64_of(r.try_get(5)?),
+                    input_sha256: r.try_get(6)?,
+                    input: input.and_then(|v| serde_json::from_value(v).ok()),
+                    output: r.try_get(8)?,
+                    scores: match scores {
+                        serde_json::Value::Object(m) => m,
+                        _ => Default::default(),
+                    },
+                    decision: r.try_get(10)?,
+                    status: u16::try_from(r.try_get::<_, i32>(11)?).unwrap_or(0),
+                    error: r.try_get(12)?,
+                    latency_us: u64_of(r.try_get(13)?),
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading requests", e))
+    }
+
+    fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT time_ms, model, client, detector, score, queries, action
+                 FROM mamori_alerts ORDER BY id",
+                &[],
+            )
+            .map_err(|e| pg(&self.url, "reading alerts", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AlertEvent {
+                    time_ms: u64_of(r.try_get(0)?),
+                    model: r.try_get(1)?,
+                    client: r.try_get(2)?,
+                    detector: r.try_get(3)?,
+                    score: r.try_get(4)?,
+                    queries: u64_of(r.try_get(5)?),
+                    action: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading alerts", e))
+    }
+
+    fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT time_ms, model, client, kind, by, reason FROM mamori_blocks ORDER BY id",
+                &[],
+            )
+            .map_err(|e| pg(&self.url, "reading blocks", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlockEvent {
+                    time_ms: u64_of(r.try_get(0)?),
+                    model: r.try_get(1)?,
+                    client: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    by: r.try_get(4)?,
+                    reason: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading blocks", e))
+    }
+
+    fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT time_ms, model, client, watermark, input_sha256, true_label, given_label
+                 FROM mamori_ledger WHERE ($1::TEXT IS NULL OR model = $1) ORDER BY id",
+                &[&model],
+            )
+            .map_err(|e| pg(&self.url, "reading the ledger", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(LedgerEvent {
+                    time_ms: u64_of(r.try_get(0)?),
+                    model: r.try_get(1)?,
+                    client: r.try_get(2)?,
+                    watermark: r.try_get(3)?,
+                    input_sha256: r.try_get(4)?,
+                    true_label: u64_of(r.try_get(5)?),
+                    given_label: u64_of(r.try_get(6)?),
+                })
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading the ledger", e))
+    }
+}
