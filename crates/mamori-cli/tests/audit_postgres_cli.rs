@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::{create_key, mamori, serve_refuses, start_serve_with, stop, tiny_model};
+use common::{create_key, mamori, ok, serve_refuses, start_serve_with, stop, tiny_model};
 use mamori_core::testing::TempPostgres;
+use mamori_gateway::audit::{AlertEvent, AuditRecord, AuditStore};
+use mamori_gateway::PostgresStore;
 use std::ffi::OsString;
 
 #[test]
@@ -65,17 +67,11 @@ fn the_gateway_writes_its_audit_log_to_postgres_and_the_cli_reads_it_back() {
     // No SQLite file was written: the events are in PostgreSQL only.
     assert!(!home.join("audit.db").exists());
 
-    let out = mamori(&home)
+    let out = ok(mamori(&home)
         .args(["audit", "export", "--client", "dora"])
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+        .unwrap());
+    let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -83,12 +79,29 @@ fn the_gateway_writes_its_audit_log_to_postgres_and_the_cli_reads_it_back() {
     assert!(lines
         .iter()
         .all(|e| e["request_id"] == "pg-1" && e["model"] == "pg-mlp"));
-    let out = mamori(&home).args(["alerts", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let alerts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(alerts.is_array());
+    // An alert another replica wrote into the shared database is listed here.
+    let mut other_replica = PostgresStore::connect(&pg.url()).unwrap();
+    other_replica
+        .write_batch(&[AuditRecord::Alert(AlertEvent {
+            time_ms: 1_700_000_000_000,
+            model: "pg-mlp".into(),
+            client: "eve".into(),
+            detector: "prada".into(),
+            score: 0.93,
+            queries: 201,
+            action: "throttle".into(),
+        })])
+        .unwrap();
+    let out = ok(mamori(&home).args(["alerts", "--json"]).output().unwrap());
+    let alerts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let eve: Vec<&serde_json::Value> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["client"] == "eve")
+        .collect();
+    assert_eq!(eve.len(), 1, "{alerts}");
+    assert_eq!(eve[0]["detector"], "prada");
+    assert_eq!(eve[0]["queries"], 201);
+    assert_eq!(eve[0]["time"], "2023-11-14T22:13:20.000Z");
 }

@@ -4,19 +4,9 @@
 
 mod common;
 
-use common::{create_key, mamori, serve_refuses, start_serve_with, stop, tiny_model};
+use common::{create_key, mamori, ok, serve_refuses, start_serve_with, stop, tiny_model};
 use std::ffi::OsString;
 use std::path::Path;
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The served probabilities of a fixed batch of 4 inputs.
 fn probabilities(url: &str, key: &str) -> Vec<f64> {

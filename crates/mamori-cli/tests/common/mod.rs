@@ -130,3 +130,14 @@ pub fn serve_refuses(home: &Path, args: &[OsString]) -> String {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Asserts a finished command succeeded (printing its output otherwise); returns its stdout.
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -18,6 +18,7 @@ pub struct TempPostgres {
     root: PathBuf,
     port: u16,
     as_nobody: bool,
+    durable: bool,
     child: Option<Child>,
 }
 
@@ -120,8 +121,15 @@ impl TempPostgres {
         Some(Self::start(&bindir).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
     }
 
-    /// Initialises a new cluster with the binaries in `bindir` and starts it.
+    /// Initialises a new cluster with the binaries in `bindir` and starts it with `fsync`
+    /// off (tests: faster, and durability is not what they check).
     pub fn start(bindir: &Path) -> std::io::Result<Self> {
+        Self::start_with(bindir, false)
+    }
+
+    /// Like [`TempPostgres::start`]; `durable` keeps PostgreSQL's default `fsync = on`
+    /// (benchmarks).
+    pub fn start_with(bindir: &Path, durable: bool) -> std::io::Result<Self> {
         let as_nobody = is_root();
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -130,14 +138,19 @@ impl TempPostgres {
         let root = std::env::temp_dir().join(format!("mamori-pg-{}-{stamp}", std::process::id()));
         std::fs::create_dir_all(&root)?;
         chmod(&root, 0o755)?;
-        let started = Self::start_in(bindir, &root, as_nobody);
+        let started = Self::start_in(bindir, &root, as_nobody, durable);
         if started.is_err() {
             let _ = std::fs::remove_dir_all(&root);
         }
         started
     }
 
-    fn start_in(bindir: &Path, root: &Path, as_nobody: bool) -> std::io::Result<Self> {
+    fn start_in(
+        bindir: &Path,
+        root: &Path,
+        as_nobody: bool,
+        durable: bool,
+    ) -> std::io::Result<Self> {
         let root = root.to_path_buf();
         let mut bindir = bindir.to_path_buf();
         if as_nobody && !reachable_by_others(&bindir) {
@@ -196,6 +209,7 @@ impl TempPostgres {
             root,
             port,
             as_nobody,
+            durable,
             child: None,
         };
         pg.resume()?;
@@ -253,7 +267,11 @@ impl TempPostgres {
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "fsync=off",
+                if self.durable {
+                    "fsync=on"
+                } else {
+                    "fsync=off"
+                },
                 "-c",
                 "max_connections=50",
             ])
