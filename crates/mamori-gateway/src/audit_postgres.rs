@@ -45,7 +45,53 @@ CREATE INDEX IF NOT EXISTS mamori_ledger_model ON mamori_ledger (model);
 pub struct PostgresStore {
     url: String,
     /// `None` only while being dropped.
-    client: Mutex<Option<Client>>,
+    conn: Mutex<Option<Conn>>,
+}
+
+/// One connection and the insert statements prepared on it.
+struct Conn {
+    client: Client,
+    inserts: Option<Inserts>,
+}
+
+/// The prepared inserts: requests by column arrays (one statement per batch), the rarer
+/// events one row at a time.
+struct Inserts {
+    requests: postgres::Statement,
+    alert: postgres::Statement,
+    block: postgres::Statement,
+    ledger: postgres::Statement,
+}
+
+impl Inserts {
+    fn prepare(c: &mut Client) -> Result<Self, postgres::Error> {
+        Ok(Self {
+            // UNNEST keeps the arrays' order (WITH ORDINALITY, ORDER BY), so ids follow the
+            // batch.
+            requests: c.prepare(
+                "INSERT INTO mamori_requests (time_ms, request_id, client, key_id, model, batch,
+                 input_sha256, input, output, scores, decision, status, error, latency_us)
+                 SELECT t, rid, cl, k, m, b, h, i, o, s, d, st, er, l FROM UNNEST(
+                   $1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+                   $7::TEXT[], $8::JSONB[], $9::JSONB[], $10::JSONB[], $11::TEXT[], $12::INT[],
+                   $13::TEXT[], $14::BIGINT[])
+                 WITH ORDINALITY AS u(t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, n)
+                 ORDER BY n",
+            )?,
+            alert: c.prepare(
+                "INSERT INTO mamori_alerts (time_ms, model, client, detector, score, queries, action)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            )?,
+            block: c.prepare(
+                "INSERT INTO mamori_blocks (time_ms, model, client, kind, by, reason)
+                 VALUES ($1,$2,$3,$4,$5,$6)",
+            )?,
+            ledger: c.prepare(
+                "INSERT INTO mamori_ledger (time_ms, model, client, watermark, input_sha256,
+                 true_label, given_label) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            )?,
+        })
+    }
 }
 
 impl Drop for PostgresStore {
@@ -53,12 +99,12 @@ impl Drop for PostgresStore {
     /// async worker thread (the gateway drops its chain there at shutdown): drop it on a
     /// thread of its own.
     fn drop(&mut self) {
-        let client = self
-            .client
+        let conn = self
+            .conn
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(c) = client {
+        if let Some(c) = conn {
             if tokio::runtime::Handle::try_current().is_ok() {
                 let _ = std::thread::spawn(move || drop(c)).join();
             }
@@ -84,33 +130,48 @@ impl PostgresStore {
             .map_err(|e| pg(url, "creating the audit tables", e))?;
         Ok(Self {
             url: url.to_string(),
-            client: Mutex::new(Some(client)),
+            conn: Mutex::new(Some(Conn {
+                client,
+                inserts: None,
+            })),
         })
     }
 
     /// The connection, reopened first if it was closed (database restart, network).
-    fn client(&self) -> Result<ClientGuard<'_>, GatewayError> {
-        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if c.as_ref().is_none_or(Client::is_closed) {
-            *c = Some(open(&self.url)?);
+    fn conn(&self) -> Result<ConnGuard<'_>, GatewayError> {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if c.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *c = Some(Conn {
+                client: open(&self.url)?,
+                inserts: None,
+            });
         }
-        Ok(ClientGuard(c))
+        Ok(ConnGuard(c))
     }
 }
 
 /// A locked, open connection.
-struct ClientGuard<'a>(std::sync::MutexGuard<'a, Option<Client>>);
+struct ConnGuard<'a>(std::sync::MutexGuard<'a, Option<Conn>>);
 
-impl std::ops::Deref for ClientGuard<'_> {
+impl std::ops::Deref for ConnGuard<'_> {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.0.as_ref().expect("ClientGuard holds an open client")
+        &self.conn_ref().client
     }
 }
 
-impl std::ops::DerefMut for ClientGuard<'_> {
+impl std::ops::DerefMut for ConnGuard<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.0.as_mut().expect("ClientGuard holds an open client")
+        &mut self.conn_mut().client
+    }
+}
+
+impl ConnGuard<'_> {
+    fn conn_ref(&self) -> &Conn {
+        self.0.as_ref().expect("ConnGuard holds an open connection")
+    }
+    fn conn_mut(&mut self) -> &mut Conn {
+        self.0.as_mut().expect("ConnGuard holds an open connection")
     }
 }
 
@@ -143,67 +204,72 @@ fn json_of<T: serde::Serialize>(v: &T) -> serde_json::Value {
 impl AuditStore for PostgresStore {
     fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
         let url = self.url.clone();
-        let e = |what: &str| {
+        let e = |what: &'static str| {
             let url = url.clone();
-            let what = what.to_string();
-            move |err: postgres::Error| pg(&url, &what, err)
+            move |err: postgres::Error| pg(&url, what, err)
         };
-        let mut c = self.client()?;
-        let mut tx = c.transaction().map_err(e("beginning a transaction"))?;
-        let ins_req = tx
-            .prepare(
-                "INSERT INTO mamori_requests (time_ms, request_id, client, key_id, model, batch,
-                 input_sha256, input, output, scores, decision, status, error, latency_us)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+        let mut guard = self.conn()?;
+        let conn = guard.conn_mut();
+        if conn.inserts.is_none() {
+            conn.inserts = Some(Inserts::prepare(&mut conn.client).map_err(e("preparing"))?);
+        }
+        let Conn { client, inserts } = conn;
+        let ins = inserts.as_ref().expect("prepared above");
+        let mut tx = client.transaction().map_err(e("beginning a transaction"))?;
+        let reqs: Vec<&RequestEvent> = records
+            .iter()
+            .filter_map(|r| match r {
+                AuditRecord::Request(q) => Some(q),
+                _ => None,
+            })
+            .collect();
+        if !reqs.is_empty() {
+            let col = |f: &dyn Fn(&RequestEvent) -> i64| reqs.iter().map(|q| f(q)).collect();
+            let time: Vec<i64> = col(&|q| i64_of(q.time_ms));
+            let batch: Vec<i64> = col(&|q| i64_of(q.batch));
+            let latency: Vec<i64> = col(&|q| i64_of(q.latency_us));
+            let text = |f: &dyn Fn(&RequestEvent) -> &str| -> Vec<&str> {
+                reqs.iter().map(|q| f(q)).collect()
+            };
+            let opt = |f: &dyn Fn(&RequestEvent) -> Option<&str>| -> Vec<Option<&str>> {
+                reqs.iter().map(|q| f(q)).collect()
+            };
+            let input: Vec<Option<serde_json::Value>> =
+                reqs.iter().map(|q| q.input.as_ref().map(json_of)).collect();
+            let output: Vec<Option<&serde_json::Value>> =
+                reqs.iter().map(|q| q.output.as_ref()).collect();
+            let scores: Vec<serde_json::Value> = reqs
+                .iter()
+                .map(|q| serde_json::Value::Object(q.scores.clone()))
+                .collect();
+            let status: Vec<i32> = reqs.iter().map(|q| i32::from(q.status)).collect();
+            tx.execute(
+                &ins.requests,
+                &[
+                    &time,
+                    &opt(&|q| q.request_id.as_deref()),
+                    &text(&|q| &q.client),
+                    &text(&|q| &q.key_id),
+                    &text(&|q| &q.model),
+                    &batch,
+                    &opt(&|q| q.input_sha256.as_deref()),
+                    &input,
+                    &output,
+                    &scores,
+                    &text(&|q| &q.decision),
+                    &status,
+                    &opt(&|q| q.error.as_deref()),
+                    &latency,
+                ],
             )
-            .map_err(e("preparing"))?;
-        let ins_alert = tx
-            .prepare(
-                "INSERT INTO mamori_alerts (time_ms, model, client, detector, score, queries, action)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7)",
-            )
-            .map_err(e("preparing"))?;
-        let ins_block = tx
-            .prepare(
-                "INSERT INTO mamori_blocks (time_ms, model, client, kind, by, reason)
-                 VALUES ($1,$2,$3,$4,$5,$6)",
-            )
-            .map_err(e("preparing"))?;
-        let ins_ledger = tx
-            .prepare(
-                "INSERT INTO mamori_ledger (time_ms, model, client, watermark, input_sha256,
-                 true_label, given_label) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-            )
-            .map_err(e("preparing"))?;
+            .map_err(e("writing requests"))?;
+        }
         for r in records {
             match r {
-                AuditRecord::Request(q) => {
-                    let input = q.input.as_ref().map(json_of);
-                    let scores = serde_json::Value::Object(q.scores.clone());
-                    tx.execute(
-                        &ins_req,
-                        &[
-                            &i64_of(q.time_ms),
-                            &q.request_id,
-                            &q.client,
-                            &q.key_id,
-                            &q.model,
-                            &i64_of(q.batch),
-                            &q.input_sha256,
-                            &input,
-                            &q.output,
-                            &scores,
-                            &q.decision,
-                            &i32::from(q.status),
-                            &q.error,
-                            &i64_of(q.latency_us),
-                        ],
-                    )
-                    .map_err(e("writing a request"))?;
-                }
+                AuditRecord::Request(_) => {}
                 AuditRecord::Alert(a) => {
                     tx.execute(
-                        &ins_alert,
+                        &ins.alert,
                         &[
                             &i64_of(a.time_ms),
                             &a.model,
@@ -218,7 +284,7 @@ impl AuditStore for PostgresStore {
                 }
                 AuditRecord::Block(b) => {
                     tx.execute(
-                        &ins_block,
+                        &ins.block,
                         &[
                             &i64_of(b.time_ms),
                             &b.model,
@@ -232,7 +298,7 @@ impl AuditStore for PostgresStore {
                 }
                 AuditRecord::Ledger(l) => {
                     tx.execute(
-                        &ins_ledger,
+                        &ins.ledger,
                         &[
                             &i64_of(l.time_ms),
                             &l.model,
@@ -256,7 +322,7 @@ impl AuditStore for PostgresStore {
         since_ms: u64,
     ) -> Result<Vec<RequestEvent>, GatewayError> {
         let rows = self
-            .client()?
+            .conn()?
             .query(
                 "SELECT time_ms, request_id, client, key_id, model, batch, input_sha256, input,
                  output, scores, decision, status, error, latency_us FROM mamori_requests
@@ -294,7 +360,7 @@ impl AuditStore for PostgresStore {
 
     fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError> {
         let rows = self
-            .client()?
+            .conn()?
             .query(
                 "SELECT time_ms, model, client, detector, score, queries, action
                  FROM mamori_alerts ORDER BY id",
@@ -319,7 +385,7 @@ impl AuditStore for PostgresStore {
 
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError> {
         let rows = self
-            .client()?
+            .conn()?
             .query(
                 "SELECT time_ms, model, client, kind, by, reason FROM mamori_blocks ORDER BY id",
                 &[],
@@ -342,7 +408,7 @@ impl AuditStore for PostgresStore {
 
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
         let rows = self
-            .client()?
+            .conn()?
             .query(
                 "SELECT time_ms, model, client, watermark, input_sha256, true_label, given_label
                  FROM mamori_ledger WHERE ($1::TEXT IS NULL OR model = $1) ORDER BY id",
