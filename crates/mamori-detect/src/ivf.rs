@@ -11,13 +11,6 @@
 //! Compared with a graph index ([`crate::ann`]), whose search is one cache miss per visited
 //! vector and neighbour list, the scan reads sequential memory the hardware prefetcher streams.
 //!
-//! Where a fused multiply-add is one instruction (x86-64 with AVX2 + FMA, AArch64), each block
-//! of a scanned cell is first bounded from below with `‖x‖² + ‖q‖² − 2⟨x, q⟩` less a rounding
-//! margin (one multiply-add per coordinate and code, the norms kept per code), and only blocks
-//! that may hold a distance below the current `k`-th are computed exactly
-//! (`Cell::scan_filtered`): the offers, hence every distance returned, are bit-identical to
-//! the plain scan's.
-//!
 //! Centroids come from the client's own queries: a fresh index is *flat* (one cell, searched
 //! exactly) until it holds `train_size` codes; they are then clustered into
 //! `lists(n) = clamp(√n, 2, max_lists)` cells for the `n` codes held, and re-clustered (all
@@ -103,139 +96,16 @@ struct Cell {
     payload: Vec<u8>,
     len: usize,
     head: usize,
-    /// Per slot, the code's squared norm `‖x‖²` (padded to whole blocks with `+∞`; `−∞` for
-    /// a code whose norm is not finite): the lower bounds of [`Cell::scan_filtered`]. Derived
-    /// data, rebuilt on loading ([`Cell::rebuild_norms`]), not serialised.
-    #[serde(skip)]
-    norms: Vec<f32>,
 }
 
 impl Cell {
-    /// Writes `v` into slot `i` (the block holding it must exist), with its norm.
+    /// Writes `v` into slot `i` (the block holding it must exist).
     fn write(&mut self, i: usize, v: &[f32]) {
         let dim = v.len();
         let (b, l) = (i / BLOCK, i % BLOCK);
         let base = b * dim * BLOCK;
         for (j, &x) in v.iter().enumerate() {
             self.blocks[base + j * BLOCK + l] = x;
-        }
-        if self.norms.len() < (b + 1) * BLOCK {
-            self.norms.resize((b + 1) * BLOCK, f32::INFINITY);
-        }
-        self.norms[i] = norm_of(v);
-    }
-
-    /// Recomputes [`Cell::norms`] from the codes (a cell loaded from a snapshot).
-    fn rebuild_norms(&mut self, dim: usize) {
-        self.norms.clear();
-        self.norms
-            .resize(self.len.div_ceil(BLOCK) * BLOCK, f32::INFINITY);
-        let mut v = Vec::with_capacity(dim);
-        for i in 0..self.len {
-            v.clear();
-            self.read(i, dim, &mut v);
-            self.norms[i] = norm_of(&v);
-        }
-    }
-
-    /// Offers the exact distances `acc` of block `b`'s codes, unless none of them is below
-    /// `bound` — the rule of [`Cell::scan`].
-    #[inline(always)]
-    fn offer_block(
-        &self,
-        b: usize,
-        acc: &[f32; BLOCK],
-        bound: f32,
-        offer: &mut impl FnMut(f32, usize),
-    ) {
-        let valid = (self.len - b * BLOCK).min(BLOCK);
-        let least = if valid == BLOCK {
-            min_lane(acc)
-        } else {
-            acc[..valid].iter().copied().fold(f32::INFINITY, f32::min)
-        };
-        if least >= bound {
-            return;
-        }
-        for (l, &d) in acc[..valid].iter().enumerate() {
-            offer(d, b * BLOCK + l);
-        }
-    }
-
-    /// Exactly what [`Cell::scan`] offers — the same distances, bit for bit, the same slots,
-    /// in the same order — with fewer operations: each block is first bounded from below
-    /// through the expansion `‖q − x‖² = ‖x‖² + ‖q‖² − 2⟨x, q⟩`, one fused multiply-add per
-    /// coordinate (`w = −2q`, `nq = ‖q‖²`; the stored `‖x‖²`) instead of the subtraction,
-    /// multiplication and addition of the exact distance, less a margin of
-    /// `1e-4·(‖x‖² + ‖q‖²)`, ≥ 20× the rounding error of the expansion (≤ γ₂₄·(‖x‖² + ‖q‖²)
-    /// for the dot product plus a few ulps for the sums, γ₂₄ ≈ 1.4e-6). A block whose lower
-    /// bounds all reach `bound()` holds no distance below it, and [`Cell::scan`] would skip it:
-    /// it is skipped here too. The other blocks' distances are computed exactly, as
-    /// [`Cell::scan`] computes them, and offered by its rule. Only worth it where
-    /// `f32::mul_add` is an instruction ([`crate::simd::fused_multiply_add`]).
-    #[inline(always)]
-    fn scan_filtered(
-        &self,
-        q: &[f32],
-        w: &[f32],
-        nq: f32,
-        bound: impl Fn() -> f32,
-        mut offer: impl FnMut(f32, usize),
-    ) {
-        let dim = q.len();
-        if dim == 0 {
-            return;
-        }
-        if w.len() != dim || self.norms.len() * dim != self.blocks.len() {
-            return self.scan(q, bound, offer);
-        }
-        let stride = dim * BLOCK;
-        for (b, (block, norms)) in self
-            .blocks
-            .chunks_exact(stride)
-            .zip(self.norms.chunks_exact(BLOCK))
-            .enumerate()
-        {
-            let bnd = bound();
-            if bnd.is_finite() {
-                // Four partial dot products per code (shorter dependency chains), in registers.
-                let (mut a0, mut a1, mut a2, mut a3) =
-                    ([0.0f32; BLOCK], [0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
-                let quads = w.chunks_exact(4).zip(block.chunks_exact(4 * BLOCK));
-                let (wr, br) = (w.chunks_exact(4).remainder(), quads.clone().count() * 4);
-                for (wq, cq) in quads {
-                    for l in 0..BLOCK {
-                        a0[l] = cq[l].mul_add(wq[0], a0[l]);
-                        a1[l] = cq[BLOCK + l].mul_add(wq[1], a1[l]);
-                        a2[l] = cq[2 * BLOCK + l].mul_add(wq[2], a2[l]);
-                        a3[l] = cq[3 * BLOCK + l].mul_add(wq[3], a3[l]);
-                    }
-                }
-                for (&wj, col) in wr.iter().zip(block[br * BLOCK..].chunks_exact(BLOCK)) {
-                    for l in 0..BLOCK {
-                        a0[l] = col[l].mul_add(wj, a0[l]);
-                    }
-                }
-                let mut lb = [0.0f32; BLOCK];
-                for l in 0..BLOCK {
-                    let dot = (a0[l] + a1[l]) + (a2[l] + a3[l]);
-                    let n = norms[l];
-                    lb[l] = (n + nq + dot) - 1e-4 * (n.abs() + nq);
-                }
-                // Padding lanes are +∞ (ignored); a code with a non-finite norm is −∞ (the
-                // block is computed); NaN needs a NaN query, which the caller never passes.
-                if min_lane(&lb) >= bnd {
-                    continue;
-                }
-            }
-            let mut acc = [0.0f32; BLOCK];
-            for (&qj, col) in q.iter().zip(block.chunks_exact(BLOCK)) {
-                for l in 0..BLOCK {
-                    let d = col[l] - qj;
-                    acc[l] += d * d;
-                }
-            }
-            self.offer_block(b, &acc, bnd, &mut offer);
         }
     }
 
@@ -338,34 +208,6 @@ impl Cell {
     }
 }
 
-/// [`Cell::scan_filtered`] when `w` (= `−2q`) is given, [`Cell::scan`] otherwise: the same
-/// offers.
-#[inline(always)]
-fn scan_cell(
-    cell: &Cell,
-    q: &[f32],
-    w: &[f32],
-    nq: f32,
-    bound: impl Fn() -> f32,
-    offer: impl FnMut(f32, usize),
-) {
-    if w.is_empty() {
-        cell.scan(q, bound, offer)
-    } else {
-        cell.scan_filtered(q, w, nq, bound, offer)
-    }
-}
-
-/// `‖v‖²` (accumulated in `f64`), or `−∞` when it is not finite.
-fn norm_of(v: &[f32]) -> f32 {
-    let n = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32;
-    if n.is_finite() {
-        n
-    } else {
-        f32::NEG_INFINITY
-    }
-}
-
 /// The smallest lane, NaN lanes ignored as `f32::min` ignores them — the same value as a fold
 /// with `f32::min` (distances are never −0), but without its NaN test per step, so it
 /// vectorises.
@@ -440,8 +282,6 @@ struct Scratch {
     found: Vec<f32>,
     /// The nearest candidates found so far: (distance, generation, cell, slot), ascending.
     cands: Vec<(f32, u32, u32, u32)>,
-    /// `−2q` for the lower bounds of [`Cell::scan_filtered`].
-    w: Vec<f32>,
 }
 
 /// Serialised form of [`IvfIndex`], checked on loading.
@@ -513,13 +353,6 @@ impl TryFrom<IvfRepr> for IvfIndex {
                 }
             }
         }
-        let mut idx = idx;
-        let dim = idx.dim;
-        for g in std::iter::once(&mut idx.current).chain(idx.previous.as_mut()) {
-            for c in &mut g.cells {
-                c.rebuild_norms(dim);
-            }
-        }
         Ok(idx)
     }
 }
@@ -566,7 +399,6 @@ struct SearchKernel<'a, B, O> {
     q: &'a [f32],
     k: usize,
     probes: &'a mut Vec<(f32, u32)>,
-    w: &'a mut Vec<f32>,
     bound: B,
     offer: O,
 }
@@ -577,7 +409,7 @@ impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKer
     #[inline(always)]
     fn run(self) -> usize {
         self.index
-            .search_with_in(self.q, self.k, self.probes, self.w, self.bound, self.offer)
+            .search_with_in(self.q, self.k, self.probes, self.bound, self.offer)
     }
 }
 
@@ -823,7 +655,7 @@ impl IvfIndex {
         cands.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        self.search_with(q, k, &mut sc.probes, &mut sc.w, bound, |d, g, c, slot| {
+        self.search_with(q, k, &mut sc.probes, bound, |d, g, c, slot| {
             if d < worst.get() {
                 push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
                 if cands.len() >= k {
@@ -903,7 +735,7 @@ impl IvfIndex {
                 found.truncate(k);
             }
         };
-        let home = self.search_with(q, k, &mut sc.probes, &mut sc.w, bound, |d, _, _, _| {
+        let home = self.search_with(q, k, &mut sc.probes, bound, |d, _, _, _| {
             if k > 0 && d < worst.get() {
                 found.push(d);
                 if found.len() >= 2 * k {
@@ -930,7 +762,6 @@ impl IvfIndex {
         q: &[f32],
         k: usize,
         probes: &mut Vec<(f32, u32)>,
-        w: &mut Vec<f32>,
         bound: impl Fn() -> f32 + Copy,
         offer: impl FnMut(f32, u32, u32, usize),
     ) -> usize {
@@ -939,7 +770,6 @@ impl IvfIndex {
             q,
             k,
             probes,
-            w,
             bound,
             offer,
         })
@@ -952,24 +782,10 @@ impl IvfIndex {
         q: &[f32],
         k: usize,
         probes: &mut Vec<(f32, u32)>,
-        w: &mut Vec<f32>,
         bound: impl Fn() -> f32 + Copy,
         mut offer: impl FnMut(f32, u32, u32, usize),
     ) -> usize {
         let mut home = 0;
-        // The lower-bound pre-filter where a fused multiply-add is one instruction and the
-        // query is finite (a NaN or infinite coordinate: every block is computed, as before).
-        w.clear();
-        let mut nq = 0.0f64;
-        if crate::simd::fused_multiply_add() && q.iter().all(|x| x.is_finite()) {
-            w.extend(q.iter().map(|&x| -2.0 * x));
-            nq = q.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-        }
-        let nq = nq as f32;
-        if !nq.is_finite() {
-            w.clear();
-        }
-        let w = &w[..];
         let probe = self.params.probe.max(1);
         for (gi, g) in std::iter::once(&self.current)
             .chain(self.previous.as_ref())
@@ -977,9 +793,7 @@ impl IvfIndex {
         {
             let gi = gi as u32;
             if g.centroids.is_empty() {
-                scan_cell(&g.cells[0], q, w, nq, bound, |d, slot| {
-                    offer(d, gi, 0, slot)
-                });
+                g.cells[0].scan(q, bound, |d, slot| offer(d, gi, 0, slot));
                 continue;
             }
             // Distances to every centroid: the nearest is the home cell; the non-empty ones are
@@ -1007,7 +821,7 @@ impl IvfIndex {
             let mut seen = 0;
             for &(_, c) in &probes[..first] {
                 let cell = &g.cells[c as usize];
-                scan_cell(cell, q, w, nq, bound, |d, slot| offer(d, gi, c, slot));
+                cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
                 seen += cell.len;
             }
             if seen < k && first < probes.len() {
@@ -1017,7 +831,7 @@ impl IvfIndex {
                         break;
                     }
                     let cell = &g.cells[c as usize];
-                    scan_cell(cell, q, w, nq, bound, |d, slot| offer(d, gi, c, slot));
+                    cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
                     seen += cell.len;
                 }
             }
@@ -1216,128 +1030,6 @@ mod tests {
                     kept.sort_by(f32::total_cmp);
                 });
                 assert_eq!(got, plain(&cell, &q, k), "len {len}, k {k}");
-            }
-        }
-    }
-
-    /// The pre-filtered scan offers exactly what the plain scan offers (same distances bit for
-    /// bit, same slots, same order) with the bound tightening as in a k-NN search: cells of
-    /// 1–100 codes (partial last blocks), 5 and 24 dimensions, near-duplicates of the query
-    /// (distances at and near 0, where the margin matters), codes of large norm (cancellation
-    /// in the expansion), and codes with NaN or infinite coordinates (never skipped wrongly).
-    /// It must also skip blocks (else it would be no filter at all).
-    #[test]
-    fn filtered_scan_offers_what_the_plain_scan_offers() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        for dim in [5usize, 24] {
-            for len in [1usize, 7, 8, 9, 17, 40, 100] {
-                for scale in [1.0f32, 1000.0] {
-                    let q: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0) * scale).collect();
-                    let mut cell = Cell::default();
-                    for i in 0..len {
-                        let mut v: Vec<f32> = match i % 5 {
-                            // Near-duplicates of the query, one exact copy.
-                            0 => q
-                                .iter()
-                                .map(|x| x + rng.gen_range(-1e-3..1e-3) * scale)
-                                .collect(),
-                            1 => q.clone(),
-                            _ => (0..dim).map(|_| rng.gen_range(-1.0..1.0) * scale).collect(),
-                        };
-                        if i == 13 {
-                            v[0] = f32::NAN;
-                        }
-                        if i == 29 {
-                            v[1] = f32::INFINITY;
-                        }
-                        cell.push_fifo(&v, &[], usize::MAX);
-                    }
-                    let w: Vec<f32> = q.iter().map(|&x| -2.0 * x).collect();
-                    let nq = q.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32;
-                    for k in [1usize, 3, 10] {
-                        let run = |filtered: bool| {
-                            let kept = std::cell::RefCell::new(Vec::<f32>::new());
-                            let mut got = Vec::new();
-                            let bound = || {
-                                let kept = kept.borrow();
-                                if kept.len() >= k {
-                                    kept[k - 1]
-                                } else {
-                                    f32::INFINITY
-                                }
-                            };
-                            let offer = |d: f32, slot: usize| {
-                                got.push((d.to_bits(), slot));
-                                let mut kept = kept.borrow_mut();
-                                kept.push(d);
-                                kept.sort_by(f32::total_cmp);
-                            };
-                            if filtered {
-                                cell.scan_filtered(&q, &w, nq, bound, offer);
-                            } else {
-                                cell.scan(&q, bound, offer);
-                            }
-                            got
-                        };
-                        let (plain, filtered) = (run(false), run(true));
-                        assert_eq!(
-                            filtered, plain,
-                            "dim {dim}, len {len}, scale {scale}, k {k}"
-                        );
-                    }
-                }
-            }
-        }
-        // Skips happen: a cell of far codes after a near one, k = 1.
-        let mut cell = Cell::default();
-        cell.push_fifo(&[0.0, 0.0], &[], usize::MAX);
-        for i in 0..64 {
-            cell.push_fifo(&[10.0 + i as f32, 5.0], &[], usize::MAX);
-        }
-        let computed = std::cell::Cell::new(0usize);
-        let kept = std::cell::Cell::new(f32::INFINITY);
-        cell.scan_filtered(
-            &[0.1, 0.0],
-            &[-0.2, 0.0],
-            0.01,
-            || kept.get(),
-            |d, _| {
-                computed.set(computed.get() + 1);
-                kept.set(kept.get().min(d));
-            },
-        );
-        assert_eq!(
-            computed.get(),
-            8,
-            "only the first block is computed and offered"
-        );
-    }
-
-    /// A loaded index has the same norms as the saved one (they are rebuilt, not stored).
-    #[test]
-    fn norms_are_rebuilt_on_loading() {
-        let codes = mnist_like_codes(600, 8);
-        let mut idx = IvfIndex::new(
-            24,
-            IvfParams {
-                train_size: 256,
-                ..IvfParams::default()
-            },
-            400,
-            2,
-        );
-        for c in &codes {
-            idx.insert(c);
-        }
-        let json = serde_json::to_string(&idx).unwrap();
-        assert!(!json.contains("norms"));
-        let back: IvfIndex = serde_json::from_str(&json).unwrap();
-        for (a, b) in std::iter::once((&idx.current, &back.current))
-            .chain(idx.previous.as_ref().zip(back.previous.as_ref()))
-        {
-            for (x, y) in a.cells.iter().zip(&b.cells) {
-                assert_eq!(x.norms.len() * 24, x.blocks.len());
-                assert_eq!(x.norms, y.norms);
             }
         }
     }

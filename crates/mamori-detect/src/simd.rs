@@ -16,28 +16,6 @@ fn arch() -> pulp::Arch {
     *ARCH.get_or_init(pulp::Arch::new)
 }
 
-/// Whether `f32::mul_add` inside a [`vectorized`] kernel is one instruction (x86-64 with AVX2
-/// and FMA — the level [`vectorized`] then dispatches to —, or AArch64); elsewhere it is a
-/// library call, slower than the separate multiply and add it replaces. Detected once.
-pub(crate) fn fused_multiply_add() -> bool {
-    static FMA: OnceLock<bool> = OnceLock::new();
-    *FMA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            true
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            false
-        }
-    })
-}
-
 /// A computation run by [`vectorized`]. Its [`Kernel::run`] must be `#[inline(always)]`, and
 /// so must every function it calls on the hot path: only code inlined into the dispatched
 /// function is compiled for the wider instruction set (a closure body would stay a separate,
