@@ -27,6 +27,7 @@ pub mod ivf;
 pub mod knn;
 pub mod ood;
 pub mod policy;
+mod pq;
 pub mod prada;
 pub mod rate;
 pub mod registry;
