@@ -2,9 +2,7 @@
 //! of the detector's score (mean distance to the k nearest) they cause.
 //!
 //! Run: `cargo run --release -p mamori-detect --example knn_recall -- [N] [capacity] [max_lists]
-//! [probe] [kmeans_iters] [pq_subspaces] [pq_rerank] [hnsw]` (defaults: 100000, 131072, then the k-NN
-//! detector's `IvfParams`: `KnnConfig::default().ivf`; `pq_subspaces` 0 scans exactly; `hnsw` 0
-//! skips the HNSW comparison). The
+//! [probe] [kmeans_iters]` (defaults: 100000, 131072, then the `IvfParams` defaults). The
 //! stream is the detection bench's: MNIST training images, then shifted and noised copies; each
 //! query is projected to
 //! 24 dimensions (a Rademacher projection, as the detector does), scored and inserted
@@ -58,17 +56,13 @@ fn main() {
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let n = arg(1, 100_000);
     let capacity = arg(2, 1 << 17);
-    let defaults = KnnConfig::default().ivf;
+    let defaults = IvfParams::default();
     let params = IvfParams {
         max_lists: arg(3, defaults.max_lists),
         probe: arg(4, defaults.probe),
         kmeans_iters: arg(5, defaults.kmeans_iters),
-        pq_subspaces: arg(6, defaults.pq_subspaces),
-        pq_rerank: arg(7, defaults.pq_rerank),
         ..defaults
     };
-    // 0: the HNSW comparison is skipped (its lines then repeat the IVF's figures).
-    let with_hnsw = arg(8, 1) != 0;
     let cfg = KnnConfig::default();
     let (k, dim) = (cfg.k, cfg.proj_dim);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -115,7 +109,7 @@ fn main() {
     let mut hnsw = AnnIndex::new(dim, hnsw_params, capacity, 1);
     let t0 = Instant::now();
     let mut t_tail = t0;
-    for (i, c) in codes.iter().enumerate().filter(|_| with_hnsw) {
+    for (i, c) in codes.iter().enumerate() {
         if i == tail {
             t_tail = Instant::now();
         }
@@ -144,19 +138,11 @@ fn main() {
     for (i, c) in codes.iter().enumerate() {
         let probe = i >= 1000 && i % 97 == 0;
         let exact = probe.then(|| ivf.exact_search(c, k));
-        let exact_h = if with_hnsw {
-            probe.then(|| hnsw.exact_search(c, k))
-        } else {
-            exact.clone()
-        };
+        let exact_h = probe.then(|| hnsw.exact_search(c, k));
         let t0 = Instant::now();
         let a = ivf.search_insert(c, k);
         let t1 = Instant::now();
-        let b = if with_hnsw {
-            hnsw.search_insert(c, k)
-        } else {
-            a.clone()
-        };
+        let b = hnsw.search_insert(c, k);
         let t2 = Instant::now();
         t[0] += (t1 - t0).as_secs_f64();
         t[1] += (t2 - t1).as_secs_f64();

@@ -41,7 +41,6 @@
 //! time at the default capacity and the same time when one generation holds 100k codes.
 
 use crate::ann::sq_dist;
-use crate::pq::{ProductQuantizer, Row};
 use crate::simd::Kernel;
 use serde::{Deserialize, Serialize};
 
@@ -60,15 +59,6 @@ pub struct IvfParams {
     pub cell_factor: usize,
     /// Lloyd iterations per clustering.
     pub kmeans_iters: usize,
-    /// Sub-quantisers of the product-quantised codes a clustered generation also stores
-    /// (IVFADC, [`crate::pq`]; 0: none, every probed code is scanned exactly). With `m > 0`
-    /// a search scans the probed cells' `m`-byte codes with asymmetric distances, keeps the
-    /// `pq_rerank · k` nearest as a shortlist and computes exact distances (to the stored
-    /// floats) for the blocks of [`BLOCK`] codes that hold them: the distances returned are
-    /// always exact distances of held codes.
-    pub pq_subspaces: usize,
-    /// Shortlist of a product-quantised search, as a multiple of `k` (at least 1).
-    pub pq_rerank: usize,
 }
 
 impl Default for IvfParams {
@@ -79,8 +69,6 @@ impl Default for IvfParams {
             train_size: 2048,
             cell_factor: 4,
             kmeans_iters: 6,
-            pq_subspaces: 0,
-            pq_rerank: 4,
         }
     }
 }
@@ -108,14 +96,6 @@ struct Cell {
     payload: Vec<u8>,
     len: usize,
     head: usize,
-    /// Product-quantised codes when the generation has a quantiser (`m` bytes per code, slot
-    /// after slot, padded to whole blocks of [`BLOCK`] codes); empty otherwise.
-    #[serde(default)]
-    pq: Vec<u8>,
-    /// Each code's correction term ([`ProductQuantizer::correction`]), one per slot (padded
-    /// to whole blocks); empty without a quantiser.
-    #[serde(default)]
-    corr: Vec<f32>,
 }
 
 impl Cell {
@@ -130,8 +110,8 @@ impl Cell {
     }
 
     /// Appends `v` and its payload `p` (at most `cap` codes), overwriting the oldest code
-    /// when full; returns the slot written.
-    fn push_fifo(&mut self, v: &[f32], p: &[u8], cap: usize) -> usize {
+    /// when full.
+    fn push_fifo(&mut self, v: &[f32], p: &[u8], cap: usize) {
         let dim = v.len();
         let slot = if self.len < cap {
             if self.len.is_multiple_of(BLOCK) {
@@ -147,97 +127,6 @@ impl Cell {
             slot
         };
         self.write(slot, v);
-        slot
-    }
-
-    /// Writes the product-quantised `code` and its correction term into slot `i` (growing the
-    /// arrays by whole blocks).
-    fn write_pq(&mut self, i: usize, code: &[u8], corr: f32) {
-        let m = code.len();
-        let b = i / BLOCK;
-        if self.corr.len() < (b + 1) * BLOCK {
-            self.corr.resize((b + 1) * BLOCK, 0.0);
-            self.pq.resize((b + 1) * BLOCK * m, 0);
-        }
-        self.pq[i * m..(i + 1) * m].copy_from_slice(code);
-        self.corr[i] = corr;
-    }
-
-    /// Exact squared distances of block `b`'s codes to `q` (lanes past `len` are padding).
-    #[inline(always)]
-    fn block_dists(&self, q: &[f32], b: usize) -> [f32; BLOCK] {
-        let stride = q.len() * BLOCK;
-        let mut a = [0.0f32; BLOCK];
-        for (&qj, col) in q
-            .iter()
-            .zip(self.blocks[b * stride..(b + 1) * stride].chunks_exact(BLOCK))
-        {
-            for l in 0..BLOCK {
-                let d = col[l] - qj;
-                a[l] += d * d;
-            }
-        }
-        a
-    }
-
-    /// Asymmetric distances ([`crate::pq`]) of every code to the query whose table is `table`
-    /// and whose squared distance to this cell's centroid is `base`, offered with their slot
-    /// to `short` (the cell `c`) when below `*worst`; `short` is cut to its `r` smallest, and
-    /// `*worst` set to the largest kept, whenever it reaches `2r` (blocks none of whose codes
-    /// is below `*worst` are skipped whole).
-    #[inline(always)]
-    fn scan_adc(
-        &self,
-        table: &[Row],
-        base: f32,
-        c: u32,
-        r: usize,
-        short: &mut Vec<(f32, u32, u32)>,
-        worst: &mut f32,
-    ) {
-        let m = table.len();
-        if m == 0 {
-            return;
-        }
-        for (b, (codes, corr)) in self
-            .pq
-            .chunks_exact(m * BLOCK)
-            .zip(self.corr.chunks_exact(BLOCK))
-            .enumerate()
-        {
-            // Scalar table loads per code (the codes' sums overlap); unrolled for the usual
-            // subspace counts.
-            let mut acc = [0.0f32; BLOCK];
-            if !(adc_block::<8>(table, codes, corr, base, &mut acc)
-                || adc_block::<4>(table, codes, corr, base, &mut acc))
-            {
-                for ((a, code), &cr) in acc.iter_mut().zip(codes.chunks_exact(m)).zip(corr) {
-                    let mut d = base + cr;
-                    for (row, &byte) in table.iter().zip(code) {
-                        d += row[byte as usize];
-                    }
-                    *a = d;
-                }
-            }
-            let valid = (self.len - b * BLOCK).min(BLOCK);
-            let least = if valid == BLOCK {
-                min_lane(&acc)
-            } else {
-                acc[..valid].iter().copied().fold(f32::INFINITY, f32::min)
-            };
-            if least >= *worst {
-                continue;
-            }
-            for (l, &d) in acc[..valid].iter().enumerate() {
-                if d < *worst {
-                    short.push((d, c, (b * BLOCK + l) as u32));
-                    if short.len() >= 2 * r {
-                        cut_shortlist(short, r);
-                        *worst = short.iter().fold(f32::NEG_INFINITY, |w, x| w.max(x.0));
-                    }
-                }
-            }
-        }
     }
 
     /// Code `i`, appended to `out`.
@@ -328,46 +217,6 @@ fn min_lane(acc: &[f32; BLOCK]) -> f32 {
         .fold(f32::INFINITY, |m, &x| if x < m { x } else { m })
 }
 
-/// The asymmetric distances of one block's codes (`codes`: `M` bytes per code) when the table
-/// has `M` rows (`false`, nothing written, otherwise): `base + corr + Σ_s table[s][code_s]`,
-/// summed in two interleaved halves (shorter dependency chains), without bounds checks (a
-/// byte indexes a row of 256).
-#[inline(always)]
-fn adc_block<const M: usize>(
-    table: &[Row],
-    codes: &[u8],
-    corr: &[f32],
-    base: f32,
-    acc: &mut [f32; BLOCK],
-) -> bool {
-    let Ok(t) = <&[Row; M]>::try_from(table) else {
-        return false;
-    };
-    for ((a, code), &cr) in acc.iter_mut().zip(codes.chunks_exact(M)).zip(corr) {
-        let Ok(code) = <&[u8; M]>::try_from(code) else {
-            continue;
-        };
-        let (mut x, mut y) = (base + cr, 0.0f32);
-        for s in (0..M).step_by(2) {
-            x += t[s][code[s] as usize];
-            if s + 1 < M {
-                y += t[s + 1][code[s + 1] as usize];
-            }
-        }
-        *a = x + y;
-    }
-    true
-}
-
-/// Keeps the `r` smallest entries of `short` (by asymmetric distance; unordered).
-#[inline(always)]
-fn cut_shortlist(short: &mut Vec<(f32, u32, u32)>, r: usize) {
-    if short.len() > r {
-        short.select_nth_unstable_by(r, |a, b| a.0.total_cmp(&b.0));
-        short.truncate(r);
-    }
-}
-
 /// One generation: centroids (none while flat) and their cells.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Generation {
@@ -380,10 +229,6 @@ struct Generation {
     /// Codes the centroids were trained for (0 while flat): the generation is re-clustered when
     /// it holds 2× as many.
     clustered_at: usize,
-    /// Product quantiser of the residuals to the centroids (clustered generations of an index
-    /// with `pq_subspaces > 0`; every held code then has its quantised code in its cell).
-    #[serde(default)]
-    pq: Option<ProductQuantizer>,
 }
 
 impl Generation {
@@ -393,7 +238,6 @@ impl Generation {
             cells: vec![Cell::default()],
             inserted: 0,
             clustered_at: 0,
-            pq: None,
         }
     }
 
@@ -404,37 +248,6 @@ impl Generation {
             centroids,
             inserted: 0,
             clustered_at,
-            pq: None,
-        }
-    }
-
-    /// Encodes the code in slot `slot` of cell `cell` with the generation's quantiser (if any):
-    /// its residual to the cell's centroid, `m` bytes and the correction term.
-    fn encode_slot(&mut self, cell: usize, slot: usize, dim: usize, bufs: &mut PqBufs) {
-        let Some(pq) = &self.pq else {
-            return;
-        };
-        let c = &self.centroids[cell * dim..(cell + 1) * dim];
-        bufs.resid.clear();
-        self.cells[cell].read(slot, dim, &mut bufs.resid);
-        for (r, &cj) in bufs.resid.iter_mut().zip(c) {
-            *r -= cj;
-        }
-        bufs.code.resize(pq.m(), 0);
-        let corr = pq.encode(&bufs.resid, c, &mut bufs.code);
-        self.cells[cell].write_pq(slot, &bufs.code, corr);
-    }
-
-    /// Encodes every held code ([`Generation::encode_slot`]), or drops the quantised codes of a
-    /// generation without a quantiser.
-    fn encode_all(&mut self, dim: usize, bufs: &mut PqBufs) {
-        for i in 0..self.cells.len() {
-            let cell = &mut self.cells[i];
-            cell.pq.clear();
-            cell.corr.clear();
-            for slot in 0..cell.len {
-                self.encode_slot(i, slot, dim, bufs);
-            }
         }
     }
 
@@ -461,28 +274,8 @@ pub struct IvfIndex {
     scratch: Scratch,
 }
 
-/// Buffers of an encoding.
-#[derive(Clone, Debug, Default)]
-struct PqBufs {
-    resid: Vec<f32>,
-    code: Vec<u8>,
-}
-
-/// Buffers of a product-quantised search.
-#[derive(Clone, Debug, Default)]
-struct AdcScratch {
-    /// The query's table ([`ProductQuantizer::table`]).
-    table: Vec<Row>,
-    /// Shortlist: (asymmetric distance, cell, slot).
-    short: Vec<(f32, u32, u32)>,
-}
-
 #[derive(Clone, Debug, Default)]
 struct Scratch {
-    /// Encoding buffers.
-    bufs: PqBufs,
-    /// Product-quantised search buffers.
-    adc: AdcScratch,
     /// Probed cells: (distance to centroid, cell), ascending, at most `probe`.
     probes: Vec<(f32, u32)>,
     /// The `k` smallest distances found so far, ascending.
@@ -542,25 +335,8 @@ impl TryFrom<IvfRepr> for IvfIndex {
             } else {
                 idx.flat_cap()
             };
-            let m = match &g.pq {
-                Some(pq) if trained => {
-                    pq.check(r.dim)?;
-                    pq.m()
-                }
-                Some(_) => return Err("a product quantiser in a flat generation".into()),
-                None => 0,
-            };
             for (i, c) in g.cells.iter().enumerate() {
                 let blocks = c.len.div_ceil(BLOCK);
-                let padded = if m == 0 { 0 } else { blocks * BLOCK };
-                if c.pq.len() != padded * m || c.corr.len() != padded {
-                    return Err(format!(
-                        "cell {i}: {} quantised code bytes and {} correction terms for {} codes ({m} subspaces)",
-                        c.pq.len(),
-                        c.corr.len(),
-                        c.len
-                    ));
-                }
                 if Some(c.blocks.len()) != blocks.checked_mul(r.dim * BLOCK)
                     || Some(c.payload.len()) != c.len.checked_mul(r.payload_dim)
                     || c.len > cap
@@ -623,7 +399,6 @@ struct SearchKernel<'a, B, O> {
     q: &'a [f32],
     k: usize,
     probes: &'a mut Vec<(f32, u32)>,
-    adc: &'a mut AdcScratch,
     bound: B,
     offer: O,
 }
@@ -633,14 +408,8 @@ impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKer
 
     #[inline(always)]
     fn run(self) -> usize {
-        self.index.search_with_in(
-            self.q,
-            self.k,
-            self.probes,
-            self.adc,
-            self.bound,
-            self.offer,
-        )
+        self.index
+            .search_with_in(self.q, self.k, self.probes, self.bound, self.offer)
     }
 }
 
@@ -886,7 +655,7 @@ impl IvfIndex {
         cands.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        self.search_with(q, k, &mut sc.probes, &mut sc.adc, bound, |d, g, c, slot| {
+        self.search_with(q, k, &mut sc.probes, bound, |d, g, c, slot| {
             if d < worst.get() {
                 push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
                 if cands.len() >= k {
@@ -966,7 +735,7 @@ impl IvfIndex {
                 found.truncate(k);
             }
         };
-        let home = self.search_with(q, k, &mut sc.probes, &mut sc.adc, bound, |d, _, _, _| {
+        let home = self.search_with(q, k, &mut sc.probes, bound, |d, _, _, _| {
             if k > 0 && d < worst.get() {
                 found.push(d);
                 if found.len() >= 2 * k {
@@ -993,7 +762,6 @@ impl IvfIndex {
         q: &[f32],
         k: usize,
         probes: &mut Vec<(f32, u32)>,
-        adc: &mut AdcScratch,
         bound: impl Fn() -> f32 + Copy,
         offer: impl FnMut(f32, u32, u32, usize),
     ) -> usize {
@@ -1002,7 +770,6 @@ impl IvfIndex {
             q,
             k,
             probes,
-            adc,
             bound,
             offer,
         })
@@ -1015,7 +782,6 @@ impl IvfIndex {
         q: &[f32],
         k: usize,
         probes: &mut Vec<(f32, u32)>,
-        adc: &mut AdcScratch,
         bound: impl Fn() -> f32 + Copy,
         mut offer: impl FnMut(f32, u32, u32, usize),
     ) -> usize {
@@ -1052,52 +818,6 @@ impl IvfIndex {
                 probes.select_nth_unstable_by(first, by);
             }
             probes[..first].sort_unstable_by(by);
-            if let Some(pq) = &g.pq {
-                // IVFADC: a shortlist by asymmetric distance over the same cells, then exact
-                // distances for the blocks holding it.
-                pq.table(q, &mut adc.table);
-                let r = self.params.pq_rerank.max(1).saturating_mul(k.max(1));
-                let short = &mut adc.short;
-                short.clear();
-                let mut worst = f32::INFINITY;
-                let mut seen = 0;
-                for &(dc, c) in &probes[..first] {
-                    let cell = &g.cells[c as usize];
-                    cell.scan_adc(&adc.table, dc, c, r, short, &mut worst);
-                    seen += cell.len;
-                }
-                if seen < k && first < probes.len() {
-                    probes[first..].sort_unstable_by(by);
-                    for &(dc, c) in &probes[first..] {
-                        if seen >= k {
-                            break;
-                        }
-                        let cell = &g.cells[c as usize];
-                        cell.scan_adc(&adc.table, dc, c, r, short, &mut worst);
-                        seen += cell.len;
-                    }
-                }
-                cut_shortlist(short, r);
-                short.sort_unstable_by_key(|&(_, c, slot)| (c, slot));
-                let mut last = None;
-                for &(_, c, slot) in short.iter() {
-                    let b = slot as usize / BLOCK;
-                    if last == Some((c, b)) {
-                        continue;
-                    }
-                    last = Some((c, b));
-                    let cell = &g.cells[c as usize];
-                    let acc = cell.block_dists(q, b);
-                    let valid = (cell.len - b * BLOCK).min(BLOCK);
-                    if acc[..valid].iter().copied().fold(f32::INFINITY, f32::min) >= bound() {
-                        continue;
-                    }
-                    for (l, &d) in acc[..valid].iter().enumerate() {
-                        offer(d, gi, c, b * BLOCK + l);
-                    }
-                }
-                continue;
-            }
             let mut seen = 0;
             for &(_, c) in &probes[..first] {
                 let cell = &g.cells[c as usize];
@@ -1132,10 +852,7 @@ impl IvfIndex {
         self.current = if centroids.is_empty() {
             Generation::flat()
         } else {
-            let pq = self.train_pq(&codes, &centroids);
-            let mut g = Generation::clustered(centroids, self.dim, n);
-            g.pq = pq;
-            g
+            Generation::clustered(centroids, self.dim, n)
         };
         self.previous = Some(full);
     }
@@ -1150,9 +867,7 @@ impl IvfIndex {
         } else {
             self.cell_cap(&self.current)
         };
-        let slot = self.current.cells[cell].push_fifo(v, p, cap);
-        self.current
-            .encode_slot(cell, slot, self.dim, &mut self.scratch.bufs);
+        self.current.cells[cell].push_fifo(v, p, cap);
         self.current.inserted += 1;
         let held = self.current.held();
         let due = if flat {
@@ -1178,101 +893,17 @@ impl IvfIndex {
         if centroids.is_empty() {
             return;
         }
-        let pq = self.train_pq(&codes, &centroids);
         let inserted = self.current.inserted;
         self.current = Generation::clustered(centroids, self.dim, n);
         self.current.inserted = inserted;
-        self.current.pq = pq;
         let cap = self.cell_cap(&self.current);
         let mut probes = std::mem::take(&mut self.scratch.probes);
         for (i, v) in codes.chunks_exact(self.dim).enumerate() {
             nearest_centroids(&self.current.centroids, self.dim, v, 1, &mut probes);
             let p = &payloads[i * pd..(i + 1) * pd];
-            let cell = probes[0].1 as usize;
-            let slot = self.current.cells[cell].push_fifo(v, p, cap);
-            self.current
-                .encode_slot(cell, slot, self.dim, &mut self.scratch.bufs);
+            self.current.cells[probes[0].1 as usize].push_fifo(v, p, cap);
         }
         self.scratch.probes = probes;
-    }
-
-    /// Codes sampled to train a product quantiser (at most).
-    const PQ_SAMPLE: usize = 32 * crate::pq::KSUB;
-
-    /// A product quantiser of the residuals of (a sample of at most [`Self::PQ_SAMPLE`] of)
-    /// `codes` to their nearest of `centroids`, when the index quantises (`pq_subspaces > 0`)
-    /// and enough codes are given (see [`ProductQuantizer::train`]); `None` otherwise.
-    fn train_pq(&mut self, codes: &[f32], centroids: &[f32]) -> Option<ProductQuantizer> {
-        let m = self.params.pq_subspaces;
-        let dim = self.dim;
-        let n = codes.len() / dim;
-        if m == 0 || n < crate::pq::KSUB || centroids.is_empty() {
-            return None;
-        }
-        let take = n.min(Self::PQ_SAMPLE);
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        for i in 0..take {
-            let j = i + (splitmix(&mut self.rng) % (n - i) as u64) as usize;
-            order.swap(i, j);
-        }
-        let mut resid = Vec::with_capacity(take * dim);
-        let mut probes = std::mem::take(&mut self.scratch.probes);
-        for &i in &order[..take] {
-            let v = &codes[i as usize * dim..(i as usize + 1) * dim];
-            nearest_centroids(centroids, dim, v, 1, &mut probes);
-            let c = probes[0].1 as usize;
-            resid.extend(v.iter().zip(&centroids[c * dim..]).map(|(x, y)| x - y));
-        }
-        self.scratch.probes = probes;
-        ProductQuantizer::train(
-            dim,
-            m,
-            &resid,
-            self.params.kmeans_iters.max(1),
-            &mut self.rng,
-        )
-    }
-
-    /// Switches product quantisation to `m` sub-quantisers (0: off) with shortlists of
-    /// `rerank · k`. When `m` is not already the index's, each clustered generation gets a
-    /// quantiser trained on its held codes (none when `m` is 0) and every code is re-encoded:
-    /// a state saved before product quantisation is converted. The held codes themselves are
-    /// unchanged.
-    pub fn set_pq(&mut self, m: usize, rerank: usize) {
-        self.params.pq_rerank = rerank;
-        if m == self.params.pq_subspaces {
-            return;
-        }
-        self.params.pq_subspaces = m;
-        let mut bufs = std::mem::take(&mut self.scratch.bufs);
-        for gi in 0..2 {
-            let mut g = if gi == 0 {
-                std::mem::take(&mut self.current)
-            } else {
-                match self.previous.take() {
-                    Some(g) => g,
-                    None => break,
-                }
-            };
-            g.pq = None;
-            if !g.centroids.is_empty() {
-                let (mut codes, mut payloads) = (Vec::new(), Vec::new());
-                g.read_all(self.dim, 0, &mut codes, &mut payloads);
-                g.pq = self.train_pq(&codes, &g.centroids);
-            }
-            g.encode_all(self.dim, &mut bufs);
-            if gi == 0 {
-                self.current = g;
-            } else {
-                self.previous = Some(g);
-            }
-        }
-        self.scratch.bufs = bufs;
-    }
-
-    /// The index's parameters.
-    pub fn params(&self) -> &IvfParams {
-        &self.params
     }
 
     /// Lloyd's k-means on a sample of `codes` (at most `max(train_size, 16·lists)` of them):
@@ -1480,7 +1111,6 @@ mod tests {
             train_size: 64,
             cell_factor: 2,
             kmeans_iters: 4,
-            ..IvfParams::default()
         };
         let capacity = 400;
         let mut idx = IvfIndex::new(4, params, capacity, 1);
@@ -1612,8 +1242,6 @@ mod tests {
             train_size: 0,
             cell_factor: 0,
             kmeans_iters: 0,
-            pq_subspaces: 0,
-            pq_rerank: 0,
         };
         for (params, capacity) in [
             (zero, 0),

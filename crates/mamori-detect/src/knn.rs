@@ -66,10 +66,7 @@ impl Default for KnnConfig {
             window: 20,
             min_flagged: 10,
             capacity: 20_000,
-            ivf: IvfParams {
-                pq_subspaces: 8,
-                ..IvfParams::default()
-            },
+            ivf: IvfParams::default(),
             hnsw: HnswParams {
                 m: 10,
                 ef_construction: 40,
@@ -256,11 +253,6 @@ impl Detector for KnnDetector {
                 s.index = Some(index);
             }
         }
-        // A state saved before product quantisation (or with other quantiser parameters) is
-        // converted to this configuration's.
-        if let Some(index) = &mut s.index {
-            index.set_pq(self.cfg.ivf.pq_subspaces, self.cfg.ivf.pq_rerank);
-        }
         Ok(Box::new(s))
     }
 }
@@ -377,66 +369,6 @@ mod tests {
         assert_eq!(now.snapshot(), restored.snapshot());
         let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
         assert!(again.get("ivf").is_some() && again.get("index").is_none());
-    }
-
-    /// A state saved before product quantisation (no quantiser, no quantised codes, index
-    /// parameters without `pq_subspaces`) is converted on restore: its clustered generation
-    /// gets a quantiser and codes, the next scores stay within 1% of the unconverted exact
-    /// scan's; a snapshot whose quantised codes do not match its codes is refused.
-    #[test]
-    fn states_saved_before_product_quantisation_are_converted() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let xs: Vec<Vec<f32>> = (0..3200)
-            .map(|_| (0..64).map(|_| rng.gen::<f32>()).collect())
-            .collect();
-        let exact_cfg = KnnConfig {
-            ivf: IvfParams {
-                pq_subspaces: 0,
-                ..KnnConfig::default().ivf
-            },
-            ..KnnConfig::default()
-        };
-        let exact = KnnDetector::new(exact_cfg);
-        let mut old = exact.fresh();
-        for x in &xs[..3000] {
-            old.score_and_insert(x);
-        }
-        let mut snap: serde_json::Value = serde_json::from_slice(&old.snapshot()).unwrap();
-        let params = snap["ivf"]["params"].as_object_mut().unwrap();
-        params.remove("pq_subspaces");
-        params.remove("pq_rerank");
-        let bytes = serde_json::to_vec(&snap).unwrap();
-        let d = KnnDetector::new(KnnConfig::default());
-        let restored = d.restore_state(&bytes).unwrap();
-        let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
-        assert!(again["ivf"]["current"]["pq"].is_object(), "converted");
-        assert_eq!(again["ivf"]["params"]["pq_subspaces"], 8);
-        let mut conv: KnnState = serde_json::from_value(again.clone()).unwrap();
-        conv.cfg = KnnConfig::default();
-        conv.proj = Some(d.proj.clone());
-        for x in &xs[3000..] {
-            let (a, b) = (
-                old.score_and_insert(x).unwrap(),
-                conv.score_and_insert(x).unwrap(),
-            );
-            assert!((a - b).abs() <= 0.01 * a, "{a} vs {b}");
-        }
-        let mut bad = again;
-        let cell = bad["ivf"]["current"]["cells"]
-            .as_array_mut()
-            .unwrap()
-            .iter_mut()
-            .find(|c| c["len"].as_u64() > Some(0))
-            .unwrap();
-        cell["pq"].as_array_mut().unwrap().pop();
-        let err = d
-            .restore_state(&serde_json::to_vec(&bad).unwrap())
-            .err()
-            .unwrap();
-        assert!(
-            err.contains("bad state snapshot") && err.contains("quantised code bytes"),
-            "{err}"
-        );
     }
 
     #[test]

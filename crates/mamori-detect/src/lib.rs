@@ -27,7 +27,6 @@ pub mod ivf;
 pub mod knn;
 pub mod ood;
 pub mod policy;
-mod pq;
 pub mod prada;
 pub mod rate;
 pub mod registry;
