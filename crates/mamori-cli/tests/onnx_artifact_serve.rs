@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{create_key, mamori, ok, serve_refuses, start_serve_with, stop, tiny_model};
+use common::{
+    create_key, mamori, ok, serve_refuses, start_serve_logged, start_serve_with, stop, tiny_model,
+};
 use std::ffi::OsString;
 use std::path::Path;
 
@@ -189,4 +191,104 @@ fn a_signed_encrypted_onnx_directory_is_served_decrypted_in_memory() {
     std::fs::write(swapped.join("m.onnx"), g).unwrap();
     let err = serve_refuses(&home, &args(&[&"--model", &swapped]));
     assert!(err.contains("m.onnx") && err.contains("sha256"), "{err}");
+}
+
+/// `calibrate` → `sign` → `encrypt`: the detector thresholds travel inside the signed,
+/// encrypted model directory, and `serve` reads them from the decrypted, verified files (before
+/// this session it looked for a plaintext `calibration.json` on disk and silently ran the
+/// built-in thresholds for an encrypted model).
+#[test]
+fn the_calibration_of_an_encrypted_model_is_read_with_its_verified_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model = tmp.path().join("digits");
+    ok(mamori(&home)
+        .args([
+            "train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "softmax",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap());
+    ok(mamori(&home)
+        .args([
+            "calibrate",
+            "--benign",
+            "digits",
+            "--fpr",
+            "0.05",
+            "--clients",
+            "4",
+            "--queries",
+            "40",
+            "--tail-clients",
+            "20",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap());
+    assert!(model.join("calibration.json").is_file());
+    ok(mamori(&home)
+        .args(["model", "keys", "create", "--name", "test"])
+        .output()
+        .unwrap());
+    ok(mamori(&home)
+        .args(["model", "sign", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap());
+    let key_file = tmp.path().join("model.key");
+    ok(mamori(&home)
+        .args(["model", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap());
+    let enc = tmp.path().join("digits.enc");
+    ok(mamori(&home)
+        .args(["model", "encrypt", "--model"])
+        .arg(&model)
+        .arg("--key-file")
+        .arg(&key_file)
+        .arg("--out")
+        .arg(&enc)
+        .output()
+        .unwrap());
+    assert!(!enc.join("calibration.json").exists());
+    let (child, _url, log) = start_serve_logged(
+        &home,
+        &args(&[
+            &"--policy",
+            &"detect",
+            &"--model-key-file",
+            &key_file,
+            &"--model",
+            &enc,
+        ]),
+    );
+    stop(child);
+    let want = format!(
+        "detector thresholds from {} (decrypted in memory, signed)",
+        enc.join("calibration.json").display()
+    );
+    assert!(log.iter().any(|l| l.contains(&want)), "{want}\n{log:#?}");
+
+    // A calibration changed after signing is refused like any other tampered file.
+    let plain = tmp.path().join("digits-tampered");
+    copy_dir(&model, &plain);
+    let cal = plain.join("calibration.json");
+    let text = std::fs::read_to_string(&cal).unwrap();
+    std::fs::write(&cal, text.replacen("\"version\"", "\"version\" ", 1)).unwrap();
+    let err = serve_refuses(&home, &args(&[&"--model", &plain]));
+    assert!(
+        err.contains("calibration.json") && err.contains("sha256"),
+        "{err}"
+    );
 }

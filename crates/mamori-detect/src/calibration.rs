@@ -255,20 +255,26 @@ impl Calibration {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let c: Calibration = serde_json::from_str(&text).map_err(|e| DetectError::Config {
-            path: path.display().to_string(),
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a calibration held in memory (e.g. a file of a signed or encrypted
+    /// model directory, read through the artifact layer); `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Calibration, DetectError> {
+        let c: Calibration = serde_json::from_str(text).map_err(|e| DetectError::Config {
+            path: origin.to_string(),
             message: e.to_string(),
         })?;
         if c.version == 0 || c.version > CALIBRATION_VERSION {
             return Err(DetectError::Config {
-                path: path.display().to_string(),
+                path: origin.to_string(),
                 message: format!("unsupported calibration version {}", c.version),
             });
         }
         let o = &c.detectors.ood;
         if o.centroids.len() != o.radius.len() {
             return Err(DetectError::Config {
-                path: path.display().to_string(),
+                path: origin.to_string(),
                 message: format!(
                     "detectors.ood: {} centroids but {} radii",
                     o.centroids.len(),

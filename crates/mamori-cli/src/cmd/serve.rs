@@ -47,8 +47,9 @@ pub struct Args {
     /// API key for the upstream server, if it needs one.
     #[arg(long, env = "MAMORI_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
-    /// Detector calibration (`calibration.json` from `mamori calibrate`); default:
-    /// `calibration.json` beside a native model, else the detectors' built-in thresholds.
+    /// Detector calibration (`calibration.json` from `mamori calibrate`); default: the
+    /// `calibration.json` of the first model directory that has one (signed and encrypted with
+    /// the model when it is), else the detectors' built-in thresholds.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Key file of encrypted models (else `MAMORI_MODEL_KEY_FILE` or `MAMORI_MODEL_KEY`).
@@ -66,6 +67,8 @@ struct Served {
     model: Arc<dyn Model>,
     platform: &'static str,
     network: Option<Network>,
+    /// The directory's `calibration.json`, read from the verified (and decrypted) files.
+    calibration: Option<(mamori_detect::Calibration, String)>,
 }
 
 /// Opens a model directory through the artifact layer — decrypted in memory if it is
@@ -108,6 +111,31 @@ fn open_dir(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> {
         }
     };
     let files = &opened.files.files;
+    let origin = |name: &str| {
+        format!(
+            "{} ({}{})",
+            dir.join(name).display(),
+            if opened.encrypted {
+                "decrypted in memory"
+            } else {
+                "read with the model"
+            },
+            if opened.manifest.is_some() {
+                ", signed"
+            } else {
+                ""
+            }
+        )
+    };
+    let calibration = match files.get(mamori_detect::CALIBRATION_FILE) {
+        Some(bytes) => {
+            let o = origin(mamori_detect::CALIBRATION_FILE);
+            let text =
+                std::str::from_utf8(bytes).with_context(|| format!("{o}: not UTF-8 text"))?;
+            Some((mamori_detect::Calibration::from_json(text, &o)?, o))
+        }
+        None => None,
+    };
     if files.contains_key(mamori_ml::WEIGHTS_FILE) {
         let file = |name: &str| {
             files
@@ -120,6 +148,7 @@ fn open_dir(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> {
             network: Some(m.network.clone()),
             model: Arc::new(m),
             platform: "mamori-native",
+            calibration,
         });
     }
     let mut onnx: Vec<&String> = files
@@ -152,6 +181,7 @@ fn open_dir(dir: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> {
         model: Arc::new(m),
         platform: "onnx",
         network: None,
+        calibration,
     })
 }
 
@@ -179,6 +209,7 @@ fn open_served(path: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> 
             model: Arc::from(m),
             platform: "onnx",
             network: None,
+            calibration: None,
         });
     }
     if !path.exists() {
@@ -191,27 +222,27 @@ fn open_served(path: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> 
     )
 }
 
+/// The detector calibration: `--calibration FILE` if given, else the `calibration.json` of the
+/// first served model directory that has one (read with its verified, decrypted files).
 fn calibration_for(
-    paths: &[PathBuf],
     explicit: Option<&Path>,
+    from_models: Option<(mamori_detect::Calibration, String)>,
 ) -> anyhow::Result<Option<mamori_detect::Calibration>> {
-    let cal = match explicit {
-        Some(p) => Some(p.to_path_buf()),
-        None => paths
-            .iter()
-            .filter(|p| p.is_dir())
-            .map(|p| p.join(mamori_detect::CALIBRATION_FILE))
-            .find(|p| p.is_file()),
+    let (c, origin) = match (explicit, from_models) {
+        (Some(p), _) => (
+            mamori_detect::Calibration::load(p)
+                .with_context(|| format!("loading detector calibration {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        (None, Some(found)) => found,
+        (None, None) => return Ok(None),
     };
-    let Some(p) = cal else { return Ok(None) };
-    let c = mamori_detect::Calibration::load(&p)
-        .with_context(|| format!("loading detector calibration {}", p.display()))?;
-    tracing::info!("detector thresholds from {}", p.display());
+    tracing::info!("detector thresholds from {origin}");
     if !c.is_current() {
         tracing::warn!(
-            "{} is calibration version {} (current {}): its thresholds predate the current \
-             fitting rules and the `synthetic` detector stays inactive; re-run `mamori calibrate`",
-            p.display(),
+            "{origin} is calibration version {} (current {}): its thresholds predate the \
+             current fitting rules and the `synthetic` detector stays inactive; re-run \
+             `mamori calibrate`",
             c.version,
             mamori_detect::CALIBRATION_VERSION
         );
@@ -272,13 +303,18 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = policy_spec(&args, &cfg)?;
     let mut served: Vec<(Arc<dyn Model>, String)> = Vec::new();
     let mut networks: Vec<Arc<Network>> = Vec::new();
+    let mut model_calibration = None;
     for path in &args.models {
         let Served {
             model,
             platform,
             network,
+            calibration,
         } = open_served(path, &args, &home)?;
         networks.extend(network.map(Arc::new));
+        if model_calibration.is_none() {
+            model_calibration = calibration;
+        }
         tracing::info!(
             "serving {} ({platform}) from {}",
             model.card().name,
@@ -295,7 +331,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut ctx = ProtectionContext::new(&home);
-    if let Some(c) = calibration_for(&args.models, args.calibration.as_deref())? {
+    if let Some(c) = calibration_for(args.calibration.as_deref(), model_calibration)? {
         ctx.calibration = Some(c.detectors);
         ctx.fingerprint_dims = c.fingerprint_dims;
     }

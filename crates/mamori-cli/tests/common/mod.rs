@@ -61,6 +61,13 @@ pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
 /// Starts `mamori serve --addr 127.0.0.1:0 ARGS...`; returns the child and the base URL it
 /// printed (panics if the server exits instead).
 pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
+    let (child, url, _) = start_serve_logged(home, args);
+    (child, url)
+}
+
+/// Like [`start_serve_with`], also returning what the server logged before it listened.
+pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Child, String, Vec<String>) {
+    let mut log = Vec::new();
     let mut child = mamori(home)
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(args)
@@ -74,6 +81,7 @@ pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
         if err.read_line(&mut line).unwrap() == 0 {
             break;
         }
+        log.push(line.trim().to_string());
         if let Some(a) = line.trim().strip_prefix("mamori gateway listening on ") {
             let url = a.to_string();
             // Keep draining stderr so the server never blocks on a full pipe.
@@ -83,7 +91,7 @@ pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
                     sink.clear();
                 }
             });
-            return (child, url);
+            return (child, url, log);
         }
     }
     let _ = child.kill();
