@@ -750,9 +750,25 @@ pub fn open_store(
                         .into(),
                 )
             })?;
-            Ok(Box::new(crate::audit_postgres::PostgresStore::connect(
+            let store = crate::audit_postgres::PostgresStore::connect_with_ca(
                 &url.0,
-            )?))
+                cfg.postgres_ca_file.as_deref(),
+            )?;
+            match store.uses_tls() {
+                Ok(true) => tracing::info!(
+                    "audit store: PostgreSQL {} (TLS)",
+                    crate::config::redact_password(&url.0)
+                ),
+                Ok(false) if url.0.contains("host=/") || url.0.contains("%2F") => {
+                    tracing::info!("audit store: PostgreSQL over a Unix socket")
+                }
+                Ok(false) => tracing::warn!(
+                    "audit store: PostgreSQL {} without TLS (sslmode=require to insist on it)",
+                    crate::config::redact_password(&url.0)
+                ),
+                Err(e) => tracing::warn!("audit store: {e}"),
+            }
+            Ok(Box::new(store))
         }
     }
 }

@@ -10,14 +10,22 @@
 //! batches ([`crate::audit::AuditWriter`]), so a database outage delays events instead of
 //! losing them.
 //!
-//! Connections are plain TCP or a Unix socket (`host=/var/run/postgresql`); TLS to the
-//! database is not built in (use a local socket or a TLS sidecar).
+//! **TLS.** Connections go through rustls: `sslmode=require` in the connection string makes
+//! TLS mandatory, `sslmode=prefer` (the default) uses it when the server offers it, and
+//! `sslmode=disable` never does. The server's certificate is always verified — against the
+//! CA certificates of [`crate::config::AuditConfig::postgres_ca_file`] (PEM) when given, else
+//! the public web PKI roots (`webpki-roots`) — and its name or IP address must match the host
+//! connected to. A Unix socket (`host=/var/run/postgresql`) needs no TLS.
 
 use crate::audit::{AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent};
 use crate::config::redact_password;
 use crate::error::GatewayError;
-use postgres::{Client, NoTls};
-use std::sync::Mutex;
+use postgres::Client;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mamori_requests (
@@ -44,6 +52,7 @@ CREATE INDEX IF NOT EXISTS mamori_ledger_model ON mamori_ledger (model);
 /// The PostgreSQL audit store (see the module documentation).
 pub struct PostgresStore {
     url: String,
+    tls: MakeRustlsConnect,
     /// `None` only while being dropped.
     conn: Mutex<Option<Conn>>,
 }
@@ -124,12 +133,20 @@ impl PostgresStore {
     /// Connects to `url` and creates the tables if they are missing. Errors name the database
     /// with its password hidden.
     pub fn connect(url: &str) -> Result<Self, GatewayError> {
-        let mut client = open(url)?;
+        Self::connect_with_ca(url, None)
+    }
+
+    /// Like [`PostgresStore::connect`], verifying the server's TLS certificate against the CA
+    /// certificates in the PEM file `ca_file` instead of the public web PKI roots.
+    pub fn connect_with_ca(url: &str, ca_file: Option<&Path>) -> Result<Self, GatewayError> {
+        let tls = tls_connector(ca_file)?;
+        let mut client = open(url, &tls)?;
         client
             .batch_execute(SCHEMA)
             .map_err(|e| pg(url, "creating the audit tables", e))?;
         Ok(Self {
             url: url.to_string(),
+            tls,
             conn: Mutex::new(Some(Conn {
                 client,
                 inserts: None,
@@ -137,12 +154,25 @@ impl PostgresStore {
         })
     }
 
+    /// Whether the current connection is encrypted (PostgreSQL's `pg_stat_ssl`).
+    pub fn uses_tls(&self) -> Result<bool, GatewayError> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| pg(&self.url, "reading pg_stat_ssl", e))?;
+        row.try_get(0)
+            .map_err(|e| pg(&self.url, "reading pg_stat_ssl", e))
+    }
+
     /// The connection, reopened first if it was closed (database restart, network).
     fn conn(&self) -> Result<ConnGuard<'_>, GatewayError> {
         let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if c.as_ref().is_none_or(|c| c.client.is_closed()) {
             *c = Some(Conn {
-                client: open(&self.url)?,
+                client: open(&self.url, &self.tls)?,
                 inserts: None,
             });
         }
@@ -175,8 +205,39 @@ impl ConnGuard<'_> {
     }
 }
 
-fn open(url: &str) -> Result<Client, GatewayError> {
-    Client::connect(url, NoTls).map_err(|e| pg(url, "connecting", e))
+fn open(url: &str, tls: &MakeRustlsConnect) -> Result<Client, GatewayError> {
+    Client::connect(url, tls.clone()).map_err(|e| pg(url, "connecting", e))
+}
+
+/// The rustls connector: the CA certificates of `ca_file` (PEM), else the web PKI roots.
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, GatewayError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(p) => {
+            let bad = |m: String| {
+                GatewayError::Config(format!("audit.postgres_ca_file {}: {m}", p.display()))
+            };
+            let certs = CertificateDer::pem_file_iter(p)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in the file".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| GatewayError::Config(format!("TLS to the audit database: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 fn pg(url: &str, what: &str, e: postgres::Error) -> GatewayError {

@@ -122,6 +122,10 @@ pub struct AuditConfig {
     /// The PostgreSQL connection string when `store = "postgres"` (better given through
     /// `MAMORI_AUDIT_POSTGRES_URL` than written into a file).
     pub postgres_url: Option<PostgresUrl>,
+    /// PEM file of the CA certificate(s) the database server's TLS certificate is verified
+    /// against (default: the public web PKI roots). TLS itself is chosen by `sslmode` in the
+    /// connection string; use `sslmode=require` across a network.
+    pub postgres_ca_file: Option<std::path::PathBuf>,
     /// Capacity of the bounded event queue (requests wait when it is full).
     pub queue: usize,
     /// Largest number of events written in one transaction.
@@ -137,6 +141,7 @@ impl Default for AuditConfig {
         Self {
             store: AuditBackend::Sqlite,
             postgres_url: None,
+            postgres_ca_file: None,
             queue: 10_000,
             batch: 512,
             linger_ms: 2,

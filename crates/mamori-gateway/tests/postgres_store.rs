@@ -243,3 +243,151 @@ fn a_gateway_on_postgres_loses_nothing_through_an_outage_and_a_restart() {
     assert_eq!(n, 14);
     chain.shutdown();
 }
+
+/// A self-signed CA and a server certificate it signed for 127.0.0.1 and localhost (PEM):
+/// (CA certificate, server certificate, server key).
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "mamori test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), server.pem(), key.serialize_pem())
+}
+
+/// A TLS front for the plaintext test server, as a TLS-terminating sidecar would be: it
+/// answers PostgreSQL's `SSLRequest` with `S`, performs the TLS handshake with `cert_pem` /
+/// `key_pem` (rustls server), and relays the decrypted stream; a client that does not ask for
+/// TLS is relayed as it is. (The `pgserver` build has no SSL of its own.)
+struct TlsFront {
+    port: u16,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn tls_front(upstream: u16, cert_pem: &str, key_pem: &str) -> TlsFront {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = handshakes.clone();
+    rt.spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                client.read_exact(&mut first).await?;
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await?;
+                // SSLRequest: length 8, code 80877103.
+                if first == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                    client.write_all(b"S").await?;
+                    let mut tls = acceptor.accept(client).await?;
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
+                } else {
+                    server.write_all(&first).await?;
+                    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+                }
+                Ok::<(), std::io::Error>(())
+            });
+        }
+    });
+    TlsFront {
+        port,
+        handshakes,
+        _rt: rt,
+    }
+}
+
+#[test]
+fn tls_to_the_database_is_verified_against_the_configured_ca() {
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let (ca, cert, key) = test_pki();
+    let upstream: u16 = pg
+        .url()
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let front = tls_front(upstream, &cert, &key);
+    let handshakes = || front.handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let url = |mode: &str| {
+        format!(
+            "postgresql://mamori@127.0.0.1:{}/postgres?connect_timeout=10&sslmode={mode}",
+            front.port
+        )
+    };
+
+    // Our CA: an encrypted connection that works.
+    let mut s = PostgresStore::connect_with_ca(&url("require"), Some(&ca_file)).unwrap();
+    assert_eq!(handshakes(), 1);
+    s.write_batch(&records()).unwrap();
+    assert_eq!(s.requests(None, 0).unwrap().len(), 8);
+    // The default `prefer` takes TLS too when the server offers it.
+    PostgresStore::connect_with_ca(&url("prefer"), Some(&ca_file)).unwrap();
+    assert_eq!(handshakes(), 2);
+    // `disable`: plaintext, no handshake.
+    let plain = PostgresStore::connect(&url("disable")).unwrap();
+    assert_eq!(plain.requests(None, 0).unwrap().len(), 8);
+    assert_eq!(handshakes(), 2);
+
+    // The web PKI does not know our CA: the certificate is refused, nothing is sent.
+    let e = PostgresStore::connect(&url("require"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("connecting") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+    // Another CA: refused as well.
+    let (other_ca, _, _) = test_pki();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    let e = PostgresStore::connect_with_ca(&url("require"), Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert_eq!(handshakes(), 2);
+    // A CA file that is not PEM, or missing: configuration errors naming the file.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for f in [junk, dir.path().join("missing.pem")] {
+        let e = PostgresStore::connect_with_ca(&url("require"), Some(&f)).unwrap_err();
+        assert!(matches!(e, GatewayError::Config(_)), "{e}");
+        assert!(e.to_string().contains(&f.display().to_string()), "{e}");
+    }
+}
