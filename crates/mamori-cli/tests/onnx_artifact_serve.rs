@@ -8,7 +8,7 @@ use common::{
     create_key, mamori, ok, serve_refuses, start_serve_logged, start_serve_with, stop, tiny_model,
 };
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The served probabilities of a fixed batch of 4 inputs.
 fn probabilities(url: &str, key: &str) -> Vec<f64> {
@@ -45,6 +45,37 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `model sign` (with a signing key created in, and trusted by, the home) then `model keygen`
+/// and `model encrypt` into `<dir>.enc`; returns (encrypted directory, key file, sign's output).
+fn sign_and_encrypt(home: &Path, dir: &Path) -> (PathBuf, PathBuf, String) {
+    ok(mamori(home)
+        .args(["model", "keys", "create", "--name", "test"])
+        .output()
+        .unwrap());
+    let signed = ok(mamori(home)
+        .args(["model", "sign", "--model"])
+        .arg(dir)
+        .output()
+        .unwrap());
+    let key_file = dir.with_extension("key");
+    ok(mamori(home)
+        .args(["model", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap());
+    let enc = dir.with_extension("enc");
+    ok(mamori(home)
+        .args(["model", "encrypt", "--model"])
+        .arg(dir)
+        .arg("--key-file")
+        .arg(&key_file)
+        .arg("--out")
+        .arg(&enc)
+        .output()
+        .unwrap());
+    (enc, key_file, signed)
+}
+
 #[test]
 fn a_signed_encrypted_onnx_directory_is_served_decrypted_in_memory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -68,33 +99,9 @@ fn a_signed_encrypted_onnx_directory_is_served_decrypted_in_memory() {
     let unsigned_dir = tmp.path().join("onnx-unsigned");
     copy_dir(&onnx_dir, &unsigned_dir);
 
-    // Sign it (with a signing key created in, and trusted by, the home), then encrypt it.
-    ok(mamori(&home)
-        .args(["model", "keys", "create", "--name", "test"])
-        .output()
-        .unwrap());
-    let signed = ok(mamori(&home)
-        .args(["model", "sign", "--model"])
-        .arg(&onnx_dir)
-        .output()
-        .unwrap());
+    // Sign it, then encrypt it.
+    let (enc_dir, key_file, signed) = sign_and_encrypt(&home, &onnx_dir);
     assert!(signed.contains("(2 file(s))"), "{signed}");
-    let key_file = tmp.path().join("model.key");
-    ok(mamori(&home)
-        .args(["model", "keygen", "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap());
-    let enc_dir = tmp.path().join("onnx-enc");
-    ok(mamori(&home)
-        .args(["model", "encrypt", "--model"])
-        .arg(&onnx_dir)
-        .arg("--key-file")
-        .arg(&key_file)
-        .arg("--out")
-        .arg(&enc_dir)
-        .output()
-        .unwrap());
     let verified = ok(mamori(&home)
         .args(["model", "verify", "--model"])
         .arg(&enc_dir)
@@ -236,31 +243,7 @@ fn the_calibration_of_an_encrypted_model_is_read_with_its_verified_files() {
         .output()
         .unwrap());
     assert!(model.join("calibration.json").is_file());
-    ok(mamori(&home)
-        .args(["model", "keys", "create", "--name", "test"])
-        .output()
-        .unwrap());
-    ok(mamori(&home)
-        .args(["model", "sign", "--model"])
-        .arg(&model)
-        .output()
-        .unwrap());
-    let key_file = tmp.path().join("model.key");
-    ok(mamori(&home)
-        .args(["model", "keygen", "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap());
-    let enc = tmp.path().join("digits.enc");
-    ok(mamori(&home)
-        .args(["model", "encrypt", "--model"])
-        .arg(&model)
-        .arg("--key-file")
-        .arg(&key_file)
-        .arg("--out")
-        .arg(&enc)
-        .output()
-        .unwrap());
+    let (enc, key_file, _) = sign_and_encrypt(&home, &model);
     assert!(!enc.join("calibration.json").exists());
     let (child, _url, log) = start_serve_logged(
         &home,
