@@ -66,6 +66,7 @@ fn throughput(store: Box<dyn AuditStore>, n: u64, batch: usize) -> f64 {
             batch,
             linger_ms: 0,
             spill: None,
+            health: Default::default(),
         },
     );
     let t = Instant::now();

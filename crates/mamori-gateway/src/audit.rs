@@ -556,6 +556,8 @@ pub struct WriterOptions {
     /// spill file the writer retries until the store answers (producers wait once the queue
     /// is full), and at shutdown gives up after [`SHUTDOWN_RETRIES`].
     pub spill: Option<std::path::PathBuf>,
+    /// Counters and gauge the writer keeps up to date (the gateway's `/metrics`).
+    pub health: crate::metrics::AuditHealth,
 }
 
 /// Quick retries of a failed batch before it goes to the spill file.
@@ -571,6 +573,7 @@ fn write_with_retry(
     buf: &[AuditRecord],
     can_spill: bool,
     closing: impl Fn() -> bool,
+    health: &crate::metrics::AuditHealth,
 ) -> bool {
     let mut delay = std::time::Duration::from_millis(20);
     let mut failures = 0u32;
@@ -588,6 +591,7 @@ fn write_with_retry(
             }
             Err(e) => {
                 failures += 1;
+                health.write_failures.inc();
                 if failures == 1 || failures.is_multiple_of(20) {
                     tracing::error!(
                         "audit write of {} events failed (attempt {failures}): {e}",
@@ -611,12 +615,18 @@ struct Spill {
     path: std::path::PathBuf,
     /// Whether the file may hold records not yet in the store.
     pending: bool,
+    health: crate::metrics::AuditHealth,
 }
 
 impl Spill {
-    fn new(path: std::path::PathBuf) -> Self {
+    fn new(path: std::path::PathBuf, health: crate::metrics::AuditHealth) -> Self {
         let pending = path.is_file();
-        Self { path, pending }
+        health.spill_pending.set(i64::from(pending));
+        Self {
+            path,
+            pending,
+            health,
+        }
     }
 
     /// Appends `records` as JSON Lines and syncs the file.
@@ -643,6 +653,8 @@ impl Spill {
         match written {
             Ok(()) => {
                 self.pending = true;
+                self.health.spilled_events.inc_by(records.len() as u64);
+                self.health.spill_pending.set(1);
                 tracing::warn!(
                     "audit store unavailable: {} events kept in {} until it answers",
                     records.len(),
@@ -664,6 +676,7 @@ impl Spill {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.pending = false;
+                self.health.spill_pending.set(0);
                 return;
             }
             Err(e) => {
@@ -695,14 +708,17 @@ impl Spill {
                 .write_batch(chunk)
                 .is_ok();
             if !ok {
+                self.health.write_failures.inc();
                 break;
             }
             done += chunk.len();
+            self.health.replayed_events.inc_by(chunk.len() as u64);
         }
         if done == records.len() {
             match std::fs::remove_file(&self.path) {
                 Ok(()) => {
                     self.pending = false;
+                    self.health.spill_pending.set(0);
                     if done > 0 {
                         tracing::warn!(
                             "audit: {done} spilled events from {} written to the store",
@@ -802,6 +818,7 @@ impl AuditWriter {
                 batch,
                 linger_ms,
                 spill: None,
+                health: Default::default(),
             },
         )
     }
@@ -817,7 +834,8 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("mamori-audit".into())
             .spawn(move || {
-                let mut spill = opts.spill.map(Spill::new);
+                let health = opts.health;
+                let mut spill = opts.spill.map(|p| Spill::new(p, health.clone()));
                 if let Some(sp) = spill.as_mut() {
                     sp.replay(&st, batch);
                 }
@@ -837,8 +855,13 @@ impl AuditWriter {
                         }
                     }
                     if !buf.is_empty() {
-                        let written =
-                            write_with_retry(&st, &buf, spill.is_some(), || rx.is_closed());
+                        let written = write_with_retry(
+                            &st,
+                            &buf,
+                            spill.is_some(),
+                            || rx.is_closed(),
+                            &health,
+                        );
                         match (written, spill.as_mut()) {
                             (true, Some(sp)) if sp.pending => sp.replay(&st, batch),
                             (false, Some(sp)) => sp.append(&buf),
@@ -1079,7 +1102,11 @@ mod tests {
         }
     }
 
-    fn writer(store: &FlakyStore, spill: &Path) -> AuditWriter {
+    fn writer(
+        store: &FlakyStore,
+        spill: &Path,
+        health: &crate::metrics::AuditHealth,
+    ) -> AuditWriter {
         AuditWriter::start_with(
             Box::new(store.clone()),
             WriterOptions {
@@ -1087,6 +1114,7 @@ mod tests {
                 batch: 2,
                 linger_ms: 0,
                 spill: Some(spill.to_path_buf()),
+                health: health.clone(),
             },
         )
     }
@@ -1107,9 +1135,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spill = dir.path().join("spill.jsonl");
         let store = FlakyStore::default();
-        let w = writer(&store, &spill);
+        let metrics = crate::metrics::Metrics::new();
+        let health = metrics.audit_health();
+        let w = writer(&store, &spill, &health);
         w.record(AuditRecord::Request(ev(0, "a"))).unwrap();
         w.flush();
+        assert_eq!(health.write_failures.get(), 0);
         store.down.store(true, std::sync::atomic::Ordering::SeqCst);
         for i in 1..6 {
             w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
@@ -1128,10 +1159,30 @@ mod tests {
         assert_eq!(ids(&store), vec![0]);
         let text = std::fs::read_to_string(&spill).unwrap();
         assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(health.spilled_events.get(), 6);
+        assert_eq!(health.spill_pending.get(), 1);
+        // Every refused batch was tried 1 + QUICK_RETRIES times.
+        let failures = health.write_failures.get();
+        assert!(
+            failures >= u64::from(QUICK_RETRIES + 1) && failures % 4 == 0,
+            "{failures}"
+        );
+        let exposed = metrics.encode();
+        assert!(
+            exposed.contains("mamori_audit_spill_pending 1"),
+            "{exposed}"
+        );
+        assert!(
+            exposed.contains("mamori_audit_spilled_events_total 6"),
+            "{exposed}"
+        );
         store.down.store(false, std::sync::atomic::Ordering::SeqCst);
         w.record(AuditRecord::Request(ev(6, "a"))).unwrap();
         w.flush();
         assert!(!spill.exists());
+        assert_eq!(health.replayed_events.get(), 6);
+        assert_eq!(health.spill_pending.get(), 0);
+        assert_eq!(health.write_failures.get(), failures);
         assert_eq!(ids(&store), (0..7).collect::<Vec<_>>());
         assert_eq!(store.alerts().unwrap().len(), 1);
         w.shutdown();
@@ -1143,7 +1194,7 @@ mod tests {
         let spill = dir.path().join("spill.jsonl");
         let store = FlakyStore::default();
         store.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        let w = writer(&store, &spill);
+        let w = writer(&store, &spill, &Default::default());
         for i in 0..3 {
             w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
         }
@@ -1157,12 +1208,12 @@ mod tests {
         std::io::Write::write_all(&mut f, b"{\"record\":\"request\",\"ev").unwrap();
         drop(f);
         // Still down when the next writer starts: the file stays as it is.
-        let w = writer(&store, &spill);
+        let w = writer(&store, &spill, &Default::default());
         w.flush();
         assert!(spill.exists() && ids(&store).is_empty());
         w.shutdown();
         store.down.store(false, std::sync::atomic::Ordering::SeqCst);
-        let w = writer(&store, &spill);
+        let w = writer(&store, &spill, &Default::default());
         w.flush();
         assert!(!spill.exists());
         assert_eq!(ids(&store), vec![0, 1, 2]);

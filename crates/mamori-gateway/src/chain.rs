@@ -459,6 +459,7 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
+        let metrics = self.metrics.unwrap_or_default();
         let audit = Arc::new(AuditWriter::start_with(
             store,
             crate::audit::WriterOptions {
@@ -466,6 +467,7 @@ impl ChainBuilder {
                 batch: self.config.audit.batch,
                 linger_ms: self.config.audit.linger_ms,
                 spill: self.audit_spill,
+                health: metrics.audit_health(),
             },
         ));
         let ledger = self
@@ -476,7 +478,7 @@ impl ChainBuilder {
             keys: self.keys.unwrap_or_else(|| Arc::new(KeyStore::in_memory())),
             limiter: RateLimiter::new(),
             audit,
-            metrics: self.metrics.unwrap_or_default(),
+            metrics,
             tiers,
             degrade,
             ledger,

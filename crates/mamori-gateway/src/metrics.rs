@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -50,6 +51,20 @@ impl ModelMetrics {
     }
 }
 
+/// The audit writer's health, for alerting on a failing audit store: handles the writer
+/// updates ([`crate::audit::WriterOptions::health`]) on series of the gateway's registry.
+#[derive(Clone, Debug, Default)]
+pub struct AuditHealth {
+    /// `mamori_audit_write_failures_total`: store writes that failed (each attempt).
+    pub write_failures: Counter,
+    /// `mamori_audit_spilled_events_total`: events written to the spill file instead.
+    pub spilled_events: Counter,
+    /// `mamori_audit_replayed_events_total`: spilled events later written to the store.
+    pub replayed_events: Counter,
+    /// `mamori_audit_spill_pending`: 1 while the spill file holds events not yet in the store.
+    pub spill_pending: Gauge,
+}
+
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +73,7 @@ pub struct Metrics {
     latency: Family<ModelLabel, Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
+    audit: AuditHealth,
 }
 
 impl Default for Metrics {
@@ -98,6 +114,27 @@ impl Metrics {
             decisions.clone(),
         );
         registry.register("alerts", "Detector alarms by detector", alerts.clone());
+        let audit = AuditHealth::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit store writes that failed (each attempt; the batch is retried or spilled)",
+            audit.write_failures.clone(),
+        );
+        registry.register(
+            "audit_spilled_events",
+            "Audit events written to the local spill file while the store refused them",
+            audit.spilled_events.clone(),
+        );
+        registry.register(
+            "audit_replayed_events",
+            "Spilled audit events later written to the store",
+            audit.replayed_events.clone(),
+        );
+        registry.register(
+            "audit_spill_pending",
+            "1 while the spill file holds audit events not yet in the store",
+            audit.spill_pending.clone(),
+        );
         Self {
             registry,
             requests,
@@ -105,7 +142,13 @@ impl Metrics {
             latency,
             decisions,
             alerts,
+            audit,
         }
+    }
+
+    /// The audit writer's health series (handles to give the writer).
+    pub fn audit_health(&self) -> AuditHealth {
+        self.audit.clone()
     }
 
     /// Records one finished request.
