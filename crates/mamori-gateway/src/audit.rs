@@ -1164,7 +1164,7 @@ mod tests {
         // Every refused batch was tried 1 + QUICK_RETRIES times.
         let failures = health.write_failures.get();
         assert!(
-            failures >= u64::from(QUICK_RETRIES + 1) && failures % 4 == 0,
+            failures >= u64::from(QUICK_RETRIES + 1) && failures.is_multiple_of(4),
             "{failures}"
         );
         let exposed = metrics.encode();
