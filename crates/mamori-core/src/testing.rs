@@ -13,12 +13,21 @@ use std::process::Command;
 pub fn python_imports_or_skip(imports: &str, pip: &str) -> bool {
     let ok = python_imports(imports);
     if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true but `python3 -c 'import {imports}'` fails: .ci/run must install {pip}");
-        }
-        eprintln!("SKIPPED: python3 with {imports} is not available (pip install {pip})");
+        skip_or_fail_in_ci(
+            &format!("python3 with {imports} is not available"),
+            &format!("pip install {pip}"),
+        );
     }
     ok
+}
+
+/// The one rule for a missing third-party tool: print `SKIPPED: <missing> (<install>)` — or,
+/// in CI (`CI=true`), where `.ci/run` installs every tool, panic.
+pub fn skip_or_fail_in_ci(missing: &str, install: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {missing}: .ci/run must {install}");
+    }
+    eprintln!("SKIPPED: {missing} ({install})");
 }
 
 /// Whether `python3 -c "import <imports>"` succeeds (false when there is no `python3`).

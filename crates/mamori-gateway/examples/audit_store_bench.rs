@@ -19,6 +19,9 @@ use mamori_gateway::audit::{AuditRecord, AuditStore, AuditWriter, RequestEvent, 
 use mamori_gateway::{PostgresStore, SqliteStore};
 use std::time::Instant;
 
+/// Opens a fresh store (the argument names an SQLite file; PostgreSQL ignores it).
+type OpenStore<'a> = dyn Fn(&str) -> Box<dyn AuditStore> + 'a;
+
 fn event(i: u64) -> AuditRecord {
     let mut scores = serde_json::Map::new();
     for (k, d) in [
@@ -125,18 +128,13 @@ fn main() {
     println!("|---|---|---|---|");
     for batch in [1usize, 32, 512] {
         let runs = if batch == 1 { n / 10 } else { n };
-        for (name, store) in [("SQLite (WAL, NORMAL)", 0), ("PostgreSQL (fsync on)", 1)] {
-            let s = if store == 0 {
-                sqlite(&format!("t{batch}.db"))
-            } else {
-                postgres()
-            };
-            let rate = throughput(s, runs, batch);
-            let mut s = if store == 0 {
-                sqlite(&format!("l{batch}.db"))
-            } else {
-                postgres()
-            };
+        let stores: [(&str, &OpenStore); 2] = [
+            ("SQLite (WAL, NORMAL)", &sqlite),
+            ("PostgreSQL (fsync on)", &|_| postgres()),
+        ];
+        for (name, open) in stores {
+            let rate = throughput(open(&format!("t{batch}.db")), runs, batch);
+            let mut s = open(&format!("l{batch}.db"));
             let reps = if batch == 512 { 40 } else { 200 };
             let (p50, p99) = batch_latency(s.as_mut(), batch, reps);
             println!("| {name} | {batch} | {rate:.0} | {p50:.2} / {p99:.2} |");

@@ -759,13 +759,7 @@ pub fn open_store(
     match cfg.store {
         crate::config::AuditBackend::Sqlite => Ok(Box::new(SqliteStore::open_home(home)?)),
         crate::config::AuditBackend::Postgres => {
-            let url = cfg.postgres_url.as_ref().ok_or_else(|| {
-                GatewayError::Config(
-                    "audit.store = \"postgres\" needs audit.postgres_url (or \
-                     MAMORI_AUDIT_POSTGRES_URL)"
-                        .into(),
-                )
-            })?;
+            let url = cfg.require_postgres_url()?;
             let store = crate::audit_postgres::PostgresStore::connect_with_ca(
                 &url.0,
                 cfg.postgres_ca_file.as_deref(),

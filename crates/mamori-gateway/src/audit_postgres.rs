@@ -264,11 +264,8 @@ fn json_of<T: serde::Serialize>(v: &T) -> serde_json::Value {
 
 impl AuditStore for PostgresStore {
     fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
-        let url = self.url.clone();
-        let e = |what: &'static str| {
-            let url = url.clone();
-            move |err: postgres::Error| pg(&url, what, err)
-        };
+        let url = self.url.as_str();
+        let e = |what: &'static str| move |err: postgres::Error| pg(url, what, err);
         let mut guard = self.conn()?;
         let conn = guard.conn_mut();
         if conn.inserts.is_none() {

@@ -136,6 +136,19 @@ pub struct AuditConfig {
     pub linger_ms: u64,
 }
 
+impl AuditConfig {
+    /// The PostgreSQL connection string, or the configuration error naming both ways to give
+    /// it.
+    pub fn require_postgres_url(&self) -> Result<&PostgresUrl, GatewayError> {
+        self.postgres_url.as_ref().ok_or_else(|| {
+            GatewayError::Config(
+                "audit.store = \"postgres\" needs audit.postgres_url (or MAMORI_AUDIT_POSTGRES_URL)"
+                    .into(),
+            )
+        })
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -386,11 +399,8 @@ impl GatewayConfig {
                 "server.max_batch and server.max_body_bytes must be positive".into(),
             ));
         }
-        if self.audit.store == AuditBackend::Postgres && self.audit.postgres_url.is_none() {
-            return Err(GatewayError::Config(
-                "audit.store = \"postgres\" needs audit.postgres_url (or MAMORI_AUDIT_POSTGRES_URL)"
-                    .into(),
-            ));
+        if self.audit.store == AuditBackend::Postgres {
+            self.audit.require_postgres_url()?;
         }
         if !(self.detect.throttle_factor > 0.0 && self.detect.throttle_factor <= 1.0) {
             return Err(GatewayError::Config(

@@ -333,14 +333,7 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
         return;
     };
     let (ca, cert, key) = test_pki();
-    let upstream: u16 = pg
-        .url()
-        .split(':')
-        .nth(2)
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    let front = tls_front(upstream, &cert, &key);
+    let front = tls_front(pg.port(), &cert, &key);
     let handshakes = || front.handshakes.load(std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");

@@ -45,6 +45,13 @@ pub fn create_key(home: &Path, client: &str) -> String {
         .to_string()
 }
 
+/// `mamori --home HOME serve --addr 127.0.0.1:0 ARGS...`.
+fn serve_command(home: &Path, args: &[OsString]) -> Command {
+    let mut c = mamori(home);
+    c.args(["serve", "--addr", "127.0.0.1:0"]).args(args);
+    c
+}
+
 /// Starts `mamori serve --allow-unsigned --addr 127.0.0.1:0 --model DIR`; returns the child
 /// and the base URL it printed.
 pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
@@ -68,9 +75,7 @@ pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
 /// Like [`start_serve_with`], also returning what the server logged before it listened.
 pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Child, String, Vec<String>) {
     let mut log = Vec::new();
-    let mut child = mamori(home)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(args)
+    let mut child = serve_command(home, args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -114,9 +119,7 @@ pub fn stop(mut child: Child) {
 /// Runs `mamori serve --addr 127.0.0.1:0 ARGS...` expecting it to refuse to start: returns its
 /// stderr once it has exited with a failure (panics if it starts serving or succeeds).
 pub fn serve_refuses(home: &Path, args: &[OsString]) -> String {
-    let mut child = mamori(home)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(args)
+    let mut child = serve_command(home, args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -112,10 +112,10 @@ impl TempPostgres {
     /// `SKIPPED` (in CI, `CI=true`, where `.ci/run` installs it, this panics instead).
     pub fn start_or_skip() -> Option<Self> {
         let Some(bindir) = postgres_bindir() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but no PostgreSQL found: .ci/run must `pip install pgserver`");
-            }
-            eprintln!("SKIPPED: no PostgreSQL (pip install pgserver, or set MAMORI_PG_BINDIR)");
+            super::skip_or_fail_in_ci(
+                "no PostgreSQL found",
+                "pip install pgserver (or set MAMORI_PG_BINDIR)",
+            );
             return None;
         };
         Some(Self::start(&bindir).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
@@ -224,9 +224,9 @@ impl TempPostgres {
         )
     }
 
-    /// Whether the server process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
+    /// The server's TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server (fast shutdown: open connections are closed), keeping its data.
