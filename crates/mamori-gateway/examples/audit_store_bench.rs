@@ -1,7 +1,9 @@
 //! Audit store benchmark: how many events per second the audit writer sustains into SQLite
 //! (the default, `<home>/audit.db`, WAL) and into PostgreSQL (the shared store of gateway
 //! replicas), at 1, 32 and 512 events per transaction (512 is the default `audit.batch`), and
-//! the latency of one `write_batch`.
+//! the latency of one `write_batch`; at 32 and 512, with and without the tamper-evident chain
+//! (`audit_chain`: one HMAC-SHA-256 and one SHA-256 per event, and three more columns), the
+//! baseline measured in the same run.
 //!
 //! ```text
 //! cargo run --release -p mamori-gateway --example audit_store_bench -- [--events 20000] [--postgres-url URL]
@@ -16,6 +18,7 @@
 
 use mamori_core::testing::TempPostgres;
 use mamori_gateway::audit::{AuditRecord, AuditStore, AuditWriter, RequestEvent, WriterOptions};
+use mamori_gateway::audit_chain::ChainWriter;
 use mamori_gateway::{PostgresStore, SqliteStore};
 use std::time::Instant;
 
@@ -60,8 +63,9 @@ fn event(i: u64) -> AuditRecord {
     })
 }
 
-/// Events per second through the writer, one producer, `n` events, `batch` per transaction.
-fn throughput(store: Box<dyn AuditStore>, n: u64, batch: usize) -> f64 {
+/// Events per second through the writer, one producer, `n` events, `batch` per transaction,
+/// sealed into a chain when `sealed`.
+fn throughput(store: Box<dyn AuditStore>, n: u64, batch: usize, sealed: bool) -> f64 {
     let w = AuditWriter::start_with(
         store,
         WriterOptions {
@@ -70,6 +74,7 @@ fn throughput(store: Box<dyn AuditStore>, n: u64, batch: usize) -> f64 {
             linger_ms: 0,
             spill: None,
             health: Default::default(),
+            chain: sealed.then(|| ChainWriter::in_memory("bench", [5; 32])),
         },
     );
     let t = Instant::now();
@@ -82,15 +87,29 @@ fn throughput(store: Box<dyn AuditStore>, n: u64, batch: usize) -> f64 {
     n as f64 / s
 }
 
-/// p50 and p99 (ms) of `write_batch` of `batch` events, `reps` times.
-fn batch_latency(store: &mut dyn AuditStore, batch: usize, reps: usize) -> (f64, f64) {
+/// p50 and p99 (ms) of writing `batch` events, `reps` times (sealing included when `sealed`).
+fn batch_latency(
+    store: &mut dyn AuditStore,
+    batch: usize,
+    reps: usize,
+    sealed: bool,
+) -> (f64, f64) {
+    let mut chain = ChainWriter::in_memory("bench-latency", [6; 32]);
     let mut ms: Vec<f64> = (0..reps)
         .map(|r| {
             let recs: Vec<AuditRecord> = (0..batch as u64)
                 .map(|i| event(1_000_000 + (r * batch) as u64 + i))
                 .collect();
             let t = Instant::now();
-            store.write_batch(&recs).expect("write_batch");
+            if sealed {
+                let s = chain.seal(&recs);
+                store
+                    .write_sealed(&recs, Some(&s.seals))
+                    .expect("write_sealed");
+                chain.commit(s);
+            } else {
+                store.write_batch(&recs).expect("write_batch");
+            }
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
@@ -124,8 +143,17 @@ fn main() {
     let postgres =
         || -> Box<dyn AuditStore> { Box::new(PostgresStore::connect(&url).expect("postgres")) };
     println!("{n} request events per run; one producer thread; writer thread as in the gateway\n");
-    println!("| store | events / transaction | events/s | write_batch p50 / p99 (ms) |");
-    println!("|---|---|---|---|");
+    let recs: Vec<AuditRecord> = (0..n).map(event).collect();
+    let chain = ChainWriter::in_memory("bench-seal", [4; 32]);
+    let t = Instant::now();
+    let sealed = chain.seal(&recs);
+    let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "sealing alone (canonical JSON, HMAC-SHA-256, key evolution): {per:.2} µs per event ({} seals)\n",
+        sealed.seals.len()
+    );
+    println!("| store | events / transaction | sealed | events/s | write p50 / p99 (ms) |");
+    println!("|---|---|---|---|---|");
     for batch in [1usize, 32, 512] {
         let runs = if batch == 1 { n / 10 } else { n };
         let stores: [(&str, &OpenStore); 2] = [
@@ -133,11 +161,18 @@ fn main() {
             ("PostgreSQL (fsync on)", &|_| postgres()),
         ];
         for (name, open) in stores {
-            let rate = throughput(open(&format!("t{batch}.db")), runs, batch);
-            let mut s = open(&format!("l{batch}.db"));
-            let reps = if batch == 512 { 40 } else { 200 };
-            let (p50, p99) = batch_latency(s.as_mut(), batch, reps);
-            println!("| {name} | {batch} | {rate:.0} | {p50:.2} / {p99:.2} |");
+            for sealed in [false, true] {
+                if sealed && batch == 1 {
+                    continue;
+                }
+                let tag = if sealed { "s" } else { "u" };
+                let rate = throughput(open(&format!("t{batch}{tag}.db")), runs, batch, sealed);
+                let mut s = open(&format!("l{batch}{tag}.db"));
+                let reps = if batch == 512 { 40 } else { 200 };
+                let (p50, p99) = batch_latency(s.as_mut(), batch, reps, sealed);
+                let yes = if sealed { "yes" } else { "no" };
+                println!("| {name} | {batch} | {yes} | {rate:.0} | {p50:.2} / {p99:.2} |");
+            }
         }
     }
 }

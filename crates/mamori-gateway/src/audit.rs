@@ -8,6 +8,7 @@
 //! writer thread, off the request path. [`AuditWriter::shutdown`] closes the queue and waits until every queued event is
 //! written, so an acknowledged request is never lost on a graceful shutdown.
 
+use crate::audit_chain::{ChainWriter, Seal};
 use crate::error::GatewayError;
 use mamori_core::Tensor;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -207,8 +208,29 @@ pub enum AuditRecord {
 
 /// Storage backend of the audit log (SQLite here; a Postgres backend implements the same).
 pub trait AuditStore: Send {
-    /// Writes a batch atomically.
-    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError>;
+    /// Writes a batch atomically, each record with its seal when `seals` is given (one per
+    /// record, in order; see [`crate::audit_chain`]).
+    fn write_sealed(
+        &mut self,
+        records: &[AuditRecord],
+        seals: Option<&[Seal]>,
+    ) -> Result<(), GatewayError>;
+    /// Writes a batch atomically, without seals.
+    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+        self.write_sealed(records, None)
+    }
+    /// The last seal of every writer in the store (largest number per writer).
+    fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError>;
+    /// The records `writer` sealed with numbers in `from..to`, by number (a number stored
+    /// twice comes twice).
+    fn sealed_range(
+        &self,
+        writer: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError>;
+    /// How many records carry no seal.
+    fn unsealed_count(&self) -> Result<u64, GatewayError>;
     /// Requests of `client` (every client when `None`) at or after `since_ms`, oldest first.
     fn requests(
         &self,
@@ -221,6 +243,82 @@ pub trait AuditStore: Send {
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError>;
     /// Watermark ledger entries of `model`, oldest first.
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError>;
+}
+
+/// The SQLite tables, each with the seal columns `writer`, `seq`, `mac`.
+const TABLES: [&str; 4] = ["requests", "alerts", "blocks", "ledger"];
+
+const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
+     input, output, scores, decision, status, error, latency_us";
+const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
+const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
+const LEDGER_COLS: &str =
+    "time_ms, model, client, watermark, input_sha256, true_label, given_label";
+
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestEvent> {
+    let input: Option<String> = r.get(7)?;
+    let output: Option<String> = r.get(8)?;
+    let scores: String = r.get(9)?;
+    Ok(RequestEvent {
+        time_ms: r.get::<_, i64>(0)? as u64,
+        request_id: r.get(1)?,
+        client: r.get(2)?,
+        key_id: r.get(3)?,
+        model: r.get(4)?,
+        batch: r.get::<_, i64>(5)? as u64,
+        input_sha256: r.get(6)?,
+        input: input.and_then(|s| serde_json::from_str(&s).ok()),
+        output: output.and_then(|s| serde_json::from_str(&s).ok()),
+        scores: serde_json::from_str(&scores).unwrap_or_default(),
+        decision: r.get(10)?,
+        status: r.get(11)?,
+        error: r.get(12)?,
+        latency_us: r.get::<_, i64>(13)? as u64,
+    })
+}
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertEvent> {
+    Ok(AlertEvent {
+        time_ms: r.get::<_, i64>(0)? as u64,
+        model: r.get(1)?,
+        client: r.get(2)?,
+        detector: r.get(3)?,
+        score: r.get(4)?,
+        queries: r.get::<_, i64>(5)? as u64,
+        action: r.get(6)?,
+    })
+}
+
+fn block_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlockEvent> {
+    Ok(BlockEvent {
+        time_ms: r.get::<_, i64>(0)? as u64,
+        model: r.get(1)?,
+        client: r.get(2)?,
+        kind: r.get(3)?,
+        by: r.get(4)?,
+        reason: r.get(5)?,
+    })
+}
+
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEvent> {
+    Ok(LedgerEvent {
+        time_ms: r.get::<_, i64>(0)? as u64,
+        model: r.get(1)?,
+        client: r.get(2)?,
+        watermark: r.get(3)?,
+        input_sha256: r.get(4)?,
+        true_label: r.get::<_, i64>(5)? as u64,
+        given_label: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+/// The seal stored after `n` event columns.
+fn seal_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Seal> {
+    Ok(Seal {
+        writer: r.get(n)?,
+        seq: r.get::<_, i64>(n + 1)? as u64,
+        mac: r.get(n + 2)?,
+    })
 }
 
 /// SQLite audit store (WAL journal, one transaction per batch).
@@ -272,6 +370,26 @@ impl SqliteStore {
                 true_label INTEGER NOT NULL, given_label INTEGER NOT NULL);",
         )
         .map_err(sq)?;
+        for table in TABLES {
+            let has_seq: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = 'seq'"
+                ))
+                .and_then(|mut st| st.exists([]))
+                .map_err(sq)?;
+            if !has_seq {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN writer TEXT;
+                     ALTER TABLE {table} ADD COLUMN seq INTEGER;
+                     ALTER TABLE {table} ADD COLUMN mac TEXT;"
+                ))
+                .map_err(sq)?;
+            }
+            conn.execute_batch(&format!(
+                "CREATE INDEX IF NOT EXISTS {table}_chain ON {table} (writer, seq);"
+            ))
+            .map_err(sq)?;
+        }
         Ok(Self { conn })
     }
 
@@ -282,15 +400,27 @@ impl SqliteStore {
 }
 
 impl AuditStore for SqliteStore {
-    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+    fn write_sealed(
+        &mut self,
+        records: &[AuditRecord],
+        seals: Option<&[Seal]>,
+    ) -> Result<(), GatewayError> {
+        check_seals(records, seals)?;
         let tx = self.conn.transaction().map_err(sq)?;
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
+            let seal = seals.map(|s| &s[i]);
+            let (writer, seq, mac) = (
+                seal.map(|s| s.writer.as_str()),
+                seal.map(|s| s.seq as i64),
+                seal.map(|s| s.mac.as_str()),
+            );
             match r {
                 AuditRecord::Request(e) => {
                     tx.prepare_cached(
                         "INSERT INTO requests (time_ms, request_id, client, key_id, model, batch,
-                         input_sha256, input, output, scores, decision, status, error, latency_us)
-                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+                         input_sha256, input, output, scores, decision, status, error, latency_us,
+                         writer, seq, mac)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
                     )
                     .map_err(sq)?
                     .execute(params![
@@ -308,13 +438,16 @@ impl AuditStore for SqliteStore {
                         e.status,
                         e.error,
                         e.latency_us as i64,
+                        writer,
+                        seq,
+                        mac,
                     ])
                     .map_err(sq)?;
                 }
                 AuditRecord::Alert(a) => {
                     tx.prepare_cached(
-                        "INSERT INTO alerts (time_ms, model, client, detector, score, queries, action)
-                         VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                        "INSERT INTO alerts (time_ms, model, client, detector, score, queries,
+                         action, writer, seq, mac) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
                     )
                     .map_err(sq)?
                     .execute(params![
@@ -324,14 +457,17 @@ impl AuditStore for SqliteStore {
                         a.detector,
                         a.score,
                         a.queries as i64,
-                        a.action
+                        a.action,
+                        writer,
+                        seq,
+                        mac,
                     ])
                     .map_err(sq)?;
                 }
                 AuditRecord::Block(b) => {
                     tx.prepare_cached(
-                        "INSERT INTO blocks (time_ms, model, client, kind, by, reason)
-                         VALUES (?1,?2,?3,?4,?5,?6)",
+                        "INSERT INTO blocks (time_ms, model, client, kind, by, reason, writer,
+                         seq, mac) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
                     )
                     .map_err(sq)?
                     .execute(params![
@@ -340,14 +476,18 @@ impl AuditStore for SqliteStore {
                         b.client,
                         b.kind,
                         b.by,
-                        b.reason
+                        b.reason,
+                        writer,
+                        seq,
+                        mac,
                     ])
                     .map_err(sq)?;
                 }
                 AuditRecord::Ledger(l) => {
                     tx.prepare_cached(
                         "INSERT INTO ledger (time_ms, model, client, watermark, input_sha256,
-                         true_label, given_label) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                         true_label, given_label, writer, seq, mac)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
                     )
                     .map_err(sq)?
                     .execute(params![
@@ -357,7 +497,10 @@ impl AuditStore for SqliteStore {
                         l.watermark,
                         l.input_sha256,
                         l.true_label as i64,
-                        l.given_label as i64
+                        l.given_label as i64,
+                        writer,
+                        seq,
+                        mac,
                     ])
                     .map_err(sq)?;
                 }
@@ -373,34 +516,13 @@ impl AuditStore for SqliteStore {
     ) -> Result<Vec<RequestEvent>, GatewayError> {
         let mut st = self
             .conn
-            .prepare(
-                "SELECT time_ms, request_id, client, key_id, model, batch, input_sha256, input,
-                 output, scores, decision, status, error, latency_us FROM requests
-                 WHERE (?1 IS NULL OR client = ?1) AND time_ms >= ?2 ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {REQUEST_COLS} FROM requests
+                 WHERE (?1 IS NULL OR client = ?1) AND time_ms >= ?2 ORDER BY id"
+            ))
             .map_err(sq)?;
         let rows = st
-            .query_map(params![client, since_ms as i64], |r| {
-                let input: Option<String> = r.get(7)?;
-                let output: Option<String> = r.get(8)?;
-                let scores: String = r.get(9)?;
-                Ok(RequestEvent {
-                    time_ms: r.get::<_, i64>(0)? as u64,
-                    request_id: r.get(1)?,
-                    client: r.get(2)?,
-                    key_id: r.get(3)?,
-                    model: r.get(4)?,
-                    batch: r.get::<_, i64>(5)? as u64,
-                    input_sha256: r.get(6)?,
-                    input: input.and_then(|s| serde_json::from_str(&s).ok()),
-                    output: output.and_then(|s| serde_json::from_str(&s).ok()),
-                    scores: serde_json::from_str(&scores).unwrap_or_default(),
-                    decision: r.get(10)?,
-                    status: r.get(11)?,
-                    error: r.get(12)?,
-                    latency_us: r.get::<_, i64>(13)? as u64,
-                })
-            })
+            .query_map(params![client, since_ms as i64], request_row)
             .map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
     }
@@ -408,68 +530,140 @@ impl AuditStore for SqliteStore {
     fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError> {
         let mut st = self
             .conn
-            .prepare(
-                "SELECT time_ms, model, client, detector, score, queries, action FROM alerts ORDER BY id",
-            )
+            .prepare(&format!("SELECT {ALERT_COLS} FROM alerts ORDER BY id"))
             .map_err(sq)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(AlertEvent {
-                    time_ms: r.get::<_, i64>(0)? as u64,
-                    model: r.get(1)?,
-                    client: r.get(2)?,
-                    detector: r.get(3)?,
-                    score: r.get(4)?,
-                    queries: r.get::<_, i64>(5)? as u64,
-                    action: r.get(6)?,
-                })
-            })
-            .map_err(sq)?;
+        let rows = st.query_map([], alert_row).map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
     }
 
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError> {
         let mut st = self
             .conn
-            .prepare("SELECT time_ms, model, client, kind, by, reason FROM blocks ORDER BY id")
+            .prepare(&format!("SELECT {BLOCK_COLS} FROM blocks ORDER BY id"))
             .map_err(sq)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(BlockEvent {
-                    time_ms: r.get::<_, i64>(0)? as u64,
-                    model: r.get(1)?,
-                    client: r.get(2)?,
-                    kind: r.get(3)?,
-                    by: r.get(4)?,
-                    reason: r.get(5)?,
-                })
-            })
-            .map_err(sq)?;
+        let rows = st.query_map([], block_row).map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
     }
 
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
         let mut st = self
             .conn
-            .prepare(
-                "SELECT time_ms, model, client, watermark, input_sha256, true_label, given_label
-                 FROM ledger WHERE (?1 IS NULL OR model = ?1) ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {LEDGER_COLS} FROM ledger WHERE (?1 IS NULL OR model = ?1) ORDER BY id"
+            ))
             .map_err(sq)?;
-        let rows = st
-            .query_map(params![model], |r| {
-                Ok(LedgerEvent {
-                    time_ms: r.get::<_, i64>(0)? as u64,
-                    model: r.get(1)?,
-                    client: r.get(2)?,
-                    watermark: r.get(3)?,
-                    input_sha256: r.get(4)?,
-                    true_label: r.get::<_, i64>(5)? as u64,
-                    given_label: r.get::<_, i64>(6)? as u64,
-                })
-            })
-            .map_err(sq)?;
+        let rows = st.query_map(params![model], ledger_row).map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
+    }
+
+    fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {
+        let union = TABLES
+            .iter()
+            .map(|t| format!("SELECT writer, seq, mac FROM {t} WHERE writer IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        // SQLite's bare columns: with MAX(), `mac` comes from the row holding the maximum.
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT writer, MAX(seq), mac FROM ({union}) GROUP BY writer ORDER BY writer"
+            ))
+            .map_err(sq)?;
+        let rows = st.query_map([], |r| seal_row(r, 0)).map_err(sq)?;
+        rows.collect::<Result<_, _>>().map_err(sq)
+    }
+
+    fn sealed_range(
+        &self,
+        writer: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
+        let mut out = Vec::new();
+        let range = params![writer, from as i64, to.min(i64::MAX as u64) as i64];
+        let cond = "WHERE writer = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq, id";
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {REQUEST_COLS}, writer, seq, mac FROM requests {cond}"
+            ))
+            .map_err(sq)?;
+        for row in st
+            .query_map(range, |r| {
+                Ok((seal_row(r, 14)?, AuditRecord::Request(request_row(r)?)))
+            })
+            .map_err(sq)?
+        {
+            out.push(row.map_err(sq)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {ALERT_COLS}, writer, seq, mac FROM alerts {cond}"
+            ))
+            .map_err(sq)?;
+        for row in st
+            .query_map(range, |r| {
+                Ok((seal_row(r, 7)?, AuditRecord::Alert(alert_row(r)?)))
+            })
+            .map_err(sq)?
+        {
+            out.push(row.map_err(sq)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {BLOCK_COLS}, writer, seq, mac FROM blocks {cond}"
+            ))
+            .map_err(sq)?;
+        for row in st
+            .query_map(range, |r| {
+                Ok((seal_row(r, 6)?, AuditRecord::Block(block_row(r)?)))
+            })
+            .map_err(sq)?
+        {
+            out.push(row.map_err(sq)?);
+        }
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {LEDGER_COLS}, writer, seq, mac FROM ledger {cond}"
+            ))
+            .map_err(sq)?;
+        for row in st
+            .query_map(range, |r| {
+                Ok((seal_row(r, 7)?, AuditRecord::Ledger(ledger_row(r)?)))
+            })
+            .map_err(sq)?
+        {
+            out.push(row.map_err(sq)?);
+        }
+        out.sort_by_key(|(s, _)| s.seq);
+        Ok(out)
+    }
+
+    fn unsealed_count(&self) -> Result<u64, GatewayError> {
+        let sum = TABLES
+            .iter()
+            .map(|t| format!("(SELECT COUNT(*) FROM {t} WHERE seq IS NULL)"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        self.conn
+            .query_row(&format!("SELECT {sum}"), [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(sq)
+    }
+}
+
+/// Checks that `seals`, when given, has one seal per record.
+fn check_seals(records: &[AuditRecord], seals: Option<&[Seal]>) -> Result<(), GatewayError> {
+    match seals {
+        Some(s) if s.len() != records.len() => Err(GatewayError::Storage(format!(
+            "{} seals for {} audit records",
+            s.len(),
+            records.len()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -478,6 +672,8 @@ impl AuditStore for SqliteStore {
 pub struct MemoryStore {
     /// Everything written, in order.
     pub records: Arc<Mutex<Vec<AuditRecord>>>,
+    /// The seals written, with the index of their record in `records`.
+    seals: Arc<Mutex<Vec<(usize, Seal)>>>,
 }
 
 impl MemoryStore {
@@ -493,12 +689,60 @@ impl MemoryStore {
 }
 
 impl AuditStore for MemoryStore {
-    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
-        self.records
+    fn write_sealed(
+        &mut self,
+        records: &[AuditRecord],
+        seals: Option<&[Seal]>,
+    ) -> Result<(), GatewayError> {
+        check_seals(records, seals)?;
+        let mut all = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let start = all.len();
+        all.extend_from_slice(records);
+        if let Some(seals) = seals {
+            self.seals.lock().unwrap_or_else(|e| e.into_inner()).extend(
+                seals
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, s)| (start + i, s)),
+            );
+        }
+        Ok(())
+    }
+    fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {
+        let mut heads: std::collections::BTreeMap<String, Seal> = Default::default();
+        for (_, s) in self.seals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let h = heads.entry(s.writer.clone()).or_insert_with(|| s.clone());
+            if s.seq > h.seq {
+                *h = s.clone();
+            }
+        }
+        Ok(heads.into_values().collect())
+    }
+    fn sealed_range(
+        &self,
+        writer: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(Seal, AuditRecord)> = self
+            .seals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(records);
-        Ok(())
+            .iter()
+            .filter(|(i, s)| {
+                s.writer == writer && s.seq >= from && s.seq < to && *i < records.len()
+            })
+            .map(|(i, s)| (s.clone(), records[*i].clone()))
+            .collect();
+        out.sort_by_key(|(s, _)| s.seq);
+        Ok(out)
+    }
+    fn unsealed_count(&self) -> Result<u64, GatewayError> {
+        let n = self.records.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let sealed = self.seals.lock().unwrap_or_else(|e| e.into_inner()).len();
+        Ok(n.saturating_sub(sealed) as u64)
     }
     fn requests(
         &self,
@@ -541,7 +785,7 @@ enum Msg {
 }
 
 /// Settings of an [`AuditWriter`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct WriterOptions {
     /// Capacity of the bounded queue (producers wait when it is full).
     pub capacity: usize,
@@ -558,6 +802,9 @@ pub struct WriterOptions {
     pub spill: Option<std::path::PathBuf>,
     /// Counters and gauge the writer keeps up to date (the gateway's `/metrics`).
     pub health: crate::metrics::AuditHealth,
+    /// The tamper-evident chain sealing every record written (see [`crate::audit_chain`]);
+    /// `None` writes records unsealed.
+    pub chain: Option<ChainWriter>,
 }
 
 /// Quick retries of a failed batch before it goes to the spill file.
@@ -571,6 +818,7 @@ pub const SHUTDOWN_RETRIES: u32 = 10;
 fn write_with_retry(
     st: &Mutex<Box<dyn AuditStore>>,
     buf: &[AuditRecord],
+    seals: Option<&[Seal]>,
     can_spill: bool,
     closing: impl Fn() -> bool,
     health: &crate::metrics::AuditHealth,
@@ -581,7 +829,7 @@ fn write_with_retry(
         let result = st
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .write_batch(buf);
+            .write_sealed(buf, seals);
         match result {
             Ok(()) => {
                 if failures > 0 {
@@ -607,6 +855,20 @@ fn write_with_retry(
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Advances `chain` past a stored batch's seals.
+fn commit_seals(
+    chain: &mut Option<ChainWriter>,
+    sealed: Option<crate::audit_chain::Sealed>,
+    health: &crate::metrics::AuditHealth,
+) {
+    if let (Some(c), Some(s)) = (chain.as_mut(), sealed) {
+        c.commit(s);
+        health
+            .chain_sealed
+            .set(i64::try_from(c.next_seq()).unwrap_or(i64::MAX));
     }
 }
 
@@ -671,7 +933,12 @@ impl Spill {
 
     /// Writes the spilled records into the store in batches of `batch`; what the store still
     /// refuses stays in the file (rewritten atomically), so nothing is written twice.
-    fn replay(&mut self, st: &Mutex<Box<dyn AuditStore>>, batch: usize) {
+    fn replay(
+        &mut self,
+        st: &Mutex<Box<dyn AuditStore>>,
+        batch: usize,
+        chain: &mut Option<ChainWriter>,
+    ) {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -702,15 +969,17 @@ impl Spill {
         }
         let mut done = 0;
         for chunk in records.chunks(batch.max(1)) {
+            let sealed = chain.as_ref().map(|c| c.seal(chunk));
             let ok = st
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .write_batch(chunk)
+                .write_sealed(chunk, sealed.as_ref().map(|s| s.seals.as_slice()))
                 .is_ok();
             if !ok {
                 self.health.write_failures.inc();
                 break;
             }
+            commit_seals(chain, sealed, &self.health);
             done += chunk.len();
             self.health.replayed_events.inc_by(chunk.len() as u64);
         }
@@ -813,6 +1082,7 @@ impl AuditWriter {
                 linger_ms,
                 spill: None,
                 health: Default::default(),
+                chain: None,
             },
         )
     }
@@ -829,9 +1099,15 @@ impl AuditWriter {
             .name("mamori-audit".into())
             .spawn(move || {
                 let health = opts.health;
+                let mut chain = opts.chain;
+                if let Some(c) = &chain {
+                    health
+                        .chain_sealed
+                        .set(i64::try_from(c.next_seq()).unwrap_or(i64::MAX));
+                }
                 let mut spill = opts.spill.map(|p| Spill::new(p, health.clone()));
                 if let Some(sp) = spill.as_mut() {
-                    sp.replay(&st, batch);
+                    sp.replay(&st, batch, &mut chain);
                 }
                 let mut buf: Vec<AuditRecord> = Vec::with_capacity(batch);
                 let mut waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
@@ -849,15 +1125,20 @@ impl AuditWriter {
                         }
                     }
                     if !buf.is_empty() {
+                        let sealed = chain.as_ref().map(|c| c.seal(&buf));
                         let written = write_with_retry(
                             &st,
                             &buf,
+                            sealed.as_ref().map(|s| s.seals.as_slice()),
                             spill.is_some(),
                             || rx.is_closed(),
                             &health,
                         );
+                        if written {
+                            commit_seals(&mut chain, sealed, &health);
+                        }
                         match (written, spill.as_mut()) {
-                            (true, Some(sp)) if sp.pending => sp.replay(&st, batch),
+                            (true, Some(sp)) if sp.pending => sp.replay(&st, batch, &mut chain),
                             (false, Some(sp)) => sp.append(&buf),
                             (false, None) => tracing::error!(
                                 "audit store unavailable at shutdown: {} events lost",
@@ -1076,11 +1357,29 @@ mod tests {
     }
 
     impl AuditStore for FlakyStore {
-        fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+        fn write_sealed(
+            &mut self,
+            records: &[AuditRecord],
+            seals: Option<&[Seal]>,
+        ) -> Result<(), GatewayError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(GatewayError::Storage("database down".into()));
             }
-            self.inner.write_batch(records)
+            self.inner.write_sealed(records, seals)
+        }
+        fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {
+            self.inner.chain_heads()
+        }
+        fn sealed_range(
+            &self,
+            w: &str,
+            a: u64,
+            b: u64,
+        ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
+            self.inner.sealed_range(w, a, b)
+        }
+        fn unsealed_count(&self) -> Result<u64, GatewayError> {
+            self.inner.unsealed_count()
         }
         fn requests(&self, c: Option<&str>, s: u64) -> Result<Vec<RequestEvent>, GatewayError> {
             self.inner.requests(c, s)
@@ -1109,6 +1408,7 @@ mod tests {
                 linger_ms: 0,
                 spill: Some(spill.to_path_buf()),
                 health: health.clone(),
+                chain: None,
             },
         )
     }
@@ -1247,6 +1547,54 @@ mod tests {
             error: None,
             latency_us: 5,
         }
+    }
+
+    #[test]
+    fn records_written_through_an_outage_are_sealed_once_in_order() {
+        use crate::audit_chain::{verify, VerifyKey};
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("spill.jsonl");
+        let store = FlakyStore::default();
+        let metrics = crate::metrics::Metrics::new();
+        let health = metrics.audit_health();
+        let w = AuditWriter::start_with(
+            Box::new(store.clone()),
+            WriterOptions {
+                capacity: 64,
+                batch: 2,
+                linger_ms: 0,
+                spill: Some(spill.clone()),
+                health: health.clone(),
+                chain: Some(ChainWriter::in_memory("w", [3u8; 32])),
+            },
+        );
+        for i in 0..3 {
+            w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
+        }
+        w.flush();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for i in 3..8 {
+            w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
+        }
+        w.flush();
+        assert!(spill.is_file());
+        assert_eq!(health.chain_sealed.get(), 3);
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        for i in 8..10 {
+            w.record(AuditRecord::Request(ev(i, "a"))).unwrap();
+        }
+        w.shutdown();
+        assert!(!spill.exists());
+        assert_eq!(health.chain_sealed.get(), 10);
+        assert!(metrics.encode().contains("mamori_audit_chain_sealed 10"));
+        let key = VerifyKey {
+            writer: "w".into(),
+            key0: hex::encode([3u8; 32]),
+        };
+        let rep = verify(&store, &[key], &[("w".into(), 10)]).unwrap();
+        assert!(rep.intact, "{rep:?}");
+        assert_eq!(rep.writers[0].verified, 10);
+        assert_eq!(rep.unsealed, 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! connected to. A Unix socket (`host=/var/run/postgresql`) needs no TLS.
 
 use crate::audit::{AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent};
+use crate::audit_chain::Seal;
 use crate::config::redact_password;
 use crate::error::GatewayError;
 use postgres::Client;
@@ -47,7 +48,101 @@ CREATE TABLE IF NOT EXISTS mamori_ledger (
     client TEXT NOT NULL, watermark TEXT NOT NULL, input_sha256 TEXT NOT NULL,
     true_label BIGINT NOT NULL, given_label BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS mamori_ledger_model ON mamori_ledger (model);
+ALTER TABLE mamori_requests ADD COLUMN IF NOT EXISTS writer TEXT,
+    ADD COLUMN IF NOT EXISTS seq BIGINT, ADD COLUMN IF NOT EXISTS mac TEXT;
+ALTER TABLE mamori_alerts ADD COLUMN IF NOT EXISTS writer TEXT,
+    ADD COLUMN IF NOT EXISTS seq BIGINT, ADD COLUMN IF NOT EXISTS mac TEXT;
+ALTER TABLE mamori_blocks ADD COLUMN IF NOT EXISTS writer TEXT,
+    ADD COLUMN IF NOT EXISTS seq BIGINT, ADD COLUMN IF NOT EXISTS mac TEXT;
+ALTER TABLE mamori_ledger ADD COLUMN IF NOT EXISTS writer TEXT,
+    ADD COLUMN IF NOT EXISTS seq BIGINT, ADD COLUMN IF NOT EXISTS mac TEXT;
+CREATE INDEX IF NOT EXISTS mamori_requests_chain ON mamori_requests (writer, seq);
+CREATE INDEX IF NOT EXISTS mamori_alerts_chain ON mamori_alerts (writer, seq);
+CREATE INDEX IF NOT EXISTS mamori_blocks_chain ON mamori_blocks (writer, seq);
+CREATE INDEX IF NOT EXISTS mamori_ledger_chain ON mamori_ledger (writer, seq);
 ";
+
+/// The tables, each with the seal columns `writer`, `seq`, `mac`.
+const TABLES: [&str; 4] = [
+    "mamori_requests",
+    "mamori_alerts",
+    "mamori_blocks",
+    "mamori_ledger",
+];
+const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
+     input, output, scores, decision, status, error, latency_us";
+const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
+const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
+const LEDGER_COLS: &str =
+    "time_ms, model, client, watermark, input_sha256, true_label, given_label";
+
+fn request_row(r: &postgres::Row) -> Result<RequestEvent, postgres::Error> {
+    let input: Option<serde_json::Value> = r.try_get(7)?;
+    let scores: serde_json::Value = r.try_get(9)?;
+    Ok(RequestEvent {
+        time_ms: u64_of(r.try_get(0)?),
+        request_id: r.try_get(1)?,
+        client: r.try_get(2)?,
+        key_id: r.try_get(3)?,
+        model: r.try_get(4)?,
+        batch: u64_of(r.try_get(5)?),
+        input_sha256: r.try_get(6)?,
+        input: input.and_then(|v| serde_json::from_value(v).ok()),
+        output: r.try_get(8)?,
+        scores: match scores {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        },
+        decision: r.try_get(10)?,
+        status: u16::try_from(r.try_get::<_, i32>(11)?).unwrap_or(0),
+        error: r.try_get(12)?,
+        latency_us: u64_of(r.try_get(13)?),
+    })
+}
+
+fn alert_row(r: &postgres::Row) -> Result<AlertEvent, postgres::Error> {
+    Ok(AlertEvent {
+        time_ms: u64_of(r.try_get(0)?),
+        model: r.try_get(1)?,
+        client: r.try_get(2)?,
+        detector: r.try_get(3)?,
+        score: r.try_get(4)?,
+        queries: u64_of(r.try_get(5)?),
+        action: r.try_get(6)?,
+    })
+}
+
+fn block_row(r: &postgres::Row) -> Result<BlockEvent, postgres::Error> {
+    Ok(BlockEvent {
+        time_ms: u64_of(r.try_get(0)?),
+        model: r.try_get(1)?,
+        client: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        by: r.try_get(4)?,
+        reason: r.try_get(5)?,
+    })
+}
+
+fn ledger_row(r: &postgres::Row) -> Result<LedgerEvent, postgres::Error> {
+    Ok(LedgerEvent {
+        time_ms: u64_of(r.try_get(0)?),
+        model: r.try_get(1)?,
+        client: r.try_get(2)?,
+        watermark: r.try_get(3)?,
+        input_sha256: r.try_get(4)?,
+        true_label: u64_of(r.try_get(5)?),
+        given_label: u64_of(r.try_get(6)?),
+    })
+}
+
+/// The seal stored after `n` event columns.
+fn seal_row(r: &postgres::Row, n: usize) -> Result<Seal, postgres::Error> {
+    Ok(Seal {
+        writer: r.try_get(n)?,
+        seq: u64_of(r.try_get(n + 1)?),
+        mac: r.try_get(n + 2)?,
+    })
+}
 
 /// The PostgreSQL audit store (see the module documentation).
 pub struct PostgresStore {
@@ -79,25 +174,27 @@ impl Inserts {
             // batch.
             requests: c.prepare(
                 "INSERT INTO mamori_requests (time_ms, request_id, client, key_id, model, batch,
-                 input_sha256, input, output, scores, decision, status, error, latency_us)
-                 SELECT t, rid, cl, k, m, b, h, i, o, s, d, st, er, l FROM UNNEST(
+                 input_sha256, input, output, scores, decision, status, error, latency_us,
+                 writer, seq, mac)
+                 SELECT t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc FROM UNNEST(
                    $1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
                    $7::TEXT[], $8::JSONB[], $9::JSONB[], $10::JSONB[], $11::TEXT[], $12::INT[],
-                   $13::TEXT[], $14::BIGINT[])
-                 WITH ORDINALITY AS u(t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, n)
+                   $13::TEXT[], $14::BIGINT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[])
+                 WITH ORDINALITY AS u(t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc, n)
                  ORDER BY n",
             )?,
             alert: c.prepare(
-                "INSERT INTO mamori_alerts (time_ms, model, client, detector, score, queries, action)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                "INSERT INTO mamori_alerts (time_ms, model, client, detector, score, queries,
+                 action, writer, seq, mac) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
             )?,
             block: c.prepare(
-                "INSERT INTO mamori_blocks (time_ms, model, client, kind, by, reason)
-                 VALUES ($1,$2,$3,$4,$5,$6)",
+                "INSERT INTO mamori_blocks (time_ms, model, client, kind, by, reason, writer,
+                 seq, mac) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
             )?,
             ledger: c.prepare(
                 "INSERT INTO mamori_ledger (time_ms, model, client, watermark, input_sha256,
-                 true_label, given_label) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                 true_label, given_label, writer, seq, mac)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
             )?,
         })
     }
@@ -250,12 +347,20 @@ fn pg(url: &str, what: &str, e: postgres::Error) -> GatewayError {
     ))
 }
 
+/// A `u64` in a `BIGINT` column: the same 64 bits (as the SQLite store keeps them), so every
+/// value comes back exactly through [`u64_of`] and a sealed record verifies.
 fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+    v as i64
 }
 
+/// The `u64` that [`i64_of`] stored.
 fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
+    v as u64
+}
+
+/// A `u64` bound in a query, saturated (a bound past `i64::MAX` means "no bound").
+fn bound(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn json_of<T: serde::Serialize>(v: &T) -> serde_json::Value {
@@ -263,7 +368,29 @@ fn json_of<T: serde::Serialize>(v: &T) -> serde_json::Value {
 }
 
 impl AuditStore for PostgresStore {
-    fn write_batch(&mut self, records: &[AuditRecord]) -> Result<(), GatewayError> {
+    fn write_sealed(
+        &mut self,
+        records: &[AuditRecord],
+        seals: Option<&[Seal]>,
+    ) -> Result<(), GatewayError> {
+        if let Some(s) = seals {
+            if s.len() != records.len() {
+                return Err(GatewayError::Storage(format!(
+                    "{} seals for {} audit records",
+                    s.len(),
+                    records.len()
+                )));
+            }
+        }
+        let seal_at = |i: usize| seals.map(|s| &s[i]);
+        let seal_cols = |i: usize| {
+            let s = seal_at(i);
+            (
+                s.map(|s| s.writer.as_str()),
+                s.map(|s| i64_of(s.seq)),
+                s.map(|s| s.mac.as_str()),
+            )
+        };
         let url = self.url.as_str();
         let e = |what: &'static str| move |err: postgres::Error| pg(url, what, err);
         let mut guard = self.conn()?;
@@ -274,13 +401,14 @@ impl AuditStore for PostgresStore {
         let Conn { client, inserts } = conn;
         let ins = inserts.as_ref().expect("prepared above");
         let mut tx = client.transaction().map_err(e("beginning a transaction"))?;
-        let reqs: Vec<&RequestEvent> = records
+        let (reqs, req_seals): (Vec<&RequestEvent>, Vec<_>) = records
             .iter()
-            .filter_map(|r| match r {
-                AuditRecord::Request(q) => Some(q),
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                AuditRecord::Request(q) => Some((q, seal_cols(i))),
                 _ => None,
             })
-            .collect();
+            .unzip();
         if !reqs.is_empty() {
             let col = |f: &dyn Fn(&RequestEvent) -> i64| reqs.iter().map(|q| f(q)).collect();
             let time: Vec<i64> = col(&|q| i64_of(q.time_ms));
@@ -301,6 +429,9 @@ impl AuditStore for PostgresStore {
                 .map(|q| serde_json::Value::Object(q.scores.clone()))
                 .collect();
             let status: Vec<i32> = reqs.iter().map(|q| i32::from(q.status)).collect();
+            let writer: Vec<Option<&str>> = req_seals.iter().map(|s| s.0).collect();
+            let seq: Vec<Option<i64>> = req_seals.iter().map(|s| s.1).collect();
+            let mac: Vec<Option<&str>> = req_seals.iter().map(|s| s.2).collect();
             tx.execute(
                 &ins.requests,
                 &[
@@ -318,11 +449,15 @@ impl AuditStore for PostgresStore {
                     &status,
                     &opt(&|q| q.error.as_deref()),
                     &latency,
+                    &writer,
+                    &seq,
+                    &mac,
                 ],
             )
             .map_err(e("writing requests"))?;
         }
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
+            let (writer, seq, mac) = seal_cols(i);
             match r {
                 AuditRecord::Request(_) => {}
                 AuditRecord::Alert(a) => {
@@ -336,6 +471,9 @@ impl AuditStore for PostgresStore {
                             &a.score,
                             &i64_of(a.queries),
                             &a.action,
+                            &writer,
+                            &seq,
+                            &mac,
                         ],
                     )
                     .map_err(e("writing an alert"))?;
@@ -350,6 +488,9 @@ impl AuditStore for PostgresStore {
                             &b.kind,
                             &b.by,
                             &b.reason,
+                            &writer,
+                            &seq,
+                            &mac,
                         ],
                     )
                     .map_err(e("writing a block"))?;
@@ -365,6 +506,9 @@ impl AuditStore for PostgresStore {
                             &l.input_sha256,
                             &i64_of(l.true_label),
                             &i64_of(l.given_label),
+                            &writer,
+                            &seq,
+                            &mac,
                         ],
                     )
                     .map_err(e("writing a ledger entry"))?;
@@ -382,36 +526,15 @@ impl AuditStore for PostgresStore {
         let rows = self
             .conn()?
             .query(
-                "SELECT time_ms, request_id, client, key_id, model, batch, input_sha256, input,
-                 output, scores, decision, status, error, latency_us FROM mamori_requests
-                 WHERE ($1::TEXT IS NULL OR client = $1) AND time_ms >= $2 ORDER BY id",
-                &[&client, &i64_of(since_ms)],
+                &format!(
+                    "SELECT {REQUEST_COLS} FROM mamori_requests
+                     WHERE ($1::TEXT IS NULL OR client = $1) AND time_ms >= $2 ORDER BY id"
+                ),
+                &[&client, &bound(since_ms)],
             )
             .map_err(|e| pg(&self.url, "reading requests", e))?;
         rows.iter()
-            .map(|r| {
-                let input: Option<serde_json::Value> = r.try_get(7)?;
-                let scores: serde_json::Value = r.try_get(9)?;
-                Ok(RequestEvent {
-                    time_ms: u64_of(r.try_get(0)?),
-                    request_id: r.try_get(1)?,
-                    client: r.try_get(2)?,
-                    key_id: r.try_get(3)?,
-                    model: r.try_get(4)?,
-                    batch: u64_of(r.try_get(5)?),
-                    input_sha256: r.try_get(6)?,
-                    input: input.and_then(|v| serde_json::from_value(v).ok()),
-                    output: r.try_get(8)?,
-                    scores: match scores {
-                        serde_json::Value::Object(m) => m,
-                        _ => Default::default(),
-                    },
-                    decision: r.try_get(10)?,
-                    status: u16::try_from(r.try_get::<_, i32>(11)?).unwrap_or(0),
-                    error: r.try_get(12)?,
-                    latency_us: u64_of(r.try_get(13)?),
-                })
-            })
+            .map(request_row)
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading requests", e))
     }
@@ -420,23 +543,12 @@ impl AuditStore for PostgresStore {
         let rows = self
             .conn()?
             .query(
-                "SELECT time_ms, model, client, detector, score, queries, action
-                 FROM mamori_alerts ORDER BY id",
+                &format!("SELECT {ALERT_COLS} FROM mamori_alerts ORDER BY id"),
                 &[],
             )
             .map_err(|e| pg(&self.url, "reading alerts", e))?;
         rows.iter()
-            .map(|r| {
-                Ok(AlertEvent {
-                    time_ms: u64_of(r.try_get(0)?),
-                    model: r.try_get(1)?,
-                    client: r.try_get(2)?,
-                    detector: r.try_get(3)?,
-                    score: r.try_get(4)?,
-                    queries: u64_of(r.try_get(5)?),
-                    action: r.try_get(6)?,
-                })
-            })
+            .map(alert_row)
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading alerts", e))
     }
@@ -445,21 +557,12 @@ impl AuditStore for PostgresStore {
         let rows = self
             .conn()?
             .query(
-                "SELECT time_ms, model, client, kind, by, reason FROM mamori_blocks ORDER BY id",
+                &format!("SELECT {BLOCK_COLS} FROM mamori_blocks ORDER BY id"),
                 &[],
             )
             .map_err(|e| pg(&self.url, "reading blocks", e))?;
         rows.iter()
-            .map(|r| {
-                Ok(BlockEvent {
-                    time_ms: u64_of(r.try_get(0)?),
-                    model: r.try_get(1)?,
-                    client: r.try_get(2)?,
-                    kind: r.try_get(3)?,
-                    by: r.try_get(4)?,
-                    reason: r.try_get(5)?,
-                })
-            })
+            .map(block_row)
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading blocks", e))
     }
@@ -468,24 +571,116 @@ impl AuditStore for PostgresStore {
         let rows = self
             .conn()?
             .query(
-                "SELECT time_ms, model, client, watermark, input_sha256, true_label, given_label
-                 FROM mamori_ledger WHERE ($1::TEXT IS NULL OR model = $1) ORDER BY id",
+                &format!(
+                    "SELECT {LEDGER_COLS} FROM mamori_ledger
+                     WHERE ($1::TEXT IS NULL OR model = $1) ORDER BY id"
+                ),
                 &[&model],
             )
             .map_err(|e| pg(&self.url, "reading the ledger", e))?;
         rows.iter()
-            .map(|r| {
-                Ok(LedgerEvent {
-                    time_ms: u64_of(r.try_get(0)?),
-                    model: r.try_get(1)?,
-                    client: r.try_get(2)?,
-                    watermark: r.try_get(3)?,
-                    input_sha256: r.try_get(4)?,
-                    true_label: u64_of(r.try_get(5)?),
-                    given_label: u64_of(r.try_get(6)?),
-                })
-            })
+            .map(ledger_row)
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading the ledger", e))
+    }
+
+    fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {
+        let union = TABLES
+            .iter()
+            .map(|t| format!("SELECT writer, seq, mac FROM {t} WHERE writer IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT DISTINCT ON (writer) writer, seq, mac FROM ({union}) AS c
+                     ORDER BY writer, seq DESC"
+                ),
+                &[],
+            )
+            .map_err(|e| pg(&self.url, "reading the audit chain heads", e))?;
+        rows.iter()
+            .map(|r| seal_row(r, 0))
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading the audit chain heads", e))
+    }
+
+    fn sealed_range(
+        &self,
+        writer: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
+        let e = |err| pg(&self.url, "reading the audit chain", err);
+        let cond = "WHERE writer = $1 AND seq >= $2 AND seq < $3 ORDER BY seq, id";
+        let args: [&(dyn postgres::types::ToSql + Sync); 3] = [&writer, &bound(from), &bound(to)];
+        let mut c = self.conn()?;
+        let mut out = Vec::new();
+        for r in c
+            .query(
+                &format!("SELECT {REQUEST_COLS}, writer, seq, mac FROM mamori_requests {cond}"),
+                &args,
+            )
+            .map_err(e)?
+        {
+            out.push((
+                seal_row(&r, 14).map_err(e)?,
+                AuditRecord::Request(request_row(&r).map_err(e)?),
+            ));
+        }
+        for r in c
+            .query(
+                &format!("SELECT {ALERT_COLS}, writer, seq, mac FROM mamori_alerts {cond}"),
+                &args,
+            )
+            .map_err(e)?
+        {
+            out.push((
+                seal_row(&r, 7).map_err(e)?,
+                AuditRecord::Alert(alert_row(&r).map_err(e)?),
+            ));
+        }
+        for r in c
+            .query(
+                &format!("SELECT {BLOCK_COLS}, writer, seq, mac FROM mamori_blocks {cond}"),
+                &args,
+            )
+            .map_err(e)?
+        {
+            out.push((
+                seal_row(&r, 6).map_err(e)?,
+                AuditRecord::Block(block_row(&r).map_err(e)?),
+            ));
+        }
+        for r in c
+            .query(
+                &format!("SELECT {LEDGER_COLS}, writer, seq, mac FROM mamori_ledger {cond}"),
+                &args,
+            )
+            .map_err(e)?
+        {
+            out.push((
+                seal_row(&r, 7).map_err(e)?,
+                AuditRecord::Ledger(ledger_row(&r).map_err(e)?),
+            ));
+        }
+        out.sort_by_key(|(s, _)| s.seq);
+        Ok(out)
+    }
+
+    fn unsealed_count(&self) -> Result<u64, GatewayError> {
+        let sum = TABLES
+            .iter()
+            .map(|t| format!("(SELECT COUNT(*) FROM {t} WHERE seq IS NULL)"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let row = self
+            .conn()?
+            .query_one(&format!("SELECT ({sum})::BIGINT"), &[])
+            .map_err(|e| pg(&self.url, "counting unsealed audit records", e))?;
+        row.try_get::<_, i64>(0)
+            .map(u64_of)
+            .map_err(|e| pg(&self.url, "counting unsealed audit records", e))
     }
 }

@@ -316,6 +316,7 @@ pub struct ChainBuilder {
     keys: Option<Arc<KeyStore>>,
     store: Option<Box<dyn AuditStore>>,
     audit_spill: Option<std::path::PathBuf>,
+    audit_chain: Option<std::path::PathBuf>,
     models: Vec<ModelSpec>,
     registry: Option<PostprocessorRegistry>,
     ledger: Option<Arc<dyn LedgerSink>>,
@@ -332,6 +333,7 @@ impl ChainBuilder {
             keys: None,
             store: None,
             audit_spill: None,
+            audit_chain: None,
             models: Vec::new(),
             registry: None,
             ledger: None,
@@ -355,6 +357,12 @@ impl ChainBuilder {
     /// store).
     pub fn audit_spill(mut self, path: std::path::PathBuf) -> Self {
         self.audit_spill = Some(path);
+        self
+    }
+    /// Seals every audit record into the tamper-evident chain whose state lives in `dir`
+    /// (`<home>/audit-chain`; see [`crate::audit_chain`]; default: records are not sealed).
+    pub fn audit_chain(mut self, dir: std::path::PathBuf) -> Self {
+        self.audit_chain = Some(dir);
         self
     }
     /// Adds a served model.
@@ -460,6 +468,18 @@ impl ChainBuilder {
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
         let metrics = self.metrics.unwrap_or_default();
+        let audit_chain = match &self.audit_chain {
+            Some(dir) => {
+                let c = crate::audit_chain::ChainWriter::open(dir, store.as_ref())?;
+                tracing::info!(
+                    "audit chain: writer {}, {} records sealed so far",
+                    c.writer(),
+                    c.next_seq()
+                );
+                Some(c)
+            }
+            None => None,
+        };
         let audit = Arc::new(AuditWriter::start_with(
             store,
             crate::audit::WriterOptions {
@@ -468,6 +488,7 @@ impl ChainBuilder {
                 linger_ms: self.config.audit.linger_ms,
                 spill: self.audit_spill,
                 health: metrics.audit_health(),
+                chain: audit_chain,
             },
         ));
         let ledger = self

@@ -134,6 +134,10 @@ pub struct AuditConfig {
     /// carries more events (fewer commits and wake-ups under load). A flush or a shutdown does
     /// not wait.
     pub linger_ms: u64,
+    /// Seal every record into the tamper-evident chain (`mamori audit verify`; default on;
+    /// see [`crate::audit_chain`]). The chain's state lives in `<home>/audit-chain`: one
+    /// gateway process per home directory.
+    pub seal: bool,
 }
 
 impl AuditConfig {
@@ -158,6 +162,7 @@ impl Default for AuditConfig {
             queue: 10_000,
             batch: 512,
             linger_ms: 2,
+            seal: true,
         }
     }
 }

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod audit;
+pub mod audit_chain;
 pub mod audit_postgres;
 pub mod chain;
 pub mod config;

@@ -63,6 +63,11 @@ pub struct AuditHealth {
     pub replayed_events: Counter,
     /// `mamori_audit_spill_pending`: 1 while the spill file holds events not yet in the store.
     pub spill_pending: Gauge,
+    /// `mamori_audit_chain_sealed`: records this gateway has sealed into its audit chain (the
+    /// next record's number). Scraped by Prometheus, it is a witness outside the gateway host
+    /// of how long the chain was: `mamori audit verify --expect WRITER:N` checks that no tail
+    /// was deleted.
+    pub chain_sealed: Gauge,
 }
 
 /// The gateway's metrics.
@@ -134,6 +139,11 @@ impl Metrics {
             "audit_spill_pending",
             "1 while the spill file holds audit events not yet in the store",
             audit.spill_pending.clone(),
+        );
+        registry.register(
+            "audit_chain_sealed",
+            "Audit records this gateway has sealed into its tamper-evident chain",
+            audit.chain_sealed.clone(),
         );
         Self {
             registry,

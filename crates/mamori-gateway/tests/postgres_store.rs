@@ -1,7 +1,9 @@
 //! The PostgreSQL audit store against a real PostgreSQL server (`TempPostgres`: the
 //! `pgserver` wheel in CI): it returns exactly what the SQLite store returns, a gateway on it
 //! keeps every acknowledged event through a database outage (spill file, replayed once) and
-//! across its own restart, and a wrong address is a clear error without the password.
+//! across its own restart (sealed once each in one unbroken tamper-evident chain), sealed chains
+//! of two replicas verify after the `JSONB` round trip and show tampering made in SQL, and a
+//! wrong address is a clear error without the password.
 //! Skipped with a message where no PostgreSQL is installed, except in CI.
 
 mod common;
@@ -173,6 +175,7 @@ fn build_chain(
         ChainBuilder::new(GatewayConfig::default())
             .keys(keys)
             .audit_store(Box::new(PostgresStore::connect(url).unwrap()))
+            .audit_chain(spill.with_file_name("audit-chain"))
             .audit_spill(spill)
             .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
             .build()
@@ -242,6 +245,17 @@ fn a_gateway_on_postgres_loses_nothing_through_an_outage_and_a_restart() {
         .len();
     assert_eq!(n, 14);
     chain.shutdown();
+    // Sealed once each, in one unbroken chain, through both outages and the restart.
+    use mamori_gateway::audit_chain::{sealed_through, verify, VerifyKey};
+    let chain_dir = dir.path().join("audit-chain");
+    let keys = VerifyKey::load_dir(&chain_dir).unwrap();
+    assert_eq!(keys.len(), 1);
+    let reader = PostgresStore::connect(&pg.url()).unwrap();
+    let rep = verify(&reader, &keys, &sealed_through(&chain_dir)).unwrap();
+    assert!(rep.intact, "{rep:?}");
+    assert_eq!(rep.writers[0].verified, 14);
+    assert_eq!(rep.writers[0].duplicates, 0);
+    assert_eq!(rep.unsealed, 0);
 }
 
 /// A self-signed CA and a server certificate it signed for 127.0.0.1 and localhost (PEM):
@@ -383,4 +397,87 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
         assert!(matches!(e, GatewayError::Config(_)), "{e}");
         assert!(e.to_string().contains(&f.display().to_string()), "{e}");
     }
+}
+
+/// Two replicas seal their records into one PostgreSQL database: both chains verify after the
+/// `JSONB` round trip (negative zeros, tiny and inexact floats included), and an `UPDATE` or
+/// `DELETE` made directly in the database is reported.
+#[test]
+fn sealed_chains_of_two_replicas_verify_on_postgres_and_show_tampering() {
+    use mamori_gateway::audit_chain::{verify, ChainWriter, VerifyKey};
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let mut recs = records();
+    if let AuditRecord::Request(q) = &mut recs[1] {
+        q.input = Some(vec![-0.0, 1e-7, 0.1, 3.4e38, -1.5e-30]);
+        q.output = Some(
+            serde_json::json!({"probabilities": [[0.1f32 as f64, -0.0, 1e-300]],
+                                           "big": 1e19}),
+        );
+        q.latency_us = u64::MAX;
+    }
+    let mut store = PostgresStore::connect(&pg.url()).unwrap();
+    let mut keys = Vec::new();
+    let mut chains: Vec<ChainWriter> = ["replica-a", "replica-b"]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let k0 = [i as u8 + 1; 32];
+            keys.push(VerifyKey {
+                writer: w.to_string(),
+                key0: hex::encode(k0),
+            });
+            ChainWriter::in_memory(w, k0)
+        })
+        .collect();
+    // Interleaved batches, as two replicas would commit them.
+    for (i, chunk) in recs.chunks(3).enumerate() {
+        let c = &mut chains[i % 2];
+        let sealed = c.seal(chunk);
+        store.write_sealed(chunk, Some(&sealed.seals)).unwrap();
+        c.commit(sealed);
+    }
+    let expected: Vec<(String, u64)> = chains
+        .iter()
+        .map(|c| (c.writer().to_string(), c.next_seq()))
+        .collect();
+    let rep = verify(&store, &keys, &expected).unwrap();
+    assert!(rep.intact, "{rep:?}");
+    assert_eq!(
+        rep.writers.iter().map(|w| w.verified).sum::<u64>(),
+        recs.len() as u64
+    );
+    assert_eq!(rep.unsealed, 0);
+    // Tampering through SQL, as a database administrator could.
+    let mut sql = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    sql.execute(
+        "UPDATE mamori_requests SET decision = 'alert'
+         WHERE writer = 'replica-a' AND seq = 1",
+        &[],
+    )
+    .unwrap();
+    sql.execute(
+        "UPDATE mamori_ledger SET given_label = 1 WHERE writer = 'replica-b' AND seq = 4",
+        &[],
+    )
+    .unwrap();
+    sql.execute("DELETE FROM mamori_blocks WHERE writer IS NOT NULL", &[])
+        .unwrap();
+    let rep = verify(&store, &keys, &expected).unwrap();
+    assert!(!rep.intact);
+    let a = rep
+        .writers
+        .iter()
+        .find(|w| w.writer == "replica-a")
+        .unwrap();
+    let b = rep
+        .writers
+        .iter()
+        .find(|w| w.writer == "replica-b")
+        .unwrap();
+    assert_eq!(a.altered.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![1]);
+    // recs[9] is the block: first of the fourth batch (recs[9..12] → replica-b, numbers 3..5).
+    assert_eq!(b.missing, vec![[3, 3]], "{b:?}");
+    assert_eq!(b.altered.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![4]);
 }

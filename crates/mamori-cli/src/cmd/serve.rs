@@ -360,6 +360,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         )
         .audit_spill(home.join("audit-spill.jsonl"))
         .state_dir(&home.join("state"));
+    let builder = if cfg.audit.seal {
+        builder.audit_chain(home.join("audit-chain"))
+    } else {
+        tracing::warn!("audit.seal = false: audit records are not sealed (not tamper-evident)");
+        builder
+    };
     let chain = Arc::new(builder.build()?);
     if keys.list().iter().all(|k| k.revoked_ms.is_some()) {
         tracing::warn!("no active API key: create one with `mamori keys create --client NAME`");
