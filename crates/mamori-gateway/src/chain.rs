@@ -30,7 +30,7 @@ use crate::keys::{now_ms, KeyStore, Principal};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::oip::{self, InferBody, MODEL_VERSION};
 use crate::policy::{AlertOnAlarm, NamedVerdict, Policy};
-use crate::ratelimit::{Limits, RateLimiter};
+use crate::ratelimit::{Limiter, Limits, RateLimiter};
 use crate::validate::{self, OutputSelection};
 use mamori_core::{
     Action, Detector, DetectorState, Disclosure, Model, ModelCard, Observation, Oracle,
@@ -207,8 +207,8 @@ pub struct Shared {
     pub models: BTreeMap<String, Arc<ModelEntry>>,
     /// API keys.
     pub keys: Arc<KeyStore>,
-    /// Rate limiter.
-    pub limiter: RateLimiter,
+    /// Rate limiter (this process's buckets, or Redis shared by the replicas).
+    pub limiter: Arc<dyn Limiter>,
     /// Audit writer.
     pub audit: Arc<AuditWriter>,
     /// Metrics.
@@ -317,6 +317,7 @@ pub struct ChainBuilder {
     store: Option<Box<dyn AuditStore>>,
     audit_spill: Option<std::path::PathBuf>,
     audit_chain: Option<std::path::PathBuf>,
+    limiter: Option<Arc<dyn Limiter>>,
     models: Vec<ModelSpec>,
     registry: Option<PostprocessorRegistry>,
     ledger: Option<Arc<dyn LedgerSink>>,
@@ -334,6 +335,7 @@ impl ChainBuilder {
             store: None,
             audit_spill: None,
             audit_chain: None,
+            limiter: None,
             models: Vec::new(),
             registry: None,
             ledger: None,
@@ -363,6 +365,12 @@ impl ChainBuilder {
     /// (`<home>/audit-chain`; see [`crate::audit_chain`]; default: records are not sealed).
     pub fn audit_chain(mut self, dir: std::path::PathBuf) -> Self {
         self.audit_chain = Some(dir);
+        self
+    }
+    /// Where the token buckets live (default: this process, [`RateLimiter`]; replicas behind
+    /// a load balancer share [`crate::ratelimit_redis::RedisLimiter`]).
+    pub fn limiter(mut self, limiter: Arc<dyn Limiter>) -> Self {
+        self.limiter = Some(limiter);
         self
     }
     /// Adds a served model.
@@ -497,7 +505,7 @@ impl ChainBuilder {
         let shared = Shared {
             models,
             keys: self.keys.unwrap_or_else(|| Arc::new(KeyStore::in_memory())),
-            limiter: RateLimiter::new(),
+            limiter: self.limiter.unwrap_or_else(|| Arc::new(RateLimiter::new())),
             audit,
             metrics,
             tiers,

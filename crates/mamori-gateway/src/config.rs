@@ -113,6 +113,67 @@ pub fn redact_password(url: &str) -> String {
         .join(" ")
 }
 
+/// Where rate limits and quotas are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackend {
+    /// Token buckets in this process (one gateway, or replicas limited separately).
+    #[default]
+    Local,
+    /// Token buckets in Redis, shared by every replica ([`LimitsConfig::redis_url`]).
+    Redis,
+}
+
+impl std::str::FromStr for LimitBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "redis" => Ok(Self::Redis),
+            other => Err(format!("unknown limits store {other:?} (local or redis)")),
+        }
+    }
+}
+
+/// A Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); its `Debug` hides
+/// the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({:?})", redact_password(&self.0))
+    }
+}
+
+/// Rate-limit store settings (`[limits]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `local` (default) or `redis` (shared by the replicas; see
+    /// [`crate::ratelimit_redis`]).
+    pub store: LimitBackend,
+    /// The Redis URL when `store = "redis"` (or `MAMORI_REDIS_URL`).
+    pub redis_url: Option<RedisUrl>,
+    /// Prefix of the bucket names in Redis (several gateways' deployments can share a server).
+    pub redis_prefix: String,
+    /// Timeout (ms) for connecting to Redis and for each check; past it the check falls back
+    /// to this replica's own buckets.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            store: LimitBackend::Local,
+            redis_url: None,
+            redis_prefix: "mamori:limit:".into(),
+            redis_timeout_ms: 250,
+        }
+    }
+}
+
 /// Audit writer settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -251,6 +312,8 @@ pub struct GatewayConfig {
     pub server: ServerConfig,
     /// Audit writer.
     pub audit: AuditConfig,
+    /// Where rate limits are kept.
+    pub limits: LimitsConfig,
     /// Tier used by keys created without `--tier`.
     pub default_tier: String,
     /// Tiers by name.
@@ -303,6 +366,7 @@ impl Default for GatewayConfig {
         Self {
             server: ServerConfig::default(),
             audit: AuditConfig::default(),
+            limits: LimitsConfig::default(),
             default_tier: "standard".into(),
             tiers,
             detect: DetectConfig::default(),
@@ -344,8 +408,8 @@ impl GatewayConfig {
     }
 
     /// Applies `MAMORI_ADDR`, `MAMORI_MAX_BODY_BYTES`, `MAMORI_MAX_BATCH`,
-    /// `MAMORI_STORE_RAW_INPUT`, `MAMORI_DEFAULT_TIER`, `MAMORI_AUDIT_STORE` and
-    /// `MAMORI_AUDIT_POSTGRES_URL` from `get`.
+    /// `MAMORI_STORE_RAW_INPUT`, `MAMORI_DEFAULT_TIER`, `MAMORI_AUDIT_STORE`,
+    /// `MAMORI_AUDIT_POSTGRES_URL`, `MAMORI_LIMITS_STORE` and `MAMORI_REDIS_URL` from `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), GatewayError> {
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, GatewayError> {
             v.parse().map_err(|_| {
@@ -374,6 +438,14 @@ impl GatewayConfig {
         }
         if let Some(v) = get("MAMORI_AUDIT_POSTGRES_URL").filter(|v| !v.is_empty()) {
             self.audit.postgres_url = Some(PostgresUrl(v));
+        }
+        if let Some(v) = get("MAMORI_LIMITS_STORE") {
+            self.limits.store = v.parse().map_err(|e| {
+                GatewayError::Config(format!("environment variable MAMORI_LIMITS_STORE: {e}"))
+            })?;
+        }
+        if let Some(v) = get("MAMORI_REDIS_URL").filter(|v| !v.is_empty()) {
+            self.limits.redis_url = Some(RedisUrl(v));
         }
         Ok(())
     }
@@ -406,6 +478,16 @@ impl GatewayConfig {
         }
         if self.audit.store == AuditBackend::Postgres {
             self.audit.require_postgres_url()?;
+        }
+        if self.limits.store == LimitBackend::Redis && self.limits.redis_url.is_none() {
+            return Err(GatewayError::Config(
+                "limits.store = \"redis\" needs limits.redis_url (or MAMORI_REDIS_URL)".into(),
+            ));
+        }
+        if self.limits.redis_timeout_ms == 0 {
+            return Err(GatewayError::Config(
+                "limits.redis_timeout_ms must be positive".into(),
+            ));
         }
         if !(self.detect.throttle_factor > 0.0 && self.detect.throttle_factor <= 1.0) {
             return Err(GatewayError::Config(
@@ -481,6 +563,44 @@ mod tests {
         assert!(cfg
             .apply_env(|k| (k == "MAMORI_MAX_BATCH").then(|| "x".to_string()))
             .is_err());
+    }
+
+    #[test]
+    fn the_redis_limits_store_needs_a_url_and_never_prints_its_password() {
+        let e = GatewayConfig::from_toml("[limits]\nstore = \"redis\"\n")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.redis_url") && e.contains("MAMORI_REDIS_URL"),
+            "{e}"
+        );
+        let mut cfg = GatewayConfig::default();
+        cfg.apply_env(|k| match k {
+            "MAMORI_LIMITS_STORE" => Some("redis".into()),
+            "MAMORI_REDIS_URL" => Some("redis://:hunter2@cache:6379/0".into()),
+            _ => None,
+        })
+        .unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.limits.store, LimitBackend::Redis);
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let e = cfg
+            .apply_env(|k| (k == "MAMORI_LIMITS_STORE").then(|| "memcached".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MAMORI_LIMITS_STORE") && e.contains("local or redis"),
+            "{e}"
+        );
+        let e = GatewayConfig::from_toml("[limits]\nredis_timeout_ms = 0\n")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod oip;
 pub mod policy;
 pub mod protection;
 pub mod ratelimit;
+pub mod ratelimit_redis;
 pub mod server;
 pub mod upstream;
 pub mod validate;

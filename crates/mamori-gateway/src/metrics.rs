@@ -79,6 +79,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
     audit: AuditHealth,
+    limit_store_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -145,6 +146,12 @@ impl Metrics {
             "Audit records this gateway has sealed into its tamper-evident chain",
             audit.chain_sealed.clone(),
         );
+        let limit_store_errors = Counter::default();
+        registry.register(
+            "limit_store_errors",
+            "Rate-limit checks the shared store (Redis) did not decide (an error, or within a second of one); each used this replica's own buckets",
+            limit_store_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -153,7 +160,13 @@ impl Metrics {
             decisions,
             alerts,
             audit,
+            limit_store_errors,
         }
+    }
+
+    /// `mamori_limit_store_errors_total`: the handle a shared limiter counts its failures in.
+    pub fn limit_store_errors(&self) -> Counter {
+        self.limit_store_errors.clone()
     }
 
     /// The audit writer's health series (handles to give the writer).

@@ -28,7 +28,33 @@ struct Bucket {
     throttle: Option<f64>,
 }
 
-/// Token buckets for every key.
+/// Where the token buckets live: in this process ([`RateLimiter`], the default) or in Redis,
+/// shared by every replica ([`crate::ratelimit_redis::RedisLimiter`]). The chain's limit stage
+/// and the escalation policy's throttle use only this.
+pub trait Limiter: Send + Sync {
+    /// Takes `cost` queries from `key`'s bucket at time `now_ms`, or explains why not
+    /// ([`GatewayError::RateLimited`]).
+    fn check(&self, key: &str, limits: Limits, cost: u64, now_ms: u64) -> Result<(), GatewayError>;
+    /// Sets (or clears, with `None`) a throttle factor for `key`: its bucket refills at that
+    /// fraction of the tier's rate and holds that fraction of its burst.
+    fn set_throttle(&self, key: &str, factor: Option<f64>);
+    /// Whether `key` is currently throttled.
+    fn is_throttled(&self, key: &str) -> bool;
+}
+
+impl Limiter for RateLimiter {
+    fn check(&self, key: &str, limits: Limits, cost: u64, now_ms: u64) -> Result<(), GatewayError> {
+        RateLimiter::check(self, key, limits, cost, now_ms)
+    }
+    fn set_throttle(&self, key: &str, factor: Option<f64>) {
+        RateLimiter::set_throttle(self, key, factor)
+    }
+    fn is_throttled(&self, key: &str) -> bool {
+        RateLimiter::is_throttled(self, key)
+    }
+}
+
+/// Token buckets for every key, in this process.
 #[derive(Default)]
 pub struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,

@@ -352,14 +352,33 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             ""
         }
     );
+    let metrics = std::sync::Arc::new(mamori_gateway::metrics::Metrics::new());
     let builder = protected
         .builder()
+        .metrics(metrics.clone())
         .keys(keys.clone())
         .audit_store(
             mamori_gateway::open_store(&cfg.audit, &home).context("opening the audit store")?,
         )
         .audit_spill(home.join("audit-spill.jsonl"))
         .state_dir(&home.join("state"));
+    let builder = match (&cfg.limits.store, &cfg.limits.redis_url) {
+        (mamori_gateway::config::LimitBackend::Redis, Some(url)) => {
+            let limiter = mamori_gateway::ratelimit_redis::RedisLimiter::connect(
+                &url.0,
+                &cfg.limits.redis_prefix,
+                std::time::Duration::from_millis(cfg.limits.redis_timeout_ms),
+                metrics.limit_store_errors(),
+            )
+            .context("opening the shared rate-limit store")?;
+            tracing::info!(
+                "rate limits: shared by every replica in Redis {}",
+                mamori_gateway::config::redact_password(&url.0)
+            );
+            builder.limiter(std::sync::Arc::new(limiter))
+        }
+        _ => builder,
+    };
     let builder = if cfg.audit.seal {
         builder.audit_chain(home.join("audit-chain"))
     } else {
