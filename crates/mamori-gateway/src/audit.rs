@@ -1029,9 +1029,9 @@ pub fn open_store(
         crate::config::AuditBackend::Sqlite => Ok(Box::new(SqliteStore::open_home(home)?)),
         crate::config::AuditBackend::Postgres => {
             let url = cfg.require_postgres_url()?;
-            let store = crate::audit_postgres::PostgresStore::connect_with_ca(
+            let store = crate::audit_postgres::PostgresStore::connect_with_tls(
                 &url.0,
-                cfg.postgres_ca_file.as_deref(),
+                &crate::audit_postgres::PostgresTls::of(cfg),
             )?;
             match store.uses_tls() {
                 Ok(true) => tracing::info!(

@@ -15,7 +15,8 @@
 //! `sslmode=disable` never does. The server's certificate is always verified — against the
 //! CA certificates of [`crate::config::AuditConfig::postgres_ca_file`] (PEM) when given, else
 //! the public web PKI roots (`webpki-roots`) — and its name or IP address must match the host
-//! connected to. A Unix socket (`host=/var/run/postgresql`) needs no TLS.
+//! connected to. With [`crate::config::AuditConfig::postgres_client_cert`] and `_key`, the
+//! gateway also authenticates itself by certificate (PostgreSQL's `hostssl … cert`). A Unix socket (`host=/var/run/postgresql`) needs no TLS.
 
 use crate::audit::{AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent};
 use crate::audit_chain::Seal;
@@ -236,7 +237,19 @@ impl PostgresStore {
     /// Like [`PostgresStore::connect`], verifying the server's TLS certificate against the CA
     /// certificates in the PEM file `ca_file` instead of the public web PKI roots.
     pub fn connect_with_ca(url: &str, ca_file: Option<&Path>) -> Result<Self, GatewayError> {
-        let tls = tls_connector(ca_file)?;
+        Self::connect_with_tls(
+            url,
+            &PostgresTls {
+                ca_file: ca_file.map(Path::to_path_buf),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`PostgresStore::connect`], with the TLS files of `tls`: the CA to verify the
+    /// server against and, for TLS client authentication, the gateway's certificate and key.
+    pub fn connect_with_tls(url: &str, tls: &PostgresTls) -> Result<Self, GatewayError> {
+        let tls = tls_connector(tls)?;
         let mut client = open(url, &tls)?;
         client
             .batch_execute(SCHEMA)
@@ -306,10 +319,61 @@ fn open(url: &str, tls: &MakeRustlsConnect) -> Result<Client, GatewayError> {
     Client::connect(url, tls.clone()).map_err(|e| pg(url, "connecting", e))
 }
 
-/// The rustls connector: the CA certificates of `ca_file` (PEM), else the web PKI roots.
-fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, GatewayError> {
+/// The TLS files of a PostgreSQL connection (all PEM).
+#[derive(Clone, Debug, Default)]
+pub struct PostgresTls {
+    /// CA certificates the server's certificate is verified against (default: the web PKI
+    /// roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The gateway's client certificate (chain), for servers that authenticate clients by
+    /// certificate.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl PostgresTls {
+    /// The TLS files an audit configuration names.
+    pub fn of(cfg: &crate::config::AuditConfig) -> Self {
+        Self {
+            ca_file: cfg.postgres_ca_file.clone(),
+            client_cert: cfg.postgres_client_cert.clone(),
+            client_key: cfg.postgres_client_key.clone(),
+        }
+    }
+}
+
+/// The client certificate chain and key, or the configuration error naming the file.
+fn client_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    GatewayError,
+> {
+    let bad = |what: &str, p: &Path, m: String| {
+        GatewayError::Config(format!("audit.postgres_client_{what} {}: {m}", p.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("cert", cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("cert", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("cert", cert, "no PEM certificate in the file".into()));
+    }
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("key", key, format!("no PEM private key ({e})")))?;
+    Ok((certs, key_der))
+}
+
+/// The rustls connector: the CA certificates of `tls.ca_file` (PEM), else the web PKI roots;
+/// the client certificate and key when given.
+fn tls_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect, GatewayError> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
+    match tls.ca_file.as_deref() {
         Some(p) => {
             let bad = |m: String| {
                 GatewayError::Config(format!("audit.postgres_ca_file {}: {m}", p.display()))
@@ -332,8 +396,25 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, GatewayErr
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| GatewayError::Config(format!("TLS to the audit database: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match (tls.client_cert.as_deref(), tls.client_key.as_deref()) {
+        (None, None) => config.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let (certs, key_der) = client_identity(cert, key)?;
+            config.with_client_auth_cert(certs, key_der).map_err(|e| {
+                GatewayError::Config(format!(
+                    "audit.postgres_client_cert {} and audit.postgres_client_key {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?
+        }
+        _ => {
+            return Err(GatewayError::Config(
+                "audit.postgres_client_cert and audit.postgres_client_key go together".into(),
+            ))
+        }
+    };
     Ok(MakeRustlsConnect::new(config))
 }
 

@@ -187,6 +187,11 @@ pub struct AuditConfig {
     /// against (default: the public web PKI roots). TLS itself is chosen by `sslmode` in the
     /// connection string; use `sslmode=require` across a network.
     pub postgres_ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate (chain) the gateway presents to the database server (TLS client
+    /// authentication, PostgreSQL's `hostssl … cert`); needs `postgres_client_key`.
+    pub postgres_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `postgres_client_cert`.
+    pub postgres_client_key: Option<std::path::PathBuf>,
     /// Capacity of the bounded event queue (requests wait when it is full).
     pub queue: usize,
     /// Largest number of events written in one transaction.
@@ -220,6 +225,8 @@ impl Default for AuditConfig {
             store: AuditBackend::Sqlite,
             postgres_url: None,
             postgres_ca_file: None,
+            postgres_client_cert: None,
+            postgres_client_key: None,
             queue: 10_000,
             batch: 512,
             linger_ms: 2,
@@ -478,6 +485,11 @@ impl GatewayConfig {
         }
         if self.audit.store == AuditBackend::Postgres {
             self.audit.require_postgres_url()?;
+        }
+        if self.audit.postgres_client_cert.is_some() != self.audit.postgres_client_key.is_some() {
+            return Err(GatewayError::Config(
+                "audit.postgres_client_cert and audit.postgres_client_key go together".into(),
+            ));
         }
         if self.limits.store == LimitBackend::Redis && self.limits.redis_url.is_none() {
             return Err(GatewayError::Config(

@@ -261,6 +261,13 @@ fn a_gateway_on_postgres_loses_nothing_through_an_outage_and_a_restart() {
 /// A self-signed CA and a server certificate it signed for 127.0.0.1 and localhost (PEM):
 /// (CA certificate, server certificate, server key).
 fn test_pki() -> (String, String, String) {
+    let (ca, cert, key, _, _) = test_pki_with_client();
+    (ca, cert, key)
+}
+
+/// Like [`test_pki`], plus a client certificate the same CA signed and its key:
+/// (CA, server certificate, server key, client certificate, client key).
+fn test_pki_with_client() -> (String, String, String, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -272,7 +279,19 @@ fn test_pki() -> (String, String, String) {
         .unwrap()
         .signed_by(&key, &ca, &ca_key)
         .unwrap();
-    (ca.pem(), server.pem(), key.serialize_pem())
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mamori");
+    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+    (
+        ca.pem(),
+        server.pem(),
+        key.serialize_pem(),
+        client.pem(),
+        client_key.serialize_pem(),
+    )
 }
 
 /// A TLS front for the plaintext test server, as a TLS-terminating sidecar would be: it
@@ -286,6 +305,17 @@ struct TlsFront {
 }
 
 fn tls_front(upstream: u16, cert_pem: &str, key_pem: &str) -> TlsFront {
+    tls_front_with(upstream, cert_pem, key_pem, None)
+}
+
+/// Like [`tls_front`]; with `client_ca_pem`, it also demands a client certificate signed by
+/// that CA (as `hostssl … cert` would), refusing the handshake otherwise.
+fn tls_front_with(
+    upstream: u16,
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> TlsFront {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,14 +323,27 @@ fn tls_front(upstream: u16, cert_pem: &str, key_pem: &str) -> TlsFront {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -480,4 +523,93 @@ fn sealed_chains_of_two_replicas_verify_on_postgres_and_show_tampering() {
     // recs[9] is the block: first of the fourth batch (recs[9..12] → replica-b, numbers 3..5).
     assert_eq!(b.missing, vec![[3, 3]], "{b:?}");
     assert_eq!(b.altered.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![4]);
+}
+
+/// TLS client authentication: a database front that demands a client certificate from our CA
+/// lets in the gateway configured with its certificate and key, and refuses it without them or
+/// with a certificate from another CA; bad or half-given files are configuration errors naming
+/// the file.
+#[test]
+fn the_gateway_authenticates_itself_to_the_database_by_certificate() {
+    use mamori_gateway::audit_postgres::PostgresTls;
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let (ca, cert, key, client_cert, client_key) = test_pki_with_client();
+    let front = tls_front_with(pg.port(), &cert, &key, Some(&ca));
+    let handshakes = || front.handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = file("ca.pem", &ca);
+    let url = format!(
+        "postgresql://mamori@127.0.0.1:{}/postgres?connect_timeout=10&sslmode=require",
+        front.port
+    );
+    let tls = PostgresTls {
+        ca_file: Some(ca_file.clone()),
+        client_cert: Some(file("client.pem", &client_cert)),
+        client_key: Some(file("client.key", &client_key)),
+    };
+    let mut s = PostgresStore::connect_with_tls(&url, &tls).unwrap();
+    assert_eq!(handshakes(), 1);
+    s.write_batch(&records()).unwrap();
+    assert_eq!(s.requests(None, 0).unwrap().len(), 8);
+    // No client certificate: the front ends the handshake.
+    assert!(PostgresStore::connect_with_ca(&url, Some(&ca_file)).is_err());
+    // A client certificate from another CA: refused too.
+    let (_, _, _, other_cert, other_key) = test_pki_with_client();
+    let other = PostgresTls {
+        ca_file: Some(ca_file.clone()),
+        client_cert: Some(file("other.pem", &other_cert)),
+        client_key: Some(file("other.key", &other_key)),
+    };
+    assert!(PostgresStore::connect_with_tls(&url, &other).is_err());
+    assert_eq!(handshakes(), 1);
+    // Files that are not what they should be: configuration errors naming the file.
+    let junk = file("junk.pem", "not PEM");
+    for (cert, key, named) in [
+        (junk.clone(), tls.client_key.clone().unwrap(), junk.clone()),
+        (tls.client_cert.clone().unwrap(), junk.clone(), junk.clone()),
+        (
+            dir.path().join("missing.pem"),
+            tls.client_key.clone().unwrap(),
+            dir.path().join("missing.pem"),
+        ),
+    ] {
+        let bad = PostgresTls {
+            ca_file: Some(ca_file.clone()),
+            client_cert: Some(cert),
+            client_key: Some(key),
+        };
+        let e = PostgresStore::connect_with_tls(&url, &bad).unwrap_err();
+        assert!(matches!(e, GatewayError::Config(_)), "{e}");
+        assert!(e.to_string().contains(&named.display().to_string()), "{e}");
+    }
+    // The key of another certificate.
+    let mismatched = PostgresTls {
+        ca_file: Some(ca_file.clone()),
+        client_cert: tls.client_cert.clone(),
+        client_key: other.client_key.clone(),
+    };
+    let e = PostgresStore::connect_with_tls(&url, &mismatched);
+    assert!(e.is_err());
+    // Half given.
+    let half = PostgresTls {
+        ca_file: Some(ca_file),
+        client_cert: tls.client_cert.clone(),
+        client_key: None,
+    };
+    let e = PostgresStore::connect_with_tls(&url, &half)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("go together"), "{e}");
+    let cfg = GatewayConfig::from_toml(
+        "[audit]\nstore = \"postgres\"\npostgres_url = \"postgresql://m@db/a\"\npostgres_client_cert = \"/x.pem\"\n",
+    )
+    .unwrap();
+    assert!(cfg.check().unwrap_err().to_string().contains("go together"));
 }
