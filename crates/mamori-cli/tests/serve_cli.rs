@@ -74,3 +74,38 @@ fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
     // Detector state was saved for the restart.
     assert!(home.join("state").join("cli-mlp.json").is_file());
 }
+
+#[test]
+fn serve_posts_alerts_to_a_configured_webhook_and_refuses_a_bad_one() {
+    use common::{serve_refuses, start_serve_logged};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "hook-mlp");
+    std::fs::create_dir_all(&home).unwrap();
+    let args = [
+        "--allow-unsigned".into(),
+        "--model".into(),
+        model_dir.into_os_string(),
+    ];
+    std::fs::write(
+        home.join("mamori.toml"),
+        "[alerts]\nwebhook_url = \"ftp://hooks.example/x\"\n",
+    )
+    .unwrap();
+    let err = serve_refuses(&home, &args);
+    assert!(err.contains("alerts.webhook_url"), "{err}");
+    std::fs::write(
+        home.join("mamori.toml"),
+        "[alerts]\nwebhook_url = \"http://127.0.0.1:9/hook\"\nwebhook_secret = \"never-logged\"\n",
+    )
+    .unwrap();
+    let (child, _, log) = start_serve_logged(&home, &args);
+    stop(child);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("alerts: POSTed to http://127.0.0.1:9/hook")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("never-logged")), "{log:?}");
+}

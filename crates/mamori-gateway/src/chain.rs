@@ -213,6 +213,8 @@ pub struct Shared {
     pub audit: Arc<AuditWriter>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Where alerts are POSTed, if anywhere.
+    pub webhook: Option<Arc<crate::alert_webhook::AlertWebhook>>,
     tiers: HashMap<String, Tier>,
     degrade: Vec<Arc<dyn Postprocessor>>,
     ledger: Arc<dyn LedgerSink>,
@@ -318,6 +320,7 @@ pub struct ChainBuilder {
     audit_spill: Option<std::path::PathBuf>,
     audit_chain: Option<std::path::PathBuf>,
     limiter: Option<Arc<dyn Limiter>>,
+    webhook: Option<Arc<crate::alert_webhook::AlertWebhook>>,
     models: Vec<ModelSpec>,
     registry: Option<PostprocessorRegistry>,
     ledger: Option<Arc<dyn LedgerSink>>,
@@ -336,6 +339,7 @@ impl ChainBuilder {
             audit_spill: None,
             audit_chain: None,
             limiter: None,
+            webhook: None,
             models: Vec::new(),
             registry: None,
             ledger: None,
@@ -371,6 +375,11 @@ impl ChainBuilder {
     /// a load balancer share [`crate::ratelimit_redis::RedisLimiter`]).
     pub fn limiter(mut self, limiter: Arc<dyn Limiter>) -> Self {
         self.limiter = Some(limiter);
+        self
+    }
+    /// POSTs every alert to a webhook (see [`crate::alert_webhook`]; default: none).
+    pub fn alert_webhook(mut self, webhook: Arc<crate::alert_webhook::AlertWebhook>) -> Self {
+        self.webhook = Some(webhook);
         self
     }
     /// Adds a served model.
@@ -508,6 +517,7 @@ impl ChainBuilder {
             limiter: self.limiter.unwrap_or_else(|| Arc::new(RateLimiter::new())),
             audit,
             metrics,
+            webhook: self.webhook,
             tiers,
             degrade,
             ledger,
@@ -706,6 +716,9 @@ impl Chain {
     /// Flushes and stops the audit writer and saves detector states (graceful shutdown).
     pub fn shutdown(&self) {
         self.shared.audit.shutdown();
+        if let Some(w) = &self.shared.webhook {
+            w.shutdown();
+        }
         if let Err(e) = self.save_states() {
             tracing::error!("saving detector states failed: {e}");
         }
@@ -1100,7 +1113,7 @@ impl Stage for Detect {
             {
                 if g.alarmed.insert(v.detector.clone()) || escalated {
                     sh.metrics.observe_alert(&entry.name, &v.detector);
-                    sh.audit.record(AuditRecord::Alert(AlertEvent {
+                    let alert = AlertEvent {
                         time_ms: ex.time_ms,
                         model: entry.name.clone(),
                         client: s.clone(),
@@ -1108,7 +1121,11 @@ impl Stage for Detect {
                         score: v.verdict.score,
                         queries: v.queries,
                         action: action_name(action).into(),
-                    }))?;
+                    };
+                    if let Some(w) = &sh.webhook {
+                        w.send(&alert);
+                    }
+                    sh.audit.record(AuditRecord::Alert(alert))?;
                 }
             }
             if escalated {

@@ -174,6 +174,54 @@ impl Default for LimitsConfig {
     }
 }
 
+/// A secret string from the configuration; its `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Alert notification settings (`[alerts]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where every alert is POSTed as JSON (`http(s)://…`; or `MAMORI_ALERT_WEBHOOK_URL`);
+    /// none: alerts are stored and counted only. See [`crate::alert_webhook`].
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA-256 key of the `X-Mamori-Signature` header (or
+    /// `MAMORI_ALERT_WEBHOOK_SECRET`).
+    pub webhook_secret: Option<Secret>,
+    /// Timeout of one delivery attempt (ms).
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The webhook's settings, when one is configured.
+    pub fn webhook(&self) -> Option<crate::alert_webhook::WebhookSettings> {
+        self.webhook_url
+            .as_ref()
+            .map(|url| crate::alert_webhook::WebhookSettings {
+                url: url.clone(),
+                secret: self.webhook_secret.as_ref().map(|s| s.0.clone()),
+                timeout: std::time::Duration::from_millis(self.webhook_timeout_ms),
+            })
+    }
+}
+
 /// Audit writer settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -321,6 +369,8 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     /// Where rate limits are kept.
     pub limits: LimitsConfig,
+    /// Alert notifications.
+    pub alerts: AlertsConfig,
     /// Tier used by keys created without `--tier`.
     pub default_tier: String,
     /// Tiers by name.
@@ -374,6 +424,7 @@ impl Default for GatewayConfig {
             server: ServerConfig::default(),
             audit: AuditConfig::default(),
             limits: LimitsConfig::default(),
+            alerts: AlertsConfig::default(),
             default_tier: "standard".into(),
             tiers,
             detect: DetectConfig::default(),
@@ -416,7 +467,8 @@ impl GatewayConfig {
 
     /// Applies `MAMORI_ADDR`, `MAMORI_MAX_BODY_BYTES`, `MAMORI_MAX_BATCH`,
     /// `MAMORI_STORE_RAW_INPUT`, `MAMORI_DEFAULT_TIER`, `MAMORI_AUDIT_STORE`,
-    /// `MAMORI_AUDIT_POSTGRES_URL`, `MAMORI_LIMITS_STORE` and `MAMORI_REDIS_URL` from `get`.
+    /// `MAMORI_AUDIT_POSTGRES_URL`, `MAMORI_LIMITS_STORE`, `MAMORI_REDIS_URL`,
+    /// `MAMORI_ALERT_WEBHOOK_URL` and `MAMORI_ALERT_WEBHOOK_SECRET` from `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), GatewayError> {
         fn parse<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, GatewayError> {
             v.parse().map_err(|_| {
@@ -453,6 +505,12 @@ impl GatewayConfig {
         }
         if let Some(v) = get("MAMORI_REDIS_URL").filter(|v| !v.is_empty()) {
             self.limits.redis_url = Some(RedisUrl(v));
+        }
+        if let Some(v) = get("MAMORI_ALERT_WEBHOOK_URL").filter(|v| !v.is_empty()) {
+            self.alerts.webhook_url = Some(v);
+        }
+        if let Some(v) = get("MAMORI_ALERT_WEBHOOK_SECRET").filter(|v| !v.is_empty()) {
+            self.alerts.webhook_secret = Some(Secret(v));
         }
         Ok(())
     }
@@ -494,6 +552,14 @@ impl GatewayConfig {
         if self.limits.store == LimitBackend::Redis && self.limits.redis_url.is_none() {
             return Err(GatewayError::Config(
                 "limits.store = \"redis\" needs limits.redis_url (or MAMORI_REDIS_URL)".into(),
+            ));
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            crate::alert_webhook::check_url(url)?;
+        }
+        if self.alerts.webhook_timeout_ms == 0 {
+            return Err(GatewayError::Config(
+                "alerts.webhook_timeout_ms must be positive".into(),
             ));
         }
         if self.limits.redis_timeout_ms == 0 {

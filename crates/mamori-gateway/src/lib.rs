@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alert_webhook;
 pub mod audit;
 pub mod audit_chain;
 pub mod audit_postgres;

@@ -80,6 +80,7 @@ pub struct Metrics {
     alerts: Family<AlertLabels, Counter>,
     audit: AuditHealth,
     limit_store_errors: Counter,
+    webhook: crate::alert_webhook::WebhookHealth,
 }
 
 impl Default for Metrics {
@@ -152,6 +153,27 @@ impl Metrics {
             "Rate-limit checks the shared store (Redis) did not decide (an error, or within a second of one); each used this replica's own buckets",
             limit_store_errors.clone(),
         );
+        let webhook = crate::alert_webhook::WebhookHealth::default();
+        registry.register(
+            "alert_webhook_delivered",
+            "Alerts the webhook endpoint accepted",
+            webhook.delivered.clone(),
+        );
+        registry.register(
+            "alert_webhook_failures",
+            "Failed alert webhook delivery attempts (each retry counts)",
+            webhook.failures.clone(),
+        );
+        registry.register(
+            "alert_webhook_dead",
+            "Alerts the webhook endpoint refused for good (kept in the dead-letter file)",
+            webhook.dead.clone(),
+        );
+        registry.register(
+            "alert_webhook_pending",
+            "Alerts waiting for webhook delivery",
+            webhook.pending.clone(),
+        );
         Self {
             registry,
             requests,
@@ -161,7 +183,13 @@ impl Metrics {
             alerts,
             audit,
             limit_store_errors,
+            webhook,
         }
+    }
+
+    /// The alert webhook's series (handles to give the dispatcher).
+    pub fn webhook_health(&self) -> crate::alert_webhook::WebhookHealth {
+        self.webhook.clone()
     }
 
     /// `mamori_limit_store_errors_total`: the handle a shared limiter counts its failures in.

@@ -6,8 +6,7 @@ mod common;
 
 use common::*;
 use mamori_core::{
-    Action, DataNeed, Detector, DetectorInfo, DetectorState, Disclosure, Observation, Oracle,
-    OracleError, PostContext, Postprocessor, Stage as DStage, Tensor, Verdict, Watermark,
+    Action, Disclosure, Oracle, OracleError, PostContext, Postprocessor, Tensor, Watermark,
     WatermarkMark,
 };
 use mamori_gateway::{
@@ -15,61 +14,6 @@ use mamori_gateway::{
     ModelSpec, OnAlarm, UpstreamModel,
 };
 use std::sync::Arc;
-
-/// Alarms once a subject has sent `threshold` queries.
-struct CountDetector {
-    threshold: u64,
-}
-
-struct CountState {
-    n: u64,
-    threshold: u64,
-}
-
-impl Detector for CountDetector {
-    fn info(&self) -> DetectorInfo {
-        DetectorInfo {
-            name: "count".into(),
-            paper: "test fixture".into(),
-            targets: "volume".into(),
-            stage: DStage::Precursor,
-            needs: vec![DataNeed::Input],
-        }
-    }
-    fn new_state(&self) -> Box<dyn DetectorState> {
-        Box::new(CountState {
-            n: 0,
-            threshold: self.threshold,
-        })
-    }
-    fn restore_state(&self, s: &[u8]) -> Result<Box<dyn DetectorState>, String> {
-        let n = u64::from_le_bytes(s.try_into().map_err(|_| "bad snapshot".to_string())?);
-        Ok(Box::new(CountState {
-            n,
-            threshold: self.threshold,
-        }))
-    }
-}
-
-impl DetectorState for CountState {
-    fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
-        assert!(
-            (obs.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4,
-            "detectors see model probabilities"
-        );
-        self.n += 1;
-        Verdict {
-            score: self.n as f64 / self.threshold as f64,
-            alarm: self.n >= self.threshold,
-        }
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.n.to_le_bytes().to_vec()
-    }
-    fn queries(&self) -> u64 {
-        self.n
-    }
-}
 
 /// Test-only postprocessor: rounds to one decimal and renormalises.
 struct RoundOne;

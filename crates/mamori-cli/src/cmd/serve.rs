@@ -379,6 +379,20 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
         _ => builder,
     };
+    let builder = match cfg.alerts.webhook() {
+        Some(settings) => {
+            let shown = mamori_gateway::config::redact_password(&settings.url);
+            let w = mamori_gateway::alert_webhook::AlertWebhook::start(
+                settings,
+                Some(&home),
+                metrics.webhook_health(),
+            )
+            .context("starting the alert webhook")?;
+            tracing::info!("alerts: POSTed to {shown}");
+            builder.alert_webhook(std::sync::Arc::new(w))
+        }
+        None => builder,
+    };
     let builder = if cfg.audit.seal {
         builder.audit_chain(home.join("audit-chain"))
     } else {

@@ -1,7 +1,10 @@
 //! Shared fixtures: a tiny linear softmax model and a gateway on 127.0.0.1:0.
 #![allow(dead_code)]
 
-use mamori_core::{Model, ModelCard, ModelError, Tensor};
+use mamori_core::{
+    DataNeed, Detector, DetectorInfo, DetectorState, Model, ModelCard, ModelError, Observation,
+    Stage as DStage, Tensor, Verdict,
+};
 use mamori_gateway::{
     server, Chain, ChainBuilder, GatewayConfig, KeyStore, ModelSpec, RunningServer, SqliteStore,
 };
@@ -170,4 +173,60 @@ pub async fn start_default() -> Env {
         vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")],
     )
     .await
+}
+
+/// Alarms once a subject has sent `threshold` queries.
+pub struct CountDetector {
+    /// Queries at which it alarms.
+    pub threshold: u64,
+}
+
+struct CountState {
+    n: u64,
+    threshold: u64,
+}
+
+impl Detector for CountDetector {
+    fn info(&self) -> DetectorInfo {
+        DetectorInfo {
+            name: "count".into(),
+            paper: "test fixture".into(),
+            targets: "volume".into(),
+            stage: DStage::Precursor,
+            needs: vec![DataNeed::Input],
+        }
+    }
+    fn new_state(&self) -> Box<dyn DetectorState> {
+        Box::new(CountState {
+            n: 0,
+            threshold: self.threshold,
+        })
+    }
+    fn restore_state(&self, s: &[u8]) -> Result<Box<dyn DetectorState>, String> {
+        let n = u64::from_le_bytes(s.try_into().map_err(|_| "bad snapshot".to_string())?);
+        Ok(Box::new(CountState {
+            n,
+            threshold: self.threshold,
+        }))
+    }
+}
+
+impl DetectorState for CountState {
+    fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
+        assert!(
+            (obs.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4,
+            "detectors see model probabilities"
+        );
+        self.n += 1;
+        Verdict {
+            score: self.n as f64 / self.threshold as f64,
+            alarm: self.n >= self.threshold,
+        }
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.n.to_le_bytes().to_vec()
+    }
+    fn queries(&self) -> u64 {
+        self.n
+    }
 }
