@@ -60,6 +60,7 @@ fn event(i: u64) -> AuditRecord {
         status: 200,
         error: None,
         latency_us: 900 + i % 200,
+        peer: Some("198.51.100.7".into()),
     })
 }
 

@@ -301,6 +301,7 @@ fn bench_chain(
             body: body.to_vec(),
             binary_header_len: None,
         },
+        peer: None,
     };
     for _ in 0..200 {
         chain.handle(req()).expect("warm-up request");

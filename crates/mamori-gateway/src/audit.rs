@@ -48,6 +48,9 @@ pub struct RequestEvent {
     pub error: Option<String>,
     /// Time spent in the chain, microseconds.
     pub latency_us: u64,
+    /// The client's IP address as the gateway saw it (after trusted proxies), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// A request event as the request path hands it over: what [`RequestEvent`] holds, with the
@@ -81,6 +84,8 @@ pub struct RequestDraft {
     pub error: Option<String>,
     /// Time spent in the chain, microseconds.
     pub latency_us: u64,
+    /// The client's IP address, when known.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The answer of a request as returned to the client.
@@ -133,6 +138,7 @@ impl RequestDraft {
             status: self.status,
             error: self.error,
             latency_us: self.latency_us,
+            peer: self.peer.map(|ip| ip.to_string()),
         }
     }
 }
@@ -249,7 +255,7 @@ pub trait AuditStore: Send {
 const TABLES: [&str; 4] = ["requests", "alerts", "blocks", "ledger"];
 
 const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
-     input, output, scores, decision, status, error, latency_us";
+     input, output, scores, decision, status, error, latency_us, peer";
 const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
 const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
 const LEDGER_COLS: &str =
@@ -274,6 +280,7 @@ fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestEvent> {
         status: r.get(11)?,
         error: r.get(12)?,
         latency_us: r.get::<_, i64>(13)? as u64,
+        peer: r.get(14)?,
     })
 }
 
@@ -390,6 +397,14 @@ impl SqliteStore {
             ))
             .map_err(sq)?;
         }
+        let has_peer: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('requests') WHERE name = 'peer'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sq)?;
+        if !has_peer {
+            conn.execute_batch("ALTER TABLE requests ADD COLUMN peer TEXT;")
+                .map_err(sq)?;
+        }
         Ok(Self { conn })
     }
 
@@ -419,8 +434,8 @@ impl AuditStore for SqliteStore {
                     tx.prepare_cached(
                         "INSERT INTO requests (time_ms, request_id, client, key_id, model, batch,
                          input_sha256, input, output, scores, decision, status, error, latency_us,
-                         writer, seq, mac)
-                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+                         writer, seq, mac, peer)
+                         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)",
                     )
                     .map_err(sq)?
                     .execute(params![
@@ -441,6 +456,7 @@ impl AuditStore for SqliteStore {
                         writer,
                         seq,
                         mac,
+                        e.peer,
                     ])
                     .map_err(sq)?;
                 }
@@ -590,7 +606,7 @@ impl AuditStore for SqliteStore {
             .map_err(sq)?;
         for row in st
             .query_map(range, |r| {
-                Ok((seal_row(r, 14)?, AuditRecord::Request(request_row(r)?)))
+                Ok((seal_row(r, 15)?, AuditRecord::Request(request_row(r)?)))
             })
             .map_err(sq)?
         {
@@ -1546,6 +1562,7 @@ mod tests {
             status: 200,
             error: None,
             latency_us: 5,
+            peer: None,
         }
     }
 
@@ -1630,6 +1647,7 @@ mod tests {
             status: 200,
             error: None,
             latency_us: 9,
+            peer: None,
         };
         let mut scores = serde_json::Map::new();
         scores.insert("volume".into(), serde_json::json!(0.5f64));
@@ -1652,6 +1670,7 @@ mod tests {
             status: 200,
             error: None,
             latency_us: 9,
+            peer: None,
         };
         assert_eq!(draft.clone().into_event(), want);
         // Label-only answers and no raw input.

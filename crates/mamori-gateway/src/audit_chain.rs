@@ -696,6 +696,7 @@ mod tests {
             status: 200,
             error: None,
             latency_us: if i == 2 { u64::MAX } else { 120 },
+            peer: None,
         })
     }
 

@@ -58,6 +58,7 @@ ALTER TABLE mamori_blocks ADD COLUMN IF NOT EXISTS writer TEXT,
 ALTER TABLE mamori_ledger ADD COLUMN IF NOT EXISTS writer TEXT,
     ADD COLUMN IF NOT EXISTS seq BIGINT, ADD COLUMN IF NOT EXISTS mac TEXT;
 CREATE INDEX IF NOT EXISTS mamori_requests_chain ON mamori_requests (writer, seq);
+ALTER TABLE mamori_requests ADD COLUMN IF NOT EXISTS peer TEXT;
 CREATE INDEX IF NOT EXISTS mamori_alerts_chain ON mamori_alerts (writer, seq);
 CREATE INDEX IF NOT EXISTS mamori_blocks_chain ON mamori_blocks (writer, seq);
 CREATE INDEX IF NOT EXISTS mamori_ledger_chain ON mamori_ledger (writer, seq);
@@ -71,7 +72,7 @@ const TABLES: [&str; 4] = [
     "mamori_ledger",
 ];
 const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
-     input, output, scores, decision, status, error, latency_us";
+     input, output, scores, decision, status, error, latency_us, peer";
 const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
 const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
 const LEDGER_COLS: &str =
@@ -98,6 +99,7 @@ fn request_row(r: &postgres::Row) -> Result<RequestEvent, postgres::Error> {
         status: u16::try_from(r.try_get::<_, i32>(11)?).unwrap_or(0),
         error: r.try_get(12)?,
         latency_us: u64_of(r.try_get(13)?),
+        peer: r.try_get(14)?,
     })
 }
 
@@ -176,12 +178,14 @@ impl Inserts {
             requests: c.prepare(
                 "INSERT INTO mamori_requests (time_ms, request_id, client, key_id, model, batch,
                  input_sha256, input, output, scores, decision, status, error, latency_us,
-                 writer, seq, mac)
-                 SELECT t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc FROM UNNEST(
+                 writer, seq, mac, peer)
+                 SELECT t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc, pe FROM UNNEST(
                    $1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
                    $7::TEXT[], $8::JSONB[], $9::JSONB[], $10::JSONB[], $11::TEXT[], $12::INT[],
-                   $13::TEXT[], $14::BIGINT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[])
-                 WITH ORDINALITY AS u(t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc, n)
+                   $13::TEXT[], $14::BIGINT[], $15::TEXT[], $16::BIGINT[], $17::TEXT[],
+                   $18::TEXT[])
+                 WITH ORDINALITY AS u(t, rid, cl, k, m, b, h, i, o, s, d, st, er, l, w, q, mc, pe,
+                                      n)
                  ORDER BY n",
             )?,
             alert: c.prepare(
@@ -533,6 +537,7 @@ impl AuditStore for PostgresStore {
                     &writer,
                     &seq,
                     &mac,
+                    &opt(&|q| q.peer.as_deref()),
                 ],
             )
             .map_err(e("writing requests"))?;
@@ -706,7 +711,7 @@ impl AuditStore for PostgresStore {
             .map_err(e)?
         {
             out.push((
-                seal_row(&r, 14).map_err(e)?,
+                seal_row(&r, 15).map_err(e)?,
                 AuditRecord::Request(request_row(&r).map_err(e)?),
             ));
         }

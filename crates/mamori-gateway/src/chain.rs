@@ -75,6 +75,10 @@ pub struct InferRequest {
     pub version: Option<String>,
     /// The payload.
     pub payload: Payload,
+    /// The client's IP address (the HTTP server's peer, or the address trusted proxies
+    /// forwarded); `None` in process. Logged, and the per-network detector subject when
+    /// `detect.network_prefix_v4` / `_v6` are set.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The chain's answer.
@@ -215,6 +219,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Where alerts are POSTed, if anywhere.
     pub webhook: Option<Arc<crate::alert_webhook::AlertWebhook>>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     tiers: HashMap<String, Tier>,
     degrade: Vec<Arc<dyn Postprocessor>>,
     ledger: Arc<dyn LedgerSink>,
@@ -518,6 +524,7 @@ impl ChainBuilder {
             audit,
             metrics,
             webhook: self.webhook,
+            trusted_proxies: self.config.server.trusted_proxy_nets()?,
             tiers,
             degrade,
             ledger,
@@ -1028,6 +1035,28 @@ impl Stage for Limit {
     }
 }
 
+/// The per-network detector subject of `ip` (`net:203.0.113.0/24`), when the configuration
+/// groups clients by network (`detect.network_prefix_v4` / `_v6`, 0 = off): an attacker who
+/// spreads queries over many keys from one network is seen as one stream (issue #5's
+/// cross-account correlation).
+pub fn network_subject(ip: std::net::IpAddr, d: &crate::config::DetectConfig) -> Option<String> {
+    let ip = match ip {
+        // An IPv4 client seen through an IPv6 socket is grouped as IPv4.
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let prefix = match ip {
+        std::net::IpAddr::V4(_) => d.network_prefix_v4,
+        std::net::IpAddr::V6(_) => d.network_prefix_v6,
+    };
+    if prefix == 0 {
+        return None;
+    }
+    ipnet::IpNet::new(ip, prefix)
+        .ok()
+        .map(|n| format!("net:{}", n.trunc()))
+}
+
 /// Stage 4, detection: refuse blocked clients before inference; after inference, feed every
 /// sample to the per-client and per-group detector states and ask the policy for an action.
 struct Detect;
@@ -1052,6 +1081,13 @@ impl Stage for Detect {
         let mut subjects = vec![p.client.clone()];
         if let Some(g) = &p.group {
             subjects.push(format!("group:{g}"));
+        }
+        if let Some(net) = ex
+            .request
+            .peer
+            .and_then(|ip| network_subject(ip, &sh.config.detect))
+        {
+            subjects.push(net);
         }
         let input = ex.input.as_ref().ok_or_else(misordered)?;
         let probs = ex.probs.as_ref().ok_or_else(misordered)?;
@@ -1354,6 +1390,8 @@ impl Stage for Audit {
             .map(|v| {
                 let key = if v.subject.starts_with("group:") {
                     format!("{}@group", v.detector)
+                } else if v.subject.starts_with("net:") {
+                    format!("{}@net", v.detector)
                 } else {
                     v.detector.clone()
                 };
@@ -1379,6 +1417,7 @@ impl Stage for Audit {
             status,
             error,
             latency_us: ex.started.elapsed().as_micros() as u64,
+            peer: ex.request.peer,
         };
         if let Err(e) = sh.audit.record_request(draft) {
             tracing::error!("audit event lost: {e}");
@@ -1400,6 +1439,8 @@ pub struct ChainOracle {
     pub model: String,
     /// Query budget, if any.
     pub budget: Option<u64>,
+    /// The client address its requests carry (default none; see [`InferRequest::peer`]).
+    pub peer: Option<std::net::IpAddr>,
     used: u64,
     input_shape: Vec<usize>,
     classes: usize,
@@ -1431,6 +1472,7 @@ impl ChainOracle {
             api_key: api_key.to_string(),
             model: entry.name.clone(),
             budget: None,
+            peer: None,
             used: 0,
             input_shape: entry.card().input_shape.clone(),
             classes: entry.card().num_classes(),
@@ -1469,6 +1511,7 @@ impl Oracle for ChainOracle {
                 input: x.clone(),
                 id: None,
             },
+            peer: self.peer,
         });
         let r = match r {
             Ok(r) => r,

@@ -41,6 +41,29 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// Store raw inputs in the audit log (otherwise only their SHA-256).
     pub store_raw_input: bool,
+    /// Load balancers and reverse proxies (IP addresses or CIDR ranges) whose
+    /// `X-Forwarded-For` is believed: the client's address is then the last one in that header
+    /// that is not itself a trusted proxy. Others' `X-Forwarded-For` is ignored (a client
+    /// could write anything there).
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::trusted_proxies`] parsed; errors name the entry.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, GatewayError> {
+        self.trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        GatewayError::Config(format!(
+                            "server.trusted_proxies: {s:?} is not an IP address or CIDR range"
+                        ))
+                    })
+            })
+            .collect()
+    }
 }
 
 impl Default for ServerConfig {
@@ -50,6 +73,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             max_batch: 256,
             store_raw_input: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -345,6 +369,12 @@ pub struct DetectConfig {
     pub degrade_postprocessors: Vec<String>,
     /// Disclosure forced on a degraded client.
     pub degrade_disclosure: DisclosureKind,
+    /// Also run the detectors per client network: IPv4 clients grouped by this prefix length
+    /// (e.g. 24; 0 = off, the default — many benign users behind one NAT would share a
+    /// stream). See [`crate::chain::network_subject`].
+    pub network_prefix_v4: u8,
+    /// The same for IPv6 clients (e.g. 48 or 56; 0 = off).
+    pub network_prefix_v6: u8,
 }
 
 impl Default for DetectConfig {
@@ -355,6 +385,8 @@ impl Default for DetectConfig {
             throttle_factor: 0.1,
             degrade_postprocessors: Vec::new(),
             degrade_disclosure: DisclosureKind::Label,
+            network_prefix_v4: 0,
+            network_prefix_v6: 0,
         }
     }
 }
@@ -552,6 +584,13 @@ impl GatewayConfig {
         if self.limits.store == LimitBackend::Redis && self.limits.redis_url.is_none() {
             return Err(GatewayError::Config(
                 "limits.store = \"redis\" needs limits.redis_url (or MAMORI_REDIS_URL)".into(),
+            ));
+        }
+        self.server.trusted_proxy_nets()?;
+        if self.detect.network_prefix_v4 > 32 || self.detect.network_prefix_v6 > 128 {
+            return Err(GatewayError::Config(
+                "detect.network_prefix_v4 must be 0..=32 and detect.network_prefix_v6 0..=128"
+                    .into(),
             ));
         }
         if let Some(url) = &self.alerts.webhook_url {

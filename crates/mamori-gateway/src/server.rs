@@ -195,28 +195,72 @@ async fn model_ready_v(
 async fn infer(
     State(c): State<Arc<Chain>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
-    run_infer(c, name, None, headers, body).await
+    run_infer(c, name, None, req).await
 }
 
 async fn infer_v(
     State(c): State<Arc<Chain>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
-    run_infer(c, name, Some(version), headers, body).await
+    run_infer(c, name, Some(version), req).await
+}
+
+/// The client's address: the TCP peer, or — when the peer is a trusted proxy — the last
+/// address of `X-Forwarded-For` that is not itself a trusted proxy (addresses a client put
+/// first in the header are not believed); the first one when every hop is trusted (a client
+/// inside the proxies' network). A malformed header counts as absent.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<std::net::IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(text) = v.to_str() else {
+            return Some(peer);
+        };
+        for part in text.split(',') {
+            match part.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // A malformed chain: believe only the proxy itself.
+                Err(_) => return Some(peer),
+            }
+        }
+    }
+    Some(
+        hops.iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer),
+    )
 }
 
 async fn run_infer(
     c: Arc<Chain>,
     model: String,
     version: Option<String>,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let peer = client_ip(
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip()),
+        &headers,
+        &c.shared().trusted_proxies,
+    );
     let limit = c.shared().config.server.max_body_bytes;
     let binary_header_len = match headers.get("inference-header-content-length") {
         None => None,
@@ -247,6 +291,7 @@ async fn run_infer(
         model,
         version,
         payload,
+        peer,
     };
     let chain = c.clone();
     let result = tokio::task::spawn_blocking(move || chain.handle(req)).await;
@@ -511,11 +556,14 @@ pub async fn start(chain: Arc<Chain>, addr: &str) -> Result<RunningServer, Gatew
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(chain.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
     });
     tracing::info!("mamori gateway listening on http://{bound}");
     Ok(RunningServer {

@@ -135,6 +135,7 @@ fn an_alert_of_the_chain_is_posted_once_and_signed() {
                 model: "lin".into(),
                 version: None,
                 payload: Payload::Tensor { input, id: None },
+                peer: None,
             })
             .unwrap();
     }

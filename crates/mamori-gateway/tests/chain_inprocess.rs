@@ -361,6 +361,7 @@ fn disabled_chain_only_infers() {
                 input: batch(&[1]),
                 id: Some("x".into()),
             },
+            peer: None,
         })
         .unwrap();
     assert_eq!(r.id.as_deref(), Some("x"));

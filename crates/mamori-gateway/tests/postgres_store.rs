@@ -39,6 +39,7 @@ fn request(t: u64, client: &str, with_input: bool) -> RequestEvent {
         status: if t == 5 { 429 } else { 200 },
         error: (t == 5).then(|| "rate limit".to_string()),
         latency_us: 1234 + t,
+        peer: (t % 3 == 1).then(|| format!("203.0.113.{t}")),
     }
 }
 
@@ -162,6 +163,7 @@ fn infer(chain: &mamori_gateway::Chain, key: &str, k: usize) {
                 input,
                 id: Some(format!("q{k}")),
             },
+            peer: None,
         })
         .unwrap();
 }

@@ -148,6 +148,7 @@ fn infer(chain: &mamori_gateway::Chain, key: &str, k: usize) -> Result<(), Gatew
                 input,
                 id: Some(format!("q{k}")),
             },
+            peer: None,
         })
         .map(|_| ())
 }
