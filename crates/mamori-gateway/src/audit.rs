@@ -595,64 +595,38 @@ impl AuditStore for SqliteStore {
         from: u64,
         to: u64,
     ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
-        let mut out = Vec::new();
+        type Read = fn(&rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord>;
+        // Each table, its columns, how many, and its rows as records.
+        let tables: [(&str, &str, usize, Read); 4] = [
+            ("requests", REQUEST_COLS, 15, |r| {
+                request_row(r).map(AuditRecord::Request)
+            }),
+            ("alerts", ALERT_COLS, 7, |r| {
+                alert_row(r).map(AuditRecord::Alert)
+            }),
+            ("blocks", BLOCK_COLS, 6, |r| {
+                block_row(r).map(AuditRecord::Block)
+            }),
+            ("ledger", LEDGER_COLS, 7, |r| {
+                ledger_row(r).map(AuditRecord::Ledger)
+            }),
+        ];
         let range = params![writer, from as i64, to.min(i64::MAX as u64) as i64];
-        let cond = "WHERE writer = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq, id";
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {REQUEST_COLS}, writer, seq, mac FROM requests {cond}"
-            ))
-            .map_err(sq)?;
-        for row in st
-            .query_map(range, |r| {
-                Ok((seal_row(r, 15)?, AuditRecord::Request(request_row(r)?)))
-            })
-            .map_err(sq)?
-        {
-            out.push(row.map_err(sq)?);
-        }
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {ALERT_COLS}, writer, seq, mac FROM alerts {cond}"
-            ))
-            .map_err(sq)?;
-        for row in st
-            .query_map(range, |r| {
-                Ok((seal_row(r, 7)?, AuditRecord::Alert(alert_row(r)?)))
-            })
-            .map_err(sq)?
-        {
-            out.push(row.map_err(sq)?);
-        }
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {BLOCK_COLS}, writer, seq, mac FROM blocks {cond}"
-            ))
-            .map_err(sq)?;
-        for row in st
-            .query_map(range, |r| {
-                Ok((seal_row(r, 6)?, AuditRecord::Block(block_row(r)?)))
-            })
-            .map_err(sq)?
-        {
-            out.push(row.map_err(sq)?);
-        }
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {LEDGER_COLS}, writer, seq, mac FROM ledger {cond}"
-            ))
-            .map_err(sq)?;
-        for row in st
-            .query_map(range, |r| {
-                Ok((seal_row(r, 7)?, AuditRecord::Ledger(ledger_row(r)?)))
-            })
-            .map_err(sq)?
-        {
-            out.push(row.map_err(sq)?);
+        let mut out = Vec::new();
+        for (table, cols, n, read) in tables {
+            let mut st = self
+                .conn
+                .prepare(&format!(
+                    "SELECT {cols}, writer, seq, mac FROM {table}
+                     WHERE writer = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq, id"
+                ))
+                .map_err(sq)?;
+            for row in st
+                .query_map(range, |r| Ok((seal_row(r, n)?, read(r)?)))
+                .map_err(sq)?
+            {
+                out.push(row.map_err(sq)?);
+            }
         }
         out.sort_by_key(|(s, _)| s.seq);
         Ok(out)

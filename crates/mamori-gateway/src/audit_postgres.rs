@@ -699,57 +699,33 @@ impl AuditStore for PostgresStore {
         to: u64,
     ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
         let e = |err| pg(&self.url, "reading the audit chain", err);
-        let cond = "WHERE writer = $1 AND seq >= $2 AND seq < $3 ORDER BY seq, id";
+        type Read = fn(&postgres::Row) -> Result<AuditRecord, postgres::Error>;
+        // Each table, its columns, how many, and its rows as records.
+        let tables: [(&str, &str, usize, Read); 4] = [
+            ("mamori_requests", REQUEST_COLS, 15, |r| {
+                request_row(r).map(AuditRecord::Request)
+            }),
+            ("mamori_alerts", ALERT_COLS, 7, |r| {
+                alert_row(r).map(AuditRecord::Alert)
+            }),
+            ("mamori_blocks", BLOCK_COLS, 6, |r| {
+                block_row(r).map(AuditRecord::Block)
+            }),
+            ("mamori_ledger", LEDGER_COLS, 7, |r| {
+                ledger_row(r).map(AuditRecord::Ledger)
+            }),
+        ];
         let args: [&(dyn postgres::types::ToSql + Sync); 3] = [&writer, &bound(from), &bound(to)];
         let mut c = self.conn()?;
         let mut out = Vec::new();
-        for r in c
-            .query(
-                &format!("SELECT {REQUEST_COLS}, writer, seq, mac FROM mamori_requests {cond}"),
-                &args,
-            )
-            .map_err(e)?
-        {
-            out.push((
-                seal_row(&r, 15).map_err(e)?,
-                AuditRecord::Request(request_row(&r).map_err(e)?),
-            ));
-        }
-        for r in c
-            .query(
-                &format!("SELECT {ALERT_COLS}, writer, seq, mac FROM mamori_alerts {cond}"),
-                &args,
-            )
-            .map_err(e)?
-        {
-            out.push((
-                seal_row(&r, 7).map_err(e)?,
-                AuditRecord::Alert(alert_row(&r).map_err(e)?),
-            ));
-        }
-        for r in c
-            .query(
-                &format!("SELECT {BLOCK_COLS}, writer, seq, mac FROM mamori_blocks {cond}"),
-                &args,
-            )
-            .map_err(e)?
-        {
-            out.push((
-                seal_row(&r, 6).map_err(e)?,
-                AuditRecord::Block(block_row(&r).map_err(e)?),
-            ));
-        }
-        for r in c
-            .query(
-                &format!("SELECT {LEDGER_COLS}, writer, seq, mac FROM mamori_ledger {cond}"),
-                &args,
-            )
-            .map_err(e)?
-        {
-            out.push((
-                seal_row(&r, 7).map_err(e)?,
-                AuditRecord::Ledger(ledger_row(&r).map_err(e)?),
-            ));
+        for (table, cols, n, read) in tables {
+            let sql = format!(
+                "SELECT {cols}, writer, seq, mac FROM {table}
+                 WHERE writer = $1 AND seq >= $2 AND seq < $3 ORDER BY seq, id"
+            );
+            for r in c.query(&sql, &args).map_err(e)? {
+                out.push((seal_row(&r, n).map_err(e)?, read(&r).map_err(e)?));
+            }
         }
         out.sort_by_key(|(s, _)| s.seq);
         Ok(out)

@@ -8,15 +8,13 @@
 
 mod common;
 
-use common::{sample, LinearModel, SHAPE};
+use common::{infer_sample, LinearModel};
 use mamori_core::testing::TempPostgres;
-use mamori_core::Tensor;
 use mamori_gateway::audit::{
     AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent,
 };
 use mamori_gateway::{
-    ChainBuilder, GatewayConfig, GatewayError, InferRequest, KeyStore, ModelSpec, Payload,
-    PostgresStore, SqliteStore,
+    ChainBuilder, GatewayConfig, GatewayError, KeyStore, ModelSpec, PostgresStore, SqliteStore,
 };
 use std::sync::Arc;
 
@@ -153,19 +151,7 @@ fn a_wrong_database_address_is_a_clear_error_without_the_password() {
 }
 
 fn infer(chain: &mamori_gateway::Chain, key: &str, k: usize) {
-    let input = Tensor::from_rows(&SHAPE, [sample(k).as_slice()]).unwrap();
-    chain
-        .handle(InferRequest {
-            credential: Some(key.to_string()),
-            model: "lin".into(),
-            version: None,
-            payload: Payload::Tensor {
-                input,
-                id: Some(format!("q{k}")),
-            },
-            peer: None,
-        })
-        .unwrap();
+    infer_sample(chain, key, k).unwrap();
 }
 
 fn build_chain(

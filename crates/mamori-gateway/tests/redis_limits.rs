@@ -7,15 +7,12 @@
 
 mod common;
 
-use common::{sample, LinearModel, SHAPE};
+use common::{infer_sample, LinearModel};
 use mamori_core::testing::TempRedis;
-use mamori_core::Tensor;
 use mamori_gateway::metrics::Metrics;
 use mamori_gateway::ratelimit::{Limiter, Limits, RateLimiter};
 use mamori_gateway::ratelimit_redis::RedisLimiter;
-use mamori_gateway::{
-    ChainBuilder, GatewayConfig, GatewayError, InferRequest, KeyStore, ModelSpec, Payload,
-};
+use mamori_gateway::{ChainBuilder, GatewayConfig, GatewayError, KeyStore, ModelSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,19 +135,7 @@ fn replica(keys: Arc<KeyStore>, limiter: Option<Arc<dyn Limiter>>) -> mamori_gat
 }
 
 fn infer(chain: &mamori_gateway::Chain, key: &str, k: usize) -> Result<(), GatewayError> {
-    let input = Tensor::from_rows(&SHAPE, [sample(k).as_slice()]).unwrap();
-    chain
-        .handle(InferRequest {
-            credential: Some(key.to_string()),
-            model: "lin".into(),
-            version: None,
-            payload: Payload::Tensor {
-                input,
-                id: Some(format!("q{k}")),
-            },
-            peer: None,
-        })
-        .map(|_| ())
+    infer_sample(chain, key, k).map(|_| ())
 }
 
 /// Requests alternate between two replicas; how many are answered.

@@ -230,3 +230,22 @@ impl DetectorState for CountState {
         self.n
     }
 }
+
+/// One in-process request for sample `k` (request id `q<k>`) to the model `lin` with `key`.
+pub fn infer_sample(
+    chain: &Chain,
+    key: &str,
+    k: usize,
+) -> Result<mamori_gateway::InferResponse, mamori_gateway::GatewayError> {
+    let input = Tensor::from_rows(&SHAPE, [sample(k).as_slice()]).unwrap();
+    chain.handle(mamori_gateway::InferRequest {
+        credential: Some(key.to_string()),
+        model: "lin".into(),
+        version: None,
+        payload: mamori_gateway::Payload::Tensor {
+            input,
+            id: Some(format!("q{k}")),
+        },
+        peer: None,
+    })
+}
