@@ -109,3 +109,52 @@ fn serve_posts_alerts_to_a_configured_webhook_and_refuses_a_bad_one() {
     );
     assert!(!log.iter().any(|l| l.contains("never-logged")), "{log:?}");
 }
+
+#[test]
+fn a_killed_gateway_keeps_the_detector_states_of_its_last_checkpoint() {
+    use common::start_serve_logged;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "ckpt-mlp");
+    let key = create_key(&home, "carol");
+    std::fs::write(home.join("mamori.toml"), "[detect]\ncheckpoint_s = 1\n").unwrap();
+    let (mut child, url, _) = start_serve_logged(
+        &home,
+        &[
+            "--allow-unsigned".into(),
+            "--model".into(),
+            model_dir.into_os_string(),
+        ],
+    );
+    let client = reqwest::blocking::Client::new();
+    for i in 0..4 {
+        let body = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32",
+                        "data": vec![0.1f32 * i as f32; 16]}]
+        });
+        let r = client
+            .post(format!("{url}/v2/models/ckpt-mlp/infer"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let state = home.join("state").join("ckpt-mlp.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("carol")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A crash: no graceful shutdown.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(saved.get("carol").is_some(), "{saved}");
+    assert!(home.join("state").join("ckpt-mlp.policy.json").is_file());
+}

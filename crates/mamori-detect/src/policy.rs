@@ -263,6 +263,13 @@ impl Policy {
 }
 
 impl Policy {
+    /// Takes over the per-client risk of `saved` (a policy restored from a snapshot), keeping
+    /// this policy's configuration and overrides: a restart keeps what clients accumulated,
+    /// while allow/block lists come from the configuration in force.
+    pub fn restore_risk(&mut self, saved: &Policy) {
+        self.risk = saved.risk.clone();
+    }
+
     /// This policy's risk and overrides under a new configuration (its allow/block lists are
     /// added to the overrides).
     pub fn with_config(mut self, cfg: PolicyConfig) -> Self {

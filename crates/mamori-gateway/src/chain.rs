@@ -316,6 +316,8 @@ pub struct Chain {
     shared: Shared,
     mode: ChainMode,
     state_dir: Option<std::path::PathBuf>,
+    /// One save at a time (periodic checkpoints and the shutdown's save share the files).
+    save_lock: Mutex<()>,
 }
 
 /// Builds a [`Chain`].
@@ -472,6 +474,20 @@ impl ChainBuilder {
                 Some(dir) => load_states(dir, &name, &spec.detectors)?,
                 None => HashMap::new(),
             };
+            let mut spec = spec;
+            if let Some(dir) = &self.state_dir {
+                let path = dir.join(format!("{name}.policy.json"));
+                match std::fs::read(&path) {
+                    Ok(bytes) => spec
+                        .policy
+                        .restore(&bytes)
+                        .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(GatewayError::Storage(format!("{}: {e}", path.display())))
+                    }
+                }
+            }
             models.insert(
                 name.clone(),
                 Arc::new(ModelEntry {
@@ -490,6 +506,7 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
+        replay_blocks(store.as_ref(), &models)?;
         let metrics = self.metrics.unwrap_or_default();
         let audit_chain = match &self.audit_chain {
             Some(dir) => {
@@ -535,6 +552,7 @@ impl ChainBuilder {
             shared,
             mode: self.mode,
             state_dir: self.state_dir,
+            save_lock: Mutex::new(()),
         })
     }
 }
@@ -731,14 +749,25 @@ impl Chain {
         }
     }
 
-    /// Saves every model's detector states under the state directory, if one is set.
+    /// Saves every model's detector states and escalation policy memory (per-client risk)
+    /// under the state directory, if one is set (at shutdown, and periodically by `serve`:
+    /// `detect.checkpoint_s`). Blocks need no saving: they are rebuilt from the audit log.
     pub fn save_states(&self) -> Result<(), GatewayError> {
         let Some(dir) = &self.state_dir else {
             return Ok(());
         };
+        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::create_dir_all(dir)
             .map_err(|e| GatewayError::Storage(format!("{}: {e}", dir.display())))?;
         for e in self.shared.models.values() {
+            let policy = e
+                .policy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .snapshot();
+            if let Some(bytes) = policy {
+                write_synced(&dir.join(format!("{}.policy.json", e.name)), &bytes)?;
+            }
             if e.detectors.is_empty() {
                 continue;
             }
@@ -751,16 +780,74 @@ impl Chain {
                     m.insert(d.info().name, hex::encode(s.snapshot()));
                 }
             }
-            let path = dir.join(format!("{}.json", e.name));
-            let tmp = path.with_extension("json.tmp");
             let text =
                 serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
-            std::fs::write(&tmp, text)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))?;
+            write_synced(&dir.join(format!("{}.json", e.name)), text.as_bytes())?;
         }
         Ok(())
     }
+}
+
+/// Rebuilds every model's blocks and admin overrides from the audit log's block events (policy
+/// blocks, admin blocks and unblocks, oldest first): the audit store is what survives a crash
+/// or a restart — and, on a shared PostgreSQL store, what other replicas decided.
+fn replay_blocks(
+    store: &dyn AuditStore,
+    models: &BTreeMap<String, Arc<ModelEntry>>,
+) -> Result<(), GatewayError> {
+    let events = store.blocks()?;
+    let mut restored = 0usize;
+    for ev in &events {
+        let Some(e) = models.get(&ev.model) else {
+            continue;
+        };
+        let mut b = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        match ev.kind.as_str() {
+            "block" => {
+                b.blocked.insert(ev.client.clone(), ev.reason.clone());
+                if ev.by == "admin" {
+                    b.overridden.remove(&ev.client);
+                }
+            }
+            "unblock" => {
+                b.blocked.remove(&ev.client);
+                if ev.by == "admin" {
+                    b.overridden.insert(ev.client.clone());
+                }
+            }
+            other => tracing::warn!("audit log: unknown block event kind {other:?} ignored"),
+        }
+        restored += 1;
+    }
+    if restored > 0 {
+        let blocked: usize = models
+            .values()
+            .map(|e| {
+                e.blocks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .blocked
+                    .len()
+            })
+            .sum();
+        tracing::info!(
+            "{blocked} blocked clients restored from {restored} block events of the audit log"
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), GatewayError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))
 }
 
 type SubjectMap = HashMap<String, Arc<Mutex<SubjectState>>>;
@@ -1189,11 +1276,11 @@ impl Stage for Detect {
                 Ok(())
             }
             Action::Block => {
+                // The reason the audit log keeps is the one a restart restores.
+                let reason = verdicts_reason(&ex.verdicts);
                 let newly = {
                     let mut b = entry.blocks.lock().unwrap_or_else(|e| e.into_inner());
-                    b.blocked
-                        .insert(p.client.clone(), "escalation policy".into())
-                        .is_none()
+                    b.blocked.insert(p.client.clone(), reason.clone()).is_none()
                 };
                 if newly {
                     sh.audit.record(AuditRecord::Block(BlockEvent {
@@ -1202,7 +1289,7 @@ impl Stage for Detect {
                         client: p.client.clone(),
                         kind: "block".into(),
                         by: "policy".into(),
-                        reason: verdicts_reason(&ex.verdicts),
+                        reason,
                     }))?;
                 }
                 Err(GatewayError::Blocked(p.client.clone()))

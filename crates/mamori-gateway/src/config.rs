@@ -375,6 +375,9 @@ pub struct DetectConfig {
     pub network_prefix_v4: u8,
     /// The same for IPv6 clients (e.g. 48 or 56; 0 = off).
     pub network_prefix_v6: u8,
+    /// `mamori serve` saves detector states and escalation risk this often (seconds; 0 = only
+    /// at shutdown), so a crash loses at most this much of them.
+    pub checkpoint_s: u64,
 }
 
 impl Default for DetectConfig {
@@ -387,6 +390,7 @@ impl Default for DetectConfig {
             degrade_disclosure: DisclosureKind::Label,
             network_prefix_v4: 0,
             network_prefix_v6: 0,
+            checkpoint_s: 120,
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct NamedVerdict {
 pub trait Policy: Send {
     /// Decides what to do with `client` given the current `verdicts` (time `now_ms`).
     fn decide(&mut self, client: &str, verdicts: &[NamedVerdict], now_ms: u64) -> Action;
+    /// The policy's memory (per-client risk and the like) for the gateway to save with the
+    /// detector states; `None` for a policy without memory.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Restores what [`Policy::snapshot`] saved (the current configuration is kept).
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The default policy: any alarm → [`Action::Alert`], otherwise [`Action::Allow`].

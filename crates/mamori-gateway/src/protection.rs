@@ -602,7 +602,35 @@ impl Escalation {
     }
 }
 
+/// What [`Escalation`] saves: the risk policy (its configuration is replaced by the current
+/// one on restore) and the query counts already counted per (subject, detector).
+#[derive(Serialize, Deserialize)]
+struct EscalationSnapshot {
+    policy: mamori_detect::Policy,
+    seen: Vec<(String, String, u64)>,
+}
+
 impl GatewayPolicy for Escalation {
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let s = EscalationSnapshot {
+            policy: self.policy.clone(),
+            seen: self
+                .seen
+                .iter()
+                .map(|((a, b), n)| (a.clone(), b.clone(), *n))
+                .collect(),
+        };
+        serde_json::to_vec(&s).ok()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let s: EscalationSnapshot = serde_json::from_slice(snapshot)
+            .map_err(|e| format!("invalid escalation state: {e}"))?;
+        self.policy.restore_risk(&s.policy);
+        self.seen = s.seen.into_iter().map(|(a, b, n)| ((a, b), n)).collect();
+        Ok(())
+    }
+
     fn decide(&mut self, client: &str, verdicts: &[NamedVerdict], now_ms: u64) -> Action {
         let mut group = None;
         let mut list: Vec<(String, Verdict)> = Vec::new();

@@ -407,11 +407,42 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    // Periodic checkpoints of detector states and escalation risk (a crash loses at most one
+    // interval); the graceful shutdown saves them once more.
+    let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let checkpoints = (cfg.detect.checkpoint_s > 0).then(|| {
+        let (chain, stop) = (chain.clone(), stop.clone());
+        let every = std::time::Duration::from_secs(cfg.detect.checkpoint_s);
+        std::thread::spawn(move || {
+            let (lock, cv) = &*stop;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let (s, timeout) = cv
+                    .wait_timeout(stopped, every)
+                    .unwrap_or_else(|e| e.into_inner());
+                stopped = s;
+                if *stopped {
+                    return;
+                }
+                if timeout.timed_out() {
+                    if let Err(e) = chain.save_states() {
+                        tracing::error!("checkpoint of detector states failed: {e}");
+                    }
+                }
+            }
+        })
+    });
+    let served = rt.block_on(async move {
         let s = server::start(chain, &cfg.server.addr).await?;
         eprintln!("mamori gateway listening on http://{}", s.local_addr());
         s.run_until_signal().await
-    })?;
+    });
+    *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    stop.1.notify_all();
+    if let Some(t) = checkpoints {
+        let _ = t.join();
+    }
+    served?;
     eprintln!("mamori gateway stopped; audit log flushed");
     Ok(())
 }

@@ -1,0 +1,148 @@
+//! What a restart (graceful or not) must not forget: blocks decided by the escalation policy
+//! or an administrator, admin overrides, and each client's accumulated escalation risk.
+//! Blocks are rebuilt from the audit log (durable before any answer is acknowledged); risk is
+//! saved with the detector states (at shutdown and by periodic checkpoints).
+
+mod common;
+
+use common::*;
+use mamori_core::{Action, Oracle, OracleError, Tensor};
+use mamori_detect::PolicyConfig;
+use mamori_gateway::protection::Escalation;
+use mamori_gateway::{
+    ChainBuilder, ChainOracle, GatewayConfig, KeyStore, ModelSpec, OnAlarm, SqliteStore,
+};
+use std::sync::Arc;
+
+fn batch(ks: &[usize]) -> Tensor {
+    let rows: Vec<Vec<f32>> = ks.iter().map(|k| sample(*k)).collect();
+    Tensor::from_rows(&SHAPE, rows.iter().map(|r| r.as_slice())).unwrap()
+}
+
+fn spec(threshold: u64, policy: Box<dyn mamori_gateway::Policy>) -> ModelSpec {
+    let mut s = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    s.detectors = vec![Arc::new(CountDetector { threshold })];
+    s.policy = policy;
+    s
+}
+
+fn refused(o: &mut ChainOracle, k: usize) -> bool {
+    match o.query(&batch(&[k])) {
+        Ok(_) => false,
+        Err(OracleError::Refused(_)) => true,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn blocks_and_admin_overrides_survive_a_restart_even_without_a_graceful_shutdown() {
+    let home = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
+    let (_, eve) = keys.create("eve", None, "full", &[]).unwrap();
+    let (_, bob) = keys.create("bob", None, "full", &[]).unwrap();
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(GatewayConfig::default())
+                .keys(keys.clone())
+                .audit_store(Box::new(SqliteStore::open_home(home.path()).unwrap()))
+                .model(spec(3, Box::new(OnAlarm(Action::Block))))
+                .build()
+                .unwrap(),
+        )
+    };
+    let chain = build();
+    let mut m = ChainOracle::new(chain.clone(), &mallory, None).unwrap();
+    let mut e = ChainOracle::new(chain.clone(), &eve, None).unwrap();
+    let mut b = ChainOracle::new(chain.clone(), &bob, None).unwrap();
+    // The policy blocks mallory and eve at their 3rd query.
+    for o in [&mut m, &mut e] {
+        assert!(!refused(o, 1) && !refused(o, 2));
+        assert!(refused(o, 3));
+    }
+    // An administrator unblocks eve (an override: the policy may not block her again) and
+    // blocks bob by hand.
+    chain.admin_unblock("eve", None).unwrap();
+    chain.admin_block("bob", None, "abuse report").unwrap();
+    assert!(refused(&mut b, 1));
+    chain.flush_audit();
+    // A crash: no shutdown, no saved states.
+    drop((m, e, b));
+    drop(chain);
+    let chain = build();
+    let blocked = chain.blocked();
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    assert_eq!(
+        blocked[0],
+        ("lin".into(), "bob".into(), "abuse report".into())
+    );
+    assert_eq!((&*blocked[1].0, &*blocked[1].1), ("lin", "mallory"));
+    assert!(blocked[1].2.contains("count"), "{blocked:?}");
+    let mut m = ChainOracle::new(chain.clone(), &mallory, None).unwrap();
+    let mut e = ChainOracle::new(chain.clone(), &eve, None).unwrap();
+    let mut b = ChainOracle::new(chain.clone(), &bob, None).unwrap();
+    assert!(refused(&mut m, 4), "still blocked after the restart");
+    assert!(refused(&mut b, 2), "the admin block holds");
+    // Eve's detector state was lost with the crash, but the override holds: three more
+    // alarming queries and she is still answered.
+    for k in 4..8 {
+        assert!(!refused(&mut e, k), "the admin override holds ({k})");
+    }
+    chain.admin_unblock("bob", None).unwrap();
+    chain.flush_audit();
+    drop((m, e, b));
+    drop(chain);
+    let chain = build();
+    let mut b = ChainOracle::new(chain.clone(), &bob, None).unwrap();
+    assert!(!refused(&mut b, 3), "unblocked for good");
+}
+
+#[test]
+fn accumulated_escalation_risk_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    // Every query alarms (threshold 1) and adds 1 to the risk; block at 3.9 (the risk decays a
+    // little between the queries, with a half-life of an hour).
+    let cfg = PolicyConfig {
+        degrade_at: 2.5,
+        throttle_at: 3.5,
+        block_at: 3.9,
+        ..PolicyConfig::default()
+    };
+    let build = |state: bool| {
+        let mut b = ChainBuilder::new(GatewayConfig::default())
+            .keys(keys.clone())
+            .model(spec(1, Box::new(Escalation::new(cfg.clone()))));
+        if state {
+            b = b.state_dir(dir.path());
+        }
+        Arc::new(b.build().unwrap())
+    };
+    // Baseline without saved state: four fresh queries before the block.
+    let chain = build(false);
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    let first_refused = (1..10).find(|&q| refused(&mut o, q)).unwrap();
+    assert_eq!(first_refused, 4);
+    // Two alarming queries, a restart, and the third and fourth reach the block.
+    let chain = build(true);
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    assert!(!refused(&mut o, 1) && !refused(&mut o, 2));
+    chain.shutdown();
+    assert!(dir.path().join("lin.policy.json").is_file());
+    let chain = build(true);
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    assert!(!refused(&mut o, 3));
+    assert!(refused(&mut o, 4), "risk 2 carried over + 2 = 4: blocked");
+    // A corrupt saved state is an error naming the file, not a silent reset.
+    std::fs::write(dir.path().join("lin.policy.json"), "{").unwrap();
+    let e = ChainBuilder::new(GatewayConfig::default())
+        .keys(keys.clone())
+        .state_dir(dir.path())
+        .model(spec(1, Box::new(Escalation::new(cfg.clone()))))
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("lin.policy.json"), "{e}");
+}
