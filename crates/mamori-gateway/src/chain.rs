@@ -197,6 +197,27 @@ impl ModelEntry {
     }
 }
 
+/// One client (or `group:…` / `net:…` subject) as [`Chain::clients`] reports it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ClientInfo {
+    /// The model.
+    pub model: String,
+    /// The client name, `group:<name>` or `net:<network>`.
+    pub subject: String,
+    /// Queries its detectors have seen (since their states began).
+    pub queries: u64,
+    /// Its current escalation risk, when the policy keeps one.
+    pub risk: Option<f64>,
+    /// The highest action taken so far (`alert`, `degrade`, `throttle`, `block`).
+    pub last_action: Option<String>,
+    /// Detectors that have alarmed on it.
+    pub alarmed: Vec<String>,
+    /// The block's reason, when blocked.
+    pub blocked: Option<String>,
+    /// Whether an administrator overrode the policy's blocks for it.
+    pub overridden: bool,
+}
+
 /// Per-tier runtime settings.
 struct Tier {
     config: TierConfig,
@@ -718,6 +739,42 @@ impl Chain {
             }))?;
         }
         Ok(entries.len())
+    }
+
+    /// What the gateway knows about every client (and client group or network) it has seen,
+    /// per model: queries, current risk, last escalation, alarmed detectors, block and
+    /// override — the admin API's `/admin/clients`.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for e in self.shared.models.values() {
+            let subjects: Vec<(String, Arc<Mutex<SubjectState>>)> = e
+                .subjects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let blocks = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            let policy = e.policy.lock().unwrap_or_else(|e| e.into_inner());
+            for (subject, st) in subjects {
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                let mut alarmed: Vec<String> = g.alarmed.iter().cloned().collect();
+                alarmed.sort();
+                out.push(ClientInfo {
+                    model: e.name.clone(),
+                    risk: policy.risk(&subject, now),
+                    queries: g.states.iter().map(|s| s.queries()).max().unwrap_or(0),
+                    last_action: g.last_action.map(|a| action_name(a).to_string()),
+                    alarmed,
+                    blocked: blocks.blocked.get(&subject).cloned(),
+                    overridden: blocks.overridden.contains(&subject),
+                    subject,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.model, &a.subject).cmp(&(&b.model, &b.subject)));
+        out
     }
 
     /// Clients currently blocked, as `(model, client, reason)`.

@@ -33,6 +33,10 @@ pub trait Policy: Send {
     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
         Ok(())
     }
+    /// The client's current risk, for a policy that keeps one (the admin API shows it).
+    fn risk(&self, _client: &str, _now_ms: u64) -> Option<f64> {
+        None
+    }
 }
 
 /// The default policy: any alarm → [`Action::Alert`], otherwise [`Action::Allow`].

@@ -611,6 +611,10 @@ struct EscalationSnapshot {
 }
 
 impl GatewayPolicy for Escalation {
+    fn risk(&self, client: &str, now_ms: u64) -> Option<f64> {
+        Some(self.policy.risk(client, now_ms))
+    }
+
     fn snapshot(&self) -> Option<Vec<u8>> {
         let s = EscalationSnapshot {
             policy: self.policy.clone(),

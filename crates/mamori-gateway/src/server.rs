@@ -112,6 +112,7 @@ pub fn router(chain: Arc<Chain>) -> Router {
         .route("/admin/keys/{id}/revoke", post(admin_revoke))
         .route("/admin/alerts", get(admin_alerts))
         .route("/admin/blocks", get(admin_blocks))
+        .route("/admin/clients", get(admin_clients))
         .route("/admin/block", post(admin_block))
         .route("/admin/unblock", post(admin_unblock))
         .fallback(|| async { error_response(&GatewayError::NotFound("no such endpoint".into())) })
@@ -485,6 +486,15 @@ async fn admin_blocks(State(c): State<Arc<Chain>>, headers: HeaderMap) -> ApiRes
         .map(|(m, cl, r)| json!({"model": m, "client": cl, "reason": r}))
         .collect();
     Ok(Json(json!(b)).into_response())
+}
+
+async fn admin_clients(State(c): State<Arc<Chain>>, headers: HeaderMap) -> ApiResult {
+    require_admin(&c, &headers)?;
+    let chain = c.clone();
+    let clients = tokio::task::spawn_blocking(move || chain.clients())
+        .await
+        .map_err(|e| GatewayError::Inference(format!("worker failed: {e}")))?;
+    Ok(Json(json!(clients)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -269,3 +269,79 @@ async fn a_key_for_one_model_cannot_query_another() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_clients_shows_what_the_gateway_knows_of_each_client() {
+    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    spec.detectors = vec![Arc::new(CountDetector { threshold: 2 })];
+    spec.policy = Box::new(mamori_gateway::protection::Escalation::new(
+        mamori_detect::PolicyConfig::default(),
+    ));
+    let mut env = start(GatewayConfig::default(), vec![spec]).await;
+    let (_, alice) = env.keys.create("alice", Some("acme"), "full", &[]).unwrap();
+    let (_, bob) = env.keys.create("bob", None, "full", &[]).unwrap();
+    let admin = env.keys.create_admin_token().unwrap();
+    for k in 0..3 {
+        assert_eq!(
+            env.post("lin", &alice, fp32_body(&[sample(k)])).await.0,
+            200
+        );
+    }
+    assert_eq!(env.post("lin", &bob, fp32_body(&[sample(0)])).await.0, 200);
+    let r = env
+        .client
+        .post(format!("{}/admin/block", env.url))
+        .bearer_auth(&admin)
+        .json(&json!({"client": "bob", "reason": "abuse report"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let url = format!("{}/admin/clients", env.url);
+    let r = env
+        .client
+        .get(&url)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "client keys do not open the admin API"
+    );
+    let clients: serde_json::Value = env
+        .client
+        .get(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let find = |s: &str| {
+        clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["subject"] == s)
+            .cloned()
+            .unwrap_or_else(|| panic!("{s} missing: {clients}"))
+    };
+    let a = find("alice");
+    assert_eq!(a["model"], "lin");
+    assert_eq!(a["queries"], 3);
+    assert_eq!(a["alarmed"], json!(["count"]));
+    assert_eq!(a["last_action"], "alert");
+    assert!(a["risk"].as_f64().unwrap() >= 2.0, "{a}");
+    assert_eq!(a["blocked"], serde_json::Value::Null);
+    let g = find("group:acme");
+    assert_eq!(g["queries"], 3);
+    let b = find("bob");
+    assert_eq!(b["queries"], 1);
+    assert_eq!(b["alarmed"], json!([]));
+    assert_eq!(b["blocked"], "abuse report");
+    assert_eq!(b["overridden"], false);
+    env.shutdown().await;
+}

@@ -55,7 +55,8 @@ pub struct Args {
     /// Key file of encrypted models (else `MAMORI_MODEL_KEY_FILE` or `MAMORI_MODEL_KEY`).
     #[arg(long)]
     pub model_key_file: Option<PathBuf>,
-    /// Serve native models that carry no signature (signed models are still verified, and a
+    /// Serve models that carry no signature: native or ONNX model directories without a
+    /// manifest signature, and bare `.onnx` files (signed models are still verified, and a
     /// tampered one is still refused). Without it, unsigned models are refused.
     #[arg(long, env = "MAMORI_ALLOW_UNSIGNED")]
     pub allow_unsigned: bool,
