@@ -1,9 +1,8 @@
 //! `mamori attack extract` through the binary against a live `mamori serve` (issue #4: attacks
 //! run unchanged against a running gateway): a softmax victim trained on `digits` with
 //! `mamori train`, served by `mamori serve`, stolen over HTTP with an API key (Knockoff Nets
-//! with natural digits); the JSON report
-//! has the issue's keys, and the gateway's audit log counts exactly the samples the attack and
-//! its measurement sent.
+//! with natural digits); the JSON report has the issue's keys, and the gateway's audit log
+//! counts exactly the samples the attack and its measurement sent.
 
 mod common;
 
