@@ -87,5 +87,21 @@ fn lira_and_shadow_beat_chance_on_an_overfit_victim() {
         assert!(r.auc > 0.5, "{}: AUC {}", r.attack, r.auc);
     }
     assert!(res[2].auc > 0.6, "lira AUC {}", res[2].auc);
+    // Issue #4: LiRA beats the global threshold where it matters, at a low false-positive
+    // rate (with 300 non-members, "0.1%" admits no false positive at all; here 5 members
+    // against 2, and at 1% 23 against 6).
+    let (threshold, lira) = (&res[0], &res[2]);
+    assert!(
+        lira.tpr_at_0_1pct_fpr > threshold.tpr_at_0_1pct_fpr,
+        "TPR at 0.1% FPR: lira {} vs threshold {}",
+        lira.tpr_at_0_1pct_fpr,
+        threshold.tpr_at_0_1pct_fpr
+    );
+    assert!(
+        lira.tpr_at_1pct_fpr > 2.0 * threshold.tpr_at_1pct_fpr,
+        "TPR at 1% FPR: lira {} vs threshold {}",
+        lira.tpr_at_1pct_fpr,
+        threshold.tpr_at_1pct_fpr
+    );
     assert!(MembershipSplit::new(&s.train, 10_000, 0).is_err());
 }
