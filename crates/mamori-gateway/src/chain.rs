@@ -555,10 +555,23 @@ impl ChainBuilder {
         let ledger = self
             .ledger
             .unwrap_or_else(|| Arc::new(AuditLedger(audit.clone())));
+        let limiter = self
+            .limiter
+            .unwrap_or_else(|| Arc::new(RateLimiter::new()) as Arc<dyn Limiter>);
+        if let Some(dir) = &self.state_dir {
+            let path = dir.join("limits.json");
+            match std::fs::read(&path) {
+                Ok(bytes) => limiter
+                    .restore(&bytes)
+                    .map_err(|e| GatewayError::Storage(format!("{}: {e}", path.display())))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(GatewayError::Storage(format!("{}: {e}", path.display()))),
+            }
+        }
         let shared = Shared {
             models,
             keys: self.keys.unwrap_or_else(|| Arc::new(KeyStore::in_memory())),
-            limiter: self.limiter.unwrap_or_else(|| Arc::new(RateLimiter::new())),
+            limiter,
             audit,
             metrics,
             webhook: self.webhook,
@@ -806,8 +819,9 @@ impl Chain {
         }
     }
 
-    /// Saves every model's detector states and escalation policy memory (per-client risk)
-    /// under the state directory, if one is set (at shutdown, and periodically by `serve`:
+    /// Saves every model's detector states and escalation policy memory (per-client risk),
+    /// and the daily quota counts of an in-process limiter (`limits.json`), under the state
+    /// directory, if one is set (at shutdown, and periodically by `serve`:
     /// `detect.checkpoint_s`). Blocks need no saving: they are rebuilt from the audit log.
     pub fn save_states(&self) -> Result<(), GatewayError> {
         let Some(dir) = &self.state_dir else {
@@ -816,6 +830,9 @@ impl Chain {
         let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
         std::fs::create_dir_all(dir)
             .map_err(|e| GatewayError::Storage(format!("{}: {e}", dir.display())))?;
+        if let Some(bytes) = self.shared.limiter.snapshot() {
+            write_synced(&dir.join("limits.json"), &bytes)?;
+        }
         for e in self.shared.models.values() {
             let policy = e
                 .policy

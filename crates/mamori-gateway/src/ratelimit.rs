@@ -40,6 +40,15 @@ pub trait Limiter: Send + Sync {
     fn set_throttle(&self, key: &str, factor: Option<f64>);
     /// Whether `key` is currently throttled.
     fn is_throttled(&self, key: &str) -> bool;
+    /// What must survive a restart (each key's queries used today), for a limiter that keeps
+    /// it in the process; `None` when the store keeps it itself (Redis).
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Restores what [`Limiter::snapshot`] saved.
+    fn restore(&self, _snapshot: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl Limiter for RateLimiter {
@@ -51,6 +60,35 @@ impl Limiter for RateLimiter {
     }
     fn is_throttled(&self, key: &str) -> bool {
         RateLimiter::is_throttled(self, key)
+    }
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let used: Vec<(&str, u64, u64)> = map
+            .iter()
+            .filter(|(_, b)| b.used_today > 0)
+            .map(|(k, b)| (k.as_str(), b.day, b.used_today))
+            .collect();
+        serde_json::to_vec(&used).ok()
+    }
+    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        let used: Vec<(String, u64, u64)> =
+            serde_json::from_slice(snapshot).map_err(|e| format!("invalid quota state: {e}"))?;
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, day, used_today) in used {
+            // A restored bucket starts empty of tokens' history (full burst) but keeps the
+            // day's count: the daily quota does not reset with the process.
+            map.insert(
+                key,
+                Bucket {
+                    tokens: f64::INFINITY,
+                    last_ms: day * DAY_MS,
+                    day,
+                    used_today,
+                    throttle: None,
+                },
+            );
+        }
+        Ok(())
     }
 }
 

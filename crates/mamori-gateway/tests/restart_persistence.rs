@@ -146,3 +146,43 @@ fn accumulated_escalation_risk_survives_a_restart() {
         .to_string();
     assert!(e.contains("lin.policy.json"), "{e}");
 }
+
+#[test]
+fn the_daily_quota_does_not_reset_with_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let mut cfg = GatewayConfig::default();
+    let t = cfg.tiers.get_mut("full").unwrap();
+    t.daily_quota = 5;
+    t.burst = 100;
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(cfg.clone())
+                .keys(keys.clone())
+                .state_dir(dir.path())
+                .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+                .build()
+                .unwrap(),
+        )
+    };
+    let quota_hit = |o: &mut ChainOracle, k: usize| match o.query(&batch(&[k])) {
+        Ok(_) => false,
+        Err(OracleError::RateLimited { .. }) => true,
+        Err(e) => panic!("{e}"),
+    };
+    let chain = build();
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    for q in 0..3 {
+        assert!(!quota_hit(&mut o, q));
+    }
+    chain.shutdown();
+    assert!(dir.path().join("limits.json").is_file());
+    let chain = build();
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    assert!(!quota_hit(&mut o, 3) && !quota_hit(&mut o, 4));
+    assert!(
+        quota_hit(&mut o, 5),
+        "3 before the restart + 2 = the day's 5"
+    );
+}
