@@ -230,6 +230,10 @@ fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
     // No ledger in this home.
     let empty = tmp.path().join("empty");
     let (ok, _, err) = verify(&empty, &model, &[]);
+    assert!(!ok && err.contains("no DAWN ledger"), "{err}");
+    // A --ledger path that does not exist.
+    let nowhere = tmp.path().join("nowhere").join("ledger.bin");
+    let (ok, _, err) = verify(&home, &model, &["--ledger", nowhere.to_str().unwrap()]);
     assert!(
         !ok && err.contains("ledger") && err.contains("does not exist"),
         "{err}"
