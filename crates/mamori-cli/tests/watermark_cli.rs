@@ -143,7 +143,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(out.contains("signature   valid"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["report"]["version"], 4);
+    assert_eq!(v["report"]["version"], 5);
     let sum = v["report"]["log_gap_sum"]["log_gap_sum"].as_u64().unwrap();
     v["report"]["log_gap_sum"]["log_gap_sum"] = serde_json::json!(sum + 7);
     let tampered = tmp.path().join("tampered.json");
