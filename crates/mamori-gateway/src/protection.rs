@@ -576,11 +576,11 @@ fn adopt_legacy_ledger(home: &Path, names: &[String]) -> Result<(), GatewayError
             );
         }
     }
-    if legacy.ledger.is_file() {
+    if legacy.ledger.is_file() && !names.is_empty() {
         tracing::warn!(
-            "DAWN: {} is the shared ledger of several models, written before each model had its \
-             own; it is kept read-only (verify against it with `mamori watermark verify \
-             --ledger {}`) and every model now records its marks in its own ledger",
+            "DAWN: {} is the ledger every model shared before each had its own; it is kept \
+             read-only (verify against it with `mamori watermark verify --ledger {}`) and each \
+             served model records its marks in its own ledger",
             legacy.ledger.display(),
             legacy.ledger.display()
         );

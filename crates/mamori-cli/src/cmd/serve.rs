@@ -33,7 +33,7 @@ pub struct Args {
     /// A protection policy as a TOML file (a `PolicySpec`; overrides `--policy`).
     #[arg(long)]
     pub policy_file: Option<PathBuf>,
-    /// Turns DAWN watermarking on on top of the chosen policy (`dawn` is the only scheme),
+    /// Turns on DAWN watermarking on top of the chosen policy (`dawn` is the only scheme),
     /// whatever the configuration's `[watermark]` section says; its settings are that
     /// section's when it asks for DAWN, else the policy's, else the defaults (rate 0.005).
     /// Each served model gets its own keys and ledger in `<home>/watermark/models/<model>/`.
