@@ -143,7 +143,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(out.contains("signature   valid"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["report"]["version"], 4);
+    assert_eq!(v["report"]["version"], 5);
     let sum = v["report"]["log_gap_sum"]["log_gap_sum"].as_u64().unwrap();
     v["report"]["log_gap_sum"]["log_gap_sum"] = serde_json::json!(sum + 7);
     let tampered = tmp.path().join("tampered.json");
@@ -230,6 +230,10 @@ fn verify_refuses_bad_inputs_with_the_file_and_the_problem() {
     // No ledger in this home.
     let empty = tmp.path().join("empty");
     let (ok, _, err) = verify(&empty, &model, &[]);
+    assert!(!ok && err.contains("no DAWN ledger"), "{err}");
+    // A --ledger path that does not exist.
+    let nowhere = tmp.path().join("nowhere").join("ledger.bin");
+    let (ok, _, err) = verify(&home, &model, &["--ledger", nowhere.to_str().unwrap()]);
     assert!(
         !ok && err.contains("ledger") && err.contains("does not exist"),
         "{err}"

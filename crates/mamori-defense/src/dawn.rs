@@ -7,6 +7,7 @@ use crate::key::{unit_interval, SecretKey};
 use crate::ledger::{Ledger, LedgerRecord};
 use crate::simplex::argmax;
 use mamori_core::{Watermark, WatermarkMark};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -33,11 +34,18 @@ pub const DEFAULT_RATE: f64 = 0.005;
 /// before [`Watermark::apply`] returns. If the append fails the answer is left unmarked (an
 /// unrecorded watermark could never be used as evidence) and the error is logged. The key is
 /// never logged and `Debug` redacts it.
+///
+/// Each served model has its own DAWN ([`Dawn::open_model`]): its own selection key, ledger
+/// key and ledger under `home/watermark/models/<model>/` (see [`DawnPaths::for_model`]), and
+/// its records name it ([`Dawn::with_model`]). A mark one model gave is never in another's
+/// ledger, and the keys of one model are independent random keys, so they reveal nothing
+/// about another model's marks.
 pub struct Dawn {
     key: SecretKey,
     rate: f64,
     ledger: Option<Mutex<Ledger>>,
     fingerprint: Option<LinearFingerprint>,
+    model: Option<String>,
 }
 
 impl std::fmt::Debug for Dawn {
@@ -45,6 +53,7 @@ impl std::fmt::Debug for Dawn {
         f.debug_struct("Dawn")
             .field("key", &"<redacted>")
             .field("rate", &self.rate)
+            .field("model", &self.model)
             .field("ledger", &self.ledger.as_ref().map(|_| "attached"))
             .field(
                 "fingerprint",
@@ -55,7 +64,23 @@ impl std::fmt::Debug for Dawn {
 }
 
 /// File names DAWN uses in a home directory.
-#[derive(Clone, Debug)]
+///
+/// Layout of `home/watermark/`:
+///
+/// ```text
+/// watermark/
+///   models/<model>/dawn.key     one model's selection key (hex, 0600)
+///   models/<model>/ledger.key   its ledger's encryption key (hex, 0600)
+///   models/<model>/ledger.bin   its encrypted ledger
+///   signing.key(.pub)           the home's evidence-report signing key (`mamori watermark`)
+///   dawn.key, ledger.key, ledger.bin
+///                               the single ledger shared by every model, written before each
+///                               model had its own (the legacy layout, [`DawnPaths::in_home`])
+/// ```
+///
+/// `<model>` is the model's name with every byte outside `[A-Za-z0-9_.-]` (and a leading `.`)
+/// written `%XX` ([`model_dir_name`]), so any name gives one directory of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DawnPaths {
     /// The selection key (hex, `0600`).
     pub key: PathBuf,
@@ -65,15 +90,156 @@ pub struct DawnPaths {
     pub ledger: PathBuf,
 }
 
+/// Name of the directory under `home/watermark/` that holds the per-model ledgers.
+pub const MODELS_DIR: &str = "models";
+
 impl DawnPaths {
-    /// `home/watermark/{dawn.key, ledger.key, ledger.bin}`.
+    /// The legacy, shared layout: `home/watermark/{dawn.key, ledger.key, ledger.bin}`, used by
+    /// homes written before each served model had its own ledger (and by
+    /// [`Dawn::open_home`]). `mamori serve` moves it to the model's own directory when the
+    /// home serves a single model ([`migrate_legacy`]).
     pub fn in_home(home: &Path) -> DawnPaths {
-        let d = home.join("watermark");
+        DawnPaths::in_dir(&home.join("watermark"))
+    }
+
+    /// `home/watermark/models/<model_dir_name(model)>/{dawn.key, ledger.key, ledger.bin}`:
+    /// one served model's own keys and ledger.
+    pub fn for_model(home: &Path, model: &str) -> DawnPaths {
+        DawnPaths::in_dir(&models_dir(home).join(model_dir_name(model)))
+    }
+
+    /// `dir/{dawn.key, ledger.key, ledger.bin}`.
+    pub fn in_dir(dir: &Path) -> DawnPaths {
         DawnPaths {
-            key: d.join("dawn.key"),
-            ledger_key: d.join("ledger.key"),
-            ledger: d.join("ledger.bin"),
+            key: dir.join("dawn.key"),
+            ledger_key: dir.join("ledger.key"),
+            ledger: dir.join("ledger.bin"),
         }
+    }
+
+    /// Whether any of the three files exists.
+    pub fn any_exists(&self) -> bool {
+        [&self.key, &self.ledger_key, &self.ledger]
+            .iter()
+            .any(|p| p.exists())
+    }
+}
+
+/// `home/watermark/models`: where the per-model ledgers live.
+pub fn models_dir(home: &Path) -> PathBuf {
+    home.join("watermark").join(MODELS_DIR)
+}
+
+/// The directory name of `model`'s ledger: the name with every byte outside
+/// `[A-Za-z0-9_.-]` (so `%` too) and a leading `.` written `%XX` (upper-case hex). Injective, so two
+/// models never share a directory, and never `.`/`..` or a path with a separator.
+pub fn model_dir_name(model: &str) -> String {
+    let mut out = String::with_capacity(model.len());
+    for (i, b) in model.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The model name of a directory [`model_dir_name`] made; `None` for any other name.
+pub fn model_of_dir_name(dir: &str) -> Option<String> {
+    let bytes = dir.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = dir.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    (!name.is_empty() && model_dir_name(&name) == dir).then_some(name)
+}
+
+/// The DAWN ledgers a home holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HomeLedgers {
+    /// Each model's own ledger (those whose `ledger.bin` exists), by model name.
+    pub models: BTreeMap<String, DawnPaths>,
+    /// The legacy shared ledger ([`DawnPaths::in_home`]), if its `ledger.bin` still exists.
+    pub legacy: Option<DawnPaths>,
+}
+
+impl HomeLedgers {
+    /// Lists the ledgers under `home/watermark/`.
+    pub fn find(home: &Path) -> Result<HomeLedgers, DefenseError> {
+        let legacy = DawnPaths::in_home(home);
+        let mut found = HomeLedgers {
+            models: BTreeMap::new(),
+            legacy: legacy.ledger.is_file().then_some(legacy),
+        };
+        let dir = models_dir(home);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(DefenseError::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| DefenseError::io(&dir, e))?;
+            let Some(model) = entry.file_name().to_str().and_then(model_of_dir_name) else {
+                continue;
+            };
+            let paths = DawnPaths::in_dir(&entry.path());
+            if paths.ledger.is_file() {
+                found.models.insert(model, paths);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Moves the legacy shared keys and ledger of `home` ([`DawnPaths::in_home`]) to `model`'s
+/// own directory ([`DawnPaths::for_model`]), keeping the keys (the same inputs stay marked the
+/// same way) and the records. Does nothing and returns `false` when there is no legacy file
+/// or the model already has a directory.
+///
+/// The files are first moved into a staging directory `models/.migrating-<model>` which is
+/// then renamed into place, so a crash leaves either the legacy layout, a staging directory
+/// the next call completes, or the finished move — never a model directory with a fresh key
+/// beside an orphaned ledger.
+pub fn migrate_legacy(home: &Path, model: &str) -> Result<bool, DefenseError> {
+    let legacy = DawnPaths::in_home(home);
+    let dir = models_dir(home);
+    let target = dir.join(model_dir_name(model));
+    let staging = dir.join(format!(".migrating-{}", model_dir_name(model)));
+    if target.exists() || !(legacy.any_exists() || staging.is_dir()) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| DefenseError::io(&staging, e))?;
+    let staged = DawnPaths::in_dir(&staging);
+    for (from, to) in [
+        (&legacy.key, &staged.key),
+        (&legacy.ledger_key, &staged.ledger_key),
+        (&legacy.ledger, &staged.ledger),
+    ] {
+        if from.exists() {
+            std::fs::rename(from, to).map_err(|e| DefenseError::io(from, e))?;
+        }
+    }
+    std::fs::rename(&staging, &target).map_err(|e| DefenseError::io(&target, e))?;
+    sync_dir(&dir);
+    sync_dir(&home.join("watermark"));
+    Ok(true)
+}
+
+/// Best effort: sync a directory so renames in it are durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -91,7 +257,20 @@ impl Dawn {
             rate,
             ledger: None,
             fingerprint: None,
+            model: None,
         })
+    }
+
+    /// Names the served model whose answers this DAWN marks: every ledger record it writes
+    /// carries the name ([`LedgerRecord::model`]).
+    pub fn with_model(mut self, model: impl Into<String>) -> Dawn {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// The served model named by [`Dawn::with_model`].
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// Adds the keyed linear fingerprint ([`crate::fingerprint`]) of strength `epsilon` to
@@ -123,13 +302,25 @@ impl Dawn {
         self
     }
 
-    /// DAWN with its keys and ledger in `home` (see [`DawnPaths::in_home`]), creating the keys
-    /// on first use.
+    /// DAWN with its keys and ledger in the legacy shared layout of `home` (see
+    /// [`DawnPaths::in_home`]), creating the keys on first use. A gateway serving models uses
+    /// [`Dawn::open_model`], one per model.
     pub fn open_home(home: &Path, rate: f64) -> Result<Dawn, DefenseError> {
-        let p = DawnPaths::in_home(home);
-        let key = SecretKey::load_or_create(&p.key)?;
-        let lkey = SecretKey::load_or_create(&p.ledger_key)?;
-        let ledger = Ledger::open(&p.ledger, &lkey)?;
+        Dawn::open_paths(&DawnPaths::in_home(home), rate)
+    }
+
+    /// DAWN for the served model `model`, with its own keys and ledger in `home` (see
+    /// [`DawnPaths::for_model`]; fresh random keys are created on first use, independent of
+    /// every other model's), recording the model's name in every record.
+    pub fn open_model(home: &Path, model: &str, rate: f64) -> Result<Dawn, DefenseError> {
+        Ok(Dawn::open_paths(&DawnPaths::for_model(home, model), rate)?.with_model(model))
+    }
+
+    /// DAWN with the keys and ledger at `paths`, creating the keys on first use.
+    pub fn open_paths(paths: &DawnPaths, rate: f64) -> Result<Dawn, DefenseError> {
+        let key = SecretKey::load_or_create(&paths.key)?;
+        let lkey = SecretKey::load_or_create(&paths.ledger_key)?;
+        let ledger = Ledger::open(&paths.ledger, &lkey)?;
         Ok(Dawn::new(key, rate)?.with_ledger(ledger))
     }
 
@@ -197,6 +388,7 @@ impl Dawn {
                 given_label: given,
                 num_classes: c,
                 unix_ms,
+                model: self.model.clone(),
             })?;
         }
         // The fingerprint keeps the top-1 label, so the mark's labels are unchanged by it.
@@ -371,6 +563,129 @@ mod tests {
         let first = recs[0].clone();
         let m = d.apply_recorded(&first.input, &mut p).unwrap().unwrap();
         assert_eq!(m.given_label, first.given_label);
+    }
+
+    /// Each model gets its own keys and ledger; its records name it; the listing finds both.
+    #[test]
+    fn each_model_has_its_own_keys_and_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Dawn::open_model(dir.path(), "alpha", 0.3).unwrap();
+        let b = Dawn::open_model(dir.path(), "beta/../x y", 0.3).unwrap();
+        assert_eq!(a.model(), Some("alpha"));
+        let (mut na, mut nb) = (0, 0);
+        let mut differ = 0;
+        for i in 0..200 {
+            let (mut p, mut q) = ([0.2f32, 0.5, 0.3], [0.2f32, 0.5, 0.3]);
+            let ma = a.apply(&input(i), &mut p);
+            let mb = b.apply(&input(i), &mut q);
+            na += usize::from(ma.is_some());
+            nb += usize::from(mb.is_some());
+            differ += usize::from(ma.is_some() != mb.is_some());
+        }
+        assert!(differ > 20, "{differ}");
+        assert_eq!((a.ledger_len(), b.ledger_len()), (na, nb));
+        assert!(a
+            .ledger_records()
+            .iter()
+            .all(|r| r.model.as_deref() == Some("alpha")));
+        assert!(b
+            .ledger_records()
+            .iter()
+            .all(|r| r.model.as_deref() == Some("beta/../x y")));
+        let pa = DawnPaths::for_model(dir.path(), "alpha");
+        let pb = DawnPaths::for_model(dir.path(), "beta/../x y");
+        assert_ne!(
+            SecretKey::load(&pa.key).unwrap(),
+            SecretKey::load(&pb.key).unwrap()
+        );
+        assert_eq!(
+            pb.ledger.parent().unwrap().parent().unwrap(),
+            models_dir(dir.path())
+        );
+        // A's ledger key does not open B's ledger.
+        let wrong = SecretKey::load(&pa.ledger_key).unwrap();
+        assert!(Ledger::open(&pb.ledger, &wrong).is_err());
+        let found = HomeLedgers::find(dir.path()).unwrap();
+        assert_eq!(
+            found.models.keys().collect::<Vec<_>>(),
+            ["alpha", "beta/../x y"]
+        );
+        assert!(found.legacy.is_none());
+    }
+
+    #[test]
+    fn model_dir_names_are_safe_and_round_trip() {
+        for name in [
+            "m",
+            "fashion-cnn_v2.1",
+            ".hidden",
+            "..",
+            "a/b",
+            "a%2Fb",
+            "ü ñ",
+            "%",
+        ] {
+            let d = model_dir_name(name);
+            assert!(!d.starts_with('.') && !d.contains('/'), "{d}");
+            assert_eq!(model_of_dir_name(&d).as_deref(), Some(name), "{d}");
+        }
+        assert_ne!(model_dir_name("a/b"), model_dir_name("a%2Fb"));
+        for bad in ["", ".migrating-m", "a%2fb", "a%zz", "a%2", "x y"] {
+            assert_eq!(model_of_dir_name(bad), None, "{bad}");
+        }
+    }
+
+    /// A legacy home's keys and ledger move to the model's directory: the records are kept and
+    /// the same inputs are still marked the same way; a second call does nothing.
+    #[test]
+    fn legacy_ledger_migrates_to_the_model_with_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        {
+            let d = Dawn::open_home(dir.path(), 0.3).unwrap();
+            for i in 0..40 {
+                let mut p = [0.2f32, 0.5, 0.3];
+                old.extend(d.apply(&input(i), &mut p));
+            }
+        }
+        assert!(!old.is_empty());
+        let before = HomeLedgers::find(dir.path()).unwrap();
+        assert!(before.legacy.is_some() && before.models.is_empty());
+        assert!(migrate_legacy(dir.path(), "m").unwrap());
+        assert!(!DawnPaths::in_home(dir.path()).any_exists());
+        assert!(!migrate_legacy(dir.path(), "m").unwrap());
+        let d = Dawn::open_model(dir.path(), "m", 0.3).unwrap();
+        let recs = d.ledger_records();
+        assert_eq!(recs.len(), old.len());
+        assert!(recs.iter().all(|r| r.model.is_none()));
+        let mut p = [0.2f32, 0.5, 0.3];
+        let again = d.apply_recorded(&recs[0].input, &mut p).unwrap().unwrap();
+        assert_eq!(again.given_label, recs[0].given_label);
+        assert_eq!(
+            d.ledger_records().last().unwrap().model.as_deref(),
+            Some("m")
+        );
+        let after = HomeLedgers::find(dir.path()).unwrap();
+        assert!(after.legacy.is_none());
+        assert_eq!(after.models.keys().collect::<Vec<_>>(), ["m"]);
+        // Nothing to migrate in a fresh home; an interrupted move is completed.
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(!migrate_legacy(fresh.path(), "m").unwrap());
+        {
+            let d = Dawn::open_home(fresh.path(), 0.3).unwrap();
+            let mut p = [0.2f32, 0.5, 0.3];
+            for i in 0..20 {
+                d.apply(&input(i), &mut p);
+            }
+        }
+        let staging = models_dir(fresh.path()).join(".migrating-m");
+        std::fs::create_dir_all(&staging).unwrap();
+        let legacy = DawnPaths::in_home(fresh.path());
+        std::fs::rename(&legacy.key, staging.join("dawn.key")).unwrap();
+        assert!(migrate_legacy(fresh.path(), "m").unwrap());
+        let moved = DawnPaths::for_model(fresh.path(), "m");
+        assert!(moved.key.is_file() && moved.ledger_key.is_file() && moved.ledger.is_file());
+        assert!(!staging.exists());
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub struct LedgerRecord {
     pub num_classes: usize,
     /// When the answer was given, milliseconds since the Unix epoch.
     pub unix_ms: u64,
+    /// The served model that gave the answer (absent in records written before each model
+    /// had its own ledger, and for a [`crate::Dawn`] without [`crate::Dawn::with_model`]).
+    /// Left out of the JSON when absent, so older records and their commitments are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// An open ledger. Appends are durable when [`Ledger::append`] returns.
@@ -254,6 +259,7 @@ mod tests {
             given_label: (i + 1) % 10,
             num_classes: 10,
             unix_ms: 1_700_000_000_000 + i as u64,
+            model: None,
         }
     }
 

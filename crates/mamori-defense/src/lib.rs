@@ -6,7 +6,8 @@
 //!   serialisable [`post::PostprocessorSpec`] by [`post::build`].
 //! - [`key`]: secret keys (redacted `Debug`, `0600` key files) and keyed per-input randomness.
 //! - [`dawn`]: DAWN answer watermarking ([`mamori_core::Watermark`]), recording marked answers
-//!   in the encrypted, append-only [`ledger`].
+//!   in the encrypted, append-only [`ledger`] — one key and one ledger per served model
+//!   ([`dawn::DawnPaths::for_model`]).
 //! - [`fingerprint`]: a keyed linear fingerprint in every answer, DAWN's complement against
 //!   least-squares (equation-solving) thieves, with its exact verification test.
 //! - [`verify`](mod@verify): ownership verification of a suspect against the ledger (exact

@@ -9,8 +9,8 @@
 //! Version 2 reports also name the deciding statistic and carry both count statistics' counts
 //! and p-values (see [`crate::verify`](mod@crate::verify)); version 3 reports add the rank-sum statistic and the
 //! fingerprint test; version 4 reports add the log-gap-sum and reference-gap-sum statistics
-//! (which decide them) and every queried input's gaps, from which anyone can recompute both.
-//! Fields
+//! (which decide them) and every queried input's gaps, from which anyone can recompute both;
+//! version 5 reports name the served model whose ledger was used (`model`). Fields
 //! a version does not have are left out of its canonical JSON, so the signatures of older
 //! reports still verify.
 
@@ -27,13 +27,17 @@ use std::path::Path;
 /// The signed content of a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceReport {
-    /// Format version (4; 3 for reports made before `log_gap_sum` existed, 2 before
-    /// `rank_sum`, 1 before `statistic`).
+    /// Format version (5; 4 for reports made before `model` existed, 3 before `log_gap_sum`,
+    /// 2 before `rank_sum`, 1 before `statistic`).
     pub version: u32,
     /// When the report was made, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// What was verified (path or URL of the suspect).
     pub suspect: String,
+    /// The served model whose watermark ledger was used (version 5; absent before, and for a
+    /// ledger that names no model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Commitment to the ledger records used.
     pub ledger_commitment: String,
     /// Distinct inputs queried.
@@ -80,12 +84,13 @@ impl EvidenceReport {
     /// A report from a verification result.
     pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
         EvidenceReport {
-            version: 4,
+            version: 5,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             suspect: suspect.to_string(),
+            model: r.model.clone(),
             ledger_commitment: r.ledger_commitment.clone(),
             queried: r.queried,
             matches: r.matches,
@@ -217,6 +222,7 @@ mod tests {
             version: 1,
             created_unix_ms: 1,
             suspect: "model/".into(),
+            model: None,
             ledger_commitment: "ab".repeat(32),
             queried: 3,
             matches: 2,
@@ -353,6 +359,19 @@ mod tests {
         assert!(check_report(&t, &pk).is_err());
         let mut t = back;
         t.report.evidence[0].reference_log_gaps.as_mut().unwrap()[0] = 1;
+        assert!(check_report(&t, &pk).is_err());
+
+        // Version 5: the model is signed too, and a version 4 report has none in its JSON.
+        assert!(!text.contains("\"model\""), "{text}");
+        let mut v5 = v4;
+        v5.version = 5;
+        v5.model = Some("fashion-cnn".into());
+        let text = serde_json::to_string_pretty(&s.sign(v5.clone())).unwrap();
+        assert!(text.contains("\"model\": \"fashion-cnn\""), "{text}");
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), v5);
+        let mut t = back;
+        t.report.model = Some("other".into());
         assert!(check_report(&t, &pk).is_err());
     }
 

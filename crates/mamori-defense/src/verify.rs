@@ -314,6 +314,11 @@ pub struct VerifyResult {
     pub fingerprint: Option<FingerprintResult>,
     /// Number of classes.
     pub num_classes: usize,
+    /// The served model whose marks were tested: the model named by the ledger's records
+    /// ([`LedgerRecord::model`]), or the caller's when the records predate the field
+    /// (`mamori watermark verify` fills in the ledger's model then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Commitment to the ledger records used (see [`crate::ledger::commitment`]).
     pub ledger_commitment: String,
     /// Per-input evidence.
@@ -722,6 +727,19 @@ pub fn verify_with(
             "ledger records have {c} classes"
         )));
     }
+    let model = records.iter().find_map(|r| r.model.clone());
+    if let (Some(m), Some(other)) = (
+        &model,
+        records
+            .iter()
+            .filter_map(|r| r.model.as_ref())
+            .find(|o| *o != model.as_ref().expect("some")),
+    ) {
+        return Err(DefenseError::Verify(format!(
+            "the records mix marks of models {m:?} and {other:?}; verify against one model's \
+             ledger"
+        )));
+    }
     if let Some(r) = records
         .iter()
         .find(|r| r.true_label >= c || r.given_label >= c || r.true_label == r.given_label)
@@ -917,6 +935,7 @@ pub fn verify_with(
         reference_gap_sum,
         fingerprint,
         num_classes: c,
+        model,
         ledger_commitment: commitment(records),
         evidence,
     })
@@ -1482,6 +1501,7 @@ mod tests {
             given_label,
             num_classes: c,
             unix_ms: 0,
+            model: None,
         }
     }
 
@@ -1501,6 +1521,29 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12
+    }
+
+    /// The result names the model of the records; records of two models are refused.
+    #[test]
+    fn the_result_names_the_model_and_mixed_models_are_refused() {
+        let (mut records, scores) = constructed_case();
+        let table = |scores: &Vec<Vec<f32>>| Table {
+            scores: scores.clone(),
+            disclosure: Disclosure::Probabilities,
+        };
+        assert_eq!(
+            verify(&mut table(&scores), &records, 0.6, 2).unwrap().model,
+            None
+        );
+        // Legacy records (no model) beside named ones count as that model's.
+        records[1].model = Some("a".into());
+        let r = verify(&mut table(&scores), &records, 0.6, 2).unwrap();
+        assert_eq!(r.model.as_deref(), Some("a"));
+        records[2].model = Some("b".into());
+        let e = verify(&mut table(&scores), &records, 0.6, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"a\"") && e.contains("\"b\""), "{e}");
     }
 
     #[test]

@@ -188,6 +188,7 @@ fn verification_input_errors_are_clear() {
         given_label: 1,
         num_classes: C,
         unix_ms: 0,
+        model: None,
     };
     let e = verify_model(&victim, std::slice::from_ref(&rec), 1e-4)
         .unwrap_err()

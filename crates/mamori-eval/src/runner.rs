@@ -447,7 +447,7 @@ impl CellChain {
             &spec,
             &ctx,
         )?;
-        let dawn = protected.dawn.clone();
+        let dawn = protected.dawn.get(&victim.card.name).cloned();
         let store = Arc::new(KeyStore::in_memory());
         let mut keys = HashMap::new();
         for c in clients {

@@ -49,7 +49,7 @@ fn chain_for(
         &ctx,
     )
     .unwrap();
-    let dawn = p.dawn.clone();
+    let dawn = p.dawn.values().next().cloned();
     let keys = Arc::new(KeyStore::in_memory());
     let (_, key) = keys.create("c", None, "eval", &[]).unwrap();
     let chain = Arc::new(p.builder().keys(keys).build().unwrap());

@@ -21,6 +21,12 @@
 //! [postprocessors.round2]          # named definitions, interpreted by the registry
 //! kind = "rounding"
 //! decimals = 2
+//!
+//! [watermark]                      # DAWN answer watermarking (see WatermarkConfig)
+//! kind = "dawn"                    # or "none" (turns off the policy's DAWN)
+//! rate = 0.005
+//! # fingerprint = 9.0              # linear fingerprint strength; 0 = off
+//! # fingerprint_dims = [0, 27]     # default: the model's quiet dimensions
 //! ```
 
 use crate::error::GatewayError;
@@ -395,6 +401,72 @@ impl Default for DetectConfig {
     }
 }
 
+/// The answer watermark a `[watermark]` section asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatermarkKind {
+    /// DAWN (Szyller et al. 2021), with each served model's own keys and ledger.
+    #[default]
+    Dawn,
+    /// No watermark, even if the protection policy has one (`--watermark dawn` still turns
+    /// it on).
+    None,
+}
+
+/// `[watermark]`: answer watermarking for this gateway, on top of the protection policy
+/// (see `crate::protection::merge_watermark` for the precedence: `mamori serve --watermark`,
+/// then this section, then the policy).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// `dawn` (default) or `none`.
+    pub kind: WatermarkKind,
+    /// Share of queries DAWN watermarks, in `(0, 1)` (default 0.005, the paper's).
+    pub rate: f64,
+    /// Strength `ε` of DAWN's keyed linear fingerprint in `[0, 20]`
+    /// (`mamori_defense::fingerprint`); 0 turns it off. Default: 9, or 0 when the policy
+    /// rounds answers (the fingerprint would undo the rounding).
+    pub fingerprint: Option<f32>,
+    /// Input dimensions the fingerprint reads; empty (default) = the model's quiet dimensions
+    /// from its calibration.
+    pub fingerprint_dims: Vec<u32>,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        Self {
+            kind: WatermarkKind::Dawn,
+            rate: mamori_defense::dawn::DEFAULT_RATE,
+            fingerprint: None,
+            fingerprint_dims: Vec::new(),
+        }
+    }
+}
+
+impl WatermarkConfig {
+    /// Checks the rate and fingerprint strength; errors name the key.
+    pub fn check(&self) -> Result<(), GatewayError> {
+        if self.kind == WatermarkKind::None {
+            return Ok(());
+        }
+        if !(self.rate > 0.0 && self.rate < 1.0) {
+            return Err(GatewayError::Config(format!(
+                "watermark.rate must lie in (0, 1), got {}",
+                self.rate
+            )));
+        }
+        let max = mamori_defense::fingerprint::MAX_EPSILON;
+        if let Some(f) = self.fingerprint {
+            if !(f.is_finite() && (0.0..=max).contains(&f)) {
+                return Err(GatewayError::Config(format!(
+                    "watermark.fingerprint must lie in [0, {max}], got {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The whole gateway configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -418,6 +490,8 @@ pub struct GatewayConfig {
     /// `mamori-defense`'s specs, e.g. `[postprocessors.round2] kind = "rounding"`,
     /// `decimals = 2`).
     pub postprocessors: BTreeMap<String, toml::Value>,
+    /// Answer watermarking (`[watermark]`); absent = as the protection policy says.
+    pub watermark: Option<WatermarkConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -465,6 +539,7 @@ impl Default for GatewayConfig {
             tiers,
             detect: DetectConfig::default(),
             postprocessors: BTreeMap::new(),
+            watermark: None,
         }
     }
 }
@@ -615,6 +690,9 @@ impl GatewayConfig {
                 "detect.throttle_factor must be in (0, 1]".into(),
             ));
         }
+        if let Some(w) = &self.watermark {
+            w.check()?;
+        }
         Ok(())
     }
 }
@@ -722,6 +800,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("redis_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_watermark_section_parses_and_bad_values_are_named() {
+        let cfg = GatewayConfig::from_toml("[watermark]\nkind = \"dawn\"\nrate = 0.02\n").unwrap();
+        cfg.check().unwrap();
+        let w = cfg.watermark.unwrap();
+        assert_eq!(
+            (w.kind, w.rate, w.fingerprint),
+            (WatermarkKind::Dawn, 0.02, None)
+        );
+        let cfg = GatewayConfig::from_toml("[watermark]\n").unwrap();
+        assert_eq!(cfg.watermark, Some(WatermarkConfig::default()));
+        assert_eq!(GatewayConfig::default().watermark, None);
+        let off = GatewayConfig::from_toml("[watermark]\nkind = \"none\"\nrate = 7.0\n").unwrap();
+        off.check().unwrap();
+        for (text, key) in [
+            ("rate = 0.0", "watermark.rate"),
+            ("rate = 1.5", "watermark.rate"),
+            ("rate = nan", "watermark.rate"),
+            ("fingerprint = -1.0", "watermark.fingerprint"),
+            ("fingerprint = 21.0", "watermark.fingerprint"),
+        ] {
+            let e = GatewayConfig::from_toml(&format!("[watermark]\n{text}\n"))
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        for bad in ["kind = \"radioactive\"", "rat = 0.1"] {
+            assert!(
+                GatewayConfig::from_toml(&format!("[watermark]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

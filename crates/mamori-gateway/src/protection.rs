@@ -37,10 +37,11 @@
 //! since the previous verdict of that detector about that subject).
 
 use crate::chain::{ChainBuilder, ModelSpec, PostprocessorRegistry};
-use crate::config::{DisclosureKind, GatewayConfig};
+use crate::config::{DisclosureKind, GatewayConfig, WatermarkConfig, WatermarkKind};
 use crate::error::GatewayError;
 use crate::policy::{NamedVerdict, Policy as GatewayPolicy};
 use mamori_core::{Action, Detector, DetectorState, Model, Postprocessor, Verdict, Watermark};
+use mamori_defense::dawn::DawnPaths;
 use mamori_defense::{BuildContext, Dawn, Ledger, PostprocessorSpec, SecretKey};
 use mamori_detect::{DetectorsConfig, PolicyConfig};
 use mamori_ml::Network;
@@ -246,6 +247,97 @@ pub fn detect_escalation() -> PolicyConfig {
     e
 }
 
+/// Where the served watermark came from ([`merge_watermark`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatermarkSource {
+    /// The protection policy's own `watermark`.
+    Policy,
+    /// The gateway configuration's `[watermark]` section.
+    Config,
+    /// `mamori serve --watermark dawn`.
+    Flag,
+}
+
+impl std::fmt::Display for WatermarkSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WatermarkSource::Policy => "the protection policy",
+            WatermarkSource::Config => "[watermark] in the gateway configuration",
+            WatermarkSource::Flag => "--watermark dawn",
+        })
+    }
+}
+
+/// Merges the gateway configuration's `[watermark]` section (`config`) and
+/// `mamori serve --watermark dawn` (`flag`) into `spec`'s watermark; returns where the result
+/// came from (`None`: no watermark; [`WatermarkSource::Flag`] only when the flag turned on
+/// what would otherwise be off).
+///
+/// Precedence, strongest first:
+/// 1. `--watermark dawn` (the command line wins): DAWN is on whatever the configuration says;
+///    its settings are the configuration's `[watermark]` when that section asks for DAWN,
+///    else the policy's own DAWN, else the defaults.
+/// 2. `[watermark]`: `kind = "dawn"` serves DAWN with the section's settings (replacing the
+///    policy's DAWN settings, e.g. the rate of the built-in `default` policy); `kind = "none"`
+///    turns the policy's DAWN off.
+/// 3. The policy's own `watermark`.
+///
+/// Where the fingerprint strength is not given (the flag's defaults, or the section without
+/// `fingerprint`) it is 9, or 0 when the policy rounds answers (the fingerprint would undo the
+/// rounding); an explicit non-zero strength with a rounding policy is an error naming
+/// `watermark.fingerprint`.
+pub fn merge_watermark(
+    spec: &mut PolicySpec,
+    config: Option<&WatermarkConfig>,
+    flag: bool,
+) -> Result<Option<WatermarkSource>, GatewayError> {
+    let rounds = spec.rounds_answers();
+    let from_config = match config {
+        Some(c) if c.kind == WatermarkKind::Dawn => {
+            c.check()?;
+            let fingerprint = match c.fingerprint {
+                Some(f) if f > 0.0 && rounds => {
+                    return Err(GatewayError::Config(format!(
+                        "watermark.fingerprint = {f} would undo the policy's rounding \
+                         postprocessor (the fingerprint is added after it); set \
+                         watermark.fingerprint = 0"
+                    )))
+                }
+                Some(f) => f,
+                None if rounds => 0.0,
+                None => default_fingerprint(),
+            };
+            Some(WatermarkSpec::Dawn {
+                rate: c.rate,
+                fingerprint,
+                fingerprint_dims: c.fingerprint_dims.clone(),
+            })
+        }
+        _ => None,
+    };
+    let policy_own = spec.watermark.take();
+    let mut merged = match config.map(|c| c.kind) {
+        Some(WatermarkKind::None) => None,
+        Some(WatermarkKind::Dawn) => from_config.map(|w| (w, WatermarkSource::Config)),
+        None => policy_own.clone().map(|w| (w, WatermarkSource::Policy)),
+    };
+    if flag && merged.is_none() {
+        let w = policy_own.or_else(|| {
+            let mut w = builtin("dawn").and_then(|d| d.watermark);
+            if let Some(WatermarkSpec::Dawn { fingerprint, .. }) = &mut w {
+                if rounds {
+                    *fingerprint = 0.0;
+                }
+            }
+            w
+        });
+        merged = w.map(|w| (w, WatermarkSource::Flag));
+    }
+    let source = merged.as_ref().map(|(_, s)| *s);
+    spec.watermark = merged.map(|(w, _)| w);
+    Ok(source)
+}
+
 /// Resolves `name` among `custom` policies first, then the built-ins.
 pub fn resolve(
     name: &str,
@@ -267,11 +359,14 @@ pub fn resolve(
 /// Secrets, calibration and storage the policy needs.
 #[derive(Clone, Debug)]
 pub struct ProtectionContext {
-    /// Gateway home: DAWN's keys and ledger live in `home/watermark/` (see
-    /// [`mamori_defense::dawn::DawnPaths`]) and the postprocessor key in `home/protection.key`.
+    /// Gateway home: each served model's DAWN keys and ledger live in
+    /// `home/watermark/models/<model>/` (see [`mamori_defense::dawn::DawnPaths::for_model`])
+    /// and the postprocessor key in `home/protection.key`.
     pub home: PathBuf,
-    /// A fixed master secret (reproducible evaluations): DAWN, ledger and postprocessor keys
-    /// are derived from it instead of the key files; the ledger still goes to the home.
+    /// A fixed master secret (reproducible evaluations): the postprocessor key and each
+    /// model's DAWN and ledger keys are derived from it (DAWN's with the model's name as
+    /// context: `dawn/model/<name>`, `dawn-ledger/model/<name>`) instead of the key files;
+    /// the ledgers still go to the home.
     pub secret: Option<SecretKey>,
     /// Calibrated detector thresholds (`calibration.json`), used when the policy names none.
     pub calibration: Option<DetectorsConfig>,
@@ -305,15 +400,16 @@ pub struct Protected {
     pub registry: PostprocessorRegistry,
     /// The served models with their detectors, escalation policy and watermark.
     pub models: Vec<ModelSpec>,
-    /// The DAWN watermark (shared by the models), to read its ledger.
-    pub dawn: Option<Arc<Dawn>>,
+    /// Each served model's own DAWN watermark (its keys and ledger), by model name; empty
+    /// when the policy has no watermark.
+    pub dawn: BTreeMap<String, Arc<Dawn>>,
 }
 
 impl std::fmt::Debug for Protected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Protected")
             .field("models", &self.models.len())
-            .field("dawn", &self.dawn.is_some())
+            .field("dawn", &self.dawn.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -339,8 +435,17 @@ fn cfg_err(e: impl std::fmt::Display) -> GatewayError {
 /// Postprocessors are appended to every tier of `config` (named `policy:N`), degrade
 /// postprocessors to `detect.degrade_postprocessors` (`policy:degrade:N`); names already in
 /// `config` are resolved as built-in policies with a single postprocessor (`rounding`,
-/// `top_k`, ...). Each model gets its own detector states and escalation policy; the DAWN
-/// watermark (one key, one ledger) is shared.
+/// `top_k`, ...). Each model gets its own detector states and escalation policy, and its own
+/// DAWN watermark: its own keys and ledger ([`mamori_defense::Dawn::open_model`], or keys
+/// derived from [`ProtectionContext::secret`] with the model's name as context), so a mark one
+/// model gave never shows up in another's ledger.
+///
+/// A home written before each model had its own ledger (the shared
+/// `home/watermark/{dawn.key, ledger.key, ledger.bin}`) is migrated when it serves a single
+/// model: the files move to that model's directory ([`mamori_defense::dawn::migrate_legacy`];
+/// same keys, same records). Serving several models, the legacy ledger is left where it is,
+/// read-only (verify against it with `mamori watermark verify --ledger PATH`), and every model
+/// starts its own.
 pub fn protect(
     mut config: GatewayConfig,
     models: Vec<(Arc<dyn Model>, String)>,
@@ -408,19 +513,26 @@ pub fn protect(
     let named = Arc::new(named);
     let registry: PostprocessorRegistry = Arc::new(move |n: &str| named.get(n).cloned());
 
-    let dawn = match &policy.watermark {
-        None => None,
-        Some(WatermarkSpec::Dawn {
-            rate,
-            fingerprint,
-            fingerprint_dims,
-        }) => Some(Arc::new(open_dawn(
-            ctx,
-            *rate,
-            *fingerprint,
-            fingerprint_dims.clone(),
-        )?)),
-    };
+    let mut dawn: BTreeMap<String, Arc<Dawn>> = BTreeMap::new();
+    if let Some(WatermarkSpec::Dawn {
+        rate,
+        fingerprint,
+        fingerprint_dims,
+    }) = &policy.watermark
+    {
+        let names: Vec<String> = models.iter().map(|(m, _)| m.card().name.clone()).collect();
+        if ctx.secret.is_none() {
+            adopt_legacy_ledger(&ctx.home, &names)?;
+        }
+        for name in names {
+            // A repeated name is refused by the chain builder; open its ledger once.
+            if dawn.contains_key(&name) {
+                continue;
+            }
+            let d = open_dawn(ctx, &name, *rate, *fingerprint, fingerprint_dims.clone())?;
+            dawn.insert(name, Arc::new(d));
+        }
+    }
     let detectors_cfg = policy
         .detectors
         .clone()
@@ -433,7 +545,10 @@ pub fn protect(
             spec.detectors = repeat_aware(mamori_detect::default_detectors(&detectors_cfg));
             spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
         }
-        spec.watermark = dawn.clone().map(|d| d as Arc<dyn Watermark>);
+        spec.watermark = dawn
+            .get(&spec.model.card().name)
+            .cloned()
+            .map(|d| d as Arc<dyn Watermark>);
         specs.push(spec);
     }
     Ok(Protected {
@@ -444,20 +559,53 @@ pub fn protect(
     })
 }
 
+/// The legacy shared DAWN ledger of `home`, if any: moved to the model's own directory when
+/// `names` is a single model, else left in place (with a warning saying how to verify it).
+fn adopt_legacy_ledger(home: &Path, names: &[String]) -> Result<(), GatewayError> {
+    let legacy = DawnPaths::in_home(home);
+    if let [only] = names {
+        if mamori_defense::dawn::migrate_legacy(home, only).map_err(cfg_err)? {
+            tracing::info!(
+                "DAWN: the home's shared watermark ledger (written before each model had its \
+                 own) now belongs to model {only:?}: moved to {}",
+                DawnPaths::for_model(home, only)
+                    .ledger
+                    .parent()
+                    .unwrap_or(home)
+                    .display()
+            );
+        }
+    }
+    if legacy.ledger.is_file() && !names.is_empty() {
+        tracing::warn!(
+            "DAWN: {} is the ledger every model shared before each had its own; it is kept \
+             read-only (verify against it with `mamori watermark verify --ledger {}`) and each \
+             served model records its marks in its own ledger",
+            legacy.ledger.display(),
+            legacy.ledger.display()
+        );
+    }
+    Ok(())
+}
+
+/// The DAWN watermark of served model `model` (see [`protect`]).
 fn open_dawn(
     ctx: &ProtectionContext,
+    model: &str,
     rate: f64,
     fingerprint: f32,
     dims: Vec<u32>,
 ) -> Result<Dawn, GatewayError> {
     let dawn = match &ctx.secret {
-        None => Dawn::open_home(&ctx.home, rate).map_err(cfg_err)?,
+        None => Dawn::open_model(&ctx.home, model, rate).map_err(cfg_err)?,
         Some(s) => {
-            let p = mamori_defense::dawn::DawnPaths::in_home(&ctx.home);
-            let ledger = Ledger::open(&p.ledger, &s.derive("dawn-ledger")).map_err(cfg_err)?;
-            Dawn::new(s.derive("dawn"), rate)
+            let p = DawnPaths::for_model(&ctx.home, model);
+            let ledger_key = s.derive(&format!("dawn-ledger/model/{model}"));
+            let ledger = Ledger::open(&p.ledger, &ledger_key).map_err(cfg_err)?;
+            Dawn::new(s.derive(&format!("dawn/model/{model}")), rate)
                 .map_err(cfg_err)?
                 .with_ledger(ledger)
+                .with_model(model)
         }
     };
     let dims = if dims.is_empty() {
@@ -669,6 +817,188 @@ impl GatewayPolicy for Escalation {
 mod tests {
     use super::*;
 
+    /// A small native model named `name` (input `[1, 4, 4]`, 3 classes).
+    fn tiny(name: &str) -> (Arc<dyn Model>, String) {
+        let net = Network::new(&mamori_ml::Arch::Mlp { hidden: vec![4] }, &[1, 4, 4], 3, 1);
+        let card = mamori_core::ModelCard::classifier(name, "mlp", &[1, 4, 4], 3);
+        (
+            Arc::new(mamori_ml::NativeModel::new(net, card)),
+            "mamori-native".into(),
+        )
+    }
+
+    fn dawn_spec(rate: f64, fingerprint: f32) -> WatermarkSpec {
+        WatermarkSpec::Dawn {
+            rate,
+            fingerprint,
+            fingerprint_dims: Vec::new(),
+        }
+    }
+
+    /// Every served model gets its own DAWN (own key, own ledger, records naming it), from the
+    /// key files or, with a master secret, from keys derived with the model's name.
+    #[test]
+    fn each_served_model_gets_its_own_dawn() {
+        for secret in [None, Some(SecretKey::from_bytes([6; 32]))] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut ctx = ProtectionContext::new(tmp.path());
+            ctx.secret = secret.clone();
+            let mut spec = builtin("dawn").unwrap();
+            spec.watermark = Some(dawn_spec(0.3, 0.0));
+            let p = protect(
+                GatewayConfig::default(),
+                vec![tiny("a"), tiny("b")],
+                &spec,
+                &ctx,
+            )
+            .unwrap();
+            assert_eq!(p.dawn.keys().collect::<Vec<_>>(), ["a", "b"]);
+            assert!(p.models.iter().all(|m| m.watermark.is_some()));
+            let (a, b) = (&p.dawn["a"], &p.dawn["b"]);
+            let (mut na, mut nb, mut differ) = (0, 0, 0);
+            for i in 0..200 {
+                let x: Vec<f32> = (0..16).map(|j| ((i * 16 + j) % 97) as f32 / 97.0).collect();
+                let (mut pa, mut pb) = ([0.2f32, 0.5, 0.3], [0.2f32, 0.5, 0.3]);
+                let ma = a.apply(&x, &mut pa);
+                let mb = b.apply(&x, &mut pb);
+                na += usize::from(ma.is_some());
+                nb += usize::from(mb.is_some());
+                differ += usize::from(ma.is_some() != mb.is_some());
+            }
+            assert!(differ > 20, "{differ}");
+            assert_eq!((a.ledger_len(), b.ledger_len()), (na, nb));
+            for (name, d) in [("a", a), ("b", b)] {
+                assert!(d
+                    .ledger_records()
+                    .iter()
+                    .all(|r| r.model.as_deref() == Some(name)));
+                assert!(DawnPaths::for_model(tmp.path(), name).ledger.is_file());
+            }
+            assert!(!DawnPaths::in_home(tmp.path()).any_exists());
+            let ledgers = mamori_defense::dawn::HomeLedgers::find(tmp.path()).unwrap();
+            assert_eq!(ledgers.models.len(), 2);
+        }
+    }
+
+    /// A legacy shared ledger moves to the model when one model is served, and stays put
+    /// (read-only) when several are.
+    #[test]
+    fn a_legacy_ledger_is_adopted_by_a_single_model_only() {
+        let spec = builtin("dawn").unwrap();
+        let legacy_home = || {
+            let tmp = tempfile::tempdir().unwrap();
+            Dawn::open_home(tmp.path(), 0.5).unwrap();
+            assert!(DawnPaths::in_home(tmp.path()).ledger.is_file());
+            tmp
+        };
+        let one = legacy_home();
+        let key = SecretKey::load(&DawnPaths::in_home(one.path()).key).unwrap();
+        protect(
+            GatewayConfig::default(),
+            vec![tiny("solo")],
+            &spec,
+            &ProtectionContext::new(one.path()),
+        )
+        .unwrap();
+        assert!(!DawnPaths::in_home(one.path()).any_exists());
+        let moved = DawnPaths::for_model(one.path(), "solo");
+        assert_eq!(SecretKey::load(&moved.key).unwrap(), key);
+        let two = legacy_home();
+        protect(
+            GatewayConfig::default(),
+            vec![tiny("a"), tiny("b")],
+            &spec,
+            &ProtectionContext::new(two.path()),
+        )
+        .unwrap();
+        let found = mamori_defense::dawn::HomeLedgers::find(two.path()).unwrap();
+        assert!(found.legacy.is_some());
+        assert_eq!(found.models.len(), 2);
+        assert_ne!(
+            SecretKey::load(&DawnPaths::for_model(two.path(), "a").key).unwrap(),
+            SecretKey::load(&DawnPaths::in_home(two.path()).key).unwrap()
+        );
+    }
+
+    /// `--watermark` wins over `[watermark]`, which wins over the policy.
+    #[test]
+    fn watermark_precedence_flag_then_config_then_policy() {
+        let cfg = |kind, rate, fingerprint| WatermarkConfig {
+            kind,
+            rate,
+            fingerprint,
+            fingerprint_dims: Vec::new(),
+        };
+        let fp = default_fingerprint();
+        // No section, no flag: the policy's.
+        let mut p = builtin("default").unwrap();
+        let own = p.watermark.clone();
+        assert_eq!(
+            merge_watermark(&mut p, None, false).unwrap(),
+            Some(WatermarkSource::Policy)
+        );
+        assert_eq!(p.watermark, own);
+        let mut p = builtin("none").unwrap();
+        assert_eq!(merge_watermark(&mut p, None, false).unwrap(), None);
+        assert_eq!(p.watermark, None);
+        // The section turns DAWN on with its settings, replacing the policy's.
+        let mut p = builtin("none").unwrap();
+        let c = cfg(WatermarkKind::Dawn, 0.02, None);
+        assert_eq!(
+            merge_watermark(&mut p, Some(&c), false).unwrap(),
+            Some(WatermarkSource::Config)
+        );
+        assert_eq!(p.watermark, Some(dawn_spec(0.02, fp)));
+        // On a rounding policy the default strength is 0; an explicit one is refused.
+        let mut p = builtin("default").unwrap();
+        merge_watermark(&mut p, Some(&c), false).unwrap();
+        assert_eq!(p.watermark, Some(dawn_spec(0.02, 0.0)));
+        let mut p = builtin("default").unwrap();
+        let e = merge_watermark(
+            &mut p,
+            Some(&cfg(WatermarkKind::Dawn, 0.02, Some(3.0))),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("watermark.fingerprint"), "{e}");
+        // A bad rate in the section is named.
+        let mut p = builtin("none").unwrap();
+        let e = merge_watermark(&mut p, Some(&cfg(WatermarkKind::Dawn, 2.0, None)), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watermark.rate"), "{e}");
+        // `kind = "none"` turns the policy's DAWN off...
+        let off = cfg(WatermarkKind::None, 0.005, None);
+        let mut p = builtin("dawn").unwrap();
+        assert_eq!(merge_watermark(&mut p, Some(&off), false).unwrap(), None);
+        assert_eq!(p.watermark, None);
+        // ...but the flag wins: the policy's own DAWN, else the defaults.
+        let mut p = builtin("dawn").unwrap();
+        let own = p.watermark.clone();
+        assert_eq!(
+            merge_watermark(&mut p, Some(&off), true).unwrap(),
+            Some(WatermarkSource::Flag)
+        );
+        assert_eq!(p.watermark, own);
+        let mut p = builtin("rounding").unwrap();
+        assert_eq!(
+            merge_watermark(&mut p, Some(&off), true).unwrap(),
+            Some(WatermarkSource::Flag)
+        );
+        assert_eq!(p.watermark, Some(dawn_spec(default_dawn_rate(), 0.0)));
+        // The flag with a DAWN section: the section's settings.
+        let mut p = builtin("none").unwrap();
+        assert_eq!(
+            merge_watermark(&mut p, Some(&c), true).unwrap(),
+            Some(WatermarkSource::Config)
+        );
+        assert_eq!(p.watermark, Some(dawn_spec(0.02, fp)));
+        let mut p = builtin("none").unwrap();
+        merge_watermark(&mut p, None, true).unwrap();
+        assert_eq!(p.watermark, Some(dawn_spec(default_dawn_rate(), fp)));
+    }
+
     fn verdict(subject: &str, detector: &str, alarm: bool, queries: u64) -> NamedVerdict {
         NamedVerdict {
             detector: detector.into(),
@@ -752,9 +1082,10 @@ mod tests {
         let mut ctx = ProtectionContext::new(tmp.path());
         ctx.secret = Some(SecretKey::from_bytes([2; 32]));
         let build = |spec: &PolicySpec, ctx: &ProtectionContext| {
-            protect(GatewayConfig::default(), Vec::new(), spec, ctx)
+            protect(GatewayConfig::default(), vec![tiny("m")], spec, ctx)
                 .unwrap()
                 .dawn
+                .remove("m")
                 .unwrap()
         };
         let spec = builtin("dawn").unwrap();

@@ -33,8 +33,10 @@ pub struct Args {
     /// A protection policy as a TOML file (a `PolicySpec`; overrides `--policy`).
     #[arg(long)]
     pub policy_file: Option<PathBuf>,
-    /// Shortcut for `--policy dawn`-style watermarking on top of the chosen policy
-    /// (`dawn` is the only scheme).
+    /// Turns on DAWN watermarking on top of the chosen policy (`dawn` is the only scheme),
+    /// whatever the configuration's `[watermark]` section says; its settings are that
+    /// section's when it asks for DAWN, else the policy's, else the defaults (rate 0.005).
+    /// Each served model gets its own keys and ledger in `<home>/watermark/models/<model>/`.
     #[arg(long, value_parser = ["dawn"])]
     pub watermark: Option<String>,
     /// Proxy inference to this Open Inference Protocol v2 server instead of (or besides)
@@ -269,16 +271,24 @@ fn policy_spec(args: &Args, cfg: &GatewayConfig) -> anyhow::Result<PolicySpec> {
     if !cfg.detect.enabled {
         spec.detect = false;
     }
-    if args.watermark.is_some() && spec.watermark.is_none() {
-        spec.watermark = protection::builtin("dawn").and_then(|d| d.watermark);
-        // The fingerprint would undo a rounding postprocessor: DAWN alone then.
-        let rounds = spec.rounds_answers();
-        if let Some(protection::WatermarkSpec::Dawn { fingerprint, .. }) = &mut spec.watermark {
-            if rounds {
-                tracing::info!("the policy rounds answers: DAWN without its linear fingerprint");
-                *fingerprint = 0.0;
+    // The command line wins over `[watermark]`, which wins over the policy.
+    let source =
+        protection::merge_watermark(&mut spec, cfg.watermark.as_ref(), args.watermark.is_some())?;
+    if let (
+        Some(source),
+        Some(protection::WatermarkSpec::Dawn {
+            rate, fingerprint, ..
+        }),
+    ) = (source, &spec.watermark)
+    {
+        tracing::info!(
+            "DAWN watermarking from {source}: rate {rate}, linear fingerprint {}",
+            if *fingerprint > 0.0 {
+                format!("ε = {fingerprint}")
+            } else {
+                "off".to_string()
             }
-        }
+        );
     }
     Ok(spec)
 }
@@ -347,10 +357,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| args.policy.clone()),
-        if protected.dawn.is_some() {
-            " (DAWN watermarking on; ledger in the home directory)"
+        if protected.dawn.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(
+                " (DAWN watermarking on; one ledger per model in {})",
+                mamori_defense::dawn::models_dir(&home).display()
+            )
         }
     );
     let metrics = std::sync::Arc::new(mamori_gateway::metrics::Metrics::new());

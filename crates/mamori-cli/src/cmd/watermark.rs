@@ -4,7 +4,7 @@ use crate::global::Global;
 use anyhow::{bail, Context, Result};
 use mamori_attack::{HttpOracle, HttpOracleConfig};
 use mamori_core::Oracle;
-use mamori_defense::dawn::DawnPaths;
+use mamori_defense::dawn::{DawnPaths, HomeLedgers};
 use mamori_defense::report::{
     check_report, parse_public_key, read_signed_report, EvidenceReport, ReportSigner,
 };
@@ -32,12 +32,87 @@ enum Sub {
 /// Where the ledger is.
 #[derive(clap::Args, Debug)]
 struct LedgerLoc {
-    /// The encrypted DAWN ledger. Default: `<home>/watermark/ledger.bin`.
+    /// The served model whose DAWN ledger to use: `<home>/watermark/models/<model>/ledger.bin`.
+    /// Required when the home holds several models' ledgers; with `--ledger`, the ledger's
+    /// records must be this model's.
+    #[arg(long)]
+    model: Option<String>,
+    /// The encrypted DAWN ledger. Default: the `--model`'s ledger in the home, or the home's
+    /// only ledger (a home written before each model had its own ledger has one,
+    /// `<home>/watermark/ledger.bin`).
     #[arg(long)]
     ledger: Option<PathBuf>,
     /// The ledger's key file. Default: `ledger.key` beside the ledger.
     #[arg(long)]
     ledger_key: Option<PathBuf>,
+}
+
+/// A ledger found from [`LedgerLoc`].
+struct FoundLedger {
+    /// The ledger file.
+    path: PathBuf,
+    /// The model it belongs to, when known from the home's layout or `--model`.
+    model: Option<String>,
+}
+
+/// The ledger `loc` names: `--ledger`, else `--model`'s ledger in the home, else the home's
+/// only ledger; several ledgers and no `--model`, or an unknown model, are errors naming the
+/// choices.
+fn find_ledger(loc: &LedgerLoc, home: &Path) -> Result<FoundLedger> {
+    if let Some(p) = &loc.ledger {
+        return Ok(FoundLedger {
+            path: p.clone(),
+            model: loc.model.clone(),
+        });
+    }
+    let found = HomeLedgers::find(home)
+        .with_context(|| format!("listing the DAWN ledgers of {}", home.display()))?;
+    let names: Vec<&str> = found.models.keys().map(String::as_str).collect();
+    let legacy_note = found.legacy.as_ref().map_or(String::new(), |l| {
+        format!(
+            "; the ledger shared by every model before each had its own: --ledger {}",
+            l.ledger.display()
+        )
+    });
+    let choices = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    match &loc.model {
+        Some(m) => match found.models.get(m) {
+            Some(p) => Ok(FoundLedger {
+                path: p.ledger.clone(),
+                model: Some(m.clone()),
+            }),
+            None => bail!(
+                "no DAWN ledger for model {m:?} in {}: models with a ledger: {choices}{legacy_note}",
+                home.display()
+            ),
+        },
+        None => match (found.models.len(), &found.legacy) {
+            (1, None) => {
+                let (m, p) = found.models.iter().next().expect("one");
+                Ok(FoundLedger {
+                    path: p.ledger.clone(),
+                    model: Some(m.clone()),
+                })
+            }
+            (0, Some(l)) => Ok(FoundLedger {
+                path: l.ledger.clone(),
+                model: None,
+            }),
+            (0, None) => bail!(
+                "no DAWN ledger in {} (serve with DAWN watermarking on first, or give --ledger)",
+                home.join("watermark").display()
+            ),
+            _ => bail!(
+                "{} holds the DAWN ledgers of several models: choose one with --model NAME \
+                 (models with a ledger: {choices}{legacy_note})",
+                home.display()
+            ),
+        },
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,10 +179,11 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
         Sub::Verify(a) => run_verify(*a, g),
         Sub::CheckReport(a) => run_check(a),
         Sub::Ledger(a) => {
-            let ledger = open_ledger(&a.ledger, g)?;
+            let (ledger, model) = open_ledger(&a.ledger, g)?;
             let recs = ledger.records();
             let classes = recs.first().map(|r| r.num_classes).unwrap_or(0);
             println!("ledger      {}", ledger.path().display());
+            println!("model       {}", model.as_deref().unwrap_or("(not named)"));
             println!("records     {}", recs.len());
             println!(
                 "distinct    {}",
@@ -120,11 +196,8 @@ pub fn run(args: Args, g: &Global) -> Result<()> {
     }
 }
 
-fn open_ledger(loc: &LedgerLoc, g: &Global) -> Result<Ledger> {
-    let path = loc
-        .ledger
-        .clone()
-        .unwrap_or_else(|| DawnPaths::in_home(&g.home()).ledger);
+fn open_ledger(loc: &LedgerLoc, g: &Global) -> Result<(Ledger, Option<String>)> {
+    let FoundLedger { path, model } = find_ledger(loc, &g.home())?;
     if !path.is_file() {
         bail!("ledger {} does not exist", path.display());
     }
@@ -134,7 +207,24 @@ fn open_ledger(loc: &LedgerLoc, g: &Global) -> Result<Ledger> {
             .join("ledger.key")
     });
     let key = SecretKey::load(&key_path).context("reading the ledger key")?;
-    Ledger::open(&path, &key).with_context(|| format!("opening ledger {}", path.display()))
+    let ledger =
+        Ledger::open(&path, &key).with_context(|| format!("opening ledger {}", path.display()))?;
+    // `--model` with `--ledger`: the records must not be another model's.
+    if let Some(m) = &model {
+        if let Some(other) = ledger
+            .records()
+            .iter()
+            .filter_map(|r| r.model.as_deref())
+            .find(|o| o != m)
+        {
+            bail!(
+                "ledger {} holds marks of model {other:?}, not {m:?}",
+                path.display()
+            );
+        }
+    }
+    let model = model.or_else(|| ledger.records().iter().find_map(|r| r.model.clone()));
+    Ok((ledger, model))
 }
 
 /// Loads a native model directory or a model file; `what` names it in errors.
@@ -154,7 +244,7 @@ fn load_any_model(path: &Path, what: &str) -> Result<Box<dyn mamori_core::Model>
 fn fingerprint_setup(
     a: &VerifyArgs,
     reference: &Path,
-    g: &Global,
+    ledger: &Path,
 ) -> Result<(Box<dyn mamori_core::Model>, LinearFingerprint)> {
     let model = load_any_model(reference, "reference")?;
     let cal_dir = if reference.is_dir() {
@@ -183,15 +273,7 @@ fn fingerprint_setup(
         );
     }
     let key_path = a.dawn_key.clone().unwrap_or_else(|| {
-        let ledger = a
-            .ledger
-            .ledger
-            .clone()
-            .unwrap_or_else(|| DawnPaths::in_home(&g.home()).ledger);
-        ledger
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join("dawn.key")
+        DawnPaths::in_dir(ledger.parent().unwrap_or_else(|| Path::new("."))).key
     });
     let key = SecretKey::load(&key_path)
         .with_context(|| format!("reading DAWN's key {}", key_path.display()))?;
@@ -201,10 +283,10 @@ fn fingerprint_setup(
 }
 
 fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
-    let ledger = open_ledger(&a.ledger, g)?;
+    let (ledger, model) = open_ledger(&a.ledger, g)?;
     let records = ledger.records().to_vec();
     let setup = match &a.reference {
-        Some(r) => Some(fingerprint_setup(&a, r, g)?),
+        Some(r) => Some(fingerprint_setup(&a, r, ledger.path())?),
         None => None,
     };
     let mut reference = setup.as_ref().map(|(m, _)| ModelOracle::new(m.as_ref()));
@@ -214,7 +296,7 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
         range: (0.0, 1.0),
     });
     let reference = reference.as_mut().map(|r| r as &mut dyn Oracle);
-    let result = if a.suspect.starts_with("http://") || a.suspect.starts_with("https://") {
+    let mut result = if a.suspect.starts_with("http://") || a.suspect.starts_with("https://") {
         let mut cfg = HttpOracleConfig::from_url(&a.suspect, None)?;
         cfg.api_key = a.api_key.clone();
         cfg.batch_size = a.batch.max(1);
@@ -234,7 +316,17 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
             check,
         )?
     };
+    // Records written before each model had its own ledger name no model: the ledger's
+    // place in the home (or `--model`) does.
+    if result.model.is_none() {
+        result.model = model;
+    }
     println!("suspect     {}", a.suspect);
+    println!(
+        "model       {} (ledger {})",
+        result.model.as_deref().unwrap_or("(not named)"),
+        ledger.path().display()
+    );
     println!("queried     {}", result.queried);
     println!(
         "chance      {:.4} per input (expected {:.1} matches)",
@@ -332,6 +424,9 @@ fn run_check(a: CheckArgs) -> Result<()> {
     let r = check_report(&signed, &pk).with_context(|| format!("checking {}", a.file.display()))?;
     println!("signature   valid");
     println!("suspect     {}", r.suspect);
+    if let Some(m) = &r.model {
+        println!("model       {m}");
+    }
     println!(
         "matches     {}/{} (statistic {})",
         r.matches,
