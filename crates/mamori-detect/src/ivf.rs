@@ -96,18 +96,20 @@ fn splitmix(state: &mut u64) -> u64 {
 /// Codes per block of a cell's layout.
 const BLOCK: usize = 8;
 
-/// Whether fast-scanning `n` probed codes of dimension `dim` with `pairs` pairs of
-/// sub-quantisers and a shortlist of `r` costs less than scanning them exactly, by operation
-/// counts: the exact scan costs `3·dim` float operations per block of [`BLOCK`] codes; the fast
-/// scan 12 integer operations per pair and group of 32 codes, and the re-rank about one block
-/// per shortlisted code (they rarely share a block). The re-rank is counted twice to cover the
-/// per-cell tables and the shortlist's upkeep (measured, `docs/bench/detect.md`, seventh
-/// session: at 10k queries of history, 16 cells of ≈ 110 codes, the fast scan of 12
-/// sub-quantisers with a shortlist of 200 was 2× slower than the exact scan; at 100k, cells of
-/// ≈ 400, faster). Smaller searches are scanned exactly.
-fn fastscan_pays(n: usize, r: usize, dim: usize, pairs: usize) -> bool {
-    let saved = n as f64 * (3.0 * dim as f64 / BLOCK as f64 - 12.0 * pairs as f64 / 32.0);
-    saved >= 2.0 * r as f64 * 3.0 * dim as f64
+/// Whether fast-scanning `n` probed codes in `cells` cells, of dimension `dim`, with `pairs`
+/// pairs of sub-quantisers and a shortlist of `r` costs less than scanning them exactly, by
+/// operation counts: the exact scan costs `3·dim` float operations per block of [`BLOCK`]
+/// codes; the fast scan 12 integer operations per pair and group of 32 codes, about one exact
+/// block per shortlisted code for the re-rank (they rarely share a block) and about one block's
+/// worth per cell for its table (16 distances per coordinate, then the bytes). Those two are
+/// counted twice to cover the shortlist's upkeep (measured, `docs/bench/detect.md`, seventh
+/// session: at 10k queries of history, 16 k-NN cells of ≈ 110 codes, the fast scan with a
+/// shortlist of 200 was 2× slower than the exact scan; at 100k, cells of ≈ 470, faster).
+/// Smaller searches are scanned exactly.
+fn fastscan_pays(n: usize, cells: usize, r: usize, dim: usize, pairs: usize) -> bool {
+    let block = 3.0 * dim as f64;
+    let saved = n as f64 * (block / BLOCK as f64 - 12.0 * pairs as f64 / 32.0);
+    saved >= 2.0 * (r + cells) as f64 * block
 }
 
 /// Codes of one cell, contiguous, in blocks of [`BLOCK`] codes stored coordinate-major
@@ -948,7 +950,7 @@ impl IvfIndex {
                 .iter()
                 .map(|&(_, c)| g.cells[c as usize].len)
                 .sum();
-            let pays = |pq: &&FastScanPq| fastscan_pays(planned, r, self.dim, pq.pairs());
+            let pays = |pq: &&FastScanPq| fastscan_pays(planned, first, r, self.dim, pq.pairs());
             if let Some(pq) = g.fsq.as_ref().filter(pays) {
                 // Fast scan: a shortlist by quantised distance over the same cells, then exact
                 // distances for the blocks holding it.
@@ -1406,7 +1408,12 @@ mod tests {
         }
         let lists = idx.current.cells.len();
         assert!(idx.current.fsq.is_some() && lists > 50, "{lists} cells");
-        assert!(fastscan_pays(16 * 8000 / lists, 2 * k, 24, 12));
+        assert!(fastscan_pays(16 * 8000 / lists, 16, 2 * k, 24, 12));
+        // The k-NN detector's bench sizes: 16 cells of ≈ 470 codes are fast-scanned, of ≈ 110
+        // not; PRADA's classes of ≈ 1,000 codes (cells of ≈ 32) not.
+        assert!(fastscan_pays(16 * 470, 16, 100, 24, 12));
+        assert!(!fastscan_pays(16 * 110, 16, 100, 24, 12));
+        assert!(!fastscan_pays(16 * 32, 16, 16, 32, 8));
         let mut exact_scan = idx.clone();
         exact_scan.set_fastscan(0, 2);
         assert!(exact_scan.current.fsq.is_none());
@@ -1583,15 +1590,28 @@ mod tests {
             idx.insert_with_payload(&c, &b);
         }
         assert!(idx.previous.is_some() && !idx.current.centroids.is_empty());
-        let mut exact = 0;
+        // The same index scanned exactly (PRADA's default fast scan off): the fast scan finds
+        // the exact nearest nearly as often.
+        let mut scanned = idx.clone();
+        scanned.set_fastscan(0, 2);
+        let (mut exact, mut exact_scan) = (0, 0);
         for q in queries {
             let (c, b) = prep(q);
             let approx = idx.nearest_payload_dist2(&c, &b, cfg.candidates).unwrap();
             let truth = idx.exact_nearest_payload_dist2(&b).unwrap();
             assert!(approx >= truth);
             exact += (approx == truth) as usize;
+            let s = scanned
+                .nearest_payload_dist2(&c, &b, cfg.candidates)
+                .unwrap();
+            exact_scan += (s == truth) as usize;
         }
+        println!("exact 1-NN: fast scan {exact}/200, exact scan {exact_scan}/200");
         assert!(exact >= 180, "exact 1-NN for {exact}/200 queries");
+        assert!(
+            exact + 6 >= exact_scan,
+            "{exact} vs {exact_scan} with the exact scan"
+        );
         // An inserted point is found at distance 0 through its own payload.
         let (c, b) = prep(&queries[0]);
         idx.insert_with_payload(&c, &b);

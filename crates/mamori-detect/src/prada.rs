@@ -89,6 +89,8 @@ impl Default for PradaConfig {
             candidates: 8,
             ivf: IvfParams {
                 train_size: 512,
+                fastscan_m: 16,
+                fastscan_rerank: 2,
                 ..IvfParams::default()
             },
             hnsw: HnswParams {
@@ -280,9 +282,11 @@ impl Detector for PradaDetector {
                     set.index = Some(index);
                 }
             }
-            if set.index.is_none() {
+            let Some(index) = set.index.as_mut() else {
                 return Err(format!("prada: class {c} has no index"));
-            }
+            };
+            // A state saved before fast scan (or with other parameters) is converted.
+            index.set_fastscan(self.cfg.ivf.fastscan_m, self.cfg.ivf.fastscan_rerank);
         }
         Ok(Box::new(s))
     }
