@@ -1152,8 +1152,10 @@ impl IvfIndex {
 
     /// Switches fast scan to `m` sub-quantisers (0: off) with shortlists of `rerank · k`.
     /// When `m` is not already the index's, each clustered generation gets a quantiser trained
-    /// on its held codes (none when `m` is 0) and every code is re-encoded: a state saved
-    /// before fast scan is converted. The held codes themselves are unchanged.
+    /// on its held codes — the current one also on the previous generation's, as a rotation
+    /// trains it, so that a young generation gets one too — (none when `m` is 0) and every
+    /// code is re-encoded: a state saved before fast scan is converted. The held codes
+    /// themselves are unchanged.
     pub fn set_fastscan(&mut self, m: usize, rerank: usize) {
         self.params.fastscan_rerank = rerank;
         if m == self.params.fastscan_m {
@@ -1174,6 +1176,11 @@ impl IvfIndex {
             if !g.centroids.is_empty() {
                 let (mut codes, mut payloads) = (Vec::new(), Vec::new());
                 g.read_all(self.dim, 0, &mut codes, &mut payloads);
+                if gi == 0 {
+                    if let Some(p) = &self.previous {
+                        p.read_all(self.dim, 0, &mut codes, &mut payloads);
+                    }
+                }
                 g.fsq = self.train_fastscan(&codes, &g.centroids);
             }
             g.encode_all(self.dim, &mut bufs);

@@ -529,6 +529,57 @@ mod tests {
             .collect()
     }
 
+    /// A state saved before fast scan (`main`'s format: no quantisers, index parameters without
+    /// the fast-scan fields) is converted on restore: the clustered generations of its class
+    /// indexes get quantisers and packed codes, and the converted state goes on like the
+    /// unconverted one (same alarms, W within 0.01).
+    #[test]
+    fn states_saved_before_fast_scan_are_converted() {
+        let exact = PradaDetector::new(PradaConfig {
+            ivf: IvfParams {
+                train_size: 512,
+                ..IvfParams::default()
+            },
+            ..PradaConfig::default()
+        });
+        // Two classes of ≈ 2,500 queries: their generations are clustered into cells large
+        // enough for the fast scan.
+        let stream: Vec<(Vec<f32>, usize)> = natural(5300, 9)
+            .into_iter()
+            .map(|(x, c)| (x, c % 2))
+            .collect();
+        let (_, mut old) = run(&exact, &stream[..5000]);
+        let mut snap: serde_json::Value = serde_json::from_slice(&old.snapshot()).unwrap();
+        for class in snap["classes"].as_array_mut().unwrap() {
+            let params = class["ivf"]["params"].as_object_mut().unwrap();
+            assert!(params.remove("fastscan_m").is_some());
+            assert!(params.remove("fastscan_rerank").is_some());
+        }
+        let d = PradaDetector::new(PradaConfig::default());
+        let mut conv = d
+            .restore_state(&serde_json::to_vec(&snap).unwrap())
+            .unwrap();
+        let again: serde_json::Value = serde_json::from_slice(&conv.snapshot()).unwrap();
+        let quantised = again["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ivf"]["current"]["fsq"].is_object())
+            .count();
+        assert_eq!(quantised, 2, "converted");
+        for (i, (x, l)) in stream[5000..].iter().enumerate() {
+            let o = obs(x, *l, 5000 + i);
+            let (a, b) = (old.observe(&o), conv.observe(&o));
+            assert_eq!(a.alarm, b.alarm);
+            assert!(
+                (a.score - b.score).abs() < 0.01,
+                "{} vs {}",
+                a.score,
+                b.score
+            );
+        }
+    }
+
     #[test]
     fn natural_stream_passes_and_synthetic_steps_alarm() {
         let d = PradaDetector::new(PradaConfig::default());
