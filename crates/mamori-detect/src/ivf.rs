@@ -11,6 +11,12 @@
 //! Compared with a graph index ([`crate::ann`]), whose search is one cache miss per visited
 //! vector and neighbour list, the scan reads sequential memory the hardware prefetcher streams.
 //!
+//! With [`IvfParams::fastscan_m`] > 0 a clustered generation also holds 4-bit product-quantised
+//! codes of its codes' residuals (`crate::fastscan`: André, Kermarrec & Le Scouarnec, PVLDB
+//! 2015); a search large enough for it to pay (`fastscan_pays`) scans those with in-register
+//! tables into a shortlist of `fastscan_rerank · k` codes and computes exact distances only for
+//! the blocks holding them, so the distances returned stay exact distances of held codes.
+//!
 //! Centroids come from the client's own queries: a fresh index is *flat* (one cell, searched
 //! exactly) until it holds `train_size` codes; they are then clustered into
 //! `lists(n) = clamp(√n, 2, max_lists)` cells for the `n` codes held, and re-clustered (all
@@ -61,11 +67,12 @@ pub struct IvfParams {
     /// Lloyd iterations per clustering.
     pub kmeans_iters: usize,
     /// Sub-quantisers of the 4-bit fast-scan codes a clustered generation also stores
-    /// ([`crate::fastscan`]; 0: none, every probed code is scanned exactly). With `m > 0` a
-    /// search scans the probed cells' packed codes with quantised tables, keeps the
-    /// `fastscan_rerank · k` nearest as a shortlist and computes exact distances (to the stored
-    /// floats) for the blocks of [`BLOCK`] codes that hold them: the distances returned are
-    /// always exact distances of held codes. At most 24, and at most the code dimension.
+    /// (`crate::fastscan`; 0: none, every probed code is scanned exactly). With `m > 0` a
+    /// search large enough for it to pay scans the probed cells' packed codes with quantised
+    /// tables, keeps the `fastscan_rerank · k` nearest as a shortlist and computes exact
+    /// distances (to the stored floats) for the blocks of 8 codes that hold them: the
+    /// distances returned are always exact distances of held codes. At most 24 and at most the
+    /// code dimension (otherwise no quantiser is trained and every scan stays exact).
     pub fastscan_m: usize,
     /// Shortlist of a fast-scan search, as a multiple of `k` (at least 1).
     pub fastscan_rerank: usize,
