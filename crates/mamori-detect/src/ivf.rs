@@ -1597,15 +1597,21 @@ mod tests {
             crate::prada::quantise_unit(p, &mut bytes);
             (code, bytes)
         };
-        // Capacity 4000: the stream clusters, re-clusters and rotates once.
-        let mut idx = IvfIndex::new(cfg.proj_dim, cfg.ivf, 4000, 1);
+        // Capacity 4000: the stream clusters, re-clusters and rotates once. Fast scan on (16
+        // sub-quantisers of 2 coordinates, a shortlist of 2 × 8), compared below with the exact
+        // scan of the same index (PRADA's default).
+        let params = IvfParams {
+            fastscan_m: 16,
+            fastscan_rerank: 2,
+            ..cfg.ivf
+        };
+        let mut idx = IvfIndex::new(cfg.proj_dim, params, 4000, 1);
         for p in pts {
             let (c, b) = prep(p);
             idx.insert_with_payload(&c, &b);
         }
         assert!(idx.previous.is_some() && !idx.current.centroids.is_empty());
-        // The same index scanned exactly (PRADA's default fast scan off): the fast scan finds
-        // the exact nearest nearly as often.
+        // The same index scanned exactly: the fast scan finds the exact nearest as often.
         let mut scanned = idx.clone();
         scanned.set_fastscan(0, 2);
         let (mut exact, mut exact_scan) = (0, 0);

@@ -87,10 +87,12 @@ impl Default for PradaConfig {
             class_capacity: 2048,
             proj_dim: 32,
             candidates: 8,
+            // Fast scan off (`IvfParams::fastscan_m` = 0): for PRADA's 32-d codes and class
+            // cells of ≈ 100 codes it was faster only under memory pressure and 12% slower in a
+            // quiet window (`docs/bench/detect.md`, seventh session); `fastscan_m = 16`,
+            // `fastscan_rerank = 2` turn it on (saved states are converted on restore).
             ivf: IvfParams {
                 train_size: 512,
-                fastscan_m: 16,
-                fastscan_rerank: 2,
                 ..IvfParams::default()
             },
             hnsw: HnswParams {
@@ -529,19 +531,14 @@ mod tests {
             .collect()
     }
 
-    /// A state saved before fast scan (`main`'s format: no quantisers, index parameters without
-    /// the fast-scan fields) is converted on restore: the clustered generations of its class
-    /// indexes get quantisers and packed codes, and the converted state goes on like the
-    /// unconverted one (same alarms, W within 0.01).
+    /// A state saved without fast scan (`main`'s format: no quantisers, index parameters without
+    /// the fast-scan fields) and restored by a configuration that turns it on is converted:
+    /// the clustered generations of its class indexes get quantisers and packed codes, and the
+    /// converted state goes on like the unconverted one (same alarms, W within 0.01).
     #[test]
     fn states_saved_before_fast_scan_are_converted() {
-        let exact = PradaDetector::new(PradaConfig {
-            ivf: IvfParams {
-                train_size: 512,
-                ..IvfParams::default()
-            },
-            ..PradaConfig::default()
-        });
+        let exact = PradaDetector::new(PradaConfig::default());
+        assert_eq!(exact.cfg.ivf.fastscan_m, 0);
         // Two classes of ≈ 2,500 queries: their generations are clustered into cells large
         // enough for the fast scan.
         let stream: Vec<(Vec<f32>, usize)> = natural(5300, 9)
@@ -555,7 +552,14 @@ mod tests {
             assert!(params.remove("fastscan_m").is_some());
             assert!(params.remove("fastscan_rerank").is_some());
         }
-        let d = PradaDetector::new(PradaConfig::default());
+        let d = PradaDetector::new(PradaConfig {
+            ivf: IvfParams {
+                fastscan_m: 16,
+                fastscan_rerank: 2,
+                ..PradaConfig::default().ivf
+            },
+            ..PradaConfig::default()
+        });
         let mut conv = d
             .restore_state(&serde_json::to_vec(&snap).unwrap())
             .unwrap();
