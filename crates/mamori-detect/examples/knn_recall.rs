@@ -2,7 +2,9 @@
 //! of the detector's score (mean distance to the k nearest) they cause.
 //!
 //! Run: `cargo run --release -p mamori-detect --example knn_recall -- [N] [capacity] [max_lists]
-//! [probe] [kmeans_iters]` (defaults: 100000, 131072, then the `IvfParams` defaults). The
+//! [probe] [kmeans_iters] [fastscan_m] [fastscan_rerank] [hnsw]` (defaults: 100000, 131072, then the
+//! k-NN detector's `IvfParams`: `KnnConfig::default().ivf`; `fastscan_m` 0 scans exactly; `hnsw` 0 skips the HNSW
+//! comparison). The
 //! stream is the detection bench's: MNIST training images, then shifted and noised copies; each
 //! query is projected to
 //! 24 dimensions (a Rademacher projection, as the detector does), scored and inserted
@@ -56,13 +58,17 @@ fn main() {
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let n = arg(1, 100_000);
     let capacity = arg(2, 1 << 17);
-    let defaults = IvfParams::default();
+    let defaults = KnnConfig::default().ivf;
     let params = IvfParams {
         max_lists: arg(3, defaults.max_lists),
         probe: arg(4, defaults.probe),
         kmeans_iters: arg(5, defaults.kmeans_iters),
+        fastscan_m: arg(6, defaults.fastscan_m),
+        fastscan_rerank: arg(7, defaults.fastscan_rerank),
         ..defaults
     };
+    // 0: the HNSW comparison is skipped (its lines then repeat the IVF's figures).
+    let with_hnsw = arg(8, 1) != 0;
     let cfg = KnnConfig::default();
     let (k, dim) = (cfg.k, cfg.proj_dim);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -106,10 +112,58 @@ fn main() {
     }
     let ivf_all = t0.elapsed().as_secs_f64();
     let ivf_tail = t_tail.elapsed().as_secs_f64();
+    // Search only, on the final index: the exact scan and the fast scan over the same held
+    // codes and cells (`set_fastscan` on clones), 2,000 perturbed stream codes as queries,
+    // the variants alternated in each of 15 rounds; the least and the median round per variant
+    // (the least is the figure least disturbed by other load on the machine).
+    let mut qrng = rand::rngs::StdRng::seed_from_u64(11);
+    let queries: Vec<Vec<f32>> = (0..2000)
+        .map(|i| {
+            codes[(i * 7919) % n]
+                .iter()
+                .map(|v| v + qrng.gen_range(-0.05..0.05))
+                .collect()
+        })
+        .collect();
+    let fs_m = if params.fastscan_m > 0 {
+        params.fastscan_m
+    } else {
+        12
+    };
+    let mut variants: Vec<(String, IvfIndex)> = vec![("exact scan".into(), ivf.clone())];
+    variants[0].1.set_fastscan(0, params.fastscan_rerank);
+    let mut fast = ivf.clone();
+    fast.set_fastscan(fs_m, params.fastscan_rerank);
+    variants.push((
+        format!(
+            "fast scan m = {fs_m}, shortlist {}·k",
+            params.fastscan_rerank
+        ),
+        fast,
+    ));
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for _ in 0..15 {
+        for (v, (_, idx)) in variants.iter_mut().enumerate() {
+            let t = Instant::now();
+            for q in &queries {
+                std::hint::black_box(idx.search(q, k));
+            }
+            rounds[v].push(t.elapsed().as_secs_f64() / queries.len() as f64 * 1e6);
+        }
+    }
+    for ((name, _), r) in variants.iter().zip(&mut rounds) {
+        r.sort_by(f64::total_cmp);
+        println!(
+            "search only ({name}): least round {:.2} µs per search, median {:.2} (history {})",
+            r[0],
+            r[r.len() / 2],
+            ivf.len()
+        );
+    }
     let mut hnsw = AnnIndex::new(dim, hnsw_params, capacity, 1);
     let t0 = Instant::now();
     let mut t_tail = t0;
-    for (i, c) in codes.iter().enumerate() {
+    for (i, c) in codes.iter().enumerate().filter(|_| with_hnsw) {
         if i == tail {
             t_tail = Instant::now();
         }
@@ -138,11 +192,19 @@ fn main() {
     for (i, c) in codes.iter().enumerate() {
         let probe = i >= 1000 && i % 97 == 0;
         let exact = probe.then(|| ivf.exact_search(c, k));
-        let exact_h = probe.then(|| hnsw.exact_search(c, k));
+        let exact_h = if with_hnsw {
+            probe.then(|| hnsw.exact_search(c, k))
+        } else {
+            exact.clone()
+        };
         let t0 = Instant::now();
         let a = ivf.search_insert(c, k);
         let t1 = Instant::now();
-        let b = hnsw.search_insert(c, k);
+        let b = if with_hnsw {
+            hnsw.search_insert(c, k)
+        } else {
+            a.clone()
+        };
         let t2 = Instant::now();
         t[0] += (t1 - t0).as_secs_f64();
         t[1] += (t2 - t1).as_secs_f64();

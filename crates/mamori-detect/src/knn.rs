@@ -66,7 +66,11 @@ impl Default for KnnConfig {
             window: 20,
             min_flagged: 10,
             capacity: 20_000,
-            ivf: IvfParams::default(),
+            ivf: IvfParams {
+                fastscan_m: 24,
+                fastscan_rerank: 2,
+                ..IvfParams::default()
+            },
             hnsw: HnswParams {
                 m: 10,
                 ef_construction: 40,
@@ -253,6 +257,11 @@ impl Detector for KnnDetector {
                 s.index = Some(index);
             }
         }
+        // A state saved before fast scan (or with other fast-scan parameters) is converted to
+        // this configuration's.
+        if let Some(index) = &mut s.index {
+            index.set_fastscan(self.cfg.ivf.fastscan_m, self.cfg.ivf.fastscan_rerank);
+        }
         Ok(Box::new(s))
     }
 }
@@ -369,6 +378,63 @@ mod tests {
         assert_eq!(now.snapshot(), restored.snapshot());
         let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
         assert!(again.get("ivf").is_some() && again.get("index").is_none());
+    }
+
+    /// A state saved before fast scan (no quantiser, no packed codes, index parameters without
+    /// the fast-scan fields: `main`'s format) is converted on restore: its clustered generation
+    /// gets a quantiser and packed codes, and the next scores stay within 1% of the unconverted
+    /// exact scan's; a snapshot whose packed codes do not match its codes is refused.
+    #[test]
+    fn states_saved_before_fast_scan_are_converted() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let xs: Vec<Vec<f32>> = (0..3200)
+            .map(|_| (0..64).map(|_| rng.gen::<f32>()).collect())
+            .collect();
+        let exact = KnnDetector::new(KnnConfig {
+            ivf: IvfParams::default(),
+            ..KnnConfig::default()
+        });
+        let mut old = exact.fresh();
+        for x in &xs[..3000] {
+            old.score_and_insert(x);
+        }
+        let mut snap: serde_json::Value = serde_json::from_slice(&old.snapshot()).unwrap();
+        let params = snap["ivf"]["params"].as_object_mut().unwrap();
+        assert!(params.remove("fastscan_m").is_some());
+        assert!(params.remove("fastscan_rerank").is_some());
+        assert!(snap["ivf"]["current"].get("fsq").is_none());
+        let bytes = serde_json::to_vec(&snap).unwrap();
+        let d = KnnDetector::new(KnnConfig::default());
+        let restored = d.restore_state(&bytes).unwrap();
+        let again: serde_json::Value = serde_json::from_slice(&restored.snapshot()).unwrap();
+        assert!(again["ivf"]["current"]["fsq"].is_object(), "converted");
+        assert_eq!(
+            again["ivf"]["params"]["fastscan_m"],
+            KnnConfig::default().ivf.fastscan_m
+        );
+        let mut conv: KnnState = serde_json::from_value(again.clone()).unwrap();
+        conv.cfg = KnnConfig::default();
+        conv.proj = Some(d.proj.clone());
+        for x in &xs[3000..] {
+            let (a, b) = (
+                old.score_and_insert(x).unwrap(),
+                conv.score_and_insert(x).unwrap(),
+            );
+            assert!((a - b).abs() <= 0.01 * a, "{a} vs {b}");
+        }
+        let mut bad = again;
+        let cell = bad["ivf"]["current"]["cells"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["len"].as_u64() > Some(0))
+            .unwrap();
+        cell["fs"].as_array_mut().unwrap().pop();
+        let err = d
+            .restore_state(&serde_json::to_vec(&bad).unwrap())
+            .err()
+            .unwrap();
+        assert!(err.contains("fast-scan code bytes"), "{err}");
     }
 
     #[test]

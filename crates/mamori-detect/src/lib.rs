@@ -22,6 +22,7 @@ pub mod blacklight;
 pub mod calibration;
 pub mod engine;
 pub mod error;
+mod fastscan;
 pub mod hoda;
 pub mod ivf;
 pub mod knn;

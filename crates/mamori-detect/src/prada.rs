@@ -87,6 +87,10 @@ impl Default for PradaConfig {
             class_capacity: 2048,
             proj_dim: 32,
             candidates: 8,
+            // Fast scan off (`IvfParams::fastscan_m` = 0): for PRADA's 32-d codes and class
+            // cells of ≈ 100 codes it was faster only under memory pressure and 12% slower in a
+            // quiet window (`docs/bench/detect.md`, seventh session); `fastscan_m = 16`,
+            // `fastscan_rerank = 2` turn it on (saved states are converted on restore).
             ivf: IvfParams {
                 train_size: 512,
                 ..IvfParams::default()
@@ -280,9 +284,11 @@ impl Detector for PradaDetector {
                     set.index = Some(index);
                 }
             }
-            if set.index.is_none() {
+            let Some(index) = set.index.as_mut() else {
                 return Err(format!("prada: class {c} has no index"));
-            }
+            };
+            // A state saved before fast scan (or with other parameters) is converted.
+            index.set_fastscan(self.cfg.ivf.fastscan_m, self.cfg.ivf.fastscan_rerank);
         }
         Ok(Box::new(s))
     }
@@ -523,6 +529,59 @@ mod tests {
                 (x, c)
             })
             .collect()
+    }
+
+    /// A state saved without fast scan (`main`'s format: no quantisers, index parameters without
+    /// the fast-scan fields) and restored by a configuration that turns it on is converted:
+    /// the clustered generations of its class indexes get quantisers and packed codes, and the
+    /// converted state goes on like the unconverted one (same alarms, W within 0.01).
+    #[test]
+    fn states_saved_before_fast_scan_are_converted() {
+        let exact = PradaDetector::new(PradaConfig::default());
+        assert_eq!(exact.cfg.ivf.fastscan_m, 0);
+        // Two classes of ≈ 2,500 queries: their generations are clustered into cells large
+        // enough for the fast scan.
+        let stream: Vec<(Vec<f32>, usize)> = natural(5300, 9)
+            .into_iter()
+            .map(|(x, c)| (x, c % 2))
+            .collect();
+        let (_, mut old) = run(&exact, &stream[..5000]);
+        let mut snap: serde_json::Value = serde_json::from_slice(&old.snapshot()).unwrap();
+        for class in snap["classes"].as_array_mut().unwrap() {
+            let params = class["ivf"]["params"].as_object_mut().unwrap();
+            assert!(params.remove("fastscan_m").is_some());
+            assert!(params.remove("fastscan_rerank").is_some());
+        }
+        let d = PradaDetector::new(PradaConfig {
+            ivf: IvfParams {
+                fastscan_m: 16,
+                fastscan_rerank: 2,
+                ..PradaConfig::default().ivf
+            },
+            ..PradaConfig::default()
+        });
+        let mut conv = d
+            .restore_state(&serde_json::to_vec(&snap).unwrap())
+            .unwrap();
+        let again: serde_json::Value = serde_json::from_slice(&conv.snapshot()).unwrap();
+        let quantised = again["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ivf"]["current"]["fsq"].is_object())
+            .count();
+        assert_eq!(quantised, 2, "converted");
+        for (i, (x, l)) in stream[5000..].iter().enumerate() {
+            let o = obs(x, *l, 5000 + i);
+            let (a, b) = (old.observe(&o), conv.observe(&o));
+            assert_eq!(a.alarm, b.alarm);
+            assert!(
+                (a.score - b.score).abs() < 0.01,
+                "{} vs {}",
+                a.score,
+                b.score
+            );
+        }
     }
 
     #[test]
