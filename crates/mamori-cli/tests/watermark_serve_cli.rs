@@ -145,3 +145,69 @@ fn kind_none_turns_the_policy_dawn_off_and_the_watermark_flag_wins() {
     stop(child);
     assert!(ledger.is_file());
 }
+
+/// `mamori watermark verify --suspect http://…` (issue #6: "--suspect PATH|URL"): the
+/// watermarked gateway itself, queried over HTTP on its ledger's inputs, is convicted; the same
+/// model served by a gateway without DAWN is not.
+#[test]
+fn verify_queries_a_suspect_over_http() {
+    use common::{mamori, ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, other) = (tmp.path().join("home"), tmp.path().join("other"));
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "wm-mlp");
+    let key = create_key(&home, "alice");
+    let other_key = create_key(&other, "suspect-owner");
+    std::fs::write(
+        home.join("mamori.toml"),
+        "[watermark]\nkind = \"dawn\"\nrate = 0.4\nfingerprint = 0.0\n",
+    )
+    .unwrap();
+    let (child, url, _) = start_serve_logged(&home, &serve_args(&model_dir, &["--policy", "none"]));
+    let client = reqwest::blocking::Client::new();
+    let rows: Vec<Vec<f32>> = (0..100).map(sample).collect();
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [100, 1, 4, 4], "datatype": "FP32",
+                    "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
+    });
+    let r = client
+        .post(format!("{url}/v2/models/wm-mlp/infer"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let verify = |suspect_url: &str, api_key: &str, out: &Path| {
+        mamori(&home)
+            .args(["watermark", "verify", "--model", "wm-mlp", "--suspect"])
+            .arg(format!("{suspect_url}/v2/models/wm-mlp"))
+            .args(["--api-key", api_key, "--json"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // The watermarked gateway answers its marks with their watermark labels.
+    let json_a = tmp.path().join("a.json");
+    let out = verify(&url, &key, &json_a);
+    stop(child);
+    ok(out);
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_a).unwrap()).unwrap();
+    assert!(a["queried"].as_u64().unwrap() >= 20, "{a}");
+    assert_eq!(a["top1"]["matches"], a["queried"], "{a}");
+    assert_ne!(a["verdict"], "not_found", "{a}");
+    assert!(a["p_value"].as_f64().unwrap() < 1e-6, "{a}");
+    // The same model behind a gateway without DAWN gives no watermark labels.
+    let (child, url_b, _) =
+        start_serve_logged(&other, &serve_args(&model_dir, &["--policy", "none"]));
+    let json_b = tmp.path().join("b.json");
+    let out = verify(&url_b, &other_key, &json_b);
+    stop(child);
+    ok(out);
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_b).unwrap()).unwrap();
+    assert_eq!(b["queried"], a["queried"]);
+    assert_eq!(b["top1"]["matches"], 0, "{b}");
+    assert_eq!(b["verdict"], "not_found", "{b}");
+    assert!(b["p_value"].as_f64().unwrap() > 0.01, "{b}");
+}
