@@ -29,6 +29,29 @@ fn sample(k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// POSTs `rows` to the gateway at `url` for model `wm-mlp` with `key` (expecting 200); returns
+/// the answered probabilities, 3 per row.
+fn infer_rows(url: &str, key: &str, rows: &[Vec<f32>]) -> Vec<f32> {
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 1, 4, 4], "datatype": "FP32",
+                    "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
+    });
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{url}/v2/models/wm-mlp/infer"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap() as f32)
+        .collect()
+}
+
 #[test]
 fn the_gateway_config_turns_dawn_on_and_a_bad_rate_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -66,28 +89,10 @@ fn the_gateway_config_turns_dawn_on_and_a_bad_rate_is_refused() {
         log.contains("DAWN watermarking on; one ledger per model"),
         "{log}"
     );
-    let client = reqwest::blocking::Client::new();
     let mut answers = Vec::new();
     for batch in 0..5 {
         let rows: Vec<Vec<f32>> = (0..20).map(|i| sample(batch * 20 + i)).collect();
-        let body = serde_json::json!({
-            "inputs": [{"name": "input", "shape": [20, 1, 4, 4], "datatype": "FP32",
-                        "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
-        });
-        let r = client
-            .post(format!("{url}/v2/models/wm-mlp/infer"))
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        let v: serde_json::Value = r.json().unwrap();
-        let probs: Vec<f32> = v["outputs"][0]["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_f64().unwrap() as f32)
-            .collect();
+        let probs = infer_rows(&url, &key, &rows);
         for (row, p) in rows.into_iter().zip(probs.chunks(3)) {
             answers.push((row, p.to_vec()));
         }
@@ -164,19 +169,8 @@ fn verify_queries_a_suspect_over_http() {
     )
     .unwrap();
     let (child, url, _) = start_serve_logged(&home, &serve_args(&model_dir, &["--policy", "none"]));
-    let client = reqwest::blocking::Client::new();
     let rows: Vec<Vec<f32>> = (0..100).map(sample).collect();
-    let body = serde_json::json!({
-        "inputs": [{"name": "input", "shape": [100, 1, 4, 4], "datatype": "FP32",
-                    "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
-    });
-    let r = client
-        .post(format!("{url}/v2/models/wm-mlp/infer"))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    infer_rows(&url, &key, &rows);
     let verify = |suspect_url: &str, api_key: &str, out: &Path| {
         mamori(&home)
             .args(["watermark", "verify", "--model", "wm-mlp", "--suspect"])
