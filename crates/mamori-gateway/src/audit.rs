@@ -254,11 +254,13 @@ pub trait AuditStore: Send {
 /// The SQLite tables, each with the seal columns `writer`, `seq`, `mac`.
 const TABLES: [&str; 4] = ["requests", "alerts", "blocks", "ledger"];
 
-const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
+/// The event columns each store reads, in the order its row readers expect (both stores).
+pub(crate) const REQUEST_COLS: &str =
+    "time_ms, request_id, client, key_id, model, batch, input_sha256, \
      input, output, scores, decision, status, error, latency_us, peer";
-const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
-const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
-const LEDGER_COLS: &str =
+pub(crate) const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
+pub(crate) const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
+pub(crate) const LEDGER_COLS: &str =
     "time_ms, model, client, watermark, input_sha256, true_label, given_label";
 
 fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestEvent> {

@@ -18,7 +18,10 @@
 //! connected to. With [`crate::config::AuditConfig::postgres_client_cert`] and `_key`, the
 //! gateway also authenticates itself by certificate (PostgreSQL's `hostssl … cert`). A Unix socket (`host=/var/run/postgresql`) needs no TLS.
 
-use crate::audit::{AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent};
+use crate::audit::{
+    AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent, ALERT_COLS,
+    BLOCK_COLS, LEDGER_COLS, REQUEST_COLS,
+};
 use crate::audit_chain::Seal;
 use crate::config::redact_password;
 use crate::error::GatewayError;
@@ -71,13 +74,6 @@ const TABLES: [&str; 4] = [
     "mamori_blocks",
     "mamori_ledger",
 ];
-const REQUEST_COLS: &str = "time_ms, request_id, client, key_id, model, batch, input_sha256, \
-     input, output, scores, decision, status, error, latency_us, peer";
-const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
-const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
-const LEDGER_COLS: &str =
-    "time_ms, model, client, watermark, input_sha256, true_label, given_label";
-
 fn request_row(r: &postgres::Row) -> Result<RequestEvent, postgres::Error> {
     let input: Option<serde_json::Value> = r.try_get(7)?;
     let scores: serde_json::Value = r.try_get(9)?;
