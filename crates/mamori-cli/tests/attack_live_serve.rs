@@ -6,20 +6,11 @@
 
 mod common;
 
-use common::{create_key, mamori, ok, start_serve_with, stop};
+use common::{create_key, mamori, mamori_with_data, ok, start_serve_with, stop};
 use std::path::Path;
 
-fn data_dir() -> std::path::PathBuf {
-    mamori_data::resolve_data_dir(None)
-}
-
 fn run(home: &Path, args: &[&str]) -> std::process::Output {
-    mamori(home)
-        .arg("--data-dir")
-        .arg(data_dir())
-        .args(args)
-        .output()
-        .unwrap()
+    mamori_with_data(home).args(args).output().unwrap()
 }
 
 #[test]

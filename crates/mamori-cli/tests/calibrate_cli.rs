@@ -3,14 +3,10 @@
 
 mod common;
 
-use common::{mamori, tiny_model};
+use common::{data_dir, mamori, tiny_model};
 use mamori_core::ModelCard;
 use mamori_ml::{Arch, NativeModel, Network};
 use std::path::Path;
-
-fn data_dir() -> std::path::PathBuf {
-    mamori_data::resolve_data_dir(None)
-}
 
 fn calibrate(home: &Path, model: &Path, extra: &[&str]) -> std::process::Output {
     mamori(home)

@@ -4,15 +4,13 @@
 
 mod common;
 
-use common::{mamori, ok};
+use common::{mamori_with_data, ok};
 
 #[test]
 fn the_quick_demo_runs_and_prints_what_its_report_says() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("report");
-    let stdout = ok(mamori(&tmp.path().join("home"))
-        .arg("--data-dir")
-        .arg(mamori_data::resolve_data_dir(None))
+    let stdout = ok(mamori_with_data(&tmp.path().join("home"))
         .args(["demo", "--quick", "--out"])
         .arg(&out_dir)
         .output()

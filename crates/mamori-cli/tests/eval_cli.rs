@@ -5,14 +5,12 @@
 
 mod common;
 
-use common::{mamori, ok};
+use common::{mamori_with_data, ok};
 use std::path::Path;
 
 fn eval(home: &Path, config: &Path, out: &Path, http: bool) -> std::process::Output {
-    let mut c = mamori(home);
-    c.arg("--data-dir")
-        .arg(mamori_data::resolve_data_dir(None))
-        .arg("eval")
+    let mut c = mamori_with_data(home);
+    c.arg("eval")
         .arg("--config")
         .arg(config)
         .arg("--out")

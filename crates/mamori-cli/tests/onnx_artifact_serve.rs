@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    create_key, mamori, ok, serve_refuses, start_serve_logged, start_serve_with, stop, tiny_model,
+    create_key, infer_json, mamori, ok, output_data, serve_refuses, start_serve_logged,
+    start_serve_with, stop, tiny_model,
 };
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -13,24 +14,10 @@ use std::path::{Path, PathBuf};
 /// The served probabilities of a fixed batch of 4 inputs.
 fn probabilities(url: &str, key: &str) -> Vec<f64> {
     let data: Vec<f32> = (0..64).map(|i| (i % 17) as f32 / 16.0).collect();
-    let body = serde_json::json!({
-        "inputs": [{"name": "input", "shape": [4, 1, 4, 4], "datatype": "FP32", "data": data}]
-    });
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{url}/v2/models/onnx-mlp/infer"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: serde_json::Value = r.json().unwrap();
+    let rows: Vec<Vec<f32>> = data.chunks(16).map(|r| r.to_vec()).collect();
+    let v = infer_json(url, "onnx-mlp", key, &rows);
     assert_eq!(v["outputs"][0]["shape"], serde_json::json!([4, 3]));
-    v["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    output_data(&v)
 }
 
 fn args(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {

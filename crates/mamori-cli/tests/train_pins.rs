@@ -3,25 +3,16 @@
 
 mod common;
 
-use common::mamori;
+use common::{data_dir, mamori_with_data};
 use std::path::Path;
 use std::process::Output;
-
-fn data_dir() -> std::path::PathBuf {
-    mamori_data::resolve_data_dir(None)
-}
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
 fn run(home: &Path, args: &[String]) -> Output {
-    mamori(home)
-        .arg("--data-dir")
-        .arg(data_dir())
-        .args(args)
-        .output()
-        .unwrap()
+    mamori_with_data(home).args(args).output().unwrap()
 }
 
 /// `mamori train` of a softmax model on digits for `epochs`, writing `out`, plus `extra` flags.

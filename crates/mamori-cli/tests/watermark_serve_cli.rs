@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{create_key, serve_refuses, start_serve_logged, stop, tiny_model};
+use common::{
+    create_key, infer_json, output_data, serve_refuses, start_serve_logged, stop, tiny_model,
+};
 use mamori_defense::dawn::DawnPaths;
 use mamori_defense::{Ledger, SecretKey};
 use std::ffi::OsString;
@@ -29,26 +31,11 @@ fn sample(k: usize) -> Vec<f32> {
         .collect()
 }
 
-/// POSTs `rows` to the gateway at `url` for model `wm-mlp` with `key` (expecting 200); returns
-/// the answered probabilities, 3 per row.
+/// The probabilities `wm-mlp` at `url` answers for `rows` (3 per row).
 fn infer_rows(url: &str, key: &str, rows: &[Vec<f32>]) -> Vec<f32> {
-    let body = serde_json::json!({
-        "inputs": [{"name": "input", "shape": [rows.len(), 1, 4, 4], "datatype": "FP32",
-                    "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
-    });
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{url}/v2/models/wm-mlp/infer"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: serde_json::Value = r.json().unwrap();
-    v["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_f64().unwrap() as f32)
+    output_data(&infer_json(url, "wm-mlp", key, rows))
+        .into_iter()
+        .map(|p| p as f32)
         .collect()
 }
 

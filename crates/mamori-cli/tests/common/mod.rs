@@ -16,6 +16,45 @@ pub fn mamori(home: &Path) -> Command {
     c
 }
 
+/// The shared datasets (`../shared/data` or `MAMORI_DATA`).
+pub fn data_dir() -> std::path::PathBuf {
+    mamori_data::resolve_data_dir(None)
+}
+
+/// `mamori --home HOME --data-dir <shared data>`.
+pub fn mamori_with_data(home: &Path) -> Command {
+    let mut c = mamori(home);
+    c.arg("--data-dir").arg(data_dir());
+    c
+}
+
+/// POSTs `rows` (each a `[1, 4, 4]` sample) to `url`'s model `model` with `key`, expects 200,
+/// and returns the answer's JSON.
+pub fn infer_json(url: &str, model: &str, key: &str, rows: &[Vec<f32>]) -> serde_json::Value {
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 1, 4, 4], "datatype": "FP32",
+                    "data": rows.iter().flatten().copied().collect::<Vec<f32>>()}]
+    });
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{url}/v2/models/{model}/infer"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().unwrap()
+}
+
+/// The first output's data of an answer's JSON.
+pub fn output_data(answer: &serde_json::Value) -> Vec<f64> {
+    answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// Saves a small MLP (input `[1, 4, 4]`, 3 classes) named `name` into `dir`.
 pub fn tiny_model(dir: &Path, name: &str) {
     let card = ModelCard {
