@@ -75,12 +75,21 @@ fn images(n: usize) -> (Vec<Vec<f32>>, Vec<usize>) {
     (xs, ys)
 }
 
+/// The bench's detector configuration: the indexes hold the whole history, to measure how
+/// search cost grows with it.
 fn config() -> DetectorsConfig {
-    let mut cfg = DetectorsConfig::default();
-    // Hold the whole history in the indexes, to measure how search cost grows with it.
+    let mut cfg = shipped_capacity_config();
     cfg.knn.capacity = 1 << 17;
     cfg.blacklight.capacity = 1 << 17;
     cfg.prada.class_capacity = 1 << 15;
+    cfg
+}
+
+/// The same detectors with the shipped (default) index capacities: memory per client is
+/// bounded by the documented generation eviction, so a long history keeps only its newest
+/// `2 * capacity` codes per index.
+fn shipped_capacity_config() -> DetectorsConfig {
+    let mut cfg = DetectorsConfig::default();
     cfg.rate.max_total = 0;
     cfg.rate.max_per_window = u64::MAX / 2;
     // Active OOD and HODA with a plausible reference.
@@ -120,14 +129,24 @@ fn obs<'a>(input: &'a [f32], probs: &'a [f32], label: usize, time_ms: u64) -> Ob
 }
 
 fn bench(c: &mut Criterion) {
+    bench_engine(c, "engine_observe", &config());
+    bench_engine(
+        c,
+        "engine_observe_shipped_capacity",
+        &shipped_capacity_config(),
+    );
+}
+
+/// The full set (engine + policy) with `cfg`, as group `name`.
+fn bench_engine(c: &mut Criterion, name: &str, cfg: &DetectorsConfig) {
     let sizes = [1_000usize, 10_000, 100_000];
     let (xs, ys) = images(100_000 + 20_000);
-    let mut group = c.benchmark_group("engine_observe");
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     for &n in &sizes {
         // Filled on first use, so a filtered run only builds the histories it measures.
         // One detector set (its projection matrices are built once), shared by every restore.
-        let dets = default_detectors(&config());
+        let dets = default_detectors(cfg);
         let mut saved: Option<Vec<u8>> = None;
         let mut live: Option<(Engine, usize)> = None;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {

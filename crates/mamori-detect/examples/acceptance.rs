@@ -332,6 +332,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         ),
         (
+            "Fashion images sent to the MNIST model",
+            &mnist,
+            &cal_m,
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let mut s = fa_eval.clone();
+                s.shuffle(r);
+                s.truncate(queries);
+                s
+            }),
+        ),
+        (
             "repeated legitimate queries (20 images, resent)",
             &mnist,
             &cal_m,
@@ -392,6 +403,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let pick: Vec<usize> = idx.choose_multiple(r, 150).cloned().collect();
                 let seeds = mn_te.select(&pick);
                 jbda(&mnist, &seeds, cap, r.gen())
+            }),
+        ),
+        (
+            "JBDA interleaved 1:1 with Fashion-MNIST images",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let idx: Vec<usize> = (half..mn_te.len()).collect();
+                let pick: Vec<usize> = idx.choose_multiple(r, 150).cloned().collect();
+                let seeds = mn_te.select(&pick);
+                let j = jbda(&mnist, &seeds, cap, r.gen());
+                let mut f = fa_eval.clone();
+                f.shuffle(r);
+                j.into_iter()
+                    .zip(f)
+                    .flat_map(|(a, b)| [a, b])
+                    .take(cap)
+                    .collect()
             }),
         ),
         (
@@ -571,6 +598,85 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .join(", ")
         );
     }
+    if std::env::var_os("MAMORI_PRADA_DIAG").is_some() {
+        let det = mamori_detect::prada::PradaDetector::new(cal_m.detectors.prada.clone());
+        let lab = |x: &Vec<f32>| -> usize {
+            let p = mnist.predict(&tensor(x)).expect("predict").into_data();
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        };
+        let ws = |s: &Stream| -> Vec<f64> {
+            let labels: Vec<usize> = s.iter().map(lab).collect();
+            det.w_series(s.iter().map(|x| x.as_slice()).zip(labels))
+        };
+        let mut rev = Vec::new();
+        for _ in 0..100 {
+            let mut s = fa_eval.clone();
+            s.shuffle(&mut rng);
+            s.truncate(queries);
+            rev.push(ws(&s));
+        }
+        let mut mn = Vec::new();
+        for s in mnist_benign.iter().take(100) {
+            mn.push(ws(s));
+        }
+        let mut jb = Vec::new();
+        let mut mixed = Vec::new();
+        for s in jbda_streams {
+            jb.push(ws(s));
+            let mut f = fa_eval.clone();
+            f.shuffle(&mut rng);
+            let m: Stream = s
+                .iter()
+                .zip(f.iter())
+                .flat_map(|(a, b)| [a.clone(), b.clone()])
+                .take(cap)
+                .collect();
+            mixed.push(ws(&m));
+        }
+        for (name, series) in [
+            ("mnist benign", &mn),
+            ("fashion->mnist", &rev),
+            ("jbda", &jb),
+            ("jbda+fashion 1:1", &mixed),
+        ] {
+            for ser in series.iter().take(8) {
+                let txt: Vec<String> = ser.iter().take(40).map(|w| format!("{w:.3}")).collect();
+                eprintln!("W {name}: {}", txt.join(" "));
+            }
+            let mut mins: Vec<f64> = series
+                .iter()
+                .map(|v| v.iter().copied().fold(f64::MAX, f64::min))
+                .collect();
+            mins.sort_by(f64::total_cmp);
+            let mut crit: Vec<f64> = series
+                .iter()
+                .filter_map(|v| critical_delta_of(v, 2))
+                .collect();
+            crit.sort_by(f64::total_cmp);
+            eprintln!(
+                "W {name}: min W quantiles {:?}; persist-2 critical δ quantiles {:?}",
+                q5(&mins),
+                q5(&crit)
+            );
+        }
+    }
     eprintln!("total {:.0}s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn critical_delta_of(ws: &[f64], persist: u32) -> Option<f64> {
+    mamori_detect::prada::critical_delta(ws, persist)
+}
+
+fn q5(v: &[f64]) -> Vec<String> {
+    if v.is_empty() {
+        return vec![];
+    }
+    [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
+        .iter()
+        .map(|q| format!("{:.3}", v[((v.len() - 1) as f64 * q) as usize]))
+        .collect()
 }
