@@ -105,3 +105,86 @@ fn the_gateway_writes_its_audit_log_to_postgres_and_the_cli_reads_it_back() {
     assert_eq!(eve[0]["queries"], 201);
     assert_eq!(eve[0]["time"], "2023-11-14T22:13:20.000Z");
 }
+
+/// Two `mamori serve` replicas on one PostgreSQL audit store: an administrator blocks a client
+/// on one, and the other refuses it (403) within `detect.block_sync_s`; the unblock travels
+/// the same way.
+#[test]
+fn a_block_on_one_replica_reaches_the_other_through_postgres() {
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "pg-mlp");
+    let (home_a, home_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let key = create_key(&home_a, "alice");
+    let admin = ok(mamori(&home_a)
+        .args(["keys", "create", "--admin"])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string();
+    std::fs::create_dir_all(&home_b).unwrap();
+    std::fs::copy(home_a.join("keys.json"), home_b.join("keys.json")).unwrap();
+    let config = format!(
+        "[audit]\nstore = \"postgres\"\npostgres_url = \"{}\"\n\n[detect]\nblock_sync_s = 1\n",
+        pg.url()
+    );
+    for h in [&home_a, &home_b] {
+        std::fs::write(h.join("mamori.toml"), &config).unwrap();
+    }
+    let args: Vec<OsString> = vec![
+        "--allow-unsigned".into(),
+        "--model".into(),
+        model_dir.into(),
+    ];
+    let (a, url_a) = start_serve_with(&home_a, &args);
+    let (b, url_b) = start_serve_with(&home_b, &args);
+    let client = reqwest::blocking::Client::new();
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": vec![0.5f32; 16]}]
+    });
+    let status_on_b = || {
+        client
+            .post(format!("{url_b}/v2/models/pg-mlp/infer"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Polls B until it answers `want` (at most 15 s: block_sync_s = 1).
+    let wait_for = |want: u16| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = status_on_b();
+            if s == want {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(15),
+                "B still answers {s}, not {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert_eq!(status_on_b(), 200);
+    let admin_call = |path: &str| {
+        let r = client
+            .post(format!("{url_a}/admin/{path}"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"client": "alice", "reason": "abuse report"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    };
+    admin_call("block");
+    let took = wait_for(403);
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    admin_call("unblock");
+    wait_for(200);
+    stop(a);
+    stop(b);
+}

@@ -247,6 +247,18 @@ pub trait AuditStore: Send {
     fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError>;
     /// Block events, oldest first.
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError>;
+    /// Block events with their row numbers, in the store's order (oldest first). A replica
+    /// re-reads them to apply what other replicas decided ([`crate::Chain::sync_blocks`]);
+    /// the numbers tell which it has applied already. Default: the position in
+    /// [`AuditStore::blocks`] (stores that only append).
+    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+        Ok(self
+            .blocks()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (i as i64, b))
+            .collect())
+    }
     /// Watermark ledger entries of `model`, oldest first.
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError>;
 }
@@ -560,6 +572,18 @@ impl AuditStore for SqliteStore {
             .prepare(&format!("SELECT {BLOCK_COLS} FROM blocks ORDER BY id"))
             .map_err(sq)?;
         let rows = st.query_map([], block_row).map_err(sq)?;
+        rows.collect::<Result<_, _>>().map_err(sq)
+    }
+
+    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+        // The row number after the event columns, so `block_row` reads the same positions.
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {BLOCK_COLS}, id FROM blocks ORDER BY id"))
+            .map_err(sq)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(6)?, block_row(r)?)))
+            .map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
     }
 

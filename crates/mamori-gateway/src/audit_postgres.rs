@@ -649,6 +649,21 @@ impl AuditStore for PostgresStore {
             .map_err(|e| pg(&self.url, "reading blocks", e))
     }
 
+    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+        // The row number after the event columns, so `block_row` reads the same positions.
+        let rows = self
+            .conn()?
+            .query(
+                &format!("SELECT {BLOCK_COLS}, id FROM mamori_blocks ORDER BY id"),
+                &[],
+            )
+            .map_err(|e| pg(&self.url, "reading blocks", e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<_, i64>(6)?, block_row(r)?)))
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| pg(&self.url, "reading blocks", e))
+    }
+
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError> {
         let rows = self
             .conn()?

@@ -339,6 +339,8 @@ pub struct Chain {
     state_dir: Option<std::path::PathBuf>,
     /// One save at a time (periodic checkpoints and the shutdown's save share the files).
     save_lock: Mutex<()>,
+    /// Row numbers of the audit store's block events already applied ([`Chain::sync_blocks`]).
+    applied_blocks: Mutex<HashSet<i64>>,
 }
 
 /// Builds a [`Chain`].
@@ -527,7 +529,7 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
-        replay_blocks(store.as_ref(), &models)?;
+        let applied_blocks = replay_blocks(store.as_ref(), &models)?;
         let metrics = self.metrics.unwrap_or_default();
         let audit_chain = match &self.audit_chain {
             Some(dir) => {
@@ -587,6 +589,7 @@ impl ChainBuilder {
             mode: self.mode,
             state_dir: self.state_dir,
             save_lock: Mutex::new(()),
+            applied_blocks: Mutex::new(applied_blocks),
         })
     }
 }
@@ -754,6 +757,42 @@ impl Chain {
         Ok(entries.len())
     }
 
+    /// Applies the block events other replicas wrote to a shared audit store since the last
+    /// call (or since start): a client blocked — or unblocked by an administrator — on one
+    /// replica is then refused — or served — by this one too. `mamori serve` calls it every
+    /// `detect.block_sync_s` seconds.
+    ///
+    /// This replica's own queued audit records are written first, so the store holds every
+    /// decision taken here before it is read; then the events not applied yet are applied in
+    /// the store's order, which is the order the decisions were committed in — the later of
+    /// two conflicting decisions (one replica's block, another's unblock) wins on every
+    /// replica. Events are recognised by their row number, not by a cursor, so a PostgreSQL
+    /// transaction that commits a lower number after a higher one was read is still applied
+    /// at the next call. Returns how many events changed this replica's blocks or overrides.
+    pub fn sync_blocks(&self) -> Result<usize, GatewayError> {
+        self.shared.audit.flush();
+        let events = self.shared.audit.with_store(|s| s.numbered_blocks())?;
+        let mut applied = self
+            .applied_blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut changed = 0;
+        for (id, ev) in &events {
+            if applied.insert(*id) && apply_block_event(&self.shared.models, ev) {
+                changed += 1;
+                tracing::info!(
+                    "{} of {:?} on model {:?} by {} ({}) applied from the shared audit log",
+                    ev.kind,
+                    ev.client,
+                    ev.model,
+                    ev.by,
+                    ev.reason
+                );
+            }
+        }
+        Ok(changed)
+    }
+
     /// What the gateway knows about every client (and client group or network) it has seen,
     /// per model: queries, current risk, last escalation, alarmed detectors, block and
     /// override — the admin API's `/admin/clients`.
@@ -862,35 +901,52 @@ impl Chain {
     }
 }
 
+/// Applies one block event of the audit log to its model's blocks and admin overrides;
+/// `true` when that changed them (an unknown model or kind changes nothing).
+fn apply_block_event(models: &BTreeMap<String, Arc<ModelEntry>>, ev: &BlockEvent) -> bool {
+    let Some(e) = models.get(&ev.model) else {
+        return false;
+    };
+    let mut b = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
+    let admin = ev.by == "admin";
+    match ev.kind.as_str() {
+        "block" => {
+            let changed = b.blocked.get(&ev.client) != Some(&ev.reason)
+                || (admin && b.overridden.contains(&ev.client));
+            b.blocked.insert(ev.client.clone(), ev.reason.clone());
+            if admin {
+                b.overridden.remove(&ev.client);
+            }
+            changed
+        }
+        "unblock" => {
+            let changed = b.blocked.remove(&ev.client).is_some();
+            if admin {
+                return b.overridden.insert(ev.client.clone()) || changed;
+            }
+            changed
+        }
+        other => {
+            tracing::warn!("audit log: unknown block event kind {other:?} ignored");
+            false
+        }
+    }
+}
+
 /// Rebuilds every model's blocks and admin overrides from the audit log's block events (policy
 /// blocks, admin blocks and unblocks, oldest first): the audit store is what survives a crash
-/// or a restart — and, on a shared PostgreSQL store, what other replicas decided.
+/// or a restart — and, on a shared PostgreSQL store, what other replicas decided. Returns the
+/// row numbers applied.
 fn replay_blocks(
     store: &dyn AuditStore,
     models: &BTreeMap<String, Arc<ModelEntry>>,
-) -> Result<(), GatewayError> {
-    let events = store.blocks()?;
+) -> Result<HashSet<i64>, GatewayError> {
+    let events = store.numbered_blocks()?;
+    let mut applied = HashSet::with_capacity(events.len());
     let mut restored = 0usize;
-    for ev in &events {
-        let Some(e) = models.get(&ev.model) else {
-            continue;
-        };
-        let mut b = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        match ev.kind.as_str() {
-            "block" => {
-                b.blocked.insert(ev.client.clone(), ev.reason.clone());
-                if ev.by == "admin" {
-                    b.overridden.remove(&ev.client);
-                }
-            }
-            "unblock" => {
-                b.blocked.remove(&ev.client);
-                if ev.by == "admin" {
-                    b.overridden.insert(ev.client.clone());
-                }
-            }
-            other => tracing::warn!("audit log: unknown block event kind {other:?} ignored"),
-        }
+    for (id, ev) in &events {
+        apply_block_event(models, ev);
+        applied.insert(*id);
         restored += 1;
     }
     if restored > 0 {
@@ -908,7 +964,7 @@ fn replay_blocks(
             "{blocked} blocked clients restored from {restored} block events of the audit log"
         );
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.

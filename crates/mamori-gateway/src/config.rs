@@ -384,6 +384,9 @@ pub struct DetectConfig {
     /// `mamori serve` saves detector states and escalation risk this often (seconds; 0 = only
     /// at shutdown), so a crash loses at most this much of them.
     pub checkpoint_s: u64,
+    /// `mamori serve` applies the block events other replicas wrote to the shared audit store
+    /// this often (seconds; 0 = only at start). See [`crate::Chain::sync_blocks`].
+    pub block_sync_s: u64,
 }
 
 impl Default for DetectConfig {
@@ -397,6 +400,7 @@ impl Default for DetectConfig {
             network_prefix_v4: 0,
             network_prefix_v6: 0,
             checkpoint_s: 120,
+            block_sync_s: 5,
         }
     }
 }

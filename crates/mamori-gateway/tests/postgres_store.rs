@@ -91,6 +91,7 @@ fn read_all(s: &dyn AuditStore) -> serde_json::Value {
         "nobody": s.requests(Some("nobody"), 0).unwrap(),
         "alerts": s.alerts().unwrap(),
         "blocks": s.blocks().unwrap(),
+        "numbered_blocks": s.numbered_blocks().unwrap(),
         "ledger": s.ledger(None).unwrap(),
         "ledger_lin": s.ledger(Some("lin")).unwrap(),
     })
@@ -129,6 +130,39 @@ fn postgres_returns_exactly_what_sqlite_returns() {
         })
         .collect();
     assert_eq!(all, want);
+}
+
+/// Two gateway replicas on one PostgreSQL database: an administrator's block on one is applied
+/// by the other at its next `sync_blocks`, and so is the unblock.
+#[test]
+fn replicas_on_postgres_apply_each_others_blocks() {
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, bob) = keys.create("bob", None, "full", &[]).unwrap();
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(GatewayConfig::default())
+                .keys(keys.clone())
+                .audit_store(Box::new(PostgresStore::connect(&pg.url()).unwrap()))
+                .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+                .build()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (build(), build());
+    infer(&b, &bob, 1);
+    a.admin_block("bob", None, "abuse report").unwrap();
+    assert!(infer_sample(&a, &bob, 2).is_err());
+    assert!(infer_sample(&b, &bob, 3).is_ok(), "B has not synced yet");
+    assert_eq!(b.sync_blocks().unwrap(), 1);
+    let e = infer_sample(&b, &bob, 4).unwrap_err();
+    assert_eq!(e.status(), 403, "{e}");
+    a.admin_unblock("bob", None).unwrap();
+    assert_eq!(b.sync_blocks().unwrap(), 1);
+    infer(&b, &bob, 5);
+    assert_eq!(b.sync_blocks().unwrap(), 0);
 }
 
 #[test]

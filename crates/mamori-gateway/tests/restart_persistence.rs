@@ -186,3 +186,72 @@ fn the_daily_quota_does_not_reset_with_the_process() {
         "3 before the restart + 2 = the day's 5"
     );
 }
+
+/// Two replicas behind one load balancer share the audit store: a block decided on one (by
+/// the policy or an administrator) reaches the other at its next `sync_blocks`, and so does
+/// an administrator's unblock; the later decision wins on both.
+#[test]
+fn replicas_sharing_the_audit_store_apply_each_others_blocks() {
+    let home = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
+    let (_, bob) = keys.create("bob", None, "full", &[]).unwrap();
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(GatewayConfig::default())
+                .keys(keys.clone())
+                .audit_store(Box::new(SqliteStore::open_home(home.path()).unwrap()))
+                .model(spec(3, Box::new(OnAlarm(Action::Block))))
+                .build()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (build(), build());
+    let mut ma = ChainOracle::new(a.clone(), &mallory, None).unwrap();
+    let mut mb = ChainOracle::new(b.clone(), &mallory, None).unwrap();
+    let mut bob_b = ChainOracle::new(b.clone(), &bob, None).unwrap();
+    // Nothing to apply yet.
+    assert_eq!(a.sync_blocks().unwrap(), 0);
+    // Replica A's policy blocks mallory at her 3rd query there; replica B, which saw only one
+    // of her queries, still serves her until it syncs.
+    assert!(!refused(&mut ma, 1) && !refused(&mut ma, 2));
+    assert!(refused(&mut ma, 3));
+    assert!(!refused(&mut mb, 4));
+    assert_eq!(
+        a.sync_blocks().unwrap(),
+        0,
+        "A's own block changes nothing on A"
+    );
+    assert_eq!(b.sync_blocks().unwrap(), 1);
+    assert!(refused(&mut mb, 5), "A's block applies on B");
+    assert_eq!(b.blocked()[0].1, "mallory");
+    // An administrator blocks bob on B: A refuses him after its sync.
+    b.admin_block("bob", None, "abuse report").unwrap();
+    assert!(refused(&mut bob_b, 1));
+    assert_eq!(a.sync_blocks().unwrap(), 1);
+    let mut bob_a = ChainOracle::new(a.clone(), &bob, None).unwrap();
+    assert!(refused(&mut bob_a, 2));
+    // ... and unblocks mallory on A: B serves her again after its sync, and the override
+    // travels too (B's policy may not block her again).
+    a.admin_unblock("mallory", None).unwrap();
+    assert!(!refused(&mut ma, 6));
+    assert_eq!(
+        b.sync_blocks().unwrap(),
+        1,
+        "bob's block is B's own; mallory's unblock is new"
+    );
+    assert!(!refused(&mut mb, 7));
+    for k in 8..12 {
+        assert!(!refused(&mut mb, k), "the override holds on B at query {k}");
+    }
+    // A further sync finds nothing new; a restarted replica replays the same final state.
+    assert_eq!(a.sync_blocks().unwrap(), 0);
+    assert_eq!(b.sync_blocks().unwrap(), 0);
+    drop((ma, mb, bob_a, bob_b));
+    a.flush_audit();
+    b.flush_audit();
+    let c = build();
+    let blocked = c.blocked();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!(blocked[0].1, "bob");
+}

@@ -446,6 +446,32 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             }
         })
     });
+    // Blocks decided by other replicas sharing the audit store (PostgreSQL), applied here.
+    let block_syncs = (cfg.detect.block_sync_s > 0).then(|| {
+        let (chain, stop) = (chain.clone(), stop.clone());
+        let every = std::time::Duration::from_secs(cfg.detect.block_sync_s);
+        std::thread::spawn(move || {
+            let (lock, cv) = &*stop;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let (s, timeout) = cv
+                    .wait_timeout(stopped, every)
+                    .unwrap_or_else(|e| e.into_inner());
+                stopped = s;
+                if *stopped {
+                    return;
+                }
+                if timeout.timed_out() {
+                    // Unlocked while reading the store: the stop flag stays free to set.
+                    drop(stopped);
+                    if let Err(e) = chain.sync_blocks() {
+                        tracing::error!("reading other replicas' blocks failed: {e}");
+                    }
+                    stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        })
+    });
     let served = rt.block_on(async move {
         let s = server::start(chain, &cfg.server.addr).await?;
         eprintln!("mamori gateway listening on http://{}", s.local_addr());
@@ -453,7 +479,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     });
     *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
     stop.1.notify_all();
-    if let Some(t) = checkpoints {
+    for t in [checkpoints, block_syncs].into_iter().flatten() {
         let _ = t.join();
     }
     served?;
