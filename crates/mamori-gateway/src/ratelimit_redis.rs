@@ -74,6 +74,15 @@ const TTL_S: u64 = 2 * 86_400;
 const LOG_EVERY_MS: u64 = 10_000;
 /// After a failure, Redis is left alone this long.
 const COOL_DOWN_MS: u64 = 1_000;
+/// A throttle factor this replica wrote is not written again for this long: the escalation
+/// policy re-decides "throttle" on every request of a throttled client, and rewriting the same
+/// factor each time would cost every such request a round trip. The refresh keeps the bucket's
+/// TTL alive and restores the factor within this time if Redis lost it (a restart without
+/// persistence).
+const THROTTLE_REFRESH_MS: u64 = 60_000;
+/// At most this many keys' last written throttles are remembered (then forgotten at once:
+/// the next writes go to Redis again).
+const THROTTLE_MEMORY: usize = 100_000;
 
 /// Gives every pooled connection read and write timeouts, so a stalled Redis delays a request
 /// by at most the timeout before the local fallback answers.
@@ -98,6 +107,8 @@ pub struct RedisLimiter {
     /// Until when (ms since the epoch) checks skip Redis after a failure.
     down_until_ms: AtomicU64,
     url: String,
+    /// Per key: the throttle factor last written to Redis and when ([`THROTTLE_REFRESH_MS`]).
+    written: std::sync::Mutex<std::collections::HashMap<String, (Option<u64>, u64)>>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -151,6 +162,7 @@ impl RedisLimiter {
             last_log_ms: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
             url: url.to_string(),
+            written: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let mut c = me.conn()?;
         let pong: String = redis::cmd("PING")
@@ -282,6 +294,24 @@ impl Limiter for RedisLimiter {
         if self.cooling_down() {
             return;
         }
+        // The same factor written by this replica less than THROTTLE_REFRESH_MS ago: nothing
+        // to do (see THROTTLE_REFRESH_MS).
+        let now = now_ms();
+        let bits = factor.map(f64::to_bits);
+        {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            match written.get(key) {
+                Some(&(b, at)) if b == bits && now.saturating_sub(at) < THROTTLE_REFRESH_MS => {
+                    return
+                }
+                _ => {
+                    if written.len() >= THROTTLE_MEMORY {
+                        written.clear();
+                    }
+                    written.insert(key.to_string(), (bits, now));
+                }
+            }
+        }
         let bucket = self.bucket(key);
         let result = self.conn().and_then(|mut c| {
             let r: redis::RedisResult<()> = match factor {
@@ -304,6 +334,11 @@ impl Limiter for RedisLimiter {
             r.map_err(|e| self.err("setting a throttle", e))
         });
         if let Err(e) = result {
+            // Not written: the next call tries again.
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key);
             self.failed(&e);
         }
     }

@@ -192,6 +192,49 @@ fn two_replicas_share_one_budget_and_one_throttle() {
     assert_eq!(metrics.limit_store_errors().get(), 0);
 }
 
+/// The escalation policy re-decides "throttle" on every request of a throttled client; the
+/// limiter writes an unchanged factor to Redis once per refresh interval, not per request, and
+/// a changed factor at once.
+#[test]
+fn an_unchanged_throttle_is_not_rewritten_on_every_request() {
+    let Some(redis) = TempRedis::start_or_skip() else {
+        return;
+    };
+    let metrics = Metrics::new();
+    let l = limiter(&redis.url(), "rewrite:", &metrics);
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let field = |c: &mut redis::Connection| -> Option<f64> {
+        redis::cmd("HGET")
+            .arg("rewrite:k")
+            .arg("throttle")
+            .query(c)
+            .unwrap()
+    };
+    l.set_throttle("k", Some(0.25));
+    assert_eq!(field(&mut admin), Some(0.25));
+    // Removed behind the limiter's back: the same factor again is not rewritten (no round
+    // trip) ...
+    let _: () = redis::cmd("HDEL")
+        .arg("rewrite:k")
+        .arg("throttle")
+        .query(&mut admin)
+        .unwrap();
+    for _ in 0..5 {
+        l.set_throttle("k", Some(0.25));
+    }
+    assert_eq!(field(&mut admin), None);
+    // ... but a changed factor is written at once, and so is the lift.
+    l.set_throttle("k", Some(0.1));
+    assert_eq!(field(&mut admin), Some(0.1));
+    l.set_throttle("k", None);
+    assert_eq!(field(&mut admin), None);
+    assert!(!l.is_throttled("k"));
+    assert_eq!(metrics.limit_store_errors().get(), 0);
+}
+
 #[test]
 fn a_redis_outage_falls_back_to_local_buckets_and_recovers() {
     let Some(mut redis) = TempRedis::start_or_skip() else {
