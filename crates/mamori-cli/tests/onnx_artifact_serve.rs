@@ -250,6 +250,33 @@ fn the_calibration_of_an_encrypted_model_is_read_with_its_verified_files() {
     );
     assert!(log.iter().any(|l| l.contains(&want)), "{want}\n{log:#?}");
 
+    // Served beside a second, uncalibrated model, the calibration stays the digits model's
+    // own: the other is named as running the default thresholds (unit test of the per-model
+    // thresholds: `protection::tests::each_served_model_gets_its_own_calibration`).
+    let other = tmp.path().join("other");
+    tiny_model(&other, "other-mlp");
+    let (child, _url, log) = start_serve_logged(
+        &home,
+        &args(&[
+            &"--policy",
+            &"detect",
+            &"--model-key-file",
+            &key_file,
+            &"--model",
+            &enc,
+            &"--allow-unsigned",
+            &"--model",
+            &other,
+        ]),
+    );
+    stop(child);
+    assert!(log.iter().any(|l| l.contains(&want)), "{want}\n{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("model \"other-mlp\" has no calibration.json")),
+        "{log:#?}"
+    );
+
     // A calibration changed after signing is refused like any other tampered file.
     let plain = tmp.path().join("digits-tampered");
     copy_dir(&model, &plain);

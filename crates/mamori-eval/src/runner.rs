@@ -437,6 +437,7 @@ impl CellChain {
             home: home.to_path_buf(),
             secret: Some(secret_for_seed(seed)),
             calibration: Some(prepared.calibration.clone()),
+            model_calibrations: Default::default(),
             network: Some(Arc::new(victim.network.clone())),
             fingerprint_dims: prepared.fingerprint_dims.clone(),
         };

@@ -38,6 +38,7 @@ fn chain_for(
         home: home.to_path_buf(),
         secret: Some(mamori_eval::runner::secret_for_seed(1)),
         calibration: None,
+        model_calibrations: Default::default(),
         network: Some(Arc::new(model.network.clone())),
         fingerprint_dims: Vec::new(),
     };

@@ -368,8 +368,14 @@ pub struct ProtectionContext {
     /// context: `dawn/model/<name>`, `dawn-ledger/model/<name>`) instead of the key files;
     /// the ledgers still go to the home.
     pub secret: Option<SecretKey>,
-    /// Calibrated detector thresholds (`calibration.json`), used when the policy names none.
+    /// Calibrated detector thresholds (`calibration.json`), used when the policy names none
+    /// and the model has none of its own in `model_calibrations`.
     pub calibration: Option<DetectorsConfig>,
+    /// Each served model's own calibration, by model name (detector thresholds and DAWN
+    /// fingerprint dimensions): with several served models, each is watched with the
+    /// thresholds fitted to it, not the first one's. Wins over `calibration` and
+    /// `fingerprint_dims` for its model.
+    pub model_calibrations: BTreeMap<String, ModelCalibration>,
     /// The served native network (prediction poisoning uses its features).
     pub network: Option<Arc<Network>>,
     /// The served model's quiet input dimensions (`Calibration::fingerprint_dims`, see
@@ -378,13 +384,42 @@ pub struct ProtectionContext {
     pub fingerprint_dims: Vec<u32>,
 }
 
+/// One served model's calibration ([`ProtectionContext::model_calibrations`]).
+#[derive(Clone, Debug, Default)]
+pub struct ModelCalibration {
+    /// Its detector thresholds.
+    pub detectors: DetectorsConfig,
+    /// Its quiet input dimensions, for DAWN's fingerprint.
+    pub fingerprint_dims: Vec<u32>,
+}
+
 impl ProtectionContext {
+    /// The detector thresholds for `model` when the policy names none: its own calibration,
+    /// else the shared one, else the detectors' defaults.
+    pub fn detectors_for(&self, model: &str) -> DetectorsConfig {
+        self.model_calibrations
+            .get(model)
+            .map(|c| c.detectors.clone())
+            .or_else(|| self.calibration.clone())
+            .unwrap_or_default()
+    }
+
+    /// The quiet input dimensions for `model`'s DAWN fingerprint: its own calibration's, else
+    /// the shared ones.
+    pub fn fingerprint_dims_for(&self, model: &str) -> Vec<u32> {
+        self.model_calibrations
+            .get(model)
+            .map(|c| c.fingerprint_dims.clone())
+            .unwrap_or_else(|| self.fingerprint_dims.clone())
+    }
+
     /// A context keeping its keys and ledger in `home`.
     pub fn new(home: &Path) -> Self {
         Self {
             home: home.to_path_buf(),
             secret: None,
             calibration: None,
+            model_calibrations: BTreeMap::new(),
             network: None,
             fingerprint_dims: Vec::new(),
         }
@@ -533,15 +568,14 @@ pub fn protect(
             dawn.insert(name, Arc::new(d));
         }
     }
-    let detectors_cfg = policy
-        .detectors
-        .clone()
-        .or_else(|| ctx.calibration.clone())
-        .unwrap_or_default();
     let mut specs = Vec::with_capacity(models.len());
     for (model, platform) in models {
         let mut spec = ModelSpec::new(model, &platform);
         if policy.detect {
+            let detectors_cfg = policy
+                .detectors
+                .clone()
+                .unwrap_or_else(|| ctx.detectors_for(&spec.model.card().name));
             spec.detectors = repeat_aware(mamori_detect::default_detectors(&detectors_cfg));
             spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
         }
@@ -609,7 +643,7 @@ fn open_dawn(
         }
     };
     let dims = if dims.is_empty() {
-        ctx.fingerprint_dims.clone()
+        ctx.fingerprint_dims_for(model)
     } else {
         dims
     };
@@ -878,6 +912,81 @@ mod tests {
             let ledgers = mamori_defense::dawn::HomeLedgers::find(tmp.path()).unwrap();
             assert_eq!(ledgers.models.len(), 2);
         }
+    }
+
+    /// With several served models, each is watched with its own calibration; a model without
+    /// one falls back to the shared calibration, then to the defaults. Same for DAWN's
+    /// fingerprint dimensions.
+    #[test]
+    fn each_served_model_gets_its_own_calibration() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ctx = ProtectionContext::new(tmp.path());
+        ctx.secret = Some(SecretKey::from_bytes([3; 32]));
+        let mut tight = DetectorsConfig::default();
+        tight.rate.max_total = 2;
+        ctx.model_calibrations.insert(
+            "a".into(),
+            ModelCalibration {
+                detectors: tight,
+                fingerprint_dims: vec![4, 2],
+            },
+        );
+        // The volume detector's verdict on the third query, per served model.
+        let third_alarms = |ctx: &ProtectionContext| -> Vec<bool> {
+            let p = protect(
+                GatewayConfig::default(),
+                vec![tiny("a"), tiny("b")],
+                &builtin("detect").unwrap(),
+                ctx,
+            )
+            .unwrap();
+            p.models
+                .iter()
+                .map(|m| {
+                    let rate = m
+                        .detectors
+                        .iter()
+                        .find(|d| d.info().name == "rate")
+                        .unwrap();
+                    let mut st = rate.new_state();
+                    let x = [0.5f32; 16];
+                    (0..3)
+                        .map(|t| {
+                            st.observe(&mamori_core::Observation {
+                                client: "c",
+                                input: &x,
+                                input_shape: &[1, 4, 4],
+                                probs: &[0.2, 0.5, 0.3],
+                                label: 1,
+                                time_ms: t,
+                            })
+                            .alarm
+                        })
+                        .last()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(third_alarms(&ctx), [true, false], "a: its own; b: defaults");
+        let mut shared = DetectorsConfig::default();
+        shared.rate.max_total = 1;
+        ctx.calibration = Some(shared);
+        assert_eq!(
+            third_alarms(&ctx),
+            [true, true],
+            "b: the shared calibration"
+        );
+        // DAWN's fingerprint: a's own quiet dimensions, b's from the shared list.
+        ctx.fingerprint_dims = vec![7];
+        let p = protect(
+            GatewayConfig::default(),
+            vec![tiny("a"), tiny("b")],
+            &builtin("dawn").unwrap(),
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(p.dawn["a"].fingerprint().unwrap().dims(), &[2, 4]);
+        assert_eq!(p.dawn["b"].fingerprint().unwrap().dims(), &[7]);
     }
 
     /// A legacy shared ledger moves to the model when one model is served, and stays put

@@ -49,9 +49,9 @@ pub struct Args {
     /// API key for the upstream server, if it needs one.
     #[arg(long, env = "MAMORI_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
-    /// Detector calibration (`calibration.json` from `mamori calibrate`); default: the
-    /// `calibration.json` of the first model directory that has one (signed and encrypted with
-    /// the model when it is), else the detectors' built-in thresholds.
+    /// Detector calibration (`calibration.json` from `mamori calibrate`) for every served
+    /// model; default: each model directory's own `calibration.json` for that model (signed
+    /// and encrypted with the model when it is), else the detectors' built-in thresholds.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Key file of encrypted models (else `MAMORI_MODEL_KEY_FILE` or `MAMORI_MODEL_KEY`).
@@ -225,8 +225,9 @@ fn open_served(path: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> 
     )
 }
 
-/// The detector calibration: `--calibration FILE` if given, else the `calibration.json` of the
-/// first served model directory that has one (read with its verified, decrypted files).
+/// A detector calibration: `--calibration FILE` if given, else a served model directory's
+/// `calibration.json` (read with its verified, decrypted files); logs where it came from and
+/// warns when it predates the current fitting rules.
 fn calibration_for(
     explicit: Option<&Path>,
     from_models: Option<(mamori_detect::Calibration, String)>,
@@ -314,7 +315,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     let spec = policy_spec(&args, &cfg)?;
     let mut served: Vec<(Arc<dyn Model>, String)> = Vec::new();
     let mut networks: Vec<Arc<Network>> = Vec::new();
-    let mut model_calibration = None;
+    let mut model_calibrations = Vec::new();
     for path in &args.models {
         let Served {
             model,
@@ -323,9 +324,7 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
             calibration,
         } = open_served(path, &args, &home)?;
         networks.extend(network.map(Arc::new));
-        if model_calibration.is_none() {
-            model_calibration = calibration;
-        }
+        model_calibrations.push((model.card().name.clone(), calibration));
         tracing::info!(
             "serving {} ({platform}) from {}",
             model.card().name,
@@ -342,9 +341,35 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         }
     }
     let mut ctx = ProtectionContext::new(&home);
-    if let Some(c) = calibration_for(args.calibration.as_deref(), model_calibration)? {
-        ctx.calibration = Some(c.detectors);
-        ctx.fingerprint_dims = c.fingerprint_dims;
+    match args.calibration.as_deref() {
+        // An explicit calibration file: every served model uses it.
+        Some(p) => {
+            if let Some(c) = calibration_for(Some(p), None)? {
+                ctx.calibration = Some(c.detectors);
+                ctx.fingerprint_dims = c.fingerprint_dims;
+            }
+        }
+        // Else each model directory's own calibration.json, for that model only.
+        None => {
+            for (name, found) in model_calibrations {
+                match calibration_for(None, found)? {
+                    Some(c) => {
+                        ctx.model_calibrations.insert(
+                            name,
+                            mamori_gateway::protection::ModelCalibration {
+                                detectors: c.detectors,
+                                fingerprint_dims: c.fingerprint_dims,
+                            },
+                        );
+                    }
+                    None if spec.detect => tracing::warn!(
+                        "model {name:?} has no calibration.json: its detectors use their \
+                         default thresholds (run `mamori calibrate --model DIR --benign DATA`)"
+                    ),
+                    None => {}
+                }
+            }
+        }
     }
     // Prediction poisoning needs the served network's features: only unambiguous with one.
     if served.len() == 1 {
