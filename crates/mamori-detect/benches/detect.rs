@@ -94,7 +94,9 @@ fn shipped_capacity_config() -> DetectorsConfig {
     cfg.rate.max_per_window = u64::MAX / 2;
     // Active OOD and HODA with a plausible reference.
     cfg.ood.centroids = vec![vec![0.13; 784]; 10];
-    cfg.ood.radius = vec![10.0; 10];
+    // Every bench query in-distribution, so PRADA (which skips out-of-distribution queries)
+    // observes all of them: the worst case for its cost.
+    cfg.ood.radius = vec![100.0; 10];
     cfg.ood.msp_threshold = 0.5;
     cfg.ood.window = 100;
     cfg.ood.max_ood = 10;

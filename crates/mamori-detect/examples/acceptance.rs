@@ -636,7 +636,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             mixed.push(ws(&m));
         }
+        // The same, PRADA shown only the queries the OOD test calls in-distribution.
+        let ood_cfg = &cal_m.detectors.ood;
+        let ws_in = |s: &Stream| -> (Vec<f64>, usize) {
+            let mut kept = Vec::new();
+            let mut labels = Vec::new();
+            for x in s {
+                let p = mnist.predict(&tensor(x)).expect("predict").into_data();
+                let l = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                if !mamori_detect::ood::OodDetector::is_ood(ood_cfg, x, &p, l) {
+                    kept.push(x.as_slice());
+                    labels.push(l);
+                }
+            }
+            let n = kept.len();
+            (det.w_series(kept.into_iter().zip(labels)), n)
+        };
+        let mut rev_in = Vec::new();
+        let mut rev_kept = Vec::new();
+        for _ in 0..100 {
+            let mut s = fa_eval.clone();
+            s.shuffle(&mut rng);
+            s.truncate(queries);
+            let (w, n) = ws_in(&s);
+            rev_in.push(w);
+            rev_kept.push(n);
+        }
+        eprintln!(
+            "W in-dist filter: fashion->mnist kept per client {:?}",
+            &rev_kept[..20]
+        );
+        let mut mn_in = Vec::new();
+        for s in mnist_benign.iter().take(100) {
+            mn_in.push(ws_in(s).0);
+        }
+        let mut jb_in = Vec::new();
+        let mut mixed_in = Vec::new();
+        for s in jbda_streams {
+            let (w, n) = ws_in(s);
+            eprintln!("W in-dist filter: jbda kept {n}/{}", s.len());
+            jb_in.push(w);
+            let mut f = fa_eval.clone();
+            f.shuffle(&mut rng);
+            let m: Stream = s
+                .iter()
+                .zip(f.iter())
+                .flat_map(|(a, b)| [a.clone(), b.clone()])
+                .take(cap)
+                .collect();
+            let (w, n) = ws_in(&m);
+            eprintln!("W in-dist filter: mixed kept {n}/{}", m.len());
+            mixed_in.push(w);
+        }
         for (name, series) in [
+            ("IN mnist benign", &mn_in),
+            ("IN fashion->mnist", &rev_in),
+            ("IN jbda", &jb_in),
+            ("IN jbda+fashion 1:1", &mixed_in),
             ("mnist benign", &mn),
             ("fashion->mnist", &rev),
             ("jbda", &jb),

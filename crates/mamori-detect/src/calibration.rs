@@ -57,9 +57,11 @@ pub const ALONE_DETECTORS: usize = 5;
 
 /// Version of the calibrations [`calibrate`] writes. 2: PRADA's δ fitted on `tail_clients`,
 /// the FPR budget split among the detectors that act alone, the `synthetic` detector fitted.
-/// Version-1 files still load (their detectors run with the thresholds they hold, `synthetic`
-/// inactive) but are not [`Calibration::is_current`].
-pub const CALIBRATION_VERSION: u32 = 2;
+/// 3: PRADA's δ fitted on the queries it observes (only those the OOD test calls
+/// in-distribution, `PradaConfig::only_in_distribution`). Older files still load (their
+/// detectors run with the thresholds they hold; version 1: `synthetic` inactive) but are not
+/// [`Calibration::is_current`].
+pub const CALIBRATION_VERSION: u32 = 3;
 
 /// File name of a calibration stored beside a model.
 pub const CALIBRATION_FILE: &str = "calibration.json";
@@ -518,7 +520,8 @@ pub fn calibrate(
     // false-positive rate of `fpr` is only visible over about 1/fpr clients, so PRADA gets its
     // own, larger population of simulated benign clients (`tail_clients`), drawn from a
     // separate generator so that the other detectors' fits do not depend on it.
-    let prada = crate::prada::PradaDetector::new(cfg.prada.clone());
+    // With the OOD test fitted above: PRADA sees the queries it will see when serving.
+    let prada = crate::prada::PradaDetector::new(cfg.prada.clone()).with_reference(&cfg.ood);
     let tail_clients = opts.prada_clients();
     let mut tail_rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x7072_6164_615f_7461);
     let mut min_w: Option<f64> = None;
@@ -535,7 +538,7 @@ pub fn calibrate(
                 &extra
             }
         };
-        let ws = prada.w_series(s.iter().map(|&i| (benign_x.row(i), blabels[i])));
+        let ws = prada.w_series_scored(s.iter().map(|&i| (benign_x.row(i), bp.row(i), blabels[i])));
         for &w in &ws {
             min_w = Some(min_w.map_or(w, |m: f64| m.min(w)));
         }

@@ -18,22 +18,17 @@
 //! corroborated by extraction behaviour. Group verdicts (`group:<d>`) follow the same rule,
 //! corroborated by any behaviour alarm of the client or the group.
 //!
-//! Foreign queries: PRADA's test (listed in `in_distribution`) rests on a benign reference of
-//! the model's *own* distribution — natural in-distribution queries give normally distributed
-//! minimum distances, and δ is calibrated on them. A legitimate client whose natural images come
-//! from another distribution (Fashion-MNIST photos sent to an MNIST model) breaks that
-//! assumption: its distances settle at a W of 0.90–0.97 with no trend, under a δ calibrated at
-//! ≈ 0.925 on in-distribution data, and 17 of 200 such clients were alerted over 500 queries
-//! (`docs/bench/detect.md`, eighth session). So while a `foreign` detector (default `ood`, the
-//! per-client out-of-distribution rate) alarms on the same query — the client's queries are
-//! already known not to be in-distribution — the `in_distribution` detectors' alarms are
-//! suspicion too: they count only when corroborated by another behaviour detector. A JBDA
-//! stream is not out of distribution by that measure (its synthetic points stay near their
-//! in-distribution seeds), so PRADA keeps catching it. The price, measured in the same place: an
-//! attacker who dilutes a JBDA stream with enough foreign natural images to keep the OOD rate
-//! above its bound is no longer caught by PRADA alone; at the benign query rate it is then as
-//! invisible as a Knockoff stream of the same natural images, which no content-based detector
-//! can tell from a legitimate foreign user. Admin overrides (`allow` / `block` lists, or
+//! Foreign queries (optional, off by default): detectors listed in `in_distribution` have a
+//! benign reference of the model's *own* distribution; while a `foreign` detector (default
+//! `ood`) of the same client (or group) alarms on the query, their alarms are suspicion too.
+//! The default keeps the list empty: PRADA, the detector this was written for, now observes
+//! only the queries the calibrated OOD test calls in-distribution
+//! (`PradaConfig::only_in_distribution`), which removes its false alarms on benign foreign
+//! clients (Fashion-MNIST images sent to an MNIST model) without this rule's price — demoting
+//! PRADA whenever the client's OOD rate is high lets a JBDA stream diluted with foreign
+//! natural images through, while the filter catches it (`docs/bench/detect.md`, eighth
+//! session). `in_distribution = ["prada"]` adds the rule on top, for deployments that prefer
+//! fewer alarms on foreign traffic to catching diluted streams. Admin overrides (`allow` / `block` lists, or
 //! [`Policy::set_override`]) win over everything. Every [`Decision`] carries its reasons.
 
 use mamori_core::{Action, Verdict};
@@ -71,9 +66,9 @@ pub struct PolicyConfig {
     /// distribution (names without the `group:` prefix; a group's verdicts are read within the
     /// group). See `in_distribution`.
     pub foreign: Vec<String>,
-    /// Detectors whose benign reference assumes in-distribution queries (PRADA): while a
+    /// Detectors whose benign reference assumes in-distribution queries (e.g. `prada`): while a
     /// `foreign` detector of the same client (or group) alarms on the query, their alarms are
-    /// suspicion (see the module documentation). Empty = never.
+    /// suspicion (see the module documentation). Empty (the default) = never.
     pub in_distribution: Vec<String>,
 }
 
@@ -91,7 +86,7 @@ impl Default for PolicyConfig {
             block: Vec::new(),
             suspicion: vec!["ood".to_string(), "hoda".to_string()],
             foreign: vec!["ood".to_string()],
-            in_distribution: vec!["prada".to_string()],
+            in_distribution: Vec::new(),
         }
     }
 }
@@ -402,12 +397,12 @@ mod tests {
         assert!(bad.is_err());
         // The documented keys (docs/gateway.md's `[detect.policy]`), and their defaults.
         let cfg: PolicyConfig = toml::from_str(
-            "suspicion = [\"ood\", \"hoda\"]\nforeign = [\"ood\"]\nin_distribution = [\"prada\"]\n",
+            "suspicion = [\"ood\", \"hoda\"]\nforeign = [\"ood\"]\nin_distribution = []\n",
         )
         .unwrap();
         assert_eq!(cfg, PolicyConfig::default());
-        let cfg: PolicyConfig = toml::from_str("in_distribution = []").unwrap();
-        assert!(cfg.in_distribution.is_empty());
+        let cfg: PolicyConfig = toml::from_str("in_distribution = [\"prada\"]").unwrap();
+        assert_eq!(cfg.in_distribution, ["prada"]);
         assert_eq!(cfg.foreign, ["ood"]);
     }
 
@@ -450,7 +445,11 @@ mod tests {
 
     #[test]
     fn prada_on_foreign_queries_needs_corroboration() {
-        let mut p = Policy::new(PolicyConfig::default());
+        let rule = PolicyConfig {
+            in_distribution: vec!["prada".into()],
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(rule);
         let named = |xs: &[(&str, bool)]| -> Vec<(String, Verdict)> {
             xs.iter().map(|(n, a)| (n.to_string(), v(*a))).collect()
         };
@@ -491,11 +490,8 @@ mod tests {
         );
         assert_eq!(d.action, Action::Alert);
         assert!((d.risk - 2.0).abs() < 1e-9, "{}", d.risk);
-        // Off when configured so (the rule before the eighth session).
-        let mut q = Policy::new(PolicyConfig {
-            in_distribution: Vec::new(),
-            ..PolicyConfig::default()
-        });
+        // Off by default.
+        let mut q = Policy::new(PolicyConfig::default());
         let d = q.decide("out", None, &named(&[("prada", true), ("ood", true)]), 0);
         assert_eq!(d.action, Action::Alert);
     }

@@ -22,6 +22,19 @@
 //! (generational eviction, and the per-cell FIFO cap of [`crate::ivf`]) and `D` keeps its
 //! newest `max_distances` values (the Shapiro–Wilk algorithm is valid up to 5000).
 //!
+//! **Only in-distribution queries** (not in the paper; `only_in_distribution`, default on when
+//! the OOD detector is calibrated): PRADA's reference — natural queries give normally
+//! distributed minimum distances, δ calibrated on them — describes natural queries *of the
+//! model's distribution*. Natural images of another distribution settle at lower W with no
+//! trend (Fashion-MNIST images sent to an MNIST model: W 0.90–0.97 against δ ≈ 0.925, 17 of
+//! 200 benign clients flagged), so PRADA observes only the queries the calibrated OOD test
+//! ([`crate::ood::OodDetector::is_ood`]: class-centroid radius and max-softmax) calls
+//! in-distribution, and skips the others (they still count in [`DetectorState::queries`]).
+//! JBDA's synthetic points stay near their in-distribution seeds (≈ 95% pass the test) and are
+//! flagged as before; a JBDA stream diluted with foreign natural images is flagged sooner than
+//! without the filter, because the foreign half no longer props W up (docs/bench/detect.md,
+//! eighth session). Calibration fits δ on the filtered benign streams.
+//!
 //! States saved before the IVF index (an HNSW index per class, [`crate::ann`], under the key
 //! `index`) still load: each class's points and inputs are re-inserted, oldest first.
 
@@ -29,6 +42,7 @@ use crate::ann::{AnnIndex, HnswParams};
 use crate::error::{decode_state, encode_state};
 use crate::ivf::{IvfIndex, IvfParams};
 use crate::knn::Projections;
+use crate::ood::{OodConfig, OodDetector};
 use crate::shapiro::shapiro_wilk_w_sorted;
 use crate::simd::Kernel;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
@@ -73,6 +87,9 @@ pub struct PradaConfig {
     pub hnsw: HnswParams,
     /// Consecutive tests with `W < δ` before the client is flagged (1 = the paper's rule).
     pub persist: u32,
+    /// Observe only queries the calibrated OOD test calls in-distribution (see the module
+    /// documentation); without an OOD calibration every query is observed.
+    pub only_in_distribution: bool,
 }
 
 impl Default for PradaConfig {
@@ -101,6 +118,7 @@ impl Default for PradaConfig {
                 ef_search: 24,
             },
             persist: 2,
+            only_in_distribution: true,
         }
     }
 }
@@ -110,6 +128,8 @@ impl Default for PradaConfig {
 pub struct PradaDetector {
     cfg: PradaConfig,
     proj: Arc<Projections>,
+    /// The OOD test's reference when `only_in_distribution` applies.
+    reference: Option<Arc<OodConfig>>,
 }
 
 impl PradaDetector {
@@ -119,7 +139,19 @@ impl PradaDetector {
     /// A detector with `cfg`.
     pub fn new(cfg: PradaConfig) -> Self {
         let proj = Arc::new(Projections::new(0x707261646100, cfg.proj_dim.max(1)));
-        Self { cfg, proj }
+        Self {
+            cfg,
+            proj,
+            reference: None,
+        }
+    }
+
+    /// With the calibrated OOD test `ood`: when `only_in_distribution` is set and `ood` is
+    /// calibrated (has centroids), queries it calls out-of-distribution are skipped.
+    pub fn with_reference(mut self, ood: &OodConfig) -> Self {
+        self.reference = (self.cfg.only_in_distribution && !ood.centroids.is_empty())
+            .then(|| Arc::new(ood.clone()));
+        self
     }
 
     /// The configuration.
@@ -131,19 +163,29 @@ impl PradaDetector {
     /// predicted label), in order; a test on equal distances counts as W = 0 as in
     /// [`DetectorState::observe`]. Calibration sets δ from these series.
     pub fn w_series<'a>(&self, stream: impl IntoIterator<Item = (&'a [f32], usize)>) -> Vec<f64> {
+        self.w_series_scored(stream.into_iter().map(|(x, l)| (x, &[][..], l)))
+    }
+
+    /// [`PradaDetector::w_series`] with each query's probabilities, which the in-distribution
+    /// test reads (its max-softmax rule; without them only the centroid rule applies).
+    pub fn w_series_scored<'a>(
+        &self,
+        stream: impl IntoIterator<Item = (&'a [f32], &'a [f32], usize)>,
+    ) -> Vec<f64> {
         let mut s = PradaState {
             cfg: self.cfg.clone(),
             proj: Some(self.proj.clone()),
+            reference: self.reference.clone(),
             ..PradaState::default()
         };
         let mut out = Vec::new();
-        for (t, (x, label)) in stream.into_iter().enumerate() {
+        for (t, (x, probs, label)) in stream.into_iter().enumerate() {
             let before = s.tests;
             s.observe(&Observation {
                 client: "calibration",
                 input: x,
                 input_shape: &[x.len()],
-                probs: &[],
+                probs,
                 label,
                 time_ms: t as u64,
             });
@@ -189,6 +231,12 @@ struct PradaState {
     cfg: PradaConfig,
     #[serde(skip)]
     proj: Option<Arc<Projections>>,
+    /// The OOD test's reference (see [`PradaDetector::with_reference`]).
+    #[serde(skip)]
+    reference: Option<Arc<OodConfig>>,
+    /// Queries skipped as out-of-distribution (counted in `queries`).
+    #[serde(default)]
+    skipped: u64,
     classes: Vec<Option<ClassSet>>,
     /// The distance set `D`: (class, d_min), newest last.
     dists: VecDeque<(u16, f64)>,
@@ -265,6 +313,7 @@ impl Detector for PradaDetector {
         Box::new(PradaState {
             cfg: self.cfg.clone(),
             proj: Some(self.proj.clone()),
+            reference: self.reference.clone(),
             ..PradaState::default()
         })
     }
@@ -273,6 +322,7 @@ impl Detector for PradaDetector {
         let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
         s.cfg = self.cfg.clone();
         s.proj = Some(self.proj.clone());
+        s.reference = self.reference.clone();
         for (c, set) in s.classes.iter_mut().enumerate() {
             let Some(set) = set else { continue };
             if let Some(old) = set.legacy.take() {
@@ -366,9 +416,28 @@ impl PradaState {
     }
 }
 
+impl PradaState {
+    /// The verdict of the last test (score `(1 − W)/(1 − δ)`, ≥ 1 below δ) and the alarm.
+    fn verdict(&self) -> Verdict {
+        let score = self
+            .last_w
+            .map_or(0.0, |w| (1.0 - w) / (1.0 - self.cfg.delta).max(1e-9));
+        Verdict {
+            score,
+            alarm: self.alarm,
+        }
+    }
+}
+
 impl DetectorState for PradaState {
     fn observe(&mut self, obs: &Observation<'_>) -> Verdict {
         self.queries += 1;
+        if let Some(r) = &self.reference {
+            if OodDetector::is_ood(r, obs.input, obs.probs, obs.label) {
+                self.skipped += 1;
+                return self.verdict();
+            }
+        }
         let c = obs.label.min(u16::MAX as usize - 1);
         if self.classes.len() <= c {
             self.classes.resize(c + 1, None);
@@ -449,19 +518,14 @@ impl DetectorState for PradaState {
         }
         self.buf = buf;
         self.code = code;
-        // Tested at queries 1, 1 + k, 1 + 2k, … (k = `check_every`), as in the authors' code.
-        if (self.queries - 1).is_multiple_of(self.cfg.check_every.max(1))
+        // Tested at observed queries 1, 1 + k, 1 + 2k, … (k = `check_every`), as in the
+        // authors' code (skipped out-of-distribution queries do not count).
+        if (self.queries - self.skipped - 1).is_multiple_of(self.cfg.check_every.max(1))
             && self.dists.len() > self.cfg.min_distances
         {
             self.test();
         }
-        let score = self
-            .last_w
-            .map_or(0.0, |w| (1.0 - w) / (1.0 - self.cfg.delta).max(1e-9));
-        Verdict {
-            score,
-            alarm: self.alarm,
-        }
+        self.verdict()
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -610,6 +674,81 @@ mod tests {
         let (first, _) = run(&d, &stream);
         let first = first.expect("synthetic stream not flagged");
         assert!(first <= 300, "flagged only after {first} queries");
+    }
+
+    /// With a calibrated OOD reference, queries it calls out-of-distribution are not observed
+    /// (they count as queries, add no distance and shift no test); without calibration, or
+    /// with `only_in_distribution = false`, every query is.
+    #[test]
+    fn out_of_distribution_queries_are_skipped() {
+        // The synthetic stream of `natural_stream_passes_and_synthetic_steps_alarm`, its
+        // queries interleaved with far-away ones (every value 0 or 1: outside every class
+        // radius of a reference fitted on the blobs' centres).
+        let seeds = natural(30, 2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut synthetic = seeds.clone();
+        let mut frontier = seeds;
+        while synthetic.len() < 600 {
+            let next: Vec<(Vec<f32>, usize)> = frontier
+                .iter()
+                .map(|(x, l)| {
+                    let y = x
+                        .iter()
+                        .map(|v| (v + if rng.gen::<bool>() { 0.02 } else { -0.02 }).clamp(0.0, 1.0))
+                        .collect();
+                    (y, *l)
+                })
+                .collect();
+            synthetic.extend(next.iter().cloned());
+            frontier.extend(next);
+        }
+        let mixed: Vec<(Vec<f32>, usize)> = synthetic
+            .iter()
+            .enumerate()
+            .flat_map(|(i, q)| {
+                let far: Vec<f32> = (0..64).map(|j| ((i + j) % 2) as f32).collect();
+                [q.clone(), (far, i % 10)]
+            })
+            .collect();
+        // A reference whose every class sits at the blobs' mean value with a radius that
+        // admits the blobs (values within ±0.5 of 0.5: distance ≤ 4 in 64 dimensions) and not
+        // the 0/1 vectors (distance 4.0 exactly from 0.5 everywhere; radius 3.9).
+        let reference = OodConfig {
+            centroids: vec![vec![0.5; 64]; 10],
+            radius: vec![3.9; 10],
+            msp_threshold: 0.0,
+            benign_rate: 0.0,
+            window: 100,
+            max_ood: 10,
+        };
+        let filtered = PradaDetector::new(PradaConfig::default()).with_reference(&reference);
+        let (first_f, s) = run(&filtered, &mixed);
+        assert_eq!(
+            s.queries(),
+            mixed.len() as u64,
+            "skipped queries still count"
+        );
+        // The far-away half is not observed: the same alarm as on the synthetic half alone,
+        // at the same observed query, i.e. at twice the stream position (±1).
+        let (first_alone, _) = run(&filtered, &synthetic);
+        let (first_f, first_alone) = (first_f.expect("flagged"), first_alone.expect("flagged"));
+        assert!(
+            first_f.abs_diff(2 * first_alone) <= 1,
+            "{first_f} vs 2 × {first_alone}"
+        );
+        // Unfiltered (switched off, or no calibration), the far-away half is observed and
+        // changes when (and whether) the client is flagged.
+        for d in [
+            PradaDetector::new(PradaConfig {
+                only_in_distribution: false,
+                ..PradaConfig::default()
+            })
+            .with_reference(&reference),
+            PradaDetector::new(PradaConfig::default()).with_reference(&OodConfig::default()),
+        ] {
+            let (first_u, _) = run(&d, &mixed);
+            assert_ne!(first_u, Some(first_f));
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct DetectorsConfig {
 pub fn default_detectors(cfg: &DetectorsConfig) -> Vec<Arc<dyn Detector>> {
     vec![
         Arc::new(RateDetector::new(cfg.rate.clone())),
-        Arc::new(PradaDetector::new(cfg.prada.clone())),
+        Arc::new(PradaDetector::new(cfg.prada.clone()).with_reference(&cfg.ood)),
         Arc::new(KnnDetector::new(cfg.knn.clone())),
         Arc::new(BlacklightDetector::new(cfg.blacklight.clone())),
         Arc::new(OodDetector::new(cfg.ood.clone())),

@@ -245,10 +245,14 @@ fn calibration_for(
     if !c.is_current() {
         tracing::warn!(
             "{origin} is calibration version {} (current {}): its thresholds predate the \
-             current fitting rules and the `synthetic` detector stays inactive; re-run \
-             `mamori calibrate`",
+             current fitting rules{}; re-run `mamori calibrate`",
             c.version,
-            mamori_detect::CALIBRATION_VERSION
+            mamori_detect::CALIBRATION_VERSION,
+            if c.version < 2 {
+                " and the `synthetic` detector stays inactive"
+            } else {
+                " (PRADA's δ was fitted on every query; PRADA now observes only in-distribution ones)"
+            }
         );
     }
     Ok(Some(c))
