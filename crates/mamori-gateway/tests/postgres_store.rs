@@ -156,10 +156,13 @@ fn replicas_on_postgres_apply_each_others_blocks() {
     a.admin_block("bob", None, "abuse report").unwrap();
     assert!(infer_sample(&a, &bob, 2).is_err());
     assert!(infer_sample(&b, &bob, 3).is_ok(), "B has not synced yet");
+    // A's audit writer commits within its linger time; the test does not wait for it.
+    a.flush_audit();
     assert_eq!(b.sync_blocks().unwrap(), 1);
     let e = infer_sample(&b, &bob, 4).unwrap_err();
     assert_eq!(e.status(), 403, "{e}");
     a.admin_unblock("bob", None).unwrap();
+    a.flush_audit();
     assert_eq!(b.sync_blocks().unwrap(), 1);
     infer(&b, &bob, 5);
     assert_eq!(b.sync_blocks().unwrap(), 0);

@@ -222,12 +222,15 @@ fn replicas_sharing_the_audit_store_apply_each_others_blocks() {
         0,
         "A's own block changes nothing on A"
     );
+    // (A's sync wrote A's queued records; otherwise its writer commits them within its
+    // linger time, which the test does not wait for.)
     assert_eq!(b.sync_blocks().unwrap(), 1);
     assert!(refused(&mut mb, 5), "A's block applies on B");
     assert_eq!(b.blocked()[0].1, "mallory");
     // An administrator blocks bob on B: A refuses him after its sync.
     b.admin_block("bob", None, "abuse report").unwrap();
     assert!(refused(&mut bob_b, 1));
+    b.flush_audit();
     assert_eq!(a.sync_blocks().unwrap(), 1);
     let mut bob_a = ChainOracle::new(a.clone(), &bob, None).unwrap();
     assert!(refused(&mut bob_a, 2));
@@ -235,6 +238,7 @@ fn replicas_sharing_the_audit_store_apply_each_others_blocks() {
     // travels too (B's policy may not block her again).
     a.admin_unblock("mallory", None).unwrap();
     assert!(!refused(&mut ma, 6));
+    a.flush_audit();
     assert_eq!(
         b.sync_blocks().unwrap(),
         1,
