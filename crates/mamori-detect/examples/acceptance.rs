@@ -82,13 +82,7 @@ fn run_client(
         block: None,
     };
     for (t, (x, &time_ms)) in stream.iter().zip(times).enumerate() {
-        let xt = Tensor::new(vec![1, 1, 28, 28], x.clone()).expect("shape");
-        let p = model.predict(&xt).expect("predict").into_data();
-        let label = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
+        let (p, label) = answer(model, x);
         let d = engine.observe(
             client,
             None,
@@ -116,10 +110,6 @@ fn run_client(
 
 fn rows(d: &mamori_data::Dataset, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
     range.map(|i| d.x.row(i).to_vec()).collect()
-}
-
-fn tensor(xs: &[f32]) -> Tensor {
-    Tensor::new(vec![xs.len() / 784, 1, 28, 28], xs.to_vec()).expect("shape")
 }
 
 /// A 784-128-10 ReLU MLP trained with the workspace's trainer (`mamori_ml::zoo::train_model`,
@@ -414,11 +404,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let j = jbda(&mnist, &seeds, cap, r.gen());
                 let mut f = fa_eval.clone();
                 f.shuffle(r);
-                j.into_iter()
-                    .zip(f)
-                    .flat_map(|(a, b)| [a, b])
-                    .take(cap)
-                    .collect()
+                interleave(j, f, cap)
             }),
         ),
         (
@@ -544,12 +530,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut first = None;
             let mut below = Vec::new();
             for (t, x) in s.iter().enumerate() {
-                let p = mnist.predict(&tensor(x)).expect("predict").into_data();
-                let label = p
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i);
+                let (p, label) = answer(&mnist, x);
                 let v = st.observe(&Observation {
                     client: who,
                     input: x,
@@ -599,109 +580,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if std::env::var_os("MAMORI_PRADA_DIAG").is_some() {
+        // PRADA's W per test (δ of the MNIST calibration) on benign and attack streams, with
+        // every query shown to it and with only the queries the OOD test calls
+        // in-distribution ("IN").
         let det = mamori_detect::prada::PradaDetector::new(cal_m.detectors.prada.clone());
-        let lab = |x: &Vec<f32>| -> usize {
-            let p = mnist.predict(&tensor(x)).expect("predict").into_data();
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i)
-        };
-        let ws = |s: &Stream| -> Vec<f64> {
-            let labels: Vec<usize> = s.iter().map(lab).collect();
-            det.w_series(s.iter().map(|x| x.as_slice()).zip(labels))
-        };
-        let mut rev = Vec::new();
-        for _ in 0..100 {
-            let mut s = fa_eval.clone();
-            s.shuffle(&mut rng);
-            s.truncate(queries);
-            rev.push(ws(&s));
-        }
-        let mut mn = Vec::new();
-        for s in mnist_benign.iter().take(100) {
-            mn.push(ws(s));
-        }
-        let mut jb = Vec::new();
-        let mut mixed = Vec::new();
-        for s in jbda_streams {
-            jb.push(ws(s));
-            let mut f = fa_eval.clone();
-            f.shuffle(&mut rng);
-            let m: Stream = s
-                .iter()
-                .zip(f.iter())
-                .flat_map(|(a, b)| [a.clone(), b.clone()])
-                .take(cap)
-                .collect();
-            mixed.push(ws(&m));
-        }
-        // The same, PRADA shown only the queries the OOD test calls in-distribution.
         let ood_cfg = &cal_m.detectors.ood;
-        let ws_in = |s: &Stream| -> (Vec<f64>, usize) {
+        let ws = |s: &Stream, filter: bool| -> (Vec<f64>, usize) {
             let mut kept = Vec::new();
-            let mut labels = Vec::new();
             for x in s {
-                let p = mnist.predict(&tensor(x)).expect("predict").into_data();
-                let l = p
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i);
-                if !mamori_detect::ood::OodDetector::is_ood(ood_cfg, x, &p, l) {
-                    kept.push(x.as_slice());
-                    labels.push(l);
+                let (p, l) = answer(&mnist, x);
+                if !filter || !mamori_detect::ood::OodDetector::is_ood(ood_cfg, x, &p, l) {
+                    kept.push((x.as_slice(), l));
                 }
             }
             let n = kept.len();
-            (det.w_series(kept.into_iter().zip(labels)), n)
+            (det.w_series(kept), n)
         };
-        let mut rev_in = Vec::new();
-        let mut rev_kept = Vec::new();
+        let mut foreign: Vec<Stream> = Vec::new();
         for _ in 0..100 {
             let mut s = fa_eval.clone();
             s.shuffle(&mut rng);
             s.truncate(queries);
-            let (w, n) = ws_in(&s);
-            rev_in.push(w);
-            rev_kept.push(n);
+            foreign.push(s);
         }
-        eprintln!(
-            "W in-dist filter: fashion->mnist kept per client {:?}",
-            &rev_kept[..20]
-        );
-        let mut mn_in = Vec::new();
-        for s in mnist_benign.iter().take(100) {
-            mn_in.push(ws_in(s).0);
-        }
-        let mut jb_in = Vec::new();
-        let mut mixed_in = Vec::new();
+        let mut diluted: Vec<Stream> = Vec::new();
         for s in jbda_streams {
-            let (w, n) = ws_in(s);
-            eprintln!("W in-dist filter: jbda kept {n}/{}", s.len());
-            jb_in.push(w);
             let mut f = fa_eval.clone();
             f.shuffle(&mut rng);
-            let m: Stream = s
-                .iter()
-                .zip(f.iter())
-                .flat_map(|(a, b)| [a.clone(), b.clone()])
-                .take(cap)
-                .collect();
-            let (w, n) = ws_in(&m);
-            eprintln!("W in-dist filter: mixed kept {n}/{}", m.len());
-            mixed_in.push(w);
+            diluted.push(interleave(s.clone(), f, cap));
         }
-        for (name, series) in [
-            ("IN mnist benign", &mn_in),
-            ("IN fashion->mnist", &rev_in),
-            ("IN jbda", &jb_in),
-            ("IN jbda+fashion 1:1", &mixed_in),
-            ("mnist benign", &mn),
-            ("fashion->mnist", &rev),
-            ("jbda", &jb),
-            ("jbda+fashion 1:1", &mixed),
-        ] {
+        let kinds: [(&str, &[Stream]); 4] = [
+            ("mnist benign", &mnist_benign[..mnist_benign.len().min(100)]),
+            ("fashion->mnist", &foreign),
+            ("jbda", jbda_streams),
+            ("jbda+fashion 1:1", &diluted),
+        ];
+        let mut all: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
+        for filter in [true, false] {
+            for (name, streams) in kinds {
+                let name = format!("{}{name}", if filter { "IN " } else { "" });
+                let (series, kept): (Vec<Vec<f64>>, Vec<usize>) =
+                    streams.iter().map(|s| ws(s, filter)).unzip();
+                let shown: Vec<usize> = kept.iter().take(20).copied().collect();
+                eprintln!("W {name}: queries observed per client {shown:?}");
+                all.push((name, series));
+            }
+        }
+        for (name, series) in &all {
             for ser in series.iter().take(8) {
                 let txt: Vec<String> = ser.iter().take(40).map(|w| format!("{w:.3}")).collect();
                 eprintln!("W {name}: {}", txt.join(" "));
@@ -713,7 +638,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mins.sort_by(f64::total_cmp);
             let mut crit: Vec<f64> = series
                 .iter()
-                .filter_map(|v| critical_delta_of(v, 2))
+                .filter_map(|v| mamori_detect::prada::critical_delta(v, 2))
                 .collect();
             crit.sort_by(f64::total_cmp);
             eprintln!(
@@ -727,10 +652,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn critical_delta_of(ws: &[f64], persist: u32) -> Option<f64> {
-    mamori_detect::prada::critical_delta(ws, persist)
-}
-
 fn q5(v: &[f64]) -> Vec<String> {
     if v.is_empty() {
         return vec![];
@@ -738,5 +659,28 @@ fn q5(v: &[f64]) -> Vec<String> {
     [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
         .iter()
         .map(|q| format!("{:.3}", v[((v.len() - 1) as f64 * q) as usize]))
+        .collect()
+}
+
+/// The model's probabilities for `x` and its top label.
+fn answer(model: &dyn Model, x: &[f32]) -> (Vec<f32>, usize) {
+    let p = model
+        .predict(&Tensor::new(vec![1, 1, 28, 28], x.to_vec()).expect("one 28×28 image"))
+        .expect("predict")
+        .into_data();
+    let label = p
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    (p, label)
+}
+
+/// `a` and `b` interleaved query by query (`a` first), at most `cap` queries.
+fn interleave(a: Stream, b: Stream, cap: usize) -> Stream {
+    a.into_iter()
+        .zip(b)
+        .flat_map(|(x, y)| [x, y])
+        .take(cap)
         .collect()
 }

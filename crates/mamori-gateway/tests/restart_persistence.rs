@@ -26,6 +26,19 @@ fn spec(threshold: u64, policy: Box<dyn mamori_gateway::Policy>) -> ModelSpec {
     s
 }
 
+/// A chain whose policy blocks a client at its 3rd query, on the SQLite audit store of `home`
+/// (a restarted gateway, or another replica, opens the same store).
+fn blocking_chain(keys: &Arc<KeyStore>, home: &std::path::Path) -> Arc<mamori_gateway::Chain> {
+    Arc::new(
+        ChainBuilder::new(GatewayConfig::default())
+            .keys(keys.clone())
+            .audit_store(Box::new(SqliteStore::open_home(home).unwrap()))
+            .model(spec(3, Box::new(OnAlarm(Action::Block))))
+            .build()
+            .unwrap(),
+    )
+}
+
 fn refused(o: &mut ChainOracle, k: usize) -> bool {
     match o.query(&batch(&[k])) {
         Ok(_) => false,
@@ -41,16 +54,7 @@ fn blocks_and_admin_overrides_survive_a_restart_even_without_a_graceful_shutdown
     let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
     let (_, eve) = keys.create("eve", None, "full", &[]).unwrap();
     let (_, bob) = keys.create("bob", None, "full", &[]).unwrap();
-    let build = || {
-        Arc::new(
-            ChainBuilder::new(GatewayConfig::default())
-                .keys(keys.clone())
-                .audit_store(Box::new(SqliteStore::open_home(home.path()).unwrap()))
-                .model(spec(3, Box::new(OnAlarm(Action::Block))))
-                .build()
-                .unwrap(),
-        )
-    };
+    let build = || blocking_chain(&keys, home.path());
     let chain = build();
     let mut m = ChainOracle::new(chain.clone(), &mallory, None).unwrap();
     let mut e = ChainOracle::new(chain.clone(), &eve, None).unwrap();
@@ -196,16 +200,7 @@ fn replicas_sharing_the_audit_store_apply_each_others_blocks() {
     let keys = Arc::new(KeyStore::in_memory());
     let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
     let (_, bob) = keys.create("bob", None, "full", &[]).unwrap();
-    let build = || {
-        Arc::new(
-            ChainBuilder::new(GatewayConfig::default())
-                .keys(keys.clone())
-                .audit_store(Box::new(SqliteStore::open_home(home.path()).unwrap()))
-                .model(spec(3, Box::new(OnAlarm(Action::Block))))
-                .build()
-                .unwrap(),
-        )
-    };
+    let build = || blocking_chain(&keys, home.path());
     let (a, b) = (build(), build());
     let mut ma = ChainOracle::new(a.clone(), &mallory, None).unwrap();
     let mut mb = ChainOracle::new(b.clone(), &mallory, None).unwrap();

@@ -225,6 +225,39 @@ fn open_served(path: &Path, args: &Args, home: &Path) -> anyhow::Result<Served> 
     )
 }
 
+/// The stop flag of `serve`'s background threads, and the condition variable that wakes them.
+type StopSignal = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+/// Runs `task` every `every_s` seconds on a thread of its own until `stop` is set (none when
+/// `every_s` is 0). The flag is not held while `task` runs, so setting it never waits on one.
+fn every_until_stopped(
+    stop: &StopSignal,
+    every_s: u64,
+    task: impl Fn() + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
+    if every_s == 0 {
+        return None;
+    }
+    let stop = stop.clone();
+    let every = std::time::Duration::from_secs(every_s);
+    Some(std::thread::spawn(move || {
+        let (lock, cv) = &*stop;
+        let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked before each wait too: a stop set while `task` ran notified nobody.
+        while !*stopped {
+            let (s, timeout) = cv
+                .wait_timeout(stopped, every)
+                .unwrap_or_else(|e| e.into_inner());
+            stopped = s;
+            if timeout.timed_out() && !*stopped {
+                drop(stopped);
+                task();
+                stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }))
+}
+
 /// A detector calibration: `--calibration FILE` if given, else a served model directory's
 /// `calibration.json` (read with its verified, decrypted files); logs where it came from and
 /// warns when it predates the current fitting rules.
@@ -452,54 +485,23 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Periodic checkpoints of detector states and escalation risk (a crash loses at most one
     // interval); the graceful shutdown saves them once more.
-    let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let checkpoints = (cfg.detect.checkpoint_s > 0).then(|| {
-        let (chain, stop) = (chain.clone(), stop.clone());
-        let every = std::time::Duration::from_secs(cfg.detect.checkpoint_s);
-        std::thread::spawn(move || {
-            let (lock, cv) = &*stop;
-            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                let (s, timeout) = cv
-                    .wait_timeout(stopped, every)
-                    .unwrap_or_else(|e| e.into_inner());
-                stopped = s;
-                if *stopped {
-                    return;
-                }
-                if timeout.timed_out() {
-                    if let Err(e) = chain.save_states() {
-                        tracing::error!("checkpoint of detector states failed: {e}");
-                    }
-                }
+    let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let checkpoints = every_until_stopped(&stop, cfg.detect.checkpoint_s, {
+        let chain = chain.clone();
+        move || {
+            if let Err(e) = chain.save_states() {
+                tracing::error!("checkpoint of detector states failed: {e}");
             }
-        })
+        }
     });
     // Blocks decided by other replicas sharing the audit store (PostgreSQL), applied here.
-    let block_syncs = (cfg.detect.block_sync_s > 0).then(|| {
-        let (chain, stop) = (chain.clone(), stop.clone());
-        let every = std::time::Duration::from_secs(cfg.detect.block_sync_s);
-        std::thread::spawn(move || {
-            let (lock, cv) = &*stop;
-            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                let (s, timeout) = cv
-                    .wait_timeout(stopped, every)
-                    .unwrap_or_else(|e| e.into_inner());
-                stopped = s;
-                if *stopped {
-                    return;
-                }
-                if timeout.timed_out() {
-                    // Unlocked while reading the store: the stop flag stays free to set.
-                    drop(stopped);
-                    if let Err(e) = chain.sync_blocks() {
-                        tracing::error!("reading other replicas' blocks failed: {e}");
-                    }
-                    stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                }
+    let block_syncs = every_until_stopped(&stop, cfg.detect.block_sync_s, {
+        let chain = chain.clone();
+        move || {
+            if let Err(e) = chain.sync_blocks() {
+                tracing::error!("reading other replicas' blocks failed: {e}");
             }
-        })
+        }
     });
     let served = rt.block_on(async move {
         let s = server::start(chain, &cfg.server.addr).await?;
