@@ -18,95 +18,21 @@
 
 #![allow(clippy::type_complexity)]
 
-use mamori_attack::extract::Jbda;
-use mamori_attack::{ExtractionAttack, ExtractionContext};
-use mamori_core::{
-    Action, Disclosure, Model, Observation, Oracle, OracleAnswer, OracleError, Tensor,
-};
+// The streams, clients and JBDA run shared with `tests/acceptance_small.rs`.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use mamori_core::{Model, Observation};
 use mamori_detect::{calibrate, default_detectors, CalibrationOptions, Engine, PolicyConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
+use support::{
+    answer, interleave, jbda, run_client, Stream, Timing, BENIGN_INTERVAL_MS, BULK_INTERVAL_MS,
+};
 
-type Stream = Vec<Vec<f32>>;
-
-/// Mean time between two queries of a benign client (Poisson arrivals), in milliseconds.
-const BENIGN_INTERVAL_MS: f64 = 10_000.0;
-/// Time between two queries of a bulk attacker, in milliseconds (20 queries per second).
-const BULK_INTERVAL_MS: u64 = 50;
 /// Training epochs of each victim.
 const EPOCHS: usize = 2;
-
-/// How a client's queries are spaced in time.
-#[derive(Clone, Copy)]
-enum Timing {
-    /// Poisson arrivals with this mean inter-arrival (ms).
-    Poisson(f64),
-    /// A fixed interval (ms).
-    Fixed(u64),
-}
-
-impl Timing {
-    fn times(self, n: usize, rng: &mut rand::rngs::StdRng) -> Vec<u64> {
-        let mut t = 0.0f64;
-        (0..n)
-            .map(|i| match self {
-                Timing::Poisson(m) => {
-                    t += -m * (1.0 - rng.gen::<f64>()).ln();
-                    t as u64
-                }
-                Timing::Fixed(d) => i as u64 * d,
-            })
-            .collect()
-    }
-}
-
-struct Outcome {
-    /// First query (1-based) at which each detector alarmed.
-    first: BTreeMap<String, usize>,
-    /// First query with action ≥ Alert / ≥ Block.
-    alert: Option<usize>,
-    block: Option<usize>,
-}
-
-fn run_client(
-    engine: &mut Engine,
-    model: &dyn Model,
-    client: &str,
-    stream: &Stream,
-    times: &[u64],
-) -> Outcome {
-    let mut out = Outcome {
-        first: BTreeMap::new(),
-        alert: None,
-        block: None,
-    };
-    for (t, (x, &time_ms)) in stream.iter().zip(times).enumerate() {
-        let (p, label) = answer(model, x);
-        let d = engine.observe(
-            client,
-            None,
-            &Observation {
-                client,
-                input: x,
-                input_shape: &[1, 28, 28],
-                probs: &p,
-                label,
-                time_ms,
-            },
-        );
-        for r in &d.reasons {
-            out.first.entry(r.detector.clone()).or_insert(t + 1);
-        }
-        if d.action >= Action::Alert && out.alert.is_none() {
-            out.alert = Some(t + 1);
-        }
-        if d.action >= Action::Block && out.block.is_none() {
-            out.block = Some(t + 1);
-        }
-    }
-    out
-}
 
 fn rows(d: &mamori_data::Dataset, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
     range.map(|i| d.x.row(i).to_vec()).collect()
@@ -131,68 +57,6 @@ fn accuracy(m: &dyn Model, d: &mamori_data::Dataset) -> f64 {
     let p = m.predict(&d.x).expect("predict");
     let pred = p.argmax_rows();
     pred.iter().zip(&d.y).filter(|(a, b)| a == b).count() as f64 / d.len() as f64
-}
-
-/// An oracle over the victim answering labels only (as in Papernot et al.) and recording every
-/// queried sample, so that the detectors see exactly the stream the attack sent.
-struct Recorder<'a> {
-    model: &'a dyn Model,
-    sent: Stream,
-}
-
-impl Oracle for Recorder<'_> {
-    fn input_shape(&self) -> Vec<usize> {
-        self.model.card().input_shape.clone()
-    }
-    fn num_classes(&self) -> usize {
-        self.model.card().num_classes()
-    }
-    fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
-        let n = x.batch_size();
-        for i in 0..n {
-            self.sent.push(x.row(i).to_vec());
-        }
-        let p = self.model.predict(x)?;
-        Ok(mamori_attack::oracle::disclose(p, Disclosure::Label))
-    }
-    fn queries_used(&self) -> u64 {
-        self.sent.len() as u64
-    }
-    fn budget(&self) -> Option<u64> {
-        None
-    }
-}
-
-/// A real JBDA run (Papernot et al. 2017, `mamori_attack::extract::Jbda`: 150 seeds, λ = 0.1
-/// flipped every τ = 3 rounds, Jacobian of a 784-200-200-10 substitute retrained each round,
-/// label-only answers) against `model`, capped at `cap` queries; returns the queries it sent.
-fn jbda(model: &dyn Model, seeds: &mamori_data::Dataset, cap: usize, seed: u64) -> Stream {
-    let mut oracle = Recorder {
-        model,
-        sent: Vec::new(),
-    };
-    let mut ctx = ExtractionContext::new(
-        cap as u64,
-        mamori_ml::Arch::Mlp {
-            hidden: vec![200, 200],
-        },
-    );
-    ctx.query_data = Some(seeds);
-    ctx.seed = seed;
-    ctx.train.seed = seed;
-    // The fixed 10-epoch schedule every documented run used (the harness's default thief now
-    // trains until its fit plateaus, which changes the synthetic queries JBDA derives).
-    ctx.stop = None;
-    ctx.train.epochs = 10;
-    let attack = Jbda {
-        rounds: 8,
-        ..Jbda::default()
-    };
-    if let Err(e) = attack.extract(&mut oracle, &ctx) {
-        eprintln!("jbda stopped: {e}");
-    }
-    oracle.sent.truncate(cap);
-    oracle.sent
 }
 
 fn median(v: &mut [usize]) -> Option<usize> {
@@ -659,28 +523,5 @@ fn q5(v: &[f64]) -> Vec<String> {
     [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
         .iter()
         .map(|q| format!("{:.3}", v[((v.len() - 1) as f64 * q) as usize]))
-        .collect()
-}
-
-/// The model's probabilities for `x` and its top label.
-fn answer(model: &dyn Model, x: &[f32]) -> (Vec<f32>, usize) {
-    let p = model
-        .predict(&Tensor::new(vec![1, 1, 28, 28], x.to_vec()).expect("one 28×28 image"))
-        .expect("predict")
-        .into_data();
-    let label = p
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
-    (p, label)
-}
-
-/// `a` and `b` interleaved query by query (`a` first), at most `cap` queries.
-fn interleave(a: Stream, b: Stream, cap: usize) -> Stream {
-    a.into_iter()
-        .zip(b)
-        .flat_map(|(x, y)| [x, y])
-        .take(cap)
         .collect()
 }

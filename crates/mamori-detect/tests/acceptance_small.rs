@@ -9,102 +9,20 @@
 //! equation-solving queries, near-duplicate adversarial search and Knockoff with natural images
 //! of another dataset at bulk speed within 500 queries, and a real JBDA run flagged by PRADA.
 
-use mamori_attack::extract::Jbda;
-use mamori_attack::{ExtractionAttack, ExtractionContext};
-use mamori_core::{
-    Action, Disclosure, Model, Observation, Oracle, OracleAnswer, OracleError, Tensor,
-};
+mod support;
+
+use mamori_core::Model;
 use mamori_detect::{calibrate, default_detectors, CalibrationOptions, Engine, PolicyConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-
-type Stream = Vec<Vec<f32>>;
-
-const BENIGN_INTERVAL_MS: f64 = 10_000.0;
-const BULK_INTERVAL_MS: u64 = 50;
-
-/// First query (1-based) with action ≥ Alert, and the first query each detector alarmed on.
-fn run_client(
-    engine: &mut Engine,
-    model: &dyn Model,
-    client: &str,
-    stream: &Stream,
-    times: &[u64],
-) -> (Option<usize>, std::collections::BTreeMap<String, usize>) {
-    let mut alert = None;
-    let mut first = std::collections::BTreeMap::new();
-    for (t, (x, &time_ms)) in stream.iter().zip(times).enumerate() {
-        let p = model
-            .predict(&Tensor::new(vec![1, 1, 28, 28], x.clone()).unwrap())
-            .unwrap()
-            .into_data();
-        let label = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
-        let d = engine.observe(
-            client,
-            None,
-            &Observation {
-                client,
-                input: x,
-                input_shape: &[1, 28, 28],
-                probs: &p,
-                label,
-                time_ms,
-            },
-        );
-        for r in &d.reasons {
-            first.entry(r.detector.clone()).or_insert(t + 1);
-        }
-        if d.action >= Action::Alert && alert.is_none() {
-            alert = Some(t + 1);
-        }
-    }
-    (alert, first)
-}
+use support::{interleave, jbda, run_client, Stream, Timing, BENIGN_INTERVAL_MS, BULK_INTERVAL_MS};
 
 fn poisson(n: usize, rng: &mut rand::rngs::StdRng) -> Vec<u64> {
-    let mut t = 0.0f64;
-    (0..n)
-        .map(|_| {
-            t += -BENIGN_INTERVAL_MS * (1.0 - rng.gen::<f64>()).ln();
-            t as u64
-        })
-        .collect()
+    Timing::Poisson(BENIGN_INTERVAL_MS).times(n, rng)
 }
 
-fn bulk(n: usize) -> Vec<u64> {
-    (0..n as u64).map(|i| i * BULK_INTERVAL_MS).collect()
-}
-
-/// Label-only oracle recording every sample JBDA sends.
-struct Recorder<'a> {
-    model: &'a dyn Model,
-    sent: Stream,
-}
-
-impl Oracle for Recorder<'_> {
-    fn input_shape(&self) -> Vec<usize> {
-        self.model.card().input_shape.clone()
-    }
-    fn num_classes(&self) -> usize {
-        self.model.card().num_classes()
-    }
-    fn query(&mut self, x: &Tensor) -> Result<OracleAnswer, OracleError> {
-        for i in 0..x.batch_size() {
-            self.sent.push(x.row(i).to_vec());
-        }
-        let p = self.model.predict(x)?;
-        Ok(mamori_attack::oracle::disclose(p, Disclosure::Label))
-    }
-    fn queries_used(&self) -> u64 {
-        self.sent.len() as u64
-    }
-    fn budget(&self) -> Option<u64> {
-        None
-    }
+fn bulk(n: usize, rng: &mut rand::rngs::StdRng) -> Vec<u64> {
+    Timing::Fixed(BULK_INTERVAL_MS).times(n, rng)
 }
 
 #[test]
@@ -212,7 +130,8 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
         for c in 0..clients {
             let s = gen(&mut rng);
             let times = poisson(s.len(), &mut rng);
-            let (alert, first) = run_client(&mut e, model, &format!("benign{c}"), &s, &times);
+            let support::Outcome { alert, first, .. } =
+                run_client(&mut e, model, &format!("benign{c}"), &s, &times);
             assert!(
                 alert.is_none(),
                 "{label}: benign client {c} alerted at query {alert:?} ({first:?})"
@@ -230,7 +149,8 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
         s.shuffle(&mut rng);
         s.truncate(300);
         let times = poisson(s.len(), &mut rng);
-        let (alert, first) = run_client(&mut e, &victim, &format!("foreign{c}"), &s, &times);
+        let support::Outcome { alert, first, .. } =
+            run_client(&mut e, &victim, &format!("foreign{c}"), &s, &times);
         assert!(
             alert.is_none(),
             "Fashion-MNIST images to the MNIST model: client {c} alerted at query {alert:?} ({first:?})"
@@ -268,7 +188,8 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
         ("Knockoff (Fashion-MNIST images)", &knockoff),
     ] {
         let mut e = engine();
-        let (alert, first) = run_client(&mut e, &victim, "attacker", s, &bulk(s.len()));
+        let support::Outcome { alert, first, .. } =
+            run_client(&mut e, &victim, "attacker", s, &bulk(s.len(), &mut rng));
         assert!(
             alert.is_some_and(|q| q <= 500),
             "{label}: alert at {alert:?} ({first:?})"
@@ -282,30 +203,15 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
         .cloned()
         .collect();
     let seeds = te.select(&pick);
-    let mut oracle = Recorder {
-        model: &victim,
-        sent: Vec::new(),
-    };
-    let mut ctx = ExtractionContext::new(
-        cap as u64,
-        mamori_ml::Arch::Mlp {
-            hidden: vec![200, 200],
-        },
-    );
-    ctx.query_data = Some(&seeds);
-    ctx.seed = 5;
-    ctx.train.seed = 5;
-    ctx.stop = None;
-    ctx.train.epochs = 10;
-    let _ = Jbda {
-        rounds: 8,
-        ..Jbda::default()
-    }
-    .extract(&mut oracle, &ctx);
-    let mut stream = oracle.sent;
-    stream.truncate(cap);
+    let stream = jbda(&victim, &seeds, cap, 5);
     let mut e = engine();
-    let (alert, first) = run_client(&mut e, &victim, "jbda", &stream, &bulk(stream.len()));
+    let support::Outcome { alert, first, .. } = run_client(
+        &mut e,
+        &victim,
+        "jbda",
+        &stream,
+        &bulk(stream.len(), &mut rng),
+    );
     assert!(
         first.get("prada").is_some_and(|&q| q <= 400),
         "JBDA: PRADA at {:?}, alert {alert:?} ({first:?}, {} queries)",
@@ -317,14 +223,11 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
     // still flags the synthetic half, and the policy alerts.
     let mut foreign = fa_eval.clone();
     foreign.shuffle(&mut rng);
-    let diluted: Stream = stream
-        .iter()
-        .zip(foreign)
-        .flat_map(|(a, b)| [a.clone(), b])
-        .collect();
+    let diluted = interleave(stream.clone(), foreign, 2 * stream.len());
     let mut e = engine();
     let times = poisson(diluted.len(), &mut rng);
-    let (alert, first) = run_client(&mut e, &victim, "diluted", &diluted, &times);
+    let support::Outcome { alert, first, .. } =
+        run_client(&mut e, &victim, "diluted", &diluted, &times);
     assert!(
         alert.is_some() && first.contains_key("prada") && first.contains_key("ood"),
         "JBDA diluted with Fashion-MNIST images: alert {alert:?} ({first:?}, {} queries)",
