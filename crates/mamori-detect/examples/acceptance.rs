@@ -320,6 +320,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect()
             }),
         ),
+        (
+            "JBDA with marked corners (every query out of distribution)",
+            Box::new(|r: &mut rand::rngs::StdRng| {
+                let idx: Vec<usize> = (half..mn_te.len()).collect();
+                let pick: Vec<usize> = idx.choose_multiple(r, 150).cloned().collect();
+                let seeds = mn_te.select(&pick);
+                let mut j = jbda(&mnist, &seeds, cap, r.gen());
+                // A 4×4 white square in each corner: far from every class centroid, while the
+                // distances between queries (PRADA's statistic) do not change.
+                for x in &mut j {
+                    for (row, col) in (0..4).flat_map(|a| (0..4).map(move |b| (a, b))) {
+                        for (rr, cc) in [
+                            (row, col),
+                            (row, 27 - col),
+                            (27 - row, col),
+                            (27 - row, 27 - col),
+                        ] {
+                            x[rr * 28 + cc] = 1.0;
+                        }
+                    }
+                }
+                j
+            }),
+        ),
     ];
     // Every attacker's stream is drawn once and replayed under both timings.
     let streams: Vec<(&str, Vec<Stream>)> = attacks
@@ -449,11 +473,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // in-distribution ("IN").
         let det = mamori_detect::prada::PradaDetector::new(cal_m.detectors.prada.clone());
         let ood_cfg = &cal_m.detectors.ood;
-        let ws = |s: &Stream, filter: bool| -> (Vec<f64>, usize) {
+        // `part`: None = every query, Some(true) = in-distribution ones, Some(false) = the
+        // out-of-distribution ones.
+        let ws = |s: &Stream, part: Option<bool>| -> (Vec<f64>, usize) {
             let mut kept = Vec::new();
             for x in s {
                 let (p, l) = answer(&mnist, x);
-                if !filter || !mamori_detect::ood::OodDetector::is_ood(ood_cfg, x, &p, l) {
+                let inside = !mamori_detect::ood::OodDetector::is_ood(ood_cfg, x, &p, l);
+                if part.is_none_or(|want| want == inside) {
                     kept.push((x.as_slice(), l));
                 }
             }
@@ -473,18 +500,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f.shuffle(&mut rng);
             diluted.push(interleave(s.clone(), f, cap));
         }
-        let kinds: [(&str, &[Stream]); 4] = [
+        let marked = &streams[streams.len() - 1].1;
+        let kinds: [(&str, &[Stream]); 5] = [
             ("mnist benign", &mnist_benign[..mnist_benign.len().min(100)]),
             ("fashion->mnist", &foreign),
             ("jbda", jbda_streams),
             ("jbda+fashion 1:1", &diluted),
+            ("jbda marked corners", marked),
         ];
         let mut all: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
-        for filter in [true, false] {
+        for part in [Some(true), Some(false), None] {
             for (name, streams) in kinds {
-                let name = format!("{}{name}", if filter { "IN " } else { "" });
+                let name = format!(
+                    "{}{name}",
+                    match part {
+                        Some(true) => "IN ",
+                        Some(false) => "OUT ",
+                        None => "",
+                    }
+                );
                 let (series, kept): (Vec<Vec<f64>>, Vec<usize>) =
-                    streams.iter().map(|s| ws(s, filter)).unzip();
+                    streams.iter().map(|s| ws(s, part)).unzip();
                 let shown: Vec<usize> = kept.iter().take(20).copied().collect();
                 eprintln!("W {name}: queries observed per client {shown:?}");
                 all.push((name, series));

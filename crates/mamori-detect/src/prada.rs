@@ -22,18 +22,23 @@
 //! (generational eviction, and the per-cell FIFO cap of [`crate::ivf`]) and `D` keeps its
 //! newest `max_distances` values (the Shapiro–Wilk algorithm is valid up to 5000).
 //!
-//! **Only in-distribution queries** (not in the paper; `only_in_distribution`, default on when
-//! the OOD detector is calibrated): PRADA's reference — natural queries give normally
-//! distributed minimum distances, δ calibrated on them — describes natural queries *of the
-//! model's distribution*. Natural images of another distribution settle at lower W with no
-//! trend (Fashion-MNIST images sent to an MNIST model: W 0.90–0.97 against δ ≈ 0.925, 17 of
-//! 200 benign clients flagged), so PRADA observes only the queries the calibrated OOD test
-//! ([`crate::ood::OodDetector::is_ood`]: class-centroid radius and max-softmax) calls
-//! in-distribution, and skips the others (they still count in [`DetectorState::queries`]).
-//! JBDA's synthetic points stay near their in-distribution seeds (≈ 95% pass the test) and are
-//! flagged as before; a JBDA stream diluted with foreign natural images is flagged sooner than
-//! without the filter, because the foreign half no longer props W up (docs/bench/detect.md,
-//! eighth session). Calibration fits δ on the filtered benign streams.
+//! **Two pools: in-distribution queries and the others** (not in the paper;
+//! `only_in_distribution`, default on when the OOD detector is calibrated). PRADA's reference —
+//! natural queries give normally distributed minimum distances, δ calibrated on them —
+//! describes natural queries *of the model's distribution*. Natural images of another
+//! distribution settle at lower W with no trend (Fashion-MNIST images sent to an MNIST model:
+//! W 0.90–0.97 against δ ≈ 0.925, 17 of 200 benign clients flagged). So the queries the
+//! calibrated OOD test ([`crate::ood::OodDetector::is_ood`]: class-centroid radius and
+//! max-softmax) calls in-distribution form the pool tested against δ, and the others a separate
+//! pool (own class sets and distance set) tested against the fixed `ood_delta` (default 0.8):
+//! for them no benign reference exists, and a conservative threshold still catches synthetic
+//! streams pushed out of distribution on purpose (a JBDA stream with marked corners: every
+//! query OOD, distances unchanged), while foreign natural images stay above it (lowest W 0.898
+//! over 100 foreign clients). JBDA's own points stay near their in-distribution seeds (≈ 95%
+//! pass the test) and are flagged in the first pool as before; a JBDA stream diluted with
+//! foreign natural images is flagged sooner than without the split, because the foreign half
+//! no longer props W up (docs/bench/detect.md, eighth session). Calibration fits δ on the
+//! in-distribution pool of the benign streams.
 //!
 //! States saved before the IVF index (an HNSW index per class, [`crate::ann`], under the key
 //! `index`) still load: each class's points and inputs are re-inserted, oldest first.
@@ -87,9 +92,14 @@ pub struct PradaConfig {
     pub hnsw: HnswParams,
     /// Consecutive tests with `W < δ` before the client is flagged (1 = the paper's rule).
     pub persist: u32,
-    /// Observe only queries the calibrated OOD test calls in-distribution (see the module
-    /// documentation); without an OOD calibration every query is observed.
+    /// Test the queries the calibrated OOD test calls in-distribution apart from the others
+    /// (see the module documentation); without an OOD calibration every query is in the one
+    /// pool tested against `delta`.
     pub only_in_distribution: bool,
+    /// With `only_in_distribution`: the threshold of the separate test on the client's
+    /// out-of-distribution queries (no benign reference exists for them, so a fixed,
+    /// conservative value well below `delta`); 0 = out-of-distribution queries are not tested.
+    pub ood_delta: f64,
 }
 
 impl Default for PradaConfig {
@@ -119,6 +129,7 @@ impl Default for PradaConfig {
             },
             persist: 2,
             only_in_distribution: true,
+            ood_delta: 0.8,
         }
     }
 }
@@ -237,6 +248,10 @@ struct PradaState {
     /// Queries skipped as out-of-distribution (counted in `queries`).
     #[serde(default)]
     skipped: u64,
+    /// The pool of the client's out-of-distribution queries, tested against `ood_delta`
+    /// (created at the first such query when `ood_delta > 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outside: Option<Box<PradaState>>,
     classes: Vec<Option<ClassSet>>,
     /// The distance set `D`: (class, d_min), newest last.
     dists: VecDeque<(u16, f64)>,
@@ -320,26 +335,7 @@ impl Detector for PradaDetector {
 
     fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
         let mut s: PradaState = decode_state(Self::NAME, snapshot)?;
-        s.cfg = self.cfg.clone();
-        s.proj = Some(self.proj.clone());
-        s.reference = self.reference.clone();
-        for (c, set) in s.classes.iter_mut().enumerate() {
-            let Some(set) = set else { continue };
-            if let Some(old) = set.legacy.take() {
-                if set.index.is_none() {
-                    let mut index = new_class_index(&self.cfg, old.dim(), c);
-                    for (code, input) in old.points_with_payload() {
-                        index.insert_with_payload(code, input);
-                    }
-                    set.index = Some(index);
-                }
-            }
-            let Some(index) = set.index.as_mut() else {
-                return Err(format!("prada: class {c} has no index"));
-            };
-            // A state saved before fast scan (or with other parameters) is converted.
-            index.set_fastscan(self.cfg.ivf.fastscan_m, self.cfg.ivf.fastscan_rerank);
-        }
+        s.attach(&self.cfg, &self.proj, self.reference.clone())?;
         Ok(Box::new(s))
     }
 }
@@ -417,15 +413,56 @@ impl PradaState {
 }
 
 impl PradaState {
-    /// The verdict of the last test (score `(1 − W)/(1 − δ)`, ≥ 1 below δ) and the alarm.
+    /// The verdict of the last test (score `(1 − W)/(1 − δ)`, ≥ 1 below δ) and the alarm; with
+    /// an out-of-distribution pool, the larger score and either alarm.
     fn verdict(&self) -> Verdict {
         let score = self
             .last_w
             .map_or(0.0, |w| (1.0 - w) / (1.0 - self.cfg.delta).max(1e-9));
+        let outside = self.outside.as_ref().map(|o| o.verdict());
         Verdict {
-            score,
-            alarm: self.alarm,
+            score: outside.map_or(score, |o| score.max(o.score)),
+            alarm: self.alarm || outside.is_some_and(|o| o.alarm),
         }
+    }
+
+    /// Restores what a snapshot does not hold (configuration, projections, reference) and
+    /// converts saved indexes to the configuration's (see [`Detector::restore_state`]), for
+    /// this pool and its out-of-distribution pool.
+    fn attach(
+        &mut self,
+        cfg: &PradaConfig,
+        proj: &Arc<Projections>,
+        reference: Option<Arc<OodConfig>>,
+    ) -> Result<(), String> {
+        self.cfg = cfg.clone();
+        self.proj = Some(proj.clone());
+        self.reference = reference;
+        for (c, set) in self.classes.iter_mut().enumerate() {
+            let Some(set) = set else { continue };
+            if let Some(old) = set.legacy.take() {
+                if set.index.is_none() {
+                    let mut index = new_class_index(cfg, old.dim(), c);
+                    for (code, input) in old.points_with_payload() {
+                        index.insert_with_payload(code, input);
+                    }
+                    set.index = Some(index);
+                }
+            }
+            let Some(index) = set.index.as_mut() else {
+                return Err(format!("prada: class {c} has no index"));
+            };
+            // A state saved before fast scan (or with other parameters) is converted.
+            index.set_fastscan(cfg.ivf.fastscan_m, cfg.ivf.fastscan_rerank);
+        }
+        if let Some(o) = self.outside.as_mut() {
+            let ocfg = PradaConfig {
+                delta: cfg.ood_delta,
+                ..cfg.clone()
+            };
+            o.attach(&ocfg, proj, None)?;
+        }
+        Ok(())
     }
 }
 
@@ -435,6 +472,19 @@ impl DetectorState for PradaState {
         if let Some(r) = &self.reference {
             if OodDetector::is_ood(r, obs.input, obs.probs, obs.label) {
                 self.skipped += 1;
+                if self.cfg.ood_delta > 0.0 {
+                    let outside = self.outside.get_or_insert_with(|| {
+                        Box::new(PradaState {
+                            cfg: PradaConfig {
+                                delta: self.cfg.ood_delta,
+                                ..self.cfg.clone()
+                            },
+                            proj: self.proj.clone(),
+                            ..PradaState::default()
+                        })
+                    });
+                    outside.observe(obs);
+                }
                 return self.verdict();
             }
         }
@@ -676,19 +726,14 @@ mod tests {
         assert!(first <= 300, "flagged only after {first} queries");
     }
 
-    /// With a calibrated OOD reference, queries it calls out-of-distribution are not observed
-    /// (they count as queries, add no distance and shift no test); without calibration, or
-    /// with `only_in_distribution = false`, every query is.
-    #[test]
-    fn out_of_distribution_queries_are_skipped() {
-        // The synthetic stream of `natural_stream_passes_and_synthetic_steps_alarm`, its
-        // queries interleaved with far-away ones (every value 0 or 1: outside every class
-        // radius of a reference fitted on the blobs' centres).
+    /// The JBDA-like stream of `natural_stream_passes_and_synthetic_steps_alarm`: seeds, then
+    /// tiny steps from them.
+    fn synthetic_steps(n: usize) -> Vec<(Vec<f32>, usize)> {
         let seeds = natural(30, 2);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut synthetic = seeds.clone();
+        let mut stream = seeds.clone();
         let mut frontier = seeds;
-        while synthetic.len() < 600 {
+        while stream.len() < n {
             let next: Vec<(Vec<f32>, usize)> = frontier
                 .iter()
                 .map(|(x, l)| {
@@ -699,45 +744,74 @@ mod tests {
                     (y, *l)
                 })
                 .collect();
-            synthetic.extend(next.iter().cloned());
+            stream.extend(next.iter().cloned());
             frontier.extend(next);
         }
-        let mixed: Vec<(Vec<f32>, usize)> = synthetic
-            .iter()
-            .enumerate()
-            .flat_map(|(i, q)| {
-                let far: Vec<f32> = (0..64).map(|j| ((i + j) % 2) as f32).collect();
-                [q.clone(), (far, i % 10)]
-            })
-            .collect();
-        // A reference whose every class sits at the blobs' mean value with a radius that
-        // admits the blobs (values within ±0.5 of 0.5: distance ≤ 4 in 64 dimensions) and not
-        // the 0/1 vectors (distance 4.0 exactly from 0.5 everywhere; radius 3.9).
-        let reference = OodConfig {
+        stream.truncate(n);
+        stream
+    }
+
+    /// A reference whose every class sits at the blobs' mean value (0.5) with radius 2: the
+    /// blobs of `natural` (≈ 1.1 from it) are in-distribution, a query with 24 of its 64
+    /// values set to 1 (≥ 2.4 from it) is not.
+    fn blob_reference() -> OodConfig {
+        OodConfig {
             centroids: vec![vec![0.5; 64]; 10],
-            radius: vec![3.9; 10],
+            radius: vec![2.0; 10],
             msp_threshold: 0.0,
             benign_rate: 0.0,
             window: 100,
             max_ood: 10,
-        };
-        let filtered = PradaDetector::new(PradaConfig::default()).with_reference(&reference);
-        let (first_f, s) = run(&filtered, &mixed);
+        }
+    }
+
+    fn marked(stream: &[(Vec<f32>, usize)]) -> Vec<(Vec<f32>, usize)> {
+        stream
+            .iter()
+            .map(|(x, l)| {
+                let mut y = x.clone();
+                y[..24].fill(1.0);
+                (y, *l)
+            })
+            .collect()
+    }
+
+    /// With a calibrated OOD reference, the queries it calls in-distribution form PRADA's pool
+    /// (tested against δ) and the others a separate pool (tested against `ood_delta`, or not
+    /// at all when it is 0); skipped queries still count as queries and shift no test of the
+    /// other pool.
+    #[test]
+    fn out_of_distribution_queries_form_their_own_pool() {
+        let synthetic = synthetic_steps(600);
+        let reference = blob_reference();
+        // The synthetic queries interleaved with marked (out-of-distribution) natural ones.
+        let far = marked(&natural(600, 4));
+        let mixed: Vec<(Vec<f32>, usize)> = synthetic
+            .iter()
+            .zip(&far)
+            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .collect();
+        let skip_outside = PradaDetector::new(PradaConfig {
+            ood_delta: 0.0,
+            ..PradaConfig::default()
+        })
+        .with_reference(&reference);
+        let (first_f, s) = run(&skip_outside, &mixed);
         assert_eq!(
             s.queries(),
             mixed.len() as u64,
             "skipped queries still count"
         );
-        // The far-away half is not observed: the same alarm as on the synthetic half alone,
+        // The marked half is not in the pool: the same alarm as on the synthetic half alone,
         // at the same observed query, i.e. at twice the stream position (±1).
-        let (first_alone, _) = run(&filtered, &synthetic);
+        let (first_alone, _) = run(&skip_outside, &synthetic);
         let (first_f, first_alone) = (first_f.expect("flagged"), first_alone.expect("flagged"));
         assert!(
             first_f.abs_diff(2 * first_alone) <= 1,
             "{first_f} vs 2 × {first_alone}"
         );
-        // Unfiltered (switched off, or no calibration), the far-away half is observed and
-        // changes when (and whether) the client is flagged.
+        // Unfiltered (switched off, or no calibration), the marked half is in the one pool
+        // and changes when the client is flagged.
         for d in [
             PradaDetector::new(PradaConfig {
                 only_in_distribution: false,
@@ -748,6 +822,25 @@ mod tests {
         ] {
             let (first_u, _) = run(&d, &mixed);
             assert_ne!(first_u, Some(first_f));
+        }
+        // The out-of-distribution pool (default `ood_delta`): a synthetic stream made out of
+        // distribution (marked) is flagged there; marked natural queries are not; with
+        // `ood_delta = 0` the marked synthetic stream goes unseen.
+        let default = PradaDetector::new(PradaConfig::default()).with_reference(&reference);
+        let (first, s) = run(&default, &marked(&synthetic));
+        assert!(first.is_some(), "marked synthetic stream not flagged");
+        assert_eq!(s.queries(), 600);
+        let (first, _) = run(&default, &marked(&natural(1500, 1)));
+        assert_eq!(first, None, "marked natural stream flagged");
+        let (first, _) = run(&skip_outside, &marked(&synthetic));
+        assert_eq!(first, None);
+        // The out-of-distribution pool survives a snapshot: restored, the state goes on alike.
+        let stream = marked(&synthetic);
+        let (_, mut live) = run(&default, &stream[..300]);
+        let mut restored = default.restore_state(&live.snapshot()).unwrap();
+        for (i, (x, l)) in stream[300..].iter().enumerate() {
+            let o = obs(x, *l, 300 + i);
+            assert_eq!(live.observe(&o), restored.observe(&o));
         }
     }
 

@@ -5,7 +5,8 @@
 //! 20 benign clients per stream (MNIST and Fashion-MNIST test images in random order, MNIST
 //! images sent to a Fashion-MNIST model, repeated legitimate queries; Poisson arrivals, one query
 //! per 10 s on average) and 40 clients sending Fashion-MNIST images to the MNIST model raise no
-//! alert, a JBDA run diluted 1:1 with Fashion-MNIST images at the benign rate is alerted, and every attack stream is detected: uniform noise, Tramèr's
+//! alert, a JBDA run diluted 1:1 with Fashion-MNIST images or pushed out of distribution (marked
+//! corners) at the benign rate is alerted, and every attack stream is detected: uniform noise, Tramèr's
 //! equation-solving queries, near-duplicate adversarial search and Knockoff with natural images
 //! of another dataset at bulk speed within 500 queries, and a real JBDA run flagged by PRADA.
 
@@ -232,5 +233,25 @@ fn benign_clients_are_left_alone_and_every_attack_stream_is_detected() {
         alert.is_some() && first.contains_key("prada") && first.contains_key("ood"),
         "JBDA diluted with Fashion-MNIST images: alert {alert:?} ({first:?}, {} queries)",
         diluted.len()
+    );
+    // The same JBDA queries pushed out of distribution on purpose (a white 4×4 square in each
+    // corner: every query fails the OOD test, the distances between queries do not change),
+    // at the benign rate: PRADA's out-of-distribution pool flags them, and the policy alerts.
+    let mut corners = stream.clone();
+    for x in &mut corners {
+        for (r, c) in (0..4).flat_map(|a| (0..4).map(move |b| (a, b))) {
+            for (rr, cc) in [(r, c), (r, 27 - c), (27 - r, c), (27 - r, 27 - c)] {
+                x[rr * 28 + cc] = 1.0;
+            }
+        }
+    }
+    let mut e = engine();
+    let times = poisson(corners.len(), &mut rng);
+    let support::Outcome { alert, first, .. } =
+        run_client(&mut e, &victim, "corners", &corners, &times);
+    assert!(
+        alert.is_some() && first.contains_key("prada"),
+        "JBDA with marked corners: alert {alert:?} ({first:?}, {} queries)",
+        corners.len()
     );
 }
