@@ -232,17 +232,15 @@ fn the_calibration_of_an_encrypted_model_is_read_with_its_verified_files() {
     assert!(model.join("calibration.json").is_file());
     let (enc, key_file, _) = sign_and_encrypt(&home, &model);
     assert!(!enc.join("calibration.json").exists());
-    let (child, _url, log) = start_serve_logged(
-        &home,
-        &args(&[
-            &"--policy",
-            &"detect",
-            &"--model-key-file",
-            &key_file,
-            &"--model",
-            &enc,
-        ]),
-    );
+    let serve_enc = args(&[
+        &"--policy",
+        &"detect",
+        &"--model-key-file",
+        &key_file,
+        &"--model",
+        &enc,
+    ]);
+    let (child, _url, log) = start_serve_logged(&home, &serve_enc);
     stop(child);
     let want = format!(
         "detector thresholds from {} (decrypted in memory, signed)",
@@ -255,20 +253,9 @@ fn the_calibration_of_an_encrypted_model_is_read_with_its_verified_files() {
     // thresholds: `protection::tests::each_served_model_gets_its_own_calibration`).
     let other = tmp.path().join("other");
     tiny_model(&other, "other-mlp");
-    let (child, _url, log) = start_serve_logged(
-        &home,
-        &args(&[
-            &"--policy",
-            &"detect",
-            &"--model-key-file",
-            &key_file,
-            &"--model",
-            &enc,
-            &"--allow-unsigned",
-            &"--model",
-            &other,
-        ]),
-    );
+    let mut beside = serve_enc.clone();
+    beside.extend(args(&[&"--allow-unsigned", &"--model", &other]));
+    let (child, _url, log) = start_serve_logged(&home, &beside);
     stop(child);
     assert!(log.iter().any(|l| l.contains(&want)), "{want}\n{log:#?}");
     assert!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_key, mamori, start_serve, stop, tiny_model};
+use common::{create_key, mamori, read_json, start_serve, stop, tiny_model};
 
 #[test]
 fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
@@ -153,8 +153,7 @@ fn a_killed_gateway_keeps_the_detector_states_of_its_last_checkpoint() {
     // A crash: no graceful shutdown.
     child.kill().unwrap();
     child.wait().unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let saved = read_json(&state);
     assert!(saved.get("carol").is_some(), "{saved}");
     assert!(home.join("state").join("ckpt-mlp.policy.json").is_file());
 }

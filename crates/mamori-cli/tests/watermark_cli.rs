@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::mamori;
+use common::{mamori, read_json};
 use mamori_core::{Model, ModelCard, Tensor};
 use mamori_defense::Dawn;
 use mamori_ml::{Arch, NativeModel, Network, Targets, TrainConfig};
@@ -124,8 +124,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(ok, "{err}");
     assert!(out.contains("watermark found"), "{out}");
     assert!(out.contains("rank_sum"), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let j = read_json(&json);
     assert_eq!(j["verdict"], "watermark_found");
     assert_eq!(j["statistic"], "log_gap_sum");
     assert_eq!(j["queried"], xs.len());
@@ -184,8 +183,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     );
     assert!(ok, "{err}");
     assert!(out.contains("fingerprint     z ="), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let j = read_json(&json);
     assert_eq!(
         j["statistic"],
         "log_gap_sum_or_reference_gap_sum_or_fingerprint"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::mamori;
+use common::{mamori, read_json};
 use mamori_core::{ModelCard, Oracle, Tensor};
 use mamori_defense::dawn::DawnPaths;
 use mamori_defense::{Ledger, LedgerRecord, SecretKey};
@@ -170,12 +170,10 @@ fn two_served_models_keep_separate_ledgers_and_a_copy_is_convicted_only_by_its_o
     assert!(ok, "{err}");
     assert!(out.contains("watermark found"), "{out}");
     assert!(out.contains("model       alpha"), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let j = read_json(&json);
     assert_eq!(j["model"], "alpha");
     assert!(j["p_value"].as_f64().unwrap() < 1e-9, "{j}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_json(&report);
     assert_eq!(r["report"]["model"], "alpha");
     assert_eq!(r["report"]["version"], 5);
     let pk = home.join("watermark").join("signing.key.pub");
@@ -198,8 +196,7 @@ fn two_served_models_keep_separate_ledgers_and_a_copy_is_convicted_only_by_its_o
     );
     assert!(ok, "{err}");
     assert!(out.contains("not found at alpha"), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let j = read_json(&json);
     assert_eq!(j["model"], "beta");
     assert!(j["p_value"].as_f64().unwrap() > 1e-3, "{j}");
 
@@ -283,8 +280,7 @@ fn a_home_with_the_old_single_ledger_still_verifies() {
     let json = tmp.path().join("v.json");
     let (ok, out, err) = verify(&home2, &thief, &["--json", json.to_str().unwrap()]);
     assert!(ok && out.contains("watermark found"), "{out}{err}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let j = read_json(&json);
     assert_eq!(j["model"], "victim");
 
     // Serving two models leaves the shared ledger in place: it is one of the choices.

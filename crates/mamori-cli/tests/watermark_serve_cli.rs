@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    create_key, infer_json, output_data, serve_refuses, start_serve_logged, stop, tiny_model,
+    create_key, infer_json, output_data, read_json, serve_refuses, start_serve_logged, stop,
+    tiny_model,
 };
 use mamori_defense::dawn::DawnPaths;
 use mamori_defense::{Ledger, SecretKey};
@@ -172,8 +173,7 @@ fn verify_queries_a_suspect_over_http() {
     let out = verify(&url, &key, &json_a);
     stop(child);
     ok(out);
-    let a: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_a).unwrap()).unwrap();
+    let a = read_json(&json_a);
     assert!(a["queried"].as_u64().unwrap() >= 20, "{a}");
     assert_eq!(a["top1"]["matches"], a["queried"], "{a}");
     assert_ne!(a["verdict"], "not_found", "{a}");
@@ -185,8 +185,7 @@ fn verify_queries_a_suspect_over_http() {
     let out = verify(&url_b, &other_key, &json_b);
     stop(child);
     ok(out);
-    let b: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_b).unwrap()).unwrap();
+    let b = read_json(&json_b);
     assert_eq!(b["queried"], a["queried"]);
     assert_eq!(b["top1"]["matches"], 0, "{b}");
     assert_eq!(b["verdict"], "not_found", "{b}");

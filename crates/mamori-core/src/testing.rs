@@ -10,6 +10,30 @@ pub use redis::{redis_server, TempRedis};
 
 use std::process::Command;
 
+/// Where a test server's binary (or binary directory) is: the path in `env_var` if set, else
+/// the path `python3 -c <python>` prints (the wheels `.ci/run` installs), else the first
+/// `PATH` directory mapped by `on_path`; the last two only when `accept` takes them.
+pub(crate) fn locate(
+    env_var: &str,
+    python: &str,
+    on_path: impl Fn(&std::path::Path) -> std::path::PathBuf,
+    accept: impl Fn(&std::path::Path) -> bool,
+) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    if let Ok(o) = Command::new("python3").args(["-c", python]).output() {
+        let p = std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if o.status.success() && accept(&p) {
+            return Some(p);
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| on_path(&d))
+        .find(|p| accept(p))
+}
+
 /// Whether `python3 -c "import <imports>"` succeeds. When it does not, the test is skipped with
 /// a message naming `pip` (what to install) — except in CI (`CI=true`), where `.ci/run` installs
 /// the package and its absence is a failure: this panics.

@@ -500,7 +500,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f.shuffle(&mut rng);
             diluted.push(interleave(s.clone(), f, cap));
         }
-        let marked = &streams[streams.len() - 1].1;
+        let marked = streams
+            .iter()
+            .find(|(label, _)| label.starts_with("JBDA with marked corners"))
+            .map(|(_, ss)| ss)
+            .ok_or("no marked-corners attack row")?;
         let kinds: [(&str, &[Stream]); 5] = [
             ("mnist benign", &mnist_benign[..mnist_benign.len().min(100)]),
             ("fashion->mnist", &foreign),

@@ -237,7 +237,9 @@ impl Policy {
                     && self.cfg.foreign.iter().any(|f| f == base.unwrap_or(n))
             })
         };
-        let (foreign_client, foreign_group) = (foreign_in(false), foreign_in(true));
+        // Only looked for when the rule is on (off by default): no extra pass per query.
+        let rule = !self.cfg.in_distribution.is_empty();
+        let (foreign_client, foreign_group) = (rule && foreign_in(false), rule && foreign_in(true));
         let weak = |n: &str| {
             let base = n.strip_prefix("group:");
             let foreign = if base.is_some() {

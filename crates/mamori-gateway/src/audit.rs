@@ -272,6 +272,11 @@ pub(crate) const REQUEST_COLS: &str =
      input, output, scores, decision, status, error, latency_us, peer";
 pub(crate) const ALERT_COLS: &str = "time_ms, model, client, detector, score, queries, action";
 pub(crate) const BLOCK_COLS: &str = "time_ms, model, client, kind, by, reason";
+/// How many columns one of the `*_COLS` lists names (where a query's seal columns start).
+pub(crate) fn column_count(cols: &str) -> usize {
+    cols.split(',').count()
+}
+
 pub(crate) const LEDGER_COLS: &str =
     "time_ms, model, client, watermark, input_sha256, true_label, given_label";
 
@@ -582,7 +587,9 @@ impl AuditStore for SqliteStore {
             .prepare(&format!("SELECT {BLOCK_COLS}, id FROM blocks ORDER BY id"))
             .map_err(sq)?;
         let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(6)?, block_row(r)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(column_count(BLOCK_COLS))?, block_row(r)?))
+            })
             .map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
     }
@@ -622,24 +629,25 @@ impl AuditStore for SqliteStore {
         to: u64,
     ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
         type Read = fn(&rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord>;
-        // Each table, its columns, how many, and its rows as records.
-        let tables: [(&str, &str, usize, Read); 4] = [
-            ("requests", REQUEST_COLS, 15, |r| {
+        // Each table, its columns, and its rows as records.
+        let tables: [(&str, &str, Read); 4] = [
+            ("requests", REQUEST_COLS, |r| {
                 request_row(r).map(AuditRecord::Request)
             }),
-            ("alerts", ALERT_COLS, 7, |r| {
+            ("alerts", ALERT_COLS, |r| {
                 alert_row(r).map(AuditRecord::Alert)
             }),
-            ("blocks", BLOCK_COLS, 6, |r| {
+            ("blocks", BLOCK_COLS, |r| {
                 block_row(r).map(AuditRecord::Block)
             }),
-            ("ledger", LEDGER_COLS, 7, |r| {
+            ("ledger", LEDGER_COLS, |r| {
                 ledger_row(r).map(AuditRecord::Ledger)
             }),
         ];
         let range = params![writer, from as i64, to.min(i64::MAX as u64) as i64];
         let mut out = Vec::new();
-        for (table, cols, n, read) in tables {
+        for (table, cols, read) in tables {
+            let n = column_count(cols);
             let mut st = self
                 .conn
                 .prepare(&format!(
@@ -1438,6 +1446,15 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// The seal columns start where the row readers stop reading.
+    #[test]
+    fn column_counts_match_the_row_readers() {
+        assert_eq!(column_count(REQUEST_COLS), 15);
+        assert_eq!(column_count(ALERT_COLS), 7);
+        assert_eq!(column_count(BLOCK_COLS), 6);
+        assert_eq!(column_count(LEDGER_COLS), 7);
     }
 
     #[test]

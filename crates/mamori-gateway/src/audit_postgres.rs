@@ -19,8 +19,8 @@
 //! gateway also authenticates itself by certificate (PostgreSQL's `hostssl … cert`). A Unix socket (`host=/var/run/postgresql`) needs no TLS.
 
 use crate::audit::{
-    AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent, ALERT_COLS,
-    BLOCK_COLS, LEDGER_COLS, REQUEST_COLS,
+    column_count, AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent,
+    ALERT_COLS, BLOCK_COLS, LEDGER_COLS, REQUEST_COLS,
 };
 use crate::audit_chain::Seal;
 use crate::config::redact_password;
@@ -659,7 +659,12 @@ impl AuditStore for PostgresStore {
             )
             .map_err(|e| pg(&self.url, "reading blocks", e))?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<_, i64>(6)?, block_row(r)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, i64>(column_count(BLOCK_COLS))?,
+                    block_row(r)?,
+                ))
+            })
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading blocks", e))
     }
@@ -711,25 +716,26 @@ impl AuditStore for PostgresStore {
     ) -> Result<Vec<(Seal, AuditRecord)>, GatewayError> {
         let e = |err| pg(&self.url, "reading the audit chain", err);
         type Read = fn(&postgres::Row) -> Result<AuditRecord, postgres::Error>;
-        // Each table, its columns, how many, and its rows as records.
-        let tables: [(&str, &str, usize, Read); 4] = [
-            ("mamori_requests", REQUEST_COLS, 15, |r| {
+        // Each table, its columns, and its rows as records.
+        let tables: [(&str, &str, Read); 4] = [
+            ("mamori_requests", REQUEST_COLS, |r| {
                 request_row(r).map(AuditRecord::Request)
             }),
-            ("mamori_alerts", ALERT_COLS, 7, |r| {
+            ("mamori_alerts", ALERT_COLS, |r| {
                 alert_row(r).map(AuditRecord::Alert)
             }),
-            ("mamori_blocks", BLOCK_COLS, 6, |r| {
+            ("mamori_blocks", BLOCK_COLS, |r| {
                 block_row(r).map(AuditRecord::Block)
             }),
-            ("mamori_ledger", LEDGER_COLS, 7, |r| {
+            ("mamori_ledger", LEDGER_COLS, |r| {
                 ledger_row(r).map(AuditRecord::Ledger)
             }),
         ];
         let args: [&(dyn postgres::types::ToSql + Sync); 3] = [&writer, &bound(from), &bound(to)];
         let mut c = self.conn()?;
         let mut out = Vec::new();
-        for (table, cols, n, read) in tables {
+        for (table, cols, read) in tables {
+            let n = column_count(cols);
             let sql = format!(
                 "SELECT {cols}, writer, seq, mac FROM {table}
                  WHERE writer = $1 AND seq >= $2 AND seq < $3 ORDER BY seq, id"

@@ -660,19 +660,6 @@ fn open_dawn(
     }
 }
 
-/// The detectors a policy runs (for listing; [`protect`] builds them per model).
-pub fn detectors_of(policy: &PolicySpec, ctx: &ProtectionContext) -> Vec<Arc<dyn Detector>> {
-    if !policy.detect {
-        return Vec::new();
-    }
-    let cfg = policy
-        .detectors
-        .clone()
-        .or_else(|| ctx.calibration.clone())
-        .unwrap_or_default();
-    repeat_aware(mamori_detect::default_detectors(&cfg))
-}
-
 /// Wraps every detector but the volume detector (`rate`) in [`RepeatAware`].
 pub fn repeat_aware(detectors: Vec<Arc<dyn Detector>>) -> Vec<Arc<dyn Detector>> {
     detectors

