@@ -247,16 +247,18 @@ pub trait AuditStore: Send {
     fn alerts(&self) -> Result<Vec<AlertEvent>, GatewayError>;
     /// Block events, oldest first.
     fn blocks(&self) -> Result<Vec<BlockEvent>, GatewayError>;
-    /// Block events with their row numbers, in the store's order (oldest first). A replica
-    /// re-reads them to apply what other replicas decided ([`crate::Chain::sync_blocks`]);
-    /// the numbers tell which it has applied already. Default: the position in
+    /// Block events whose row number is above `after` (`i64::MIN`: all), with their row
+    /// numbers, in the store's order (oldest first). A replica reads them to apply what other
+    /// replicas decided ([`crate::Chain::sync_blocks`]); the numbers tell which it has applied
+    /// already, and `after` spares it re-reading the settled past. Default: the position in
     /// [`AuditStore::blocks`] (stores that only append).
-    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+    fn numbered_blocks(&self, after: i64) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
         Ok(self
             .blocks()?
             .into_iter()
             .enumerate()
             .map(|(i, b)| (i as i64, b))
+            .filter(|(i, _)| *i > after)
             .collect())
     }
     /// Watermark ledger entries of `model`, oldest first.
@@ -580,14 +582,16 @@ impl AuditStore for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(sq)
     }
 
-    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+    fn numbered_blocks(&self, after: i64) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
         // The row number after the event columns, so `block_row` reads the same positions.
         let mut st = self
             .conn
-            .prepare(&format!("SELECT {BLOCK_COLS}, id FROM blocks ORDER BY id"))
+            .prepare(&format!(
+                "SELECT {BLOCK_COLS}, id FROM blocks WHERE id > ?1 ORDER BY id"
+            ))
             .map_err(sq)?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([after], |r| {
                 Ok((r.get::<_, i64>(column_count(BLOCK_COLS))?, block_row(r)?))
             })
             .map_err(sq)?;

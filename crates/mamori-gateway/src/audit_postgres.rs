@@ -649,13 +649,13 @@ impl AuditStore for PostgresStore {
             .map_err(|e| pg(&self.url, "reading blocks", e))
     }
 
-    fn numbered_blocks(&self) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
+    fn numbered_blocks(&self, after: i64) -> Result<Vec<(i64, BlockEvent)>, GatewayError> {
         // The row number after the event columns, so `block_row` reads the same positions.
         let rows = self
             .conn()?
             .query(
-                &format!("SELECT {BLOCK_COLS}, id FROM mamori_blocks ORDER BY id"),
-                &[],
+                &format!("SELECT {BLOCK_COLS}, id FROM mamori_blocks WHERE id > $1 ORDER BY id"),
+                &[&after],
             )
             .map_err(|e| pg(&self.url, "reading blocks", e))?;
         rows.iter()

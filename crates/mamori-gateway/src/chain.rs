@@ -24,6 +24,7 @@ use crate::audit::{
     AlertEvent, AuditRecord, AuditStore, AuditWriter, BlockEvent, LedgerEvent, MemoryStore,
     OutputDraft, RequestDraft,
 };
+use crate::block_sync::{BlockCursor, SETTLE_MS};
 use crate::config::{GatewayConfig, TierConfig};
 use crate::error::GatewayError;
 use crate::keys::{now_ms, KeyStore, Principal};
@@ -339,8 +340,8 @@ pub struct Chain {
     state_dir: Option<std::path::PathBuf>,
     /// One save at a time (periodic checkpoints and the shutdown's save share the files).
     save_lock: Mutex<()>,
-    /// Row numbers of the audit store's block events already applied ([`Chain::sync_blocks`]).
-    applied_blocks: Mutex<HashSet<i64>>,
+    /// The audit store's block events already applied ([`Chain::sync_blocks`]).
+    applied_blocks: Mutex<BlockCursor>,
 }
 
 /// Builds a [`Chain`].
@@ -771,14 +772,15 @@ impl Chain {
     /// at the next call. Returns how many events changed this replica's blocks or overrides.
     pub fn sync_blocks(&self) -> Result<usize, GatewayError> {
         self.shared.audit.flush();
-        let events = self.shared.audit.with_store(|s| s.numbered_blocks())?;
         let mut applied = self
             .applied_blocks
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let after = applied.after();
+        let events = self.shared.audit.with_store(|s| s.numbered_blocks(after))?;
         let mut changed = 0;
         for (id, ev) in &events {
-            if applied.insert(*id) && apply_block_event(&self.shared.models, ev) {
+            if applied.first_sight(*id) && apply_block_event(&self.shared.models, ev) {
                 changed += 1;
                 tracing::info!(
                     "{} of {:?} on model {:?} by {} ({}) applied from the shared audit log",
@@ -790,6 +792,7 @@ impl Chain {
                 );
             }
         }
+        applied.settle(now_ms());
         Ok(changed)
     }
 
@@ -936,19 +939,20 @@ fn apply_block_event(models: &BTreeMap<String, Arc<ModelEntry>>, ev: &BlockEvent
 /// Rebuilds every model's blocks and admin overrides from the audit log's block events (policy
 /// blocks, admin blocks and unblocks, oldest first): the audit store is what survives a crash
 /// or a restart — and, on a shared PostgreSQL store, what other replicas decided. Returns the
-/// row numbers applied.
+/// cursor of the events applied.
 fn replay_blocks(
     store: &dyn AuditStore,
     models: &BTreeMap<String, Arc<ModelEntry>>,
-) -> Result<HashSet<i64>, GatewayError> {
-    let events = store.numbered_blocks()?;
-    let mut applied = HashSet::with_capacity(events.len());
+) -> Result<BlockCursor, GatewayError> {
+    let events = store.numbered_blocks(i64::MIN)?;
+    let mut applied = BlockCursor::new(SETTLE_MS);
     let mut restored = 0usize;
     for (id, ev) in &events {
         apply_block_event(models, ev);
-        applied.insert(*id);
+        applied.first_sight(*id);
         restored += 1;
     }
+    applied.settle(now_ms());
     if restored > 0 {
         let blocked: usize = models
             .values()

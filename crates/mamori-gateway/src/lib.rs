@@ -29,6 +29,7 @@ pub mod alert_webhook;
 pub mod audit;
 pub mod audit_chain;
 pub mod audit_postgres;
+pub mod block_sync;
 pub mod chain;
 pub mod config;
 pub mod error;

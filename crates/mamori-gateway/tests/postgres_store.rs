@@ -82,6 +82,11 @@ fn records() -> Vec<AuditRecord> {
     v
 }
 
+/// The row number of `s`'s first block event.
+fn first_block(s: &dyn AuditStore) -> i64 {
+    s.numbered_blocks(i64::MIN).unwrap()[0].0
+}
+
 /// Every query a reader can make, from one store.
 fn read_all(s: &dyn AuditStore) -> serde_json::Value {
     serde_json::json!({
@@ -91,7 +96,8 @@ fn read_all(s: &dyn AuditStore) -> serde_json::Value {
         "nobody": s.requests(Some("nobody"), 0).unwrap(),
         "alerts": s.alerts().unwrap(),
         "blocks": s.blocks().unwrap(),
-        "numbered_blocks": s.numbered_blocks().unwrap(),
+        "numbered_blocks": s.numbered_blocks(i64::MIN).unwrap(),
+        "numbered_blocks_after_first": s.numbered_blocks(first_block(s)).unwrap(),
         "ledger": s.ledger(None).unwrap(),
         "ledger_lin": s.ledger(Some("lin")).unwrap(),
     })
@@ -105,7 +111,16 @@ fn postgres_returns_exactly_what_sqlite_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut lite = SqliteStore::open(&dir.path().join("audit.db")).unwrap();
     let mut post = PostgresStore::connect(&pg.url()).unwrap();
-    let recs = records();
+    let mut recs = records();
+    // A second block event, so reading after the first returns one.
+    recs.push(AuditRecord::Block(BlockEvent {
+        time_ms: 1_700_000_000_250,
+        model: "lin".into(),
+        client: "mallory".into(),
+        kind: "unblock".into(),
+        by: "admin".into(),
+        reason: "appeal".into(),
+    }));
     // Two batches, as the writer would send them.
     for chunk in recs.chunks(5) {
         lite.write_batch(chunk).unwrap();
@@ -116,6 +131,18 @@ fn postgres_returns_exactly_what_sqlite_returns() {
     assert_eq!(expected["mallory"].as_array().unwrap().len(), 4);
     assert_eq!(expected["since"].as_array().unwrap().len(), 4);
     assert_eq!(expected["ledger_lin"].as_array().unwrap().len(), 2);
+    assert_eq!(expected["numbered_blocks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        expected["numbered_blocks_after_first"][0][1]["kind"], "unblock",
+        "{expected}"
+    );
+    assert_eq!(
+        expected["numbered_blocks_after_first"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(read_all(&post), expected);
     // A second connection (another replica) sees the same, and the tables already exist.
     let other = PostgresStore::connect(&pg.url()).unwrap();
