@@ -729,6 +729,7 @@ impl Chain {
         block: bool,
         reason: &str,
     ) -> Result<usize, GatewayError> {
+        crate::keys::check_name("client", client)?;
         let entries: Vec<&Arc<ModelEntry>> = match model {
             Some(m) => vec![self
                 .shared

@@ -232,10 +232,9 @@ impl KeyStore {
         tier: &str,
         models: &[String],
     ) -> Result<(KeyRecord, String), GatewayError> {
-        if client.trim().is_empty() {
-            return Err(GatewayError::BadRequest(
-                "client name must not be empty".into(),
-            ));
+        check_name("client", client)?;
+        if let Some(g) = group {
+            check_name("group", g)?;
         }
         self.mutate(|file| {
             let mut id = random_hex(4);
@@ -354,9 +353,77 @@ fn read_file(path: &Path) -> Result<(KeyFile, Option<SystemTime>), GatewayError>
     }
 }
 
+/// The longest client or group name, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Client and group names end up in audit exports, alert tables, metrics labels and logs: they
+/// must be non-empty, at most [`MAX_NAME_CHARS`] characters, without surrounding whitespace,
+/// control characters (a newline could forge a log line) or bidirectional-text controls (which
+/// make a name display as another).
+pub fn check_name(what: &str, name: &str) -> Result<(), GatewayError> {
+    let bad = |why: &str| {
+        Err(GatewayError::BadRequest(format!(
+            "{what} name {name:?} {why}"
+        )))
+    };
+    if name.trim().is_empty() {
+        return Err(GatewayError::BadRequest(format!(
+            "{what} name must not be empty"
+        )));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return bad(&format!("is longer than {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    if name
+        .chars()
+        .any(|c| matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    {
+        return bad("contains a bidirectional-text control character");
+    }
+    if name.trim() != name {
+        return bad("has leading or trailing whitespace");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_could_forge_or_disguise_a_log_line_are_refused() {
+        let ks = KeyStore::in_memory();
+        for (name, why) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            (" alice", "whitespace"),
+            ("alice\nALERT mallory blocked", "control"),
+            ("ali\u{0}ce", "control"),
+            ("alice\u{202e}ecila", "bidirectional"),
+            ("a\u{2066}b", "bidirectional"),
+        ] {
+            let e = ks.create(name, None, "full", &[]).unwrap_err();
+            assert!(matches!(e, GatewayError::BadRequest(_)), "{name:?}: {e}");
+            assert!(e.to_string().contains(why), "{name:?}: {e}");
+            let e = ks.create("alice", Some(name), "full", &[]).unwrap_err();
+            assert!(e.to_string().contains(why), "group {name:?}: {e}");
+        }
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        assert!(ks.create(&long, None, "full", &[]).is_err());
+        // Ordinary names, including non-Latin ones, are fine.
+        for ok in [
+            "alice",
+            "team-7/ci bot",
+            "名前",
+            "x".repeat(MAX_NAME_CHARS).as_str(),
+        ] {
+            ks.create(ok, Some(ok), "full", &[]).unwrap();
+        }
+        assert_eq!(ks.list().len(), 4);
+    }
 
     #[test]
     fn create_authenticate_revoke() {

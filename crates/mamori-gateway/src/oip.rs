@@ -275,7 +275,17 @@ fn decode_input(
             )))
         }
     };
-    let expected: usize = shape.iter().product();
+    // Checked: the dimensions are the client's numbers, and a wrapped product could match a
+    // short `data`. Four bytes per element must fit too (the binary extension's size).
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|n| n.checked_mul(4).is_some())
+        .ok_or_else(|| {
+            bad(format!(
+                "input {name:?}: shape {shape:?} has too many elements"
+            ))
+        })?;
     if o.get("parameters")
         .and_then(|p| p.get("shared_memory_region"))
         .is_some()

@@ -23,7 +23,8 @@ use crate::error::GatewayError;
 use crate::oip;
 use crate::validate::OutputSelection;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -90,6 +91,24 @@ pub fn credential(headers: &HeaderMap) -> Option<String> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
+}
+
+/// A URL path parameter whose rejection (a name that is not UTF-8 once percent-decoded, say)
+/// is a JSON 400 like every other refusal, not axum's plain-text one.
+struct UrlPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for UrlPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(UrlPath(v)),
+            Err(e) => Err(error_response(&GatewayError::BadRequest(format!(
+                "invalid URL path: {}",
+                e.body_text()
+            )))),
+        }
+    }
 }
 
 /// Builds the router for a chain.
@@ -164,13 +183,13 @@ fn find_model(
     Ok(e.clone())
 }
 
-async fn model_meta(State(c): State<Arc<Chain>>, Path(name): Path<String>) -> ApiResult {
+async fn model_meta(State(c): State<Arc<Chain>>, UrlPath(name): UrlPath<String>) -> ApiResult {
     meta(&c, &name, None)
 }
 
 async fn model_meta_v(
     State(c): State<Arc<Chain>>,
-    Path((name, version)): Path<(String, String)>,
+    UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> ApiResult {
     meta(&c, &name, Some(&version))
 }
@@ -180,14 +199,14 @@ fn meta(c: &Chain, name: &str, version: Option<&str>) -> ApiResult {
     Ok(Json(oip::model_metadata(e.card(), &e.platform, false)).into_response())
 }
 
-async fn model_ready(State(c): State<Arc<Chain>>, Path(name): Path<String>) -> ApiResult {
+async fn model_ready(State(c): State<Arc<Chain>>, UrlPath(name): UrlPath<String>) -> ApiResult {
     let e = find_model(&c, &name, None)?;
     Ok(Json(json!({"name": e.name, "ready": true})).into_response())
 }
 
 async fn model_ready_v(
     State(c): State<Arc<Chain>>,
-    Path((name, version)): Path<(String, String)>,
+    UrlPath((name, version)): UrlPath<(String, String)>,
 ) -> ApiResult {
     let e = find_model(&c, &name, Some(&version))?;
     Ok(Json(json!({"name": e.name, "ready": true})).into_response())
@@ -195,7 +214,7 @@ async fn model_ready_v(
 
 async fn infer(
     State(c): State<Arc<Chain>>,
-    Path(name): Path<String>,
+    UrlPath(name): UrlPath<String>,
     req: axum::extract::Request,
 ) -> Response {
     run_infer(c, name, None, req).await
@@ -203,7 +222,7 @@ async fn infer(
 
 async fn infer_v(
     State(c): State<Arc<Chain>>,
-    Path((name, version)): Path<(String, String)>,
+    UrlPath((name, version)): UrlPath<(String, String)>,
     req: axum::extract::Request,
 ) -> Response {
     run_infer(c, name, Some(version), req).await
@@ -458,7 +477,7 @@ async fn admin_create_key(
 
 async fn admin_revoke(
     State(c): State<Arc<Chain>>,
-    Path(id): Path<String>,
+    UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> ApiResult {
     require_admin(&c, &headers)?;

@@ -65,6 +65,7 @@ async fn bad_inputs_each_get_a_named_4xx() {
         ("too many values", "lin", with_input(|i| i["data"].as_array_mut().unwrap().push(json!(0.5))), &key, 400, "needs 16 values, `data` has 17"),
         ("ragged nested data", "lin", json!({"inputs": [nested_ragged]}).to_string(), &key, 400, "needs 32 values, `data` has 31"),
         ("wrong sample shape", "lin", with_input(|i| i["shape"] = json!([1, 4, 4])), &key, 400, "does not match the model's [n, 1, 4, 4]"),
+        ("shape product overflows", "lin", with_input(|i| i["shape"] = json!([4_294_967_296u64, 4_294_967_296u64, 1, 1])), &key, 400, "has too many elements"),
         ("rank 1 shape", "lin", with_input(|i| i["shape"] = json!([16])), &key, 400, "does not match the model's"),
         ("batch zero", "lin", with_input(|i| { i["shape"] = json!([0, 1, 4, 4]); i["data"] = json!([]); }), &key, 400, "batch size is 0"),
         ("batch over limit", "lin", with_input(|i| { i["shape"] = json!([9, 16]); i["data"] = json!(vec![0.5f32; 9 * 16]); }), &key, 400, "batch size 9 exceeds the limit of 8"),
