@@ -66,6 +66,51 @@ pub fn python_imports(imports: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A damaged copy of `bytes` for file-format robustness tests, the same for the same `seed`:
+/// one to three edits among overwriting a byte (half of them inside the first 64 bytes, where
+/// headers and lengths live, with values that break arithmetic: 0x00, 0x7f, 0x80, 0xff or
+/// random), deleting or inserting a byte, truncating, and repeating a span.
+pub fn corrupted(bytes: &[u8], seed: u64) -> Vec<u8> {
+    // SplitMix64: no dependency, good enough to pick edits.
+    let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut out = bytes.to_vec();
+    let edits = 1 + next() % 3;
+    for _ in 0..edits {
+        let len = out.len() as u64;
+        if len == 0 {
+            out.push(next() as u8);
+            continue;
+        }
+        let at = |r: u64| (r % len) as usize;
+        let pos = if next() % 2 == 0 {
+            at(next()).min(63.min(out.len() - 1))
+        } else {
+            at(next())
+        };
+        match next() % 6 {
+            0 | 1 => out[pos] = [0x00, 0x7f, 0x80, 0xff, next() as u8][(next() % 5) as usize],
+            2 => {
+                out.remove(pos);
+            }
+            3 => out.insert(pos, next() as u8),
+            4 => out.truncate(pos),
+            _ => {
+                let end = (pos + 1 + (next() % 16) as usize).min(out.len());
+                let span = out[pos..end].to_vec();
+                out.splice(pos..pos, span);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +122,18 @@ mod tests {
         if python_imports("sys") {
             assert!(python_imports_or_skip("sys, os", "nothing"));
         }
+    }
+
+    #[test]
+    fn corruption_is_deterministic_and_changes_the_bytes() {
+        let original: Vec<u8> = (0..200u8).collect();
+        let mut changed = 0;
+        for seed in 0..200 {
+            let a = corrupted(&original, seed);
+            assert_eq!(a, corrupted(&original, seed));
+            changed += usize::from(a != original);
+        }
+        // An overwrite can write the byte already there; nearly every copy differs.
+        assert!(changed >= 190, "{changed}");
     }
 }
