@@ -273,17 +273,10 @@ impl Calibration {
                 message: format!("unsupported calibration version {}", c.version),
             });
         }
-        let o = &c.detectors.ood;
-        if o.centroids.len() != o.radius.len() {
-            return Err(DetectError::Config {
-                path: origin.to_string(),
-                message: format!(
-                    "detectors.ood: {} centroids but {} radii",
-                    o.centroids.len(),
-                    o.radius.len()
-                ),
-            });
-        }
+        c.detectors.validate().map_err(|e| DetectError::Config {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(c)
     }
 }

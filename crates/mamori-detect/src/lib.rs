@@ -31,6 +31,7 @@ pub mod policy;
 pub mod prada;
 pub mod rate;
 pub mod registry;
+pub mod settings;
 pub mod shapiro;
 mod simd;
 pub mod synthetic;

@@ -1,12 +1,15 @@
 //! The one place where every detector is registered.
 
+use crate::ann::HnswParams;
 use crate::blacklight::{BlacklightConfig, BlacklightDetector};
 use crate::hoda::{HodaConfig, HodaDetector};
+use crate::ivf::IvfParams;
 use crate::knn::{KnnConfig, KnnDetector};
 use crate::ood::{OodConfig, OodDetector};
 use crate::prada::{PradaConfig, PradaDetector};
 use crate::rate::{RateConfig, RateDetector};
 use crate::synthetic::{SyntheticConfig, SyntheticDetector};
+use crate::{settings, DetectError};
 use mamori_core::{Detector, DetectorInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -30,6 +33,176 @@ pub struct DetectorsConfig {
     pub hoda: HodaConfig,
     /// Synthetic-input rate (inactive until calibrated).
     pub synthetic: SyntheticConfig,
+}
+
+impl DetectorsConfig {
+    /// Checks every setting against the range its detector works in; the error names the
+    /// setting (`detectors.knn.window: 0 is outside 1..=16777216`). `mamori serve` and
+    /// `mamori calibrate` call it on the configuration and on every `calibration.json`, so a
+    /// bad value stops the start instead of failing requests.
+    pub fn validate(&self) -> Result<(), DetectError> {
+        use settings::{at_most, count, invalid, number, MAX_COUNT, MAX_PROJ_DIM, MAX_SEARCH};
+        let r = &self.rate;
+        if r.window_ms == 0 {
+            return Err(invalid("rate.window_ms", "must be at least 1 ms"));
+        }
+        let p = &self.prada;
+        number("prada.delta", p.delta, f64::MIN_POSITIVE, 1.0)?;
+        number("prada.ood_delta", p.ood_delta, 0.0, 1.0)?;
+        number(
+            "prada.outlier_sigma",
+            p.outlier_sigma,
+            f64::MIN_POSITIVE,
+            1e6,
+        )?;
+        count("prada.check_every", p.check_every as usize, 1, MAX_COUNT)?;
+        // Royston's Shapiro–Wilk needs 3 to 5,000 values.
+        count("prada.min_distances", p.min_distances, 3, 5000)?;
+        count(
+            "prada.max_distances",
+            p.max_distances,
+            p.min_distances,
+            5000,
+        )?;
+        count("prada.min_class_entries", p.min_class_entries, 0, MAX_COUNT)?;
+        count("prada.class_capacity", p.class_capacity, 1, MAX_COUNT)?;
+        count("prada.proj_dim", p.proj_dim, 1, MAX_PROJ_DIM)?;
+        count("prada.candidates", p.candidates, 1, MAX_SEARCH)?;
+        count("prada.persist", p.persist as usize, 1, MAX_COUNT)?;
+        check_ivf("prada", &p.ivf, p.proj_dim)?;
+        check_hnsw("prada.hnsw", &p.hnsw)?;
+        let k = &self.knn;
+        count("knn.k", k.k, 1, MAX_SEARCH)?;
+        count("knn.proj_dim", k.proj_dim, 1, MAX_PROJ_DIM)?;
+        number("knn.threshold", k.threshold, 0.0, f64::MAX)?;
+        count("knn.window", k.window, 1, MAX_COUNT)?;
+        at_most("knn.min_flagged", k.min_flagged, k.window, "knn.window")?;
+        count("knn.capacity", k.capacity, 1, MAX_COUNT)?;
+        check_ivf("knn", &k.ivf, k.proj_dim)?;
+        check_hnsw("knn.hnsw", &k.hnsw)?;
+        let b = &self.blacklight;
+        count("blacklight.quant_step", b.quant_step as usize, 1, 255)?;
+        count("blacklight.window", b.window, 1, MAX_SEARCH)?;
+        count("blacklight.top_n", b.top_n, 1, MAX_SEARCH)?;
+        count(
+            "blacklight.match_threshold",
+            b.match_threshold,
+            1,
+            MAX_SEARCH,
+        )?;
+        at_most(
+            "blacklight.match_threshold",
+            b.match_threshold,
+            b.top_n,
+            "blacklight.top_n",
+        )?;
+        count("blacklight.window_queries", b.window_queries, 1, MAX_COUNT)?;
+        at_most(
+            "blacklight.min_flagged",
+            b.min_flagged,
+            b.window_queries,
+            "blacklight.window_queries",
+        )?;
+        count("blacklight.capacity", b.capacity, 1, MAX_COUNT)?;
+        count("blacklight.max_postings", b.max_postings, 1, 1 << 16)?;
+        let o = &self.ood;
+        if o.radius.len() != o.centroids.len() {
+            return Err(invalid(
+                "ood.radius",
+                format!(
+                    "{} radii for {} centroids (ood.centroids; one of each per class)",
+                    o.radius.len(),
+                    o.centroids.len()
+                ),
+            ));
+        }
+        if let Some(c) = o.centroids.first() {
+            if c.is_empty() || o.centroids.iter().any(|x| x.len() != c.len()) {
+                return Err(invalid(
+                    "ood.centroids",
+                    "every centroid needs the same, non-zero number of values",
+                ));
+            }
+        }
+        if o.centroids.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(invalid(
+                "ood.centroids",
+                "holds a value that is not a number",
+            ));
+        }
+        for r in &o.radius {
+            number("ood.radius", *r, 0.0, f64::MAX)?;
+        }
+        number("ood.msp_threshold", o.msp_threshold, 0.0, 1.0)?;
+        number("ood.benign_rate", o.benign_rate, 0.0, 1.0)?;
+        // Uncalibrated (no centroids), the detector is inactive and its window unused.
+        let lo = usize::from(!o.centroids.is_empty());
+        count("ood.window", o.window, lo, MAX_COUNT)?;
+        at_most("ood.max_ood", o.max_ood, o.window, "ood.window")?;
+        let h = &self.hoda;
+        for v in &h.class_ref {
+            number("hoda.class_ref", *v, 0.0, 1.0)?;
+        }
+        if !h.hard_ref.is_empty() && h.hard_ref.len() != crate::hoda::HARDNESS_EDGES.len() + 1 {
+            return Err(invalid(
+                "hoda.hard_ref",
+                format!(
+                    "{} bins; the hardness histogram has {}",
+                    h.hard_ref.len(),
+                    crate::hoda::HARDNESS_EDGES.len() + 1
+                ),
+            ));
+        }
+        for v in &h.hard_ref {
+            number("hoda.hard_ref", *v, 0.0, 1.0)?;
+        }
+        let lo = usize::from(!h.class_ref.is_empty());
+        count("hoda.window", h.window, lo, MAX_COUNT)?;
+        number("hoda.class_threshold", h.class_threshold, 0.0, f64::MAX)?;
+        number("hoda.hard_threshold", h.hard_threshold, 0.0, 2.0)?;
+        let y = &self.synthetic;
+        if let Some(t) = y.threshold {
+            number("synthetic.threshold", t, f64::MIN, f64::MAX)?;
+        }
+        count("synthetic.window", y.window, 1, MAX_COUNT)?;
+        at_most(
+            "synthetic.max_flagged",
+            y.max_flagged,
+            y.window,
+            "synthetic.window",
+        )?;
+        Ok(())
+    }
+}
+
+/// The inverted-file index settings of detector `det`, whose codes have `proj_dim` values.
+fn check_ivf(det: &str, p: &IvfParams, proj_dim: usize) -> Result<(), DetectError> {
+    use settings::{at_most, count, MAX_COUNT, MAX_SEARCH};
+    let at = |f: &str| format!("{det}.ivf.{f}");
+    count(&at("max_lists"), p.max_lists, 1, 1 << 16)?;
+    count(&at("probe"), p.probe, 1, 1 << 16)?;
+    count(&at("train_size"), p.train_size, 1, MAX_COUNT)?;
+    count(&at("cell_factor"), p.cell_factor, 1, 1024)?;
+    count(&at("kmeans_iters"), p.kmeans_iters, 0, 1000)?;
+    count(&at("fastscan_m"), p.fastscan_m, 0, 24)?;
+    at_most(
+        &at("fastscan_m"),
+        p.fastscan_m,
+        proj_dim,
+        &format!("{det}.proj_dim"),
+    )?;
+    count(&at("fastscan_rerank"), p.fastscan_rerank, 1, MAX_SEARCH)?;
+    Ok(())
+}
+
+/// The HNSW graph settings of `path`.
+fn check_hnsw(path: &str, p: &HnswParams) -> Result<(), DetectError> {
+    use settings::{count, MAX_SEARCH};
+    let at = |f: &str| format!("{path}.{f}");
+    count(&at("m"), p.m, 2, 256)?;
+    count(&at("ef_construction"), p.ef_construction, 1, MAX_SEARCH)?;
+    count(&at("ef_search"), p.ef_search, 1, MAX_SEARCH)?;
+    Ok(())
 }
 
 /// The detector set built from `cfg`, in catalogue order.

@@ -210,3 +210,47 @@ fn older_calibrations_load_but_are_not_current_and_unknown_versions_are_refused(
         assert!(e.contains(&path.display().to_string()), "{e}");
     }
 }
+
+/// A real calibration validates; one edited out of range (by hand, or by a bug) is refused at
+/// load, naming the file and the setting, instead of reaching the detectors.
+#[test]
+fn a_calibration_with_a_setting_out_of_range_is_refused_by_name() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let c = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    c.detectors.validate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = c.save(dir.path()).unwrap();
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (pointer, value, setting) in [
+        (
+            "/detectors/knn/window",
+            serde_json::json!(0),
+            "detectors.knn.window",
+        ),
+        (
+            "/detectors/ood/radius",
+            serde_json::json!([1.0]),
+            "detectors.ood.radius",
+        ),
+        (
+            "/detectors/prada/delta",
+            serde_json::json!(1.5),
+            "detectors.prada.delta",
+        ),
+        (
+            "/detectors/blacklight/top_n",
+            serde_json::json!(5),
+            "blacklight.top_n",
+        ),
+    ] {
+        let mut v = good.clone();
+        *v.pointer_mut(pointer).unwrap() = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = mamori_detect::Calibration::load(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(setting), "{pointer}: {e}");
+        assert!(e.contains(&path.display().to_string()), "{pointer}: {e}");
+    }
+}

@@ -158,6 +158,10 @@ impl PolicySpec {
                 )));
             }
         }
+        if let Some(d) = &self.detectors {
+            d.validate()
+                .map_err(|e| GatewayError::Config(format!("policy {name:?}: {e}")))?;
+        }
         let e = &self.escalation;
         for (field, v) in [
             ("degrade_at", e.degrade_at),
@@ -1168,6 +1172,19 @@ mod tests {
         .unwrap();
         let e = p.check("x").unwrap_err().to_string();
         assert!(e.contains("watermark.fingerprint = 0"), "{e}");
+        // Detector settings out of range (TOML can spell NaN): refused by name.
+        for (toml_text, setting) in [
+            ("[detectors.knn]\nwindow = 0\n", "detectors.knn.window"),
+            ("[detectors.prada]\ndelta = nan\n", "detectors.prada.delta"),
+            (
+                "[detectors.knn]\nproj_dim = 100000\n",
+                "detectors.knn.proj_dim",
+            ),
+        ] {
+            let p: PolicySpec = toml::from_str(toml_text).unwrap();
+            let e = p.check("x").unwrap_err().to_string();
+            assert!(e.contains(setting), "{toml_text}: {e}");
+        }
     }
 
     /// DAWN's fingerprint goes on the calibration's quiet dimensions, or on the policy's own

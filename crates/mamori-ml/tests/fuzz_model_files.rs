@@ -5,7 +5,7 @@
 //! the seed.
 
 use mamori_core::testing::corrupted;
-use mamori_core::{Model, ModelCard, Tensor};
+use mamori_core::{ModelCard, Tensor};
 use mamori_ml::{export_onnx, load_model, Arch, NativeModel, Network, CARD_FILE, WEIGHTS_FILE};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
