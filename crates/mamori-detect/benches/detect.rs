@@ -16,7 +16,6 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use mamori_core::Observation;
-use mamori_detect::hoda::HARDNESS_EDGES;
 use mamori_detect::{default_detectors, DetectorsConfig, Engine, PolicyConfig};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -89,26 +88,12 @@ fn config() -> DetectorsConfig {
 /// bounded by the documented generation eviction, so a long history keeps only its newest
 /// `2 * capacity` codes per index.
 fn shipped_capacity_config() -> DetectorsConfig {
-    let mut cfg = DetectorsConfig::default();
+    let mut cfg = DetectorsConfig::example_active();
     cfg.rate.max_total = 0;
     cfg.rate.max_per_window = u64::MAX / 2;
-    // Active OOD and HODA with a plausible reference.
-    cfg.ood.centroids = vec![vec![0.13; 784]; 10];
-    // Every bench query in-distribution, so PRADA (which skips out-of-distribution queries)
-    // observes all of them: the worst case for its cost.
+    // Every bench query in-distribution, so PRADA (which tests out-of-distribution queries in
+    // its second pool) keeps them in its main one: the worst case for its cost.
     cfg.ood.radius = vec![100.0; 10];
-    cfg.ood.msp_threshold = 0.5;
-    cfg.ood.window = 100;
-    cfg.ood.max_ood = 10;
-    cfg.hoda.class_ref = vec![0.1; 10];
-    let mut h = vec![0.01; HARDNESS_EDGES.len() + 1];
-    h[0] = 0.93;
-    cfg.hoda.hard_ref = h;
-    cfg.hoda.window = 100;
-    cfg.hoda.class_threshold = 50.0;
-    cfg.hoda.hard_threshold = 0.5;
-    // Active synthetic-input detector at MNIST's calibrated threshold.
-    cfg.synthetic.threshold = Some(0.6);
     cfg
 }
 

@@ -36,6 +36,28 @@ pub struct DetectorsConfig {
 }
 
 impl DetectorsConfig {
+    /// Every detector active on 28×28 inputs of 10 classes, with a made-up reference in place of
+    /// a calibration (class centroids at 0.13 with radius 9, uniform class frequencies, an
+    /// MNIST-like hardness histogram, the synthetic-input threshold MNIST calibrates to): for
+    /// benchmarks and tests that need the calibrated detectors' code paths without calibrating.
+    pub fn example_active() -> Self {
+        let mut cfg = DetectorsConfig::default();
+        cfg.ood.centroids = vec![vec![0.13; 784]; 10];
+        cfg.ood.radius = vec![9.0; 10];
+        cfg.ood.msp_threshold = 0.5;
+        cfg.ood.window = 100;
+        cfg.ood.max_ood = 10;
+        cfg.hoda.class_ref = vec![0.1; 10];
+        let mut h = vec![0.01; crate::hoda::HARDNESS_EDGES.len() + 1];
+        h[0] = 0.93;
+        cfg.hoda.hard_ref = h;
+        cfg.hoda.window = 100;
+        cfg.hoda.class_threshold = 50.0;
+        cfg.hoda.hard_threshold = 0.5;
+        cfg.synthetic.threshold = Some(0.6);
+        cfg
+    }
+
     /// Checks every setting against the range its detector works in; the error names the
     /// setting (`detectors.knn.window: 0 is outside 1..=16777216`). `mamori serve` and
     /// `mamori calibrate` call it on the configuration and on every `calibration.json`, so a

@@ -5,29 +5,9 @@
 //! setting must be a start-up error, never a request-path crash.
 
 use mamori_core::Observation;
-use mamori_detect::hoda::HARDNESS_EDGES;
 use mamori_detect::{default_detectors, DetectorsConfig, Engine, PolicyConfig};
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-/// Every detector active, with a plausible MNIST-shaped reference (as the cost bench).
-fn active() -> DetectorsConfig {
-    let mut cfg = DetectorsConfig::default();
-    cfg.ood.centroids = vec![vec![0.13; 784]; 10];
-    cfg.ood.radius = vec![9.0; 10];
-    cfg.ood.msp_threshold = 0.5;
-    cfg.ood.window = 100;
-    cfg.ood.max_ood = 10;
-    cfg.hoda.class_ref = vec![0.1; 10];
-    let mut h = vec![0.01; HARDNESS_EDGES.len() + 1];
-    h[0] = 0.93;
-    cfg.hoda.hard_ref = h;
-    cfg.hoda.window = 100;
-    cfg.hoda.class_threshold = 50.0;
-    cfg.hoda.hard_threshold = 0.5;
-    cfg.synthetic.threshold = Some(0.6);
-    cfg
-}
 
 /// Paths (JSON pointers) of every number and every array of numbers in `v`.
 fn numeric_paths(v: &Value, at: String, out: &mut Vec<String>) {
@@ -83,7 +63,7 @@ fn run(cfg: &DetectorsConfig) {
 
 #[test]
 fn every_bad_setting_is_refused_by_name_or_runs_without_a_panic() {
-    let base = serde_json::to_value(active()).unwrap();
+    let base = serde_json::to_value(DetectorsConfig::example_active()).unwrap();
     let mut paths = Vec::new();
     numeric_paths(&base, String::new(), &mut paths);
     assert!(paths.len() > 40, "{paths:?}");
@@ -139,5 +119,5 @@ fn every_bad_setting_is_refused_by_name_or_runs_without_a_panic() {
 #[test]
 fn the_shipped_and_calibrated_shapes_validate() {
     DetectorsConfig::default().validate().unwrap();
-    active().validate().unwrap();
+    DetectorsConfig::example_active().validate().unwrap();
 }

@@ -14,22 +14,7 @@ use std::path::Path;
 const SEEDS: u64 = 250;
 
 fn model(arch: &Arch) -> NativeModel {
-    let card = ModelCard {
-        name: "fz".into(),
-        architecture: "mlp".into(),
-        architecture_detail: serde_json::Value::Null,
-        input_shape: vec![],
-        input_dtype: "FP32".into(),
-        input_range: [0.0, 1.0],
-        normalisation: Default::default(),
-        class_names: (0..3).map(|c| format!("c{c}")).collect(),
-        output_kind: Default::default(),
-        dataset: Default::default(),
-        test_accuracy: None,
-        training_time_s: None,
-        seed: Some(1),
-        extra: Default::default(),
-    };
+    let card = ModelCard::classifier("fz", "mlp", &[], 3);
     NativeModel::new(Network::new(arch, &[1, 12, 12], 3, 4), card)
 }
 
