@@ -188,3 +188,76 @@ fn a_block_on_one_replica_reaches_the_other_through_postgres() {
     stop(a);
     stop(b);
 }
+
+/// A rolling deploy with `detect.shared_state`: replica A answers a client's queries and is
+/// stopped (SIGTERM saves the states into PostgreSQL); replica B, which never saw the client,
+/// takes her history over at her next query — its admin API counts every query she sent,
+/// not just the one it answered.
+#[test]
+fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "pg-mlp");
+    let (home_a, home_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let key = create_key(&home_a, "alice");
+    let admin = ok(mamori(&home_a)
+        .args(["keys", "create", "--admin"])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string();
+    std::fs::create_dir_all(&home_b).unwrap();
+    std::fs::copy(home_a.join("keys.json"), home_b.join("keys.json")).unwrap();
+    let config = format!(
+        "[audit]\nstore = \"postgres\"\npostgres_url = \"{}\"\n\n[detect]\nshared_state = true\n",
+        pg.url()
+    );
+    for h in [&home_a, &home_b] {
+        std::fs::write(h.join("mamori.toml"), &config).unwrap();
+    }
+    let args: Vec<OsString> = vec![
+        "--allow-unsigned".into(),
+        "--model".into(),
+        model_dir.into(),
+    ];
+    let client = reqwest::blocking::Client::new();
+    let infer = |url: &str, v: f32| {
+        let body = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": vec![v; 16]}]
+        });
+        let r = client
+            .post(format!("{url}/v2/models/pg-mlp/infer"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    };
+    let queries_seen = |url: &str| -> u64 {
+        let v: serde_json::Value = client
+            .get(format!("{url}/admin/clients"))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["subject"] == "alice")
+            .map_or(0, |c| c["queries"].as_u64().unwrap())
+    };
+    let (a, url_a) = start_serve_with(&home_a, &args);
+    for i in 0..7 {
+        infer(&url_a, i as f32 / 10.0);
+    }
+    assert_eq!(queries_seen(&url_a), 7);
+    stop(a);
+    let (b, url_b) = start_serve_with(&home_b, &args);
+    infer(&url_b, 0.9);
+    assert_eq!(queries_seen(&url_b), 8, "B took over A's 7 queries");
+    stop(b);
+}

@@ -263,7 +263,49 @@ pub trait AuditStore: Send {
     }
     /// Watermark ledger entries of `model`, oldest first.
     fn ledger(&self, model: Option<&str>) -> Result<Vec<LedgerEvent>, GatewayError>;
+    /// Whether the store keeps detector states for other replicas
+    /// ([`AuditStore::put_states`]); the SQLite and PostgreSQL stores do, the in-memory one not.
+    fn shares_states(&self) -> bool {
+        false
+    }
+    /// Saves detector states of `model`'s subjects, written by `writer` at `time_ms`. A
+    /// subject's saved state is replaced only by one that has seen at least as many queries
+    /// (so a replica holding a shorter, stale history cannot overwrite the one that took the
+    /// client over). Not part of the audit log: states are working memory, not records.
+    fn put_states(
+        &self,
+        _model: &str,
+        _writer: &str,
+        _time_ms: u64,
+        _states: &[SharedState],
+    ) -> Result<(), GatewayError> {
+        Err(GatewayError::Config(
+            "this audit store does not keep detector states (use SQLite or PostgreSQL)".into(),
+        ))
+    }
+    /// The saved detector state of `subject` on `model`, if any replica saved one.
+    fn get_state(&self, _model: &str, _subject: &str) -> Result<Option<SharedState>, GatewayError> {
+        Ok(None)
+    }
 }
+
+/// One subject's detector states as a replica saved them in a shared store
+/// ([`AuditStore::put_states`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedState {
+    /// The client, group or network.
+    pub subject: String,
+    /// Queries the states have seen.
+    pub queries: u64,
+    /// The states ([`crate::Chain`]'s per-subject snapshot).
+    pub snapshot: Vec<u8>,
+}
+
+/// The detector-state table of the SQLite store (not sealed: working memory, not audit).
+const SQLITE_STATES: &str = "CREATE TABLE IF NOT EXISTS detector_states (
+    model TEXT NOT NULL, subject TEXT NOT NULL, writer TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, queries INTEGER NOT NULL, snapshot BLOB NOT NULL,
+    PRIMARY KEY (model, subject));";
 
 /// The SQLite tables, each with the seal columns `writer`, `seq`, `mac`.
 const TABLES: [&str; 4] = ["requests", "alerts", "blocks", "ledger"];
@@ -398,6 +440,7 @@ impl SqliteStore {
                 true_label INTEGER NOT NULL, given_label INTEGER NOT NULL);",
         )
         .map_err(sq)?;
+        conn.execute_batch(SQLITE_STATES).map_err(sq)?;
         for table in TABLES {
             let has_seq: bool = conn
                 .prepare(&format!(
@@ -607,6 +650,64 @@ impl AuditStore for SqliteStore {
             .map_err(sq)?;
         let rows = st.query_map(params![model], ledger_row).map_err(sq)?;
         rows.collect::<Result<_, _>>().map_err(sq)
+    }
+
+    fn shares_states(&self) -> bool {
+        true
+    }
+
+    fn put_states(
+        &self,
+        model: &str,
+        writer: &str,
+        time_ms: u64,
+        states: &[SharedState],
+    ) -> Result<(), GatewayError> {
+        let tx = self.conn.unchecked_transaction().map_err(sq)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO detector_states
+                        (model, subject, writer, time_ms, queries, snapshot)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (model, subject) DO UPDATE SET
+                        writer = excluded.writer, time_ms = excluded.time_ms,
+                        queries = excluded.queries, snapshot = excluded.snapshot
+                     WHERE excluded.queries >= detector_states.queries",
+                )
+                .map_err(sq)?;
+            for s in states {
+                st.execute(params![
+                    model,
+                    s.subject,
+                    writer,
+                    time_ms as i64,
+                    s.queries as i64,
+                    s.snapshot
+                ])
+                .map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)
+    }
+
+    fn get_state(&self, model: &str, subject: &str) -> Result<Option<SharedState>, GatewayError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT queries, snapshot FROM detector_states WHERE model = ?1 AND subject = ?2",
+            )
+            .map_err(sq)?;
+        let mut rows = st
+            .query_map(params![model, subject], |r| {
+                Ok(SharedState {
+                    subject: subject.to_string(),
+                    queries: r.get::<_, i64>(0)?.max(0) as u64,
+                    snapshot: r.get(1)?,
+                })
+            })
+            .map_err(sq)?;
+        rows.next().transpose().map_err(sq)
     }
 
     fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {

@@ -20,7 +20,7 @@
 
 use crate::audit::{
     column_count, AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent,
-    ALERT_COLS, BLOCK_COLS, LEDGER_COLS, REQUEST_COLS,
+    SharedState, ALERT_COLS, BLOCK_COLS, LEDGER_COLS, REQUEST_COLS,
 };
 use crate::audit_chain::Seal;
 use crate::config::redact_password;
@@ -65,6 +65,10 @@ ALTER TABLE mamori_requests ADD COLUMN IF NOT EXISTS peer TEXT;
 CREATE INDEX IF NOT EXISTS mamori_alerts_chain ON mamori_alerts (writer, seq);
 CREATE INDEX IF NOT EXISTS mamori_blocks_chain ON mamori_blocks (writer, seq);
 CREATE INDEX IF NOT EXISTS mamori_ledger_chain ON mamori_ledger (writer, seq);
+CREATE TABLE IF NOT EXISTS mamori_detector_states (
+    model TEXT NOT NULL, subject TEXT NOT NULL, writer TEXT NOT NULL,
+    time_ms BIGINT NOT NULL, queries BIGINT NOT NULL, snapshot BYTEA NOT NULL,
+    PRIMARY KEY (model, subject));
 ";
 
 /// The tables, each with the seal columns `writer`, `seq`, `mac`.
@@ -684,6 +688,69 @@ impl AuditStore for PostgresStore {
             .map(ledger_row)
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| pg(&self.url, "reading the ledger", e))
+    }
+
+    fn shares_states(&self) -> bool {
+        true
+    }
+
+    fn put_states(
+        &self,
+        model: &str,
+        writer: &str,
+        time_ms: u64,
+        states: &[SharedState],
+    ) -> Result<(), GatewayError> {
+        let e = |err| pg(&self.url, "saving detector states", err);
+        let mut guard = self.conn()?;
+        let mut tx = guard.transaction().map_err(e)?;
+        let st = tx
+            .prepare(
+                "INSERT INTO mamori_detector_states
+                    (model, subject, writer, time_ms, queries, snapshot)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (model, subject) DO UPDATE SET
+                    writer = EXCLUDED.writer, time_ms = EXCLUDED.time_ms,
+                    queries = EXCLUDED.queries, snapshot = EXCLUDED.snapshot
+                 WHERE EXCLUDED.queries >= mamori_detector_states.queries",
+            )
+            .map_err(e)?;
+        for s in states {
+            tx.execute(
+                &st,
+                &[
+                    &model,
+                    &s.subject,
+                    &writer,
+                    &(time_ms as i64),
+                    &(s.queries as i64),
+                    &s.snapshot,
+                ],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    fn get_state(&self, model: &str, subject: &str) -> Result<Option<SharedState>, GatewayError> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT queries, snapshot FROM mamori_detector_states
+                 WHERE model = $1 AND subject = $2",
+                &[&model, &subject],
+            )
+            .map_err(|e| pg(&self.url, "reading detector states", e))?;
+        rows.first()
+            .map(|r| {
+                Ok(SharedState {
+                    subject: subject.to_string(),
+                    queries: u64_of(r.try_get(0)?),
+                    snapshot: r.try_get(1)?,
+                })
+            })
+            .transpose()
+            .map_err(|e: postgres::Error| pg(&self.url, "reading detector states", e))
     }
 
     fn chain_heads(&self) -> Result<Vec<Seal>, GatewayError> {

@@ -22,7 +22,7 @@
 
 use crate::audit::{
     AlertEvent, AuditRecord, AuditStore, AuditWriter, BlockEvent, LedgerEvent, MemoryStore,
-    OutputDraft, RequestDraft,
+    OutputDraft, RequestDraft, SharedState,
 };
 use crate::block_sync::{BlockCursor, SETTLE_MS};
 use crate::config::{GatewayConfig, TierConfig};
@@ -145,6 +145,55 @@ struct SubjectState {
     states: Vec<Box<dyn DetectorState>>,
     alarmed: HashSet<String>,
     last_action: Option<Action>,
+    /// Observed since the last save to the shared store (`detect.shared_state`).
+    dirty: bool,
+}
+
+impl SubjectState {
+    fn fresh(detectors: &[Arc<dyn Detector>]) -> Self {
+        SubjectState {
+            states: detectors.iter().map(|d| d.new_state()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Queries the subject's states have seen.
+    fn queries(&self) -> u64 {
+        self.states.iter().map(|s| s.queries()).max().unwrap_or(0)
+    }
+
+    /// Every detector's state, by detector name, each hex-encoded: one subject's part of
+    /// `state/<model>.json`, and what `detect.shared_state` saves per subject.
+    fn snapshot(&self, detectors: &[Arc<dyn Detector>]) -> BTreeMap<String, String> {
+        detectors
+            .iter()
+            .zip(&self.states)
+            .map(|(d, s)| (d.info().name, hex::encode(s.snapshot())))
+            .collect()
+    }
+
+    /// The states of [`SubjectState::snapshot`]; a detector missing from it starts fresh.
+    fn restore(
+        detectors: &[Arc<dyn Detector>],
+        snaps: &BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut states = Vec::with_capacity(detectors.len());
+        for d in detectors {
+            let name = d.info().name;
+            states.push(match snaps.get(&name) {
+                Some(h) => {
+                    let bytes = hex::decode(h).map_err(|e| format!("{name}: {e}"))?;
+                    d.restore_state(&bytes)
+                        .map_err(|e| format!("{name}: {e}"))?
+                }
+                None => d.new_state(),
+            });
+        }
+        Ok(SubjectState {
+            states,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Default)]
@@ -176,16 +225,67 @@ impl ModelEntry {
         self.model.card()
     }
 
-    fn subject(&self, name: &str) -> Arc<Mutex<SubjectState>> {
+    /// The detector states of subject `name`: this replica's, else (with
+    /// `detect.shared_state`) the ones another replica saved in the shared store, else fresh.
+    fn subject(&self, name: &str, sh: &Shared) -> Arc<Mutex<SubjectState>> {
+        if let Some(st) = self
+            .subjects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return st.clone();
+        }
+        // Not under the map's lock: a store read must not hold up every other client.
+        let restored = if sh.config.detect.shared_state {
+            self.shared_subject(name, sh)
+        } else {
+            None
+        };
         let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(Mutex::new(SubjectState {
-                    states: self.detectors.iter().map(|d| d.new_state()).collect(),
-                    ..Default::default()
-                }))
+                Arc::new(Mutex::new(
+                    restored.unwrap_or_else(|| SubjectState::fresh(&self.detectors)),
+                ))
             })
             .clone()
+    }
+
+    /// The states of `subject` another replica saved in the shared store. A store that
+    /// cannot be read, or a state that does not restore (another detector set), gives fresh
+    /// states and a warning: detection goes on, from zero for this subject.
+    fn shared_subject(&self, subject: &str, sh: &Shared) -> Option<SubjectState> {
+        let saved = match sh.audit.with_store(|s| s.get_state(&self.name, subject)) {
+            Ok(saved) => saved?,
+            Err(e) => {
+                tracing::warn!(
+                    "detector state of {subject:?} on {:?} not read from the shared store: {e}",
+                    self.name
+                );
+                return None;
+            }
+        };
+        let restored = serde_json::from_slice::<BTreeMap<String, String>>(&saved.snapshot)
+            .map_err(|e| e.to_string())
+            .and_then(|snaps| SubjectState::restore(&self.detectors, &snaps));
+        match restored {
+            Ok(st) => {
+                tracing::info!(
+                    "detector state of {subject:?} on {:?} taken over from the shared store ({} queries)",
+                    self.name,
+                    saved.queries
+                );
+                Some(st)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "detector state of {subject:?} on {:?} in the shared store does not restore ({e}); starting fresh",
+                    self.name
+                );
+                None
+            }
+        }
     }
 
     /// Whether `client` is blocked on this model.
@@ -342,6 +442,8 @@ pub struct Chain {
     save_lock: Mutex<()>,
     /// The audit store's block events already applied ([`Chain::sync_blocks`]).
     applied_blocks: Mutex<BlockCursor>,
+    /// This replica's name in the shared detector states (process id and start time).
+    replica: String,
 }
 
 /// Builds a [`Chain`].
@@ -494,9 +596,12 @@ impl ChainBuilder {
                     "two models are named {name:?}; model names must be unique"
                 )));
             }
+            // With shared states, subjects are taken from the shared store as they come.
             let subjects = match &self.state_dir {
-                Some(dir) => load_states(dir, &name, &spec.detectors)?,
-                None => HashMap::new(),
+                Some(dir) if !self.config.detect.shared_state => {
+                    load_states(dir, &name, &spec.detectors)?
+                }
+                _ => HashMap::new(),
             };
             let mut spec = spec;
             if let Some(dir) = &self.state_dir {
@@ -530,6 +635,13 @@ impl ChainBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Box::new(MemoryStore::default()));
+        if self.config.detect.shared_state && !store.shares_states() {
+            return Err(GatewayError::Config(
+                "detect.shared_state needs an audit store that keeps detector states \
+                 (audit.store = \"sqlite\" or \"postgres\")"
+                    .into(),
+            ));
+        }
         let applied_blocks = replay_blocks(store.as_ref(), &models)?;
         let metrics = self.metrics.unwrap_or_default();
         let audit_chain = match &self.audit_chain {
@@ -591,6 +703,7 @@ impl ChainBuilder {
             state_dir: self.state_dir,
             save_lock: Mutex::new(()),
             applied_blocks: Mutex::new(applied_blocks),
+            replica: format!("pid{}-{}", std::process::id(), now_ms()),
         })
     }
 }
@@ -888,20 +1001,64 @@ impl Chain {
             if e.detectors.is_empty() {
                 continue;
             }
+            if self.shared.config.detect.shared_state {
+                self.save_shared_states(e)?;
+                continue;
+            }
             let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
             let subjects = e.subjects.lock().unwrap_or_else(|e| e.into_inner());
             for (subject, st) in subjects.iter() {
                 let g = st.lock().unwrap_or_else(|e| e.into_inner());
-                let m = out.entry(subject.clone()).or_default();
-                for (d, s) in e.detectors.iter().zip(&g.states) {
-                    m.insert(d.info().name, hex::encode(s.snapshot()));
-                }
+                out.insert(subject.clone(), g.snapshot(&e.detectors));
             }
             let text =
                 serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
             write_synced(&dir.join(format!("{}.json", e.name)), text.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// Saves the states of `e`'s subjects observed since the last save into the shared store
+    /// (`detect.shared_state`); on failure they stay marked for the next save.
+    fn save_shared_states(&self, e: &ModelEntry) -> Result<(), GatewayError> {
+        let subjects: Vec<(String, Arc<Mutex<SubjectState>>)> = e
+            .subjects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        for (subject, st) in subjects {
+            let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+            if !g.dirty {
+                continue;
+            }
+            g.dirty = false;
+            let snapshot = serde_json::to_vec(&g.snapshot(&e.detectors))
+                .map_err(|e| GatewayError::Storage(e.to_string()))?;
+            out.push(SharedState {
+                subject,
+                queries: g.queries(),
+                snapshot,
+            });
+            drop(g);
+            taken.push(st);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let saved = self
+            .shared
+            .audit
+            .with_store(|s| s.put_states(&e.name, &self.replica, now_ms(), &out));
+        if saved.is_err() {
+            for st in taken {
+                st.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+            }
+        }
+        saved
     }
 }
 
@@ -1004,29 +1161,9 @@ fn load_states(
         })?;
     let mut out = HashMap::new();
     for (subject, snaps) in saved {
-        let mut states = Vec::with_capacity(detectors.len());
-        for d in detectors {
-            let name = d.info().name;
-            let st = match snaps.get(&name) {
-                Some(h) => {
-                    let bytes = hex::decode(h).map_err(|e| {
-                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
-                    })?;
-                    d.restore_state(&bytes).map_err(|e| {
-                        GatewayError::Storage(format!("{}: {subject}/{name}: {e}", path.display()))
-                    })?
-                }
-                None => d.new_state(),
-            };
-            states.push(st);
-        }
-        out.insert(
-            subject,
-            Arc::new(Mutex::new(SubjectState {
-                states,
-                ..Default::default()
-            })),
-        );
+        let st = SubjectState::restore(detectors, &snaps)
+            .map_err(|e| GatewayError::Storage(format!("{}: {subject}/{e}", path.display())))?;
+        out.insert(subject, Arc::new(Mutex::new(st)));
     }
     Ok(out)
 }
@@ -1317,9 +1454,10 @@ impl Stage for Detect {
         let mut verdicts = Vec::new();
         let mut subject_states = Vec::new();
         for s in &subjects {
-            let st = entry.subject(s);
+            let st = entry.subject(s, sh);
             {
                 let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+                g.dirty = true;
                 for i in 0..input.batch_size() {
                     let obs = Observation {
                         client: s,

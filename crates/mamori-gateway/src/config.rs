@@ -387,6 +387,12 @@ pub struct DetectConfig {
     /// `mamori serve` applies the block events other replicas wrote to the shared audit store
     /// this often (seconds; 0 = only at start). See [`crate::Chain::sync_blocks`].
     pub block_sync_s: u64,
+    /// Keep each client's detector states in the shared audit store (SQLite or PostgreSQL)
+    /// instead of this replica's state files: saved at every checkpoint and at shutdown,
+    /// loaded by whichever replica sees the client next, so a client moved to another
+    /// replica (a restart, a rolling deploy, a failover) keeps its history. A hand-off, not a
+    /// merge: two replicas serving one client at the same time each keep their own.
+    pub shared_state: bool,
 }
 
 impl Default for DetectConfig {
@@ -401,6 +407,7 @@ impl Default for DetectConfig {
             network_prefix_v6: 0,
             checkpoint_s: 120,
             block_sync_s: 5,
+            shared_state: false,
         }
     }
 }

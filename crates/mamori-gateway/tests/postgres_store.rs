@@ -665,3 +665,64 @@ fn the_gateway_authenticates_itself_to_the_database_by_certificate() {
     .unwrap();
     assert!(cfg.check().unwrap_err().to_string().contains("go together"));
 }
+
+/// Detector states shared by replicas (`detect.shared_state`): PostgreSQL keeps them as SQLite
+/// does — the longer history wins, a shorter one never replaces it, models and subjects are
+/// kept apart, and a second connection (another replica) reads what the first saved.
+#[test]
+fn postgres_keeps_detector_states_as_sqlite_does() {
+    use mamori_gateway::audit::SharedState;
+    let Some(pg) = TempPostgres::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lite = SqliteStore::open(&dir.path().join("audit.db")).unwrap();
+    let post = PostgresStore::connect(&pg.url()).unwrap();
+    let other = PostgresStore::connect(&pg.url()).unwrap();
+    let st = |subject: &str, queries: u64, snapshot: &[u8]| SharedState {
+        subject: subject.into(),
+        queries,
+        snapshot: snapshot.to_vec(),
+    };
+    for (store, reader) in [
+        (&lite as &dyn AuditStore, &lite as &dyn AuditStore),
+        (&post, &other),
+    ] {
+        assert!(store.shares_states());
+        assert!(reader.get_state("lin", "mallory").unwrap().is_none());
+        store
+            .put_states(
+                "lin",
+                "a",
+                1,
+                &[st("mallory", 3, b"three"), st("bob", 1, b"one")],
+            )
+            .unwrap();
+        store
+            .put_states("lin", "b", 2, &[st("mallory", 5, b"five")])
+            .unwrap();
+        // A stale replica's shorter history does not replace the longer one.
+        store
+            .put_states("lin", "a", 3, &[st("mallory", 4, b"four")])
+            .unwrap();
+        store
+            .put_states("other", "a", 3, &[st("mallory", 1, &[0, 255, 7])])
+            .unwrap();
+        assert_eq!(
+            reader.get_state("lin", "mallory").unwrap(),
+            Some(st("mallory", 5, b"five"))
+        );
+        assert_eq!(
+            reader.get_state("lin", "bob").unwrap(),
+            Some(st("bob", 1, b"one"))
+        );
+        assert_eq!(
+            reader.get_state("other", "mallory").unwrap(),
+            Some(st("mallory", 1, &[0, 255, 7]))
+        );
+    }
+    // The in-memory store keeps none.
+    let mem = mamori_gateway::MemoryStore::default();
+    assert!(!mem.shares_states());
+    assert!(mem.put_states("lin", "a", 1, &[st("x", 1, b"")]).is_err());
+}

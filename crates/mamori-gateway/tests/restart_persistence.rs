@@ -10,7 +10,7 @@ use mamori_core::{Action, Oracle, OracleError, Tensor};
 use mamori_detect::PolicyConfig;
 use mamori_gateway::protection::Escalation;
 use mamori_gateway::{
-    ChainBuilder, ChainOracle, GatewayConfig, KeyStore, ModelSpec, OnAlarm, SqliteStore,
+    AuditStore, ChainBuilder, ChainOracle, GatewayConfig, KeyStore, ModelSpec, OnAlarm, SqliteStore,
 };
 use std::sync::Arc;
 
@@ -253,4 +253,94 @@ fn replicas_sharing_the_audit_store_apply_each_others_blocks() {
     let blocked = c.blocked();
     assert_eq!(blocked.len(), 1, "{blocked:?}");
     assert_eq!(blocked[0].1, "bob");
+}
+
+/// A replica of a pair sharing one SQLite audit store, blocking a client at its 5th query,
+/// with `detect.shared_state` as given and its own state directory.
+fn replica(
+    keys: &Arc<KeyStore>,
+    store_home: &std::path::Path,
+    state_dir: &std::path::Path,
+    shared_state: bool,
+) -> Arc<mamori_gateway::Chain> {
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.shared_state = shared_state;
+    Arc::new(
+        ChainBuilder::new(cfg)
+            .keys(keys.clone())
+            .audit_store(Box::new(SqliteStore::open_home(store_home).unwrap()))
+            .state_dir(state_dir)
+            .model(spec(5, Box::new(OnAlarm(Action::Block))))
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A client moved from one replica to another (a rolling deploy, a failover) keeps its
+/// detector history with `detect.shared_state`: three queries on A, A checkpoints, and B
+/// blocks her at her 5th query overall, her 2nd there. Without it, B starts from zero. A
+/// replica holding a shorter, stale history does not overwrite the longer one, and an audit
+/// store that keeps no states is refused at start.
+#[test]
+fn a_client_moved_to_another_replica_keeps_its_detector_history_with_shared_state() {
+    let store = tempfile::tempdir().unwrap();
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
+    for shared in [true, false] {
+        let model_store = tempfile::tempdir().unwrap();
+        let home = if shared {
+            store.path()
+        } else {
+            model_store.path()
+        };
+        let a = replica(&keys, home, sa.path(), shared);
+        let b = replica(&keys, home, sb.path(), shared);
+        let mut on_a = ChainOracle::new(a.clone(), &mallory, None).unwrap();
+        for k in 1..=3 {
+            assert!(!refused(&mut on_a, k));
+        }
+        a.save_states().unwrap();
+        let mut on_b = ChainOracle::new(b.clone(), &mallory, None).unwrap();
+        assert!(!refused(&mut on_b, 4), "shared {shared}");
+        assert_eq!(
+            refused(&mut on_b, 5),
+            shared,
+            "shared {shared}: her 5th query overall is refused only when B took over A's history"
+        );
+        if !shared {
+            continue;
+        }
+        // B's longer history (5) is saved; A's stale one (3, not observed since) is not
+        // rewritten, and would not replace it if it were.
+        b.save_states().unwrap();
+        a.save_states().unwrap();
+        let s = SqliteStore::open_home(home).unwrap();
+        let saved = s.get_state("lin", "mallory").unwrap().unwrap();
+        assert_eq!(saved.queries, 5);
+        s.put_states(
+            "lin",
+            "stale",
+            0,
+            &[mamori_gateway::audit::SharedState {
+                subject: "mallory".into(),
+                queries: 3,
+                snapshot: b"{}".to_vec(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(s.get_state("lin", "mallory").unwrap().unwrap(), saved);
+        assert!(s.get_state("lin", "nobody").unwrap().is_none());
+    }
+    // The in-memory store keeps no states: refused at start, naming the setting.
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.shared_state = true;
+    let e = ChainBuilder::new(cfg)
+        .keys(keys.clone())
+        .model(spec(5, Box::new(OnAlarm(Action::Block))))
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("detect.shared_state"), "{e}");
 }
