@@ -1734,6 +1734,9 @@ impl Stage for Audit {
     fn logging(&self, sh: &Shared, ex: &Exchange, result: Result<(), &GatewayError>) {
         let (status, decision, error) = match result {
             Ok(()) => (200, action_name(ex.action), None),
+            // The audit record keeps an inference failure's cause (for the operator); storage
+            // and configuration errors stay generic there too (they can name credentials).
+            Err(e @ GatewayError::Inference(_)) => (e.status(), e.kind(), Some(e.to_string())),
             Err(e) => (e.status(), e.kind(), Some(e.public_message())),
         };
         // The costly parts (input hash, output JSON) are left to the writer thread.

@@ -75,11 +75,17 @@ impl GatewayError {
         }
     }
 
-    /// The message shown to the client: internal errors are not detailed.
+    /// The message shown to the client: internal errors are not detailed — a model or
+    /// upstream failure can name internal addresses, files and the model's internals, which
+    /// are the operator's (in the gateway's log and the audit record), not the caller's.
     pub fn public_message(&self) -> String {
         match self {
             GatewayError::Storage(_) | GatewayError::Config(_) => {
                 "internal server error".to_string()
+            }
+            GatewayError::Inference(_) => {
+                "inference failed: the model did not answer (the gateway's log has the cause)"
+                    .to_string()
             }
             other => other.to_string(),
         }

@@ -3,8 +3,14 @@
 //!
 //! The model card is built from the upstream's model metadata: input name and per-sample shape,
 //! the FP32 `[-1, classes]` output, and — when the upstream is a mamori — the class names and
-//! input range it publishes in `parameters`. Answers are probabilities; [`Model::logits`]
-//! returns their logarithm (softmax of which gives them back).
+//! input range it publishes in `parameters`. Answers are probabilities by default
+//! ([`Model::logits`] returns their logarithm, softmax of which gives them back), or raw
+//! logits ([`UpstreamModel::logits_output`]; Triton models often end before their softmax).
+//!
+//! The upstream's answers are checked like any input: the right count of numbers, every one
+//! finite, and — for probabilities — every row a distribution. A broken upstream is a 502
+//! naming it and the problem, never garbage passed on to detectors, postprocessors and the
+//! client.
 
 use crate::error::GatewayError;
 use mamori_core::{DatasetRef, Model, ModelCard, ModelError, Normalisation, OutputKind, Tensor};
@@ -119,8 +125,46 @@ impl UpstreamModel {
         })
     }
 
-    /// Probabilities `[n, classes]` from the upstream.
+    /// Treats the upstream's output as logits (unnormalised scores) instead of
+    /// probabilities: `mamori serve --upstream-logits`.
+    pub fn logits_output(mut self) -> Self {
+        self.card.output_kind = OutputKind::Logits;
+        self
+    }
+
+    /// Whether the upstream's output is taken as logits ([`UpstreamModel::logits_output`]).
+    pub fn outputs_logits(&self) -> bool {
+        self.card.output_kind == OutputKind::Logits
+    }
+
+    /// The upstream's output `[n, classes]` for `x`, checked: finite numbers, and rows that
+    /// are probability distributions unless the output is taken as logits.
     pub fn probabilities(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let out = self.fetch(x)?;
+        let url = format!("{}/v2/models/{}", self.base, self.name);
+        if let Some(i) = out.data().iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Runtime(format!(
+                "{url}: answered a value that is not a finite number (position {i})"
+            )));
+        }
+        if !self.outputs_logits() {
+            for (i, row) in out.rows().enumerate() {
+                let sum: f64 = row.iter().map(|v| f64::from(*v)).sum();
+                if row.iter().any(|v| *v < 0.0) || (sum - 1.0).abs() > 1e-3 {
+                    return Err(ModelError::Runtime(format!(
+                        "{url}: answer row {i} is not a probability distribution (sum {sum:.4}, \
+                         smallest {:.4}); if the model outputs logits, serve it with \
+                         --upstream-logits",
+                        row.iter().copied().fold(f32::INFINITY, f32::min)
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The upstream's raw output `[n, classes]` for `x`.
+    fn fetch(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let url = format!("{}/v2/models/{}/infer", self.base, self.name);
         let body = json!({
             "inputs": [{
@@ -160,6 +204,15 @@ impl UpstreamModel {
             .iter()
             .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
             .collect();
+        let want = x.batch_size() * self.card.num_classes();
+        if data.len() != want {
+            return Err(ModelError::Runtime(format!(
+                "{url}: answered {} values for {} samples of {} classes",
+                data.len(),
+                x.batch_size(),
+                self.card.num_classes()
+            )));
+        }
         Ok(Tensor::new(
             vec![x.batch_size(), self.card.num_classes()],
             data,
@@ -174,8 +227,10 @@ impl Model for UpstreamModel {
     fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         self.check_input(x)?;
         let mut p = self.probabilities(x)?;
-        for v in p.data_mut() {
-            *v = v.max(1e-12).ln();
+        if !self.outputs_logits() {
+            for v in p.data_mut() {
+                *v = v.max(1e-12).ln();
+            }
         }
         Ok(p)
     }

@@ -49,6 +49,11 @@ pub struct Args {
     /// API key for the upstream server, if it needs one.
     #[arg(long, env = "MAMORI_UPSTREAM_KEY", hide_env_values = true)]
     pub upstream_key: Option<String>,
+    /// The upstream models output logits (unnormalised scores), not probabilities: the
+    /// gateway applies the softmax. Without it, an answer row that is not a probability
+    /// distribution is refused (502) as a broken upstream.
+    #[arg(long, requires = "upstream")]
+    pub upstream_logits: bool,
     /// Detector calibration (`calibration.json` from `mamori calibrate`) for every served
     /// model; default: each model directory's own `calibration.json` for that model (signed
     /// and encrypted with the model when it is), else the detectors' built-in thresholds.
@@ -371,8 +376,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     }
     if let Some(url) = &args.upstream {
         for name in &args.upstream_models {
-            let m = UpstreamModel::connect(url, name, args.upstream_key.clone(), [0.0, 1.0])
+            let mut m = UpstreamModel::connect(url, name, args.upstream_key.clone(), [0.0, 1.0])
                 .with_context(|| format!("connecting to upstream model {name} at {url}"))?;
+            if args.upstream_logits {
+                m = m.logits_output();
+            }
             tracing::info!("proxying {name} to {url}");
             served.push((Arc::new(m), "upstream".to_string()));
         }
