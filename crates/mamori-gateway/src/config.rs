@@ -52,6 +52,14 @@ pub struct ServerConfig {
     /// that is not itself a trusted proxy. Others' `X-Forwarded-For` is ignored (a client
     /// could write anything there).
     pub trusted_proxies: Vec<String>,
+    /// The gateway's TLS certificate chain (PEM): with [`ServerConfig::tls_key`], the gateway
+    /// speaks HTTPS (see [`crate::tls`]); without, plain HTTP (put TLS in front of it then).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of [`ServerConfig::tls_cert`] (PEM).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Clients must present a certificate this CA (PEM) signed: mutual TLS. The API key is
+    /// still required.
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -80,6 +88,9 @@ impl Default for ServerConfig {
             max_batch: 256,
             store_raw_input: false,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -677,6 +688,7 @@ impl GatewayConfig {
             ));
         }
         self.server.trusted_proxy_nets()?;
+        crate::tls::server_config(&self.server)?;
         if self.detect.network_prefix_v4 > 32 || self.detect.network_prefix_v6 > 128 {
             return Err(GatewayError::Config(
                 "detect.network_prefix_v4 must be 0..=32 and detect.network_prefix_v6 0..=128"

@@ -569,6 +569,8 @@ async fn block_common(
 /// A server running on a tokio runtime.
 pub struct RunningServer {
     addr: SocketAddr,
+    /// Whether it speaks HTTPS (`server.tls_cert`).
+    https: bool,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     chain: Arc<Chain>,
@@ -584,19 +586,40 @@ pub async fn start(chain: Arc<Chain>, addr: &str) -> Result<RunningServer, Gatew
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(chain.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    tracing::info!("mamori gateway listening on http://{bound}");
+    let tls = crate::tls::server_config(&chain.shared().config.server)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let stopped = async {
+        let _ = rx.await;
+    };
+    let task = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .await
+        }),
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` (a no-op here) gives the listener axum's peer-address support.
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .map_err(|e| GatewayError::Config(format!("cannot listen on {addr}: {e}")))?
+                .tap_io(|_| {});
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped)
+                .await
+            })
+        }
+    };
+    tracing::info!("mamori gateway listening on {scheme}://{bound}");
     Ok(RunningServer {
         addr: bound,
+        https: scheme == "https",
         stop: Some(tx),
         task,
         chain,
@@ -607,6 +630,12 @@ impl RunningServer {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Base URL, e.g. `https://127.0.0.1:43123` (`http` without TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The chain served.
@@ -662,6 +691,7 @@ pub async fn shutdown_signal() {
 /// A server on its own runtime thread, for synchronous callers (demo, evaluation).
 pub struct BlockingServer {
     addr: SocketAddr,
+    url: String,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), GatewayError>>>,
 }
@@ -688,17 +718,18 @@ impl BlockingServer {
                             return Err(GatewayError::Config(msg));
                         }
                     };
-                    let _ = ready_tx.send(Ok(server.local_addr()));
+                    let _ = ready_tx.send(Ok((server.local_addr(), server.url())));
                     let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                     server.shutdown().await
                 })
             })
             .map_err(|e| GatewayError::Config(e.to_string()))?;
-        let addr = ready_rx
+        let (addr, url) = ready_rx
             .recv()
             .map_err(|_| GatewayError::Config("server thread died".into()))??;
         Ok(Self {
             addr,
+            url,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -709,9 +740,9 @@ impl BlockingServer {
         self.addr
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:43123`.
+    /// Base URL, e.g. `http://127.0.0.1:43123` (`https` with `server.tls_cert`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     /// Graceful shutdown (in-flight requests finish, audit flushed).

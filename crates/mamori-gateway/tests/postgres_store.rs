@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{infer_sample, LinearModel};
+use common::{infer_sample, test_pki, test_pki_with_client, LinearModel};
 use mamori_core::testing::TempPostgres;
 use mamori_gateway::audit::{
     AlertEvent, AuditRecord, AuditStore, BlockEvent, LedgerEvent, RequestEvent,
@@ -308,42 +308,6 @@ fn a_gateway_on_postgres_loses_nothing_through_an_outage_and_a_restart() {
     assert_eq!(rep.writers[0].verified, 14);
     assert_eq!(rep.writers[0].duplicates, 0);
     assert_eq!(rep.unsealed, 0);
-}
-
-/// A self-signed CA and a server certificate it signed for 127.0.0.1 and localhost (PEM):
-/// (CA certificate, server certificate, server key).
-fn test_pki() -> (String, String, String) {
-    let (ca, cert, key, _, _) = test_pki_with_client();
-    (ca, cert, key)
-}
-
-/// Like [`test_pki`], plus a client certificate the same CA signed and its key:
-/// (CA, server certificate, server key, client certificate, client key).
-fn test_pki_with_client() -> (String, String, String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "mamori test CA");
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    client
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "mamori");
-    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
-    (
-        ca.pem(),
-        server.pem(),
-        key.serialize_pem(),
-        client.pem(),
-        client_key.serialize_pem(),
-    )
 }
 
 /// A TLS front for the plaintext test server, as a TLS-terminating sidecar would be: it

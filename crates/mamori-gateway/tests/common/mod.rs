@@ -261,3 +261,39 @@ pub fn infer_sample(
         peer: None,
     })
 }
+
+/// A self-signed CA and a server certificate it signed for 127.0.0.1 and localhost (PEM):
+/// (CA certificate, server certificate, server key).
+pub fn test_pki() -> (String, String, String) {
+    let (ca, cert, key, _, _) = test_pki_with_client();
+    (ca, cert, key)
+}
+
+/// Like [`test_pki`], plus a client certificate the same CA signed and its key:
+/// (CA, server certificate, server key, client certificate, client key).
+pub fn test_pki_with_client() -> (String, String, String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "mamori test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mamori");
+    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+    (
+        ca.pem(),
+        server.pem(),
+        key.serialize_pem(),
+        client.pem(),
+        client_key.serialize_pem(),
+    )
+}
