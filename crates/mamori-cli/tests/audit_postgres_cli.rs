@@ -106,6 +106,55 @@ fn the_gateway_writes_its_audit_log_to_postgres_and_the_cli_reads_it_back() {
     assert_eq!(eve[0]["time"], "2023-11-14T22:13:20.000Z");
 }
 
+/// Two replica homes sharing one PostgreSQL audit store (`[detect]` gets `detect`), the model
+/// they serve, a client key (`alice`) and the admin token valid on both.
+struct Replicas {
+    _tmp: tempfile::TempDir,
+    a: std::path::PathBuf,
+    b: std::path::PathBuf,
+    key: String,
+    admin: String,
+    args: Vec<OsString>,
+}
+
+impl Replicas {
+    fn new(pg: &TempPostgres, detect: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let model_dir = tmp.path().join("model");
+        tiny_model(&model_dir, "pg-mlp");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let key = create_key(&a, "alice");
+        let admin = ok(mamori(&a)
+            .args(["keys", "create", "--admin"])
+            .output()
+            .unwrap())
+        .trim()
+        .to_string();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::copy(a.join("keys.json"), b.join("keys.json")).unwrap();
+        let config = format!(
+            "[audit]\nstore = \"postgres\"\npostgres_url = \"{}\"\n\n[detect]\n{detect}\n",
+            pg.url()
+        );
+        for h in [&a, &b] {
+            std::fs::write(h.join("mamori.toml"), &config).unwrap();
+        }
+        let args = vec![
+            "--allow-unsigned".into(),
+            "--model".into(),
+            model_dir.into(),
+        ];
+        Replicas {
+            _tmp: tmp,
+            a,
+            b,
+            key,
+            admin,
+            args,
+        }
+    }
+}
+
 /// Two `mamori serve` replicas on one PostgreSQL audit store: an administrator blocks a client
 /// on one, and the other refuses it (403) within `detect.block_sync_s`; the unblock travels
 /// the same way.
@@ -114,33 +163,10 @@ fn a_block_on_one_replica_reaches_the_other_through_postgres() {
     let Some(pg) = TempPostgres::start_or_skip() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model_dir = tmp.path().join("model");
-    tiny_model(&model_dir, "pg-mlp");
-    let (home_a, home_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let key = create_key(&home_a, "alice");
-    let admin = ok(mamori(&home_a)
-        .args(["keys", "create", "--admin"])
-        .output()
-        .unwrap())
-    .trim()
-    .to_string();
-    std::fs::create_dir_all(&home_b).unwrap();
-    std::fs::copy(home_a.join("keys.json"), home_b.join("keys.json")).unwrap();
-    let config = format!(
-        "[audit]\nstore = \"postgres\"\npostgres_url = \"{}\"\n\n[detect]\nblock_sync_s = 1\n",
-        pg.url()
-    );
-    for h in [&home_a, &home_b] {
-        std::fs::write(h.join("mamori.toml"), &config).unwrap();
-    }
-    let args: Vec<OsString> = vec![
-        "--allow-unsigned".into(),
-        "--model".into(),
-        model_dir.into(),
-    ];
-    let (a, url_a) = start_serve_with(&home_a, &args);
-    let (b, url_b) = start_serve_with(&home_b, &args);
+    let r = Replicas::new(&pg, "block_sync_s = 1");
+    let (home_a, home_b, key, admin, args) = (&r.a, &r.b, &r.key, &r.admin, &r.args);
+    let (a, url_a) = start_serve_with(home_a, args);
+    let (b, url_b) = start_serve_with(home_b, args);
     let client = reqwest::blocking::Client::new();
     let body = serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": vec![0.5f32; 16]}]
@@ -148,7 +174,7 @@ fn a_block_on_one_replica_reaches_the_other_through_postgres() {
     let status_on_b = || {
         client
             .post(format!("{url_b}/v2/models/pg-mlp/infer"))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&body)
             .send()
             .unwrap()
@@ -174,7 +200,7 @@ fn a_block_on_one_replica_reaches_the_other_through_postgres() {
     let admin_call = |path: &str| {
         let r = client
             .post(format!("{url_a}/admin/{path}"))
-            .bearer_auth(&admin)
+            .bearer_auth(admin)
             .json(&serde_json::json!({"client": "alice", "reason": "abuse report"}))
             .send()
             .unwrap();
@@ -198,31 +224,8 @@ fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
     let Some(pg) = TempPostgres::start_or_skip() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model_dir = tmp.path().join("model");
-    tiny_model(&model_dir, "pg-mlp");
-    let (home_a, home_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let key = create_key(&home_a, "alice");
-    let admin = ok(mamori(&home_a)
-        .args(["keys", "create", "--admin"])
-        .output()
-        .unwrap())
-    .trim()
-    .to_string();
-    std::fs::create_dir_all(&home_b).unwrap();
-    std::fs::copy(home_a.join("keys.json"), home_b.join("keys.json")).unwrap();
-    let config = format!(
-        "[audit]\nstore = \"postgres\"\npostgres_url = \"{}\"\n\n[detect]\nshared_state = true\n",
-        pg.url()
-    );
-    for h in [&home_a, &home_b] {
-        std::fs::write(h.join("mamori.toml"), &config).unwrap();
-    }
-    let args: Vec<OsString> = vec![
-        "--allow-unsigned".into(),
-        "--model".into(),
-        model_dir.into(),
-    ];
+    let r = Replicas::new(&pg, "shared_state = true");
+    let (home_a, home_b, key, admin, args) = (&r.a, &r.b, &r.key, &r.admin, &r.args);
     let client = reqwest::blocking::Client::new();
     let infer = |url: &str, v: f32| {
         let body = serde_json::json!({
@@ -230,7 +233,7 @@ fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
         });
         let r = client
             .post(format!("{url}/v2/models/pg-mlp/infer"))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .json(&body)
             .send()
             .unwrap();
@@ -239,7 +242,7 @@ fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
     let queries_seen = |url: &str| -> u64 {
         let v: serde_json::Value = client
             .get(format!("{url}/admin/clients"))
-            .bearer_auth(&admin)
+            .bearer_auth(admin)
             .send()
             .unwrap()
             .json()
@@ -250,13 +253,13 @@ fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
             .find(|c| c["subject"] == "alice")
             .map_or(0, |c| c["queries"].as_u64().unwrap())
     };
-    let (a, url_a) = start_serve_with(&home_a, &args);
+    let (a, url_a) = start_serve_with(home_a, args);
     for i in 0..7 {
         infer(&url_a, i as f32 / 10.0);
     }
     assert_eq!(queries_seen(&url_a), 7);
     stop(a);
-    let (b, url_b) = start_serve_with(&home_b, &args);
+    let (b, url_b) = start_serve_with(home_b, args);
     infer(&url_b, 0.9);
     assert_eq!(queries_seen(&url_b), 8, "B took over A's 7 queries");
     stop(b);

@@ -361,13 +361,7 @@ fn client_identity(
     let bad = |what: &str, p: &Path, m: String| {
         GatewayError::Config(format!("audit.postgres_client_{what} {}: {m}", p.display()))
     };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("cert", cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("cert", cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("cert", cert, "no PEM certificate in the file".into()));
-    }
+    let certs = crate::tls::read_certs("audit.postgres_client_cert", cert)?;
     let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
         .map_err(|e| bad("key", key, format!("no PEM private key ({e})")))?;
     Ok((certs, key_der))
@@ -379,18 +373,10 @@ fn tls_connector(tls: &PostgresTls) -> Result<MakeRustlsConnect, GatewayError> {
     let mut roots = rustls::RootCertStore::empty();
     match tls.ca_file.as_deref() {
         Some(p) => {
-            let bad = |m: String| {
-                GatewayError::Config(format!("audit.postgres_ca_file {}: {m}", p.display()))
-            };
-            let certs = CertificateDer::pem_file_iter(p)
-                .map_err(|e| bad(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(bad("no PEM certificate in the file".into()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| bad(e.to_string()))?;
+            for c in crate::tls::read_certs("audit.postgres_ca_file", p)? {
+                roots.add(c).map_err(|e| {
+                    GatewayError::Config(format!("audit.postgres_ca_file {}: {e}", p.display()))
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

@@ -88,7 +88,12 @@ pub fn server_config(
     Ok(Some(Arc::new(config)))
 }
 
-fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
+/// The PEM certificates in `path` (at least one), or the configuration error naming `setting`
+/// and the file (the gateway's own TLS, and its TLS to the audit database).
+pub(crate) fn read_certs(
+    setting: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, GatewayError> {
     let bad = |m: String| GatewayError::Config(format!("{setting} {}: {m}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(e.to_string()))?
