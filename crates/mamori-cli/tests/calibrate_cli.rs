@@ -31,7 +31,7 @@ fn calibrate_stores_every_detector_threshold_beside_the_model() {
     let o = calibrate(d.path(), &dir, &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("(10 clients, persist 2)"), "{stdout}");
+    assert!(stdout.contains("(10 clients, persist 1)"), "{stdout}");
     // Fashion-MNIST inputs are images: the synthetic-input detector is fitted.
     assert!(stdout.contains("synthetic: smoothness <"), "{stdout}");
     let c = mamori_detect::Calibration::load(&dir).unwrap();

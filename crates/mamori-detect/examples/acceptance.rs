@@ -106,10 +106,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         accuracy(&fashion, fa_te)
     );
     let half = mn_te.len() / 2;
-    let opts = CalibrationOptions {
+    let mut opts = CalibrationOptions {
         benign_interval_ms: Some(BENIGN_INTERVAL_MS),
         ..CalibrationOptions::default()
     };
+    // `MAMORI_PRADA_PERSIST=N`: calibrate (and run) PRADA with N consecutive tests.
+    if let Some(p) = std::env::var("MAMORI_PRADA_PERSIST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.base.prada.persist = p;
+    }
     let cal_m = calibrate(
         &mnist,
         &mn_tr.x,
@@ -403,7 +410,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- PRADA: the paper's single-test rule against two consecutive tests ----
     println!(
-        "## PRADA alone on the MNIST benign streams above and the JBDA streams: persist = 1 (paper), 2 (default), 3 consecutive tests below δ = {:.3}\n",
+        "## PRADA alone on the MNIST benign streams above and the JBDA streams: persist = 1 (paper, default), 2, 3 consecutive tests below δ = {:.3}\n",
         cal_m.detectors.prada.delta
     );
     println!("| persist | benign MNIST clients flagged | JBDA: queries until flagged (median, detected/{attackers}) | JBDA per attacker |");

@@ -58,10 +58,11 @@ pub const ALONE_DETECTORS: usize = 5;
 /// Version of the calibrations [`calibrate`] writes. 2: PRADA's δ fitted on `tail_clients`,
 /// the FPR budget split among the detectors that act alone, the `synthetic` detector fitted.
 /// 3: PRADA's δ fitted on the queries it observes (only those the OOD test calls
-/// in-distribution, `PradaConfig::only_in_distribution`). Older files still load (their
-/// detectors run with the thresholds they hold; version 1: `synthetic` inactive) but are not
-/// [`Calibration::is_current`].
-pub const CALIBRATION_VERSION: u32 = 3;
+/// in-distribution, `PradaConfig::only_in_distribution`). 4: PRADA's δ fitted for the paper's
+/// single-test rule (`PradaConfig::persist` = 1, the new default). Older files still load
+/// (their detectors run with the thresholds and `persist` they hold; version 1: `synthetic`
+/// inactive) but are not [`Calibration::is_current`].
+pub const CALIBRATION_VERSION: u32 = 4;
 
 /// File name of a calibration stored beside a model.
 pub const CALIBRATION_FILE: &str = "calibration.json";
