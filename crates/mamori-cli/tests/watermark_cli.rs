@@ -211,6 +211,48 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     let (ok, out, err) = verify(&home, &clean, &[]);
     assert!(ok, "{err}");
     assert!(out.contains("not found at alpha"), "{out}");
+
+    // One of 20 suspects screened: the p-value is 20 times this suspect's own (Bonferroni),
+    // the single value is kept, the signed report carries both; 0 suspects is refused.
+    let (single, family) = (
+        tmp.path().join("single.json"),
+        tmp.path().join("family.json"),
+    );
+    let freport = tmp.path().join("family.report.json");
+    assert!(verify(&home, &clean, &["--json", single.to_str().unwrap()]).0);
+    let (ok, out, err) = verify(
+        &home,
+        &clean,
+        &[
+            "--family",
+            "20",
+            "--json",
+            family.to_str().unwrap(),
+            "--report",
+            freport.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("family      20 suspects screened"), "{out}");
+    let (s, f) = (read_json(&single), read_json(&family));
+    assert!(s.get("family").is_none(), "{s}");
+    assert_eq!(f["family"], 20);
+    let (ls, lf) = (
+        s["log10_p_value"].as_f64().unwrap(),
+        f["log10_p_value"].as_f64().unwrap(),
+    );
+    assert!((f["log10_p_value_single"].as_f64().unwrap() - ls).abs() < 1e-12);
+    assert!(
+        (lf - (ls + 20f64.log10()).min(0.0)).abs() < 1e-12,
+        "{ls} {lf}"
+    );
+    let (ok, out, err) = check_report(&home, freport.to_str().unwrap(), pk.to_str().unwrap());
+    assert!(
+        ok && out.contains("family      20 suspects screened"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = verify(&home, &clean, &["--family", "0"]);
+    assert!(!ok && err.contains("--family"), "{err}");
 }
 
 #[test]

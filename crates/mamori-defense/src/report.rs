@@ -78,6 +78,13 @@ pub struct EvidenceReport {
     pub fingerprint: Option<FingerprintResult>,
     /// Per-input evidence (what was queried and what came back).
     pub evidence: Vec<EvidenceItem>,
+    /// Suspects screened against the ledger together ([`VerifyResult::for_family`]); absent
+    /// for one. `p_value` and the verdict account for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<usize>,
+    /// With a family: this suspect's `log10` p-value alone, before the correction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log10_p_value_single: Option<f64>,
 }
 
 impl EvidenceReport {
@@ -107,6 +114,8 @@ impl EvidenceReport {
             reference_gap_sum: r.reference_gap_sum,
             fingerprint: r.fingerprint,
             evidence: r.evidence.clone(),
+            family: (r.family > 1).then_some(r.family),
+            log10_p_value_single: r.log10_p_value_single,
         }
     }
 
@@ -250,7 +259,28 @@ mod tests {
                 suspect_log_gaps: None,
                 reference_log_gaps: None,
             }],
+            family: None,
+            log10_p_value_single: None,
         }
+    }
+
+    /// A family-corrected report signs its family and single-suspect p-value; a report
+    /// without them keeps its bytes (older reports still verify).
+    #[test]
+    fn the_family_correction_is_signed() {
+        let s = ReportSigner::new(SecretKey::from_bytes([8; 32]));
+        let pk = parse_public_key(&s.public_key_hex()).unwrap();
+        assert!(!serde_json::to_string(&report()).unwrap().contains("family"));
+        let mut r = report();
+        r.family = Some(20);
+        r.log10_p_value_single = Some(-2.8);
+        let signed = s.sign(r.clone());
+        let back: SignedReport =
+            serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), r);
+        let mut t = back;
+        t.report.family = Some(1);
+        assert!(check_report(&t, &pk).is_err(), "the family is signed");
     }
 
     fn report_v2() -> EvidenceReport {

@@ -323,6 +323,74 @@ pub struct VerifyResult {
     pub ledger_commitment: String,
     /// Per-input evidence.
     pub evidence: Vec<EvidenceItem>,
+    /// Suspects screened against this ledger together, this one included
+    /// ([`VerifyResult::for_family`]); `p_value` and the verdict account for them. 1 (the
+    /// default): this suspect alone.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub family: usize,
+    /// With a family of more than one: the deciding `log10` p-value of this suspect alone,
+    /// before the correction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log10_p_value_single: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+impl VerifyResult {
+    /// The result for one of `m` suspects screened against the same ledger: the p-value
+    /// multiplied by `m` (Bonferroni; at most 1) and the verdict taken on it, so that the
+    /// chance of convicting *any* of `m` independently trained models stays below `alpha`
+    /// (family-wise). An exact test gives each independent model `p ≤ 0.01` with probability
+    /// 1%; screening 20 of them, one such p-value comes up about once in five screenings —
+    /// an owner who screens a marketplace says how many suspects it screens. Holm's step-down
+    /// version, for a set of results in hand, is [`holm_log10`].
+    pub fn for_family(mut self, m: usize) -> Self {
+        if m <= 1 {
+            return self;
+        }
+        let single = self.log10_p_value_single.unwrap_or(self.log10_p_value);
+        self.set_log10_p((single + (m as f64).log10()).min(0.0));
+        self.family = m;
+        self.log10_p_value_single = Some(single);
+        self
+    }
+
+    /// Sets the deciding `log10` p-value and the verdict that follows from it.
+    fn set_log10_p(&mut self, log10_p: f64) {
+        self.log10_p_value = log10_p;
+        self.p_value = 10f64.powf(log10_p);
+        self.verdict = if self.p_value < self.alpha {
+            Verdict::WatermarkFound
+        } else {
+            Verdict::NotFound
+        };
+    }
+}
+
+/// Holm's step-down adjustment (Holm 1979) of `log10` p-values (the order of the input is
+/// kept): sorted ascending, the `j`-th smallest is multiplied by `m − j + 1`, and each adjusted
+/// value is at least the one before it (at most 1). It controls the family-wise error — the
+/// chance that *any* true null (a model that did not copy) is rejected — at the level the
+/// adjusted values are compared with, and rejects at least what Bonferroni rejects. In `log10`
+/// so that p-values far below `f64`'s range (1e-150 for a faithful copy) stay ordered.
+pub fn holm_log10(log10_p: &[f64]) -> Vec<f64> {
+    let m = log10_p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| log10_p[a].total_cmp(&log10_p[b]));
+    let mut out = vec![0.0; m];
+    let mut running = f64::NEG_INFINITY;
+    for (j, &i) in order.iter().enumerate() {
+        let adjusted = (log10_p[i] + ((m - j) as f64).log10()).min(0.0);
+        running = running.max(adjusted);
+        out[i] = running;
+    }
+    out
 }
 
 /// The suspect's unique highest-scoring label among all labels but `exclude`; `None` when
@@ -938,6 +1006,8 @@ pub fn verify_with(
         model,
         ledger_commitment: commitment(records),
         evidence,
+        family: 1,
+        log10_p_value_single: None,
     })
 }
 
@@ -1018,6 +1088,54 @@ impl Oracle for ModelOracle<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holm_matches_the_textbook_example_and_keeps_the_order() {
+        // p = 0.01, 0.04, 0.03, 0.005: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06,
+        // 0.04·1 = 0.04 → raised to 0.06 (monotone).
+        let p = [0.01f64, 0.04, 0.03, 0.005];
+        let adj: Vec<f64> = holm_log10(&p.map(f64::log10))
+            .iter()
+            .map(|l| 10f64.powf(*l))
+            .collect();
+        for (a, want) in adj.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((a - want).abs() < 1e-12, "{adj:?}");
+        }
+        // Capped at 1 (0.95·2), and raised to the one before (0.98 < 1).
+        assert_eq!(
+            holm_log10(&[0.98f64.log10(), 0.95f64.log10()]),
+            vec![0.0, 0.0]
+        );
+        // Far below f64's range still ordered; the largest is not multiplied.
+        let adj = holm_log10(&[-0.01, -200.0, -150.0]);
+        assert_eq!(adj[0], -0.01);
+        assert!((adj[1] - (-200.0 + 3f64.log10())).abs() < 1e-12);
+        assert!((adj[2] - (-150.0 + 2f64.log10())).abs() < 1e-12);
+        assert!(holm_log10(&[]).is_empty());
+    }
+
+    /// Under the null, screening 20 suspects: some raw p ≤ 0.01 about 18% of the time, some
+    /// Holm-adjusted one about 1% (at most α, the family-wise guarantee).
+    #[test]
+    fn holm_controls_the_family_wise_error_of_uniform_p_values() {
+        let mut state = 7u64;
+        let mut uniform = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let (mut raw, mut adjusted) = (0, 0);
+        let trials = 20_000;
+        for _ in 0..trials {
+            let p: Vec<f64> = (0..20).map(|_| uniform().log10()).collect();
+            raw += usize::from(p.iter().any(|l| *l <= -2.0));
+            adjusted += usize::from(holm_log10(&p).iter().any(|l| *l <= -2.0));
+        }
+        let (raw, adjusted) = (raw as f64 / trials as f64, adjusted as f64 / trials as f64);
+        assert!((raw - 0.182).abs() < 0.015, "raw {raw}");
+        assert!(adjusted <= 0.0115, "adjusted {adjusted}");
+    }
 
     #[test]
     fn binomial_tail_matches_direct_sums() {
@@ -1544,6 +1662,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"a\"") && e.contains("\"b\""), "{e}");
+    }
+
+    #[test]
+    /// One of a family of suspects: the p-value is multiplied by the family (at most 1), the
+    /// verdict follows the corrected value, the single-suspect value is kept, and the JSON of
+    /// a lone suspect is unchanged.
+    fn a_family_of_suspects_multiplies_the_p_value() {
+        let (records, scores) = constructed_case();
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify(&mut o, &records, 0.6, 2).unwrap();
+        assert!(close(r.p_value, 4.0 / 27.0));
+        assert_eq!(r.verdict, Verdict::WatermarkFound);
+        let lone = serde_json::to_value(&r).unwrap();
+        assert!(lone.get("family").is_none() && lone.get("log10_p_value_single").is_none());
+        let f = r.clone().for_family(3);
+        assert!(close(f.p_value, 12.0 / 27.0), "{}", f.p_value);
+        assert_eq!(f.verdict, Verdict::WatermarkFound);
+        assert_eq!(f.family, 3);
+        assert!(close(f.log10_p_value_single.unwrap(), r.log10_p_value));
+        let f = r.clone().for_family(5);
+        assert!(close(f.p_value, 20.0 / 27.0));
+        assert_eq!(f.verdict, Verdict::NotFound, "0.74 is not below α = 0.6");
+        // Applied twice, the family replaces (not compounds) the correction; capped at 1.
+        let f = f.for_family(10);
+        assert_eq!(f.p_value, 1.0);
+        assert!(close(f.log10_p_value_single.unwrap(), r.log10_p_value));
+        assert_eq!(r.clone().for_family(1), r);
+        let back: VerifyResult =
+            serde_json::from_value(serde_json::to_value(r.clone().for_family(3)).unwrap()).unwrap();
+        assert_eq!(back.family, 3);
     }
 
     #[test]

@@ -41,7 +41,9 @@
 use mamori_attack::extract::{ExtractionAttack, ExtractionContext, STRATEGIES};
 use mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES;
 use mamori_defense::robustness::{fine_tune, prune_smallest};
-use mamori_defense::verify::{distinct_records, verify_model_with, StatisticResult, VerifyResult};
+use mamori_defense::verify::{
+    distinct_records, holm_log10, verify_model_with, StatisticResult, VerifyResult,
+};
 use mamori_defense::LedgerRecord;
 use mamori_eval::runner::{CellChain, Recorder, Transport};
 use mamori_eval::EvalConfig;
@@ -213,6 +215,17 @@ struct Clean {
     p: f64,
     top1: usize,
     top_wrong: usize,
+}
+
+/// What a verification of the run was of.
+#[derive(Clone, Copy, PartialEq)]
+enum Screened {
+    /// A thief's substitute.
+    Substitute,
+    /// A substitute fine-tuned or pruned.
+    Derived,
+    /// An independently trained clean model.
+    Clean,
 }
 
 /// A thief: row label, strategy, attacker data, auxiliary (pre-training) data, and whether it
@@ -570,6 +583,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
+    // Every verification of the run against this ledger, for the family-wise correction:
+    // (row, log10 p, kind).
+    let mut screened: Vec<(String, f64, Screened)> = Vec::new();
     for t in &thieves {
         for &soft in t.modes {
             let client = client_of(t, soft);
@@ -621,6 +637,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 &r,
             );
             summary.push((name.clone(), r.p_value));
+            screened.push((name.clone(), r.log10_p_value, Screened::Substitute));
 
             // Fine-tuned on clean labelled data.
             let mut net: Network = e.substitute.network.clone();
@@ -640,6 +657,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 &rt,
             );
             summary.push((format!("{name}, fine-tuned"), rt.p_value));
+            screened.push((
+                format!("{name}, fine-tuned"),
+                rt.log10_p_value,
+                Screened::Derived,
+            ));
 
             // 50% magnitude pruning.
             let mut net: Network = e.substitute.network.clone();
@@ -659,6 +681,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 &rp,
             );
             summary.push((format!("{name}, pruned"), rp.p_value));
+            screened.push((
+                format!("{name}, pruned"),
+                rp.log10_p_value,
+                Screened::Derived,
+            ));
         }
     }
     let all_records = dawn.ledger_records();
@@ -704,6 +731,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let m = NativeModel { network: net, card };
         let acc = victim.eval.evaluate(&m)?;
         let r = ver(&format!("clean-{i}"), &m, &all_records)?;
+        screened.push((format!("clean-{i}"), r.log10_p_value, Screened::Clean));
         clean.push(Clean {
             acc: acc.substitute_accuracy,
             p_top1: r.top1.p_value,
@@ -816,6 +844,39 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<Vec<_>>()
                 .join(", ")
         }
+    );
+    // Family-wise: Holm over every suspect this run screened against the ledger.
+    let adjusted = holm_log10(&screened.iter().map(|s| s.1).collect::<Vec<_>>());
+    let of = |k: Screened| {
+        screened
+            .iter()
+            .zip(&adjusted)
+            .filter(move |(s, _)| s.2 == k)
+            .map(|(s, a)| (s.0.as_str(), *a))
+    };
+    let below = |k: Screened| of(k).filter(|(_, a)| *a < THRESHOLD.log10()).count();
+    let count = |k: Screened| of(k).count();
+    let clean_min = of(Screened::Clean).map(|(_, a)| a).fold(0.0f64, f64::min);
+    let weakest = of(Screened::Substitute)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(String::new(), |(n, a)| {
+            format!("{n}: {:.2e}", 10f64.powf(a))
+        });
+    let _ = writeln!(
+        out,
+        "\nFamily-wise, as an owner screening these {} suspects against the ledger together \
+         (`mamori watermark verify --family N` is the Bonferroni form; Holm's step-down \
+         adjustment here, `mamori_defense::verify::holm_log10`): substitutes below 1e-9 \
+         **{} of {}** (weakest {weakest}); fine-tuned / pruned copies below 1e-9 {} of {}; \
+         clean models above 0.01 **{} of {}** (smallest adjusted p {:.3}).",
+        screened.len(),
+        below(Screened::Substitute),
+        count(Screened::Substitute),
+        below(Screened::Derived),
+        count(Screened::Derived),
+        of(Screened::Clean).filter(|(_, a)| *a > -2.0).count(),
+        count(Screened::Clean),
+        10f64.powf(clean_min),
     );
     let _ = writeln!(
         out,

@@ -132,6 +132,13 @@ struct VerifyArgs {
     /// Samples per query batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// How many suspects you screen against this ledger, this one included: the p-value is
+    /// multiplied by it (Bonferroni), so that the chance of convicting any of that many
+    /// models that did not copy stays below alpha. An exact test gives each such model
+    /// p ≤ 0.01 with probability 1%, so screening 20 at 1 you would expect a p ≤ 0.01
+    /// about once in five screenings.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    family: u64,
     /// The protected model itself (native model directory or `.onnx` file, with the
     /// `calibration.json` of `mamori calibrate` beside it): adds the test of DAWN's linear
     /// answer fingerprint, which convicts least-squares (equation-solving) copies, and the
@@ -321,6 +328,7 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     if result.model.is_none() {
         result.model = model;
     }
+    let result = result.for_family(a.family as usize);
     println!("suspect     {}", a.suspect);
     println!(
         "model       {} (ledger {})",
@@ -383,6 +391,15 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
         result.log10_p_value,
         result.statistic.name()
     );
+    if let Some(single) = result.log10_p_value_single {
+        println!(
+            "family      {} suspects screened: this suspect alone p = {:e} (log10 {single:.2}), \
+             × {} (Bonferroni) above",
+            result.family,
+            10f64.powf(single),
+            result.family
+        );
+    }
     println!(
         "verdict     {}",
         match result.verdict {
@@ -434,6 +451,12 @@ fn run_check(a: CheckArgs) -> Result<()> {
         r.statistic.map_or("top1", |s| s.name())
     );
     println!("p-value     {:e}", r.p_value);
+    if let (Some(m), Some(single)) = (r.family, r.log10_p_value_single) {
+        println!(
+            "family      {m} suspects screened (this one alone: p = {:e})",
+            10f64.powf(single)
+        );
+    }
     println!("verdict     {:?}", r.verdict);
     println!("commitment  {}", r.ledger_commitment);
     Ok(())
