@@ -135,8 +135,8 @@ struct VerifyArgs {
     /// How many suspects you screen against this ledger, this one included: the p-value is
     /// multiplied by it (Bonferroni), so that the chance of convicting any of that many
     /// models that did not copy stays below alpha. An exact test gives each such model
-    /// p ≤ 0.01 with probability 1%, so screening 20 at 1 you would expect a p ≤ 0.01
-    /// about once in five screenings.
+    /// p ≤ 0.01 with probability 1%: screening 20 of them without this correction, one comes
+    /// out at p ≤ 0.01 about once in five screenings.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     family: u64,
     /// The protected model itself (native model directory or `.onnx` file, with the
