@@ -288,6 +288,17 @@ impl ModelEntry {
         }
     }
 
+    /// Every subject with its state, copied out so the map's lock is not held while the
+    /// states are read.
+    fn subject_list(&self) -> Vec<(String, Arc<Mutex<SubjectState>>)> {
+        self.subjects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Whether `client` is blocked on this model.
     pub fn is_blocked(&self, client: &str) -> bool {
         self.blocks
@@ -917,13 +928,7 @@ impl Chain {
         let now = now_ms();
         let mut out = Vec::new();
         for e in self.shared.models.values() {
-            let subjects: Vec<(String, Arc<Mutex<SubjectState>>)> = e
-                .subjects
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let subjects = e.subject_list();
             let blocks = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
             let policy = e.policy.lock().unwrap_or_else(|e| e.into_inner());
             for (subject, st) in subjects {
@@ -1021,13 +1026,7 @@ impl Chain {
     /// Saves the states of `e`'s subjects observed since the last save into the shared store
     /// (`detect.shared_state`); on failure they stay marked for the next save.
     fn save_shared_states(&self, e: &ModelEntry) -> Result<(), GatewayError> {
-        let subjects: Vec<(String, Arc<Mutex<SubjectState>>)> = e
-            .subjects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let subjects = e.subject_list();
         let mut out = Vec::new();
         let mut taken = Vec::new();
         for (subject, st) in subjects {

@@ -11,9 +11,7 @@ use mamori_core::{Action, Tensor};
 use mamori_gateway::alert_webhook::{signature, AlertWebhook, Delivery, WebhookSettings};
 use mamori_gateway::audit::AlertEvent;
 use mamori_gateway::metrics::Metrics;
-use mamori_gateway::{
-    ChainBuilder, GatewayConfig, InferRequest, KeyStore, ModelSpec, OnAlarm, Payload,
-};
+use mamori_gateway::{ChainBuilder, GatewayConfig, InferRequest, KeyStore, OnAlarm, Payload};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,7 +115,7 @@ fn an_alert_of_the_chain_is_posted_once_and_signed() {
     let hook = Arc::new(hook);
     let keys = Arc::new(KeyStore::in_memory());
     let (_, key) = keys.create("mallory", None, "full", &[]).unwrap();
-    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut spec = lin_spec();
     spec.detectors = vec![Arc::new(CountDetector { threshold: 3 })];
     spec.policy = Box::new(OnAlarm(Action::Alert));
     let chain = ChainBuilder::new(GatewayConfig::default())

@@ -192,11 +192,7 @@ async fn tiers_fix_what_a_client_sees() {
 async fn top_k_tier_zeroes_the_rest() {
     let mut cfg = GatewayConfig::default();
     cfg.tiers.get_mut("standard").unwrap().top_k = 1;
-    let mut env = start(
-        cfg,
-        vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")],
-    )
-    .await;
+    let mut env = start(cfg, vec![lin_spec()]).await;
     let (_, k) = env.keys.create("s", None, "standard", &[]).unwrap();
     let rows = vec![sample(3), sample(7)];
     let want = expected_probs("lin", &rows);
@@ -256,7 +252,7 @@ async fn a_key_for_one_model_cannot_query_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_clients_shows_what_the_gateway_knows_of_each_client() {
-    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut spec = lin_spec();
     spec.detectors = vec![Arc::new(CountDetector { threshold: 2 })];
     spec.policy = Box::new(mamori_gateway::protection::Escalation::new(
         mamori_detect::PolicyConfig::default(),

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use mamori_gateway::GatewayConfig;
 use serde_json::json;
-use std::sync::Arc;
 
 fn good_input() -> serde_json::Value {
     json!({"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": sample(0)})
@@ -22,14 +21,7 @@ async fn bad_inputs_each_get_a_named_4xx() {
     let mut cfg = GatewayConfig::default();
     cfg.server.max_batch = 8;
     cfg.server.max_body_bytes = 64 * 1024;
-    let mut env = start(
-        cfg,
-        vec![mamori_gateway::ModelSpec::new(
-            Arc::new(LinearModel::new("lin")),
-            "test",
-        )],
-    )
-    .await;
+    let mut env = start(cfg, vec![lin_spec()]).await;
     let (_, key) = env.keys.create("alice", None, "full", &[]).unwrap();
     let (_, label_key) = env.keys.create("lab", None, "label", &[]).unwrap();
 

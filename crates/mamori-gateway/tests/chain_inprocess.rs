@@ -83,7 +83,7 @@ fn chain_with(spec: ModelSpec, cfg: GatewayConfig) -> (Arc<Chain>, Arc<KeyStore>
 }
 
 fn spec_with(threshold: u64, action: Action) -> ModelSpec {
-    let mut s = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut s = lin_spec();
     s.detectors = vec![Arc::new(CountDetector { threshold })];
     s.policy = Box::new(OnAlarm(action));
     s
@@ -91,10 +91,7 @@ fn spec_with(threshold: u64, action: Action) -> ModelSpec {
 
 #[test]
 fn chain_oracle_answers_like_the_model_and_counts_queries() {
-    let (chain, keys) = chain_with(
-        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
-        GatewayConfig::default(),
-    );
+    let (chain, keys) = chain_with(lin_spec(), GatewayConfig::default());
     let (_, k) = keys.create("eval", None, "full", &[]).unwrap();
     let mut o = ChainOracle::new(chain.clone(), &k, None)
         .unwrap()
@@ -128,10 +125,7 @@ fn chain_oracle_answers_like_the_model_and_counts_queries() {
 
 #[test]
 fn invalid_tensor_input_is_refused_in_process() {
-    let (chain, keys) = chain_with(
-        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
-        GatewayConfig::default(),
-    );
+    let (chain, keys) = chain_with(lin_spec(), GatewayConfig::default());
     let (_, k) = keys.create("eval", None, "full", &[]).unwrap();
     let mut o = ChainOracle::new(chain, &k, None).unwrap();
     let mut x = batch(&[1]);
@@ -249,7 +243,7 @@ fn group_state_sees_every_client_of_the_group() {
 fn tier_postprocessors_and_watermark_ledger() {
     let mut cfg = GatewayConfig::default();
     cfg.tiers.get_mut("full").unwrap().postprocessors = vec!["round1".into()];
-    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut spec = lin_spec();
     spec.watermark = Some(Arc::new(ShiftMark));
     let (chain, keys) = chain_with(spec, cfg);
     let (_, k) = keys.create("c", None, "full", &[]).unwrap();
@@ -290,7 +284,7 @@ fn unknown_postprocessor_in_config_is_a_named_error() {
     let mut cfg = GatewayConfig::default();
     cfg.tiers.get_mut("label").unwrap().postprocessors = vec!["nonesuch".into()];
     let e = ChainBuilder::new(cfg)
-        .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+        .model(lin_spec())
         .build()
         .err()
         .unwrap()
@@ -348,7 +342,7 @@ fn detector_state_is_per_model() {
 fn disabled_chain_only_infers() {
     let chain = ChainBuilder::new(GatewayConfig::default())
         .mode(ChainMode::Disabled)
-        .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+        .model(lin_spec())
         .build()
         .unwrap();
     assert_eq!(chain.stage_names(), vec!["infer"]);
@@ -374,10 +368,7 @@ fn disabled_chain_only_infers() {
 #[test]
 fn upstream_proxy_through_another_gateway() {
     // Upstream: a mamori gateway serving the model, open to one key.
-    let (up_chain, up_keys) = chain_with(
-        ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"),
-        GatewayConfig::default(),
-    );
+    let (up_chain, up_keys) = chain_with(lin_spec(), GatewayConfig::default());
     let (_, up_key) = up_keys.create("proxy", None, "full", &[]).unwrap();
     let upstream = BlockingServer::start(up_chain.clone(), "127.0.0.1:0").unwrap();
     let proxied = UpstreamModel::connect(&upstream.url(), "lin", Some(up_key), [0.0, 1.0]).unwrap();

@@ -11,7 +11,6 @@ use mamori_gateway::GatewayConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 /// Requests per run (`MAMORI_FUZZ_CASES` overrides).
 const CASES: usize = 600;
@@ -215,14 +214,7 @@ async fn random_bad_requests_never_get_a_5xx_or_stop_the_gateway() {
         t.burst = 1_000_000;
         t.daily_quota = 10_000_000;
     }
-    let mut env = start(
-        cfg,
-        vec![mamori_gateway::ModelSpec::new(
-            Arc::new(LinearModel::new("lin")),
-            "test",
-        )],
-    )
-    .await;
+    let mut env = start(cfg, vec![lin_spec()]).await;
     let (_, key) = env.keys.create("alice", None, "full", &[]).unwrap();
     let (_, label_key) = env.keys.create("lab", None, "label", &[]).unwrap();
     let admin = env.keys.create_admin_token().unwrap();

@@ -7,9 +7,8 @@
 mod common;
 
 use common::*;
-use mamori_gateway::{GatewayConfig, GatewayError, ModelSpec};
+use mamori_gateway::{GatewayConfig, GatewayError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Writes the test PKI into `dir`: (CA, server cert, server key, client identity PEM).
 fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, String) {
@@ -41,10 +40,6 @@ fn client(ca: &Path, identity: Option<&str>) -> reqwest::Client {
     b.build().unwrap()
 }
 
-fn lin() -> Vec<ModelSpec> {
-    vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")]
-}
-
 async fn infer(c: &reqwest::Client, url: &str, key: &str) -> reqwest::Result<u16> {
     Ok(c.post(format!("{url}/v2/models/lin/infer"))
         .bearer_auth(key)
@@ -59,7 +54,7 @@ async fn infer(c: &reqwest::Client, url: &str, key: &str) -> reqwest::Result<u16
 async fn the_gateway_speaks_https_and_nothing_in_clear_text() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key, _) = pki(dir.path());
-    let mut env = start(tls_config(&cert, &key, None), lin()).await;
+    let mut env = start(tls_config(&cert, &key, None), vec![lin_spec()]).await;
     let (_, api_key) = env.keys.create("alice", None, "full", &[]).unwrap();
     let https = env.server.as_ref().unwrap().url();
     assert!(https.starts_with("https://"), "{https}");
@@ -104,7 +99,7 @@ async fn the_gateway_speaks_https_and_nothing_in_clear_text() {
 async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key, identity) = pki(dir.path());
-    let mut env = start(tls_config(&cert, &key, Some(&ca)), lin()).await;
+    let mut env = start(tls_config(&cert, &key, Some(&ca)), vec![lin_spec()]).await;
     let (_, api_key) = env.keys.create("alice", None, "full", &[]).unwrap();
     let https = env.url.replacen("http://", "https://", 1);
     assert!(infer(&client(&ca, None), &https, &api_key).await.is_err());

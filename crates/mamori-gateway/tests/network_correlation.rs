@@ -10,7 +10,7 @@ use mamori_core::{Action, Oracle, OracleError, Tensor};
 use mamori_gateway::chain::network_subject;
 use mamori_gateway::config::DetectConfig;
 use mamori_gateway::server::client_ip;
-use mamori_gateway::{ChainBuilder, ChainOracle, GatewayConfig, KeyStore, ModelSpec, OnAlarm};
+use mamori_gateway::{ChainBuilder, ChainOracle, GatewayConfig, KeyStore, OnAlarm};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -103,7 +103,7 @@ fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
 fn chain(prefix: u8) -> (Arc<mamori_gateway::Chain>, Arc<KeyStore>) {
     let mut cfg = GatewayConfig::default();
     cfg.detect.network_prefix_v4 = prefix;
-    let mut spec = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut spec = lin_spec();
     spec.detectors = vec![Arc::new(CountDetector { threshold: 6 })];
     spec.policy = Box::new(OnAlarm(Action::Block));
     let keys = Arc::new(KeyStore::in_memory());
@@ -171,11 +171,7 @@ async fn the_audit_log_keeps_the_client_address_and_spoofed_headers_are_ignored(
     ] {
         let mut cfg = GatewayConfig::default();
         cfg.server.trusted_proxies = trusted;
-        let mut env = start(
-            cfg,
-            vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")],
-        )
-        .await;
+        let mut env = start(cfg, vec![lin_spec()]).await;
         let (_, key) = env.keys.create("alice", None, "full", &[]).unwrap();
         let r = env
             .client

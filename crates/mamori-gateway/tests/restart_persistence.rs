@@ -20,7 +20,7 @@ fn batch(ks: &[usize]) -> Tensor {
 }
 
 fn spec(threshold: u64, policy: Box<dyn mamori_gateway::Policy>) -> ModelSpec {
-    let mut s = ModelSpec::new(Arc::new(LinearModel::new("lin")), "test");
+    let mut s = lin_spec();
     s.detectors = vec![Arc::new(CountDetector { threshold })];
     s.policy = policy;
     s
@@ -165,7 +165,7 @@ fn the_daily_quota_does_not_reset_with_the_process() {
             ChainBuilder::new(cfg.clone())
                 .keys(keys.clone())
                 .state_dir(dir.path())
-                .model(ModelSpec::new(Arc::new(LinearModel::new("lin")), "test"))
+                .model(lin_spec())
                 .build()
                 .unwrap(),
         )

@@ -178,13 +178,14 @@ pub async fn start_with(
     }
 }
 
+/// The test model `lin` (platform `test`), with no detectors.
+pub fn lin_spec() -> ModelSpec {
+    ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")
+}
+
 /// A default gateway with one test model named `lin`.
 pub async fn start_default() -> Env {
-    start(
-        GatewayConfig::default(),
-        vec![ModelSpec::new(Arc::new(LinearModel::new("lin")), "test")],
-    )
-    .await
+    start(GatewayConfig::default(), vec![lin_spec()]).await
 }
 
 /// Alarms once a subject has sent `threshold` queries.
