@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{create_key, mamori, ok, serve_refuses, start_serve_with, stop, tiny_model};
+use common::{
+    create_key, infer_json, mamori, ok, serve_refuses, start_serve_with, stop, tiny_model,
+};
 use mamori_core::testing::TempPostgres;
 use mamori_gateway::audit::{AlertEvent, AuditRecord, AuditStore};
 use mamori_gateway::PostgresStore;
@@ -227,18 +229,7 @@ fn a_client_keeps_her_detector_history_when_her_replica_is_replaced() {
     let r = Replicas::new(&pg, "shared_state = true");
     let (home_a, home_b, key, admin, args) = (&r.a, &r.b, &r.key, &r.admin, &r.args);
     let client = reqwest::blocking::Client::new();
-    let infer = |url: &str, v: f32| {
-        let body = serde_json::json!({
-            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": vec![v; 16]}]
-        });
-        let r = client
-            .post(format!("{url}/v2/models/pg-mlp/infer"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-    };
+    let infer = |url: &str, v: f32| infer_json(url, "pg-mlp", key, &[vec![v; 16]]);
     let queries_seen = |url: &str| -> u64 {
         let v: serde_json::Value = client
             .get(format!("{url}/admin/clients"))

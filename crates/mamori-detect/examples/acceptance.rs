@@ -53,6 +53,16 @@ fn train(
     Ok(mamori_ml::zoo::train_model(name, split, &arch, &cfg)?.model)
 }
 
+/// A benign stream: the first `queries` images of `src` in a random order.
+fn shuffled(src: &Stream, queries: usize) -> Box<dyn Fn(&mut rand::rngs::StdRng) -> Stream + '_> {
+    Box::new(move |r| {
+        let mut s = src.clone();
+        s.shuffle(r);
+        s.truncate(queries);
+        s
+    })
+}
+
 fn accuracy(m: &dyn Model, d: &mamori_data::Dataset) -> f64 {
     let p = m.predict(&d.x).expect("predict");
     let pred = p.argmax_rows();
@@ -163,45 +173,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "MNIST test images, random order",
             &mnist,
             &cal_m,
-            Box::new(|r: &mut rand::rngs::StdRng| {
-                let mut s = mn_eval.clone();
-                s.shuffle(r);
-                s.truncate(queries);
-                s
-            }),
+            shuffled(&mn_eval, queries),
         ),
         (
             "Fashion test images, random order",
             &fashion,
             &cal_f,
-            Box::new(|r: &mut rand::rngs::StdRng| {
-                let mut s = fa_eval.clone();
-                s.shuffle(r);
-                s.truncate(queries);
-                s
-            }),
+            shuffled(&fa_eval, queries),
         ),
         (
             "MNIST images sent to the Fashion model",
             &fashion,
             &cal_f,
-            Box::new(|r: &mut rand::rngs::StdRng| {
-                let mut s = mn_eval.clone();
-                s.shuffle(r);
-                s.truncate(queries);
-                s
-            }),
+            shuffled(&mn_eval, queries),
         ),
         (
             "Fashion images sent to the MNIST model",
             &mnist,
             &cal_m,
-            Box::new(|r: &mut rand::rngs::StdRng| {
-                let mut s = fa_eval.clone();
-                s.shuffle(r);
-                s.truncate(queries);
-                s
-            }),
+            shuffled(&fa_eval, queries),
         ),
         (
             "repeated legitimate queries (20 images, resent)",

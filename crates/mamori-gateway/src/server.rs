@@ -592,28 +592,14 @@ pub async fn start(chain: Arc<Chain>, addr: &str) -> Result<RunningServer, Gatew
         let _ = rx.await;
     };
     let task = match tls {
-        None => tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped)
-            .await
-        }),
+        None => tokio::spawn(serve_until(listener, app, stopped)),
         Some(config) => {
             use axum::serve::ListenerExt;
             // `tap_io` (a no-op here) gives the listener axum's peer-address support.
             let listener = crate::tls::TlsListener::new(listener, config)
                 .map_err(|e| GatewayError::Config(format!("cannot listen on {addr}: {e}")))?
                 .tap_io(|_| {});
-            tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stopped)
-                .await
-            })
+            tokio::spawn(serve_until(listener, app, stopped))
         }
     };
     tracing::info!("mamori gateway listening on {scheme}://{bound}");
@@ -624,6 +610,25 @@ pub async fn start(chain: Arc<Chain>, addr: &str) -> Result<RunningServer, Gatew
         task,
         chain,
     })
+}
+
+/// Serves `app` on `listener`, with each connection's peer address, until `stopped`
+/// resolves, then lets in-flight requests finish.
+async fn serve_until<L>(
+    listener: L,
+    app: Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped)
+    .await
 }
 
 impl RunningServer {

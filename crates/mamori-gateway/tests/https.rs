@@ -80,12 +80,7 @@ async fn the_gateway_speaks_https_and_nothing_in_clear_text() {
         .await
         .is_err());
     // The peer address reaches the audit log as over plain TCP.
-    env.chain.flush_audit();
-    let reqs = env
-        .chain
-        .shared()
-        .audit
-        .with_store(|s| s.requests(None, 0).unwrap());
+    let reqs = env.audited_requests();
     assert_eq!(
         reqs.len(),
         1,

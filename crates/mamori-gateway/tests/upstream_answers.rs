@@ -162,12 +162,7 @@ async fn a_broken_upstream_is_a_502_with_a_json_error() {
         !shown.contains(&up.url) && !shown.contains("distribution"),
         "{v}"
     );
-    env.chain.flush_audit();
-    let audited = env
-        .chain
-        .shared()
-        .audit
-        .with_store(|s| s.requests(None, 0).unwrap());
+    let audited = env.audited_requests();
     let error = audited[0].error.as_deref().unwrap();
     assert!(
         error.contains(&up.url) && error.contains("not a probability distribution"),

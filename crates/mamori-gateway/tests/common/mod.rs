@@ -94,6 +94,14 @@ impl Env {
             s.shutdown().await.unwrap();
         }
     }
+    /// Every request the audit log holds, after writing what is queued.
+    pub fn audited_requests(&self) -> Vec<mamori_gateway::audit::RequestEvent> {
+        self.chain.flush_audit();
+        self.chain
+            .shared()
+            .audit
+            .with_store(|s| s.requests(None, 0).unwrap())
+    }
     pub fn infer_url(&self, model: &str) -> String {
         format!("{}/v2/models/{model}/infer", self.url)
     }
