@@ -126,13 +126,18 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(out.contains("rank_sum"), "{out}");
     let j = read_json(&json);
     assert_eq!(j["verdict"], "watermark_found");
-    assert_eq!(j["statistic"], "log_gap_sum");
+    assert_eq!(j["statistic"], "log_gap_sum_or_centred_gap_sum");
     assert_eq!(j["queried"], xs.len());
     assert!(j["p_value"].as_f64().unwrap() < 1e-9, "{j}");
     assert!(j["matches"].as_u64().unwrap() > xs.len() as u64 / 2);
     assert!(j["rank_sum"]["p_value"].as_f64().unwrap() < 1e-9);
     assert!(out.contains("log_gap_sum"), "{out}");
     assert!(j["log_gap_sum"]["p_value"].as_f64().unwrap() < 1e-9);
+    assert!(out.contains("centred_gap"), "{out}");
+    assert!(
+        j["centred_gap_sum"]["p_value"].as_f64().unwrap() < 1e-9,
+        "{j}"
+    );
 
     // The signed report checks with the public key written beside the signing key, and
     // fails once edited.
@@ -141,14 +146,20 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     assert!(ok, "{err}");
     assert!(out.contains("signature   valid"), "{out}");
     let text = std::fs::read_to_string(&report).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["report"]["version"], 5);
-    let sum = v["report"]["log_gap_sum"]["log_gap_sum"].as_u64().unwrap();
-    v["report"]["log_gap_sum"]["log_gap_sum"] = serde_json::json!(sum + 7);
-    let tampered = tmp.path().join("tampered.json");
-    std::fs::write(&tampered, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let (ok, _, err) = check_report(&home, tampered.to_str().unwrap(), pk.to_str().unwrap());
-    assert!(!ok && err.contains("signature does not verify"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["report"]["version"], 6);
+    for stat in ["log_gap_sum", "centred_gap_sum"] {
+        let mut t = v.clone();
+        let sum = t["report"][stat]["log_gap_sum"].as_u64().unwrap();
+        t["report"][stat]["log_gap_sum"] = serde_json::json!(sum + 7);
+        let tampered = tmp.path().join("tampered.json");
+        std::fs::write(&tampered, serde_json::to_string_pretty(&t).unwrap()).unwrap();
+        let (ok, _, err) = check_report(&home, tampered.to_str().unwrap(), pk.to_str().unwrap());
+        assert!(
+            !ok && err.contains("signature does not verify"),
+            "{stat}: {err}"
+        );
+    }
 
     // With the protected model as reference (and its calibration's quiet dimensions), the
     // fingerprint test joins the decision.
@@ -186,7 +197,7 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     let j = read_json(&json);
     assert_eq!(
         j["statistic"],
-        "log_gap_sum_or_reference_gap_sum_or_fingerprint"
+        "log_gap_sum_or_reference_gap_sum_or_centred_gap_sum_or_fingerprint"
     );
     assert!(
         j["reference_gap_sum"]["p_value"].as_f64().unwrap() < 1e-9,

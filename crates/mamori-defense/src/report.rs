@@ -10,7 +10,9 @@
 //! and p-values (see [`crate::verify`](mod@crate::verify)); version 3 reports add the rank-sum statistic and the
 //! fingerprint test; version 4 reports add the log-gap-sum and reference-gap-sum statistics
 //! (which decide them) and every queried input's gaps, from which anyone can recompute both;
-//! version 5 reports name the served model whose ledger was used (`model`). Fields
+//! version 5 reports name the served model whose ledger was used (`model`); version 6
+//! reports add the centred-gap-sum statistic and every queried input's centred gaps (and are
+//! decided with it, see [`crate::verify`](mod@crate::verify)). Fields
 //! a version does not have are left out of its canonical JSON, so the signatures of older
 //! reports still verify.
 
@@ -27,7 +29,8 @@ use std::path::Path;
 /// The signed content of a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvidenceReport {
-    /// Format version (5; 4 for reports made before `model` existed, 3 before `log_gap_sum`,
+    /// Format version (6; 5 for reports made before `centred_gap_sum` existed, 4 before
+    /// `model`, 3 before `log_gap_sum`,
     /// 2 before `rank_sum`, 1 before `statistic`).
     pub version: u32,
     /// When the report was made, milliseconds since the Unix epoch.
@@ -73,6 +76,9 @@ pub struct EvidenceReport {
     /// (version 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_gap_sum: Option<LogGapSumResult>,
+    /// The centred-gap-sum statistic, when the suspect's answers carried scores (version 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centred_gap_sum: Option<LogGapSumResult>,
     /// The linear-fingerprint test, when it ran (version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<FingerprintResult>,
@@ -91,7 +97,7 @@ impl EvidenceReport {
     /// A report from a verification result.
     pub fn from_result(suspect: &str, r: &VerifyResult) -> Self {
         EvidenceReport {
-            version: 5,
+            version: 6,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -112,6 +118,7 @@ impl EvidenceReport {
             rank_sum: r.rank_sum,
             log_gap_sum: r.log_gap_sum,
             reference_gap_sum: r.reference_gap_sum,
+            centred_gap_sum: r.centred_gap_sum,
             fingerprint: r.fingerprint,
             evidence: r.evidence.clone(),
             family: (r.family > 1).then_some(r.family),
@@ -246,6 +253,7 @@ mod tests {
             rank_sum: None,
             log_gap_sum: None,
             reference_gap_sum: None,
+            centred_gap_sum: None,
             fingerprint: None,
             evidence: vec![EvidenceItem {
                 input_sha256: "cd".repeat(32),
@@ -258,6 +266,7 @@ mod tests {
                 suspect_rank_wrong: None,
                 suspect_log_gaps: None,
                 reference_log_gaps: None,
+                centred_log_gaps: None,
             }],
             family: None,
             log10_p_value_single: None,
@@ -402,6 +411,23 @@ mod tests {
         assert_eq!(check_report(&back, &pk).unwrap(), v5);
         let mut t = back;
         t.report.model = Some("other".into());
+        assert!(check_report(&t, &pk).is_err());
+
+        // Version 6: the centred gap sum and the evidence's centred gaps are signed too, and
+        // a version 5 report has neither in its JSON.
+        assert!(!text.contains("centred"), "{text}");
+        let mut v6 = v5;
+        v6.version = 6;
+        v6.centred_gap_sum = v6.log_gap_sum;
+        v6.evidence[0].centred_log_gaps = Some(vec![3, 0, 64, 12, 64, 8, 64, 64, 64]);
+        let text = serde_json::to_string_pretty(&s.sign(v6.clone())).unwrap();
+        let back: SignedReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(check_report(&back, &pk).unwrap(), v6);
+        let mut t = back.clone();
+        t.report.centred_gap_sum.as_mut().unwrap().log_gap_sum = 2;
+        assert!(check_report(&t, &pk).is_err());
+        let mut t = back;
+        t.report.evidence[0].centred_log_gaps.as_mut().unwrap()[1] = 1;
         assert!(check_report(&t, &pk).is_err());
     }
 

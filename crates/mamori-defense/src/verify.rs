@@ -62,6 +62,15 @@
 //!   many orders of magnitude more than the raw gaps; the raw gaps stay stronger for copies
 //!   trained on noise inputs, where the two models' wrong-label scores are unrelated.
 //!
+//! - **`centred_gap_sum`** (scores): the same sum and exact null on the gaps of the
+//!   suspect's log-probabilities *centred per label* on their mean over the verified inputs
+//!   ([`centred_gaps`]). A copy trained on noise inputs gives every such input much the same
+//!   order of the wrong labels; centring removes that shared order and keeps what the marks
+//!   taught it on their own inputs. On the four-key acceptance runs (tenth session, in the
+//!   decision) it took the weakest substitute, a label-trained Gaussian-noise thief, from
+//!   1.6e-8 to 4.6e-39, and the noise thieves' copies fine-tuned on clean images from
+//!   1e-1 … 1e-8 to 1e-14 … 1e-61 (docs/bench/defense.md).
+//!
 //! - **`fingerprint`** (full probabilities, and only when the verifier supplies DAWN's key,
 //!   [`verify_with`]): the exact test of the keyed linear fingerprint DAWN adds to every
 //!   answer ([`crate::fingerprint`]); it convicts least-squares (equation-solving) copies that
@@ -69,20 +78,22 @@
 //!
 //! **Which statistic decides** is fixed before any answer is looked at, by what the suspect's
 //! API discloses and what the verifier brought (the reference, DAWN's key): when every answer
-//! carries scores ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), `log_gap_sum`;
-//! with the reference, `log_gap_sum_or_reference_gap_sum` (`p = min(1, 2·min(p_log_gap_sum,
-//! p_reference_gap_sum))`); with the fingerprint test, weighted Bonferroni combinations, valid
-//! whatever the dependence between the tests: `log_gap_sum_or_fingerprint`, `p = min(1,
-//! p_log_gap_sum/0.99, p_fingerprint/0.01)`, and with the reference too
-//! `log_gap_sum_or_reference_gap_sum_or_fingerprint`, `p = min(1, p_log_gap_sum/0.495,
-//! p_reference_gap_sum/0.495, p_fingerprint/0.01)` ([`FINGERPRINT_WEIGHT`], [`GAP_WEIGHT`]);
+//! carries scores ([`Disclosure::Probabilities`] or [`Disclosure::TopK`]), Bonferroni over
+//! every gap sum that ran — `log_gap_sum_or_centred_gap_sum` (`p = min(1, 2·min(p_log_gap_sum,
+//! p_centred_gap_sum))`), with the reference `log_gap_sum_or_reference_gap_sum_or_centred_gap_sum`
+//! (the smallest of the three, tripled); with the fingerprint test, weighted Bonferroni, valid
+//! whatever the dependence between the tests: the gap sums share [`GAP_WEIGHT`] (0.99)
+//! equally and the fingerprint test gets [`FINGERPRINT_WEIGHT`] (0.01), e.g.
+//! `log_gap_sum_or_reference_gap_sum_or_centred_gap_sum_or_fingerprint`, `p = min(1,
+//! p_log_gap_sum/0.33, p_reference_gap_sum/0.33, p_centred_gap_sum/0.33, p_fingerprint/0.01)`;
 //! `top1` when any answer is label-only. It depends on the disclosure kind only, never on the
 //! answers' values, so the decision is one pre-specified test, not the best of several
 //! looked at afterwards. Every statistic is reported; the verdict and `p_value` are those of
 //! the decision, `matches` the `top_among_wrong` count for scored suspects and the `top1`
 //! count otherwise. (Version-3 evidence reports were decided by
 //! `top_among_wrong_or_rank_sum[_or_fingerprint]`, a Bonferroni combination of the two
-//! coarser counts; those reports still read and verify.)
+//! coarser counts; version-4 and -5 reports by the same decisions without the centred gap
+//! sum; those reports still read and verify.)
 
 use crate::error::DefenseError;
 use crate::fingerprint::{
@@ -132,15 +143,33 @@ pub enum Statistic {
     /// protected model) below the best wrong label's lift ([`reference_gaps`]); needs scores
     /// and the reference.
     ReferenceGapSum,
-    /// The decision when the fingerprint test ran without a reference: weighted Bonferroni
-    /// over the log-gap sum and the fingerprint test ([`FINGERPRINT_WEIGHT`]).
+    /// The decision of version-4 and -5 reports when the fingerprint test ran without a
+    /// reference: weighted Bonferroni over the log-gap sum and the fingerprint test
+    /// ([`FINGERPRINT_WEIGHT`]). Kept for those reports; no longer decided.
     LogGapSumOrFingerprint,
-    /// The decision with a reference and no fingerprint test: the smaller of the `log_gap_sum`
-    /// and `reference_gap_sum` p-values, doubled (Bonferroni over the two).
+    /// The decision of version-4 and -5 reports with a reference and no fingerprint test: the
+    /// smaller of the `log_gap_sum` and `reference_gap_sum` p-values, doubled. Kept for those
+    /// reports; no longer decided.
     LogGapSumOrReferenceGapSum,
-    /// The decision with a reference and the fingerprint test: weighted Bonferroni over the
-    /// three ([`GAP_WEIGHT`] each for the two gap sums, [`FINGERPRINT_WEIGHT`]).
+    /// The decision of version-4 and -5 reports with a reference and the fingerprint test:
+    /// weighted Bonferroni over the three ([`GAP_WEIGHT`] split between the two gap sums,
+    /// [`FINGERPRINT_WEIGHT`]). Kept for those reports; no longer decided.
     LogGapSumOrReferenceGapSumOrFingerprint,
+    /// The sum of the watermark labels' quantised gaps in the suspect's *self-centred*
+    /// log-probabilities ([`centred_gaps`]); needs scores.
+    CentredGapSum,
+    /// The decision for scored answers without a reference or fingerprint test: the smaller
+    /// of the `log_gap_sum` and `centred_gap_sum` p-values, doubled (Bonferroni over the two).
+    LogGapSumOrCentredGapSum,
+    /// The same with the fingerprint test: weighted Bonferroni ([`GAP_WEIGHT`] split between
+    /// the two gap sums, [`FINGERPRINT_WEIGHT`]).
+    LogGapSumOrCentredGapSumOrFingerprint,
+    /// The decision with a reference and no fingerprint test: the smallest of the three gap
+    /// sums' p-values, tripled (Bonferroni over the three).
+    LogGapSumOrReferenceGapSumOrCentredGapSum,
+    /// The decision with a reference and the fingerprint test: weighted Bonferroni
+    /// ([`GAP_WEIGHT`] split between the three gap sums, [`FINGERPRINT_WEIGHT`]).
+    LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint,
 }
 
 impl Statistic {
@@ -160,6 +189,17 @@ impl Statistic {
             Statistic::LogGapSumOrReferenceGapSum => "log_gap_sum_or_reference_gap_sum",
             Statistic::LogGapSumOrReferenceGapSumOrFingerprint => {
                 "log_gap_sum_or_reference_gap_sum_or_fingerprint"
+            }
+            Statistic::CentredGapSum => "centred_gap_sum",
+            Statistic::LogGapSumOrCentredGapSum => "log_gap_sum_or_centred_gap_sum",
+            Statistic::LogGapSumOrCentredGapSumOrFingerprint => {
+                "log_gap_sum_or_centred_gap_sum_or_fingerprint"
+            }
+            Statistic::LogGapSumOrReferenceGapSumOrCentredGapSum => {
+                "log_gap_sum_or_reference_gap_sum_or_centred_gap_sum"
+            }
+            Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint => {
+                "log_gap_sum_or_reference_gap_sum_or_centred_gap_sum_or_fingerprint"
             }
         }
     }
@@ -271,6 +311,10 @@ pub struct EvidenceItem {
     /// ([`reference_gaps`]); absent without scores or without a reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_log_gaps: Option<Vec<u32>>,
+    /// The quantised gaps of the same `c − 1` labels in the suspect's self-centred
+    /// log-probabilities ([`centred_gaps`]); absent without scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centred_log_gaps: Option<Vec<u32>>,
 }
 
 /// The outcome of a verification.
@@ -308,6 +352,10 @@ pub struct VerifyResult {
     /// reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_gap_sum: Option<LogGapSumResult>,
+    /// The centred-gap-sum statistic (the same form as the log-gap sum, on the gaps of
+    /// [`centred_gaps`]), when every answer carried scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centred_gap_sum: Option<LogGapSumResult>,
     /// The linear-fingerprint test ([`crate::fingerprint`]), when the verifier supplied the
     /// key and the suspect answered full probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -567,6 +615,63 @@ pub fn reference_gaps(scores: &[f32], reference: &[f32], exclude: usize) -> Vec<
         .map(|(_, (&s, &r))| Some(ln(s) - ln(r)))
         .collect();
     quantised_gaps(&lift)
+}
+
+/// Probabilities below this count as this in [`centred_gaps`].
+pub const CENTRED_FLOOR: f32 = 1e-6;
+
+/// The quantised gaps of the suspect's *self-centred* log-probabilities, one row per
+/// answer (`scores[i]`, the labels other than `exclude[i]`, in label order): with `l_ij =
+/// ln max(s_ij, F)` ([`CENTRED_FLOOR`] `F`; a score that is not finite counts as `F`) and
+/// `m_j` the mean of `l_ij` over all the answers, `d_ij = l_ij − m_j` and `gap_i(j) =
+/// min(CAP, round((max_j d_ij − d_ij) / STEP))` (the step and cap of [`log_gaps`]).
+///
+/// **Why.** A copy trained on inputs far from any natural image (uniform or Gaussian noise)
+/// answers every such input with much the same order of the wrong labels — the order its
+/// teacher gave noise — so the raw gaps of [`log_gaps`] mostly measure where the watermark
+/// label sits in that fixed order, and the protected model, which orders them otherwise,
+/// is no help as a reference ([`reference_gaps`]). What training on a mark leaves is a lift
+/// of `w(x)` on *that* input over what the copy gives the same label elsewhere; centring each
+/// label on its mean over the verified inputs removes the shared order and keeps that lift.
+/// The means are a function of the suspect's scores on the ledger's inputs only, which under
+/// H0 are independent of the watermark labels, so each row is still a fixed set of `c − 1`
+/// gaps from which the watermark label draws one uniformly and independently of the other
+/// rows: the exact null of [`discrete_sum_lower_tail_ln`] holds. With one answer every gap is
+/// 0 (no evidence). The floor is far lower than the reference's: the copies it is for put
+/// most wrong labels between 1e-6 and 1e-3, where their lifts are (docs/bench/defense.md,
+/// tenth session).
+pub fn centred_gaps(scores: &[&[f32]], exclude: &[usize]) -> Vec<Vec<u32>> {
+    let floor = f64::from(CENTRED_FLOOR);
+    let ln = |v: f32| {
+        if v.is_finite() {
+            f64::from(v).max(floor).ln()
+        } else {
+            floor.ln()
+        }
+    };
+    let c = scores.first().map_or(0, |r| r.len());
+    let mut mean = vec![0.0f64; c];
+    for row in scores {
+        for (m, &v) in mean.iter_mut().zip(row.iter()) {
+            *m += ln(v);
+        }
+    }
+    let n = scores.len().max(1) as f64;
+    mean.iter_mut().for_each(|m| *m /= n);
+    scores
+        .iter()
+        .zip(exclude)
+        .map(|(row, &y)| {
+            let d: Vec<Option<f64>> = row
+                .iter()
+                .zip(&mean)
+                .enumerate()
+                .filter(|&(j, _)| j != y)
+                .map(|(_, (&v, m))| Some(ln(v) - m))
+                .collect();
+            quantised_gaps(&d)
+        })
+        .collect()
 }
 
 /// `ln P(S ≤ s)` for `S = Σ_i U_i` with the `U_i` independent and `U_i` uniform over the
@@ -835,6 +940,8 @@ pub fn verify_with(
     }
     check_reference(reference.as_deref(), &shape, c)?;
     let mut evidence = Vec::with_capacity(distinct.len());
+    // The suspect's scores, kept for the centred gaps (which need every answer's).
+    let mut answered: Vec<Vec<f32>> = Vec::with_capacity(distinct.len());
     let mut all_scored = true;
     for chunk in distinct.chunks(batch.max(1)) {
         let mut s = vec![chunk.len()];
@@ -871,6 +978,9 @@ pub fn verify_with(
             _ => None,
         };
         for (i, (r, &l)) in chunk.iter().zip(&ans.labels).enumerate() {
+            if scored {
+                answered.push(ans.probs.row(i).to_vec());
+            }
             let top_wrong = if scored {
                 top_among_others(ans.probs.row(i), r.true_label)
             } else {
@@ -890,7 +1000,15 @@ pub fn verify_with(
                 reference_log_gaps: reference_probs
                     .as_ref()
                     .map(|p| reference_gaps(ans.probs.row(i), p.row(i), r.true_label)),
+                centred_log_gaps: None,
             });
+        }
+    }
+    if all_scored {
+        let rows: Vec<&[f32]> = answered.iter().map(Vec::as_slice).collect();
+        let excludes: Vec<usize> = distinct.iter().map(|r| r.true_label).collect();
+        for (e, g) in evidence.iter_mut().zip(centred_gaps(&rows, &excludes)) {
+            e.centred_log_gaps = Some(g);
         }
     }
     if !all_scored {
@@ -901,6 +1019,7 @@ pub fn verify_with(
             e.suspect_rank_wrong = None;
             e.suspect_log_gaps = None;
             e.reference_log_gaps = None;
+            e.centred_log_gaps = None;
         }
     }
     let queried = evidence.len();
@@ -933,13 +1052,14 @@ pub fn verify_with(
             c,
         )
     });
-    let (log_gap_sum, reference_gap_sum) = if all_scored {
+    let (log_gap_sum, reference_gap_sum, centred_gap_sum) = if all_scored {
         (
             gap_sum_of(&evidence, |e| e.suspect_log_gaps.as_ref()),
             gap_sum_of(&evidence, |e| e.reference_log_gaps.as_ref()),
+            gap_sum_of(&evidence, |e| e.centred_log_gaps.as_ref()),
         )
     } else {
-        (None, None)
+        (None, None, None)
     };
     let fingerprint = match fingerprint {
         Some(f) if all_scored => f
@@ -955,33 +1075,35 @@ pub fn verify_with(
             .map(|&(log10_p, w)| log10_p - w.log10())
             .fold(0.0f64, f64::min)
     };
-    let (statistic, log10_p, matches) =
-        match (top_among_wrong, log_gap_sum, reference_gap_sum, fingerprint) {
-            (Some(t), Some(g), Some(r), Some(f)) => (
-                Statistic::LogGapSumOrReferenceGapSumOrFingerprint,
-                weighted(&[
-                    (g.log10_p_value, GAP_WEIGHT / 2.0),
-                    (r.log10_p_value, GAP_WEIGHT / 2.0),
-                    (f.log10_p_value, FINGERPRINT_WEIGHT),
-                ]),
-                t.matches,
-            ),
-            (Some(t), Some(g), Some(r), None) => (
-                Statistic::LogGapSumOrReferenceGapSum,
-                weighted(&[(g.log10_p_value, 0.5), (r.log10_p_value, 0.5)]),
-                t.matches,
-            ),
-            (Some(t), Some(g), None, Some(f)) => (
-                Statistic::LogGapSumOrFingerprint,
-                weighted(&[
-                    (g.log10_p_value, GAP_WEIGHT),
-                    (f.log10_p_value, FINGERPRINT_WEIGHT),
-                ]),
-                t.matches,
-            ),
-            (Some(t), Some(g), None, None) => (Statistic::LogGapSum, g.log10_p_value, t.matches),
-            _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
-        };
+    let (statistic, log10_p, matches) = match (top_among_wrong, log_gap_sum, centred_gap_sum) {
+        (Some(t), Some(g), Some(cg)) => {
+            // Every gap sum that ran, sharing the gaps' weight equally.
+            let mut gaps = vec![g.log10_p_value, cg.log10_p_value];
+            if let Some(r) = reference_gap_sum {
+                gaps.insert(1, r.log10_p_value);
+            }
+            let gap_weight = if fingerprint.is_some() {
+                GAP_WEIGHT
+            } else {
+                1.0
+            };
+            let mut parts: Vec<(f64, f64)> = gaps
+                .iter()
+                .map(|&p| (p, gap_weight / gaps.len() as f64))
+                .collect();
+            if let Some(f) = fingerprint {
+                parts.push((f.log10_p_value, FINGERPRINT_WEIGHT));
+            }
+            let statistic = match (reference_gap_sum.is_some(), fingerprint.is_some()) {
+                (false, false) => Statistic::LogGapSumOrCentredGapSum,
+                (false, true) => Statistic::LogGapSumOrCentredGapSumOrFingerprint,
+                (true, false) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSum,
+                (true, true) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint,
+            };
+            (statistic, weighted(&parts), t.matches)
+        }
+        _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
+    };
     let p_value = 10f64.powf(log10_p);
     Ok(VerifyResult {
         p_value,
@@ -1001,6 +1123,7 @@ pub fn verify_with(
         rank_sum,
         log_gap_sum,
         reference_gap_sum,
+        centred_gap_sum,
         fingerprint,
         num_classes: c,
         model,
@@ -1254,11 +1377,12 @@ mod tests {
         assert_eq!(rs.rank_sum, 60);
         assert!((rs.expected - 160.0).abs() < 1e-12);
         assert!(rs.p_value < 1e-9, "{}", rs.p_value);
-        // The log-gap sum decides, and sees the same: every mark within 0.2 nats of the top.
-        assert_eq!(r.statistic, Statistic::LogGapSum);
+        // The log-gap sum sees the same (every mark within 0.2 nats of the top), and the
+        // decision is at most twice its p-value.
+        assert_eq!(r.statistic, Statistic::LogGapSumOrCentredGapSum);
         let g = r.log_gap_sum.unwrap();
         assert!(g.log_gap_sum <= 40 && g.p_value < 1e-9, "{g:?}");
-        assert!((r.log10_p_value - g.log10_p_value).abs() < 1e-12);
+        assert!(r.log10_p_value <= g.log10_p_value + 2f64.log10() + 1e-12);
         assert_eq!(r.verdict, Verdict::WatermarkFound);
         assert!(r
             .evidence
@@ -1478,8 +1602,12 @@ mod tests {
         // Every lift is exactly one nat (8 units) above the others: gap 0 at the mark.
         assert_eq!(rg.log_gap_sum, 0);
         assert!(rg.p_value < 1e-30, "{}", rg.p_value);
-        assert_eq!(r.statistic, Statistic::LogGapSumOrReferenceGapSum);
-        let want = (2.0 * g.p_value.min(rg.p_value)).min(1.0);
+        assert_eq!(
+            r.statistic,
+            Statistic::LogGapSumOrReferenceGapSumOrCentredGapSum
+        );
+        let cg = r.centred_gap_sum.unwrap();
+        let want = (3.0 * g.p_value.min(rg.p_value).min(cg.p_value)).min(1.0);
         assert!(
             (r.p_value / want - 1.0).abs() < 1e-9,
             "{} vs {want}",
@@ -1513,11 +1641,12 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(
             r.statistic,
-            Statistic::LogGapSumOrReferenceGapSumOrFingerprint
+            Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint
         );
         let f = r.fingerprint.unwrap();
-        let want = (g.p_value / (GAP_WEIGHT / 2.0))
-            .min(rg.p_value / (GAP_WEIGHT / 2.0))
+        let want = (g.p_value / (GAP_WEIGHT / 3.0))
+            .min(rg.p_value / (GAP_WEIGHT / 3.0))
+            .min(cg.p_value / (GAP_WEIGHT / 3.0))
             .min(f.p_value / FINGERPRINT_WEIGHT)
             .min(1.0);
         assert!(
@@ -1675,18 +1804,19 @@ mod tests {
             disclosure: Disclosure::Probabilities,
         };
         let r = verify(&mut o, &records, 0.6, 2).unwrap();
-        assert!(close(r.p_value, 4.0 / 27.0));
+        // 8/27: see exact_p_values_on_a_constructed_case.
+        assert!(close(r.p_value, 8.0 / 27.0));
         assert_eq!(r.verdict, Verdict::WatermarkFound);
         let lone = serde_json::to_value(&r).unwrap();
         assert!(lone.get("family").is_none() && lone.get("log10_p_value_single").is_none());
-        let f = r.clone().for_family(3);
-        assert!(close(f.p_value, 12.0 / 27.0), "{}", f.p_value);
+        let f = r.clone().for_family(2);
+        assert!(close(f.p_value, 16.0 / 27.0), "{}", f.p_value);
         assert_eq!(f.verdict, Verdict::WatermarkFound);
-        assert_eq!(f.family, 3);
+        assert_eq!(f.family, 2);
         assert!(close(f.log10_p_value_single.unwrap(), r.log10_p_value));
-        let f = r.clone().for_family(5);
-        assert!(close(f.p_value, 20.0 / 27.0));
-        assert_eq!(f.verdict, Verdict::NotFound, "0.74 is not below α = 0.6");
+        let f = r.clone().for_family(3);
+        assert!(close(f.p_value, 24.0 / 27.0));
+        assert_eq!(f.verdict, Verdict::NotFound, "0.89 is not below α = 0.6");
         // Applied twice, the family replaces (not compounds) the correction; capped at 1.
         let f = f.for_family(10);
         assert_eq!(f.p_value, 1.0);
@@ -1706,7 +1836,7 @@ mod tests {
             disclosure: Disclosure::Probabilities,
         };
         let r = verify(&mut o, &records, 0.6, 2).unwrap();
-        assert_eq!(r.statistic, Statistic::LogGapSum);
+        assert_eq!(r.statistic, Statistic::LogGapSumOrCentredGapSum);
         assert_eq!(r.queried, 3);
         assert!(close(r.chance, 1.0 / 3.0));
         // top1: 1 of 3, P(X ≥ 1) = 1 − (2/3)³ = 19/27.
@@ -1745,11 +1875,36 @@ mod tests {
                 Some(vec![9, 0, 9])
             ]
         );
-        // The decision is the log-gap sum, with the top_among_wrong count.
+        // centred_gap_sum: ln max(s, 1e-6) centred per label on its mean over the three
+        // answers (label means ln 0.1·0.6·0.1 / 3, …), then the same gaps:
+        // record 0 (labels 1, 2, 3): centred −0.597, 0.074, −1.059 → 5, 0, 9, mark 2 → 0;
+        // record 1 (0, 2, 3): −0.597, −0.842, 1.426 → 16, 18, 0, mark 3 → 0;
+        // record 2 (0, 1, 3): −0.597, 0.501, −0.366 → 9, 0, 7, mark 0 → 9. Sum 9.
+        // P(S ≤ 9) needs record 1 at 0 (1/3) and records 0 + 2 ≤ 9: 0 + anything (1/3) or
+        // 5 + 0 (1/9) or 9 + 0 (1/9), so 1/3 · 5/9 = 5/27. Expected (14 + 34 + 16)/3.
+        let cg = r.centred_gap_sum.unwrap();
+        assert_eq!(cg.log_gap_sum, 9);
+        assert!(close(cg.expected, 64.0 / 3.0));
+        assert!(close(cg.p_value, 5.0 / 27.0), "{}", cg.p_value);
+        let gaps: Vec<_> = r
+            .evidence
+            .iter()
+            .map(|e| e.centred_log_gaps.clone())
+            .collect();
+        assert_eq!(
+            gaps,
+            vec![
+                Some(vec![5, 0, 9]),
+                Some(vec![16, 18, 0]),
+                Some(vec![9, 0, 7])
+            ]
+        );
+        // The decision: the smaller of the two gap sums' p-values, doubled, with the
+        // top_among_wrong count.
         assert_eq!(r.matches, t.matches);
-        assert!(close(r.p_value, 4.0 / 27.0), "{}", r.p_value);
+        assert!(close(r.p_value, 8.0 / 27.0), "{}", r.p_value);
         assert_eq!(r.verdict, Verdict::WatermarkFound);
-        assert!(close(r.log10_p_value, (4.0f64 / 27.0).log10()));
+        assert!(close(r.log10_p_value, (8.0f64 / 27.0).log10()));
         let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_top_wrong).collect();
         assert_eq!(e, vec![Some(2), Some(3), Some(1)]);
         let e: Vec<_> = r.evidence.iter().map(|e| e.suspect_rank_wrong).collect();
@@ -1759,7 +1914,8 @@ mod tests {
         assert!(!r.evidence[0].matched);
         // JSON names of the statistics.
         let j = serde_json::to_value(&r).unwrap();
-        assert_eq!(j["statistic"], "log_gap_sum");
+        assert_eq!(j["statistic"], "log_gap_sum_or_centred_gap_sum");
+        assert_eq!(j["centred_gap_sum"]["log_gap_sum"], 9);
         assert_eq!(j["rank_sum"]["rank_sum"], 2);
         assert_eq!(j["log_gap_sum"]["log_gap_sum"], 9);
         assert_eq!(j["top1"]["statistic"], "top1");
@@ -1784,10 +1940,18 @@ mod tests {
             disclosure: Disclosure::Probabilities,
         };
         let r = verify_with(&mut o, &records, 0.6, 2, None, check()).unwrap();
-        assert_eq!(r.statistic, Statistic::LogGapSumOrFingerprint);
-        let (g, f) = (r.log_gap_sum.unwrap(), r.fingerprint.unwrap());
+        assert_eq!(
+            r.statistic,
+            Statistic::LogGapSumOrCentredGapSumOrFingerprint
+        );
+        let (g, cg, f) = (
+            r.log_gap_sum.unwrap(),
+            r.centred_gap_sum.unwrap(),
+            r.fingerprint.unwrap(),
+        );
         assert_eq!(f.queried, 64);
-        let want = (g.p_value / GAP_WEIGHT)
+        let want = (g.p_value / (GAP_WEIGHT / 2.0))
+            .min(cg.p_value / (GAP_WEIGHT / 2.0))
             .min(f.p_value / FINGERPRINT_WEIGHT)
             .min(1.0);
         assert!((r.p_value - want).abs() < 1e-12, "{} vs {want}", r.p_value);
@@ -1818,13 +1982,17 @@ mod tests {
             disclosure: Disclosure::TopK(3),
         };
         let r = verify(&mut o, &records, 0.5, 8).unwrap();
-        assert_eq!(r.statistic, Statistic::LogGapSum);
+        assert_eq!(r.statistic, Statistic::LogGapSumOrCentredGapSum);
         assert_eq!(r.matches, 0);
         assert_eq!(r.top_among_wrong.unwrap().p_value, 1.0);
         // The gaps need no tie rule: labels 1 and 2 both sit at gap 0, so the watermark's 0
         // is reached by 2 of the 3 labels, P(S ≤ 0) = 2/3.
         assert_eq!(r.evidence[0].suspect_log_gaps, Some(vec![0, 0, 7]));
-        assert!(close(r.p_value, 2.0 / 3.0), "{}", r.p_value);
+        assert!(close(r.log_gap_sum.unwrap().p_value, 2.0 / 3.0));
+        // One answer centred on itself: every gap 0, no evidence; the decision 2·(2/3) → 1.
+        assert_eq!(r.evidence[0].centred_log_gaps, Some(vec![0, 0, 0]));
+        assert_eq!(r.centred_gap_sum.unwrap().p_value, 1.0);
+        assert_eq!(r.p_value, 1.0);
         // The tie puts the watermark label second of three: P(S ≤ 1) = 2/3.
         assert_eq!(r.evidence[0].suspect_rank_wrong, Some(2));
         assert!(close(r.rank_sum.unwrap().p_value, 2.0 / 3.0));
@@ -1916,6 +2084,7 @@ mod tests {
         let mut ps3 = Vec::new();
         let mut ps4 = Vec::new();
         let mut ps5 = Vec::new();
+        let mut ps6 = Vec::new();
         let mut ps_decision = Vec::new();
         for _ in 0..reps {
             let scores: Vec<Vec<f32>> = (0..n)
@@ -1953,6 +2122,7 @@ mod tests {
             )
             .unwrap();
             ps5.push(r.reference_gap_sum.unwrap().p_value);
+            ps6.push(r.centred_gap_sum.unwrap().p_value);
             let t = r.top_among_wrong.unwrap();
             m1 += r.top1.matches;
             m2 += t.matches;
@@ -1978,7 +2148,7 @@ mod tests {
             "{m1} vs {}",
             total * top1_rate
         );
-        for ps in [&ps1, &ps2, &ps3, &ps4, &ps5, &ps_decision] {
+        for ps in [&ps1, &ps2, &ps3, &ps4, &ps5, &ps6, &ps_decision] {
             for a in [0.01, 0.05, 0.2, 0.5] {
                 let share = ps.iter().filter(|&&p| p <= a).count() as f64 / reps as f64;
                 let slack = 4.0 * (a * (1.0 - a) / reps as f64).sqrt();
@@ -1986,9 +2156,98 @@ mod tests {
             }
         }
         // Not trivially conservative: at a = 0.5 the exact test rejects often.
-        for ps in [&ps2, &ps3, &ps4, &ps5] {
+        for ps in [&ps2, &ps3, &ps4, &ps5, &ps6] {
             let share = ps.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
             assert!(share > 0.2, "{share}");
         }
+    }
+
+    /// Scores like those of a copy trained on noise inputs: every input gets the same order of
+    /// the wrong labels (per-label log-scores fixed over inputs, plus a little noise), and the
+    /// mark lifts its label by 1.5 nats on its own input — not enough to leave the bottom of
+    /// that shared order. Drawn from `seed`; the marks' lift only when `lift`.
+    fn shared_order_case(seed: u64, lift: bool) -> (Vec<LedgerRecord>, Vec<Vec<f32>>) {
+        use rand::{Rng, SeedableRng};
+        let c = 10;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        // Label 0 wins every input; the wrong labels' log-scores 1 … 9 nats lower.
+        let base: Vec<f64> = (0..c).map(|j| -(j as f64)).collect();
+        let (mut records, mut scores) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let y = 0;
+            let w = rng.gen_range(1..c);
+            let mut l: Vec<f64> = base
+                .iter()
+                .map(|b| b + rng.gen_range(-0.25..0.25))
+                .collect();
+            if lift {
+                l[w] += 1.5;
+            }
+            let z: f64 = l.iter().map(|v| v.exp()).sum();
+            scores.push(l.iter().map(|v| (v.exp() / z) as f32).collect());
+            records.push(rec(i, y, w, c));
+        }
+        (records, scores)
+    }
+
+    /// The centred gap sum sees marks that a shared order of the wrong labels hides from the
+    /// raw gaps (the noise-trained copies of docs/bench/defense.md, tenth session).
+    #[test]
+    fn centred_gap_sum_sees_a_lift_a_shared_order_hides() {
+        let (records, scores) = shared_order_case(5, true);
+        let mut o = Table {
+            scores,
+            disclosure: Disclosure::Probabilities,
+        };
+        let r = verify(&mut o, &records, 1e-9, 16).unwrap();
+        let (g, cg) = (r.log_gap_sum.unwrap(), r.centred_gap_sum.unwrap());
+        assert!(g.p_value > 1e-3, "raw gaps: {}", g.p_value);
+        assert!(cg.p_value < 1e-15, "centred gaps: {}", cg.p_value);
+        assert_eq!(r.verdict, Verdict::WatermarkFound);
+        let again = gap_sum_of(&r.evidence, |e| e.centred_log_gaps.as_ref()).unwrap();
+        assert_eq!(again, cg);
+    }
+
+    /// Under H0 the centred gap sum is exact for a suspect with a shared order too (its means
+    /// depend on the scores only): P(p ≤ a) ≤ a over independent draws of the marks.
+    #[test]
+    fn centred_gap_sum_is_exact_under_a_shared_order() {
+        let reps = 400;
+        let mut ps = Vec::new();
+        let mut decision = Vec::new();
+        for rep in 0..reps {
+            let (records, scores) = shared_order_case(1000 + rep, false);
+            let mut o = Table {
+                scores,
+                disclosure: Disclosure::Probabilities,
+            };
+            let r = verify(&mut o, &records, DEFAULT_ALPHA, 64).unwrap();
+            ps.push(r.centred_gap_sum.unwrap().p_value);
+            decision.push(r.p_value);
+        }
+        for ps in [&ps, &decision] {
+            for a in [0.01, 0.05, 0.2, 0.5] {
+                let share = ps.iter().filter(|&&p| p <= a).count() as f64 / reps as f64;
+                let slack = 4.0 * (a * (1.0 - a) / reps as f64).sqrt();
+                assert!(share <= a + slack, "P(p ≤ {a}) = {share}");
+            }
+        }
+        let share = ps.iter().filter(|&&p| p <= 0.5).count() as f64 / reps as f64;
+        assert!(share > 0.3, "not trivially conservative: {share}");
+    }
+
+    #[test]
+    fn centred_gaps_centre_each_label_with_a_floor() {
+        // Two answers; label 0 excluded in both. Label 1: 0.2 and 0.05 (mean ln 0.1), label
+        // 2: 0.0 (floored at 1e-6) and NaN (counts as the floor) → centred 0 on both.
+        let a: [f32; 3] = [0.75, 0.2, 0.0];
+        let b: [f32; 3] = [0.95, 0.05, f32::NAN];
+        let g = centred_gaps(&[&a, &b], &[0, 0]);
+        // Row a: label 1 at +ln 2, label 2 at 0 → gaps 0, round(ln 2 · 8) = 6.
+        // Row b: label 1 at −ln 2, label 2 at 0 → gaps 6, 0.
+        assert_eq!(g, vec![vec![0, 6], vec![6, 0]]);
+        // One answer: no evidence.
+        assert_eq!(centred_gaps(&[&a], &[1]), vec![vec![0, 0]]);
+        assert!(centred_gaps(&[], &[]).is_empty());
     }
 }

@@ -178,6 +178,7 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
     };
     let gap = gap_of(r.log_gap_sum.as_ref());
     let rgap = gap_of(r.reference_gap_sum.as_ref());
+    let cgap = gap_of(r.centred_gap_sum.as_ref());
     let fpr = r.fingerprint.as_ref().map_or("–".to_string(), |f| {
         format!(
             "z = {:.1} / {:.1} (floored), p = {:.2e}",
@@ -189,7 +190,7 @@ fn row(md: &mut String, what: &str, fit: Option<f64>, fid: f64, acc: f64, r: &Ve
     let fit = fit.map_or("–".to_string(), |f| format!("{:.2}%", 100.0 * f));
     let _ = writeln!(
         md,
-        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {gap} | {rgap} | {fpr} | {}, p = {:.2e} | {} |",
+        "| {what} | {fit} | {:.2}% | {:.2}% | {} | {taw} | {rank} | {gap} | {rgap} | {cgap} | {fpr} | {}, p = {:.2e} | {} |",
         100.0 * fid,
         100.0 * acc,
         stat(&r.top1, r.queried),
@@ -211,6 +212,7 @@ struct Clean {
     p_rank: f64,
     p_gap: f64,
     p_rgap: f64,
+    p_cgap: f64,
     p_fingerprint: f64,
     p: f64,
     top1: usize,
@@ -579,9 +581,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | log-gap sum, p | reference-gap sum, p | fingerprint | decision | p < 1e-9 |"
+        "| thief / model | fit to its answers | fidelity | test acc. | top1 matches, p | top_among_wrong matches, p | rank sum, p | log-gap sum, p | reference-gap sum, p | centred-gap sum, p | fingerprint | decision | p < 1e-9 |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     // Every verification of the run against this ledger, for the family-wise correction:
     // (row, log10 p, kind).
@@ -739,6 +741,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             p_rank: r.rank_sum.map_or(1.0, |s| s.p_value),
             p_gap: r.log_gap_sum.map_or(1.0, |s| s.p_value),
             p_rgap: r.reference_gap_sum.map_or(1.0, |s| s.p_value),
+            p_cgap: r.centred_gap_sum.map_or(1.0, |s| s.p_value),
             p_fingerprint: r.fingerprint.map_or(1.0, |f| f.p_value),
             p: r.p_value,
             top1: r.top1.matches,
@@ -779,12 +782,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          log-probability gap below the suspect's best wrong label, in eighths of a nat capped \
          at 8 nats (exact null: each mark's gap uniform over its 9 wrong labels' gaps); the \
          reference-gap sum is the same on the suspect's log-lift over the victim (both \
-         probabilities floored at 1e-3); the fingerprint test ({verify_queries} keyed uniform inputs, \
+         probabilities floored at 1e-3); the centred-gap sum is the same on the suspect's \
+         log-probabilities centred per label on their mean over the marks verified (floored at \
+         1e-6); the fingerprint test ({verify_queries} keyed uniform inputs, \
          the victim as reference; two statistics, log-probabilities clamped at 1e-30 and floored \
          at 1e-3, p = twice the smaller tail) checks the keyed linear fingerprint the policy adds to every \
          answer; the decision is the one the suspect's answers allow (probabilities and the \
-         victim as reference → `log_gap_sum_or_reference_gap_sum_or_fingerprint`: weighted \
-         Bonferroni, min(p_log_gap_sum / 0.495, p_reference_gap_sum / 0.495, p_fingerprint / 0.01)).\n",
+         victim as reference → `log_gap_sum_or_reference_gap_sum_or_centred_gap_sum_or_fingerprint`: \
+         weighted Bonferroni, min(p_log_gap_sum / 0.33, p_reference_gap_sum / 0.33, \
+         p_centred_gap_sum / 0.33, p_fingerprint / 0.01)).\n",
         args.budget,
         cfg.substitute.arch,
         if args.hidden.is_some()
@@ -815,7 +821,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
          clean Fashion-MNIST training images with true labels, seeds 1000–{}; test accuracy \
          {:.1}–{:.1}%) verified against the whole ledger ({all_distinct} distinct marks): \
          smallest p top1 **{:.3}**, top_among_wrong **{:.3}**, rank sum **{:.3}**, \
-         log-gap sum **{:.3}**, reference-gap sum **{:.3}**, fingerprint **{:.3}**; most \
+         log-gap sum **{:.3}**, reference-gap sum **{:.3}**, centred-gap sum **{:.3}**, \
+         fingerprint **{:.3}**; most \
          matches top1 {}, top_among_wrong {}; all decision p > 0.01: **{}** ({} of {} at p ≤ \
          0.01). Decision p-values, smallest first: {}.",
         clean.len(),
@@ -830,6 +837,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min(|c| c.p_rank),
         min(|c| c.p_gap),
         min(|c| c.p_rgap),
+        min(|c| c.p_cgap),
         min(|c| c.p_fingerprint),
         clean.iter().map(|c| c.top1).max().unwrap_or(0),
         clean.iter().map(|c| c.top_wrong).max().unwrap_or(0),

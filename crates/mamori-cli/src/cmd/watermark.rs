@@ -152,7 +152,8 @@ struct VerifyArgs {
     #[arg(long, default_value_t = mamori_defense::fingerprint::DEFAULT_VERIFY_QUERIES)]
     fingerprint_queries: usize,
     /// Write the full result (p_value, matches, queried, verdict, statistic, top1,
-    /// top_among_wrong, rank_sum, log_gap_sum, reference_gap_sum, fingerprint, evidence) as
+    /// top_among_wrong, rank_sum, log_gap_sum, reference_gap_sum, centred_gap_sum,
+    /// fingerprint, evidence) as
     /// JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -377,6 +378,7 @@ fn run_verify(a: VerifyArgs, g: &Global) -> Result<()> {
     for (name, g) in [
         ("log_gap_sum", &result.log_gap_sum),
         ("reference_gap", &result.reference_gap_sum),
+        ("centred_gap", &result.centred_gap_sum),
     ] {
         if let Some(g) = g {
             println!(
