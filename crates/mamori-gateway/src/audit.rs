@@ -297,7 +297,7 @@ pub struct SharedState {
     pub subject: String,
     /// Queries the states have seen.
     pub queries: u64,
-    /// The states ([`crate::Chain`]'s per-subject snapshot).
+    /// The states ([`crate::Chain`]'s per-subject snapshot, encoded by [`crate::state_codec`]).
     pub snapshot: Vec<u8>,
 }
 

@@ -162,30 +162,34 @@ impl SubjectState {
         self.states.iter().map(|s| s.queries()).max().unwrap_or(0)
     }
 
-    /// Every detector's state, by detector name, each hex-encoded: one subject's part of
-    /// `state/<model>.json`, and what `detect.shared_state` saves per subject.
-    fn snapshot(&self, detectors: &[Arc<dyn Detector>]) -> BTreeMap<String, String> {
+    /// Every detector's state, by detector name: what `detect.shared_state` saves per subject
+    /// ([`crate::state_codec`]).
+    fn snapshots(&self, detectors: &[Arc<dyn Detector>]) -> Vec<(String, Vec<u8>)> {
         detectors
             .iter()
             .zip(&self.states)
-            .map(|(d, s)| (d.info().name, hex::encode(s.snapshot())))
+            .map(|(d, s)| (d.info().name, s.snapshot()))
             .collect()
     }
 
-    /// The states of [`SubjectState::snapshot`]; a detector missing from it starts fresh.
+    /// The same, each hex-encoded: one subject's part of `state/<model>.json`.
+    fn snapshot_hex(&self, detectors: &[Arc<dyn Detector>]) -> BTreeMap<String, String> {
+        self.snapshots(detectors)
+            .into_iter()
+            .map(|(name, bytes)| (name, hex::encode(bytes)))
+            .collect()
+    }
+
+    /// The states of [`SubjectState::snapshots`]; a detector missing from them starts fresh.
     fn restore(
         detectors: &[Arc<dyn Detector>],
-        snaps: &BTreeMap<String, String>,
+        snaps: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Self, String> {
         let mut states = Vec::with_capacity(detectors.len());
         for d in detectors {
             let name = d.info().name;
             states.push(match snaps.get(&name) {
-                Some(h) => {
-                    let bytes = hex::decode(h).map_err(|e| format!("{name}: {e}"))?;
-                    d.restore_state(&bytes)
-                        .map_err(|e| format!("{name}: {e}"))?
-                }
+                Some(bytes) => d.restore_state(bytes).map_err(|e| format!("{name}: {e}"))?,
                 None => d.new_state(),
             });
         }
@@ -266,8 +270,7 @@ impl ModelEntry {
                 return None;
             }
         };
-        let restored = serde_json::from_slice::<BTreeMap<String, String>>(&saved.snapshot)
-            .map_err(|e| e.to_string())
+        let restored = crate::state_codec::decode(&saved.snapshot)
             .and_then(|snaps| SubjectState::restore(&self.detectors, &snaps));
         match restored {
             Ok(st) => {
@@ -1014,7 +1017,7 @@ impl Chain {
             let subjects = e.subjects.lock().unwrap_or_else(|e| e.into_inner());
             for (subject, st) in subjects.iter() {
                 let g = st.lock().unwrap_or_else(|e| e.into_inner());
-                out.insert(subject.clone(), g.snapshot(&e.detectors));
+                out.insert(subject.clone(), g.snapshot_hex(&e.detectors));
             }
             let text =
                 serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
@@ -1035,14 +1038,14 @@ impl Chain {
                 continue;
             }
             g.dirty = false;
-            let snapshot = serde_json::to_vec(&g.snapshot(&e.detectors))
-                .map_err(|e| GatewayError::Storage(e.to_string()))?;
+            let (snaps, queries) = (g.snapshots(&e.detectors), g.queries());
+            drop(g);
+            // Compressed outside the subject's lock: its requests go on meanwhile.
             out.push(SharedState {
                 subject,
-                queries: g.queries(),
-                snapshot,
+                queries,
+                snapshot: crate::state_codec::encode(&snaps),
             });
-            drop(g);
             taken.push(st);
         }
         if out.is_empty() {
@@ -1160,7 +1163,16 @@ fn load_states(
         })?;
     let mut out = HashMap::new();
     for (subject, snaps) in saved {
-        let st = SubjectState::restore(detectors, &snaps)
+        let snaps = snaps
+            .into_iter()
+            .map(|(name, h)| {
+                hex::decode(&h)
+                    .map(|b| (name.clone(), b))
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .and_then(|snaps| SubjectState::restore(detectors, &snaps));
+        let st = snaps
             .map_err(|e| GatewayError::Storage(format!("{}: {subject}/{e}", path.display())))?;
         out.insert(subject, Arc::new(Mutex::new(st)));
     }

@@ -41,6 +41,7 @@ pub mod protection;
 pub mod ratelimit;
 pub mod ratelimit_redis;
 pub mod server;
+pub mod state_codec;
 pub mod tls;
 pub mod upstream;
 pub mod validate;

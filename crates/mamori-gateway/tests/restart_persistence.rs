@@ -331,6 +331,39 @@ fn a_client_moved_to_another_replica_keeps_its_detector_history_with_shared_stat
         .unwrap();
         assert_eq!(s.get_state("lin", "mallory").unwrap().unwrap(), saved);
         assert!(s.get_state("lin", "nobody").unwrap().is_none());
+
+        // States are stored compressed (`MSS1`), and a row in the first format (a JSON map
+        // of hex snapshots, written by an older replica) is still taken over: in a store
+        // holding only that row, a fresh replica refuses her first query there, her 6th.
+        assert!(saved
+            .snapshot
+            .starts_with(mamori_gateway::state_codec::MAGIC));
+        let snaps = mamori_gateway::state_codec::decode(&saved.snapshot).unwrap();
+        let legacy: std::collections::BTreeMap<String, String> = snaps
+            .iter()
+            .map(|(k, v)| (k.clone(), hex::encode(v)))
+            .collect();
+        for with_row in [true, false] {
+            let (home, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            if with_row {
+                SqliteStore::open_home(home.path())
+                    .unwrap()
+                    .put_states(
+                        "lin",
+                        "old",
+                        0,
+                        &[mamori_gateway::audit::SharedState {
+                            subject: "mallory".into(),
+                            queries: 5,
+                            snapshot: serde_json::to_vec(&legacy).unwrap(),
+                        }],
+                    )
+                    .unwrap();
+            }
+            let c = replica(&keys, home.path(), dir.path(), true);
+            let mut on_c = ChainOracle::new(c, &mallory, None).unwrap();
+            assert_eq!(refused(&mut on_c, 6), with_row, "legacy row {with_row}");
+        }
     }
     // The in-memory store keeps no states: refused at start, naming the setting.
     let mut cfg = GatewayConfig::default();
