@@ -665,31 +665,60 @@ impl RunningServer {
 
     /// Serves until SIGTERM or ctrl-c, then shuts down gracefully.
     pub async fn run_until_signal(self) -> Result<(), GatewayError> {
-        shutdown_signal().await;
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `signal` resolves (e.g. [`shutdown_signal`], taken before the server
+    /// announces itself), then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
+        signal.await;
         tracing::info!("shutting down: finishing requests and flushing the audit log");
         self.shutdown().await
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that resolves on SIGTERM or SIGINT (ctrl-c). On Unix the handlers are installed
+/// when this function is called, not when the future is first polled: a process that calls
+/// it before announcing that it listens is never killed by the default action of a SIGTERM
+/// sent right after the announcement (a supervisor stopping a fresh replica) — it shuts down
+/// gracefully instead. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let term = async {
+                match term {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = term => {},
+                _ = int => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

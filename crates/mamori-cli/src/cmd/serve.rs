@@ -513,8 +513,11 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
     });
     let served = rt.block_on(async move {
         let s = server::start(chain, &cfg.server.addr).await?;
-        eprintln!("mamori gateway listening on http://{}", s.local_addr());
-        s.run_until_signal().await
+        // The handlers first, then the announcement: a SIGTERM right after it (a supervisor
+        // stopping a fresh replica) is a graceful shutdown, not the default kill.
+        let signal = server::shutdown_signal();
+        eprintln!("mamori gateway listening on {}", s.url());
+        s.run_until(signal).await
     });
     *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
     stop.1.notify_all();
