@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_key, mamori, read_json, start_serve, stop, tiny_model};
+use common::{create_key, mamori, start_serve, stop, tiny_model};
 
 #[test]
 fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
@@ -71,8 +71,17 @@ fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
     assert!(out.status.success());
     let alerts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(alerts.is_array());
-    // Detector state was saved for the restart.
-    assert!(home.join("state").join("cli-mlp.json").is_file());
+    // Detector state was saved for the restart: one state file per subject.
+    let states = home.join("state").join("cli-mlp.states");
+    assert!(
+        std::fs::read_dir(&states).unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "mss")),
+        "{}",
+        states.display()
+    );
 }
 
 #[test]
@@ -141,9 +150,12 @@ fn a_killed_gateway_keeps_the_detector_states_of_its_last_checkpoint() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
-    let state = home.join("state").join("ckpt-mlp.json");
+    let state = home
+        .join("state")
+        .join("ckpt-mlp.states")
+        .join(mamori_gateway::state_codec::file_name("carol"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("carol")) {
+    while !state.is_file() {
         assert!(
             std::time::Instant::now() < deadline,
             "no checkpoint written"
@@ -153,7 +165,9 @@ fn a_killed_gateway_keeps_the_detector_states_of_its_last_checkpoint() {
     // A crash: no graceful shutdown.
     child.kill().unwrap();
     child.wait().unwrap();
-    let saved = read_json(&state);
-    assert!(saved.get("carol").is_some(), "{saved}");
+    let (subject, snaps) =
+        mamori_gateway::state_codec::decode_file(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(subject, "carol");
+    assert!(snaps.contains_key("prada"), "{:?}", snaps.keys());
     assert!(home.join("state").join("ckpt-mlp.policy.json").is_file());
 }

@@ -175,7 +175,7 @@ fn two_served_models_keep_separate_ledgers_and_a_copy_is_convicted_only_by_its_o
     assert!(j["p_value"].as_f64().unwrap() < 1e-9, "{j}");
     let r = read_json(&report);
     assert_eq!(r["report"]["model"], "alpha");
-    assert_eq!(r["report"]["version"], 5);
+    assert_eq!(r["report"]["version"], 6);
     let pk = home.join("watermark").join("signing.key.pub");
     let (ok, out, err) = run(
         &home,

@@ -145,7 +145,8 @@ struct SubjectState {
     states: Vec<Box<dyn DetectorState>>,
     alarmed: HashSet<String>,
     last_action: Option<Action>,
-    /// Observed since the last save to the shared store (`detect.shared_state`).
+    /// Observed (or loaded from the first state-file format) since the last save: to the
+    /// shared store with `detect.shared_state`, else to the subject's state file.
     dirty: bool,
 }
 
@@ -162,21 +163,13 @@ impl SubjectState {
         self.states.iter().map(|s| s.queries()).max().unwrap_or(0)
     }
 
-    /// Every detector's state, by detector name: what `detect.shared_state` saves per subject
-    /// ([`crate::state_codec`]).
+    /// Every detector's state, by detector name: what a checkpoint saves per subject, to the
+    /// shared store or the subject's state file ([`crate::state_codec`]).
     fn snapshots(&self, detectors: &[Arc<dyn Detector>]) -> Vec<(String, Vec<u8>)> {
         detectors
             .iter()
             .zip(&self.states)
             .map(|(d, s)| (d.info().name, s.snapshot()))
-            .collect()
-    }
-
-    /// The same, each hex-encoded: one subject's part of `state/<model>.json`.
-    fn snapshot_hex(&self, detectors: &[Arc<dyn Detector>]) -> BTreeMap<String, String> {
-        self.snapshots(detectors)
-            .into_iter()
-            .map(|(name, bytes)| (name, hex::encode(bytes)))
             .collect()
     }
 
@@ -1013,15 +1006,7 @@ impl Chain {
                 self.save_shared_states(e)?;
                 continue;
             }
-            let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-            let subjects = e.subjects.lock().unwrap_or_else(|e| e.into_inner());
-            for (subject, st) in subjects.iter() {
-                let g = st.lock().unwrap_or_else(|e| e.into_inner());
-                out.insert(subject.clone(), g.snapshot_hex(&e.detectors));
-            }
-            let text =
-                serde_json::to_string(&out).map_err(|e| GatewayError::Storage(e.to_string()))?;
-            write_synced(&dir.join(format!("{}.json", e.name)), text.as_bytes())?;
+            save_state_files(dir, e)?;
         }
         Ok(())
     }
@@ -1146,7 +1131,83 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), GatewayError
 
 type SubjectMap = HashMap<String, Arc<Mutex<SubjectState>>>;
 
+/// The directory of `model`'s per-subject state files.
+fn states_dir(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
+    dir.join(format!("{model}.states"))
+}
+
+/// Writes the state file of every subject of `e` observed since the last save (each through
+/// a synced temporary file and a rename: a crash leaves the old file or the new one), then
+/// removes the first format's `<model>.json` once everything it held is in files. A
+/// checkpoint costs the states that changed, not every client's. On failure the subjects not
+/// written stay marked for the next save.
+fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), GatewayError> {
+    let sdir = states_dir(dir, &e.name);
+    std::fs::create_dir_all(&sdir)
+        .map_err(|err| GatewayError::Storage(format!("{}: {err}", sdir.display())))?;
+    for (subject, st) in e.subject_list() {
+        let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.dirty {
+            continue;
+        }
+        g.dirty = false;
+        let snaps = g.snapshots(&e.detectors);
+        drop(g);
+        // Compressed and written outside the subject's lock.
+        let bytes = crate::state_codec::encode_file(&subject, &snaps);
+        if let Err(err) = write_synced(&sdir.join(crate::state_codec::file_name(&subject)), &bytes)
+        {
+            st.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+            return Err(err);
+        }
+    }
+    let legacy = dir.join(format!("{}.json", e.name));
+    match std::fs::remove_file(&legacy) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(GatewayError::Storage(
+            format!("{}: {err}", legacy.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `model`'s detector states from the state directory: the per-subject files of
+/// `<model>.states/`, and the first format's `<model>.json` if it is still there (its subjects
+/// marked for the next save, which moves them into files; a subject in both is taken from its
+/// file, the newer). A file that does not decode stops the start, naming it.
 fn load_states(
+    dir: &std::path::Path,
+    model: &str,
+    detectors: &[Arc<dyn Detector>],
+) -> Result<SubjectMap, GatewayError> {
+    let mut out = load_legacy_states(dir, model, detectors)?;
+    let sdir = states_dir(dir, model);
+    let entries = match std::fs::read_dir(&sdir) {
+        Ok(it) => it,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(err) => return Err(GatewayError::Storage(format!("{}: {err}", sdir.display()))),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|err| GatewayError::Storage(format!("{}: {err}", sdir.display())))?
+            .path();
+        if path.extension().and_then(|x| x.to_str()) != Some("mss") {
+            // A temporary file of a write a crash interrupted; the previous file stands.
+            continue;
+        }
+        let bad = |err: String| {
+            GatewayError::Storage(format!("{}: invalid detector state: {err}", path.display()))
+        };
+        let bytes = std::fs::read(&path).map_err(|err| bad(err.to_string()))?;
+        let (subject, snaps) = crate::state_codec::decode_file(&bytes).map_err(bad)?;
+        let st = SubjectState::restore(detectors, &snaps).map_err(bad)?;
+        out.insert(subject, Arc::new(Mutex::new(st)));
+    }
+    Ok(out)
+}
+
+/// The first state-file format: every subject of `model` in one `<model>.json` (a JSON map of
+/// subjects to maps of hex snapshots), rewritten whole at every checkpoint.
+fn load_legacy_states(
     dir: &std::path::Path,
     model: &str,
     detectors: &[Arc<dyn Detector>],
@@ -1172,8 +1233,9 @@ fn load_states(
             })
             .collect::<Result<BTreeMap<_, _>, _>>()
             .and_then(|snaps| SubjectState::restore(detectors, &snaps));
-        let st = snaps
+        let mut st = snaps
             .map_err(|e| GatewayError::Storage(format!("{}: {subject}/{e}", path.display())))?;
+        st.dirty = true;
         out.insert(subject, Arc::new(Mutex::new(st)));
     }
     Ok(out)

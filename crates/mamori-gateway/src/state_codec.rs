@@ -9,6 +9,10 @@
 //! queries: 39 MB as hex JSON, 6.3 MB as `MSS1`, deflated in ≈ 0.1 s on one core — outside
 //! the subject's lock, off the request path (docs/gateway.md).
 //!
+//! A subject's state file in the state directory (`state/<model>.states/<id>.mss`, without
+//! `detect.shared_state`) is [`FILE_MAGIC`] `MSF1`, the `u16` LE length and bytes of the
+//! subject's name, then the `MSS1` encoding ([`encode_file`], [`decode_file`]).
+//!
 //! Decoding never trusts lengths: an entry that runs past the stream, a count that does not
 //! match the entries (a stream cut at an entry boundary), bytes after the last entry, a name
 //! that is not UTF-8, a repeated name or a stream that inflates beyond [`MAX_DECODED`] is an
@@ -21,6 +25,42 @@ use std::io::{Read, Write};
 
 /// The first bytes of a version-1 encoding.
 pub const MAGIC: &[u8; 4] = b"MSS1";
+
+/// The first bytes of a subject's state file.
+pub const FILE_MAGIC: &[u8; 4] = b"MSF1";
+
+/// A subject's state file: its name and its detectors' snapshots.
+pub fn encode_file(subject: &str, snapshots: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let name = &subject.as_bytes()[..subject.len().min(usize::from(u16::MAX))];
+    let mut out = FILE_MAGIC.to_vec();
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&encode(snapshots));
+    out
+}
+
+/// The subject and snapshots of [`encode_file`].
+pub fn decode_file(bytes: &[u8]) -> Result<(String, BTreeMap<String, Vec<u8>>), String> {
+    let mut rest = bytes
+        .strip_prefix(FILE_MAGIC)
+        .ok_or_else(|| "not a mamori state file (no MSF1 header)".to_string())?;
+    let len = u16::from_le_bytes(take(&mut rest, 2, "subject length")?.try_into().expect("2"));
+    let subject = std::str::from_utf8(take(&mut rest, usize::from(len), "subject")?)
+        .map_err(|_| "subject name is not UTF-8".to_string())?
+        .to_string();
+    if !rest.starts_with(MAGIC) {
+        return Err(format!("state of {subject:?}: no MSS1 encoding"));
+    }
+    Ok((subject, decode(rest)?))
+}
+
+/// The file name of `subject`'s state: the first 128 bits of its SHA-256 in hex (subject
+/// names may hold `/` and are not bounded by file-name limits), with the `.mss` extension.
+pub fn file_name(subject: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(subject.as_bytes());
+    format!("{}.mss", hex::encode(&h[..16]))
+}
 
 /// The most bytes a stored state may inflate to (4 GiB): a larger one is refused, not
 /// allocated.
@@ -144,6 +184,25 @@ mod tests {
         assert!(enc.len() * 5 < old.len(), "{} vs {}", enc.len(), old.len());
         // No detectors: an empty map.
         assert!(decode(&encode(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn state_files_name_their_subject_and_refuse_damage() {
+        let s = sample();
+        let f = encode_file("net:10.0.0.0/24", &s);
+        let (subject, back) = decode_file(&f).unwrap();
+        assert_eq!(subject, "net:10.0.0.0/24");
+        assert_eq!(back["prada"], s[0].1);
+        assert_eq!(file_name("net:10.0.0.0/24").len(), 32 + 4);
+        assert!(!file_name("net:10.0.0.0/24").contains('/'));
+        assert_ne!(file_name("a"), file_name("b"));
+        assert!(decode_file(b"MSS1").unwrap_err().contains("MSF1"));
+        for cut in [5, 8, f.len() - 1] {
+            assert!(decode_file(&f[..cut]).is_err(), "cut at {cut}");
+        }
+        for seed in 0..200 {
+            let _ = decode_file(&mamori_core::testing::corrupted(&f, seed));
+        }
     }
 
     #[test]

@@ -424,7 +424,11 @@ fn detector_state_survives_a_restart() {
         .query(&batch(&[1, 2, 3]))
         .unwrap();
     chain.shutdown();
-    assert!(dir.path().join("lin.json").is_file());
+    let file = dir
+        .path()
+        .join("lin.states")
+        .join(mamori_gateway::state_codec::file_name("c"));
+    assert!(file.is_file());
     let chain = build();
     let mut o = ChainOracle::new(chain, &k, None).unwrap();
     o.query(&batch(&[4])).unwrap();
@@ -433,4 +437,79 @@ fn detector_state_survives_a_restart() {
         o.query(&batch(&[5])),
         Err(OracleError::Refused(_))
     ));
+}
+
+/// A checkpoint writes the state files of the subjects observed since the last one only; the
+/// first format's `<model>.json` is read and replaced by files at the next save; a damaged
+/// state file stops the start, naming it.
+#[test]
+fn state_files_are_written_per_subject_when_changed_and_the_first_format_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, k) = keys.create("c", None, "full", &[]).unwrap();
+    let build = || {
+        ChainBuilder::new(GatewayConfig::default())
+            .keys(keys.clone())
+            .state_dir(dir.path())
+            .model(spec_with(5, Action::Block))
+            .build()
+            .map(Arc::new)
+    };
+    let file = dir
+        .path()
+        .join("lin.states")
+        .join(mamori_gateway::state_codec::file_name("c"));
+    let chain = build().unwrap();
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    o.query(&batch(&[1, 2])).unwrap();
+    chain.save_states().unwrap();
+    assert!(file.is_file());
+    // Nothing observed since: the next checkpoint does not rewrite it.
+    std::fs::remove_file(&file).unwrap();
+    chain.save_states().unwrap();
+    assert!(!file.exists());
+    o.query(&batch(&[3])).unwrap();
+    chain.save_states().unwrap();
+    let (subject, snaps) =
+        mamori_gateway::state_codec::decode_file(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(subject, "c");
+    drop(o);
+    chain.shutdown();
+
+    // The first format (every subject in one JSON map of hex snapshots), as an older gateway
+    // left it: taken over (3 queries: her 5th overall is refused), moved into a file at the
+    // next save, and the old file removed.
+    std::fs::remove_dir_all(dir.path().join("lin.states")).unwrap();
+    let hex_map: std::collections::BTreeMap<String, String> = snaps
+        .iter()
+        .map(|(name, b)| (name.clone(), hex::encode(b)))
+        .collect();
+    let legacy = dir.path().join("lin.json");
+    std::fs::write(
+        &legacy,
+        serde_json::to_vec(&serde_json::json!({ "c": hex_map })).unwrap(),
+    )
+    .unwrap();
+    let chain = build().unwrap();
+    chain.save_states().unwrap();
+    assert!(file.is_file() && !legacy.exists());
+    let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+    o.query(&batch(&[4])).unwrap();
+    assert!(matches!(
+        o.query(&batch(&[5])),
+        Err(OracleError::Refused(_))
+    ));
+    drop(o);
+    chain.shutdown();
+
+    // A damaged state file: the start is refused, naming the file.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 3);
+    std::fs::write(&file, bytes).unwrap();
+    let e = build().err().unwrap().to_string();
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("invalid detector state"),
+        "{e}"
+    );
 }
