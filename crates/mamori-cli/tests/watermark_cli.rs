@@ -145,6 +145,29 @@ fn verify_convicts_a_memoriser_clears_an_independent_model_and_signs_the_evidenc
     let (ok, out, err) = check_report(&home, report.to_str().unwrap(), pk.to_str().unwrap());
     assert!(ok, "{err}");
     assert!(out.contains("signature   valid"), "{out}");
+    assert!(
+        out.contains("recomputed  top1, top_among_wrong, rank_sum, log_gap_sum, centred_gap_sum")
+            && out.contains("consistent"),
+        "{out}"
+    );
+    // A report whose p-value was made smaller and signed again (a dishonest signer): the
+    // signature is valid, the recheck is not.
+    {
+        use mamori_defense::report::{read_signed_report, ReportSigner};
+        let signer = ReportSigner::new(mamori_defense::SecretKey::from_bytes([5; 32]));
+        let mut r = read_signed_report(&report).unwrap().report;
+        r.log10_p_value -= 10.0;
+        r.p_value = 10f64.powf(r.log10_p_value);
+        let forged = tmp.path().join("forged.json");
+        std::fs::write(&forged, serde_json::to_string(&signer.sign(r)).unwrap()).unwrap();
+        let (ok, out, err) =
+            check_report(&home, forged.to_str().unwrap(), &signer.public_key_hex());
+        assert!(!ok && out.contains("signature   valid"), "{out}");
+        assert!(
+            err.contains("do not follow from the evidence") && err.contains("p-value"),
+            "{err}"
+        );
+    }
     let text = std::fs::read_to_string(&report).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["report"]["version"], 6);

@@ -20,10 +20,12 @@ use crate::error::DefenseError;
 use crate::fingerprint::FingerprintResult;
 use crate::key::SecretKey;
 use crate::verify::{
-    EvidenceItem, LogGapSumResult, RankSumResult, Statistic, StatisticResult, Verdict, VerifyResult,
+    binomial_upper_tail_ln, gap_sum_of, EvidenceItem, LogGapSumResult, RankSumResult, Statistic,
+    StatisticResult, Verdict, VerifyResult,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::f64::consts::LN_10;
 use std::path::Path;
 
 /// The signed content of a report.
@@ -220,6 +222,179 @@ pub fn check_report(
             )
         })?;
     Ok(signed.report.clone())
+}
+
+/// What [`recheck`] recomputed from a report's evidence and found equal to its numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recheck {
+    /// The statistics recomputed, by name (`top1`, `log_gap_sum`, …).
+    pub recomputed: Vec<&'static str>,
+    /// The decision's rule, recomputed from them.
+    pub decision: Statistic,
+    /// Whether the decision took the fingerprint test's p-value as reported (it needs the
+    /// suspect's answers to fresh keyed inputs, which no report holds).
+    pub fingerprint_as_reported: bool,
+}
+
+/// Recomputes what a report's evidence determines — the `top1` and `top_among_wrong` counts
+/// and their binomial tails, the rank sum, the log-, reference- and centred-gap sums and their
+/// exact nulls, the decision by its rule ([`Statistic::parts`]), the family correction and the
+/// verdict — and compares each with the report's value. A signature says who made a report;
+/// this says its numbers follow from its evidence, so a reader need not trust the signer's
+/// arithmetic. The fingerprint test's p-value enters the decision as reported. Any mismatch
+/// is an error naming the number.
+pub fn recheck(r: &EvidenceReport) -> Result<Recheck, DefenseError> {
+    let bad = |what: String| DefenseError::Report(format!("the report's {what}"));
+    let n = r.evidence.len();
+    if r.queried != n {
+        return Err(bad(format!(
+            "queried count {} differs from its {n} evidence items",
+            r.queried
+        )));
+    }
+    let others = (1.0 / r.chance).round();
+    if !(others >= 1.0 && (1.0 / others - r.chance).abs() < 1e-12) {
+        return Err(bad(format!("chance {} is not 1/(c − 1)", r.chance)));
+    }
+    let c = others as usize + 1;
+    for e in &r.evidence {
+        let top_wrong_ok = e
+            .matched_top_wrong
+            .is_none_or(|m| m == (e.suspect_top_wrong == Some(e.watermark_label)));
+        if e.matched != (e.suspect_label == e.watermark_label) || !top_wrong_ok {
+            return Err(bad(format!("match flags of input {}", e.input_sha256)));
+        }
+    }
+    let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+    let mut recomputed = Vec::new();
+    let mut check_count = |name: &'static str,
+                           reported: Option<&StatisticResult>,
+                           statistic: Statistic,
+                           matches: usize|
+     -> Result<Option<f64>, DefenseError> {
+        let Some(rep) = reported else {
+            return Ok(None);
+        };
+        let want = StatisticResult::new(statistic, matches, n, r.chance);
+        if rep.matches != want.matches || !close(rep.log10_p_value, want.log10_p_value) {
+            return Err(bad(format!(
+                "{name}: reported {} matches, log10 p {}; the evidence gives {}, {}",
+                rep.matches, rep.log10_p_value, want.matches, want.log10_p_value
+            )));
+        }
+        recomputed.push(name);
+        Ok(Some(want.log10_p_value))
+    };
+    let top1_matches = r.evidence.iter().filter(|e| e.matched).count();
+    let top1 = check_count("top1", r.top1.as_ref(), Statistic::Top1, top1_matches)?
+        .unwrap_or_else(|| binomial_upper_tail_ln(n, top1_matches, r.chance) / LN_10);
+    let taw_matches = r
+        .evidence
+        .iter()
+        .filter(|e| e.matched_top_wrong == Some(true))
+        .count();
+    let taw = check_count(
+        "top_among_wrong",
+        r.top_among_wrong.as_ref(),
+        Statistic::TopAmongWrong,
+        taw_matches,
+    )?;
+    let rank = match &r.rank_sum {
+        None => None,
+        Some(rep) => {
+            let sum = r
+                .evidence
+                .iter()
+                .map(|e| e.suspect_rank_wrong.map(|k| k.saturating_sub(1)))
+                .sum::<Option<usize>>()
+                .ok_or_else(|| bad("rank sum: an evidence item has no rank".into()))?;
+            let want = RankSumResult::new(sum, n, c);
+            if rep.rank_sum != sum || !close(rep.log10_p_value, want.log10_p_value) {
+                return Err(bad(format!(
+                    "rank sum: reported {} (log10 p {}); the evidence gives {sum} ({})",
+                    rep.rank_sum, rep.log10_p_value, want.log10_p_value
+                )));
+            }
+            recomputed.push("rank_sum");
+            Some(want.log10_p_value)
+        }
+    };
+    type Gaps = fn(&EvidenceItem) -> Option<&Vec<u32>>;
+    let gap_sums: [(&'static str, Option<&LogGapSumResult>, Gaps); 3] = [
+        ("log_gap_sum", r.log_gap_sum.as_ref(), |e| {
+            e.suspect_log_gaps.as_ref()
+        }),
+        ("reference_gap_sum", r.reference_gap_sum.as_ref(), |e| {
+            e.reference_log_gaps.as_ref()
+        }),
+        ("centred_gap_sum", r.centred_gap_sum.as_ref(), |e| {
+            e.centred_log_gaps.as_ref()
+        }),
+    ];
+    let mut gaps = [None; 3];
+    for (slot, (name, rep, of)) in gaps.iter_mut().zip(gap_sums) {
+        let Some(rep) = rep else { continue };
+        let want = gap_sum_of(&r.evidence, of)
+            .ok_or_else(|| bad(format!("{name}: an evidence item has no gaps")))?;
+        if rep.log_gap_sum != want.log_gap_sum || !close(rep.log10_p_value, want.log10_p_value) {
+            return Err(bad(format!(
+                "{name}: reported {} (log10 p {}); the evidence gives {} ({})",
+                rep.log_gap_sum, rep.log10_p_value, want.log_gap_sum, want.log10_p_value
+            )));
+        }
+        recomputed.push(name);
+        *slot = Some(want.log10_p_value);
+    }
+    let decision = r.statistic.unwrap_or(Statistic::Top1);
+    let fingerprint = r.fingerprint.map(|f| f.log10_p_value);
+    let single = decision
+        .combine(|part| match part {
+            Statistic::Top1 => Some(top1),
+            Statistic::TopAmongWrong => taw,
+            Statistic::RankSum => rank,
+            Statistic::LogGapSum => gaps[0],
+            Statistic::ReferenceGapSum => gaps[1],
+            Statistic::CentredGapSum => gaps[2],
+            Statistic::Fingerprint => fingerprint,
+            _ => None,
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "decision {}: a statistic it combines is missing",
+                decision.name()
+            ))
+        })?;
+    let family = r.family.unwrap_or(1).max(1);
+    let reported_single = r.log10_p_value_single.unwrap_or(r.log10_p_value);
+    let want = if family > 1 {
+        (single + (family as f64).log10()).min(0.0)
+    } else {
+        single
+    };
+    if !close(reported_single, single) || !close(r.log10_p_value, want) {
+        return Err(bad(format!(
+            "p-value: reported log10 {} ({} alone); the evidence and the rule {} give {want} \
+             ({single} alone)",
+            r.log10_p_value,
+            reported_single,
+            decision.name()
+        )));
+    }
+    let found = 10f64.powf(want) < r.alpha;
+    if found != (r.verdict == Verdict::WatermarkFound) {
+        return Err(bad(format!(
+            "verdict {:?} does not follow from p = 10^{want} at alpha {}",
+            r.verdict, r.alpha
+        )));
+    }
+    Ok(Recheck {
+        recomputed,
+        decision,
+        fingerprint_as_reported: decision
+            .parts()
+            .iter()
+            .any(|(p, _)| *p == Statistic::Fingerprint),
+    })
 }
 
 /// Reads a signed report file.

@@ -170,6 +170,9 @@ pub enum Statistic {
     /// The decision with a reference and the fingerprint test: weighted Bonferroni
     /// ([`GAP_WEIGHT`] split between the three gap sums, [`FINGERPRINT_WEIGHT`]).
     LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint,
+    /// The linear-fingerprint test ([`crate::fingerprint`]), as a part of a decision
+    /// ([`Statistic::parts`]); never a decision alone.
+    Fingerprint,
 }
 
 impl Statistic {
@@ -201,7 +204,75 @@ impl Statistic {
             Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint => {
                 "log_gap_sum_or_reference_gap_sum_or_centred_gap_sum_or_fingerprint"
             }
+            Statistic::Fingerprint => "fingerprint",
         }
+    }
+
+    /// The tests this decision combines, each with its share of the level (weighted
+    /// Bonferroni: `p = min(1, min_i p_i / w_i)`, valid whatever the dependence between the
+    /// tests); a single statistic is itself with weight 1. The one table of every decision
+    /// rule, current and of older reports: [`verify_with`] decides by it and
+    /// [`crate::report::recheck`] recomputes a report's decision by it.
+    pub fn parts(self) -> Vec<(Statistic, f64)> {
+        use Statistic::*;
+        let (g, f) = (GAP_WEIGHT, FINGERPRINT_WEIGHT);
+        match self {
+            TopAmongWrongOrRankSum => vec![(TopAmongWrong, 0.5), (RankSum, 0.5)],
+            TopAmongWrongOrRankSumOrFingerprint => {
+                vec![
+                    (TopAmongWrong, g / 2.0),
+                    (RankSum, g / 2.0),
+                    (Fingerprint, f),
+                ]
+            }
+            LogGapSumOrFingerprint => vec![(LogGapSum, g), (Fingerprint, f)],
+            LogGapSumOrReferenceGapSum => vec![(LogGapSum, 0.5), (ReferenceGapSum, 0.5)],
+            LogGapSumOrReferenceGapSumOrFingerprint => vec![
+                (LogGapSum, g / 2.0),
+                (ReferenceGapSum, g / 2.0),
+                (Fingerprint, f),
+            ],
+            LogGapSumOrCentredGapSum => vec![(LogGapSum, 0.5), (CentredGapSum, 0.5)],
+            LogGapSumOrCentredGapSumOrFingerprint => vec![
+                (LogGapSum, g / 2.0),
+                (CentredGapSum, g / 2.0),
+                (Fingerprint, f),
+            ],
+            LogGapSumOrReferenceGapSumOrCentredGapSum => vec![
+                (LogGapSum, 1.0 / 3.0),
+                (ReferenceGapSum, 1.0 / 3.0),
+                (CentredGapSum, 1.0 / 3.0),
+            ],
+            LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint => vec![
+                (LogGapSum, g / 3.0),
+                (ReferenceGapSum, g / 3.0),
+                (CentredGapSum, g / 3.0),
+                (Fingerprint, f),
+            ],
+            single => vec![(single, 1.0)],
+        }
+    }
+
+    /// The decision for the tests that ran (see the module documentation): every gap sum
+    /// that ran, with the fingerprint test when it ran, for scored answers (`log_gap_sum` and
+    /// `centred_gap_sum` present); `top1` otherwise.
+    pub fn decision(scored: bool, reference: bool, fingerprint: bool) -> Statistic {
+        match (scored, reference, fingerprint) {
+            (false, _, _) => Statistic::Top1,
+            (true, false, false) => Statistic::LogGapSumOrCentredGapSum,
+            (true, false, true) => Statistic::LogGapSumOrCentredGapSumOrFingerprint,
+            (true, true, false) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSum,
+            (true, true, true) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint,
+        }
+    }
+
+    /// `log10` of the decision's p-value from its parts' `log10` p-values (`log10_p_of`;
+    /// `None` when a part did not run).
+    pub fn combine(self, log10_p_of: impl Fn(Statistic) -> Option<f64>) -> Option<f64> {
+        self.parts()
+            .into_iter()
+            .map(|(part, w)| log10_p_of(part).map(|p| p - w.log10()))
+            .try_fold(0.0f64, |acc, p| p.map(|p| acc.min(p)))
     }
 }
 
@@ -219,7 +290,7 @@ pub struct StatisticResult {
 }
 
 impl StatisticResult {
-    fn new(statistic: Statistic, matches: usize, queried: usize, chance: f64) -> Self {
+    pub(crate) fn new(statistic: Statistic, matches: usize, queried: usize, chance: f64) -> Self {
         let ln_p = binomial_upper_tail_ln(queried, matches, chance);
         StatisticResult {
             statistic,
@@ -246,7 +317,7 @@ pub struct RankSumResult {
 }
 
 impl RankSumResult {
-    fn new(rank_sum: usize, queried: usize, c: usize) -> Self {
+    pub(crate) fn new(rank_sum: usize, queried: usize, c: usize) -> Self {
         let k = c.saturating_sub(1).max(1);
         let ln_p = uniform_sum_lower_tail_ln(queried, k, rank_sum);
         RankSumResult {
@@ -768,7 +839,7 @@ fn discrete_sum_chernoff_ln(rows: &[&Vec<u32>], s: u64) -> f64 {
 /// Computes a gap-sum statistic from the evidence, on the gaps `gaps_of` picks (the log-gap
 /// sum: `suspect_log_gaps`; the reference-gap sum: `reference_log_gaps`); `None` unless every
 /// item carries them.
-fn gap_sum_of(
+pub(crate) fn gap_sum_of(
     evidence: &[EvidenceItem],
     gaps_of: fn(&EvidenceItem) -> Option<&Vec<u32>>,
 ) -> Option<LogGapSumResult> {
@@ -1069,40 +1140,24 @@ pub fn verify_with(
     };
     // The decision (fixed by the disclosure and the verifier's key, see the module
     // documentation).
-    let weighted = |parts: &[(f64, f64)]| {
-        parts
-            .iter()
-            .map(|&(log10_p, w)| log10_p - w.log10())
-            .fold(0.0f64, f64::min)
-    };
-    let (statistic, log10_p, matches) = match (top_among_wrong, log_gap_sum, centred_gap_sum) {
-        (Some(t), Some(g), Some(cg)) => {
-            // Every gap sum that ran, sharing the gaps' weight equally.
-            let mut gaps = vec![g.log10_p_value, cg.log10_p_value];
-            if let Some(r) = reference_gap_sum {
-                gaps.insert(1, r.log10_p_value);
-            }
-            let gap_weight = if fingerprint.is_some() {
-                GAP_WEIGHT
-            } else {
-                1.0
-            };
-            let mut parts: Vec<(f64, f64)> = gaps
-                .iter()
-                .map(|&p| (p, gap_weight / gaps.len() as f64))
-                .collect();
-            if let Some(f) = fingerprint {
-                parts.push((f.log10_p_value, FINGERPRINT_WEIGHT));
-            }
-            let statistic = match (reference_gap_sum.is_some(), fingerprint.is_some()) {
-                (false, false) => Statistic::LogGapSumOrCentredGapSum,
-                (false, true) => Statistic::LogGapSumOrCentredGapSumOrFingerprint,
-                (true, false) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSum,
-                (true, true) => Statistic::LogGapSumOrReferenceGapSumOrCentredGapSumOrFingerprint,
-            };
-            (statistic, weighted(&parts), t.matches)
-        }
-        _ => (Statistic::Top1, top1.log10_p_value, top1.matches),
+    let statistic = Statistic::decision(
+        top_among_wrong.is_some() && log_gap_sum.is_some() && centred_gap_sum.is_some(),
+        reference_gap_sum.is_some(),
+        fingerprint.is_some(),
+    );
+    let log10_p = statistic
+        .combine(|part| match part {
+            Statistic::Top1 => Some(top1.log10_p_value),
+            Statistic::LogGapSum => log_gap_sum.map(|g| g.log10_p_value),
+            Statistic::ReferenceGapSum => reference_gap_sum.map(|g| g.log10_p_value),
+            Statistic::CentredGapSum => centred_gap_sum.map(|g| g.log10_p_value),
+            Statistic::Fingerprint => fingerprint.map(|f| f.log10_p_value),
+            _ => None,
+        })
+        .expect("every part of the decision ran");
+    let matches = match (statistic, top_among_wrong) {
+        (Statistic::Top1, _) | (_, None) => top1.matches,
+        (_, Some(t)) => t.matches,
     };
     let p_value = 10f64.powf(log10_p);
     Ok(VerifyResult {
@@ -1654,6 +1709,14 @@ mod tests {
             "{} vs {want}",
             r.p_value
         );
+        // Its report rechecks: every gap sum recomputed, the fingerprint's p as reported.
+        let report = crate::report::EvidenceReport::from_result("s", &r);
+        let again = crate::report::recheck(&report).unwrap();
+        assert!(again.fingerprint_as_reported);
+        assert!(again.recomputed.contains(&"reference_gap_sum"));
+        let mut t = report;
+        t.fingerprint.as_mut().unwrap().log10_p_value = -80.0;
+        assert!(crate::report::recheck(&t).is_err(), "the decision uses it");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! tampering.
 
 use mamori_core::{Model, ModelCard, ModelError, Tensor, Watermark};
-use mamori_defense::report::{check_report, parse_public_key, EvidenceReport, ReportSigner};
+use mamori_defense::report::{
+    check_report, parse_public_key, recheck, EvidenceReport, ReportSigner,
+};
 use mamori_defense::verify::{verify_model, Statistic, Verdict};
 use mamori_defense::{Dawn, LedgerRecord, SecretKey};
 use rand::{Rng, SeedableRng};
@@ -133,6 +135,51 @@ fn memorising_thief_is_caught_independent_models_are_not() {
 
     assert_eq!(r.statistic, Statistic::LogGapSumOrCentredGapSum);
     assert!(r.top1.p_value < 1e-9 && r.top_among_wrong.unwrap().matches >= r.top1.matches);
+
+    // Its evidence report's numbers follow from its evidence — also for a family — and a
+    // report whose p-value, verdict or evidence was changed (even if signed again by a
+    // dishonest signer) does not.
+    let report = EvidenceReport::from_result("thief", &r);
+    let again = recheck(&report).unwrap();
+    assert_eq!(again.decision, Statistic::LogGapSumOrCentredGapSum);
+    for name in [
+        "top1",
+        "top_among_wrong",
+        "rank_sum",
+        "log_gap_sum",
+        "centred_gap_sum",
+    ] {
+        assert!(again.recomputed.contains(&name), "{name}: {again:?}");
+    }
+    assert!(!again.fingerprint_as_reported);
+    recheck(&EvidenceReport::from_result(
+        "thief",
+        &r.clone().for_family(20),
+    ))
+    .unwrap();
+    let mut t = report.clone();
+    t.log10_p_value -= 3.0;
+    assert!(recheck(&t).unwrap_err().to_string().contains("p-value"));
+    let mut t = report.clone();
+    t.verdict = Verdict::NotFound;
+    assert!(recheck(&t).unwrap_err().to_string().contains("verdict"));
+    let mut t = report.clone();
+    let (w, y) = (
+        t.evidence[0].watermark_label,
+        t.evidence[0].true_label.unwrap(),
+    );
+    let g = t.evidence[0].centred_log_gaps.as_mut().unwrap();
+    g[if w < y { w } else { w - 1 }] += 5;
+    assert!(recheck(&t)
+        .unwrap_err()
+        .to_string()
+        .contains("centred_gap_sum"));
+    let mut t = report.clone();
+    t.evidence[0].matched = !t.evidence[0].matched;
+    assert!(recheck(&t).unwrap_err().to_string().contains("match flags"));
+    let mut t = report;
+    t.evidence.pop();
+    assert!(recheck(&t).unwrap_err().to_string().contains("queried"));
 
     // The victim itself never matches top-1 (watermark labels are never its label); its
     // second choices are independent of the key, so it is not accused either.

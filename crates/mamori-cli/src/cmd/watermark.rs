@@ -6,7 +6,7 @@ use mamori_attack::{HttpOracle, HttpOracleConfig};
 use mamori_core::Oracle;
 use mamori_defense::dawn::{DawnPaths, HomeLedgers};
 use mamori_defense::report::{
-    check_report, parse_public_key, read_signed_report, EvidenceReport, ReportSigner,
+    check_report, parse_public_key, read_signed_report, recheck, EvidenceReport, ReportSigner,
 };
 use mamori_defense::verify::{verify_with, FingerprintCheck, ModelOracle, Verdict, DEFAULT_ALPHA};
 use mamori_defense::{Dawn, Ledger, LinearFingerprint, SecretKey};
@@ -23,7 +23,8 @@ pub struct Args {
 enum Sub {
     /// Query a suspect model on the DAWN ledger's inputs and test for the watermark.
     Verify(Box<VerifyArgs>),
-    /// Check the ed25519 signature of an evidence report.
+    /// Check the ed25519 signature of an evidence report and recompute its numbers from its
+    /// evidence.
     CheckReport(CheckArgs),
     /// Summarise a DAWN ledger (records, classes, commitment).
     Ledger(LedgerArgs),
@@ -442,6 +443,24 @@ fn run_check(a: CheckArgs) -> Result<()> {
     let signed = read_signed_report(&a.file)?;
     let r = check_report(&signed, &pk).with_context(|| format!("checking {}", a.file.display()))?;
     println!("signature   valid");
+    // The signature says who made the report; the recheck, that its numbers follow from its
+    // evidence.
+    let again = recheck(&r).with_context(|| {
+        format!(
+            "checking {}: the signature is valid but the numbers do not follow from the evidence",
+            a.file.display()
+        )
+    })?;
+    println!(
+        "recomputed  {} and the decision {} from the evidence: consistent{}",
+        again.recomputed.join(", "),
+        again.decision.name(),
+        if again.fingerprint_as_reported {
+            " (the fingerprint test's p-value as reported: it needs the suspect)"
+        } else {
+            ""
+        }
+    );
     println!("suspect     {}", r.suspect);
     if let Some(m) = &r.model {
         println!("model       {m}");
