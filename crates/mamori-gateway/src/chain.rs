@@ -140,6 +140,9 @@ impl ModelSpec {
     }
 }
 
+/// A subject's detector snapshots, by detector name.
+type Snapshots = Vec<(String, Vec<u8>)>;
+
 #[derive(Default)]
 struct SubjectState {
     states: Vec<Box<dyn DetectorState>>,
@@ -165,12 +168,22 @@ impl SubjectState {
 
     /// Every detector's state, by detector name: what a checkpoint saves per subject, to the
     /// shared store or the subject's state file ([`crate::state_codec`]).
-    fn snapshots(&self, detectors: &[Arc<dyn Detector>]) -> Vec<(String, Vec<u8>)> {
+    fn snapshots(&self, detectors: &[Arc<dyn Detector>]) -> Snapshots {
         detectors
             .iter()
             .zip(&self.states)
             .map(|(d, s)| (d.info().name, s.snapshot()))
             .collect()
+    }
+
+    /// The snapshots to save when the subject was observed since the last save (clearing
+    /// the mark; the caller marks it again if the save fails), with its query count.
+    fn take_changed(&mut self, detectors: &[Arc<dyn Detector>]) -> Option<(Snapshots, u64)> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some((self.snapshots(detectors), self.queries()))
     }
 
     /// The states of [`SubjectState::snapshots`]; a detector missing from them starts fresh.
@@ -1018,13 +1031,13 @@ impl Chain {
         let mut out = Vec::new();
         let mut taken = Vec::new();
         for (subject, st) in subjects {
-            let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
-            if !g.dirty {
+            let changed = st
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_changed(&e.detectors);
+            let Some((snaps, queries)) = changed else {
                 continue;
-            }
-            g.dirty = false;
-            let (snaps, queries) = (g.snapshots(&e.detectors), g.queries());
-            drop(g);
+            };
             // Compressed outside the subject's lock: its requests go on meanwhile.
             out.push(SharedState {
                 subject,
@@ -1146,13 +1159,13 @@ fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), Gateway
     std::fs::create_dir_all(&sdir)
         .map_err(|err| GatewayError::Storage(format!("{}: {err}", sdir.display())))?;
     for (subject, st) in e.subject_list() {
-        let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.dirty {
+        let changed = st
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_changed(&e.detectors);
+        let Some((snaps, _)) = changed else {
             continue;
-        }
-        g.dirty = false;
-        let snaps = g.snapshots(&e.detectors);
-        drop(g);
+        };
         // Compressed and written outside the subject's lock.
         let bytes = crate::state_codec::encode_file(&subject, &snaps);
         if let Err(err) = write_synced(&sdir.join(crate::state_codec::file_name(&subject)), &bytes)
@@ -1224,14 +1237,7 @@ fn load_legacy_states(
         })?;
     let mut out = HashMap::new();
     for (subject, snaps) in saved {
-        let snaps = snaps
-            .into_iter()
-            .map(|(name, h)| {
-                hex::decode(&h)
-                    .map(|b| (name.clone(), b))
-                    .map_err(|e| format!("{name}: {e}"))
-            })
-            .collect::<Result<BTreeMap<_, _>, _>>()
+        let snaps = crate::state_codec::from_hex_map(snaps)
             .and_then(|snaps| SubjectState::restore(detectors, &snaps));
         let mut st = snaps
             .map_err(|e| GatewayError::Storage(format!("{}: {subject}/{e}", path.display())))?;

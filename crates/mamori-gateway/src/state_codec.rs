@@ -145,6 +145,12 @@ fn take<'a>(rest: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], Strin
 fn decode_hex_json(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let map: BTreeMap<String, String> =
         serde_json::from_slice(bytes).map_err(|e| format!("detector state: {e}"))?;
+    from_hex_map(map)
+}
+
+/// The snapshots of the first format's map from detector name to hex (also one subject's
+/// entry of the first state-file format, `state/<model>.json`).
+pub fn from_hex_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, Vec<u8>>, String> {
     map.into_iter()
         .map(|(name, h)| {
             hex::decode(&h)
