@@ -13,7 +13,9 @@
 //! holds at most `max_seen` input hashes per client (cleared when full).
 //!
 //! Memory per client is bounded by each detector's own rule (see their modules); the number of
-//! clients is not — the gateway calls [`Engine::forget`] for deleted keys.
+//! clients this engine holds is not (the callers here are evaluations and tools with a known
+//! set of clients; [`Engine::forget`] drops one). The gateway keeps its subjects' detector
+//! states itself and bounds how many stay in memory (`detect.max_resident_subjects`).
 
 use crate::error::DetectError;
 use crate::policy::{Decision, Override, Policy, PolicyConfig};

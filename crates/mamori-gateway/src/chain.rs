@@ -151,6 +151,20 @@ struct SubjectState {
     /// Observed (or loaded from the first state-file format) since the last save: to the
     /// shared store with `detect.shared_state`, else to the subject's state file.
     dirty: bool,
+    /// When it was last observed (Unix ms; 0 = not since it was loaded): the least recently
+    /// observed subjects are evicted first (`detect.max_resident_subjects`).
+    last_seen_ms: u64,
+}
+
+/// What stays in memory of a subject whose detector states were evicted
+/// (`detect.max_resident_subjects`): the admin listing's numbers, and the alarms and last
+/// action that decide whether its next alarm is a new alert — given back to its states when
+/// they are loaded again.
+#[derive(Clone, Debug, Default)]
+struct Evicted {
+    queries: u64,
+    alarmed: HashSet<String>,
+    last_action: Option<Action>,
 }
 
 impl SubjectState {
@@ -222,6 +236,11 @@ pub struct ModelEntry {
     pub platform: String,
     detectors: Vec<Arc<dyn Detector>>,
     subjects: Mutex<HashMap<String, Arc<Mutex<SubjectState>>>>,
+    /// Subjects whose states were evicted from memory, with what the gateway keeps of them.
+    evicted: Mutex<HashMap<String, Evicted>>,
+    /// This model's per-subject state files (`<state dir>/<model>.states`), when detector
+    /// states are kept in files: where an evicted or not yet loaded subject's states are read.
+    state_files: Option<std::path::PathBuf>,
     policy: Mutex<Box<dyn Policy>>,
     watermark: Option<Arc<dyn Watermark>>,
     blocks: Mutex<Blocks>,
@@ -235,31 +254,128 @@ impl ModelEntry {
         self.model.card()
     }
 
-    /// The detector states of subject `name`: this replica's, else (with
-    /// `detect.shared_state`) the ones another replica saved in the shared store, else fresh.
-    fn subject(&self, name: &str, sh: &Shared) -> Arc<Mutex<SubjectState>> {
+    /// The detector states of subject `name`: this replica's in memory, else the saved ones
+    /// (with `detect.shared_state` the shared store's, which another replica may have written;
+    /// else the subject's state file, written before it was evicted or before a restart), else
+    /// fresh. An evicted subject gets back its alarms and last action.
+    ///
+    /// A state file that cannot be read fails the request (a storage error: its states are
+    /// not replaced by fresh ones, which the next checkpoint would write over them); one that
+    /// does not decode is moved aside (`….mss.damaged`, kept for inspection) and the subject
+    /// starts fresh, logged as an error.
+    fn subject(&self, name: &str, sh: &Shared) -> Result<Arc<Mutex<SubjectState>>, GatewayError> {
         if let Some(st) = self
             .subjects
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
         {
-            return st.clone();
+            return Ok(st.clone());
         }
-        // Not under the map's lock: a store read must not hold up every other client.
+        // Not under the map's lock: a store or file read must not hold up every other client.
         let restored = if sh.config.detect.shared_state {
             self.shared_subject(name, sh)
         } else {
-            None
+            self.file_subject(name)?
         };
         let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string())
+        Ok(map
+            .entry(name.to_string())
             .or_insert_with(|| {
-                Arc::new(Mutex::new(
-                    restored.unwrap_or_else(|| SubjectState::fresh(&self.detectors)),
-                ))
+                let mut st = restored.unwrap_or_else(|| SubjectState::fresh(&self.detectors));
+                let back = self
+                    .evicted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
+                if let Some(ev) = back {
+                    st.alarmed = ev.alarmed;
+                    st.last_action = ev.last_action;
+                }
+                Arc::new(Mutex::new(st))
             })
-            .clone()
+            .clone())
+    }
+
+    /// The states of `subject` in its state file, if it has one (see [`ModelEntry::subject`]).
+    fn file_subject(&self, subject: &str) -> Result<Option<SubjectState>, GatewayError> {
+        let Some(dir) = &self.state_files else {
+            return Ok(None);
+        };
+        let path = dir.join(crate::state_codec::file_name(subject));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(GatewayError::Storage(format!("{}: {e}", path.display()))),
+        };
+        let restored = crate::state_codec::decode_file(&bytes).and_then(|(who, snaps)| {
+            if who != subject {
+                return Err(format!("holds the states of {who:?}"));
+            }
+            SubjectState::restore(&self.detectors, &snaps)
+        });
+        match restored {
+            Ok(st) => Ok(Some(st)),
+            Err(e) => {
+                let aside = path.with_extension("mss.damaged");
+                let moved = std::fs::rename(&path, &aside);
+                tracing::error!(
+                    "detector state of {subject:?} on {:?}: {}: invalid detector state: {e}; \
+                     starting fresh ({})",
+                    self.name,
+                    path.display(),
+                    match moved {
+                        Ok(()) => format!("the file is kept as {}", aside.display()),
+                        Err(m) => format!("moving it aside failed: {m}"),
+                    }
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Evicts from memory the least recently observed subjects beyond `max` (0 = none), among
+    /// those saved since they were last observed and with no request in flight (a request
+    /// holds its subject's state while it runs: such a subject is kept, and a subject observed
+    /// since the last save stays until the next one writes it). Returns how many were evicted.
+    /// The caller has saved the states (their file or the shared store has them).
+    fn evict_idle(&self, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() <= max {
+            return 0;
+        }
+        // Under the map's lock no request can take a subject's state: one that only the map
+        // holds is idle until the lock is released, and then it is gone from the map.
+        let mut idle: Vec<(u64, String)> = map
+            .iter()
+            .filter(|(_, st)| Arc::strong_count(st) == 1)
+            .filter_map(|(name, st)| {
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                (!g.dirty).then(|| (g.last_seen_ms, name.clone()))
+            })
+            .collect();
+        idle.sort_unstable();
+        let excess = map.len() - max;
+        let mut evicted = self.evicted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (_, name) in idle.into_iter().take(excess) {
+            if let Some(st) = map.remove(&name) {
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                evicted.insert(
+                    name,
+                    Evicted {
+                        queries: g.queries(),
+                        alarmed: g.alarmed.clone(),
+                        last_action: g.last_action,
+                    },
+                );
+                n += 1;
+            }
+        }
+        n
     }
 
     /// The states of `subject` another replica saved in the shared store. A store that
@@ -337,6 +453,9 @@ pub struct ClientInfo {
     pub blocked: Option<String>,
     /// Whether an administrator overrode the policy's blocks for it.
     pub overridden: bool,
+    /// Whether its detector states are in memory (`false`: evicted, see
+    /// `detect.max_resident_subjects`; loaded again on its next request).
+    pub resident: bool,
 }
 
 /// Per-tier runtime settings.
@@ -618,11 +737,19 @@ impl ChainBuilder {
             }
             // With shared states, subjects are taken from the shared store as they come.
             let subjects = match &self.state_dir {
-                Some(dir) if !self.config.detect.shared_state => {
-                    load_states(dir, &name, &spec.detectors)?
-                }
+                Some(dir) if !self.config.detect.shared_state => load_states(
+                    dir,
+                    &name,
+                    &spec.detectors,
+                    self.config.detect.max_resident_subjects,
+                )?,
                 _ => HashMap::new(),
             };
+            let state_files = self
+                .state_dir
+                .as_ref()
+                .filter(|_| !self.config.detect.shared_state)
+                .map(|dir| states_dir(dir, &name));
             let mut spec = spec;
             if let Some(dir) = &self.state_dir {
                 let path = dir.join(format!("{name}.policy.json"));
@@ -645,6 +772,8 @@ impl ChainBuilder {
                     platform: spec.platform,
                     detectors: spec.detectors,
                     subjects: Mutex::new(subjects),
+                    evicted: Mutex::new(HashMap::new()),
+                    state_files,
                     policy: Mutex::new(spec.policy),
                     watermark: spec.watermark,
                     blocks: Mutex::new(Blocks::default()),
@@ -953,6 +1082,36 @@ impl Chain {
                     blocked: blocks.blocked.get(&subject).cloned(),
                     overridden: blocks.overridden.contains(&subject),
                     subject,
+                    resident: true,
+                });
+            }
+            let evicted: Vec<(String, Evicted)> = e
+                .evicted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (subject, ev) in evicted {
+                if out
+                    .iter()
+                    .any(|c| c.model == e.name && c.subject == subject)
+                {
+                    // Loaded again meanwhile: listed above.
+                    continue;
+                }
+                let mut alarmed: Vec<String> = ev.alarmed.into_iter().collect();
+                alarmed.sort();
+                out.push(ClientInfo {
+                    model: e.name.clone(),
+                    risk: policy.risk(&subject, now),
+                    queries: ev.queries,
+                    last_action: ev.last_action.map(|a| action_name(a).to_string()),
+                    alarmed,
+                    blocked: blocks.blocked.get(&subject).cloned(),
+                    overridden: blocks.overridden.contains(&subject),
+                    subject,
+                    resident: false,
                 });
             }
         }
@@ -1017,9 +1176,16 @@ impl Chain {
             }
             if self.shared.config.detect.shared_state {
                 self.save_shared_states(e)?;
-                continue;
+            } else {
+                save_state_files(dir, e)?;
             }
-            save_state_files(dir, e)?;
+            let n = e.evict_idle(self.shared.config.detect.max_resident_subjects);
+            if n > 0 {
+                tracing::debug!(
+                    "{n} idle subjects' detector states on {:?} evicted from memory (saved)",
+                    e.name
+                );
+            }
         }
         Ok(())
     }
@@ -1184,13 +1350,16 @@ fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), Gateway
 }
 
 /// `model`'s detector states from the state directory: the per-subject files of
-/// `<model>.states/`, and the first format's `<model>.json` if it is still there (its subjects
-/// marked for the next save, which moves them into files; a subject in both is taken from its
-/// file, the newer). A file that does not decode stops the start, naming it.
+/// `<model>.states/` — with `max` > 0 (`detect.max_resident_subjects`) only the `max` most
+/// recently written, the others being loaded on their subject's first request — and the first
+/// format's `<model>.json` if it is still there (its subjects marked for the next save, which
+/// moves them into files; a subject in both is taken from its file, the newer). A file that
+/// does not decode stops the start, naming it.
 fn load_states(
     dir: &std::path::Path,
     model: &str,
     detectors: &[Arc<dyn Detector>],
+    max: usize,
 ) -> Result<SubjectMap, GatewayError> {
     let mut out = load_legacy_states(dir, model, detectors)?;
     let sdir = states_dir(dir, model);
@@ -1199,14 +1368,28 @@ fn load_states(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(err) => return Err(GatewayError::Storage(format!("{}: {err}", sdir.display()))),
     };
+    let mut files = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|err| GatewayError::Storage(format!("{}: {err}", sdir.display())))?
-            .path();
+        let entry =
+            entry.map_err(|err| GatewayError::Storage(format!("{}: {err}", sdir.display())))?;
+        let path = entry.path();
         if path.extension().and_then(|x| x.to_str()) != Some("mss") {
-            // A temporary file of a write a crash interrupted; the previous file stands.
+            // A temporary file of a write a crash interrupted (the previous file stands), or a
+            // damaged file moved aside.
             continue;
         }
+        let written = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|err| GatewayError::Storage(format!("{}: {err}", path.display())))?;
+        files.push((written, path));
+    }
+    if max > 0 && files.len() > max {
+        // Newest first (ties by path, so the choice does not depend on the directory order).
+        files.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        files.truncate(max);
+    }
+    for (_, path) in files {
         let bad = |err: String| {
             GatewayError::Storage(format!("{}: invalid detector state: {err}", path.display()))
         };
@@ -1533,10 +1716,11 @@ impl Stage for Detect {
         let mut verdicts = Vec::new();
         let mut subject_states = Vec::new();
         for s in &subjects {
-            let st = entry.subject(s, sh);
+            let st = entry.subject(s, sh)?;
             {
                 let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
                 g.dirty = true;
+                g.last_seen_ms = now_ms();
                 for i in 0..input.batch_size() {
                     let obs = Observation {
                         client: s,

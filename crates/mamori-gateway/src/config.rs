@@ -404,6 +404,18 @@ pub struct DetectConfig {
     /// replica (a restart, a rolling deploy, a failover) keeps its history. A hand-off, not a
     /// merge: two replicas serving one client at the same time each keep their own.
     pub shared_state: bool,
+    /// Most subjects (clients, groups, networks) per model whose detector states stay in
+    /// memory (0 = no limit). At each checkpoint, once the states observed since the last one
+    /// are saved, the least recently observed subjects beyond this many — saved, and with no
+    /// request in flight — are dropped from memory; their states are loaded again, from their
+    /// state file or the shared store, on their next request, and the admin listing keeps
+    /// their query count, alarms and last action meanwhile. At start, at most this many state
+    /// files are loaded (the most recently written); the others are loaded on their subject's
+    /// first request. One subject's memory is bounded by its detectors' capacities
+    /// (`docs/bench/detect.md`); this bounds how many of them are held at once, so that many
+    /// keys (or networks) used one after another do not add up in memory. Needs somewhere to
+    /// save to: without a state directory (or `shared_state`), nothing is evicted.
+    pub max_resident_subjects: usize,
 }
 
 impl Default for DetectConfig {
@@ -419,6 +431,7 @@ impl Default for DetectConfig {
             checkpoint_s: 120,
             block_sync_s: 5,
             shared_state: false,
+            max_resident_subjects: 1024,
         }
     }
 }

@@ -513,3 +513,217 @@ fn state_files_are_written_per_subject_when_changed_and_the_first_format_is_migr
         "{e}"
     );
 }
+
+/// `detect.max_resident_subjects`: at a checkpoint the least recently observed subjects beyond
+/// the limit leave memory (saved first); the admin listing keeps them; on its next request a
+/// subject's states come back from its file — its history goes on, and an alarm it already
+/// raised is not alerted again. At start only the newest files up to the limit are loaded;
+/// the others on their subject's first request. A damaged file met then is moved aside and the
+/// subject starts fresh; a file that cannot be read fails the request instead.
+#[test]
+fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let names = ["c0", "c1", "c2", "c3", "c4"];
+    let ks: Vec<String> = names
+        .iter()
+        .map(|n| keys.create(n, None, "full", &[]).unwrap().1)
+        .collect();
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.max_resident_subjects = 2;
+    let build = || {
+        Arc::new(
+            ChainBuilder::new(cfg.clone())
+                .keys(keys.clone())
+                .state_dir(dir.path())
+                .model(spec_with(6, Action::Alert))
+                .build()
+                .unwrap(),
+        )
+    };
+    let info = |chain: &Chain, who: &str| chain.clients().into_iter().find(|c| c.subject == who);
+    let alerts = |chain: &Chain, who: &str| {
+        chain.flush_audit();
+        chain
+            .shared()
+            .audit
+            .with_store(|s| s.alerts().unwrap())
+            .iter()
+            .filter(|a| a.client == who)
+            .count()
+    };
+    let chain = build();
+    // c0 alarms at its 6th query (one alert); then c1 … c4, one query each, in that order.
+    for q in 0..6 {
+        infer_sample(&chain, &ks[0], q).unwrap();
+    }
+    assert_eq!(alerts(&chain, "c0"), 1);
+    for k in &ks[1..] {
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        infer_sample(&chain, k, 0).unwrap();
+    }
+    // Nothing leaves memory before a checkpoint has saved it.
+    assert!(chain.clients().iter().all(|c| c.resident));
+    chain.save_states().unwrap();
+    let listed = chain.clients();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    let resident: Vec<&str> = listed
+        .iter()
+        .filter(|c| c.resident)
+        .map(|c| c.subject.as_str())
+        .collect();
+    assert_eq!(
+        resident,
+        ["c3", "c4"],
+        "the two most recently observed stay"
+    );
+    let c0 = info(&chain, "c0").unwrap();
+    assert_eq!(
+        (c0.queries, c0.alarmed.clone(), c0.last_action.as_deref()),
+        (6, vec!["count".to_string()], Some("alert"))
+    );
+    // c0 comes back: its 7th query (a fresh state would count 1), no second alert.
+    infer_sample(&chain, &ks[0], 6).unwrap();
+    let c0 = info(&chain, "c0").unwrap();
+    assert!(c0.resident);
+    assert_eq!(c0.queries, 7);
+    assert_eq!(
+        alerts(&chain, "c0"),
+        1,
+        "an alarm raised before eviction is not re-alerted"
+    );
+    chain.shutdown();
+    drop(chain);
+
+    // A restart loads the newest 2 files; another subject is loaded on its first request.
+    let chain = build();
+    let listed = chain.clients();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let unloaded: Vec<usize> = (1..5)
+        .filter(|&i| listed.iter().all(|c| c.subject != names[i]))
+        .collect();
+    assert!(unloaded.len() >= 2);
+    let i = unloaded[0];
+    infer_sample(&chain, &ks[i], 1).unwrap();
+    assert_eq!(info(&chain, names[i]).unwrap().queries, 2);
+
+    // A damaged file: moved aside, the subject starts fresh, the request is answered.
+    let j = unloaded[1];
+    let states = dir.path().join("lin.states");
+    let file = states.join(mamori_gateway::state_codec::file_name(names[j]));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 3);
+    std::fs::write(&file, bytes).unwrap();
+    infer_sample(&chain, &ks[j], 1).unwrap();
+    assert_eq!(info(&chain, names[j]).unwrap().queries, 1);
+    assert!(file.with_extension("mss.damaged").is_file() && !file.exists());
+    chain.shutdown();
+    drop(chain);
+
+    // A state file that cannot be read (here a directory in its place): the request fails
+    // with a storage error naming it, and nothing replaces the subject's states.
+    let chain = build();
+    let unloaded: Vec<usize> = (0..5)
+        .filter(|&i| chain.clients().iter().all(|c| c.subject != names[i]))
+        .collect();
+    let k = unloaded[0];
+    let file = states.join(mamori_gateway::state_codec::file_name(names[k]));
+    let kept = file.with_extension("kept");
+    std::fs::rename(&file, &kept).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let e = infer_sample(&chain, &ks[k], 1).unwrap_err();
+    assert!(
+        matches!(&e, mamori_gateway::GatewayError::Storage(m) if m.contains(&file.display().to_string())),
+        "{e}"
+    );
+    assert!(info(&chain, names[k]).is_none());
+    // Once the file is back, the subject's history goes on.
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::rename(&kept, &file).unwrap();
+    let before = mamori_gateway::state_codec::decode_file(&std::fs::read(&file).unwrap())
+        .unwrap()
+        .1;
+    assert!(!before.is_empty());
+    infer_sample(&chain, &ks[k], 2).unwrap();
+    assert!(info(&chain, names[k]).unwrap().queries >= 2);
+}
+
+/// Checkpoints that evict (limit 1) running all the while four clients query from their own
+/// threads: no observation is lost — a subject with a request in flight, or observed since the
+/// last save, stays in memory — so every client's count ends at what it sent.
+#[test]
+fn eviction_under_concurrent_requests_loses_no_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let ks: Vec<String> = (0..4)
+        .map(|i| keys.create(&format!("c{i}"), None, "full", &[]).unwrap().1)
+        .collect();
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.max_resident_subjects = 1;
+    let chain = Arc::new(
+        ChainBuilder::new(cfg)
+            .keys(keys.clone())
+            .state_dir(dir.path())
+            .model(spec_with(1_000_000, Action::Alert))
+            .build()
+            .unwrap(),
+    );
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let done = Arc::new(AtomicBool::new(false));
+    let saves = Arc::new(AtomicUsize::new(0));
+    let saver = {
+        let (chain, done, saves) = (chain.clone(), done.clone(), saves.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                chain.save_states().unwrap();
+                saves.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Each client queries at least 100 times and until 10 checkpoints have run (a query a
+    // millisecond at most, under the tier's rate limit).
+    let clients: Vec<_> = ks
+        .iter()
+        .map(|k| {
+            let (chain, k, saves) = (chain.clone(), k.clone(), saves.clone());
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while sent < 100 || saves.load(Ordering::Relaxed) < 10 {
+                    infer_sample(&chain, &k, sent).unwrap();
+                    sent += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<usize> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    saver.join().unwrap();
+    chain.save_states().unwrap();
+    let listed = chain.clients();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(
+        listed.iter().filter(|c| c.resident).count(),
+        1,
+        "{listed:?}"
+    );
+    for (i, n) in sent.iter().enumerate() {
+        let c = listed
+            .iter()
+            .find(|c| c.subject == format!("c{i}"))
+            .unwrap();
+        assert_eq!(c.queries, *n as u64, "{c:?}");
+    }
+    // And each one's states, loaded back, count the same.
+    for (i, k) in ks.iter().enumerate() {
+        infer_sample(&chain, k, sent[i]).unwrap();
+        let c = chain
+            .clients()
+            .into_iter()
+            .find(|c| c.subject == format!("c{i}"))
+            .unwrap();
+        assert_eq!(c.queries, sent[i] as u64 + 1);
+    }
+}

@@ -377,3 +377,39 @@ fn a_client_moved_to_another_replica_keeps_its_detector_history_with_shared_stat
         .to_string();
     assert!(e.contains("detect.shared_state"), "{e}");
 }
+
+/// With `detect.shared_state`, a subject evicted from memory (`detect.max_resident_subjects`)
+/// is saved in the shared store first and taken from it again on its next request: its
+/// history goes on — here to a block at its 5th query overall.
+#[test]
+fn an_evicted_subject_comes_back_from_the_shared_store_with_its_history() {
+    let (store, sd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = Arc::new(KeyStore::in_memory());
+    let (_, mallory) = keys.create("mallory", None, "full", &[]).unwrap();
+    let (_, alice) = keys.create("alice", None, "full", &[]).unwrap();
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.shared_state = true;
+    cfg.detect.max_resident_subjects = 1;
+    let chain = Arc::new(
+        ChainBuilder::new(cfg)
+            .keys(keys.clone())
+            .audit_store(Box::new(SqliteStore::open_home(store.path()).unwrap()))
+            .state_dir(sd.path())
+            .model(spec(5, Box::new(OnAlarm(Action::Block))))
+            .build()
+            .unwrap(),
+    );
+    let mut m = ChainOracle::new(chain.clone(), &mallory, None).unwrap();
+    for k in 1..=3 {
+        assert!(!refused(&mut m, k));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let mut a = ChainOracle::new(chain.clone(), &alice, None).unwrap();
+    assert!(!refused(&mut a, 1));
+    chain.save_states().unwrap();
+    let listed = chain.clients();
+    let resident = |who: &str| listed.iter().find(|c| c.subject == who).unwrap().resident;
+    assert!(!resident("mallory") && resident("alice"), "{listed:?}");
+    assert!(!refused(&mut m, 4));
+    assert!(refused(&mut m, 5), "her 5th query overall");
+}
