@@ -14,10 +14,12 @@
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
 
+mod common;
+
+use common::{fresh_query, obs, probs, shipped_capacity_config, stream, whole_history_config};
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mamori_core::Observation;
 use mamori_detect::{default_detectors, DetectorsConfig, Engine, PolicyConfig};
-use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// Measured queries between two restores of the saved state, as a fraction of the history:
@@ -29,94 +31,8 @@ fn run_length(n: usize) -> usize {
     (n / RESTORE_EVERY).max(100)
 }
 
-/// The `j`-th measured query after a history of `n`: a fresh input (one pixel changed, so it
-/// is never an exact repeat, which would skip the similarity detectors).
-fn fresh_query(xs: &[Vec<f32>], n: usize, j: usize) -> (Vec<f32>, usize) {
-    let next = n + j;
-    let i = next % xs.len();
-    let mut x = xs[i].clone();
-    x[(next + 1) % 784] = ((next + 1) % 251) as f32 / 251.0;
-    (x, i)
-}
-
-/// Query stream: MNIST training images, then shifted and noised copies (all distinct).
-fn images(n: usize) -> (Vec<Vec<f32>>, Vec<usize>) {
-    let dir = mamori_data::resolve_data_dir(None);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let base: Vec<(Vec<f32>, usize)> = match mamori_data::load("mnist", &dir) {
-        Ok(s) => (0..s.train.len())
-            .map(|i| (s.train.x.row(i).to_vec(), s.train.y[i]))
-            .collect(),
-        Err(e) => {
-            eprintln!("MNIST not found ({e}); using synthetic images");
-            (0..10_000)
-                .map(|i| ((0..784).map(|_| rng.gen::<f32>()).collect(), i % 10))
-                .collect()
-        }
-    };
-    let mut xs = Vec::with_capacity(n);
-    let mut ys = Vec::with_capacity(n);
-    for i in 0..n {
-        let (x, y) = &base[i % base.len()];
-        if i < base.len() {
-            xs.push(x.clone());
-        } else {
-            let shift = 1 + (i / base.len()) % 3;
-            let mut z = vec![0.0f32; 784];
-            z[shift..].copy_from_slice(&x[..784 - shift]);
-            for v in z.iter_mut() {
-                *v = (*v + rng.gen_range(-0.02..0.02)).clamp(0.0, 1.0);
-            }
-            xs.push(z);
-        }
-        ys.push(*y);
-    }
-    (xs, ys)
-}
-
-/// The bench's detector configuration: the indexes hold the whole history, to measure how
-/// search cost grows with it.
-fn config() -> DetectorsConfig {
-    let mut cfg = shipped_capacity_config();
-    cfg.knn.capacity = 1 << 17;
-    cfg.blacklight.capacity = 1 << 17;
-    cfg.prada.class_capacity = 1 << 15;
-    cfg
-}
-
-/// The same detectors with the shipped (default) index capacities: memory per client is
-/// bounded by the documented generation eviction, so a long history keeps only its newest
-/// `2 * capacity` codes per index.
-fn shipped_capacity_config() -> DetectorsConfig {
-    let mut cfg = DetectorsConfig::example_active();
-    cfg.rate.max_total = 0;
-    cfg.rate.max_per_window = u64::MAX / 2;
-    // Every bench query in-distribution, so PRADA (which tests out-of-distribution queries in
-    // its second pool) keeps them in its main one: the worst case for its cost.
-    cfg.ood.radius = vec![100.0; 10];
-    cfg
-}
-
-fn probs(label: usize) -> Vec<f32> {
-    let mut p = vec![0.001f32; 10];
-    p[label] = 0.991;
-    p
-}
-
-/// One benchmark client's observation of an MNIST-shaped query.
-fn obs<'a>(input: &'a [f32], probs: &'a [f32], label: usize, time_ms: u64) -> Observation<'a> {
-    Observation {
-        client: "bench",
-        input,
-        input_shape: &[1, 28, 28],
-        probs,
-        label,
-        time_ms,
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    bench_engine(c, "engine_observe", &config());
+    bench_engine(c, "engine_observe", &whole_history_config());
     bench_engine(
         c,
         "engine_observe_shipped_capacity",
@@ -127,7 +43,7 @@ fn bench(c: &mut Criterion) {
 /// The full set (engine + policy) with `cfg`, as group `name`.
 fn bench_engine(c: &mut Criterion, name: &str, cfg: &DetectorsConfig) {
     let sizes = [1_000usize, 10_000, 100_000];
-    let (xs, ys) = images(100_000 + 20_000);
+    let common::Stream { xs, ys, .. } = stream(100_000 + 20_000);
     let mut group = c.benchmark_group(name);
     group.sample_size(20);
     for &n in &sizes {
@@ -177,8 +93,8 @@ fn restore(dets: &[std::sync::Arc<dyn mamori_core::Detector>], saved: &[u8]) -> 
 /// Each detector alone (its own state, no policy), same streams and sizes.
 fn bench_each(c: &mut Criterion) {
     let sizes = [1_000usize, 10_000, 100_000];
-    let (xs, ys) = images(100_000 + 20_000);
-    for det in default_detectors(&config()) {
+    let common::Stream { xs, ys, .. } = stream(100_000 + 20_000);
+    for det in default_detectors(&whole_history_config()) {
         let name = det.info().name;
         let mut group = c.benchmark_group(format!("detector_{name}"));
         group.sample_size(10);
@@ -227,7 +143,7 @@ fn bench_each(c: &mut Criterion) {
 /// Baseline: exact nearest neighbour by a linear scan over the whole history (784-d L2).
 fn bench_linear(c: &mut Criterion) {
     let sizes = [1_000usize, 10_000, 100_000];
-    let (xs, _) = images(100_000 + 20_000);
+    let xs = stream(100_000 + 20_000).xs;
     let mut group = c.benchmark_group("baseline_exact_linear_nn");
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(500));

@@ -18,36 +18,8 @@ use mamori_detect::knn::KnnConfig;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
-fn images(n: usize) -> Vec<Vec<f32>> {
-    let dir = mamori_data::resolve_data_dir(None);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let base: Vec<Vec<f32>> = match mamori_data::load("mnist", &dir) {
-        Ok(s) => (0..s.train.len())
-            .map(|i| s.train.x.row(i).to_vec())
-            .collect(),
-        Err(e) => {
-            eprintln!("MNIST not found ({e}); using synthetic images");
-            (0..10_000)
-                .map(|_| (0..784).map(|_| rng.gen::<f32>()).collect())
-                .collect()
-        }
-    };
-    (0..n)
-        .map(|i| {
-            let x = &base[i % base.len()];
-            if i < base.len() {
-                return x.clone();
-            }
-            let shift = 1 + (i / base.len()) % 3;
-            let mut z = vec![0.0f32; 784];
-            z[shift..].copy_from_slice(&x[..784 - shift]);
-            for v in z.iter_mut() {
-                *v = (*v + rng.gen_range(-0.02..0.02)).clamp(0.0, 1.0);
-            }
-            z
-        })
-        .collect()
-}
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn score(d: &[f32]) -> f64 {
     d.iter().map(|&v| (v as f64).sqrt()).sum::<f64>() / d.len().max(1) as f64
@@ -76,7 +48,7 @@ fn main() {
     let m: Vec<f32> = (0..dim * 784)
         .map(|_| if rng.gen::<bool>() { s } else { -s })
         .collect();
-    let xs = images(n);
+    let xs = common::stream(n).xs;
     let codes: Vec<Vec<f32>> = xs
         .iter()
         .map(|x| {

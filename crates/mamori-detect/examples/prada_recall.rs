@@ -16,6 +16,9 @@ use mamori_detect::prada::PradaConfig;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map_or(100_000, |s| s.parse().expect("N"));
@@ -27,7 +30,7 @@ fn main() {
     if let Some(c) = args.get(3) {
         cfg.candidates = c.parse().expect("candidates");
     }
-    let (xs, ys) = images(n);
+    let common::Stream { xs, ys, .. } = common::stream(n);
     let proj = projection(cfg.proj_dim, 784);
     let prep: Vec<(Vec<f32>, Vec<u8>)> = xs
         .iter()
@@ -104,39 +107,4 @@ fn projection(out: usize, dim: usize) -> Vec<f32> {
     (0..out * dim)
         .map(|_| if rng.gen::<bool>() { s } else { -s })
         .collect()
-}
-
-/// The bench's stream: MNIST training images, then shifted and noised copies.
-fn images(n: usize) -> (Vec<Vec<f32>>, Vec<usize>) {
-    let dir = mamori_data::resolve_data_dir(None);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let base: Vec<(Vec<f32>, usize)> = match mamori_data::load("mnist", &dir) {
-        Ok(s) => (0..s.train.len())
-            .map(|i| (s.train.x.row(i).to_vec(), s.train.y[i]))
-            .collect(),
-        Err(e) => {
-            eprintln!("MNIST not found ({e}); using synthetic images");
-            (0..10_000)
-                .map(|i| ((0..784).map(|_| rng.gen::<f32>()).collect(), i % 10))
-                .collect()
-        }
-    };
-    let mut xs = Vec::with_capacity(n);
-    let mut ys = Vec::with_capacity(n);
-    for i in 0..n {
-        let (x, y) = &base[i % base.len()];
-        if i < base.len() {
-            xs.push(x.clone());
-        } else {
-            let shift = 1 + (i / base.len()) % 3;
-            let mut z = vec![0.0f32; 784];
-            z[shift..].copy_from_slice(&x[..784 - shift]);
-            for v in z.iter_mut() {
-                *v = (*v + rng.gen_range(-0.02..0.02)).clamp(0.0, 1.0);
-            }
-            xs.push(z);
-        }
-        ys.push(*y);
-    }
-    (xs, ys)
 }
