@@ -151,7 +151,7 @@ struct SubjectState {
     /// Observed (or loaded from the first state-file format) since the last save: to the
     /// shared store with `detect.shared_state`, else to the subject's state file.
     dirty: bool,
-    /// When it was last observed (Unix ms; 0 = not since it was loaded): the least recently
+    /// Arrival time of its last observed request (Unix ms; 0 = none since it was loaded): the least recently
     /// observed subjects are evicted first (`detect.max_resident_subjects`).
     last_seen_ms: u64,
 }
@@ -178,6 +178,15 @@ impl SubjectState {
     /// Queries the subject's states have seen.
     fn queries(&self) -> u64 {
         self.states.iter().map(|s| s.queries()).max().unwrap_or(0)
+    }
+
+    /// What the admin listing shows of it, and what stays in memory once it is evicted.
+    fn summary(&self) -> Evicted {
+        Evicted {
+            queries: self.queries(),
+            alarmed: self.alarmed.clone(),
+            last_action: self.last_action,
+        }
     }
 
     /// Every detector's state, by detector name: what a checkpoint saves per subject, to the
@@ -363,15 +372,8 @@ impl ModelEntry {
         let mut n = 0;
         for (_, name) in idle.into_iter().take(excess) {
             if let Some(st) = map.remove(&name) {
-                let g = st.lock().unwrap_or_else(|e| e.into_inner());
-                evicted.insert(
-                    name,
-                    Evicted {
-                        queries: g.queries(),
-                        alarmed: g.alarmed.clone(),
-                        last_action: g.last_action,
-                    },
-                );
+                let summary = st.lock().unwrap_or_else(|e| e.into_inner()).summary();
+                evicted.insert(name, summary);
                 n += 1;
             }
         }
@@ -1069,49 +1071,32 @@ impl Chain {
             let subjects = e.subject_list();
             let blocks = e.blocks.lock().unwrap_or_else(|e| e.into_inner());
             let policy = e.policy.lock().unwrap_or_else(|e| e.into_inner());
-            for (subject, st) in subjects {
-                let g = st.lock().unwrap_or_else(|e| e.into_inner());
-                let mut alarmed: Vec<String> = g.alarmed.iter().cloned().collect();
-                alarmed.sort();
-                out.push(ClientInfo {
-                    model: e.name.clone(),
-                    risk: policy.risk(&subject, now),
-                    queries: g.states.iter().map(|s| s.queries()).max().unwrap_or(0),
-                    last_action: g.last_action.map(|a| action_name(a).to_string()),
-                    alarmed,
-                    blocked: blocks.blocked.get(&subject).cloned(),
-                    overridden: blocks.overridden.contains(&subject),
-                    subject,
-                    resident: true,
-                });
-            }
-            let evicted: Vec<(String, Evicted)> = e
+            // Evicted subjects, then the resident ones (a subject loaded again meanwhile is
+            // listed once, as resident).
+            let mut listed: BTreeMap<String, (Evicted, bool)> = e
                 .evicted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), (v.clone(), false)))
                 .collect();
-            for (subject, ev) in evicted {
-                if out
-                    .iter()
-                    .any(|c| c.model == e.name && c.subject == subject)
-                {
-                    // Loaded again meanwhile: listed above.
-                    continue;
-                }
-                let mut alarmed: Vec<String> = ev.alarmed.into_iter().collect();
+            for (subject, st) in subjects {
+                let summary = st.lock().unwrap_or_else(|e| e.into_inner()).summary();
+                listed.insert(subject, (summary, true));
+            }
+            for (subject, (s, resident)) in listed {
+                let mut alarmed: Vec<String> = s.alarmed.into_iter().collect();
                 alarmed.sort();
                 out.push(ClientInfo {
                     model: e.name.clone(),
                     risk: policy.risk(&subject, now),
-                    queries: ev.queries,
-                    last_action: ev.last_action.map(|a| action_name(a).to_string()),
+                    queries: s.queries,
+                    last_action: s.last_action.map(|a| action_name(a).to_string()),
                     alarmed,
                     blocked: blocks.blocked.get(&subject).cloned(),
                     overridden: blocks.overridden.contains(&subject),
                     subject,
-                    resident: false,
+                    resident,
                 });
             }
         }
@@ -1720,7 +1705,7 @@ impl Stage for Detect {
             {
                 let mut g = st.lock().unwrap_or_else(|e| e.into_inner());
                 g.dirty = true;
-                g.last_seen_ms = now_ms();
+                g.last_seen_ms = ex.time_ms;
                 for i in 0..input.batch_size() {
                     let obs = Observation {
                         client: s,
