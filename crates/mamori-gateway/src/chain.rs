@@ -151,8 +151,8 @@ struct SubjectState {
     /// Observed (or loaded from the first state-file format) since the last save: to the
     /// shared store with `detect.shared_state`, else to the subject's state file.
     dirty: bool,
-    /// Arrival time of its last observed request (Unix ms; 0 = none since it was loaded): the least recently
-    /// observed subjects are evicted first (`detect.max_resident_subjects`).
+    /// Arrival time of its last observed request (Unix ms; 0 = none since it was loaded):
+    /// the least recently observed subjects are evicted first (`detect.max_resident_subjects`).
     last_seen_ms: u64,
 }
 
