@@ -10,7 +10,8 @@
 //! (`--only engine` skips the per-detector states, e.g. under `perf record`; `--with a,b` keeps
 //! only the named detectors, in the engine too; `--shipped` keeps the default index capacities,
 //! which bound a client's memory, instead of the bench's whole-history ones; the engine's
-//! resident-memory growth is printed, a client's memory at that history).
+//! resident-memory growth is printed, a client's memory at that history; `--prada-probe`,
+//! `--prada-candidates` and `--prada-fastscan m` change PRADA's index search).
 
 use mamori_core::DetectorState;
 use mamori_detect::{default_detectors, Engine, PolicyConfig};
@@ -27,6 +28,8 @@ fn main() {
     let mut only: Option<String> = None;
     let mut with: Option<Vec<String>> = None;
     let mut prada_fastscan: Option<usize> = None;
+    let mut prada_probe: Option<usize> = None;
+    let mut prada_candidates: Option<usize> = None;
     let mut shipped = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -43,6 +46,12 @@ fn main() {
             "--prada-fastscan" => {
                 prada_fastscan = Some(value().parse().expect("--prada-fastscan takes m"))
             }
+            "--prada-probe" => {
+                prada_probe = Some(value().parse().expect("--prada-probe takes a cell count"))
+            }
+            "--prada-candidates" => {
+                prada_candidates = Some(value().parse().expect("--prada-candidates takes a count"))
+            }
             "--with" => with = Some(value().split(',').map(str::to_string).collect()),
             other => panic!("unknown argument {other}"),
         }
@@ -57,6 +66,12 @@ fn main() {
     if let Some(m) = prada_fastscan {
         cfg.prada.ivf.fastscan_m = m;
         cfg.prada.ivf.fastscan_rerank = 2;
+    }
+    if let Some(p) = prada_probe {
+        cfg.prada.ivf.probe = p;
+    }
+    if let Some(c) = prada_candidates {
+        cfg.prada.candidates = c;
     }
     let all = default_detectors(&cfg);
     let dets: Vec<_> = all

@@ -17,12 +17,13 @@
 //! (the older generation is dropped when the current one fills), each list capped at
 //! `max_postings` newest ids.
 //!
-//! Cost: the posting maps and the per-query match counts are keyed by already-mixed 64-bit
-//! hashes and small ids, so they use the multiplicative Fx hash instead of SipHash (no
-//! adversary chooses the keys: a client's hashes only index that client's own state), the
-//! count map is reused across queries, the lookups are made in a pass of their own (their
-//! cache misses overlap), and posting lists of up to 6 ids are stored inside the map's bucket
-//! (no pointer to follow for the common short list).
+//! Cost: the posting maps are keyed by already-mixed 64-bit hashes, so they use the
+//! multiplicative Fx hash instead of SipHash (no adversary chooses the keys: a client's hashes
+//! only index that client's own state); the lookups are made in a pass of their own (their
+//! cache misses overlap); the matches are counted in a dense per-thread array indexed by query
+//! id (the ids of a client's lists span its last two generations), not a map; and posting lists
+//! of up to 6 ids are stored inside the map's bucket (no pointer to follow for the common short
+//! list).
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
@@ -246,37 +247,87 @@ struct BlState {
     #[serde(flatten)]
     flags: FlagWindow,
     queries: u64,
-    /// Per-query match counts (id → shared hashes), reused across queries.
+    /// Per-query match counts (id → shared hashes) when the ids span more than the dense
+    /// count array takes ([`max_shared`]), reused across queries.
     #[serde(skip)]
     counts: FxHashMap<u32, u32>,
-    /// Per-query ids of the matching posting lists, reused across queries.
-    #[serde(skip)]
-    ids: Vec<u32>,
+}
+
+/// Widest id range counted in the dense per-thread array (larger ranges — only after the ids
+/// wrapped around `u32::MAX` — are counted in a map).
+const DENSE_SPAN: usize = 1 << 22;
+
+thread_local! {
+    /// Per-thread dense match counts (`counts[id − base]`), all zero between queries: shared by
+    /// every client state a thread observes, so it costs no memory per client.
+    static DENSE: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest number of `lists` an id occurs in (ids occur at most once per list; counts
+/// saturate at `u16::MAX`).
+///
+/// The ids of a client's posting lists lie in its last two generations, a range of about
+/// `2·capacity`: they are counted in a dense array indexed by `id − min` (one increment in
+/// cache-resident memory per id, instead of a hash-map entry), reset afterwards through the
+/// same lists; a wider range (ids wrapped around) is counted in `fallback`.
+fn max_shared(lists: &[&[u32]], fallback: &mut FxHashMap<u32, u32>) -> u32 {
+    let (mut lo, mut hi) = (u32::MAX, 0u32);
+    for l in lists {
+        for &i in *l {
+            lo = lo.min(i);
+            hi = hi.max(i);
+        }
+    }
+    if lo > hi {
+        return 0;
+    }
+    let span = (hi - lo) as usize + 1;
+    if span > DENSE_SPAN {
+        fallback.clear();
+        let mut best = 0u32;
+        for &i in lists.iter().flat_map(|l| l.iter()) {
+            let c = fallback.entry(i).or_default();
+            *c += 1;
+            best = best.max(*c);
+        }
+        return best;
+    }
+    DENSE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.len() < span {
+            d.resize(span, 0);
+        }
+        let mut best = 0u16;
+        for l in lists {
+            for &i in *l {
+                let c = &mut d[(i - lo) as usize];
+                *c = c.saturating_add(1);
+                best = best.max(*c);
+            }
+        }
+        for l in lists {
+            for &i in *l {
+                d[(i - lo) as usize] = 0;
+            }
+        }
+        u32::from(best)
+    })
 }
 
 impl BlState {
     fn match_and_insert(&mut self, x: &[f32]) -> usize {
         let fp = fingerprint(&self.cfg, x);
-        // In passes, so that the scattered reads of the posting maps and lists overlap instead
-        // of waiting for each other behind the counting: the ids of every hash's lists in
-        // both generations are copied out (short loops, independent lookups), then counted.
-        let ids = &mut self.ids;
-        ids.clear();
+        // The lists of every hash in both generations are looked up first (independent
+        // lookups whose cache misses overlap), then counted.
+        let mut lists: Vec<&[u32]> = Vec::with_capacity(2 * fp.len());
         for h in &fp {
             for g in [&self.current, &self.previous] {
                 if let Some(list) = g.postings.get(h) {
-                    ids.extend_from_slice(list.as_slice());
+                    lists.push(list.as_slice());
                 }
             }
         }
-        let counts = &mut self.counts;
-        counts.clear();
-        let mut best = 0u32;
-        for &i in ids.iter() {
-            let c = counts.entry(i).or_default();
-            *c += 1;
-            best = best.max(*c);
-        }
+        let best = max_shared(&lists, &mut self.counts);
         if self.current.count >= self.cfg.capacity.max(1) {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -421,6 +472,41 @@ mod tests {
         let g: Generation = serde_json::from_str(old).unwrap();
         assert_eq!(g.postings[&7].as_slice(), &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(g.postings[&9].as_slice(), &[3]);
+    }
+
+    /// The dense count gives what a plain map count gives — for ids near each other, for ids
+    /// spread wider than the dense array (wrapped around `u32::MAX`), and for no lists — and
+    /// leaves the per-thread array zeroed for the next query.
+    #[test]
+    fn dense_match_counts_equal_a_map_count() {
+        fn plain(lists: &[&[u32]]) -> u32 {
+            let mut m = std::collections::HashMap::<u32, u32>::new();
+            for &i in lists.iter().flat_map(|l| l.iter()) {
+                *m.entry(i).or_default() += 1;
+            }
+            m.values().copied().max().unwrap_or(0)
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut fallback = FxHashMap::default();
+        for base in [0u32, 1_000_000, u32::MAX - 50] {
+            for _ in 0..50 {
+                let n = rng.gen_range(0..40);
+                let owned: Vec<Vec<u32>> = (0..n)
+                    .map(|_| {
+                        let mut l: Vec<u32> = (0..rng.gen_range(1..33))
+                            .map(|_| base.wrapping_add(rng.gen_range(0..200)))
+                            .collect();
+                        l.sort_unstable();
+                        l.dedup();
+                        l
+                    })
+                    .collect();
+                let lists: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
+                assert_eq!(max_shared(&lists, &mut fallback), plain(&lists));
+            }
+        }
+        assert_eq!(max_shared(&[], &mut fallback), 0);
+        DENSE.with(|d| assert!(d.borrow().iter().all(|&c| c == 0)));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! codes of its codes' residuals (`crate::fastscan`: André, Kermarrec & Le Scouarnec, PVLDB
 //! 2015); a search large enough for it to pay (`fastscan_pays`) scans those with in-register
 //! tables into a shortlist of `fastscan_rerank · k` codes and computes exact distances only for
-//! the blocks holding them, so the distances returned stay exact distances of held codes.
+//! the shortlisted codes (from a row-major copy of a fast-scan generation's codes), so the
+//! distances returned stay exact distances of held codes.
 //!
 //! Centroids come from the client's own queries: a fresh index is *flat* (one cell, searched
 //! exactly) until it holds `train_size` codes; they are then clustered into
@@ -69,9 +70,10 @@ pub struct IvfParams {
     /// Sub-quantisers of the 4-bit fast-scan codes a clustered generation also stores
     /// (`crate::fastscan`; 0: none, every probed code is scanned exactly). With `m > 0` a
     /// search large enough for it to pay scans the probed cells' packed codes with quantised
-    /// tables, keeps the `fastscan_rerank · k` nearest as a shortlist and computes exact
-    /// distances (to the stored floats) for the blocks of 8 codes that hold them: the
-    /// distances returned are always exact distances of held codes. At most 24 and at most the
+    /// tables, keeps the `fastscan_rerank · k` nearest as a shortlist and computes their exact
+    /// distances (to the stored floats, from a row-major copy the generation keeps beside its
+    /// blocks: `4·dim` bytes more per code): the distances returned are always exact distances
+    /// of held codes. At most 24 and at most the
     /// code dimension (otherwise no quantiser is trained and every scan stays exact).
     pub fastscan_m: usize,
     /// Shortlist of a fast-scan search, as a multiple of `k` (at least 1).
@@ -106,12 +108,14 @@ const BLOCK: usize = 8;
 /// Whether fast-scanning `n` probed codes in `cells` cells, of dimension `dim`, with `pairs`
 /// pairs of sub-quantisers and a shortlist of `r` costs less than scanning them exactly, by
 /// operation counts: the exact scan costs `3·dim` float operations per block of [`BLOCK`]
-/// codes; the fast scan 12 integer operations per pair and group of 32 codes, about one exact
-/// block per shortlisted code for the re-rank (they rarely share a block) and about one block's
-/// worth per cell for its table (16 distances per coordinate, then the bytes). Those two are
-/// counted twice to cover the shortlist's upkeep (measured, `docs/bench/detect.md`, seventh
-/// session: at 10k queries of history, 16 k-NN cells of ≈ 110 codes, the fast scan with a
-/// shortlist of 200 was 2× slower than the exact scan; at 100k, cells of ≈ 470, faster).
+/// codes; the fast scan 12 integer operations per pair and group of 32 codes, one exact block
+/// per shortlisted code for the re-rank (what it cost when the re-rank read the blocks; it now
+/// reads one row-major code, and the count is kept so that the same searches are fast-scanned
+/// as before) and about one block's worth per cell for its table (16 distances per coordinate,
+/// then the bytes). Those two are counted twice to cover the shortlist's upkeep (measured,
+/// `docs/bench/detect.md`, seventh session: at 10k queries of history, 16 k-NN cells of ≈ 110
+/// codes, the fast scan with a shortlist of 200 was 2× slower than the exact scan; at 100k,
+/// cells of ≈ 470, faster).
 /// Smaller searches are scanned exactly.
 fn fastscan_pays(n: usize, cells: usize, r: usize, dim: usize, pairs: usize) -> bool {
     let block = 3.0 * dim as f64;
@@ -135,6 +139,12 @@ struct Cell {
     /// [`crate::fastscan::GROUP`] slots, [`FastScanPq::write`]); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     fs: Vec<u8>,
+    /// With packed codes: a row-major copy of the codes (`rows[slot·dim..(slot + 1)·dim]`),
+    /// from which the fast-scan shortlist is re-ranked — one code's 1–2 cache lines instead of
+    /// the whole coordinate-major block holding it (12 lines at 24 dimensions). Derived from
+    /// `blocks`, so not serialised (rebuilt on loading).
+    #[serde(skip)]
+    rows: Vec<f32>,
 }
 
 impl Cell {
@@ -167,23 +177,6 @@ impl Cell {
         };
         self.write(slot, v);
         slot
-    }
-
-    /// Exact squared distances of block `b`'s codes to `q` (lanes past `len` are padding).
-    #[inline(always)]
-    fn block_dists(&self, q: &[f32], b: usize) -> [f32; BLOCK] {
-        let stride = q.len() * BLOCK;
-        let mut a = [0.0f32; BLOCK];
-        for (&qj, col) in q
-            .iter()
-            .zip(self.blocks[b * stride..(b + 1) * stride].chunks_exact(BLOCK))
-        {
-            for l in 0..BLOCK {
-                let d = col[l] - qj;
-                a[l] += d * d;
-            }
-        }
-        a
     }
 
     /// Code `i`, appended to `out`.
@@ -315,7 +308,8 @@ impl Generation {
     }
 
     /// Encodes the code in slot `slot` of cell `cell` with the generation's fast-scan quantiser
-    /// (if any): its residual to the cell's centroid, packed into the cell's groups.
+    /// (if any): its residual to the cell's centroid, packed into the cell's groups, and the
+    /// code itself copied into the cell's rows.
     fn encode_slot(&mut self, cell: usize, slot: usize, dim: usize, bufs: &mut FsBufs) {
         let Some(pq) = &self.fsq else {
             return;
@@ -323,6 +317,11 @@ impl Generation {
         let c = &self.centroids[cell * dim..(cell + 1) * dim];
         bufs.resid.clear();
         self.cells[cell].read(slot, dim, &mut bufs.resid);
+        let rows = &mut self.cells[cell].rows;
+        if rows.len() < (slot + 1) * dim {
+            rows.resize((slot + 1) * dim, 0.0);
+        }
+        rows[slot * dim..(slot + 1) * dim].copy_from_slice(&bufs.resid);
         for (r, &cj) in bufs.resid.iter_mut().zip(c) {
             *r -= cj;
         }
@@ -330,11 +329,12 @@ impl Generation {
         pq.write(&mut self.cells[cell].fs, slot, &bufs.code);
     }
 
-    /// Encodes every held code ([`Generation::encode_slot`]), or drops the packed codes of a
-    /// generation without a quantiser.
+    /// Encodes every held code ([`Generation::encode_slot`]), or drops the packed codes (and
+    /// rows) of a generation without a quantiser.
     fn encode_all(&mut self, dim: usize, bufs: &mut FsBufs) {
         for i in 0..self.cells.len() {
             self.cells[i].fs.clear();
+            self.cells[i].rows.clear();
             for slot in 0..self.cells[i].len {
                 self.encode_slot(i, slot, dim, bufs);
             }
@@ -380,7 +380,7 @@ struct FsScratch {
     lut: Lut,
     /// The shortlist.
     short: Shortlist,
-    /// The shortlist's blocks: `cell << 32 | block`.
+    /// The shortlist's codes: `cell << 32 | slot`, sorted.
     blocks: Vec<u64>,
 }
 
@@ -419,7 +419,7 @@ impl TryFrom<IvfRepr> for IvfIndex {
         if r.dim == 0 || r.capacity == 0 {
             return Err(format!("dimension {} and capacity {}", r.dim, r.capacity));
         }
-        let idx = Self {
+        let mut idx = Self {
             dim: r.dim,
             params: r.params,
             capacity: r.capacity,
@@ -480,6 +480,19 @@ impl TryFrom<IvfRepr> for IvfIndex {
                         c.head,
                         r.dim
                     ));
+                }
+            }
+        }
+        // The rows of the packed codes' cells, from the (checked) blocks.
+        let mut bufs = FsBufs::default();
+        for g in std::iter::once(&mut idx.current).chain(idx.previous.as_mut()) {
+            if g.fsq.is_some() {
+                for i in 0..g.cells.len() {
+                    for slot in 0..g.cells[i].len {
+                        bufs.resid.clear();
+                        g.cells[i].read(slot, r.dim, &mut bufs.resid);
+                        g.cells[i].rows.extend_from_slice(&bufs.resid);
+                    }
                 }
             }
         }
@@ -959,8 +972,8 @@ impl IvfIndex {
                 .sum();
             let pays = |pq: &&FastScanPq| fastscan_pays(planned, first, r, self.dim, pq.pairs());
             if let Some(pq) = g.fsq.as_ref().filter(pays) {
-                // Fast scan: a shortlist by quantised distance over the same cells, then exact
-                // distances for the blocks holding it.
+                // Fast scan: a shortlist by quantised distance over the same cells, then the
+                // shortlisted codes' exact distances.
                 fs.short.reset(r);
                 let mut seen = 0;
                 for &(_, c) in &probes[..first] {
@@ -976,25 +989,25 @@ impl IvfIndex {
                     }
                 }
                 fs.short.cut();
-                // The blocks holding the shortlist, each once.
+                // Exact distances of the shortlisted codes, from the cells' rows, in memory
+                // order (cell, then slot).
                 fs.blocks.clear();
                 fs.blocks.extend(
                     fs.short
                         .items()
-                        .map(|(c, slot)| ((c as u64) << 32) | (slot as usize / BLOCK) as u64),
+                        .map(|(c, slot)| ((c as u64) << 32) | slot as u64),
                 );
                 fs.blocks.sort_unstable();
-                fs.blocks.dedup();
                 for &key in &fs.blocks {
-                    let (c, b) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
-                    let cell = &g.cells[c as usize];
-                    let acc = cell.block_dists(q, b);
-                    let valid = (cell.len - b * BLOCK).min(BLOCK);
-                    if acc[..valid].iter().copied().fold(f32::INFINITY, f32::min) >= bound() {
-                        continue;
-                    }
-                    for (l, &d) in acc[..valid].iter().enumerate() {
-                        offer(d, gi, c, b * BLOCK + l);
+                    let (c, slot) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
+                    let row = &g.cells[c as usize].rows[slot * self.dim..(slot + 1) * self.dim];
+                    // One chain over the coordinates in order: the value the block scans give.
+                    let d = q.iter().zip(row).fold(0.0f32, |acc, (&qj, &x)| {
+                        let e = x - qj;
+                        acc + e * e
+                    });
+                    if d < bound() {
+                        offer(d, gi, c, slot);
                     }
                 }
                 continue;
@@ -1532,6 +1545,60 @@ mod tests {
         assert_eq!(idx.search(&newest, 1), vec![0.0]);
         let oldest = idx.search(&[0.5, 0.0, 0.0, 0.0], 1)[0];
         assert!(oldest > 0.0, "{oldest}");
+    }
+
+    /// Every held code's row-major copy equals its block coordinates in generations with a
+    /// fast-scan quantiser; generations without one hold no rows.
+    fn assert_rows_follow_blocks(idx: &IvfIndex) {
+        for g in std::iter::once(&idx.current).chain(idx.previous.as_ref()) {
+            for c in &g.cells {
+                if g.fsq.is_none() {
+                    assert!(c.rows.is_empty());
+                    continue;
+                }
+                assert!(c.rows.len() >= c.len * idx.dim);
+                for slot in 0..c.len {
+                    let mut v = Vec::new();
+                    c.read(slot, idx.dim, &mut v);
+                    assert_eq!(&c.rows[slot * idx.dim..(slot + 1) * idx.dim], &v[..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_copies_follow_the_blocks_through_overwrites_rotations_and_restores() {
+        let params = IvfParams {
+            max_lists: 8,
+            train_size: 64,
+            cell_factor: 1,
+            fastscan_m: 4,
+            fastscan_rerank: 1,
+            ..IvfParams::default()
+        };
+        let mut idx = IvfIndex::new(4, params, 300, 7);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        for i in 0..2000 {
+            // Concentrated in one region half of the time: full cells overwrite their oldest.
+            let c = if i % 2 == 0 {
+                0.0
+            } else {
+                (i % 8) as f32 * 5.0
+            };
+            idx.insert(&[c + rng.gen::<f32>(), c, rng.gen(), 0.0]);
+            if i % 97 == 0 {
+                assert_rows_follow_blocks(&idx);
+            }
+        }
+        assert!(idx.previous.as_ref().is_some_and(|g| g.fsq.is_some()));
+        assert_rows_follow_blocks(&idx);
+        let back: IvfIndex = serde_json::from_str(&serde_json::to_string(&idx).unwrap()).unwrap();
+        assert_rows_follow_blocks(&back);
+        let mut off = back.clone();
+        off.set_fastscan(0, 1);
+        assert_rows_follow_blocks(&off);
+        off.set_fastscan(4, 1);
+        assert_rows_follow_blocks(&off);
     }
 
     #[test]
