@@ -73,8 +73,8 @@ pub struct IvfParams {
     /// tables, keeps the `fastscan_rerank · k` nearest as a shortlist and computes their exact
     /// distances (to the stored floats, from a row-major copy the generation keeps beside its
     /// blocks: `4·dim` bytes more per code): the distances returned are always exact distances
-    /// of held codes. At most 24 and at most the
-    /// code dimension (otherwise no quantiser is trained and every scan stays exact).
+    /// of held codes. At most 24 and at most the code dimension (otherwise no quantiser is
+    /// trained and every scan stays exact).
     pub fastscan_m: usize,
     /// Shortlist of a fast-scan search, as a multiple of `k` (at least 1).
     pub fastscan_rerank: usize,
@@ -381,7 +381,7 @@ struct FsScratch {
     /// The shortlist.
     short: Shortlist,
     /// The shortlist's codes: `cell << 32 | slot`, sorted.
-    blocks: Vec<u64>,
+    codes: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -991,14 +991,14 @@ impl IvfIndex {
                 fs.short.cut();
                 // Exact distances of the shortlisted codes, from the cells' rows, in memory
                 // order (cell, then slot).
-                fs.blocks.clear();
-                fs.blocks.extend(
+                fs.codes.clear();
+                fs.codes.extend(
                     fs.short
                         .items()
                         .map(|(c, slot)| ((c as u64) << 32) | slot as u64),
                 );
-                fs.blocks.sort_unstable();
-                for &key in &fs.blocks {
+                fs.codes.sort_unstable();
+                for &key in &fs.codes {
                     let (c, slot) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
                     let row = &g.cells[c as usize].rows[slot * self.dim..(slot + 1) * self.dim];
                     // One chain over the coordinates in order: the value the block scans give.
