@@ -247,10 +247,6 @@ struct BlState {
     #[serde(flatten)]
     flags: FlagWindow,
     queries: u64,
-    /// Per-query match counts (id → shared hashes) when the ids span more than the dense
-    /// count array takes ([`max_shared`]), reused across queries.
-    #[serde(skip)]
-    counts: FxHashMap<u32, u32>,
 }
 
 /// Widest id range counted in the dense per-thread array (larger ranges — only after the ids
@@ -269,8 +265,8 @@ thread_local! {
 /// The ids of a client's posting lists lie in its last two generations, a range of about
 /// `2·capacity`: they are counted in a dense array indexed by `id − min` (one increment in
 /// cache-resident memory per id, instead of a hash-map entry), reset afterwards through the
-/// same lists; a wider range (ids wrapped around) is counted in `fallback`.
-fn max_shared(lists: &[&[u32]], fallback: &mut FxHashMap<u32, u32>) -> u32 {
+/// same lists; a wider range (ids wrapped around, once in 2³² queries) is counted in a map.
+fn max_shared(lists: &[&[u32]]) -> u32 {
     let (mut lo, mut hi) = (u32::MAX, 0u32);
     for l in lists {
         for &i in *l {
@@ -283,7 +279,7 @@ fn max_shared(lists: &[&[u32]], fallback: &mut FxHashMap<u32, u32>) -> u32 {
     }
     let span = (hi - lo) as usize + 1;
     if span > DENSE_SPAN {
-        fallback.clear();
+        let mut fallback = FxHashMap::<u32, u32>::default();
         let mut best = 0u32;
         for &i in lists.iter().flat_map(|l| l.iter()) {
             let c = fallback.entry(i).or_default();
@@ -327,7 +323,7 @@ impl BlState {
                 }
             }
         }
-        let best = max_shared(&lists, &mut self.counts);
+        let best = max_shared(&lists);
         if self.current.count >= self.cfg.capacity.max(1) {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -487,7 +483,6 @@ mod tests {
             m.values().copied().max().unwrap_or(0)
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-        let mut fallback = FxHashMap::default();
         for base in [0u32, 1_000_000, u32::MAX - 50] {
             for _ in 0..50 {
                 let n = rng.gen_range(0..40);
@@ -502,10 +497,10 @@ mod tests {
                     })
                     .collect();
                 let lists: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
-                assert_eq!(max_shared(&lists, &mut fallback), plain(&lists));
+                assert_eq!(max_shared(&lists), plain(&lists));
             }
         }
-        assert_eq!(max_shared(&[], &mut fallback), 0);
+        assert_eq!(max_shared(&[]), 0);
         DENSE.with(|d| assert!(d.borrow().iter().all(|&c| c == 0)));
     }
 

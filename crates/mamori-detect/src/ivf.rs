@@ -484,15 +484,14 @@ impl TryFrom<IvfRepr> for IvfIndex {
             }
         }
         // The rows of the packed codes' cells, from the (checked) blocks.
-        let mut bufs = FsBufs::default();
         for g in std::iter::once(&mut idx.current).chain(idx.previous.as_mut()) {
             if g.fsq.is_some() {
-                for i in 0..g.cells.len() {
-                    for slot in 0..g.cells[i].len {
-                        bufs.resid.clear();
-                        g.cells[i].read(slot, r.dim, &mut bufs.resid);
-                        g.cells[i].rows.extend_from_slice(&bufs.resid);
+                for c in &mut g.cells {
+                    let mut rows = Vec::with_capacity(c.len * r.dim);
+                    for slot in 0..c.len {
+                        c.read(slot, r.dim, &mut rows);
                     }
+                    c.rows = rows;
                 }
             }
         }

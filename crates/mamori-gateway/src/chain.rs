@@ -209,6 +209,12 @@ impl SubjectState {
         Some((self.snapshots(detectors), self.queries()))
     }
 
+    /// The subject named in a state file ([`crate::state_codec::encode_file`]) and its states.
+    fn from_file(detectors: &[Arc<dyn Detector>], bytes: &[u8]) -> Result<(String, Self), String> {
+        let (subject, snaps) = crate::state_codec::decode_file(bytes)?;
+        Ok((subject, Self::restore(detectors, &snaps)?))
+    }
+
     /// The states of [`SubjectState::snapshots`]; a detector missing from them starts fresh.
     fn restore(
         detectors: &[Arc<dyn Detector>],
@@ -317,11 +323,11 @@ impl ModelEntry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(GatewayError::Storage(format!("{}: {e}", path.display()))),
         };
-        let restored = crate::state_codec::decode_file(&bytes).and_then(|(who, snaps)| {
+        let restored = SubjectState::from_file(&self.detectors, &bytes).and_then(|(who, st)| {
             if who != subject {
                 return Err(format!("holds the states of {who:?}"));
             }
-            SubjectState::restore(&self.detectors, &snaps)
+            Ok(st)
         });
         match restored {
             Ok(st) => Ok(Some(st)),
@@ -1379,8 +1385,7 @@ fn load_states(
             GatewayError::Storage(format!("{}: invalid detector state: {err}", path.display()))
         };
         let bytes = std::fs::read(&path).map_err(|err| bad(err.to_string()))?;
-        let (subject, snaps) = crate::state_codec::decode_file(&bytes).map_err(bad)?;
-        let st = SubjectState::restore(detectors, &snaps).map_err(bad)?;
+        let (subject, st) = SubjectState::from_file(detectors, &bytes).map_err(bad)?;
         out.insert(subject, Arc::new(Mutex::new(st)));
     }
     Ok(out)
