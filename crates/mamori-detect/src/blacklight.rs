@@ -101,22 +101,39 @@ impl BlacklightDetector {
 /// so it carries no information about the query and only inflates matches between unrelated
 /// sparse images.
 pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
+    let (mut levels, mut hashes) = (Vec::new(), Vec::new());
+    fingerprint_into(cfg, x, &mut levels, &mut hashes);
+    hashes
+}
+
+/// [`fingerprint`] into `hashes`, with `levels` for the quantised values (both cleared first),
+/// so that a state reuses its buffers.
+fn fingerprint_into(
+    cfg: &BlacklightConfig,
+    x: &[f32],
+    levels: &mut Vec<u64>,
+    hashes: &mut Vec<u64>,
+) {
     const BASE: u64 = 0x100_0000_01B3;
-    let step = cfg.quant_step.max(1) as f32;
-    let q: Vec<u64> = x
-        .iter()
-        // Non-negative, so the truncating cast is the floor (without a libm call per value).
-        .map(|&v| ((v.clamp(0.0, 1.0) * 255.0) / step) as u64 + 1)
-        .collect();
-    let w = cfg.window.max(1).min(q.len().max(1));
-    if q.is_empty() {
-        return Vec::new();
+    hashes.clear();
+    levels.clear();
+    if x.is_empty() {
+        return;
     }
+    let step = cfg.quant_step.max(1) as f32;
+    // Non-negative, so the truncating cast is the floor (without a libm call per value); in a
+    // pass of its own, which vectorises.
+    levels.extend(
+        x.iter()
+            .map(|&v| ((v.clamp(0.0, 1.0) * 255.0) / step) as u64 + 1),
+    );
+    let q = levels.as_slice();
+    let w = cfg.window.max(1).min(q.len());
     let pow = (0..w).fold(1u64, |acc, _| acc.wrapping_mul(BASE));
     let mut h = 0u64;
     // Values in the current window above the lowest level (level 0 is stored as 1).
     let mut lit = 0usize;
-    let mut hashes = Vec::with_capacity(q.len());
+    hashes.reserve(q.len());
     for i in 0..q.len() {
         h = h.wrapping_mul(BASE).wrapping_add(q[i]);
         lit += (q[i] > 1) as usize;
@@ -131,23 +148,29 @@ pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
             hashes.push(z ^ (z >> 31));
         }
     }
-    top_distinct(&mut hashes, cfg.top_n);
-    hashes
+    top_distinct(hashes, cfg.top_n);
 }
 
 /// Keeps the `n` largest distinct values of `v`, in decreasing order: a bounded selection
-/// (`select_nth_unstable`, O(len)) of a few more than `n` candidates, sorted; a full sort only
-/// when duplicates among the candidates leave fewer than `n` distinct values.
+/// (`select_nth_unstable`, O(len)) of a few more than `n` candidates, sorted and deduplicated
+/// in place; a full sort only when duplicates among the candidates leave fewer than `n`
+/// distinct values.
 fn top_distinct(v: &mut Vec<u64>, n: usize) {
     let m = (2 * n).max(1);
     if v.len() > m {
         v.select_nth_unstable_by(m - 1, |a, b| b.cmp(a));
-        let mut head: Vec<u64> = v[..m].to_vec();
+        let head = &mut v[..m];
         head.sort_unstable_by(|a, b| b.cmp(a));
-        head.dedup();
-        if head.len() >= n {
-            head.truncate(n);
-            *v = head;
+        // The distinct values of the head, moved to its front.
+        let mut distinct = 1;
+        for i in 1..m {
+            if head[i] != head[distinct - 1] {
+                head[distinct] = head[i];
+                distinct += 1;
+            }
+        }
+        if distinct >= n {
+            v.truncate(n);
             return;
         }
     }
@@ -247,10 +270,16 @@ struct BlState {
     #[serde(flatten)]
     flags: FlagWindow,
     queries: u64,
+    /// The query's fingerprint (reused).
+    #[serde(skip)]
+    fp: Vec<u64>,
+    /// The query's quantised values (reused).
+    #[serde(skip)]
+    levels: Vec<u64>,
 }
 
-/// Widest id range counted in the dense per-thread array (larger ranges — only after the ids
-/// wrapped around `u32::MAX` — are counted in a map).
+/// Widest id range counted in the dense per-thread array (a wider one — two generations of a
+/// capacity above 2²¹ queries — is counted in a map).
 const DENSE_SPAN: usize = 1 << 22;
 
 thread_local! {
@@ -262,57 +291,63 @@ thread_local! {
 /// The largest number of `lists` an id occurs in (ids occur at most once per list; counts
 /// saturate at `u16::MAX`).
 ///
-/// The ids of a client's posting lists lie in its last two generations, a range of about
-/// `2·capacity`: they are counted in a dense array indexed by `id − min` (one increment in
-/// cache-resident memory per id, instead of a hash-map entry), reset afterwards through the
-/// same lists; a wider range (ids wrapped around, once in 2³² queries) is counted in a map.
-fn max_shared(lists: &[&[u32]]) -> u32 {
-    let (mut lo, mut hi) = (u32::MAX, 0u32);
+/// The ids of a client's posting lists lie in its last two generations, the `span` ids from
+/// `lo` on (wrapping around `u32::MAX`), known from the generations' sizes: they are counted
+/// in a dense array indexed by `id − lo` (one increment in cache-resident memory per id,
+/// instead of a hash-map entry), reset afterwards through the same lists. A span wider than
+/// [`DENSE_SPAN`] (a configured capacity above 2²¹), or an id outside it (a state whose
+/// sizes do not describe its ids), is counted in a map.
+fn max_shared(lists: &[&[u32]], lo: u32, span: usize) -> u32 {
+    if span <= DENSE_SPAN {
+        if let Some(best) = DENSE.with(|d| dense_max_shared(&mut d.borrow_mut(), lists, lo, span)) {
+            return best;
+        }
+    }
+    let mut counts = FxHashMap::<u32, u32>::default();
+    let mut best = 0u32;
+    for &i in lists.iter().flat_map(|l| l.iter()) {
+        let c = counts.entry(i).or_default();
+        *c += 1;
+        best = best.max(*c);
+    }
+    best
+}
+
+/// [`max_shared`] in the dense array `d` (all zero before and after); `None` when an id lies
+/// outside `[lo, lo + span)`.
+fn dense_max_shared(d: &mut Vec<u16>, lists: &[&[u32]], lo: u32, span: usize) -> Option<u32> {
+    if d.len() < span {
+        d.resize(span, 0);
+    }
+    let mut best = 0u16;
+    let mut outside = false;
     for l in lists {
         for &i in *l {
-            lo = lo.min(i);
-            hi = hi.max(i);
-        }
-    }
-    if lo > hi {
-        return 0;
-    }
-    let span = (hi - lo) as usize + 1;
-    if span > DENSE_SPAN {
-        let mut fallback = FxHashMap::<u32, u32>::default();
-        let mut best = 0u32;
-        for &i in lists.iter().flat_map(|l| l.iter()) {
-            let c = fallback.entry(i).or_default();
-            *c += 1;
-            best = best.max(*c);
-        }
-        return best;
-    }
-    DENSE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.len() < span {
-            d.resize(span, 0);
-        }
-        let mut best = 0u16;
-        for l in lists {
-            for &i in *l {
-                let c = &mut d[(i - lo) as usize];
+            let at = i.wrapping_sub(lo) as usize;
+            if at < span {
+                let c = &mut d[at];
                 *c = c.saturating_add(1);
                 best = best.max(*c);
+            } else {
+                outside = true;
             }
         }
-        for l in lists {
-            for &i in *l {
-                d[(i - lo) as usize] = 0;
+    }
+    for l in lists {
+        for &i in *l {
+            let at = i.wrapping_sub(lo) as usize;
+            if at < span {
+                d[at] = 0;
             }
         }
-        u32::from(best)
-    })
+    }
+    (!outside).then_some(u32::from(best))
 }
 
 impl BlState {
     fn match_and_insert(&mut self, x: &[f32]) -> usize {
-        let fp = fingerprint(&self.cfg, x);
+        let mut fp = std::mem::take(&mut self.fp);
+        fingerprint_into(&self.cfg, x, &mut self.levels, &mut fp);
         // The lists of every hash in both generations are looked up first (independent
         // lookups whose cache misses overlap), then counted.
         let mut lists: Vec<&[u32]> = Vec::with_capacity(2 * fp.len());
@@ -323,14 +358,18 @@ impl BlState {
                 }
             }
         }
-        let best = max_shared(&lists);
+        // One id per query, in order: the current generation holds the last `current.count`
+        // ids before `next_id`, the previous one the `previous.count` before those.
+        let held = self.current.count + self.previous.count;
+        let lo = self.next_id.wrapping_sub(held as u32);
+        let best = max_shared(&lists, lo, held);
         if self.current.count >= self.cfg.capacity.max(1) {
             self.previous = std::mem::take(&mut self.current);
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let max_postings = self.cfg.max_postings.max(1);
-        for h in fp {
+        for &h in &fp {
             self.current
                 .postings
                 .entry(h)
@@ -338,6 +377,7 @@ impl BlState {
                 .push_capped(id, max_postings);
         }
         self.current.count += 1;
+        self.fp = fp;
         best as usize
     }
 }
@@ -470,9 +510,94 @@ mod tests {
         assert_eq!(g.postings[&9].as_slice(), &[3]);
     }
 
-    /// The dense count gives what a plain map count gives — for ids near each other, for ids
-    /// spread wider than the dense array (wrapped around `u32::MAX`), and for no lists — and
-    /// leaves the per-thread array zeroed for the next query.
+    /// The in-place selection keeps exactly what a full sort keeps (the `n` largest distinct
+    /// values, decreasing): with few duplicates (the selection's path), with so many that the
+    /// selected head holds fewer than `n` distinct values (the full sort's path), and for
+    /// short inputs.
+    #[test]
+    fn top_distinct_equals_a_full_sort() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for (len, range, n) in [
+            (765, u64::MAX, 50),
+            (765, 60, 50),
+            (765, 200, 50),
+            (30, 10, 50),
+        ] {
+            for _ in 0..20 {
+                let v: Vec<u64> = (0..len).map(|_| rng.gen_range(0..range.max(1))).collect();
+                let mut plain = v.clone();
+                plain.sort_unstable_by(|a, b| b.cmp(a));
+                plain.dedup();
+                plain.truncate(n);
+                let mut fast = v;
+                top_distinct(&mut fast, n);
+                assert_eq!(fast, plain, "len {len} range {range}");
+            }
+        }
+    }
+
+    /// Through generation turnovers and the ids' wrap around `u32::MAX`, every id in the
+    /// posting lists lies in the span the generations' sizes give (so the dense count never
+    /// falls back), and each query's match count is the most hashes it shares with one query
+    /// of the last two generations, computed pair by pair.
+    #[test]
+    fn match_counts_follow_the_generations_through_the_id_wrap() {
+        let cfg = BlacklightConfig {
+            capacity: 7,
+            max_postings: 1000,
+            ..BlacklightConfig::default()
+        };
+        let mut s = BlState {
+            cfg: cfg.clone(),
+            next_id: u32::MAX - 20,
+            ..BlState::default()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        // Five families of near-duplicates (a base image with 20 values redrawn per query):
+        // a query matches its family's queries still held, and hardly anything else.
+        let bases: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..784).map(|_| rng.gen()).collect())
+            .collect();
+        // (generation, fingerprint) of every query so far; query j joins generation
+        // j / capacity.
+        let mut past: Vec<(usize, Vec<u64>)> = Vec::new();
+        let mut distinct = std::collections::BTreeSet::new();
+        for q in 0..80usize {
+            let mut x = bases[rng.gen_range(0..5)].clone();
+            for _ in 0..20 {
+                x[rng.gen_range(0..784)] = rng.gen();
+            }
+            let fp = fingerprint(&cfg, &x);
+            // Query q is matched before the turnover it may cause: against the generation of
+            // query q − 1 and the one before it.
+            let newest = q.saturating_sub(1) / cfg.capacity;
+            let want = past
+                .iter()
+                .filter(|(g, _)| *g + 1 >= newest)
+                .map(|(_, f)| fp.iter().filter(|h| f.contains(h)).count())
+                .max()
+                .unwrap_or(0);
+            assert_eq!(s.match_and_insert(&x), want, "query {q}");
+            distinct.insert(want);
+            past.push((q / cfg.capacity, fp));
+            let held = s.current.count + s.previous.count;
+            let lo = s.next_id.wrapping_sub(held as u32);
+            for g in [&s.current, &s.previous] {
+                for list in g.postings.values() {
+                    for &id in list.as_slice() {
+                        assert!((id.wrapping_sub(lo) as usize) < held, "query {q}: id {id}");
+                    }
+                }
+            }
+        }
+        assert!(s.next_id < 100, "the ids wrapped");
+        assert!(distinct.len() > 5, "match counts {distinct:?}");
+    }
+
+    /// The dense count gives what a plain map count gives — for ids near each other, across
+    /// the wrap around `u32::MAX`, with a span wider than the dense array, with ids outside
+    /// the span given (the map's fallback), and for no lists — and leaves the per-thread
+    /// array zeroed for the next query.
     #[test]
     fn dense_match_counts_equal_a_map_count() {
         fn plain(lists: &[&[u32]]) -> u32 {
@@ -484,23 +609,30 @@ mod tests {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         for base in [0u32, 1_000_000, u32::MAX - 50] {
-            for _ in 0..50 {
-                let n = rng.gen_range(0..40);
-                let owned: Vec<Vec<u32>> = (0..n)
-                    .map(|_| {
-                        let mut l: Vec<u32> = (0..rng.gen_range(1..33))
-                            .map(|_| base.wrapping_add(rng.gen_range(0..200)))
-                            .collect();
-                        l.sort_unstable();
-                        l.dedup();
-                        l
-                    })
-                    .collect();
-                let lists: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
-                assert_eq!(max_shared(&lists), plain(&lists));
+            for (lo, span) in [
+                (base, 200),
+                (base.wrapping_sub(7), 300),
+                (base, DENSE_SPAN + 1),
+                (base.wrapping_add(100), 50),
+            ] {
+                for _ in 0..50 {
+                    let n = rng.gen_range(0..40);
+                    let owned: Vec<Vec<u32>> = (0..n)
+                        .map(|_| {
+                            let mut l: Vec<u32> = (0..rng.gen_range(1..33))
+                                .map(|_| base.wrapping_add(rng.gen_range(0..200)))
+                                .collect();
+                            l.sort_unstable();
+                            l.dedup();
+                            l
+                        })
+                        .collect();
+                    let lists: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
+                    assert_eq!(max_shared(&lists, lo, span), plain(&lists), "{lo} {span}");
+                }
             }
         }
-        assert_eq!(max_shared(&[]), 0);
+        assert_eq!(max_shared(&[], 0, 0), 0);
         DENSE.with(|d| assert!(d.borrow().iter().all(|&c| c == 0)));
     }
 

@@ -29,10 +29,34 @@ use std::sync::Arc;
 /// Input hashes remembered per client for exact-repeat detection.
 pub const MAX_SEEN: usize = 100_000;
 
-struct Tracked {
-    states: Vec<Box<dyn DetectorState>>,
+/// The exact-repeat rule's memory for one client (or group): the hashes of the inputs it sent,
+/// at most [`MAX_SEEN`] (all forgotten when full). Shared by this engine and the gateway, which
+/// applies the same rule to its subjects.
+#[derive(Clone, Debug, Default)]
+pub struct RepeatMemory {
     /// Input hashes (already mixed: the Fx hash of the set adds one multiply, not SipHash).
     seen: FxHashSet<u64>,
+}
+
+impl RepeatMemory {
+    /// Whether `x` is bit-identical to an input remembered (by its 64-bit [`input_hash`]);
+    /// remembers it.
+    pub fn repeat(&mut self, x: &[f32]) -> bool {
+        self.repeat_hash(input_hash(x))
+    }
+
+    /// [`RepeatMemory::repeat`] of an input whose hash is `hash`.
+    fn repeat_hash(&mut self, hash: u64) -> bool {
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        !self.seen.insert(hash)
+    }
+}
+
+struct Tracked {
+    states: Vec<Box<dyn DetectorState>>,
+    seen: RepeatMemory,
     queries: u64,
 }
 
@@ -62,7 +86,9 @@ pub struct Engine {
     policy: Policy,
 }
 
-fn input_hash(x: &[f32]) -> u64 {
+/// A 64-bit hash of an input's exact bits (FNV-style, mixed per value), for the exact-repeat
+/// rule.
+pub fn input_hash(x: &[f32]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for v in x {
         h ^= v.to_bits() as u64;
@@ -116,7 +142,7 @@ impl Engine {
     fn fresh(detectors: &[Arc<dyn Detector>]) -> Tracked {
         Tracked {
             states: detectors.iter().map(|d| d.new_state()).collect(),
-            seen: FxHashSet::default(),
+            seen: RepeatMemory::default(),
             queries: 0,
         }
     }
@@ -130,10 +156,7 @@ impl Engine {
         out: &mut Vec<(&'n str, Verdict)>,
     ) {
         t.queries += 1;
-        if t.seen.len() >= MAX_SEEN {
-            t.seen.clear();
-        }
-        let repeat = !t.seen.insert(hash);
+        let repeat = t.seen.repeat_hash(hash);
         for ((name, label), st) in names.iter().zip(labels).zip(t.states.iter_mut()) {
             if repeat && name != RateDetector::NAME {
                 continue;
@@ -182,7 +205,7 @@ impl Engine {
                     (n.clone(), v)
                 })
                 .collect(),
-            seen: t.seen.iter().copied().collect(),
+            seen: t.seen.seen.iter().copied().collect(),
             queries: t.queries,
         }
     }
@@ -232,7 +255,9 @@ impl Engine {
         }
         Ok(Tracked {
             states,
-            seen: s.seen.into_iter().collect(),
+            seen: RepeatMemory {
+                seen: s.seen.into_iter().collect(),
+            },
             queries: s.queries,
         })
     }

@@ -410,11 +410,13 @@ fn main() {
             .expect("chain"),
     );
     // (d): the full chain plus mamori-detect's default detector set (uncalibrated thresholds),
-    // per client state, with the default alert-on-alarm policy.
+    // per client state, with the default alert-on-alarm policy and the exact-repeat rule, as
+    // `mamori serve` runs them.
     let keys_d = Arc::new(KeyStore::in_memory());
     let (_, key_d) = keys_d.create("bench", None, "standard", &[]).expect("key");
     let mut spec_d = ModelSpec::new(model.clone(), "bench");
     spec_d.detectors = mamori_detect::default_detectors(&mamori_detect::DetectorsConfig::default());
+    spec_d.skip_exact_repeats = true;
     let detected = Arc::new(
         ChainBuilder::new(cfg.clone())
             .keys(keys_d)

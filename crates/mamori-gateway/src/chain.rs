@@ -35,8 +35,10 @@ use crate::ratelimit::{Limiter, Limits, RateLimiter};
 use crate::validate::{self, OutputSelection};
 use mamori_core::{
     Action, Detector, DetectorState, Disclosure, Model, ModelCard, Observation, Oracle,
-    OracleAnswer, OracleError, PostContext, Postprocessor, Tensor, Watermark, WatermarkMark,
+    OracleAnswer, OracleError, PostContext, Postprocessor, Tensor, Verdict, Watermark,
+    WatermarkMark,
 };
+use mamori_detect::engine::RepeatMemory;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -125,10 +127,20 @@ pub struct ModelSpec {
     pub policy: Box<dyn Policy>,
     /// Answer watermark.
     pub watermark: Option<Arc<dyn Watermark>>,
+    /// The exact-repeat rule (`mamori_detect::Engine`'s): an input bit-identical to one the
+    /// subject already sent is answered identically and leaks nothing new, so it is shown only
+    /// to the volume detector (`rate`); the others answer their last verdict again (the
+    /// similarity detectors would otherwise flag legitimate retries). The input is hashed once
+    /// per subject, at most [`mamori_detect::engine::MAX_SEEN`] hashes are remembered per
+    /// subject (all forgotten when full), and they are not saved (after a restart a repeat is
+    /// seen as new). Off in [`ModelSpec::new`]; the built-in protection turns it on with its
+    /// detectors.
+    pub skip_exact_repeats: bool,
 }
 
 impl ModelSpec {
-    /// A model with no detectors, the default policy and no watermark.
+    /// A model with no detectors, the default policy, no watermark, every query shown to
+    /// every detector.
     pub fn new(model: Arc<dyn Model>, platform: &str) -> Self {
         Self {
             model,
@@ -136,6 +148,7 @@ impl ModelSpec {
             detectors: Vec::new(),
             policy: Box::new(AlertOnAlarm),
             watermark: None,
+            skip_exact_repeats: false,
         }
     }
 }
@@ -146,6 +159,10 @@ type Snapshots = Vec<(String, Vec<u8>)>;
 #[derive(Default)]
 struct SubjectState {
     states: Vec<Box<dyn DetectorState>>,
+    /// Each detector's last verdict (given again for an exact repeat it is not shown).
+    last: Vec<Verdict>,
+    /// The inputs the subject sent ([`ModelSpec::skip_exact_repeats`]; not saved).
+    seen: RepeatMemory,
     alarmed: HashSet<String>,
     last_action: Option<Action>,
     /// Observed (or loaded from the first state-file format) since the last save: to the
@@ -172,6 +189,30 @@ impl SubjectState {
         SubjectState {
             states: detectors.iter().map(|d| d.new_state()).collect(),
             ..Default::default()
+        }
+    }
+
+    /// Shows one query to the subject's detectors — to those of `skips_repeats` only when its
+    /// input is not an exact repeat ([`ModelSpec::skip_exact_repeats`]) — and keeps each one's
+    /// verdict in `last`.
+    fn observe(&mut self, skips_repeats: &[bool], obs: &Observation<'_>) {
+        let repeat = skips_repeats.iter().any(|&s| s) && self.seen.repeat(obs.input);
+        self.last.resize(
+            self.states.len(),
+            Verdict {
+                score: 0.0,
+                alarm: false,
+            },
+        );
+        for ((state, last), &skips) in self
+            .states
+            .iter_mut()
+            .zip(&mut self.last)
+            .zip(skips_repeats)
+        {
+            if !(repeat && skips) {
+                *last = state.observe(obs);
+            }
         }
     }
 
@@ -250,6 +291,11 @@ pub struct ModelEntry {
     /// Platform string.
     pub platform: String,
     detectors: Vec<Arc<dyn Detector>>,
+    /// The detectors' names, in order (taken once, not per verdict).
+    detector_names: Vec<String>,
+    /// Per detector, whether an exact repeat is withheld from it
+    /// ([`ModelSpec::skip_exact_repeats`]: every detector but the volume detector).
+    skips_repeats: Vec<bool>,
     subjects: Mutex<HashMap<String, Arc<Mutex<SubjectState>>>>,
     /// Subjects whose states were evicted from memory, with what the gateway keeps of them.
     evicted: Mutex<HashMap<String, Evicted>>,
@@ -772,6 +818,12 @@ impl ChainBuilder {
                     }
                 }
             }
+            let detector_names: Vec<String> =
+                spec.detectors.iter().map(|d| d.info().name).collect();
+            let skips_repeats = detector_names
+                .iter()
+                .map(|n| spec.skip_exact_repeats && n != mamori_detect::rate::RateDetector::NAME)
+                .collect();
             models.insert(
                 name.clone(),
                 Arc::new(ModelEntry {
@@ -779,6 +831,8 @@ impl ChainBuilder {
                     model: spec.model,
                     platform: spec.platform,
                     detectors: spec.detectors,
+                    detector_names,
+                    skips_repeats,
                     subjects: Mutex::new(subjects),
                     evicted: Mutex::new(HashMap::new()),
                     state_files,
@@ -1324,7 +1378,16 @@ fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), Gateway
             continue;
         };
         // Compressed and written outside the subject's lock.
-        let bytes = crate::state_codec::encode_file(&subject, &snaps);
+        let bytes = match crate::state_codec::encode_file(&subject, &snaps) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // Not this subject's fault to hold up the others' checkpoint: reported, kept
+                // marked, the next subject saved.
+                tracing::error!(model = %e.name, "state of a subject not saved: {err}");
+                st.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+                continue;
+            }
+        };
         if let Err(err) = write_synced(&sdir.join(crate::state_codec::file_name(&subject)), &bytes)
         {
             st.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
@@ -1720,18 +1783,26 @@ impl Stage for Detect {
                         label: ex.model_labels[i],
                         time_ms: ex.time_ms,
                     };
-                    let last = i + 1 == input.batch_size();
-                    for (d, state) in entry.detectors.iter().zip(g.states.iter_mut()) {
-                        let v = state.observe(&obs);
-                        if last {
-                            verdicts.push(NamedVerdict {
-                                detector: d.info().name,
-                                subject: s.clone(),
-                                verdict: v,
-                                queries: state.queries(),
-                            });
-                        }
-                    }
+                    g.observe(&entry.skips_repeats, &obs);
+                }
+                // The verdicts after the request's last query.
+                let observed = if input.batch_size() > 0 {
+                    g.last.len()
+                } else {
+                    0
+                };
+                for ((name, state), v) in entry
+                    .detector_names
+                    .iter()
+                    .zip(&g.states)
+                    .zip(&g.last[..observed])
+                {
+                    verdicts.push(NamedVerdict {
+                        detector: name.clone(),
+                        subject: s.clone(),
+                        verdict: *v,
+                        queries: state.queries(),
+                    });
                 }
             }
             subject_states.push((s.clone(), st));

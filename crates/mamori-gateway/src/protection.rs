@@ -40,13 +40,13 @@ use crate::chain::{ChainBuilder, ModelSpec, PostprocessorRegistry};
 use crate::config::{DisclosureKind, GatewayConfig, WatermarkConfig, WatermarkKind};
 use crate::error::GatewayError;
 use crate::policy::{NamedVerdict, Policy as GatewayPolicy};
-use mamori_core::{Action, Detector, DetectorState, Model, Postprocessor, Verdict, Watermark};
+use mamori_core::{Action, Model, Postprocessor, Verdict, Watermark};
 use mamori_defense::dawn::DawnPaths;
 use mamori_defense::{BuildContext, Dawn, Ledger, PostprocessorSpec, SecretKey};
 use mamori_detect::{DetectorsConfig, PolicyConfig};
 use mamori_ml::Network;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -580,7 +580,8 @@ pub fn protect(
                 .detectors
                 .clone()
                 .unwrap_or_else(|| ctx.detectors_for(&spec.model.card().name));
-            spec.detectors = repeat_aware(mamori_detect::default_detectors(&detectors_cfg));
+            spec.detectors = mamori_detect::default_detectors(&detectors_cfg);
+            spec.skip_exact_repeats = true;
             spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
         }
         spec.watermark = dawn
@@ -661,91 +662,6 @@ fn open_dawn(
         dawn.with_fingerprint(fingerprint, dims).map_err(cfg_err)
     } else {
         Ok(dawn)
-    }
-}
-
-/// Wraps every detector but the volume detector (`rate`) in [`RepeatAware`].
-pub fn repeat_aware(detectors: Vec<Arc<dyn Detector>>) -> Vec<Arc<dyn Detector>> {
-    detectors
-        .into_iter()
-        .map(|d| -> Arc<dyn Detector> {
-            if d.info().name == mamori_detect::rate::RateDetector::NAME {
-                d
-            } else {
-                Arc::new(RepeatAware { inner: d })
-            }
-        })
-        .collect()
-}
-
-/// Exact repeats leak nothing new: the rule of `mamori_detect::Engine` ("a query whose input
-/// is bit-identical to one the same client already sent is answered identically", DAWN and
-/// the keyed noise make the answer identical too), applied inside the chain. A repeat is not
-/// shown to the wrapped detector, which keeps its last verdict; the similarity detectors
-/// (Blacklight, k-NN, PRADA) would otherwise flag legitimate retries. At most
-/// [`mamori_detect::engine::MAX_SEEN`] input hashes are remembered per client (cleared when
-/// full); the hashes are not part of the snapshot (after a restart a repeat is seen as new).
-pub struct RepeatAware {
-    inner: Arc<dyn Detector>,
-}
-
-struct RepeatState {
-    inner: Box<dyn DetectorState>,
-    seen: HashSet<u64>,
-    last: Verdict,
-}
-
-fn input_hash(x: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in x {
-        h ^= v.to_bits() as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-        h ^= h >> 29;
-    }
-    h
-}
-
-impl Detector for RepeatAware {
-    fn info(&self) -> mamori_core::DetectorInfo {
-        self.inner.info()
-    }
-    fn new_state(&self) -> Box<dyn DetectorState> {
-        Box::new(RepeatState {
-            inner: self.inner.new_state(),
-            seen: HashSet::new(),
-            last: Verdict {
-                score: 0.0,
-                alarm: false,
-            },
-        })
-    }
-    fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
-        Ok(Box::new(RepeatState {
-            inner: self.inner.restore_state(snapshot)?,
-            seen: HashSet::new(),
-            last: Verdict {
-                score: 0.0,
-                alarm: false,
-            },
-        }))
-    }
-}
-
-impl DetectorState for RepeatState {
-    fn observe(&mut self, obs: &mamori_core::Observation<'_>) -> Verdict {
-        if self.seen.len() >= mamori_detect::engine::MAX_SEEN {
-            self.seen.clear();
-        }
-        if self.seen.insert(input_hash(obs.input)) {
-            self.last = self.inner.observe(obs);
-        }
-        self.last
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.inner.snapshot()
-    }
-    fn queries(&self) -> u64 {
-        self.inner.queries()
     }
 }
 
@@ -1225,27 +1141,6 @@ mod tests {
         assert!(build(&builtin("default").unwrap(), &ctx)
             .fingerprint()
             .is_none());
-    }
-
-    #[test]
-    fn exact_repeats_are_not_shown_to_similarity_detectors() {
-        let dets = repeat_aware(mamori_detect::default_detectors(&DetectorsConfig::default()));
-        assert_eq!(dets.len(), 7);
-        let knn = dets.iter().find(|d| d.info().name == "knn").unwrap();
-        let mut st = knn.new_state();
-        let x = vec![0.5f32; 16];
-        let p = vec![0.5f32, 0.5];
-        for _ in 0..10 {
-            st.observe(&mamori_core::Observation {
-                client: "c",
-                input: &x,
-                input_shape: &[16],
-                probs: &p,
-                label: 0,
-                time_ms: 0,
-            });
-        }
-        assert_eq!(st.queries(), 1);
     }
 
     #[test]

@@ -29,14 +29,23 @@ pub const MAGIC: &[u8; 4] = b"MSS1";
 /// The first bytes of a subject's state file.
 pub const FILE_MAGIC: &[u8; 4] = b"MSF1";
 
-/// A subject's state file: its name and its detectors' snapshots.
-pub fn encode_file(subject: &str, snapshots: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let name = &subject.as_bytes()[..subject.len().min(usize::from(u16::MAX))];
+/// A subject's state file: its name and its detectors' snapshots. A name longer than the
+/// format's `u16` length field (65,535 bytes) is refused, not truncated (a truncated name
+/// would file the states under another subject); subject names come from key names (at most
+/// [`crate::keys::MAX_NAME_CHARS`] characters) and group prefixes, far shorter.
+pub fn encode_file(subject: &str, snapshots: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let len = u16::try_from(subject.len()).map_err(|_| {
+        format!(
+            "subject name of {} bytes: a state file holds at most {} bytes of name",
+            subject.len(),
+            u16::MAX
+        )
+    })?;
     let mut out = FILE_MAGIC.to_vec();
-    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-    out.extend_from_slice(name);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(subject.as_bytes());
     out.extend_from_slice(&encode(snapshots));
-    out
+    Ok(out)
 }
 
 /// The subject and snapshots of [`encode_file`].
@@ -195,7 +204,7 @@ mod tests {
     #[test]
     fn state_files_name_their_subject_and_refuse_damage() {
         let s = sample();
-        let f = encode_file("net:10.0.0.0/24", &s);
+        let f = encode_file("net:10.0.0.0/24", &s).unwrap();
         let (subject, back) = decode_file(&f).unwrap();
         assert_eq!(subject, "net:10.0.0.0/24");
         assert_eq!(back["prada"], s[0].1);
@@ -209,6 +218,19 @@ mod tests {
         for seed in 0..200 {
             let _ = decode_file(&mamori_core::testing::corrupted(&f, seed));
         }
+    }
+
+    /// The longest name the length field holds round-trips; one byte more is refused with
+    /// the reason, not cut to another subject's name.
+    #[test]
+    fn subject_names_beyond_the_length_field_are_refused() {
+        let s = sample();
+        let longest = "é".repeat(usize::from(u16::MAX) / 2) + "x";
+        assert_eq!(longest.len(), usize::from(u16::MAX));
+        let (subject, _) = decode_file(&encode_file(&longest, &s).unwrap()).unwrap();
+        assert_eq!(subject, longest);
+        let e = encode_file(&(longest + "y"), &s).unwrap_err();
+        assert!(e.contains("65536 bytes") && e.contains("65535"), "{e}");
     }
 
     #[test]

@@ -727,3 +727,47 @@ fn eviction_under_concurrent_requests_loses_no_observation() {
         assert_eq!(c.queries, sent[i] as u64 + 1);
     }
 }
+
+/// The exact-repeat rule (`ModelSpec::skip_exact_repeats`): a client retrying one input is
+/// counted by the volume detector at every retry, while the other detectors see it once and
+/// answer their last verdict — so retries raise no similarity alarm — and see every new input
+/// after them. Without the rule every retry reaches every detector.
+#[test]
+fn exact_repeats_reach_only_the_volume_detector() {
+    for skip in [true, false] {
+        let mut spec = lin_spec();
+        spec.detectors = vec![
+            Arc::new(mamori_detect::rate::RateDetector::new(Default::default())),
+            Arc::new(CountDetector { threshold: 3 }),
+        ];
+        spec.policy = Box::new(OnAlarm(Action::Alert));
+        spec.skip_exact_repeats = skip;
+        let (chain, keys) = chain_with(spec, GatewayConfig::default());
+        let (_, k) = keys.create("retry", None, "full", &[]).unwrap();
+        let mut o = ChainOracle::new(chain.clone(), &k, None).unwrap();
+        for _ in 0..5 {
+            o.query(&batch(&[1])).unwrap();
+        }
+        let count_alerts = || {
+            chain.flush_audit();
+            chain.shared().audit.with_store(|s| s.alerts().unwrap())
+        };
+        let listed = chain.clients();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].queries, 5,
+            "the volume detector counts every retry"
+        );
+        if skip {
+            assert!(count_alerts().is_empty(), "{:?}", count_alerts());
+            // Two new inputs: the third distinct query reaches the threshold.
+            o.query(&batch(&[2])).unwrap();
+            assert!(count_alerts().is_empty());
+            o.query(&batch(&[3])).unwrap();
+        }
+        let alerts = count_alerts();
+        assert_eq!(alerts.len(), 1, "skip {skip}: {alerts:?}");
+        assert_eq!(alerts[0].detector, "count");
+        assert_eq!(alerts[0].queries, 3, "skip {skip}");
+    }
+}
