@@ -171,3 +171,76 @@ fn a_killed_gateway_keeps_the_detector_states_of_its_last_checkpoint() {
     assert!(snaps.contains_key("prada"), "{:?}", snaps.keys());
     assert!(home.join("state").join("ckpt-mlp.policy.json").is_file());
 }
+
+/// More than twice `detect.max_resident_subjects` subjects in memory make `serve` checkpoint
+/// (save, then evict the idlest) long before its interval: with `checkpoint_s` an hour and a
+/// cap of 1, the third client's query brings every client's state file within seconds; the
+/// first two clients alone (at the cap's double, not beyond) bring none.
+#[test]
+fn a_burst_of_new_clients_is_checkpointed_before_the_interval() {
+    use common::start_serve_logged;
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let model_dir = tmp.path().join("model");
+    tiny_model(&model_dir, "burst-mlp");
+    let names = ["ann", "ben", "cat"];
+    let keys: Vec<String> = names.iter().map(|n| create_key(&home, n)).collect();
+    std::fs::write(
+        home.join("mamori.toml"),
+        "[detect]\ncheckpoint_s = 3600\nmax_resident_subjects = 1\n",
+    )
+    .unwrap();
+    let (child, url, _) = start_serve_logged(
+        &home,
+        &[
+            "--allow-unsigned".into(),
+            "--model".into(),
+            model_dir.into_os_string(),
+        ],
+    );
+    // Killed however the test ends: a failed assertion must not leave a server running (it
+    // would hold the test harness's output open).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = KillOnDrop(child);
+    let client = reqwest::blocking::Client::new();
+    let query = |key: &str| {
+        let body = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32",
+                        "data": vec![0.3f32; 16]}]
+        });
+        let r = client
+            .post(format!("{url}/v2/models/burst-mlp/infer"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    };
+    let state = |name: &str| {
+        home.join("state")
+            .join("burst-mlp.states")
+            .join(mamori_gateway::state_codec::file_name(name))
+    };
+    query(&keys[0]);
+    query(&keys[1]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        !state(names[0]).exists() && !state(names[1]).exists(),
+        "two subjects (the cap's double) are no pressure"
+    );
+    query(&keys[2]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !names.iter().all(|n| state(n).is_file()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no early checkpoint written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -282,6 +282,10 @@ struct Blocks {
     overridden: HashSet<String>,
 }
 
+/// How many times `detect.max_resident_subjects` a model's resident subjects may reach before
+/// a checkpoint is due early ([`Chain::memory_pressure`]).
+pub const PRESSURE_FACTOR: usize = 2;
+
 /// A served model with its own state: detector states, policy, blocks (model isolation).
 pub struct ModelEntry {
     /// Model name (= card name).
@@ -1193,10 +1197,29 @@ impl Chain {
         }
     }
 
+    /// Whether a checkpoint is due before its time: some model holds more than
+    /// [`PRESSURE_FACTOR`] × `detect.max_resident_subjects` subjects in memory, and a
+    /// checkpoint can save and evict them (a state directory is set). `serve` checks it every
+    /// second, so that a burst of new clients or networks between two checkpoints
+    /// (`detect.checkpoint_s`, default 120 s) is saved and evicted within about a second
+    /// instead of adding up in memory until the next one.
+    pub fn memory_pressure(&self) -> bool {
+        let max = self.shared.config.detect.max_resident_subjects;
+        if max == 0 || self.state_dir.is_none() {
+            return false;
+        }
+        let limit = max.saturating_mul(PRESSURE_FACTOR);
+        self.shared
+            .models
+            .values()
+            .any(|e| e.subjects.lock().unwrap_or_else(|e| e.into_inner()).len() > limit)
+    }
+
     /// Saves every model's detector states and escalation policy memory (per-client risk),
     /// and the daily quota counts of an in-process limiter (`limits.json`), under the state
     /// directory, if one is set (at shutdown, and periodically by `serve`:
-    /// `detect.checkpoint_s`). Blocks need no saving: they are rebuilt from the audit log.
+    /// `detect.checkpoint_s`, or earlier under [`Chain::memory_pressure`]). Blocks need no
+    /// saving: they are rebuilt from the audit log.
     pub fn save_states(&self) -> Result<(), GatewayError> {
         let Some(dir) = &self.state_dir else {
             return Ok(());

@@ -558,13 +558,17 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
         infer_sample(&chain, &ks[0], q).unwrap();
     }
     assert_eq!(alerts(&chain, "c0"), 1);
-    for k in &ks[1..] {
+    for (i, k) in ks[1..].iter().enumerate() {
         std::thread::sleep(std::time::Duration::from_millis(3));
         infer_sample(&chain, k, 0).unwrap();
+        // A checkpoint is due early beyond twice the cap of 2 subjects: at the fifth.
+        assert_eq!(chain.memory_pressure(), i + 2 > 4, "{} subjects", i + 2);
     }
-    // Nothing leaves memory before a checkpoint has saved it.
+    // Nothing leaves memory before a checkpoint has saved it; the checkpoint ends the
+    // pressure.
     assert!(chain.clients().iter().all(|c| c.resident));
     chain.save_states().unwrap();
+    assert!(!chain.memory_pressure());
     let listed = chain.clients();
     assert_eq!(listed.len(), 5, "{listed:?}");
     let resident: Vec<&str> = listed

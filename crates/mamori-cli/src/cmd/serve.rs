@@ -492,11 +492,22 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     // Periodic checkpoints of detector states and escalation risk (a crash loses at most one
-    // interval); the graceful shutdown saves them once more.
+    // interval), and an early one whenever a model holds more than twice its
+    // `detect.max_resident_subjects` subjects (checked every second: a burst of new clients or
+    // networks is saved and evicted instead of adding up in memory until the next interval);
+    // the graceful shutdown saves them once more.
     let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let checkpoints = every_until_stopped(&stop, cfg.detect.checkpoint_s, {
+    let checkpoints = every_until_stopped(&stop, 1, {
         let chain = chain.clone();
+        let every = std::time::Duration::from_secs(cfg.detect.checkpoint_s);
+        let last = std::sync::Mutex::new(std::time::Instant::now());
         move || {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            let periodic = !every.is_zero() && last.elapsed() >= every;
+            if !periodic && !chain.memory_pressure() {
+                return;
+            }
+            *last = std::time::Instant::now();
             if let Err(e) = chain.save_states() {
                 tracing::error!("checkpoint of detector states failed: {e}");
             }
