@@ -794,14 +794,14 @@ impl ChainBuilder {
                 )));
             }
             // With shared states, subjects are taken from the shared store as they come.
-            let subjects = match &self.state_dir {
+            let (subjects, not_loaded) = match &self.state_dir {
                 Some(dir) if !self.config.detect.shared_state => load_states(
                     dir,
                     &name,
                     &spec.detectors,
                     self.config.detect.max_resident_subjects,
                 )?,
-                _ => HashMap::new(),
+                _ => (HashMap::new(), HashMap::new()),
             };
             let state_files = self
                 .state_dir
@@ -838,7 +838,7 @@ impl ChainBuilder {
                     detector_names,
                     skips_repeats,
                     subjects: Mutex::new(subjects),
-                    evicted: Mutex::new(HashMap::new()),
+                    evicted: Mutex::new(not_loaded),
                     state_files,
                     policy: Mutex::new(spec.policy),
                     watermark: spec.watermark,
@@ -1397,11 +1397,11 @@ fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), Gateway
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_changed(&e.detectors);
-        let Some((snaps, _)) = changed else {
+        let Some((snaps, queries)) = changed else {
             continue;
         };
         // Compressed and written outside the subject's lock.
-        let bytes = match crate::state_codec::encode_file(&subject, &snaps) {
+        let bytes = match crate::state_codec::encode_file(&subject, queries, &snaps) {
             Ok(bytes) => bytes,
             Err(err) => {
                 // Not this subject's fault to hold up the others' checkpoint: reported, kept
@@ -1428,21 +1428,24 @@ fn save_state_files(dir: &std::path::Path, e: &ModelEntry) -> Result<(), Gateway
 
 /// `model`'s detector states from the state directory: the per-subject files of
 /// `<model>.states/` — with `max` > 0 (`detect.max_resident_subjects`) only the `max` most
-/// recently written, the others being loaded on their subject's first request — and the first
-/// format's `<model>.json` if it is still there (its subjects marked for the next save, which
-/// moves them into files; a subject in both is taken from its file, the newer). A file that
-/// does not decode stops the start, naming it.
+/// recently written, the others being loaded on their subject's first request and listed
+/// meanwhile as evicted subjects are, with the query count of their file's header (the second
+/// map) — and the first format's `<model>.json` if it is still there (its subjects marked for
+/// the next save, which moves them into files; a subject in both is taken from its file, the
+/// newer). A loaded file that does not decode stops the start, naming it; a file not loaded
+/// whose header does not read is not listed (its subject's first request deals with it).
 fn load_states(
     dir: &std::path::Path,
     model: &str,
     detectors: &[Arc<dyn Detector>],
     max: usize,
-) -> Result<SubjectMap, GatewayError> {
+) -> Result<(SubjectMap, HashMap<String, Evicted>), GatewayError> {
     let mut out = load_legacy_states(dir, model, detectors)?;
+    let mut listed = HashMap::new();
     let sdir = states_dir(dir, model);
     let entries = match std::fs::read_dir(&sdir) {
         Ok(it) => it,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((out, listed)),
         Err(err) => return Err(GatewayError::Storage(format!("{}: {err}", sdir.display()))),
     };
     let mut files = Vec::new();
@@ -1461,10 +1464,11 @@ fn load_states(
             .map_err(|err| GatewayError::Storage(format!("{}: {err}", path.display())))?;
         files.push((written, path));
     }
+    let mut later = Vec::new();
     if max > 0 && files.len() > max {
         // Newest first (ties by path, so the choice does not depend on the directory order).
         files.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        files.truncate(max);
+        later = files.split_off(max);
     }
     for (_, path) in files {
         let bad = |err: String| {
@@ -1474,7 +1478,33 @@ fn load_states(
         let (subject, st) = SubjectState::from_file(detectors, &bytes).map_err(bad)?;
         out.insert(subject, Arc::new(Mutex::new(st)));
     }
-    Ok(out)
+    for (_, path) in later {
+        // A first-version file has no count in its header: its states are decoded for it
+        // (once per start, until the subject's next checkpoint rewrites the file).
+        let header = crate::state_codec::read_file_header(&path).and_then(|(subject, q)| match q {
+            Some(q) => Ok((subject, q)),
+            None => std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| SubjectState::from_file(detectors, &bytes))
+                .map(|(subject, st)| (subject, st.queries())),
+        });
+        match header {
+            Ok((subject, queries)) if !out.contains_key(&subject) => {
+                listed.insert(
+                    subject,
+                    Evicted {
+                        queries,
+                        ..Evicted::default()
+                    },
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "detector state file not listed (read on its subject's first request): {e}"
+            ),
+        }
+    }
+    Ok((out, listed))
 }
 
 /// The first state-file format: every subject of `model` in one `<model>.json` (a JSON map of

@@ -10,8 +10,13 @@
 //! the subject's lock, off the request path (docs/gateway.md).
 //!
 //! A subject's state file in the state directory (`state/<model>.states/<id>.mss`, without
-//! `detect.shared_state`) is [`FILE_MAGIC`] `MSF1`, the `u16` LE length and bytes of the
-//! subject's name, then the `MSS1` encoding ([`encode_file`], [`decode_file`]).
+//! `detect.shared_state`) is [`FILE_MAGIC`] `MSF2`, the `u16` LE length and bytes of the
+//! subject's name, the `u64` LE count of queries its detectors had seen, then the `MSS1`
+//! encoding ([`encode_file`], [`decode_file`]); the header alone ([`read_file_header`]) names
+//! a subject not loaded into memory and its count, for the admin listing. Files of the first
+//! version, `MSF1` (no count), are still read. A gateway older than the thirteenth session
+//! does not read `MSF2`: it moves such a file aside (`….mss.damaged`, kept) and starts the
+//! subject fresh.
 //!
 //! Decoding never trusts lengths: an entry that runs past the stream, a count that does not
 //! match the entries (a stream cut at an entry boundary), bytes after the last entry, a name
@@ -26,14 +31,25 @@ use std::io::{Read, Write};
 /// The first bytes of a version-1 encoding.
 pub const MAGIC: &[u8; 4] = b"MSS1";
 
-/// The first bytes of a subject's state file.
-pub const FILE_MAGIC: &[u8; 4] = b"MSF1";
+/// The first bytes of a subject's state file (version 2, with the query count).
+pub const FILE_MAGIC: &[u8; 4] = b"MSF2";
 
-/// A subject's state file: its name and its detectors' snapshots. A name longer than the
-/// format's `u16` length field (65,535 bytes) is refused, not truncated (a truncated name
-/// would file the states under another subject); subject names come from key names (at most
-/// [`crate::keys::MAX_NAME_CHARS`] characters) and group prefixes, far shorter.
-pub fn encode_file(subject: &str, snapshots: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+/// The first bytes of a version-1 state file (no query count), still read.
+pub const FILE_MAGIC_V1: &[u8; 4] = b"MSF1";
+
+/// The most bytes a state file's header takes ([`read_file_header`] reads no more).
+pub const MAX_HEADER: usize = 4 + 2 + u16::MAX as usize + 8;
+
+/// A subject's state file: its name, the queries its detectors had seen, and their
+/// snapshots. A name longer than the format's `u16` length field (65,535 bytes) is refused,
+/// not truncated (a truncated name would file the states under another subject); subject
+/// names come from key names (at most [`crate::keys::MAX_NAME_CHARS`] characters) and group
+/// prefixes, far shorter.
+pub fn encode_file(
+    subject: &str,
+    queries: u64,
+    snapshots: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>, String> {
     let len = u16::try_from(subject.len()).map_err(|_| {
         format!(
             "subject name of {} bytes: a state file holds at most {} bytes of name",
@@ -44,23 +60,54 @@ pub fn encode_file(subject: &str, snapshots: &[(String, Vec<u8>)]) -> Result<Vec
     let mut out = FILE_MAGIC.to_vec();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(subject.as_bytes());
+    out.extend_from_slice(&queries.to_le_bytes());
     out.extend_from_slice(&encode(snapshots));
     Ok(out)
 }
 
-/// The subject and snapshots of [`encode_file`].
-pub fn decode_file(bytes: &[u8]) -> Result<(String, BTreeMap<String, Vec<u8>>), String> {
-    let mut rest = bytes
-        .strip_prefix(FILE_MAGIC)
-        .ok_or_else(|| "not a mamori state file (no MSF1 header)".to_string())?;
+/// A state file's header: the subject, its query count (`None` in a version-1 file), and the
+/// bytes after the header.
+fn split_header(bytes: &[u8]) -> Result<(String, Option<u64>, &[u8]), String> {
+    let (mut rest, v2) = if let Some(rest) = bytes.strip_prefix(FILE_MAGIC) {
+        (rest, true)
+    } else if let Some(rest) = bytes.strip_prefix(FILE_MAGIC_V1) {
+        (rest, false)
+    } else {
+        return Err("not a mamori state file (no MSF2 or MSF1 header)".to_string());
+    };
     let len = u16::from_le_bytes(take(&mut rest, 2, "subject length")?.try_into().expect("2"));
     let subject = std::str::from_utf8(take(&mut rest, usize::from(len), "subject")?)
         .map_err(|_| "subject name is not UTF-8".to_string())?
         .to_string();
+    let queries = if v2 {
+        Some(u64::from_le_bytes(
+            take(&mut rest, 8, "query count")?.try_into().expect("8"),
+        ))
+    } else {
+        None
+    };
+    Ok((subject, queries, rest))
+}
+
+/// The subject and snapshots of [`encode_file`] (either version).
+pub fn decode_file(bytes: &[u8]) -> Result<(String, BTreeMap<String, Vec<u8>>), String> {
+    let (subject, _, rest) = split_header(bytes)?;
     if !rest.starts_with(MAGIC) {
         return Err(format!("state of {subject:?}: no MSS1 encoding"));
     }
     Ok((subject, decode(rest)?))
+}
+
+/// The subject and query count a state file's header holds (`None` for a version-1 file),
+/// from the file's first [`MAX_HEADER`] bytes at most — the states themselves are not read.
+pub fn read_file_header(path: &std::path::Path) -> Result<(String, Option<u64>), String> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_HEADER as u64).read_to_end(&mut head))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (subject, queries, _) =
+        split_header(&head).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((subject, queries))
 }
 
 /// The file name of `subject`'s state: the first 128 bits of its SHA-256 in hex (subject
@@ -204,14 +251,14 @@ mod tests {
     #[test]
     fn state_files_name_their_subject_and_refuse_damage() {
         let s = sample();
-        let f = encode_file("net:10.0.0.0/24", &s).unwrap();
+        let f = encode_file("net:10.0.0.0/24", 17, &s).unwrap();
         let (subject, back) = decode_file(&f).unwrap();
         assert_eq!(subject, "net:10.0.0.0/24");
         assert_eq!(back["prada"], s[0].1);
         assert_eq!(file_name("net:10.0.0.0/24").len(), 32 + 4);
         assert!(!file_name("net:10.0.0.0/24").contains('/'));
         assert_ne!(file_name("a"), file_name("b"));
-        assert!(decode_file(b"MSS1").unwrap_err().contains("MSF1"));
+        assert!(decode_file(b"MSS1").unwrap_err().contains("MSF2"));
         for cut in [5, 8, f.len() - 1] {
             assert!(decode_file(&f[..cut]).is_err(), "cut at {cut}");
         }
@@ -227,10 +274,49 @@ mod tests {
         let s = sample();
         let longest = "é".repeat(usize::from(u16::MAX) / 2) + "x";
         assert_eq!(longest.len(), usize::from(u16::MAX));
-        let (subject, _) = decode_file(&encode_file(&longest, &s).unwrap()).unwrap();
+        let (subject, _) = decode_file(&encode_file(&longest, 1, &s).unwrap()).unwrap();
         assert_eq!(subject, longest);
-        let e = encode_file(&(longest + "y"), &s).unwrap_err();
+        let e = encode_file(&(longest + "y"), 1, &s).unwrap_err();
         assert!(e.contains("65536 bytes") && e.contains("65535"), "{e}");
+    }
+
+    /// The header alone names the subject and its query count, from a file cut right after
+    /// it (the states are not read); a version-1 file (no count) is read whole as before and
+    /// its header gives no count; a longest-name file's header is read whole; damaged headers
+    /// are errors naming the file.
+    #[test]
+    fn headers_name_the_subject_and_count_and_version_1_files_still_read() {
+        let s = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.mss");
+        let f = encode_file("carol", 4321, &s).unwrap();
+        let header_len = 4 + 2 + 5 + 8;
+        std::fs::write(&path, &f[..header_len]).unwrap();
+        assert_eq!(
+            read_file_header(&path).unwrap(),
+            ("carol".to_string(), Some(4321))
+        );
+        let longest = "z".repeat(usize::from(u16::MAX));
+        std::fs::write(&path, encode_file(&longest, 9, &s).unwrap()).unwrap();
+        assert_eq!(read_file_header(&path).unwrap(), (longest, Some(9)));
+        // Version 1: MSF1, the name, then the states.
+        let mut v1 = FILE_MAGIC_V1.to_vec();
+        v1.extend_from_slice(&5u16.to_le_bytes());
+        v1.extend_from_slice(b"carol");
+        v1.extend_from_slice(&encode(&s));
+        let (subject, back) = decode_file(&v1).unwrap();
+        assert_eq!((subject.as_str(), &back["prada"]), ("carol", &s[0].1));
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(
+            read_file_header(&path).unwrap(),
+            ("carol".to_string(), None)
+        );
+        for bad in [&f[..4 + 2 + 5 + 3], &f[..3], b"MSF2\xff\xff".as_slice()] {
+            std::fs::write(&path, bad).unwrap();
+            let e = read_file_header(&path).unwrap_err();
+            assert!(e.contains("a.mss"), "{e}");
+        }
+        assert!(read_file_header(&dir.path().join("missing.mss")).is_err());
     }
 
     #[test]

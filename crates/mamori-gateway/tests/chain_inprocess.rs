@@ -599,12 +599,22 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
     chain.shutdown();
     drop(chain);
 
-    // A restart loads the newest 2 files; another subject is loaded on its first request.
+    // A restart loads the newest 2 files; the others are listed from their files' headers,
+    // with their query counts, and loaded on their first request.
     let chain = build();
     let listed = chain.clients();
-    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert_eq!(
+        listed.iter().filter(|c| c.resident).count(),
+        2,
+        "{listed:?}"
+    );
+    for c in &listed {
+        let want = if c.subject == "c0" { 7 } else { 1 };
+        assert_eq!(c.queries, want, "{}", c.subject);
+    }
     let unloaded: Vec<usize> = (1..5)
-        .filter(|&i| listed.iter().all(|c| c.subject != names[i]))
+        .filter(|&i| !info(&chain, names[i]).unwrap().resident)
         .collect();
     assert!(unloaded.len() >= 2);
     let i = unloaded[0];
@@ -629,7 +639,7 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
     // with a storage error naming it, and nothing replaces the subject's states.
     let chain = build();
     let unloaded: Vec<usize> = (0..5)
-        .filter(|&i| chain.clients().iter().all(|c| c.subject != names[i]))
+        .filter(|&i| info(&chain, names[i]).is_some_and(|c| !c.resident))
         .collect();
     let k = unloaded[0];
     let file = states.join(mamori_gateway::state_codec::file_name(names[k]));
@@ -641,7 +651,7 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
         matches!(&e, mamori_gateway::GatewayError::Storage(m) if m.contains(&file.display().to_string())),
         "{e}"
     );
-    assert!(info(&chain, names[k]).is_none());
+    assert!(!info(&chain, names[k]).unwrap().resident);
     // Once the file is back, the subject's history goes on.
     std::fs::remove_dir(&file).unwrap();
     std::fs::rename(&kept, &file).unwrap();
