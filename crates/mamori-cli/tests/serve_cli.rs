@@ -190,7 +190,8 @@ fn a_burst_of_new_clients_is_checkpointed_before_the_interval() {
         "[detect]\ncheckpoint_s = 3600\nmax_resident_subjects = 1\n",
     )
     .unwrap();
-    let (child, url, _) = start_serve_logged(
+    // Killed when dropped, however the test ends (`common::Served`).
+    let (_server, url, _) = start_serve_logged(
         &home,
         &[
             "--allow-unsigned".into(),
@@ -198,16 +199,6 @@ fn a_burst_of_new_clients_is_checkpointed_before_the_interval() {
             model_dir.into_os_string(),
         ],
     );
-    // Killed however the test ends: a failed assertion must not leave a server running (it
-    // would hold the test harness's output open).
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = KillOnDrop(child);
     let client = reqwest::blocking::Client::new();
     let query = |key: &str| {
         let body = serde_json::json!({

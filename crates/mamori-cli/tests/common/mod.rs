@@ -6,8 +6,35 @@ use mamori_core::ModelCard;
 use mamori_ml::{Arch, NativeModel, Network};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+/// A started `mamori serve` process: killed and reaped when dropped, so a test that fails
+/// midway leaves no server running (a leaked one would keep the test harness's output open
+/// and hang the run instead of failing it). Derefs to the [`Child`].
+pub struct Served(Child);
+
+impl Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // Both fail harmlessly for a server the test already stopped and waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// `mamori --home HOME`.
 pub fn mamori(home: &Path) -> Command {
@@ -93,7 +120,7 @@ fn serve_command(home: &Path, args: &[OsString]) -> Command {
 
 /// Starts `mamori serve --allow-unsigned --addr 127.0.0.1:0 --model DIR`; returns the child
 /// and the base URL it printed.
-pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
+pub fn start_serve(home: &Path, model_dir: &Path) -> (Served, String) {
     start_serve_with(
         home,
         &[
@@ -106,13 +133,13 @@ pub fn start_serve(home: &Path, model_dir: &Path) -> (Child, String) {
 
 /// Starts `mamori serve --addr 127.0.0.1:0 ARGS...`; returns the child and the base URL it
 /// printed (panics if the server exits instead).
-pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Child, String) {
+pub fn start_serve_with(home: &Path, args: &[OsString]) -> (Served, String) {
     let (child, url, _) = start_serve_logged(home, args);
     (child, url)
 }
 
 /// Like [`start_serve_with`], also returning what the server logged before it listened.
-pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Child, String, Vec<String>) {
+pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Served, String, Vec<String>) {
     let mut log = Vec::new();
     let mut child = serve_command(home, args)
         .stderr(Stdio::piped())
@@ -135,7 +162,7 @@ pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Child, String, Vec
                     sink.clear();
                 }
             });
-            return (child, url, log);
+            return (Served(child), url, log);
         }
     }
     let _ = child.kill();
@@ -144,7 +171,7 @@ pub fn start_serve_logged(home: &Path, args: &[OsString]) -> (Child, String, Vec
 }
 
 /// Sends SIGTERM and checks the gateway exits cleanly (graceful shutdown flushes the audit log).
-pub fn stop(mut child: Child) {
+pub fn stop(mut child: Served) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
