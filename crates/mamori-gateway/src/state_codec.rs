@@ -37,9 +37,6 @@ pub const FILE_MAGIC: &[u8; 4] = b"MSF2";
 /// The first bytes of a version-1 state file (no query count), still read.
 pub const FILE_MAGIC_V1: &[u8; 4] = b"MSF1";
 
-/// The most bytes a state file's header takes ([`read_file_header`] reads no more).
-pub const MAX_HEADER: usize = 4 + 2 + u16::MAX as usize + 8;
-
 /// A subject's state file: its name, the queries its detectors had seen, and their
 /// snapshots. A name longer than the format's `u16` length field (65,535 bytes) is refused,
 /// not truncated (a truncated name would file the states under another subject); subject
@@ -99,11 +96,19 @@ pub fn decode_file(bytes: &[u8]) -> Result<(String, BTreeMap<String, Vec<u8>>), 
 }
 
 /// The subject and query count a state file's header holds (`None` for a version-1 file),
-/// from the file's first [`MAX_HEADER`] bytes at most — the states themselves are not read.
+/// reading the header only (the magic and name length, then the name and count: a few dozen
+/// bytes for the names in use), not the states.
 pub fn read_file_header(path: &std::path::Path) -> Result<(String, Option<u64>), String> {
-    let mut head = Vec::new();
+    let mut head = Vec::with_capacity(64);
     std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_HEADER as u64).read_to_end(&mut head))
+        .and_then(|mut f| {
+            (&mut f).take(6).read_to_end(&mut head)?;
+            if let [_, _, _, _, a, b] = head[..] {
+                let rest = u64::from(u16::from_le_bytes([a, b])) + 8;
+                f.take(rest).read_to_end(&mut head)?;
+            }
+            Ok(())
+        })
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let (subject, queries, _) =
         split_header(&head).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -282,8 +287,8 @@ mod tests {
 
     /// The header alone names the subject and its query count, from a file cut right after
     /// it (the states are not read); a version-1 file (no count) is read whole as before and
-    /// its header gives no count; a longest-name file's header is read whole; damaged headers
-    /// are errors naming the file.
+    /// its header gives no count; a longest name is read whole; damaged headers are errors
+    /// naming the file.
     #[test]
     fn headers_name_the_subject_and_count_and_version_1_files_still_read() {
         let s = sample();
