@@ -1488,7 +1488,17 @@ fn load_states(
                 .and_then(|bytes| SubjectState::from_file(detectors, &bytes))
                 .map(|(subject, st)| (subject, st.queries())),
         });
+        // A file is found again by its subject's name: one under another name (copied or
+        // renamed by hand) would never be read for the subject its header names.
+        let named = |subject: &str| {
+            path.file_name().and_then(|n| n.to_str())
+                == Some(crate::state_codec::file_name(subject).as_str())
+        };
         match header {
+            Ok((subject, _)) if !named(&subject) => tracing::warn!(
+                "{}: holds the states of {subject:?}, whose file has another name; not listed",
+                path.display()
+            ),
             Ok((subject, queries)) if !out.contains_key(&subject) => {
                 listed.insert(
                     subject,

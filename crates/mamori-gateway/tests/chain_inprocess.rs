@@ -663,6 +663,62 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
     assert!(info(&chain, names[k]).unwrap().queries >= 2);
 }
 
+/// A state file that is not loaded at start is listed under the subject its header names only
+/// when the file has that subject's name: a file renamed by hand would never be read for that
+/// subject, so it is not listed (and the subject, when it comes, starts fresh).
+#[test]
+fn a_renamed_state_file_is_not_listed_for_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::in_memory());
+    let ks: Vec<String> = ["c0", "c1", "c2"]
+        .iter()
+        .map(|n| keys.create(n, None, "full", &[]).unwrap().1)
+        .collect();
+    let mut cfg = GatewayConfig::default();
+    cfg.detect.max_resident_subjects = 1;
+    let build = || {
+        ChainBuilder::new(cfg.clone())
+            .keys(keys.clone())
+            .state_dir(dir.path())
+            .model(spec_with(6, Action::Alert))
+            .build()
+            .unwrap()
+    };
+    let chain = build();
+    for k in &ks {
+        infer_sample(&chain, k, 0).unwrap();
+        infer_sample(&chain, k, 1).unwrap();
+    }
+    chain.shutdown();
+    drop(chain);
+    let states = dir.path().join("lin.states");
+    let real = states.join(mamori_gateway::state_codec::file_name("c0"));
+    let renamed = states.join(format!("{}.mss", "f".repeat(32)));
+    std::fs::rename(&real, &renamed).unwrap();
+    // The oldest file, so it is among those not loaded at start.
+    std::fs::File::options()
+        .write(true)
+        .open(&renamed)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        .unwrap();
+    let chain = build();
+    let mut listed: Vec<(String, u64)> = chain
+        .clients()
+        .into_iter()
+        .map(|c| (c.subject, c.queries))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("c1".to_string(), 2), ("c2".to_string(), 2)]);
+    infer_sample(&chain, &ks[0], 2).unwrap();
+    let c0 = chain
+        .clients()
+        .into_iter()
+        .find(|c| c.subject == "c0")
+        .unwrap();
+    assert_eq!(c0.queries, 1, "c0 starts fresh");
+}
+
 /// Checkpoints that evict (limit 1) running all the while four clients query from their own
 /// threads: no observation is lost — a subject with a request in flight, or observed since the
 /// last save, stays in memory — so every client's count ends at what it sent.
