@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_key, mamori, start_serve, stop, tiny_model};
+use common::{create_key, infer_json, mamori, start_serve, stop, tiny_model};
 
 #[test]
 fn serve_answers_then_flushes_the_audit_log_on_sigterm() {
@@ -199,19 +199,8 @@ fn a_burst_of_new_clients_is_checkpointed_before_the_interval() {
             model_dir.into_os_string(),
         ],
     );
-    let client = reqwest::blocking::Client::new();
     let query = |key: &str| {
-        let body = serde_json::json!({
-            "inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32",
-                        "data": vec![0.3f32; 16]}]
-        });
-        let r = client
-            .post(format!("{url}/v2/models/burst-mlp/infer"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        infer_json(&url, "burst-mlp", key, &[vec![0.3f32; 16]]);
     };
     let state = |name: &str| {
         home.join("state")

@@ -510,32 +510,6 @@ mod tests {
         assert_eq!(g.postings[&9].as_slice(), &[3]);
     }
 
-    /// The in-place selection keeps exactly what a full sort keeps (the `n` largest distinct
-    /// values, decreasing): with few duplicates (the selection's path), with so many that the
-    /// selected head holds fewer than `n` distinct values (the full sort's path), and for
-    /// short inputs.
-    #[test]
-    fn top_distinct_equals_a_full_sort() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for (len, range, n) in [
-            (765, u64::MAX, 50),
-            (765, 60, 50),
-            (765, 200, 50),
-            (30, 10, 50),
-        ] {
-            for _ in 0..20 {
-                let v: Vec<u64> = (0..len).map(|_| rng.gen_range(0..range.max(1))).collect();
-                let mut plain = v.clone();
-                plain.sort_unstable_by(|a, b| b.cmp(a));
-                plain.dedup();
-                plain.truncate(n);
-                let mut fast = v;
-                top_distinct(&mut fast, n);
-                assert_eq!(fast, plain, "len {len} range {range}");
-            }
-        }
-    }
-
     /// Through generation turnovers and the ids' wrap around `u32::MAX`, every id in the
     /// posting lists lies in the span the generations' sizes give (so the dense count never
     /// falls back), and each query's match count is the most hashes it shares with one query
@@ -649,17 +623,21 @@ mod tests {
         assert!(!fa.is_empty() && !fb.is_empty());
         assert_eq!(fa.iter().filter(|h| fb.contains(h)).count(), 0);
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for len in [0usize, 3, 60, 100, 101, 765] {
+        // Few distinct values (many duplicates among the candidates: the full sort's path) and
+        // all distinct ones (the in-place selection's).
+        for (len, range) in [0usize, 3, 60, 100, 101, 765]
+            .into_iter()
+            .flat_map(|len| [(len, 40), (len, u64::MAX)])
+        {
             for n in [1usize, 5, 50] {
-                // Few distinct values: many duplicates among the candidates.
-                let v: Vec<u64> = (0..len).map(|_| rng.gen_range(0..40)).collect();
+                let v: Vec<u64> = (0..len).map(|_| rng.gen_range(0..range)).collect();
                 let mut want = v.clone();
                 want.sort_unstable_by(|a, b| b.cmp(a));
                 want.dedup();
                 want.truncate(n);
                 let mut got = v;
                 top_distinct(&mut got, n);
-                assert_eq!(got, want, "len {len}, n {n}");
+                assert_eq!(got, want, "len {len}, n {n}, range {range}");
             }
         }
     }

@@ -514,6 +514,45 @@ fn state_files_are_written_per_subject_when_changed_and_the_first_format_is_migr
     );
 }
 
+/// A gateway with a state directory, `detect.max_resident_subjects` = `max` and the counting
+/// detector (alarm at 6, alert), and a key for each client named.
+struct Evicting {
+    dir: tempfile::TempDir,
+    store: Arc<KeyStore>,
+    keys: Vec<String>,
+    cfg: GatewayConfig,
+}
+
+impl Evicting {
+    fn new(names: &[&str], max: usize) -> Self {
+        let store = Arc::new(KeyStore::in_memory());
+        let keys = names
+            .iter()
+            .map(|n| store.create(n, None, "full", &[]).unwrap().1)
+            .collect();
+        let mut cfg = GatewayConfig::default();
+        cfg.detect.max_resident_subjects = max;
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            store,
+            keys,
+            cfg,
+        }
+    }
+
+    /// A gateway on the directory (a restart when one was built before).
+    fn build(&self) -> Arc<Chain> {
+        Arc::new(
+            ChainBuilder::new(self.cfg.clone())
+                .keys(self.store.clone())
+                .state_dir(self.dir.path())
+                .model(spec_with(6, Action::Alert))
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
 /// `detect.max_resident_subjects`: at a checkpoint the least recently observed subjects beyond
 /// the limit leave memory (saved first); the admin listing keeps them; on its next request a
 /// subject's states come back from its file — its history goes on, and an alarm it already
@@ -522,25 +561,10 @@ fn state_files_are_written_per_subject_when_changed_and_the_first_format_is_migr
 /// subject starts fresh; a file that cannot be read fails the request instead.
 #[test]
 fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::in_memory());
     let names = ["c0", "c1", "c2", "c3", "c4"];
-    let ks: Vec<String> = names
-        .iter()
-        .map(|n| keys.create(n, None, "full", &[]).unwrap().1)
-        .collect();
-    let mut cfg = GatewayConfig::default();
-    cfg.detect.max_resident_subjects = 2;
-    let build = || {
-        Arc::new(
-            ChainBuilder::new(cfg.clone())
-                .keys(keys.clone())
-                .state_dir(dir.path())
-                .model(spec_with(6, Action::Alert))
-                .build()
-                .unwrap(),
-        )
-    };
+    let setup = Evicting::new(&names, 2);
+    let (dir, ks) = (&setup.dir, &setup.keys);
+    let build = || setup.build();
     let info = |chain: &Chain, who: &str| chain.clients().into_iter().find(|c| c.subject == who);
     let alerts = |chain: &Chain, who: &str| {
         chain.flush_audit();
@@ -668,24 +692,11 @@ fn idle_subjects_leave_memory_at_checkpoints_and_come_back_with_their_history() 
 /// subject, so it is not listed (and the subject, when it comes, starts fresh).
 #[test]
 fn a_renamed_state_file_is_not_listed_for_its_subject() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::in_memory());
-    let ks: Vec<String> = ["c0", "c1", "c2"]
-        .iter()
-        .map(|n| keys.create(n, None, "full", &[]).unwrap().1)
-        .collect();
-    let mut cfg = GatewayConfig::default();
-    cfg.detect.max_resident_subjects = 1;
-    let build = || {
-        ChainBuilder::new(cfg.clone())
-            .keys(keys.clone())
-            .state_dir(dir.path())
-            .model(spec_with(6, Action::Alert))
-            .build()
-            .unwrap()
-    };
+    let setup = Evicting::new(&["c0", "c1", "c2"], 1);
+    let (dir, ks) = (&setup.dir, &setup.keys);
+    let build = || setup.build();
     let chain = build();
-    for k in &ks {
+    for k in ks {
         infer_sample(&chain, k, 0).unwrap();
         infer_sample(&chain, k, 1).unwrap();
     }
