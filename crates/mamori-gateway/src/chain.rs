@@ -1499,7 +1499,10 @@ fn load_states(
                 "{}: holds the states of {subject:?}, whose file has another name; not listed",
                 path.display()
             ),
-            Ok((subject, queries)) if !out.contains_key(&subject) => {
+            Ok((subject, queries)) => {
+                // A subject also in the first format's `<model>.json` is taken from its file,
+                // the newer, as a loaded one is: on its first request.
+                out.remove(&subject);
                 listed.insert(
                     subject,
                     Evicted {
@@ -1508,7 +1511,6 @@ fn load_states(
                     },
                 );
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(
                 "detector state file not listed (read on its subject's first request): {e}"
             ),

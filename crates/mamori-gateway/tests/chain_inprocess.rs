@@ -730,6 +730,53 @@ fn a_renamed_state_file_is_not_listed_for_its_subject() {
     assert_eq!(c0.queries, 1, "c0 starts fresh");
 }
 
+/// During the migration from the first format, a subject both in `<model>.json` and in a
+/// state file not loaded at start (more files than the cap) is taken from its file, the newer:
+/// listed with the file's count, and its next query counts on from there, not from the old
+/// JSON states (which the next checkpoint would otherwise write over the file).
+#[test]
+fn a_state_file_not_loaded_at_start_wins_over_the_first_format() {
+    let setup = Evicting::new(&["c0", "c1"], 1);
+    let chain = setup.build();
+    for q in 0..3 {
+        infer_sample(&chain, &setup.keys[0], q).unwrap();
+    }
+    infer_sample(&chain, &setup.keys[1], 0).unwrap();
+    chain.shutdown();
+    drop(chain);
+    // c0's file the oldest, so not loaded; the JSON holds an older c0 (one query).
+    let file = setup
+        .dir
+        .path()
+        .join("lin.states")
+        .join(mamori_gateway::state_codec::file_name("c0"));
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        .unwrap();
+    std::fs::write(
+        setup.dir.path().join("lin.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "c0": { "count": hex::encode(1u64.to_le_bytes()) }
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let chain = setup.build();
+    let c0 = || {
+        chain
+            .clients()
+            .into_iter()
+            .find(|c| c.subject == "c0")
+            .unwrap()
+    };
+    assert_eq!((c0().queries, c0().resident), (3, false));
+    infer_sample(&chain, &setup.keys[0], 3).unwrap();
+    assert_eq!(c0().queries, 4);
+}
+
 /// Checkpoints that evict (limit 1) running all the while four clients query from their own
 /// threads: no observation is lost — a subject with a request in flight, or observed since the
 /// last save, stays in memory — so every client's count ends at what it sent.
