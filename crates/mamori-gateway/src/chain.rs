@@ -1200,9 +1200,9 @@ impl Chain {
     /// Whether a checkpoint is due before its time: some model holds more than
     /// [`PRESSURE_FACTOR`] × `detect.max_resident_subjects` subjects in memory, and a
     /// checkpoint can save and evict them (a state directory is set). `serve` checks it every
-    /// second, so that a burst of new clients or networks between two checkpoints
-    /// (`detect.checkpoint_s`, default 120 s) is saved and evicted within about a second
-    /// instead of adding up in memory until the next one.
+    /// second (and checkpoints early at most every 5 s), so that a burst of new clients or
+    /// networks between two checkpoints (`detect.checkpoint_s`, default 120 s) is saved and
+    /// evicted within seconds instead of adding up in memory until the next one.
     pub fn memory_pressure(&self) -> bool {
         let max = self.shared.config.detect.max_resident_subjects;
         if max == 0 || self.state_dir.is_none() {

@@ -408,7 +408,7 @@ pub struct DetectConfig {
     /// memory (0 = no limit). At each checkpoint, once the states observed since the last one
     /// are saved, the least recently observed subjects beyond this many — saved, and with no
     /// request in flight — are dropped from memory (and `mamori serve` checkpoints early, within
-    /// about a second, when a model holds more than twice this many:
+    /// seconds, when a model holds more than twice this many:
     /// [`crate::Chain::memory_pressure`]); their states are loaded again, from their
     /// state file or the shared store, on their next request, and the admin listing keeps
     /// their query count, alarms and last action meanwhile. At start, at most this many state

@@ -493,9 +493,12 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Periodic checkpoints of detector states and escalation risk (a crash loses at most one
     // interval), and an early one whenever a model holds more than twice its
-    // `detect.max_resident_subjects` subjects (checked every second: a burst of new clients or
-    // networks is saved and evicted instead of adding up in memory until the next interval);
-    // the graceful shutdown saves them once more.
+    // `detect.max_resident_subjects` subjects (checked every second, at most one every
+    // `EARLY_GAP`: a burst of new clients or networks is saved and evicted instead of adding up
+    // in memory until the next interval, and a cap too small for the clients active at once
+    // costs a checkpoint every few seconds, not every second); the graceful shutdown saves them
+    // once more.
+    const EARLY_GAP: std::time::Duration = std::time::Duration::from_secs(5);
     let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
     let checkpoints = every_until_stopped(&stop, 1, {
         let chain = chain.clone();
@@ -504,8 +507,13 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         move || {
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
             let periodic = !every.is_zero() && last.elapsed() >= every;
-            if !periodic && !chain.memory_pressure() {
-                return;
+            if !periodic {
+                if last.elapsed() < EARLY_GAP || !chain.memory_pressure() {
+                    return;
+                }
+                tracing::warn!(
+                    "more than twice detect.max_resident_subjects subjects in memory:                      checkpointing early to evict the idlest (if this repeats, the cap is                      smaller than the clients active at once)"
+                );
             }
             *last = std::time::Instant::now();
             if let Err(e) = chain.save_states() {
