@@ -553,6 +553,17 @@ impl Evicting {
     }
 }
 
+/// Dates `path` back to 1970, so that it is the oldest state file: among those not loaded at
+/// start when there are more than `detect.max_resident_subjects`.
+fn make_oldest(path: &std::path::Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        .unwrap();
+}
+
 /// `detect.max_resident_subjects`: at a checkpoint the least recently observed subjects beyond
 /// the limit leave memory (saved first); the admin listing keeps them; on its next request a
 /// subject's states come back from its file — its history goes on, and an alarm it already
@@ -706,13 +717,7 @@ fn a_renamed_state_file_is_not_listed_for_its_subject() {
     let real = states.join(mamori_gateway::state_codec::file_name("c0"));
     let renamed = states.join(format!("{}.mss", "f".repeat(32)));
     std::fs::rename(&real, &renamed).unwrap();
-    // The oldest file, so it is among those not loaded at start.
-    std::fs::File::options()
-        .write(true)
-        .open(&renamed)
-        .unwrap()
-        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
-        .unwrap();
+    make_oldest(&renamed);
     let chain = build();
     let mut listed: Vec<(String, u64)> = chain
         .clients()
@@ -750,12 +755,7 @@ fn a_state_file_not_loaded_at_start_wins_over_the_first_format() {
         .path()
         .join("lin.states")
         .join(mamori_gateway::state_codec::file_name("c0"));
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
-        .unwrap();
+    make_oldest(&file);
     std::fs::write(
         setup.dir.path().join("lin.json"),
         serde_json::to_vec(&serde_json::json!({
