@@ -249,16 +249,24 @@ impl Cell {
             emit(2 * p + 1, &b);
         }
         if !rest.is_empty() {
-            let mut a = [0.0f32; BLOCK];
-            for (&qj, col) in q.iter().zip(rest.chunks_exact(BLOCK)) {
-                for l in 0..BLOCK {
-                    let d = col[l] - qj;
-                    a[l] += d * d;
-                }
-            }
-            emit(self.blocks.len() / stride - 1, &a);
+            emit(self.blocks.len() / stride - 1, &block_sums(q, rest));
         }
     }
+}
+
+/// The squared distances of one block's [`BLOCK`] codes (`block`, coordinate-major) to `q`:
+/// one chain per code over its coordinates in order — the value every scan of this module
+/// gives.
+#[inline(always)]
+fn block_sums(q: &[f32], block: &[f32]) -> [f32; BLOCK] {
+    let mut a = [0.0f32; BLOCK];
+    for (&qj, col) in q.iter().zip(block.chunks_exact(BLOCK)) {
+        for l in 0..BLOCK {
+            let d = col[l] - qj;
+            a[l] += d * d;
+        }
+    }
+    a
 }
 
 /// The smallest lane, NaN lanes ignored as `f32::min` ignores them — the same value as a fold
@@ -1009,9 +1017,8 @@ impl IvfIndex {
                 // reading them is bound by cache misses: first one load per cache line of every
                 // row and nothing else (independent loads, whose misses overlap — the safe
                 // stand-in for a prefetch); then [`BLOCK`] rows at a time copied
-                // coordinate-major into `fs.block` and summed lane by lane as [`Cell::scan`]
-                // sums a block (one chain per code over its coordinates in order: the value the
-                // block scans give), and offered in order.
+                // coordinate-major into `fs.block`, summed as the scan sums a block
+                // ([`block_sums`]), and offered in order.
                 let dim = self.dim;
                 let row_of = |key: u64| {
                     let (c, slot) = ((key >> 32) as usize, (key & u32::MAX as u64) as usize);
@@ -1032,13 +1039,7 @@ impl IvfIndex {
                             fs.block[j * BLOCK + l] = x;
                         }
                     }
-                    let mut acc = [0.0f32; BLOCK];
-                    for (&qj, col) in q.iter().zip(fs.block.chunks_exact(BLOCK)) {
-                        for l in 0..BLOCK {
-                            let e = col[l] - qj;
-                            acc[l] += e * e;
-                        }
-                    }
+                    let acc = block_sums(q, &fs.block);
                     for (&key, &d) in keys.iter().zip(&acc) {
                         let (c, slot) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
                         if d < bound() {

@@ -1850,18 +1850,9 @@ impl Stage for Detect {
                     };
                     g.observe(&entry.skips_repeats, &obs);
                 }
-                // The verdicts after the request's last query.
-                let observed = if input.batch_size() > 0 {
-                    g.last.len()
-                } else {
-                    0
-                };
-                for ((name, state), v) in entry
-                    .detector_names
-                    .iter()
-                    .zip(&g.states)
-                    .zip(&g.last[..observed])
-                {
+                // The verdicts after the request's last query (a request holds at least one:
+                // an empty batch is refused by validation, before this stage).
+                for ((name, state), v) in entry.detector_names.iter().zip(&g.states).zip(&g.last) {
                     verdicts.push(NamedVerdict {
                         detector: name.clone(),
                         subject: s.clone(),
