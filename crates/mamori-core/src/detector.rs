@@ -90,6 +90,11 @@ pub trait DetectorState: Send {
     fn snapshot(&self) -> Vec<u8>;
     /// Queries observed so far.
     fn queries(&self) -> u64;
+    /// Heap bytes the state holds: its buffers' capacities (an estimate that follows the
+    /// allocator's figure within a few percent; data shared between clients, such as a
+    /// projection matrix, is not counted). What a gateway's memory budget for resident
+    /// detector states adds up (`detect.max_resident_bytes`).
+    fn heap_bytes(&self) -> usize;
 }
 
 /// What the protection chain does with a client, in escalating order.

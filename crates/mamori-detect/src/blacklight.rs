@@ -260,6 +260,18 @@ struct Generation {
     count: usize,
 }
 
+impl Generation {
+    /// Heap bytes of its map and of the posting lists that outgrew their bucket.
+    fn heap_bytes(&self) -> usize {
+        crate::heap::map(&self.postings)
+            + self
+                .postings
+                .values()
+                .map(|p| crate::heap::vec(&p.spill))
+                .sum::<usize>()
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct BlState {
     #[serde(skip)]
@@ -422,6 +434,14 @@ impl DetectorState for BlState {
 
     fn queries(&self) -> u64 {
         self.queries
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.current.heap_bytes()
+            + self.previous.heap_bytes()
+            + crate::heap::vec(&self.fp)
+            + crate::heap::vec(&self.levels)
+            + self.flags.heap_bytes()
     }
 }
 

@@ -45,6 +45,11 @@ impl RepeatMemory {
         self.repeat_hash(input_hash(x))
     }
 
+    /// Heap bytes of its hash set.
+    pub fn heap_bytes(&self) -> usize {
+        crate::heap::set(&self.seen)
+    }
+
     /// [`RepeatMemory::repeat`] of an input whose hash is `hash`.
     fn repeat_hash(&mut self, hash: u64) -> bool {
         if self.seen.len() >= MAX_SEEN {

@@ -76,6 +76,11 @@ pub(crate) struct Lut {
 }
 
 impl Lut {
+    /// Heap bytes of its buffers.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        crate::heap::vec(&self.tables) + crate::heap::vec(&self.dist)
+    }
+
     /// A 16-bit bound on the sums of codes whose approximate distance `offset + scale · s` may
     /// be below `bound`: every such code has `s` below it (one step of margin for the float
     /// rounding of the division; the exact test in floats follows). At most `i16::MAX`, the
@@ -172,6 +177,11 @@ impl FastScanPq {
             }
         }
         Some(pq)
+    }
+
+    /// Heap bytes of its sub-centroids.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        crate::heap::vec(&self.centroids)
     }
 
     /// Pairs of subspaces (32-byte rows per group).
@@ -350,6 +360,11 @@ pub(crate) struct Shortlist {
 }
 
 impl Shortlist {
+    /// Heap bytes of its buffers.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        crate::heap::vec(&self.keys) + crate::heap::vec(&self.meta)
+    }
+
     /// An empty shortlist of `r` codes.
     pub(crate) fn reset(&mut self, r: usize) {
         self.keys.clear();

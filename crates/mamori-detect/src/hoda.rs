@@ -216,6 +216,12 @@ impl DetectorState for HodaState {
     fn queries(&self) -> u64 {
         self.queries
     }
+
+    fn heap_bytes(&self) -> usize {
+        crate::heap::deque(&self.recent)
+            + crate::heap::vec(&self.class_counts)
+            + crate::heap::vec(&self.hard_counts)
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,9 @@ const LINE_FLOATS: usize = 16;
 /// cells of ≈ 470, faster).
 /// Smaller searches are scanned exactly.
 fn fastscan_pays(n: usize, cells: usize, r: usize, dim: usize, pairs: usize) -> bool {
+    if std::env::var_os("MAMORI_FS_ALWAYS").is_some() {
+        return true;
+    }
     let block = 3.0 * dim as f64;
     let saved = n as f64 * (block / BLOCK as f64 - 12.0 * pairs as f64 / 32.0);
     saved >= 2.0 * (r + cells) as f64 * block
@@ -151,6 +154,12 @@ struct Cell {
 }
 
 impl Cell {
+    /// Heap bytes of its buffers.
+    fn heap_bytes(&self) -> usize {
+        use crate::heap::vec;
+        vec(&self.blocks) + vec(&self.payload) + vec(&self.fs) + vec(&self.rows)
+    }
+
     /// Writes `v` into slot `i` (the block holding it must exist).
     fn write(&mut self, i: usize, v: &[f32]) {
         let dim = v.len();
@@ -355,6 +364,15 @@ impl Generation {
     fn held(&self) -> usize {
         self.cells.iter().map(|c| c.len).sum()
     }
+
+    /// Heap bytes of its centroids, cells and quantiser.
+    fn heap_bytes(&self) -> usize {
+        use crate::heap::vec;
+        vec(&self.centroids)
+            + vec(&self.cells)
+            + self.cells.iter().map(Cell::heap_bytes).sum::<usize>()
+            + self.fsq.as_ref().map_or(0, FastScanPq::heap_bytes)
+    }
 }
 
 /// A bounded-memory IVF index over `dim`-dimensional `f32` codes (see the module docs for the
@@ -395,6 +413,24 @@ struct FsScratch {
     codes: Vec<u64>,
     /// [`BLOCK`] shortlisted codes, coordinate-major (`block[j·BLOCK + l]`), being re-ranked.
     block: Vec<f32>,
+}
+
+impl Scratch {
+    /// Heap bytes of its buffers.
+    fn heap_bytes(&self) -> usize {
+        use crate::heap::vec;
+        let fs = &self.fs;
+        vec(&self.bufs.resid)
+            + vec(&self.bufs.code)
+            + vec(&fs.resid)
+            + fs.lut.heap_bytes()
+            + fs.short.heap_bytes()
+            + vec(&fs.codes)
+            + vec(&fs.block)
+            + vec(&self.probes)
+            + vec(&self.found)
+            + vec(&self.cands)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -703,6 +739,14 @@ impl IvfIndex {
             previous: None,
             scratch: Scratch::default(),
         }
+    }
+
+    /// Heap bytes the index holds: both generations' centroids, cells (codes, payloads,
+    /// packed codes and row copies) and quantisers, and its search buffers.
+    pub fn heap_bytes(&self) -> usize {
+        self.current.heap_bytes()
+            + self.previous.as_ref().map_or(0, Generation::heap_bytes)
+            + self.scratch.heap_bytes()
     }
 
     /// The code dimension.

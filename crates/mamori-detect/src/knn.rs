@@ -281,6 +281,12 @@ impl DetectorState for KnnState {
     fn queries(&self) -> u64 {
         self.queries
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.index.as_ref().map_or(0, IvfIndex::heap_bytes)
+            + self.flags.heap_bytes()
+            + crate::heap::vec(&self.code)
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod calibration;
 pub mod engine;
 pub mod error;
 mod fastscan;
+mod heap;
 pub mod hoda;
 pub mod ivf;
 pub mod knn;

@@ -159,6 +159,10 @@ impl DetectorState for OodState {
     fn queries(&self) -> u64 {
         self.queries
     }
+
+    fn heap_bytes(&self) -> usize {
+        crate::heap::deque(&self.recent)
+    }
 }
 
 #[cfg(test)]

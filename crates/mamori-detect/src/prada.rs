@@ -280,6 +280,32 @@ struct PradaState {
     sorted: Vec<(f64, u16)>,
 }
 
+impl PradaState {
+    /// Heap bytes of its class indexes, distance sets and buffers, and of its pool of
+    /// out-of-distribution queries. (A legacy HNSW index is converted and dropped on restore,
+    /// so a live state holds none.)
+    fn heap_bytes_inner(&self) -> usize {
+        use crate::heap::{deque, vec};
+        let classes: usize = self
+            .classes
+            .iter()
+            .flatten()
+            .map(|c| c.index.as_ref().map_or(0, IvfIndex::heap_bytes))
+            .sum();
+        let outside = self.outside.as_ref().map_or(0, |o| {
+            std::mem::size_of::<PradaState>() + o.heap_bytes_inner()
+        });
+        vec(&self.classes)
+            + classes
+            + deque(&self.dists)
+            + vec(&self.buf)
+            + vec(&self.code)
+            + vec(&self.pooled)
+            + vec(&self.sorted)
+            + outside
+    }
+}
+
 /// The order of [`PradaState::sorted`]: by distance ([`f64::total_cmp`]), then class.
 fn by_distance(a: &(f64, u16), b: &(f64, u16)) -> std::cmp::Ordering {
     a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
@@ -586,6 +612,10 @@ impl DetectorState for PradaState {
 
     fn queries(&self) -> u64 {
         self.queries
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.heap_bytes_inner()
     }
 }
 

@@ -172,6 +172,10 @@ impl DetectorState for RateState {
     fn queries(&self) -> u64 {
         self.total
     }
+
+    fn heap_bytes(&self) -> usize {
+        crate::heap::deque(&self.times)
+    }
 }
 
 #[cfg(test)]

@@ -231,6 +231,10 @@ impl DetectorState for SyntheticState {
     fn queries(&self) -> u64 {
         self.queries
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.flags.heap_bytes()
+    }
 }
 
 #[cfg(test)]

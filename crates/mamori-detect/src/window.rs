@@ -13,6 +13,11 @@ pub(crate) struct FlagWindow {
 }
 
 impl FlagWindow {
+    /// Heap bytes of its window.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        crate::heap::deque(&self.recent)
+    }
+
     /// Records one query's flag, keeps the last `window` flags, and alarms when at least
     /// `min_flagged` of them are set (score = flagged / min_flagged).
     pub(crate) fn push(&mut self, flag: bool, window: usize, min_flagged: usize) -> Verdict {

@@ -171,7 +171,18 @@ struct SubjectState {
     /// Arrival time of its last observed request (Unix ms; 0 = none since it was loaded):
     /// the least recently observed subjects are evicted first (`detect.max_resident_subjects`).
     last_seen_ms: u64,
+    /// Heap bytes it holds ([`SubjectState::measure`]), as of its last measure: when it was
+    /// made or loaded, every [`MEASURE_EVERY`] observations, and at each save.
+    bytes: usize,
+    /// Observations since that measure.
+    unmeasured: u32,
 }
+
+/// Observations between two measures of a subject's memory ([`SubjectState::bytes`]): a
+/// measure walks the detectors' indexes (tens of microseconds at 100k queries), so it is
+/// spread over this many queries, while a subject grows by at most this many queries' worth
+/// (≈ 2 MB at MNIST size) between two.
+const MEASURE_EVERY: u32 = 1024;
 
 /// What stays in memory of a subject whose detector states were evicted
 /// (`detect.max_resident_subjects`): the admin listing's numbers, and the alarms and last
@@ -186,10 +197,26 @@ struct Evicted {
 
 impl SubjectState {
     fn fresh(detectors: &[Arc<dyn Detector>]) -> Self {
-        SubjectState {
+        let mut st = SubjectState {
             states: detectors.iter().map(|d| d.new_state()).collect(),
             ..Default::default()
-        }
+        };
+        st.measure();
+        st
+    }
+
+    /// Measures the heap bytes it holds (`detect.max_resident_bytes`): its detector states
+    /// ([`DetectorState::heap_bytes`] and the states themselves) and its repeat memory.
+    fn measure(&mut self) {
+        self.bytes = self
+            .states
+            .iter()
+            .map(|s| s.heap_bytes() + std::mem::size_of_val(&**s))
+            .sum::<usize>()
+            + self.seen.heap_bytes()
+            + self.last.capacity() * std::mem::size_of::<Verdict>()
+            + std::mem::size_of::<SubjectState>();
+        self.unmeasured = 0;
     }
 
     /// Shows one query to the subject's detectors — to those of `skips_repeats` only when its
@@ -213,6 +240,10 @@ impl SubjectState {
             if !(repeat && skips) {
                 *last = state.observe(obs);
             }
+        }
+        self.unmeasured += 1;
+        if self.unmeasured >= MEASURE_EVERY {
+            self.measure();
         }
     }
 
@@ -247,6 +278,7 @@ impl SubjectState {
             return None;
         }
         self.dirty = false;
+        self.measure();
         Some((self.snapshots(detectors), self.queries()))
     }
 
@@ -269,10 +301,12 @@ impl SubjectState {
                 None => d.new_state(),
             });
         }
-        Ok(SubjectState {
+        let mut st = SubjectState {
             states,
             ..Default::default()
-        })
+        };
+        st.measure();
+        Ok(st)
     }
 }
 
@@ -399,17 +433,21 @@ impl ModelEntry {
         }
     }
 
-    /// Evicts from memory the least recently observed subjects beyond `max` (0 = none), among
+    /// Evicts from memory the least recently observed subjects while the model holds more than
+    /// `max` subjects or more than `max_bytes` heap bytes of them (0 = no such limit), among
     /// those saved since they were last observed and with no request in flight (a request
     /// holds its subject's state while it runs: such a subject is kept, and a subject observed
     /// since the last save stays until the next one writes it). Returns how many were evicted.
     /// The caller has saved the states (their file or the shared store has them).
-    fn evict_idle(&self, max: usize) -> usize {
-        if max == 0 {
+    fn evict_idle(&self, max: usize, max_bytes: u64) -> usize {
+        if max == 0 && max_bytes == 0 {
             return 0;
         }
         let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() <= max {
+        let mut bytes = Self::bytes_of(&map);
+        let over =
+            |len: usize, bytes: u64| (max > 0 && len > max) || (max_bytes > 0 && bytes > max_bytes);
+        if !over(map.len(), bytes) {
             return 0;
         }
         // Under the map's lock no request can take a subject's state: one that only the map
@@ -423,17 +461,33 @@ impl ModelEntry {
             })
             .collect();
         idle.sort_unstable();
-        let excess = map.len() - max;
         let mut evicted = self.evicted.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
-        for (_, name) in idle.into_iter().take(excess) {
+        for (_, name) in idle {
+            if !over(map.len(), bytes) {
+                break;
+            }
             if let Some(st) = map.remove(&name) {
-                let summary = st.lock().unwrap_or_else(|e| e.into_inner()).summary();
-                evicted.insert(name, summary);
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                bytes = bytes.saturating_sub(g.bytes as u64);
+                evicted.insert(name, g.summary());
                 n += 1;
             }
         }
         n
+    }
+
+    /// The heap bytes of the subjects in `map`, as of their last measures.
+    fn bytes_of(map: &HashMap<String, Arc<Mutex<SubjectState>>>) -> u64 {
+        map.values()
+            .map(|st| st.lock().unwrap_or_else(|e| e.into_inner()).bytes as u64)
+            .sum()
+    }
+
+    /// Resident subjects and their heap bytes (as of their last measures).
+    fn resident(&self) -> (usize, u64) {
+        let map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        (map.len(), Self::bytes_of(&map))
     }
 
     /// The states of `subject` another replica saved in the shared store. A store that
@@ -514,6 +568,9 @@ pub struct ClientInfo {
     /// Whether its detector states are in memory (`false`: evicted, see
     /// `detect.max_resident_subjects`; loaded again on its next request).
     pub resident: bool,
+    /// Heap bytes of its detector states in memory, as of their last measure (0 when not
+    /// resident; see `detect.max_resident_bytes`).
+    pub state_bytes: u64,
 }
 
 /// Per-tier runtime settings.
@@ -1137,18 +1194,18 @@ impl Chain {
             let policy = e.policy.lock().unwrap_or_else(|e| e.into_inner());
             // Evicted subjects, then the resident ones (a subject loaded again meanwhile is
             // listed once, as resident).
-            let mut listed: BTreeMap<String, (Evicted, bool)> = e
+            let mut listed: BTreeMap<String, (Evicted, Option<u64>)> = e
                 .evicted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .map(|(k, v)| (k.clone(), (v.clone(), false)))
+                .map(|(k, v)| (k.clone(), (v.clone(), None)))
                 .collect();
             for (subject, st) in subjects {
-                let summary = st.lock().unwrap_or_else(|e| e.into_inner()).summary();
-                listed.insert(subject, (summary, true));
+                let g = st.lock().unwrap_or_else(|e| e.into_inner());
+                listed.insert(subject, (g.summary(), Some(g.bytes as u64)));
             }
-            for (subject, (s, resident)) in listed {
+            for (subject, (s, bytes)) in listed {
                 let mut alarmed: Vec<String> = s.alarmed.into_iter().collect();
                 alarmed.sort();
                 out.push(ClientInfo {
@@ -1160,7 +1217,8 @@ impl Chain {
                     blocked: blocks.blocked.get(&subject).cloned(),
                     overridden: blocks.overridden.contains(&subject),
                     subject,
-                    resident,
+                    resident: bytes.is_some(),
+                    state_bytes: bytes.unwrap_or(0),
                 });
             }
         }
@@ -1198,21 +1256,27 @@ impl Chain {
     }
 
     /// Whether a checkpoint is due before its time: some model holds more than
-    /// [`PRESSURE_FACTOR`] × `detect.max_resident_subjects` subjects in memory, and a
-    /// checkpoint can save and evict them (a state directory is set). `serve` checks it every
+    /// [`PRESSURE_FACTOR`] × `detect.max_resident_subjects` subjects in memory, or more than
+    /// [`PRESSURE_FACTOR`] × `detect.max_resident_bytes` bytes of detector states, and a
+    /// checkpoint can save and evict them (a state directory is set). Also publishes each
+    /// model's resident subjects and bytes to the metrics (`mamori_resident_subjects`,
+    /// `mamori_detector_state_bytes`). `serve` checks it every
     /// second (and checkpoints early at most every 5 s), so that a burst of new clients or
     /// networks between two checkpoints (`detect.checkpoint_s`, default 120 s) is saved and
     /// evicted within seconds instead of adding up in memory until the next one.
     pub fn memory_pressure(&self) -> bool {
-        let max = self.shared.config.detect.max_resident_subjects;
-        if max == 0 || self.state_dir.is_none() {
-            return false;
+        let d = &self.shared.config.detect;
+        let (max, max_bytes) = (d.max_resident_subjects, d.max_resident_bytes);
+        let can_evict = (max > 0 || max_bytes > 0) && self.state_dir.is_some();
+        let mut pressure = false;
+        for e in self.shared.models.values() {
+            let (len, bytes) = e.resident();
+            self.shared.metrics.set_resident(&e.name, len, bytes);
+            pressure |= can_evict
+                && ((max > 0 && len > max.saturating_mul(PRESSURE_FACTOR))
+                    || (max_bytes > 0 && bytes > max_bytes.saturating_mul(PRESSURE_FACTOR as u64)));
         }
-        let limit = max.saturating_mul(PRESSURE_FACTOR);
-        self.shared
-            .models
-            .values()
-            .any(|e| e.subjects.lock().unwrap_or_else(|e| e.into_inner()).len() > limit)
+        pressure
     }
 
     /// Saves every model's detector states and escalation policy memory (per-client risk),
@@ -1247,7 +1311,8 @@ impl Chain {
             } else {
                 save_state_files(dir, e)?;
             }
-            let n = e.evict_idle(self.shared.config.detect.max_resident_subjects);
+            let d = &self.shared.config.detect;
+            let n = e.evict_idle(d.max_resident_subjects, d.max_resident_bytes);
             if n > 0 {
                 tracing::debug!(
                     "{n} idle subjects' detector states on {:?} evicted from memory (saved)",

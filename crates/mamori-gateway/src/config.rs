@@ -418,6 +418,16 @@ pub struct DetectConfig {
     /// keys (or networks) used one after another do not add up in memory. Needs somewhere to
     /// save to: without a state directory (or `shared_state`), nothing is evicted.
     pub max_resident_subjects: usize,
+    /// Most heap bytes of detector states per model in memory (0 = no limit; default 4 GiB),
+    /// beside `max_resident_subjects`: at each checkpoint the least recently observed saved
+    /// subjects are dropped from memory until both hold, and `mamori serve` checkpoints early
+    /// when a model holds more than twice this. A subject's bytes are what its detector states
+    /// and repeat memory hold ([`mamori_core::DetectorState::heap_bytes`]), measured when it
+    /// is loaded, every 1,024 of its queries and at each checkpoint — up to ≈ 150 MiB for one
+    /// MNIST-sized client at its detectors' default capacities, so the subject count alone
+    /// does not bound memory. Listed per subject by the admin API (`state_bytes`) and summed
+    /// per model in the `mamori_detector_state_bytes` metric.
+    pub max_resident_bytes: u64,
 }
 
 impl Default for DetectConfig {
@@ -434,6 +444,7 @@ impl Default for DetectConfig {
             block_sync_s: 5,
             shared_state: false,
             max_resident_subjects: 1024,
+            max_resident_bytes: 4 << 30,
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     latency: Family<ModelLabel, Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     alerts: Family<AlertLabels, Counter>,
+    resident_subjects: Family<ModelLabel, Gauge>,
+    state_bytes: Family<ModelLabel, Gauge>,
     audit: AuditHealth,
     limit_store_errors: Counter,
     webhook: crate::alert_webhook::WebhookHealth,
@@ -121,6 +123,18 @@ impl Metrics {
             decisions.clone(),
         );
         registry.register("alerts", "Detector alarms by detector", alerts.clone());
+        let resident_subjects = Family::<ModelLabel, Gauge>::default();
+        registry.register(
+            "resident_subjects",
+            "Subjects (clients, groups, networks) whose detector states are in memory",
+            resident_subjects.clone(),
+        );
+        let state_bytes = Family::<ModelLabel, Gauge>::default();
+        registry.register(
+            "detector_state_bytes",
+            "Heap bytes of the detector states in memory (as of each subject's last measure)",
+            state_bytes.clone(),
+        );
         let audit = AuditHealth::default();
         registry.register(
             "audit_write_failures",
@@ -181,10 +195,25 @@ impl Metrics {
             latency,
             decisions,
             alerts,
+            resident_subjects,
+            state_bytes,
             audit,
             limit_store_errors,
             webhook,
         }
+    }
+
+    /// Sets `model`'s resident subjects and their detector states' heap bytes.
+    pub fn set_resident(&self, model: &str, subjects: usize, bytes: u64) {
+        let m = ModelLabel {
+            model: model.to_string(),
+        };
+        self.resident_subjects
+            .get_or_create(&m)
+            .set(subjects.min(i64::MAX as usize) as i64);
+        self.state_bytes
+            .get_or_create(&m)
+            .set(bytes.min(i64::MAX as u64) as i64);
     }
 
     /// The alert webhook's series (handles to give the dispatcher).

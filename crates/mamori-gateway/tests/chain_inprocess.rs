@@ -899,3 +899,93 @@ fn exact_repeats_reach_only_the_volume_detector() {
         assert_eq!(alerts[0].queries, 3, "skip {skip}");
     }
 }
+
+/// `detect.max_resident_bytes`: the subject count alone does not bound memory (one client's
+/// detector states grow with its history), so a checkpoint also evicts the least recently
+/// observed saved subjects while a model's detector states hold more bytes than the budget,
+/// and a checkpoint is due early beyond twice the budget. The bytes are each subject's
+/// measured heap (`DetectorState::heap_bytes`), listed per subject and summed in a metric.
+#[test]
+fn idle_subjects_leave_memory_beyond_the_byte_budget() {
+    let spec = || {
+        let mut s = lin_spec();
+        s.detectors = vec![
+            Arc::new(mamori_detect::knn::KnnDetector::new(Default::default())),
+            Arc::new(mamori_detect::blacklight::BlacklightDetector::new(
+                Default::default(),
+            )),
+        ];
+        s.policy = Box::new(OnAlarm(Action::Alert));
+        s
+    };
+    let (big, small) = (1500, 20);
+    let names = ["big", "small1", "small2"];
+    let run = |budget: u64| {
+        let setup = Evicting::new(&names, 0);
+        let mut cfg = setup.cfg.clone();
+        cfg.detect.max_resident_bytes = budget;
+        let chain = Arc::new(
+            ChainBuilder::new(cfg)
+                .keys(setup.store.clone())
+                .state_dir(setup.dir.path())
+                .model(spec())
+                .build()
+                .unwrap(),
+        );
+        for (who, n) in [(0, big), (1, small), (2, small)] {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            for q in 0..n {
+                infer_sample(&chain, &setup.keys[who], q).unwrap();
+            }
+        }
+        (chain, setup)
+    };
+    let bytes = |chain: &Chain, who: &str| {
+        let c = chain
+            .clients()
+            .into_iter()
+            .find(|c| c.subject == who)
+            .unwrap();
+        (c.resident, c.state_bytes)
+    };
+
+    // Without a budget: everything stays; a longer history holds more.
+    let (chain, _setup) = run(0);
+    chain.save_states().unwrap();
+    let (_, b_big) = bytes(&chain, "big");
+    let (_, b_small) = bytes(&chain, "small1");
+    assert_eq!(bytes(&chain, "small2"), (true, b_small));
+    assert!(b_small > 0 && b_big > 4 * b_small, "{b_big} vs {b_small}");
+    assert!(!chain.memory_pressure());
+    let metrics = chain.shared().metrics.encode();
+    let total = b_big + 2 * b_small;
+    assert!(
+        metrics.contains(&format!(
+            "mamori_detector_state_bytes{{model=\"lin\"}} {total}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mamori_resident_subjects{model=\"lin\"} 3"));
+    drop(chain);
+
+    // A budget the two small subjects fit in: pressure (beyond twice it), and the checkpoint
+    // evicts the oldest, the big one, and keeps the two newest.
+    let budget = 2 * b_small + b_small / 2;
+    assert!(total > 2 * budget);
+    let (chain, setup) = run(budget);
+    assert!(chain.memory_pressure());
+    chain.save_states().unwrap();
+    assert!(!chain.memory_pressure());
+    assert_eq!(bytes(&chain, "big"), (false, 0));
+    assert_eq!(bytes(&chain, "small1"), (true, b_small));
+    assert_eq!(bytes(&chain, "small2"), (true, b_small));
+    // The big subject comes back with its history on its next request.
+    infer_sample(&chain, &setup.keys[0], 7).unwrap();
+    let c = chain
+        .clients()
+        .into_iter()
+        .find(|c| c.subject == "big")
+        .unwrap();
+    assert!(c.resident && c.state_bytes > 4 * b_small);
+    assert_eq!(c.queries, big as u64 + 1);
+}

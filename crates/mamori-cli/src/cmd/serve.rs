@@ -493,7 +493,8 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Periodic checkpoints of detector states and escalation risk (a crash loses at most one
     // interval), and an early one whenever a model holds more than twice its
-    // `detect.max_resident_subjects` subjects (checked every second, at most one every
+    // `detect.max_resident_subjects` subjects or `detect.max_resident_bytes` bytes of detector
+    // states (checked every second, at most one every
     // `EARLY_GAP`: a burst of new clients or networks is saved and evicted instead of adding up
     // in memory until the next interval, and a cap too small for the clients active at once
     // costs a checkpoint every few seconds, not every second); the graceful shutdown saves them
@@ -507,12 +508,17 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         move || {
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
             let periodic = !every.is_zero() && last.elapsed() >= every;
+            // Every second: it also publishes the resident subjects and bytes as metrics.
+            let pressure = chain.memory_pressure();
             if !periodic {
-                if last.elapsed() < EARLY_GAP || !chain.memory_pressure() {
+                if last.elapsed() < EARLY_GAP || !pressure {
                     return;
                 }
                 tracing::warn!(
-                    "more than twice detect.max_resident_subjects subjects in memory:                      checkpointing early to evict the idlest (if this repeats, the cap is                      smaller than the clients active at once)"
+                    "more than twice detect.max_resident_subjects subjects, or twice \
+                     detect.max_resident_bytes of detector states, in memory: checkpointing \
+                     early to evict the idlest (if this repeats, the limit is too small for \
+                     the clients active at once)"
                 );
             }
             *last = std::time::Instant::now();

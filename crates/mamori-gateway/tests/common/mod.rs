@@ -247,6 +247,9 @@ impl DetectorState for CountState {
     fn snapshot(&self) -> Vec<u8> {
         self.n.to_le_bytes().to_vec()
     }
+    fn heap_bytes(&self) -> usize {
+        0
+    }
     fn queries(&self) -> u64 {
         self.n
     }
