@@ -989,7 +989,7 @@ mod tests {
             let mut code = Vec::new();
             crate::knn::Projections::project(&m, &unit, &mut code);
             let mut bytes = Vec::new();
-            crate::prada::quantise_unit(&unit, &mut bytes);
+            crate::prada::quantise_range(&unit, crate::settings::UNIT_RANGE, &mut bytes);
             (code, bytes)
         };
         let params = HnswParams {

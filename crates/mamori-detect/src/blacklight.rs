@@ -51,6 +51,12 @@ pub struct BlacklightConfig {
     pub capacity: usize,
     /// Newest ids kept per posting list.
     pub max_postings: usize,
+    /// Range of the model's input values (its card's `input_range`; the gateway and
+    /// calibration set it from the card, [`crate::DetectorsConfig::set_input_range`]), mapped
+    /// onto the 0–255 scale before quantising: `[0, 1]` for images; a tabular model's
+    /// features in `[0, 1000]` would otherwise all saturate at the top level and share their
+    /// hashes.
+    pub input_range: [f32; 2],
 }
 
 impl Default for BlacklightConfig {
@@ -64,6 +70,7 @@ impl Default for BlacklightConfig {
             min_flagged: 2,
             capacity: 20_000,
             max_postings: 32,
+            input_range: crate::settings::UNIT_RANGE,
         }
     }
 }
@@ -121,11 +128,12 @@ fn fingerprint_into(
         return;
     }
     let step = cfg.quant_step.max(1) as f32;
+    let (lo, inv) = crate::settings::unit_map(cfg.input_range);
     // Non-negative, so the truncating cast is the floor (without a libm call per value); in a
     // pass of its own, which vectorises.
     levels.extend(
         x.iter()
-            .map(|&v| ((v.clamp(0.0, 1.0) * 255.0) / step) as u64 + 1),
+            .map(|&v| ((((v - lo) * inv).clamp(0.0, 1.0) * 255.0) / step) as u64 + 1),
     );
     let q = levels.as_slice();
     let w = cfg.window.max(1).min(q.len());
@@ -500,6 +508,58 @@ mod tests {
         let r = d.restore_state(&s.snapshot()).unwrap();
         assert_eq!(r.queries(), 320);
         assert!(d.restore_state(b"nope").is_err());
+    }
+
+    /// A tabular model's rows (64 features in `[0, 1000]`): with the model's input range the
+    /// fingerprints use the quantisation levels across it, so distinct rows share no hash and
+    /// a near-duplicate stream (small perturbations of one row) alarms; on
+    /// the `[0, 1]` default every value saturates at the top level, every window hashes alike,
+    /// a row has one distinct hash and the detector is blind to the stream.
+    #[test]
+    fn tabular_rows_are_fingerprinted_over_the_models_input_range() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let rows: Vec<Vec<f32>> = (0..200)
+            .map(|_| (0..64).map(|_| rng.gen_range(0.0..1000.0)).collect())
+            .collect();
+        let first_alarm = |cfg: &BlacklightConfig, xs: &[Vec<f32>]| {
+            let mut s = BlacklightDetector::new(cfg.clone()).new_state();
+            xs.iter().position(|x| {
+                s.observe(&Observation {
+                    client: "c",
+                    input: x,
+                    input_shape: &[64],
+                    probs: &[],
+                    label: 0,
+                    time_ms: 0,
+                })
+                .alarm
+            })
+        };
+        let unit = BlacklightConfig::default();
+        let ranged = BlacklightConfig {
+            input_range: [0.0, 1000.0],
+            ..BlacklightConfig::default()
+        };
+        let (a, b) = (
+            fingerprint(&ranged, &rows[0]),
+            fingerprint(&ranged, &rows[1]),
+        );
+        assert!(!a.is_empty());
+        assert_eq!(a.iter().filter(|h| b.contains(h)).count(), 0);
+        assert_eq!(fingerprint(&unit, &rows[0]).len(), 1, "saturated");
+        assert_eq!(first_alarm(&ranged, &rows), None, "benign rows");
+        // Near-duplicates: one row, every feature moved by up to ±1 per query (a
+        // perturbation search; a quantisation level spans ≈ 196 here).
+        let mut x = rows[0].clone();
+        let mut search = Vec::new();
+        for _ in 0..20 {
+            for v in x.iter_mut() {
+                *v = (*v + rng.gen_range(-1.0..1.0)).clamp(0.0, 1000.0);
+            }
+            search.push(x.clone());
+        }
+        assert_eq!(first_alarm(&ranged, &search), Some(2));
+        assert_eq!(first_alarm(&unit, &search), None, "saturated: blind");
     }
 
     /// Inline and heap posting lists keep the newest `max` ids in order, exactly as a plain

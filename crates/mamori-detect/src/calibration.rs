@@ -344,6 +344,9 @@ pub fn calibrate(
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut cfg = opts.base.clone();
+    // The detectors that quantise inputs do so over the range the model accepts.
+    cfg.set_input_range(card.input_range)
+        .map_err(|e| DetectError::Calibration(format!("the model card's input range: {e}")))?;
     let mut report = CalibrationReport::default();
 
     // OOD statistics on (a sample of) the training data.

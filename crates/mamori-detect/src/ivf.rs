@@ -1752,7 +1752,7 @@ mod tests {
             let mut code = Vec::new();
             crate::knn::Projections::project(&m, p, &mut code);
             let mut bytes = Vec::new();
-            crate::prada::quantise_unit(p, &mut bytes);
+            crate::prada::quantise_range(p, crate::settings::UNIT_RANGE, &mut bytes);
             (code, bytes)
         };
         // Capacity 4000: the stream clusters, re-clusters and rotates once. Fast scan on (16

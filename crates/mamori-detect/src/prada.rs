@@ -102,6 +102,12 @@ pub struct PradaConfig {
     /// out-of-distribution queries (no benign reference exists for them, so a fixed,
     /// conservative value well below `delta`); 0 = out-of-distribution queries are not tested.
     pub ood_delta: f64,
+    /// Range of the model's input values (its card's `input_range`, set by the gateway and
+    /// calibration, [`crate::DetectorsConfig::set_input_range`]): the exact distances are
+    /// computed on inputs mapped from it onto 256 levels, and given back in input units.
+    /// `[0, 1]` for images; without it a tabular model's features in `[0, 1000]` would all
+    /// quantise to the top level and every distance would be 0.
+    pub input_range: [f32; 2],
 }
 
 impl Default for PradaConfig {
@@ -132,6 +138,7 @@ impl Default for PradaConfig {
             persist: 1,
             only_in_distribution: true,
             ood_delta: 0.8,
+            input_range: crate::settings::UNIT_RANGE,
         }
     }
 }
@@ -316,17 +323,20 @@ fn new_class_index(cfg: &PradaConfig, dim: usize, c: usize) -> IvfIndex {
     IvfIndex::new(dim, cfg.ivf, cfg.class_capacity, 0x5EED ^ c as u64)
 }
 
-/// Quantises `[0, 1]` inputs to bytes.
-pub(crate) fn quantise_unit(x: &[f32], out: &mut Vec<u8>) {
+/// Quantises inputs in `range` to bytes (`range` onto `0..=255`).
+pub(crate) fn quantise_range(x: &[f32], range: [f32; 2], out: &mut Vec<u8>) {
     out.clear();
     out.resize(x.len(), 0);
-    crate::simd::vectorized(QuantiseKernel { x, out });
+    let (lo, inv) = crate::settings::unit_map(range);
+    crate::simd::vectorized(QuantiseKernel { x, lo, inv, out });
 }
 
-/// [`quantise_unit`]'s loop as a [`Kernel`] (a plain loop: with SSE4.1, part of the dispatched
+/// [`quantise_range`]'s loop as a [`Kernel`] (a plain loop: with SSE4.1, part of the dispatched
 /// level, `round` is an instruction sequence instead of a `roundf` call per value; same values).
 struct QuantiseKernel<'a> {
     x: &'a [f32],
+    lo: f32,
+    inv: f32,
     out: &'a mut [u8],
 }
 
@@ -336,7 +346,7 @@ impl Kernel for QuantiseKernel<'_> {
     #[inline(always)]
     fn run(self) {
         for (o, &v) in self.out.iter_mut().zip(self.x) {
-            *o = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+            *o = (((v - self.lo) * self.inv).clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
 }
@@ -521,7 +531,7 @@ impl DetectorState for PradaState {
             self.classes.resize(c + 1, None);
         }
         let mut buf = std::mem::take(&mut self.buf);
-        quantise_unit(obs.input, &mut buf);
+        quantise_range(obs.input, self.cfg.input_range, &mut buf);
         let mut code = std::mem::take(&mut self.code);
         if let Some(p) = &self.proj {
             Projections::project(&p.matrix(obs.input.len()), obs.input, &mut code);
@@ -549,7 +559,10 @@ impl DetectorState for PradaState {
                     .index
                     .as_mut()
                     .and_then(|i| i.nearest_payload_dist2(&code, &buf, cfg.candidates.max(1)))
-                    .map_or(0.0, |d2| (d2 as f64).sqrt() / 255.0);
+                    .map_or(0.0, |d2| {
+                        let [lo, hi] = cfg.input_range;
+                        (d2 as f64).sqrt() / 255.0 * (hi - lo) as f64
+                    });
                 let live = self.sorted.len() == self.dists.len();
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
@@ -653,6 +666,47 @@ mod tests {
             label,
             time_ms: i as u64,
         }
+    }
+
+    /// A tabular model's rows (64 features in `[0, 1000]`): with the model's input range the
+    /// distance PRADA records is the L2 distance in input units, within the 256 levels'
+    /// quantisation (each feature off by at most one level, 1000/255); on the `[0, 1]` default
+    /// every feature above 1 saturates at the top level and the distance says nothing.
+    #[test]
+    fn tabular_distances_are_measured_over_the_models_input_range() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let a: Vec<f32> = (0..64).map(|_| rng.gen_range(0.0..1000.0)).collect();
+        let b: Vec<f32> = a
+            .iter()
+            .map(|v| (v + rng.gen_range(-80.0..80.0)).clamp(0.0, 1000.0))
+            .collect();
+        let exact = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let recorded = |range: [f32; 2]| {
+            let d = PradaDetector::new(PradaConfig {
+                input_range: range,
+                ..PradaConfig::default()
+            });
+            let mut s = PradaState {
+                cfg: d.cfg.clone(),
+                proj: Some(d.proj.clone()),
+                ..PradaState::default()
+            };
+            s.observe(&obs(&a, 3, 0));
+            s.observe(&obs(&b, 3, 1));
+            s.dists.back().map(|&(_, d)| d)
+        };
+        let d = recorded([0.0, 1000.0]).unwrap();
+        let tolerance = 1000.0 / 255.0 * 64f64.sqrt();
+        assert!((d - exact).abs() <= tolerance, "{d} vs {exact}");
+        assert!(exact > 10.0 * tolerance);
+        // Saturated: at most one unit per feature (the values below 1), whatever the rows.
+        let saturated = recorded([0.0, 1.0]).unwrap();
+        assert!(saturated <= 8.0 && saturated < exact / 10.0, "{saturated}");
     }
 
     /// Natural-like queries: each class a blob with Gaussian-ish spread (distances to the

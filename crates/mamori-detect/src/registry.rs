@@ -58,6 +58,19 @@ impl DetectorsConfig {
         cfg
     }
 
+    /// Sets the model's input range (its card's `input_range`) on the detectors that quantise
+    /// inputs — Blacklight's fingerprints and PRADA's exact distances — so that they use 256
+    /// levels across the values the model accepts whatever their scale (a tabular model's
+    /// features in `[0, 1000]`, a normalised image in `[-0.42, 2.82]`), not only in `[0, 1]`.
+    /// The gateway calls it with each model's card, and so does [`crate::calibrate`]. A range
+    /// that is not finite, or not low < high, is refused (the settings are left as they were).
+    pub fn set_input_range(&mut self, range: [f32; 2]) -> Result<(), DetectError> {
+        settings::input_range("input_range", range)?;
+        self.blacklight.input_range = range;
+        self.prada.input_range = range;
+        Ok(())
+    }
+
     /// Checks every setting against the range its detector works in; the error names the
     /// setting (`detectors.knn.window: 0 is outside 1..=16777216`). `mamori serve` and
     /// `mamori calibrate` call it on the configuration and on every `calibration.json`, so a
@@ -92,6 +105,7 @@ impl DetectorsConfig {
         count("prada.candidates", p.candidates, 1, MAX_SEARCH)?;
         count("prada.persist", p.persist as usize, 1, MAX_COUNT)?;
         check_ivf("prada", &p.ivf, p.proj_dim)?;
+        settings::input_range("prada.input_range", p.input_range)?;
         check_hnsw("prada.hnsw", &p.hnsw)?;
         let k = &self.knn;
         count("knn.k", k.k, 1, MAX_SEARCH)?;
@@ -104,6 +118,7 @@ impl DetectorsConfig {
         check_hnsw("knn.hnsw", &k.hnsw)?;
         let b = &self.blacklight;
         count("blacklight.quant_step", b.quant_step as usize, 1, 255)?;
+        settings::input_range("blacklight.input_range", b.input_range)?;
         count("blacklight.window", b.window, 1, MAX_SEARCH)?;
         count("blacklight.top_n", b.top_n, 1, MAX_SEARCH)?;
         count(
@@ -279,5 +294,36 @@ mod tests {
         assert!(e.contains("delt"), "{e}");
         let ok: DetectorsConfig = serde_json::from_str("{\"prada\": {\"delta\": 0.9}}").unwrap();
         assert_eq!(ok.prada.delta, 0.9);
+        // Written before the input range: the quantising detectors keep `[0, 1]`.
+        assert_eq!(ok.blacklight.input_range, [0.0, 1.0]);
+        assert_eq!(ok.prada.input_range, [0.0, 1.0]);
+    }
+
+    #[test]
+    fn input_ranges_reach_both_quantising_detectors_and_bad_ones_are_refused_by_name() {
+        let mut cfg = DetectorsConfig::default();
+        cfg.set_input_range([-2.5, 1000.0]).unwrap();
+        assert_eq!(cfg.blacklight.input_range, [-2.5, 1000.0]);
+        assert_eq!(cfg.prada.input_range, [-2.5, 1000.0]);
+        cfg.validate().unwrap();
+        for bad in [
+            [1.0, 1.0],
+            [2.0, 1.0],
+            [0.0, f32::INFINITY],
+            [f32::NAN, 1.0],
+            [-3.0e38, 3.0e38],
+        ] {
+            let e = cfg.set_input_range(bad).unwrap_err().to_string();
+            assert!(e.contains("input_range"), "{bad:?}: {e}");
+            assert_eq!(cfg.prada.input_range, [-2.5, 1000.0], "left as it was");
+        }
+        let mut b = cfg.clone();
+        b.blacklight.input_range = [3.0, 3.0];
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.contains("detectors.blacklight.input_range"), "{e}");
+        let mut p = cfg;
+        p.prada.input_range = [0.0, f32::NAN];
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("detectors.prada.input_range"), "{e}");
     }
 }

@@ -21,6 +21,31 @@ fn refuse(path: &str, message: String) -> DetectError {
     }
 }
 
+/// The default input range of the detectors that quantise inputs: images in `[0, 1]`.
+pub const UNIT_RANGE: [f32; 2] = [0.0, 1.0];
+
+/// `range` is a model input range the quantising detectors can map onto `[0, 1]`: low end
+/// below the high one, and a width that is a finite `f32` with a finite reciprocal (so not
+/// `[−3.4e38, 3.4e38]`, whose width overflows).
+pub(crate) fn input_range(path: &str, range: [f32; 2]) -> Result<(), DetectError> {
+    let [lo, hi] = range;
+    let width = hi - lo;
+    if width.is_finite() && width > 0.0 && (1.0 / width).is_finite() {
+        Ok(())
+    } else {
+        Err(refuse(
+            path,
+            format!("[{lo}, {hi}] is not a range of finite width with low < high"),
+        ))
+    }
+}
+
+/// The affine map of an input range onto `[0, 1]`: `(v − lo) · inv` for `(lo, inv)`, the
+/// identity (bit for bit) for [`UNIT_RANGE`].
+pub(crate) fn unit_map(range: [f32; 2]) -> (f32, f32) {
+    (range[0], 1.0 / (range[1] - range[0]))
+}
+
 /// `v` lies in `lo..=hi`.
 pub(crate) fn count(path: &str, v: usize, lo: usize, hi: usize) -> Result<(), DetectError> {
     if (lo..=hi).contains(&v) {

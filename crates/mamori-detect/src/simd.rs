@@ -101,7 +101,7 @@ mod tests {
             f32::INFINITY,
         ]);
         let mut q = Vec::new();
-        crate::prada::quantise_unit(&x, &mut q);
+        crate::prada::quantise_range(&x, crate::settings::UNIT_RANGE, &mut q);
         let plain: Vec<u8> = x
             .iter()
             .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)

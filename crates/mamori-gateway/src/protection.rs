@@ -576,10 +576,21 @@ pub fn protect(
     for (model, platform) in models {
         let mut spec = ModelSpec::new(model, &platform);
         if policy.detect {
-            let detectors_cfg = policy
+            let card = spec.model.card();
+            let mut detectors_cfg = policy
                 .detectors
                 .clone()
-                .unwrap_or_else(|| ctx.detectors_for(&spec.model.card().name));
+                .unwrap_or_else(|| ctx.detectors_for(&card.name));
+            // Blacklight and PRADA quantise over the range the model accepts (its card's;
+            // validation refuses values outside it).
+            detectors_cfg
+                .set_input_range(card.input_range)
+                .map_err(|e| {
+                    GatewayError::Config(format!(
+                        "model {:?}: its card's input range: {e}",
+                        card.name
+                    ))
+                })?;
             spec.detectors = mamori_detect::default_detectors(&detectors_cfg);
             spec.skip_exact_repeats = true;
             spec.policy = Box::new(Escalation::new(policy.escalation.clone()));
@@ -894,6 +905,68 @@ mod tests {
         .unwrap();
         assert_eq!(p.dawn["a"].fingerprint().unwrap().dims(), &[2, 4]);
         assert_eq!(p.dawn["b"].fingerprint().unwrap().dims(), &[7]);
+    }
+
+    /// The detectors that quantise inputs get each model's input range from its card: a
+    /// tabular model's Blacklight (64 features in `[0, 1000]`) alarms on a perturbation search
+    /// at its third query, which on the `[0, 1]` default it never sees (every value would
+    /// saturate); a card whose range has no width is refused, naming the model.
+    #[test]
+    fn quantising_detectors_take_the_models_input_range() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ProtectionContext::new(tmp.path());
+        let tabular = |name: &str, range: [f32; 2]| -> (Arc<dyn Model>, String) {
+            let net = Network::new(&mamori_ml::Arch::Mlp { hidden: vec![4] }, &[64], 3, 1);
+            let mut card = mamori_core::ModelCard::classifier(name, "mlp", &[64], 3);
+            card.input_range = range;
+            (
+                Arc::new(mamori_ml::NativeModel::new(net, card)),
+                "mamori-native".into(),
+            )
+        };
+        let p = protect(
+            GatewayConfig::default(),
+            vec![tabular("t", [0.0, 1000.0])],
+            &builtin("detect").unwrap(),
+            &ctx,
+        )
+        .unwrap();
+        let blacklight = p.models[0]
+            .detectors
+            .iter()
+            .find(|d| d.info().name == "blacklight")
+            .unwrap();
+        let mut st = blacklight.new_state();
+        let mut x: Vec<f32> = (0..64).map(|i| (i * 389 % 1000) as f32).collect();
+        let first = (0..20).position(|t| {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (*v + if (i + t) % 2 == 0 { 0.5 } else { -0.5 }).clamp(0.0, 1000.0);
+            }
+            st.observe(&mamori_core::Observation {
+                client: "c",
+                input: &x,
+                input_shape: &[64],
+                probs: &[0.2, 0.5, 0.3],
+                label: 1,
+                time_ms: t as u64,
+            })
+            .alarm
+        });
+        assert_eq!(
+            first,
+            Some(2),
+            "alarmed at the third query (the second and third flagged)"
+        );
+        let e = protect(
+            GatewayConfig::default(),
+            vec![tabular("flat", [1.0, 1.0])],
+            &builtin("detect").unwrap(),
+            &ctx,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("\"flat\"") && e.contains("input_range"), "{e}");
     }
 
     /// A legacy shared ledger moves to the model when one model is served, and stays put
