@@ -266,17 +266,25 @@ impl From<Postings> for Vec<u32> {
 struct Generation {
     postings: FxHashMap<u64, Postings>,
     count: usize,
+    /// Heap bytes of the posting lists that outgrew their bucket (kept as they grow, so that
+    /// a measure does not walk the map; recounted on restore).
+    #[serde(skip)]
+    spill_bytes: usize,
 }
 
 impl Generation {
     /// Heap bytes of its map and of the posting lists that outgrew their bucket.
     fn heap_bytes(&self) -> usize {
-        crate::heap::map(&self.postings)
-            + self
-                .postings
-                .values()
-                .map(|p| crate::heap::vec(&p.spill))
-                .sum::<usize>()
+        crate::heap::map(&self.postings) + self.spill_bytes
+    }
+
+    /// Counts [`Generation::spill_bytes`] again from the lists.
+    fn recount_spill(&mut self) {
+        self.spill_bytes = self
+            .postings
+            .values()
+            .map(|p| crate::heap::vec(&p.spill))
+            .sum();
     }
 }
 
@@ -390,11 +398,12 @@ impl BlState {
         self.next_id = self.next_id.wrapping_add(1);
         let max_postings = self.cfg.max_postings.max(1);
         for &h in &fp {
-            self.current
-                .postings
-                .entry(h)
-                .or_default()
-                .push_capped(id, max_postings);
+            let list = self.current.postings.entry(h).or_default();
+            let before = list.spill.capacity();
+            list.push_capped(id, max_postings);
+            // A list's buffer only grows (the oldest id is dropped in place).
+            self.current.spill_bytes +=
+                (list.spill.capacity() - before) * std::mem::size_of::<u32>();
         }
         self.current.count += 1;
         self.fp = fp;
@@ -423,6 +432,8 @@ impl Detector for BlacklightDetector {
     fn restore_state(&self, snapshot: &[u8]) -> Result<Box<dyn DetectorState>, String> {
         let mut s: BlState = decode_state(Self::NAME, snapshot)?;
         s.cfg = self.cfg.clone();
+        s.current.recount_spill();
+        s.previous.recount_spill();
         Ok(Box::new(s))
     }
 }
