@@ -443,8 +443,8 @@ impl ModelEntry {
         if max == 0 && max_bytes == 0 {
             return 0;
         }
+        let (_, mut bytes) = self.resident();
         let mut map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-        let mut bytes = Self::bytes_of(&map);
         let over =
             |len: usize, bytes: u64| (max > 0 && len > max) || (max_bytes > 0 && bytes > max_bytes);
         if !over(map.len(), bytes) {
@@ -477,17 +477,22 @@ impl ModelEntry {
         n
     }
 
-    /// The heap bytes of the subjects in `map`, as of their last measures.
-    fn bytes_of(map: &HashMap<String, Arc<Mutex<SubjectState>>>) -> u64 {
-        map.values()
-            .map(|st| st.lock().unwrap_or_else(|e| e.into_inner()).bytes as u64)
-            .sum()
-    }
-
-    /// Resident subjects and their heap bytes (as of their last measures).
+    /// Resident subjects and their heap bytes (as of their last measures). Each subject's
+    /// lock is taken after the map's is released, so a request holding its subject for a
+    /// long batch holds up this count, not every other request's look-up.
     fn resident(&self) -> (usize, u64) {
-        let map = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-        (map.len(), Self::bytes_of(&map))
+        let subjects: Vec<Arc<Mutex<SubjectState>>> = self
+            .subjects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let bytes = subjects
+            .iter()
+            .map(|st| st.lock().unwrap_or_else(|e| e.into_inner()).bytes as u64)
+            .sum();
+        (subjects.len(), bytes)
     }
 
     /// The states of `subject` another replica saved in the shared store. A store that
