@@ -121,9 +121,6 @@ const LINE_FLOATS: usize = 16;
 /// cells of ≈ 470, faster).
 /// Smaller searches are scanned exactly.
 fn fastscan_pays(n: usize, cells: usize, r: usize, dim: usize, pairs: usize) -> bool {
-    if std::env::var_os("MAMORI_FS_ALWAYS").is_some() {
-        return true;
-    }
     let block = 3.0 * dim as f64;
     let saved = n as f64 * (block / BLOCK as f64 - 12.0 * pairs as f64 / 32.0);
     saved >= 2.0 * (r + cells) as f64 * block

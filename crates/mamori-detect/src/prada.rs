@@ -106,7 +106,7 @@ pub struct PradaConfig {
     /// calibration, [`crate::DetectorsConfig::set_input_range`]): the exact distances are
     /// computed on inputs mapped from it onto 256 levels, and given back in input units.
     /// `[0, 1]` for images; without it a tabular model's features in `[0, 1000]` would all
-    /// quantise to the top level and every distance would be 0.
+    /// quantise to the top level and the distances would say nothing of the inputs.
     pub input_range: [f32; 2],
 }
 
