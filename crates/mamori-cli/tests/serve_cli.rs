@@ -219,4 +219,29 @@ fn a_burst_of_new_clients_is_checkpointed_before_the_interval() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The poll that checks the pressure also publishes what is resident: after the
+    // checkpoint's eviction, the cap's one subject and its detector states' bytes.
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        let line = format!("{name}{{model=\"burst-mlp\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    loop {
+        let text = reqwest::blocking::get(format!("{url}/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        let subjects = gauge(&text, "mamori_resident_subjects");
+        let bytes = gauge(&text, "mamori_detector_state_bytes");
+        if subjects == Some(1.0) {
+            assert!(bytes.is_some_and(|b| b > 0.0), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resident subjects not published as 1: {subjects:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
