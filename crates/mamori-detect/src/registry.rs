@@ -63,7 +63,8 @@ impl DetectorsConfig {
     /// levels across the values the model accepts whatever their scale (a tabular model's
     /// features in `[0, 1000]`, a normalised image in `[-0.42, 2.82]`), not only in `[0, 1]`.
     /// The gateway calls it with each model's card, and so does [`crate::calibrate`]. A range
-    /// that is not finite, or not low < high, is refused (the settings are left as they were).
+    /// without a finite positive width (an infinite end, NaN, low ≥ high, or a width that
+    /// overflows `f32`) is refused, and the settings are left as they were.
     pub fn set_input_range(&mut self, range: [f32; 2]) -> Result<(), DetectError> {
         settings::input_range("input_range", range)?;
         self.blacklight.input_range = range;
