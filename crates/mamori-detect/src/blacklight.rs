@@ -469,6 +469,18 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// Client `c`'s observation of `x` (no shape, scores or time: Blacklight reads the input).
+    fn obs(x: &[f32]) -> Observation<'_> {
+        Observation {
+            client: "c",
+            input: x,
+            input_shape: &[],
+            probs: &[],
+            label: 0,
+            time_ms: 0,
+        }
+    }
+
     #[test]
     fn fingerprint_is_stable_under_small_noise_and_differs_across_images() {
         let cfg = BlacklightConfig::default();
@@ -489,16 +501,6 @@ mod tests {
         let d = BlacklightDetector::new(BlacklightConfig::default());
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let mut s = d.new_state();
-        fn obs(x: &[f32]) -> Observation<'_> {
-            Observation {
-                client: "c",
-                input: x,
-                input_shape: &[],
-                probs: &[],
-                label: 0,
-                time_ms: 0,
-            }
-        }
         for _ in 0..300 {
             let x: Vec<f32> = (0..784).map(|_| rng.gen()).collect();
             assert!(!s.observe(&obs(&x)).alarm);
@@ -534,17 +536,7 @@ mod tests {
             .collect();
         let first_alarm = |cfg: &BlacklightConfig, xs: &[Vec<f32>]| {
             let mut s = BlacklightDetector::new(cfg.clone()).new_state();
-            xs.iter().position(|x| {
-                s.observe(&Observation {
-                    client: "c",
-                    input: x,
-                    input_shape: &[64],
-                    probs: &[],
-                    label: 0,
-                    time_ms: 0,
-                })
-                .alarm
-            })
+            xs.iter().position(|x| s.observe(&obs(x)).alarm)
         };
         let unit = BlacklightConfig::default();
         let ranged = BlacklightConfig {
