@@ -39,6 +39,19 @@ fn calibrate_stores_every_detector_threshold_beside_the_model() {
     assert_eq!(c.report.prada_clients, 10);
     assert!(c.detectors.synthetic.threshold.is_some());
     assert!(c.detectors.prada.delta <= 0.95);
+    assert_eq!(c.report.foreign, None);
+    assert!(stdout.contains("(default; --foreign fits it)"), "{stdout}");
+    // With foreign benign traffic (MNIST digits sent to this Fashion-MNIST model) the
+    // out-of-distribution threshold is fitted on it, or kept and said so.
+    let o = calibrate(d.path(), &dir, &["--foreign", "mnist"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = mamori_detect::Calibration::load(&dir).unwrap();
+    assert_eq!(c.report.foreign.as_deref(), Some("mnist"));
+    assert!(
+        stdout.contains("fitted on mnist") || stdout.contains("kept: mnist"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -55,6 +68,11 @@ fn calibrate_refuses_bad_input_with_a_clear_message() {
     let o = calibrate(d.path(), &tiny, &["--fpr", "2"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--fpr"));
+    // A foreign dataset that cannot be loaded is named.
+    let o = calibrate(d.path(), &tiny, &["--foreign", "no-such-dataset"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("foreign dataset `no-such-dataset`"), "{e}");
     // A model path that does not exist is named.
     let missing = d.path().join("no-such-model");
     let o = calibrate(d.path(), &missing, &[]);

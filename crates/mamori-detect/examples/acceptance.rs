@@ -3,6 +3,8 @@
 //!
 //! Run (release; ~2–4 min on 2 cores):
 //! `cargo run --release -p mamori-detect --example acceptance -- [clients] [queries] [max_attack] [--seed N]`
+//! (`MAMORI_FOREIGN=1`: PRADA's out-of-distribution threshold fitted on the other dataset's
+//! first test half, `CalibrationOptions::foreign`)
 //!
 //! Victims: one-hidden-layer MLPs (784-128-10) trained here on MNIST and Fashion-MNIST with
 //! the workspace's trainer (`mamori_ml::zoo::train_model`, data read by `mamori_data::load`;
@@ -127,19 +129,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         opts.base.prada.persist = p;
     }
+    // `MAMORI_FOREIGN=1`: fit PRADA's out-of-distribution threshold (`prada.ood_delta`) on the
+    // other dataset's first test half (the foreign benign streams below use the second half).
+    let foreign = |name: &str, x: &mamori_core::Tensor| {
+        std::env::var_os("MAMORI_FOREIGN").map(|_| mamori_detect::ForeignBenign {
+            name: name.to_string(),
+            x: std::sync::Arc::new(x.slice_rows(0, half)),
+        })
+    };
     let cal_m = calibrate(
         &mnist,
         &mn_tr.x,
         &mn_te.x.slice_rows(0, half),
         "mnist test[0..5000]",
-        &opts,
+        &CalibrationOptions {
+            foreign: foreign("fashion-mnist test[0..5000]", &fa_te.x),
+            ..opts.clone()
+        },
     )?;
     let cal_f = calibrate(
         &fashion,
         &fa_tr.x,
         &fa_te.x.slice_rows(0, half),
         "fashion-mnist test[0..5000]",
-        &opts,
+        &CalibrationOptions {
+            foreign: foreign("mnist test[0..5000]", &mn_te.x),
+            ..opts
+        },
     )?;
     eprintln!(
         "calibrated: mnist {}",

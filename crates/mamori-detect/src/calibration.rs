@@ -31,6 +31,13 @@
 //!   inputs (images only); `max_flagged` from the benign flag rate by the same binomial tail
 //!   as the OOD rate.
 //!
+//! - `prada.ood_delta`, only when `foreign` benign traffic is given (queries some legitimate
+//!   clients send from another distribution than the model's: MNIST digits to a
+//!   Fashion-MNIST model) and PRADA tests out-of-distribution queries apart
+//!   (`only_in_distribution` with a calibrated OOD test): PRADA's rule on that second pool —
+//!   0.995 × the smallest critical δ of `tail_clients` simulated foreign clients, over the
+//!   queries the fitted OOD test calls out of distribution — at most the configured `delta`.
+//!   Without foreign traffic the second pool keeps its fixed, conservative `ood_delta`.
 //! - `rate.max_per_window`, only when `benign_interval_ms` is given (the mean time between two
 //!   queries of one benign client; arrivals modelled as a Poisson process): the Poisson upper
 //!   tail at that per-window tail of the queries in one window, at least the largest
@@ -99,6 +106,20 @@ pub struct CalibrationOptions {
     /// window) must stay below the client rule, while a near-duplicate search flags nearly
     /// every query and still reaches it within a window.
     pub blacklight_tolerance: f64,
+    /// Benign traffic from another distribution than the model's, which fits PRADA's
+    /// threshold on out-of-distribution queries (`prada.ood_delta`); `None` keeps it.
+    pub foreign: Option<ForeignBenign>,
+}
+
+/// Benign queries from another distribution than the model's: what some legitimate clients
+/// send (MNIST digits to a Fashion-MNIST model). [`calibrate`] fits `prada.ood_delta` on the
+/// ones its OOD test calls out of distribution.
+#[derive(Clone, Debug)]
+pub struct ForeignBenign {
+    /// What the data is (recorded in the calibration).
+    pub name: String,
+    /// The queries, one sample per row, in the model's input shape.
+    pub x: std::sync::Arc<Tensor>,
 }
 
 impl CalibrationOptions {
@@ -126,6 +147,7 @@ impl Default for CalibrationOptions {
             benign_interval_ms: None,
             tail_clients: None,
             blacklight_tolerance: 0.05,
+            foreign: None,
         }
     }
 }
@@ -166,6 +188,16 @@ pub struct CalibrationReport {
     /// Fraction of benign queries the synthetic-input detector flags at the fitted threshold.
     #[serde(default)]
     pub synthetic_benign_rate: f64,
+    /// The foreign benign traffic `prada.ood_delta` was fitted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
+    /// Fraction of the foreign queries the fitted OOD test calls out of distribution.
+    #[serde(default)]
+    pub foreign_ood_rate: f64,
+    /// Smallest critical δ of PRADA's out-of-distribution pool over the simulated foreign
+    /// clients: the fitted `ood_delta` is 0.995 × this value (at most the configured δ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prada_ood_min_critical: Option<f64>,
 }
 
 /// A stored calibration.
@@ -303,6 +335,62 @@ fn predict_all(model: &dyn Model, x: &Tensor) -> Result<Tensor, DetectError> {
     Tensor::concat(&parts).map_err(|e| DetectError::Calibration(e.to_string()))
 }
 
+/// `prada.ood_delta` from foreign benign traffic (see the module documentation): simulated
+/// clients send `queries_per_client` of its samples each in random order; the queries the
+/// fitted OOD test calls out of distribution go to PRADA's second pool, tested on its own.
+fn fit_ood_delta(
+    model: &dyn Model,
+    foreign: &ForeignBenign,
+    cfg: &mut DetectorsConfig,
+    opts: &CalibrationOptions,
+    report: &mut CalibrationReport,
+) -> Result<(), DetectError> {
+    report.foreign = Some(foreign.name.clone());
+    let x = &*foreign.x;
+    if x.batch_size() == 0 {
+        return Err(DetectError::Calibration(format!(
+            "foreign data {:?} holds no samples",
+            foreign.name
+        )));
+    }
+    let probs = predict_all(model, x)?;
+    let labels = probs.argmax_rows();
+    let outside: Vec<usize> = (0..x.batch_size())
+        .filter(|&i| OodDetector::is_ood(&cfg.ood, x.row(i), probs.row(i), labels[i]))
+        .collect();
+    report.foreign_ood_rate = outside.len() as f64 / x.batch_size() as f64;
+    let split = cfg.prada.only_in_distribution && !cfg.ood.centroids.is_empty();
+    if !split || cfg.prada.ood_delta <= 0.0 {
+        // No second pool to fit: PRADA sees every query in one pool, or does not test the
+        // out-of-distribution ones.
+        return Ok(());
+    }
+    // The second pool as the serving state builds it: the queries already found outside.
+    let pool = crate::prada::PradaDetector::new(crate::prada::PradaConfig {
+        only_in_distribution: false,
+        ..cfg.prada.clone()
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x666f_7265_6967_6e00);
+    let mut min_crit: Option<f64> = None;
+    let mut order: Vec<usize> = (0..x.batch_size()).collect();
+    for _ in 0..opts.prada_clients() {
+        order.shuffle(&mut rng);
+        let client = order
+            .iter()
+            .take(opts.queries_per_client)
+            .filter(|i| outside.binary_search(i).is_ok());
+        let ws = pool.w_series_scored(client.map(|&i| (x.row(i), probs.row(i), labels[i])));
+        if let Some(c) = crate::prada::critical_delta(&ws, cfg.prada.persist) {
+            min_crit = Some(min_crit.map_or(c, |m: f64| m.min(c)));
+        }
+    }
+    report.prada_ood_min_critical = min_crit;
+    if let Some(c) = min_crit {
+        cfg.prada.ood_delta = (0.995 * c).min(opts.base.prada.delta);
+    }
+    Ok(())
+}
+
 /// Fits the detectors on benign data: `train_x` (the model's training inputs, for OOD
 /// statistics) and `benign_x` (held-out inputs, streamed by simulated clients).
 pub fn calibrate(
@@ -313,7 +401,11 @@ pub fn calibrate(
     opts: &CalibrationOptions,
 ) -> Result<Calibration, DetectError> {
     let card = model.card();
-    for (what, t) in [("training", train_x), ("benign", benign_x)] {
+    let foreign = opts.foreign.as_ref().map(|f| &*f.x);
+    for (what, t) in [("training", train_x), ("benign", benign_x)]
+        .into_iter()
+        .chain(foreign.map(|f| ("foreign", f)))
+    {
         if t.sample_shape() != card.input_shape.as_slice() {
             return Err(DetectError::Calibration(format!(
                 "{what} samples have shape {:?}, the model expects {:?}",
@@ -548,6 +640,9 @@ pub fn calibrate(
     report.prada_clients = tail_clients;
     if let Some(c) = min_crit {
         cfg.prada.delta = cfg.prada.delta.min(0.995 * c);
+    }
+    if let Some(f) = &opts.foreign {
+        fit_ood_delta(model, f, &mut cfg, opts, &mut report)?;
     }
 
     // Rate: Poisson arrivals at the benign mean interval.

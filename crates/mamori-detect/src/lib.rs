@@ -39,7 +39,8 @@ pub mod synthetic;
 mod window;
 
 pub use calibration::{
-    calibrate, Calibration, CalibrationOptions, CALIBRATION_FILE, CALIBRATION_VERSION,
+    calibrate, Calibration, CalibrationOptions, ForeignBenign, CALIBRATION_FILE,
+    CALIBRATION_VERSION,
 };
 pub use engine::Engine;
 pub use error::DetectError;

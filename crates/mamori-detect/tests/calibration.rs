@@ -74,6 +74,63 @@ fn rate_limit_follows_the_benign_arrival_rate() {
     assert!(fast.detectors.rate.max_per_window > 3 * b);
 }
 
+/// Foreign benign traffic: every value in `[0.7, 1]`, far from the benign data's centroids
+/// (values spread over `[0, 1]`), so the fitted OOD test calls it out of distribution.
+fn foreign(n: usize, len: usize) -> mamori_detect::ForeignBenign {
+    let x: Vec<f32> = (0..n * len)
+        .map(|i| 0.7 + 0.3 * ((i * 37 + i / len * 11) % 89) as f32 / 89.0)
+        .collect();
+    mamori_detect::ForeignBenign {
+        name: "far".into(),
+        x: std::sync::Arc::new(Tensor::new(vec![n, len], x).unwrap()),
+    }
+}
+
+/// `prada.ood_delta` is PRADA's rule applied to the second pool: 0.995 × the smallest critical
+/// δ of the simulated foreign clients' out-of-distribution queries (at most the configured
+/// δ); without foreign traffic it keeps its default. Foreign data of another shape is
+/// refused, naming it.
+#[test]
+fn prada_ood_delta_is_fitted_on_foreign_traffic() {
+    let (m, tr, be) = (model(), data(300, 1), data(300, 2));
+    let plain = calibrate(&m, &tr, &be, "b", &opts(None)).unwrap();
+    assert_eq!(plain.detectors.prada.ood_delta, 0.8);
+    assert_eq!(plain.report.foreign, None);
+    let o = CalibrationOptions {
+        foreign: Some(foreign(300, LEN)),
+        ..opts(None)
+    };
+    let c = calibrate(&m, &tr, &be, "b", &o).unwrap();
+    let r = &c.report;
+    assert_eq!(r.foreign.as_deref(), Some("far"));
+    assert!(r.foreign_ood_rate > 0.9, "{}", r.foreign_ood_rate);
+    let crit = r
+        .prada_ood_min_critical
+        .expect("the foreign clients ran tests");
+    let d = c.detectors.prada.ood_delta;
+    assert!(
+        d < crit && (d - (0.995 * crit).min(0.95)).abs() < 1e-12,
+        "ood_delta {d}, critical {crit}"
+    );
+    assert_ne!(d, 0.8, "fitted, not the default");
+    // The rest of the fit does not depend on the foreign data.
+    assert_eq!(c.detectors.prada.delta, plain.detectors.prada.delta);
+    assert_eq!(c.detectors.knn, plain.detectors.knn);
+    // Written and read back with the report.
+    let back =
+        mamori_detect::Calibration::from_json(&serde_json::to_string(&c).unwrap(), "t").unwrap();
+    assert_eq!(back, c);
+
+    let wrong = CalibrationOptions {
+        foreign: Some(foreign(50, LEN + 1)),
+        ..opts(None)
+    };
+    let e = calibrate(&m, &tr, &be, "b", &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("foreign samples have shape"), "{e}");
+}
+
 #[test]
 fn bad_interval_is_refused() {
     let (m, tr, be) = (model(), data(300, 1), data(300, 2));

@@ -29,6 +29,12 @@ pub struct Args {
     /// most 5,000, at least `--clients`).
     #[arg(long)]
     pub tail_clients: Option<usize>,
+    /// Benign traffic from another distribution than the model's that legitimate clients send
+    /// (shortcut or path; its test part is used), e.g. `mnist` for a Fashion-MNIST model: fits
+    /// PRADA's threshold on out-of-distribution queries (`prada.ood_delta`), which otherwise
+    /// stays at its conservative default.
+    #[arg(long)]
+    pub foreign: Option<String>,
     /// Shuffling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -47,8 +53,20 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let split = mamori_data::load(&args.benign, &g.data_dir())
         .with_context(|| format!("loading benign dataset `{}`", args.benign))?;
+    let foreign = match &args.foreign {
+        Some(name) => {
+            let f = mamori_data::load(name, &g.data_dir())
+                .with_context(|| format!("loading foreign dataset `{name}`"))?;
+            Some(mamori_detect::ForeignBenign {
+                name: name.clone(),
+                x: std::sync::Arc::new(f.test.x),
+            })
+        }
+        None => None,
+    };
     let opts = CalibrationOptions {
         fpr: args.fpr,
+        foreign,
         clients: args.clients,
         queries_per_client: args.queries,
         tail_clients: args.tail_clients,
@@ -88,6 +106,23 @@ pub fn run(args: Args, g: &Global) -> anyhow::Result<()> {
         "  prada.delta                = {:.4} ({} clients, persist {})",
         d.prada.delta, cal.report.prada_clients, d.prada.persist
     );
+    match (&cal.report.foreign, cal.report.prada_ood_min_critical) {
+        (Some(f), Some(_)) => println!(
+            "  prada.ood_delta            = {:.4} (fitted on {f}: {:.1}% of it out of distribution)",
+            d.prada.ood_delta,
+            100.0 * cal.report.foreign_ood_rate
+        ),
+        (Some(f), None) => println!(
+            "  prada.ood_delta            = {:.4} (kept: {f} gave PRADA's second pool no test; \
+             {:.1}% of it out of distribution)",
+            d.prada.ood_delta,
+            100.0 * cal.report.foreign_ood_rate
+        ),
+        (None, _) => println!(
+            "  prada.ood_delta            = {:.4} (default; --foreign fits it)",
+            d.prada.ood_delta
+        ),
+    }
     println!("  knn.threshold              = {:.4}", d.knn.threshold);
     println!(
         "  blacklight.match_threshold = {}, client alarm at {} of {} queries",
