@@ -30,8 +30,9 @@
 //! W 0.90–0.97 against δ ≈ 0.925, 17 of 200 benign clients flagged). So the queries the
 //! calibrated OOD test ([`crate::ood::OodDetector::is_ood`]: class-centroid radius and
 //! max-softmax) calls in-distribution form the pool tested against δ, and the others a separate
-//! pool (own class sets and distance set) tested against the fixed `ood_delta` (default 0.8):
-//! for them no benign reference exists, and a conservative threshold still catches synthetic
+//! pool (own class sets and distance set) tested against `ood_delta` (default 0.8; fitted by
+//! calibration when it is given foreign benign traffic, `CalibrationOptions::foreign`): without
+//! a benign reference for them, a conservative threshold still catches synthetic
 //! streams pushed out of distribution on purpose (a JBDA stream with marked corners: every
 //! query OOD, distances unchanged), while foreign natural images stay above it (lowest W 0.898
 //! over 100 foreign clients). JBDA's own points stay near their in-distribution seeds (≈ 95%
@@ -99,8 +100,9 @@ pub struct PradaConfig {
     /// pool tested against `delta`.
     pub only_in_distribution: bool,
     /// With `only_in_distribution`: the threshold of the separate test on the client's
-    /// out-of-distribution queries (no benign reference exists for them, so a fixed,
-    /// conservative value well below `delta`); 0 = out-of-distribution queries are not tested.
+    /// out-of-distribution queries: a fixed, conservative value well below `delta` when no
+    /// benign reference exists for them, else fitted by [`crate::calibrate`] on foreign benign
+    /// traffic (`CalibrationOptions::foreign`); 0 = out-of-distribution queries are not tested.
     pub ood_delta: f64,
     /// Range of the model's input values (its card's `input_range`, set by the gateway and
     /// calibration, [`crate::DetectorsConfig::set_input_range`]): the exact distances are
