@@ -355,10 +355,10 @@ fn fit_ood_delta(
     }
     let probs = predict_all(model, x)?;
     let labels = probs.argmax_rows();
-    let outside: Vec<usize> = (0..x.batch_size())
-        .filter(|&i| OodDetector::is_ood(&cfg.ood, x.row(i), probs.row(i), labels[i]))
+    let outside: Vec<bool> = (0..x.batch_size())
+        .map(|i| OodDetector::is_ood(&cfg.ood, x.row(i), probs.row(i), labels[i]))
         .collect();
-    report.foreign_ood_rate = outside.len() as f64 / x.batch_size() as f64;
+    report.foreign_ood_rate = outside.iter().filter(|&&o| o).count() as f64 / x.batch_size() as f64;
     let split = cfg.prada.only_in_distribution && !cfg.ood.centroids.is_empty();
     if !split || cfg.prada.ood_delta <= 0.0 {
         // No second pool to fit: PRADA sees every query in one pool, or does not test the
@@ -371,25 +371,28 @@ fn fit_ood_delta(
         ..cfg.prada.clone()
     });
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ 0x666f_7265_6967_6e00);
-    let mut min_crit: Option<f64> = None;
     let mut order: Vec<usize> = (0..x.batch_size()).collect();
-    for _ in 0..opts.prada_clients() {
-        order.shuffle(&mut rng);
-        let client = order
-            .iter()
-            .take(opts.queries_per_client)
-            .filter(|i| outside.binary_search(i).is_ok());
-        let ws = pool.w_series_scored(client.map(|&i| (x.row(i), probs.row(i), labels[i])));
-        if let Some(c) = crate::prada::critical_delta(&ws, cfg.prada.persist) {
-            min_crit = Some(min_crit.map_or(c, |m: f64| m.min(c)));
-        }
-    }
+    let min_crit = (0..opts.prada_clients())
+        .filter_map(|_| {
+            order.shuffle(&mut rng);
+            let client = order
+                .iter()
+                .take(opts.queries_per_client)
+                .filter(|&&i| outside[i]);
+            let ws = pool.w_series_scored(client.map(|&i| (x.row(i), probs.row(i), labels[i])));
+            crate::prada::critical_delta(&ws, cfg.prada.persist)
+        })
+        .reduce(f64::min);
     report.prada_ood_min_critical = min_crit;
     if let Some(c) = min_crit {
-        cfg.prada.ood_delta = (0.995 * c).min(opts.base.prada.delta);
+        cfg.prada.ood_delta = (PRADA_MARGIN * c).min(opts.base.prada.delta);
     }
     Ok(())
 }
+
+/// PRADA's thresholds sit this far below the smallest benign critical δ (`prada.delta`, and
+/// `prada.ood_delta` with foreign traffic).
+const PRADA_MARGIN: f64 = 0.995;
 
 /// Fits the detectors on benign data: `train_x` (the model's training inputs, for OOD
 /// statistics) and `benign_x` (held-out inputs, streamed by simulated clients).
@@ -639,7 +642,7 @@ pub fn calibrate(
     report.prada_min_critical = min_crit;
     report.prada_clients = tail_clients;
     if let Some(c) = min_crit {
-        cfg.prada.delta = cfg.prada.delta.min(0.995 * c);
+        cfg.prada.delta = cfg.prada.delta.min(PRADA_MARGIN * c);
     }
     if let Some(f) = &opts.foreign {
         fit_ood_delta(model, f, &mut cfg, opts, &mut report)?;

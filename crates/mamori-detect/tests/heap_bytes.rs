@@ -87,6 +87,21 @@ fn run(state: &mut dyn DetectorState, xs: &[(Vec<f32>, usize)]) {
     }
 }
 
+/// The state `make` builds, after checking that it reports, within 3% or 1 KiB, the bytes the
+/// allocator counted while it was built (`what` names it in the failure).
+fn measured(what: &str, make: impl FnOnce() -> Box<dyn DetectorState>) -> Box<dyn DetectorState> {
+    let before = LIVE.load(Ordering::Relaxed);
+    let state = make();
+    let held = (LIVE.load(Ordering::Relaxed) - before) as f64;
+    let reported = (state.heap_bytes() + std::mem::size_of_val(&*state)) as f64;
+    eprintln!("{what}: held {held} bytes, reported {reported}");
+    assert!(
+        (0.97..=1.03).contains(&(reported / held)) || (reported - held).abs() < 1024.0,
+        "{what}: reports {reported} heap bytes, holds {held}"
+    );
+    state
+}
+
 #[test]
 fn every_state_reports_the_bytes_it_holds() {
     let mut cfg = DetectorsConfig::example_active();
@@ -103,29 +118,18 @@ fn every_state_reports_the_bytes_it_holds() {
         // coefficients of the last sample sizes) is made by a first state over the same
         // stream, so that the second one finds it as it leaves it.
         run(&mut *det.new_state(), &xs);
-        let before = LIVE.load(Ordering::Relaxed);
-        let mut state = det.new_state();
-        run(&mut *state, &xs);
-        let held = (LIVE.load(Ordering::Relaxed) - before) as f64;
-        let reported = (state.heap_bytes() + std::mem::size_of_val(&*state)) as f64;
-        let ratio = reported / held;
-        eprintln!("{name}: held {held} bytes, reported {reported} ({ratio:.4})");
-        assert!(
-            (0.97..=1.03).contains(&ratio) || (reported - held).abs() < 1024.0,
-            "{name}: reports {reported} heap bytes, holds {held}"
-        );
+        let state = measured(&name, || {
+            let mut s = det.new_state();
+            run(&mut *s, &xs);
+            s
+        });
         // A restored state (its buffers sized by the decoder), once it has observed again.
         let snapshot = state.snapshot();
         drop(state);
-        let before = LIVE.load(Ordering::Relaxed);
-        let mut restored = det.restore_state(&snapshot).expect("restores");
-        run(&mut *restored, &xs[..500]);
-        let held = (LIVE.load(Ordering::Relaxed) - before) as f64;
-        let reported = (restored.heap_bytes() + std::mem::size_of_val(&*restored)) as f64;
-        eprintln!("{name} restored: held {held} bytes, reported {reported}");
-        assert!(
-            (0.97..=1.03).contains(&(reported / held)) || (reported - held).abs() < 1024.0,
-            "{name} restored: reports {reported} heap bytes, holds {held}"
-        );
+        measured(&format!("{name} restored"), || {
+            let mut s = det.restore_state(&snapshot).expect("restores");
+            run(&mut *s, &xs[..500]);
+            s
+        });
     }
 }

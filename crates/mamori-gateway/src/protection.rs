@@ -771,8 +771,14 @@ mod tests {
 
     /// A small native model named `name` (input `[1, 4, 4]`, 3 classes).
     fn tiny(name: &str) -> (Arc<dyn Model>, String) {
-        let net = Network::new(&mamori_ml::Arch::Mlp { hidden: vec![4] }, &[1, 4, 4], 3, 1);
-        let card = mamori_core::ModelCard::classifier(name, "mlp", &[1, 4, 4], 3);
+        tiny_with(name, &[1, 4, 4], [0.0, 1.0])
+    }
+
+    /// A small native model named `name` with 3 classes, input `shape` and input `range`.
+    fn tiny_with(name: &str, shape: &[usize], range: [f32; 2]) -> (Arc<dyn Model>, String) {
+        let net = Network::new(&mamori_ml::Arch::Mlp { hidden: vec![4] }, shape, 3, 1);
+        let mut card = mamori_core::ModelCard::classifier(name, "mlp", shape, 3);
+        card.input_range = range;
         (
             Arc::new(mamori_ml::NativeModel::new(net, card)),
             "mamori-native".into(),
@@ -915,15 +921,7 @@ mod tests {
     fn quantising_detectors_take_the_models_input_range() {
         let tmp = tempfile::tempdir().unwrap();
         let ctx = ProtectionContext::new(tmp.path());
-        let tabular = |name: &str, range: [f32; 2]| -> (Arc<dyn Model>, String) {
-            let net = Network::new(&mamori_ml::Arch::Mlp { hidden: vec![4] }, &[64], 3, 1);
-            let mut card = mamori_core::ModelCard::classifier(name, "mlp", &[64], 3);
-            card.input_range = range;
-            (
-                Arc::new(mamori_ml::NativeModel::new(net, card)),
-                "mamori-native".into(),
-            )
-        };
+        let tabular = |name: &str, range: [f32; 2]| tiny_with(name, &[64], range);
         let p = protect(
             GatewayConfig::default(),
             vec![tabular("t", [0.0, 1000.0])],
