@@ -29,33 +29,142 @@ use std::sync::Arc;
 /// Input hashes remembered per client for exact-repeat detection.
 pub const MAX_SEEN: usize = 100_000;
 
-/// The exact-repeat rule's memory for one client (or group): the hashes of the inputs it sent,
-/// at most [`MAX_SEEN`] (all forgotten when full). Shared by this engine and the gateway, which
-/// applies the same rule to its subjects.
+/// The exact-repeat rule's memory for one client (or group): keyed hashes of the inputs it
+/// sent, at most [`MAX_SEEN`] (all forgotten when full). Shared by this engine and the
+/// gateway, which applies the same rule to its subjects.
+///
+/// The hash is keyed with a secret drawn when the memory is made ([`RepeatHash`]): a query
+/// taken for a repeat is hidden from every detector but the volume one, so a client able to
+/// make a new input collide with an old one would hide its whole search. An unkeyed hash
+/// (as this one was before: FNV-style, every step invertible) lets it do that by choosing a
+/// few input values; with a secret polynomial key two given different inputs collide with
+/// probability at most `len / (2⁶¹ − 1)`, whatever they are.
 #[derive(Clone, Debug, Default)]
 pub struct RepeatMemory {
-    /// Input hashes (already mixed: the Fx hash of the set adds one multiply, not SipHash).
+    hash: RepeatHash,
+    /// Input hashes (already uniform: the Fx hash of the set adds one multiply, not SipHash).
     seen: FxHashSet<u64>,
 }
 
 impl RepeatMemory {
-    /// Whether `x` is bit-identical to an input remembered (by its 64-bit [`input_hash`]);
+    /// Whether `x` is bit-identical to an input remembered (by its keyed 64-bit hash);
     /// remembers it.
     pub fn repeat(&mut self, x: &[f32]) -> bool {
-        self.repeat_hash(input_hash(x))
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        !self.seen.insert(self.hash.of(x))
     }
 
     /// Heap bytes of its hash set.
     pub fn heap_bytes(&self) -> usize {
         crate::heap::set(&self.seen)
     }
+}
 
-    /// [`RepeatMemory::repeat`] of an input whose hash is `hash`.
-    fn repeat_hash(&mut self, hash: u64) -> bool {
-        if self.seen.len() >= MAX_SEEN {
-            self.seen.clear();
+/// The Mersenne prime `2⁶¹ − 1`, the field of [`RepeatHash`].
+const P61: u64 = (1 << 61) - 1;
+
+/// `a·b mod 2⁶¹ − 1` for `a, b < 2⁶¹`.
+#[inline(always)]
+fn mul61(a: u64, b: u64) -> u64 {
+    let z = a as u128 * b as u128;
+    add61((z as u64) & P61, (z >> 61) as u64)
+}
+
+/// `a + b mod 2⁶¹ − 1` for `a, b ≤ 2⁶¹ − 1`.
+#[inline(always)]
+fn add61(a: u64, b: u64) -> u64 {
+    let s = a + b;
+    let r = (s & P61) + (s >> 61);
+    if r >= P61 {
+        r - P61
+    } else {
+        r
+    }
+}
+
+/// A polynomial hash with a secret evaluation point (Carter–Wegman; the field `2⁶¹ − 1`):
+/// an input's values `m_0 … m_{L−1}` (their `f32` bits) give
+/// `H = Σ (m_i + 1)·r^(L−i) mod 2⁶¹ − 1`. Two different inputs (of any lengths up to `L`)
+/// differ as polynomials in `r` of degree at most `L` — the `+ 1` keeps a longer input's extra
+/// leading values from vanishing — so they collide for at most `L` of the `2⁶¹ − 2` keys: a
+/// client that sees none of the hashes cannot choose a colliding input. Evaluated four
+/// values per step (`r⁴` Horner, the same value as one value per step) so that the
+/// multiplications overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct RepeatHash {
+    /// `r, r², r³, r⁴`.
+    pow: [u64; 4],
+}
+
+impl Default for RepeatHash {
+    /// A fresh secret key (the thread's CSPRNG, seeded from the operating system).
+    fn default() -> Self {
+        Self::with_key(rand::random::<u64>() % (P61 - 1) + 1)
+    }
+}
+
+impl From<RepeatHash> for u64 {
+    fn from(h: RepeatHash) -> u64 {
+        h.pow[0]
+    }
+}
+
+impl TryFrom<u64> for RepeatHash {
+    type Error = String;
+
+    fn try_from(r: u64) -> Result<Self, String> {
+        if r == 0 || r >= P61 {
+            return Err(format!("repeat hash key {r} is not in [1, 2^61 - 1)"));
         }
-        !self.seen.insert(hash)
+        Ok(Self::with_key(r))
+    }
+}
+
+impl RepeatHash {
+    /// The hash with evaluation point `r` (in `[1, 2⁶¹ − 1)`).
+    fn with_key(r: u64) -> Self {
+        let r2 = mul61(r, r);
+        let r3 = mul61(r2, r);
+        Self {
+            pow: [r, r2, r3, mul61(r3, r)],
+        }
+    }
+
+    /// The hash of `x`'s exact bits.
+    ///
+    /// Four interleaved Horner chains in `r⁴` (lane `j` takes values `4q + j`), combined as
+    /// `A₀·r⁴ + A₁·r³ + A₂·r² + A₃·r`, then the remaining values one by one: the value of
+    /// the one-chain definition, with four independent multiplications in flight. Inside the
+    /// chains values are kept below `2⁶¹ + 2³³` (two folds of `2⁶¹ ≡ 1`, no comparison) and
+    /// reduced exactly at the end.
+    pub fn of(&self, x: &[f32]) -> u64 {
+        #[inline(always)]
+        fn fold(z: u128) -> u64 {
+            let once = (z as u64 & P61) as u128 + (z >> 61);
+            ((once as u64) & P61) + (once >> 61) as u64
+        }
+        let [r, r2, r3, r4] = self.pow;
+        let c = |v: f32| v.to_bits() as u64 + 1;
+        let quads = x.chunks_exact(4);
+        let rest = quads.remainder();
+        let mut lanes = [0u64; 4];
+        for q in quads {
+            for (a, &v) in lanes.iter_mut().zip(q) {
+                *a = fold(*a as u128 * r4 as u128) + c(v);
+            }
+        }
+        let [a0, a1, a2, a3] = lanes.map(|a| add61(a & P61, a >> 61));
+        let mut acc = add61(
+            add61(mul61(a0, r4), mul61(a1, r3)),
+            add61(mul61(a2, r2), mul61(a3, r)),
+        );
+        for &v in rest {
+            acc = mul61(add61(acc, c(v)), r);
+        }
+        acc
     }
 }
 
@@ -69,6 +178,10 @@ struct Tracked {
 struct TrackedSnapshot {
     states: BTreeMap<String, serde_json::Value>,
     seen: Vec<u64>,
+    /// The key of `seen`'s hashes (absent from snapshots made before the hash was keyed:
+    /// their hashes are of another function, so they are dropped and a fresh key drawn).
+    #[serde(default)]
+    seen_key: Option<RepeatHash>,
     queries: u64,
 }
 
@@ -89,18 +202,6 @@ pub struct Engine {
     clients: HashMap<String, Tracked>,
     groups: HashMap<String, Tracked>,
     policy: Policy,
-}
-
-/// A 64-bit hash of an input's exact bits (FNV-style, mixed per value), for the exact-repeat
-/// rule.
-pub fn input_hash(x: &[f32]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in x {
-        h ^= v.to_bits() as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-        h ^= h >> 29;
-    }
-    h
 }
 
 impl Engine {
@@ -157,11 +258,10 @@ impl Engine {
         labels: &'n [String],
         t: &mut Tracked,
         obs: &Observation<'_>,
-        hash: u64,
         out: &mut Vec<(&'n str, Verdict)>,
     ) {
         t.queries += 1;
-        let repeat = t.seen.repeat_hash(hash);
+        let repeat = t.seen.repeat(obs.input);
         for ((name, label), st) in names.iter().zip(labels).zip(t.states.iter_mut()) {
             if repeat && name != RateDetector::NAME {
                 continue;
@@ -177,7 +277,6 @@ impl Engine {
         group: Option<&str>,
         obs: &Observation<'_>,
     ) -> Decision {
-        let hash = input_hash(obs.input);
         let mut verdicts = Vec::with_capacity(2 * self.names.len());
         let dets = &self.detectors;
         // Look up before inserting: no key allocation for a known client.
@@ -185,14 +284,14 @@ impl Engine {
             self.clients.insert(client.to_string(), Self::fresh(dets));
         }
         if let Some(t) = self.clients.get_mut(client) {
-            Self::run(&self.names, &self.names, t, obs, hash, &mut verdicts);
+            Self::run(&self.names, &self.names, t, obs, &mut verdicts);
         }
         if let Some(g) = group {
             if !self.groups.contains_key(g) {
                 self.groups.insert(g.to_string(), Self::fresh(dets));
             }
             if let Some(t) = self.groups.get_mut(g) {
-                Self::run(&self.names, &self.group_names, t, obs, hash, &mut verdicts);
+                Self::run(&self.names, &self.group_names, t, obs, &mut verdicts);
             }
         }
         self.policy.decide(client, group, &verdicts, obs.time_ms)
@@ -211,6 +310,7 @@ impl Engine {
                 })
                 .collect(),
             seen: t.seen.seen.iter().copied().collect(),
+            seen_key: Some(t.seen.hash),
             queries: t.queries,
         }
     }
@@ -260,8 +360,12 @@ impl Engine {
         }
         Ok(Tracked {
             states,
-            seen: RepeatMemory {
-                seen: s.seen.into_iter().collect(),
+            seen: match s.seen_key {
+                Some(hash) => RepeatMemory {
+                    hash,
+                    seen: s.seen.into_iter().collect(),
+                },
+                None => RepeatMemory::default(),
             },
             queries: s.queries,
         })
@@ -316,6 +420,97 @@ mod tests {
             label: 0,
             time_ms: t,
         }
+    }
+
+    /// The repeat hash is the keyed polynomial its docs define (one value per step, computed
+    /// here with plain `u128` arithmetic), four values per step included, for every remainder
+    /// length; another key gives other hashes; the key round-trips and bad keys are refused.
+    #[test]
+    fn repeat_hash_is_the_keyed_polynomial() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let p = P61 as u128;
+        let reference = |r: u64, x: &[f32]| -> u64 {
+            x.iter().fold(0u128, |acc, v| {
+                (acc + v.to_bits() as u128 + 1) % p * r as u128 % p
+            }) as u64
+        };
+        for len in (0..=9).chain([783, 784]) {
+            let x: Vec<f32> = (0..len).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            for r in [1, 2, P61 - 1, rng.gen_range(1..P61)] {
+                let h = RepeatHash::try_from(r).unwrap();
+                assert_eq!(h.of(&x), reference(r, &x), "len {len}, key {r}");
+            }
+            let (a, b) = (RepeatHash::default(), RepeatHash::default());
+            assert_ne!(a, b, "two fresh keys");
+            if len > 0 {
+                assert_ne!(a.of(&x), b.of(&x), "len {len}: another key, another hash");
+            }
+        }
+        let h = RepeatHash::default();
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<RepeatHash>(&json).unwrap(), h);
+        for bad in ["0", "2305843009213693951", "-1"] {
+            assert!(serde_json::from_str::<RepeatHash>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Inputs that differ in one value, anywhere, or by a trailing value (a longer input whose
+    /// extra value is +0.0, whose bits are 0) never share a hash (100k random pairs), and
+    /// the value 0 and its negative are told apart.
+    #[test]
+    fn repeat_hash_separates_near_identical_inputs() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let h = RepeatHash::default();
+        for _ in 0..50_000 {
+            let len = rng.gen_range(1..40);
+            let x: Vec<f32> = (0..len).map(|_| rng.gen()).collect();
+            let mut y = x.clone();
+            let i = rng.gen_range(0..len);
+            y[i] = f32::from_bits(y[i].to_bits() ^ (1 << rng.gen_range(0..32)));
+            assert_ne!(h.of(&x), h.of(&y), "{x:?} / {y:?}");
+            let mut z = x.clone();
+            z.push(0.0);
+            assert_ne!(h.of(&x), h.of(&z), "{x:?} and one more zero");
+        }
+        assert_ne!(h.of(&[0.0]), h.of(&[-0.0]));
+        assert_ne!(h.of(&[]), h.of(&[0.0]));
+    }
+
+    /// The repeat memory survives a snapshot with its key (a repeat after the restore is
+    /// still one, so it reaches no similarity detector); a snapshot written before the key
+    /// (no `seen_key`) restores with a fresh, empty memory instead of hashes of another
+    /// function.
+    #[test]
+    fn repeat_memory_survives_a_restore_and_keyless_snapshots_start_afresh() {
+        let dets = default_detectors(&DetectorsConfig::default());
+        let mut e = Engine::new(dets.clone(), PolicyConfig::default());
+        let p = [1.0f32];
+        let x: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+        e.observe("c", None, &obs(&x, &p, 0));
+        let knn_queries = |e: &Engine| {
+            let t = &e.clients["c"];
+            let i = e.names.iter().position(|n| n == "knn").unwrap();
+            t.states[i].queries()
+        };
+        assert_eq!(knn_queries(&e), 1);
+        let snap = e.snapshot();
+        let mut r = Engine::restore(dets.clone(), PolicyConfig::default(), &snap).unwrap();
+        r.observe("c", None, &obs(&x, &p, 1));
+        assert_eq!(
+            knn_queries(&r),
+            1,
+            "the repeat reached the k-NN detector after a restore"
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+        v["clients"]["c"]
+            .as_object_mut()
+            .unwrap()
+            .remove("seen_key");
+        let old = serde_json::to_vec(&v).unwrap();
+        let mut r = Engine::restore(dets, PolicyConfig::default(), &old).unwrap();
+        assert!(r.clients["c"].seen.seen.is_empty());
+        r.observe("c", None, &obs(&x, &p, 1));
+        assert_eq!(knn_queries(&r), 2, "a keyless memory was kept");
     }
 
     #[test]
