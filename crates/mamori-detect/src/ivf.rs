@@ -78,6 +78,13 @@ pub struct IvfParams {
     pub fastscan_m: usize,
     /// Shortlist of a fast-scan search, as a multiple of `k` (at least 1).
     pub fastscan_rerank: usize,
+    /// Whether a clustered generation also stores its codes as bytes ([`Sq8`]: one level of
+    /// 256 per coordinate, over the range of the codes it was clustered on), which the
+    /// re-ranking search ([`IvfIndex::nearest_payload_dist2`]) scans to choose its candidates
+    /// — a quarter of the bytes of the `f32` codes, summed in 32-bit integers — before their
+    /// exact payload distances are computed. The other searches, whose distances are
+    /// returned, never use them.
+    pub sq8: bool,
 }
 
 impl Default for IvfParams {
@@ -90,6 +97,7 @@ impl Default for IvfParams {
             kmeans_iters: 6,
             fastscan_m: 0,
             fastscan_rerank: 4,
+            sq8: false,
         }
     }
 }
@@ -148,13 +156,17 @@ struct Cell {
     /// `blocks`, so not serialised (rebuilt on loading).
     #[serde(skip)]
     rows: Vec<f32>,
+    /// When the generation has an [`Sq8`] quantiser: the codes' byte levels, in blocks of
+    /// [`BLOCK`] codes laid out as [`Sq8`] says. Derived from `blocks`, so not serialised.
+    #[serde(skip)]
+    q8: Vec<u8>,
 }
 
 impl Cell {
     /// Heap bytes of its buffers.
     fn heap_bytes(&self) -> usize {
         use crate::heap::vec;
-        vec(&self.blocks) + vec(&self.payload) + vec(&self.fs) + vec(&self.rows)
+        vec(&self.blocks) + vec(&self.payload) + vec(&self.fs) + vec(&self.rows) + vec(&self.q8)
     }
 
     /// Writes `v` into slot `i` (the block holding it must exist).
@@ -284,6 +296,168 @@ fn min_lane(acc: &[f32; BLOCK]) -> f32 {
         .fold(f32::INFINITY, |m, &x| if x < m { x } else { m })
 }
 
+/// A scalar quantiser of a generation's codes to bytes: coordinate `v` ↦ level
+/// `round((v − lo) / step)`, clamped to `0..=255`, with one `lo` and `step` for every
+/// coordinate, so that `step² · Σ (a_j − b_j)²` over two codes' levels approximates their
+/// squared distance (the error per coordinate is at most one step, plus clamping outside the
+/// trained range). Trained on the codes a generation is clustered on, their range widened by
+/// an eighth on each side.
+///
+/// Layout in a cell (`Cell::q8`): blocks of [`BLOCK`] codes; inside a block the coordinates go
+/// by pairs (`j = 2p, 2p + 1`; an odd dimension is padded with a level-0 coordinate, as the
+/// query is), each pair holding its [`BLOCK`] codes' two levels side by side — `2·BLOCK`
+/// bytes, `[c₀ⱼ, c₀ⱼ₊₁, c₁ⱼ, c₁ⱼ₊₁, …]` — so that one widening load, one subtraction and one
+/// multiply-add of adjacent 16-bit pairs give eight codes' sums over two coordinates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Sq8 {
+    lo: f32,
+    step: f32,
+}
+
+impl Sq8 {
+    /// The quantiser of `codes`' range (`None` when they hold no finite value).
+    fn train(codes: &[f32]) -> Option<Self> {
+        let (lo, hi) = codes
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        if lo > hi {
+            return None;
+        }
+        let margin = (hi - lo) / 8.0;
+        let width = (hi - lo) + 2.0 * margin;
+        let step = if width > 0.0 && (width / 255.0).is_normal() {
+            width / 255.0
+        } else {
+            1.0
+        };
+        Some(Self {
+            lo: lo - margin,
+            step,
+        })
+    }
+
+    /// Whether its values can quantise anything (a loaded state is checked).
+    fn valid(&self) -> bool {
+        self.lo.is_finite() && self.step.is_normal() && self.step > 0.0
+    }
+
+    /// The level of `v` (NaN: 0).
+    #[inline(always)]
+    fn level(&self, v: f32) -> u8 {
+        ((v - self.lo) / self.step).round().clamp(0.0, 255.0) as u8
+    }
+
+    /// Coordinates of a code padded to pairs.
+    fn padded(dim: usize) -> usize {
+        dim + dim % 2
+    }
+
+    /// Writes code `v`'s levels into slot `slot` of `q8` (growing it by a block when needed).
+    fn write(&self, q8: &mut Vec<u8>, slot: usize, v: &[f32]) {
+        let dp = Self::padded(v.len());
+        let (b, l) = (slot / BLOCK, slot % BLOCK);
+        let base = b * BLOCK * dp;
+        if q8.len() < base + BLOCK * dp {
+            q8.resize(base + BLOCK * dp, 0);
+        }
+        for (j, &x) in v.iter().enumerate() {
+            q8[base + (j / 2) * 2 * BLOCK + 2 * l + j % 2] = self.level(x);
+        }
+    }
+
+    /// The query's levels as 16-bit values, padded to pairs.
+    fn query(&self, q: &[f32], out: &mut Vec<i16>) {
+        out.clear();
+        out.extend(q.iter().map(|&x| self.level(x) as i16));
+        if q.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+}
+
+/// The integer sums `Σ (q_j − c_j)²` of one [`Sq8`] block's [`BLOCK`] codes (`block`, laid out
+/// as [`Sq8`] says) to the query levels `qq` (padded to pairs): a plain loop the compiler turns
+/// into widening loads, 16-bit subtractions and multiply-adds of adjacent pairs.
+#[inline(always)]
+fn q8_block_sums(qq: &[i16], block: &[u8]) -> [i32; BLOCK] {
+    let mut acc = [0i32; BLOCK];
+    for (qp, pair) in qq.chunks_exact(2).zip(block.chunks_exact(2 * BLOCK)) {
+        for l in 0..BLOCK {
+            let d0 = pair[2 * l] as i16 - qp[0];
+            let d1 = pair[2 * l + 1] as i16 - qp[1];
+            acc[l] += d0 as i32 * d0 as i32 + d1 as i32 * d1 as i32;
+        }
+    }
+    acc
+}
+
+/// The x86 level [`Generation::scan_q8`] runs at (`()` elsewhere).
+#[cfg(target_arch = "x86_64")]
+type Q8Level = Option<pulp::x86::V3>;
+#[cfg(not(target_arch = "x86_64"))]
+type Q8Level = Option<()>;
+
+/// [`Generation::scan_q8`]'s loop, its block sums by `level` (AVX2 when given, called directly
+/// so that its intrinsics are inlined into the caller's AVX2 function).
+#[inline(always)]
+fn scan_q8_with(
+    cell: &Cell,
+    qq: &[i16],
+    step: f32,
+    bound: impl Fn() -> f32,
+    mut offer: impl FnMut(f32, usize),
+    level: Q8Level,
+) {
+    let s2 = step * step;
+    let stride = qq.len() * BLOCK;
+    if stride == 0 {
+        return;
+    }
+    for (b, block) in cell.q8.chunks_exact(stride).enumerate() {
+        let valid = cell.len.saturating_sub(b * BLOCK).min(BLOCK);
+        let acc = match level {
+            #[cfg(target_arch = "x86_64")]
+            Some(v3) => q8_x86::block_sums_v3(v3, qq, block),
+            _ => q8_block_sums(qq, block),
+        };
+        let least = acc[..valid].iter().copied().min().unwrap_or(i32::MAX);
+        if least as f32 * s2 >= bound() {
+            continue;
+        }
+        for (l, &d) in acc[..valid].iter().enumerate() {
+            offer(d as f32 * s2, b * BLOCK + l);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod q8_x86 {
+    use super::BLOCK;
+    use core::arch::x86_64::__m128i;
+    use pulp::x86::V3;
+
+    /// [`super::q8_block_sums`] with AVX2: per pair of coordinates, one widening of the
+    /// block's 16 bytes to 16-bit lanes, one subtraction of the query's pair and one
+    /// multiply-add of adjacent lanes (`d₀² + d₁²` per code, in 32 bits).
+    #[inline(always)]
+    pub(super) fn block_sums_v3(v3: V3, qq: &[i16], block: &[u8]) -> [i32; BLOCK] {
+        let (avx, avx2) = (v3.avx, v3.avx2);
+        let mut acc = avx._mm256_setzero_si256();
+        for (qp, pair) in qq.chunks_exact(2).zip(block.chunks_exact(2 * BLOCK)) {
+            let mut bytes = [0u8; 2 * BLOCK];
+            bytes.copy_from_slice(pair);
+            let codes = avx2._mm256_cvtepu8_epi16(pulp::cast::<_, __m128i>(bytes));
+            let q = (qp[0] as u16 as u32 | (qp[1] as u16 as u32) << 16) as i32;
+            let d = avx2._mm256_sub_epi16(codes, avx._mm256_set1_epi32(q));
+            acc = avx2._mm256_add_epi32(acc, avx2._mm256_madd_epi16(d, d));
+        }
+        pulp::cast(acc)
+    }
+}
+
 /// One generation: centroids (none while flat) and their cells.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Generation {
@@ -300,6 +474,10 @@ struct Generation {
     /// index with `fastscan_m > 0`; every held code then has its packed code in its cell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fsq: Option<FastScanPq>,
+    /// Byte quantiser of the codes (clustered generations of an index with
+    /// [`IvfParams::sq8`]; every held code then has its levels in its cell's `q8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sq: Option<Sq8>,
 }
 
 impl Generation {
@@ -310,6 +488,7 @@ impl Generation {
             inserted: 0,
             clustered_at: 0,
             fsq: None,
+            sq: None,
         }
     }
 
@@ -321,6 +500,7 @@ impl Generation {
             inserted: 0,
             clustered_at,
             fsq: None,
+            sq: None,
         }
     }
 
@@ -328,12 +508,18 @@ impl Generation {
     /// (if any): its residual to the cell's centroid, packed into the cell's groups, and the
     /// code itself copied into the cell's rows.
     fn encode_slot(&mut self, cell: usize, slot: usize, dim: usize, bufs: &mut FsBufs) {
+        if self.fsq.is_none() && self.sq.is_none() {
+            return;
+        }
+        bufs.resid.clear();
+        self.cells[cell].read(slot, dim, &mut bufs.resid);
+        if let Some(sq) = &self.sq {
+            sq.write(&mut self.cells[cell].q8, slot, &bufs.resid);
+        }
         let Some(pq) = &self.fsq else {
             return;
         };
         let c = &self.centroids[cell * dim..(cell + 1) * dim];
-        bufs.resid.clear();
-        self.cells[cell].read(slot, dim, &mut bufs.resid);
         let rows = &mut self.cells[cell].rows;
         if rows.len() < (slot + 1) * dim {
             rows.resize((slot + 1) * dim, 0.0);
@@ -347,11 +533,12 @@ impl Generation {
     }
 
     /// Encodes every held code ([`Generation::encode_slot`]), or drops the packed codes (and
-    /// rows) of a generation without a quantiser.
+    /// rows) and byte levels of a generation without the quantiser.
     fn encode_all(&mut self, dim: usize, bufs: &mut FsBufs) {
         for i in 0..self.cells.len() {
             self.cells[i].fs.clear();
             self.cells[i].rows.clear();
+            self.cells[i].q8.clear();
             for slot in 0..self.cells[i].len {
                 self.encode_slot(i, slot, dim, bufs);
             }
@@ -369,6 +556,44 @@ impl Generation {
             + vec(&self.cells)
             + self.cells.iter().map(Cell::heap_bytes).sum::<usize>()
             + self.fsq.as_ref().map_or(0, FastScanPq::heap_bytes)
+    }
+
+    /// Rewrites every cell's byte levels from its codes (none without a quantiser).
+    fn encode_q8(&mut self, dim: usize) {
+        let mut code = Vec::with_capacity(dim);
+        for cell in &mut self.cells {
+            cell.q8 = Vec::new();
+            if let Some(sq) = &self.sq {
+                for slot in 0..cell.len {
+                    code.clear();
+                    cell.read(slot, dim, &mut code);
+                    sq.write(&mut cell.q8, slot, &code);
+                }
+            }
+        }
+    }
+
+    /// Scans cell `c`'s byte levels for the query levels `qq` (quantiser step `step`): each
+    /// code's approximate squared distance offered with its slot, as [`Cell::scan`] offers
+    /// exact ones (blocks with no distance below `bound()` skipped whole). With AVX2 where the
+    /// CPU has it ([`q8_x86::block_sums_v3`]), the portable loop otherwise: the same sums.
+    #[inline(always)]
+    fn scan_q8(
+        &self,
+        c: usize,
+        qq: &[i16],
+        step: f32,
+        bound: impl Fn() -> f32,
+        offer: impl FnMut(f32, usize),
+    ) {
+        let cell = &self.cells[c];
+        // Called inside the search's dispatched kernel (`crate::simd`), already compiled for
+        // AVX2 when the CPU has it: the intrinsics are inlined there.
+        #[cfg(target_arch = "x86_64")]
+        let level = pulp::x86::V3::try_new();
+        #[cfg(not(target_arch = "x86_64"))]
+        let level = None;
+        scan_q8_with(cell, qq, step, bound, offer, level)
     }
 }
 
@@ -410,6 +635,8 @@ struct FsScratch {
     codes: Vec<u64>,
     /// [`BLOCK`] shortlisted codes, coordinate-major (`block[j·BLOCK + l]`), being re-ranked.
     block: Vec<f32>,
+    /// The query's [`Sq8`] levels.
+    qq: Vec<i16>,
 }
 
 impl Scratch {
@@ -424,6 +651,7 @@ impl Scratch {
             + fs.short.heap_bytes()
             + vec(&fs.codes)
             + vec(&fs.block)
+            + vec(&fs.qq)
             + vec(&self.probes)
             + vec(&self.found)
             + vec(&self.cands)
@@ -531,6 +759,16 @@ impl TryFrom<IvfRepr> for IvfIndex {
         }
         // The rows of the packed codes' cells, from the (checked) blocks.
         for g in std::iter::once(&mut idx.current).chain(idx.previous.as_mut()) {
+            match g.sq {
+                Some(sq) if !sq.valid() || g.centroids.is_empty() => {
+                    return Err(format!(
+                        "a byte quantiser (lo {}, step {}) in a flat generation or with a bad step",
+                        sq.lo, sq.step
+                    ))
+                }
+                Some(_) => g.encode_q8(r.dim),
+                None => {}
+            }
             if g.fsq.is_some() {
                 for c in &mut g.cells {
                     let mut rows = Vec::with_capacity(c.len * r.dim);
@@ -581,11 +819,12 @@ impl Kernel for CentroidKernel<'_> {
     }
 }
 
-/// [`IvfIndex::search_with`] as a [`Kernel`].
+/// A search of both generations, as a [`Kernel`] (see [`SearchKernel::run`]).
 struct SearchKernel<'a, B, O> {
     index: &'a IvfIndex,
     q: &'a [f32],
     k: usize,
+    approx: bool,
     probes: &'a mut Vec<(f32, u32)>,
     fs: &'a mut FsScratch,
     bound: B,
@@ -595,10 +834,172 @@ struct SearchKernel<'a, B, O> {
 impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKernel<'_, B, O> {
     type Output = usize;
 
+    /// Offers the distance of every code in the searched cells of both generations to `offer`
+    /// (with its generation — 0 current, 1 previous —, cell and slot); returns the current
+    /// generation's nearest cell (where `q` would be inserted). With `approx`, a generation
+    /// with byte levels ([`Sq8`]) offers their approximate distances instead.
+    ///
+    /// In a clustered generation the `probe` nearest *non-empty* cells are scanned, then further
+    /// ones in order of their centroid's distance until `k` codes were seen (so a search returns
+    /// `min(k, held)` distances, as an exact search would).
     #[inline(always)]
     fn run(self) -> usize {
-        self.index
-            .search_with_in(self.q, self.k, self.probes, self.fs, self.bound, self.offer)
+        let SearchKernel {
+            index,
+            q,
+            k,
+            approx,
+            probes,
+            fs,
+            bound,
+            mut offer,
+        } = self;
+        let mut home = 0;
+        let probe = index.params.probe.max(1);
+        for (gi, g) in std::iter::once(&index.current)
+            .chain(index.previous.as_ref())
+            .enumerate()
+        {
+            let gi = gi as u32;
+            if g.centroids.is_empty() {
+                g.cells[0].scan(q, bound, |d, slot| offer(d, gi, 0, slot));
+                continue;
+            }
+            // Distances to every centroid: the nearest is the home cell; the non-empty ones are
+            // the probe candidates.
+            probes.clear();
+            let mut best = (f32::INFINITY, 0usize);
+            for (i, c) in g.centroids.chunks_exact(index.dim).enumerate() {
+                let d = sq_dist(q, c);
+                if d < best.0 {
+                    best = (d, i);
+                }
+                if g.cells[i].len > 0 {
+                    probes.push((d, i as u32));
+                }
+            }
+            if gi == 0 {
+                home = best.1;
+            }
+            let by = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            let first = probe.min(probes.len());
+            if first < probes.len() {
+                probes.select_nth_unstable_by(first, by);
+            }
+            probes[..first].sort_unstable_by(by);
+            if let Some(sq) = g.sq.filter(|_| approx) {
+                // Byte levels: approximate distances, for a caller that re-ranks its
+                // candidates exactly.
+                sq.query(q, &mut fs.qq);
+                let mut seen = 0;
+                for &(_, c) in &probes[..first] {
+                    g.scan_q8(c as usize, &fs.qq, sq.step, bound, |d, slot| {
+                        offer(d, gi, c, slot)
+                    });
+                    seen += g.cells[c as usize].len;
+                }
+                if seen < k && first < probes.len() {
+                    probes[first..].sort_unstable_by(by);
+                    for &(_, c) in &probes[first..] {
+                        if seen >= k {
+                            break;
+                        }
+                        g.scan_q8(c as usize, &fs.qq, sq.step, bound, |d, slot| {
+                            offer(d, gi, c, slot)
+                        });
+                        seen += g.cells[c as usize].len;
+                    }
+                }
+                continue;
+            }
+            let r = index.params.fastscan_rerank.max(1).saturating_mul(k.max(1));
+            let planned: usize = probes[..first]
+                .iter()
+                .map(|&(_, c)| g.cells[c as usize].len)
+                .sum();
+            let pays = |pq: &&FastScanPq| fastscan_pays(planned, first, r, index.dim, pq.pairs());
+            if let Some(pq) = g.fsq.as_ref().filter(pays) {
+                // Fast scan: a shortlist by quantised distance over the same cells, then the
+                // shortlisted codes' exact distances.
+                fs.short.reset(r);
+                let mut seen = 0;
+                for &(_, c) in &probes[..first] {
+                    seen += index.fastscan_cell(g, pq, q, c, fs);
+                }
+                if seen < k && first < probes.len() {
+                    probes[first..].sort_unstable_by(by);
+                    for &(_, c) in &probes[first..] {
+                        if seen >= k {
+                            break;
+                        }
+                        seen += index.fastscan_cell(g, pq, q, c, fs);
+                    }
+                }
+                fs.short.cut();
+                // Exact distances of the shortlisted codes, from the cells' rows, in memory
+                // order (cell, then slot).
+                fs.codes.clear();
+                fs.codes.extend(
+                    fs.short
+                        .items()
+                        .map(|(c, slot)| ((c as u64) << 32) | slot as u64),
+                );
+                fs.codes.sort_unstable();
+                // The shortlisted rows lie in up to `probe` cells spread over the generation, so
+                // reading them is bound by cache misses: first one load per cache line of every
+                // row and nothing else (independent loads, whose misses overlap — the safe
+                // stand-in for a prefetch); then [`BLOCK`] rows at a time copied
+                // coordinate-major into `fs.block`, summed as the scan sums a block
+                // ([`block_sums`]), and offered in order.
+                let dim = index.dim;
+                let row_of = |key: u64| {
+                    let (c, slot) = ((key >> 32) as usize, (key & u32::MAX as u64) as usize);
+                    &g.cells[c].rows[slot * dim..(slot + 1) * dim]
+                };
+                let mut touched = 0u32;
+                for &key in &fs.codes {
+                    let row = row_of(key);
+                    for x in row.iter().step_by(LINE_FLOATS).chain(row.last()) {
+                        touched |= x.to_bits();
+                    }
+                }
+                std::hint::black_box(touched);
+                fs.block.resize(dim * BLOCK, 0.0);
+                for keys in fs.codes.chunks(BLOCK) {
+                    for (l, &key) in keys.iter().enumerate() {
+                        for (j, &x) in row_of(key).iter().enumerate() {
+                            fs.block[j * BLOCK + l] = x;
+                        }
+                    }
+                    let acc = block_sums(q, &fs.block);
+                    for (&key, &d) in keys.iter().zip(&acc) {
+                        let (c, slot) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
+                        if d < bound() {
+                            offer(d, gi, c, slot);
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut seen = 0;
+            for &(_, c) in &probes[..first] {
+                let cell = &g.cells[c as usize];
+                cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
+                seen += cell.len;
+            }
+            if seen < k && first < probes.len() {
+                probes[first..].sort_unstable_by(by);
+                for &(_, c) in &probes[first..] {
+                    if seen >= k {
+                        break;
+                    }
+                    let cell = &g.cells[c as usize];
+                    cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
+                    seen += cell.len;
+                }
+            }
+        }
+        home
     }
 }
 
@@ -855,13 +1256,22 @@ impl IvfIndex {
         cands.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        self.search_with(q, k, &mut sc.probes, &mut sc.fs, bound, |d, g, c, slot| {
-            if d < worst.get() {
-                push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
-                if cands.len() >= k {
-                    worst.set(cands.last().map_or(f32::INFINITY, |w| w.0));
+        crate::simd::vectorized(SearchKernel {
+            index: self,
+            q,
+            k,
+            approx: true,
+            probes: &mut sc.probes,
+            fs: &mut sc.fs,
+            bound,
+            offer: |d, g, c, slot| {
+                if d < worst.get() {
+                    push_bounded_by(cands, (d, g, c, slot as u32), k, |x| x.0);
+                    if cands.len() >= k {
+                        worst.set(cands.last().map_or(f32::INFINITY, |w| w.0));
+                    }
                 }
-            }
+            },
         });
         let best = crate::simd::vectorized(RerankKernel {
             index: self,
@@ -935,179 +1345,27 @@ impl IvfIndex {
                 found.truncate(k);
             }
         };
-        let home = self.search_with(q, k, &mut sc.probes, &mut sc.fs, bound, |d, _, _, _| {
-            if k > 0 && d < worst.get() {
-                found.push(d);
-                if found.len() >= 2 * k {
-                    cut(found);
-                    worst.set(found.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        let home = crate::simd::vectorized(SearchKernel {
+            index: self,
+            q,
+            k,
+            approx: false,
+            probes: &mut sc.probes,
+            fs: &mut sc.fs,
+            bound,
+            offer: |d, _, _, _| {
+                if k > 0 && d < worst.get() {
+                    found.push(d);
+                    if found.len() >= 2 * k {
+                        cut(found);
+                        worst.set(found.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                    }
                 }
-            }
+            },
         });
         cut(found);
         found.sort_unstable_by(f32::total_cmp);
         self.scratch = sc;
-        home
-    }
-
-    /// Offers the distance of every code in the searched cells of both generations to `offer`
-    /// (with its generation — 0 current, 1 previous —, cell and slot); returns the current
-    /// generation's nearest cell (where `q` would be inserted).
-    ///
-    /// In a clustered generation the `probe` nearest *non-empty* cells are scanned, then further
-    /// ones in order of their centroid's distance until `k` codes were seen (so a search returns
-    /// `min(k, held)` distances, as an exact search would).
-    fn search_with(
-        &self,
-        q: &[f32],
-        k: usize,
-        probes: &mut Vec<(f32, u32)>,
-        fs: &mut FsScratch,
-        bound: impl Fn() -> f32 + Copy,
-        offer: impl FnMut(f32, u32, u32, usize),
-    ) -> usize {
-        crate::simd::vectorized(SearchKernel {
-            index: self,
-            q,
-            k,
-            probes,
-            fs,
-            bound,
-            offer,
-        })
-    }
-
-    /// [`IvfIndex::search_with`]'s body (inlined into the dispatched closure).
-    #[inline(always)]
-    fn search_with_in(
-        &self,
-        q: &[f32],
-        k: usize,
-        probes: &mut Vec<(f32, u32)>,
-        fs: &mut FsScratch,
-        bound: impl Fn() -> f32 + Copy,
-        mut offer: impl FnMut(f32, u32, u32, usize),
-    ) -> usize {
-        let mut home = 0;
-        let probe = self.params.probe.max(1);
-        for (gi, g) in std::iter::once(&self.current)
-            .chain(self.previous.as_ref())
-            .enumerate()
-        {
-            let gi = gi as u32;
-            if g.centroids.is_empty() {
-                g.cells[0].scan(q, bound, |d, slot| offer(d, gi, 0, slot));
-                continue;
-            }
-            // Distances to every centroid: the nearest is the home cell; the non-empty ones are
-            // the probe candidates.
-            probes.clear();
-            let mut best = (f32::INFINITY, 0usize);
-            for (i, c) in g.centroids.chunks_exact(self.dim).enumerate() {
-                let d = sq_dist(q, c);
-                if d < best.0 {
-                    best = (d, i);
-                }
-                if g.cells[i].len > 0 {
-                    probes.push((d, i as u32));
-                }
-            }
-            if gi == 0 {
-                home = best.1;
-            }
-            let by = |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-            let first = probe.min(probes.len());
-            if first < probes.len() {
-                probes.select_nth_unstable_by(first, by);
-            }
-            probes[..first].sort_unstable_by(by);
-            let r = self.params.fastscan_rerank.max(1).saturating_mul(k.max(1));
-            let planned: usize = probes[..first]
-                .iter()
-                .map(|&(_, c)| g.cells[c as usize].len)
-                .sum();
-            let pays = |pq: &&FastScanPq| fastscan_pays(planned, first, r, self.dim, pq.pairs());
-            if let Some(pq) = g.fsq.as_ref().filter(pays) {
-                // Fast scan: a shortlist by quantised distance over the same cells, then the
-                // shortlisted codes' exact distances.
-                fs.short.reset(r);
-                let mut seen = 0;
-                for &(_, c) in &probes[..first] {
-                    seen += self.fastscan_cell(g, pq, q, c, fs);
-                }
-                if seen < k && first < probes.len() {
-                    probes[first..].sort_unstable_by(by);
-                    for &(_, c) in &probes[first..] {
-                        if seen >= k {
-                            break;
-                        }
-                        seen += self.fastscan_cell(g, pq, q, c, fs);
-                    }
-                }
-                fs.short.cut();
-                // Exact distances of the shortlisted codes, from the cells' rows, in memory
-                // order (cell, then slot).
-                fs.codes.clear();
-                fs.codes.extend(
-                    fs.short
-                        .items()
-                        .map(|(c, slot)| ((c as u64) << 32) | slot as u64),
-                );
-                fs.codes.sort_unstable();
-                // The shortlisted rows lie in up to `probe` cells spread over the generation, so
-                // reading them is bound by cache misses: first one load per cache line of every
-                // row and nothing else (independent loads, whose misses overlap — the safe
-                // stand-in for a prefetch); then [`BLOCK`] rows at a time copied
-                // coordinate-major into `fs.block`, summed as the scan sums a block
-                // ([`block_sums`]), and offered in order.
-                let dim = self.dim;
-                let row_of = |key: u64| {
-                    let (c, slot) = ((key >> 32) as usize, (key & u32::MAX as u64) as usize);
-                    &g.cells[c].rows[slot * dim..(slot + 1) * dim]
-                };
-                let mut touched = 0u32;
-                for &key in &fs.codes {
-                    let row = row_of(key);
-                    for x in row.iter().step_by(LINE_FLOATS).chain(row.last()) {
-                        touched |= x.to_bits();
-                    }
-                }
-                std::hint::black_box(touched);
-                fs.block.resize(dim * BLOCK, 0.0);
-                for keys in fs.codes.chunks(BLOCK) {
-                    for (l, &key) in keys.iter().enumerate() {
-                        for (j, &x) in row_of(key).iter().enumerate() {
-                            fs.block[j * BLOCK + l] = x;
-                        }
-                    }
-                    let acc = block_sums(q, &fs.block);
-                    for (&key, &d) in keys.iter().zip(&acc) {
-                        let (c, slot) = ((key >> 32) as u32, (key & u32::MAX as u64) as usize);
-                        if d < bound() {
-                            offer(d, gi, c, slot);
-                        }
-                    }
-                }
-                continue;
-            }
-            let mut seen = 0;
-            for &(_, c) in &probes[..first] {
-                let cell = &g.cells[c as usize];
-                cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
-                seen += cell.len;
-            }
-            if seen < k && first < probes.len() {
-                probes[first..].sort_unstable_by(by);
-                for &(_, c) in &probes[first..] {
-                    if seen >= k {
-                        break;
-                    }
-                    let cell = &g.cells[c as usize];
-                    cell.scan(q, bound, |d, slot| offer(d, gi, c, slot));
-                    seen += cell.len;
-                }
-            }
-        }
         home
     }
 
@@ -1149,6 +1407,7 @@ impl IvfIndex {
             let fsq = self.train_fastscan(&codes, &centroids);
             let mut g = Generation::clustered(centroids, self.dim, n);
             g.fsq = fsq;
+            g.sq = self.train_sq8(&codes);
             g
         };
         self.previous = Some(full);
@@ -1197,6 +1456,7 @@ impl IvfIndex {
         self.current = Generation::clustered(centroids, self.dim, n);
         self.current.inserted = inserted;
         self.current.fsq = fsq;
+        self.current.sq = self.train_sq8(&codes);
         let cap = self.cell_cap(&self.current);
         let mut probes = std::mem::take(&mut self.scratch.probes);
         for (i, v) in codes.chunks_exact(self.dim).enumerate() {
@@ -1246,6 +1506,33 @@ impl IvfIndex {
             self.params.kmeans_iters.max(1),
             &mut self.rng,
         )
+    }
+
+    /// A byte quantiser of `codes` when the index stores byte levels ([`IvfParams::sq8`]).
+    fn train_sq8(&self, codes: &[f32]) -> Option<Sq8> {
+        self.params.sq8.then(|| Sq8::train(codes)).flatten()
+    }
+
+    /// Switches the byte levels ([`IvfParams::sq8`]) on or off: each clustered generation
+    /// without a quantiser gets one trained on its held codes, and its levels written (a state
+    /// saved before them is converted); off, they are dropped. The held codes are unchanged.
+    pub fn set_sq8(&mut self, on: bool) {
+        self.params.sq8 = on;
+        let dim = self.dim;
+        for g in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
+            if !on || g.centroids.is_empty() {
+                if g.sq.take().is_some() {
+                    g.encode_q8(dim);
+                }
+                continue;
+            }
+            if g.sq.is_none() {
+                let (mut codes, mut payloads) = (Vec::new(), Vec::new());
+                g.read_all(dim, 0, &mut codes, &mut payloads);
+                g.sq = Sq8::train(&codes);
+                g.encode_q8(dim);
+            }
+        }
     }
 
     /// Switches fast scan to `m` sub-quantisers (0: off) with shortlists of `rerank · k`.
@@ -1689,6 +1976,172 @@ mod tests {
         assert_rows_follow_blocks(&off);
     }
 
+    /// The byte levels' block sums are the plain `Σ (level(q_j) − level(c_j))²` of the
+    /// quantiser's levels — through the AVX2 path where the CPU has it and the portable loop,
+    /// for odd and even dimensions, partial blocks, values outside the trained range (clamped)
+    /// and NaN (level 0) — and the scan offers them times `step²`, slot by slot.
+    #[test]
+    fn byte_levels_sum_as_the_plain_formula() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for dim in [1usize, 7, 24, 32] {
+            let codes: Vec<Vec<f32>> = (0..21)
+                .map(|_| (0..dim).map(|_| rng.gen_range(-3.0..3.0)).collect())
+                .collect();
+            let flat: Vec<f32> = codes.iter().flatten().copied().collect();
+            let sq = Sq8::train(&flat).unwrap();
+            assert!(sq.valid());
+            let mut cell = Cell::default();
+            for (slot, c) in codes.iter().enumerate() {
+                sq.write(&mut cell.q8, slot, c);
+            }
+            cell.len = codes.len();
+            assert_eq!(cell.q8.len(), 3 * BLOCK * Sq8::padded(dim));
+            let mut q: Vec<f32> = (0..dim).map(|_| rng.gen_range(-5.0..5.0)).collect();
+            q[0] = f32::NAN;
+            let mut qq = Vec::new();
+            sq.query(&q, &mut qq);
+            assert_eq!(qq.len(), Sq8::padded(dim));
+            let plain: Vec<i32> = codes
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .zip(&q)
+                        .map(|(&x, &y)| {
+                            let d = sq.level(x) as i32 - sq.level(y) as i32;
+                            d * d
+                        })
+                        .sum()
+                })
+                .collect();
+            assert_eq!(sq.level(f32::NAN), 0);
+            assert_eq!(sq.level(1e9), 255);
+            let stride = BLOCK * qq.len();
+            for (b, block) in cell.q8.chunks_exact(stride).enumerate() {
+                let valid = (codes.len() - b * BLOCK).min(BLOCK);
+                let portable = q8_block_sums(&qq, block);
+                assert_eq!(&portable[..valid], &plain[b * BLOCK..b * BLOCK + valid]);
+                #[cfg(target_arch = "x86_64")]
+                if let Some(v3) = pulp::x86::V3::try_new() {
+                    let fast = v3.vectorize(|| q8_x86::block_sums_v3(v3, &qq, block));
+                    assert_eq!(fast, portable, "dim {dim}, block {b}");
+                }
+            }
+            for level in [None, Some(())] {
+                let mut g = Generation::clustered(vec![0.0; dim], dim, 1);
+                g.cells[0] = cell.clone();
+                let mut offered = Vec::new();
+                let bound = || f32::INFINITY;
+                #[cfg(target_arch = "x86_64")]
+                let lv = level.and_then(|_| pulp::x86::V3::try_new());
+                #[cfg(not(target_arch = "x86_64"))]
+                let lv = level.and(None);
+                scan_q8_with(
+                    &g.cells[0],
+                    &qq,
+                    sq.step,
+                    bound,
+                    |d, slot| offered.push((slot, d)),
+                    lv,
+                );
+                let want: Vec<(usize, f32)> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| (i, p as f32 * (sq.step * sq.step)))
+                    .collect();
+                assert_eq!(offered, want, "dim {dim}");
+            }
+        }
+        assert!(Sq8::train(&[f32::NAN, f32::INFINITY]).is_none());
+        let same = Sq8::train(&[2.0; 8]).unwrap();
+        assert!(same.valid() && same.level(2.0) == same.level(2.0 + 1e-7));
+    }
+
+    /// Byte levels: written for every held code when a state is switched to them (a state saved
+    /// without them is converted), kept through every insertion, clustering and rotation,
+    /// rebuilt on loading (not serialised), checked on loading, and dropped when switched off.
+    #[test]
+    fn byte_levels_follow_the_codes_and_are_checked_on_loading() {
+        let codes = mnist_like_codes(700, 5);
+        let params = IvfParams {
+            max_lists: 16,
+            probe: 4,
+            train_size: 256,
+            ..IvfParams::default()
+        };
+        let payload = |c: &[f32]| -> Vec<u8> { c.iter().map(|x| (x * 40.0) as u8).collect() };
+        let mut plain = IvfIndex::new(24, params, 500, 9);
+        let mut levels = IvfIndex::new(
+            24,
+            IvfParams {
+                sq8: true,
+                ..params
+            },
+            500,
+            9,
+        );
+        for c in &codes[..600] {
+            plain.insert_with_payload(c, &payload(c));
+            levels.insert_with_payload(c, &payload(c));
+        }
+        assert!(plain.previous.is_some() && levels.previous.is_some());
+        let check = |idx: &IvfIndex| {
+            for g in std::iter::once(&idx.current).chain(idx.previous.as_ref()) {
+                let Some(sq) = g.sq else {
+                    assert!(g.centroids.is_empty() || !idx.params.sq8);
+                    assert!(g.cells.iter().all(|c| c.q8.is_empty()));
+                    continue;
+                };
+                for cell in &g.cells {
+                    let mut want = Vec::new();
+                    let mut code = Vec::new();
+                    for slot in 0..cell.len {
+                        code.clear();
+                        cell.read(slot, 24, &mut code);
+                        sq.write(&mut want, slot, &code);
+                    }
+                    assert_eq!(cell.q8, want);
+                }
+            }
+        };
+        check(&levels);
+        let mut converted = plain.clone();
+        converted.set_sq8(true);
+        assert!(converted.current.sq.is_some() || converted.current.centroids.is_empty());
+        assert!(converted.previous.as_ref().unwrap().sq.is_some());
+        check(&converted);
+        let json = serde_json::to_string(&levels).unwrap();
+        assert!(!json.contains("\"q8\""), "levels serialised");
+        let mut back: IvfIndex = serde_json::from_str(&json).unwrap();
+        check(&back);
+        for c in &codes[600..] {
+            let p = payload(c);
+            assert_eq!(
+                back.nearest_payload_dist2(c, &p, 4),
+                levels.nearest_payload_dist2(c, &p, 4)
+            );
+            levels.insert_with_payload(c, &p);
+            back.insert_with_payload(c, &p);
+        }
+        check(&levels);
+        check(&back);
+        let mut off = levels.clone();
+        off.set_sq8(false);
+        check(&off);
+        assert!(off.heap_bytes() < levels.heap_bytes());
+        for (path, bad) in [
+            ("step", serde_json::json!(0.0)),
+            ("lo", serde_json::json!(null)),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            v["previous"]["sq"][path] = bad;
+            let err = serde_json::from_value::<IvfIndex>(v).unwrap_err();
+            assert!(
+                err.to_string().contains("byte quantiser") || err.to_string().contains("f32"),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn serde_round_trip_and_corrupt_states_are_refused() {
         let codes = mnist_like_codes(700, 4);
@@ -1753,13 +2206,19 @@ mod tests {
             (code, bytes)
         };
         // Capacity 4000: the stream clusters, re-clusters and rotates once. Fast scan on (16
-        // sub-quantisers of 2 coordinates, a shortlist of 2 × 8), compared below with the exact
-        // scan of the same index (PRADA's default).
+        // sub-quantisers of 2 coordinates, a shortlist of 2 × 8) and byte levels off, compared
+        // below with the exact scan of the same index and with its byte levels (PRADA's
+        // default).
         let params = IvfParams {
             fastscan_m: 16,
             fastscan_rerank: 2,
+            sq8: false,
             ..cfg.ivf
         };
+        assert!(
+            cfg.ivf.sq8 && cfg.ivf.fastscan_m == 0,
+            "PRADA's default changed"
+        );
         let mut idx = IvfIndex::new(cfg.proj_dim, params, 4000, 1);
         for p in pts {
             let (c, b) = prep(p);
@@ -1769,7 +2228,10 @@ mod tests {
         // The same index scanned exactly: the fast scan finds the exact nearest as often.
         let mut scanned = idx.clone();
         scanned.set_fastscan(0, 2);
-        let (mut exact, mut exact_scan) = (0, 0);
+        let mut levels = scanned.clone();
+        levels.set_sq8(true);
+        assert!(levels.current.sq.is_some() && levels.previous.as_ref().unwrap().sq.is_some());
+        let (mut exact, mut exact_scan, mut exact_levels) = (0, 0, 0);
         for q in queries {
             let (c, b) = prep(q);
             let approx = idx.nearest_payload_dist2(&c, &b, cfg.candidates).unwrap();
@@ -1780,12 +2242,23 @@ mod tests {
                 .nearest_payload_dist2(&c, &b, cfg.candidates)
                 .unwrap();
             exact_scan += (s == truth) as usize;
+            let l = levels
+                .nearest_payload_dist2(&c, &b, cfg.candidates)
+                .unwrap();
+            assert!(l >= truth);
+            exact_levels += (l == truth) as usize;
         }
-        println!("exact 1-NN: fast scan {exact}/200, exact scan {exact_scan}/200");
+        println!(
+            "exact 1-NN: fast scan {exact}/200, exact scan {exact_scan}/200, byte levels {exact_levels}/200"
+        );
         assert!(exact >= 180, "exact 1-NN for {exact}/200 queries");
         assert!(
             exact + 6 >= exact_scan,
             "{exact} vs {exact_scan} with the exact scan"
+        );
+        assert!(
+            exact_levels + 4 >= exact_scan,
+            "{exact_levels} with byte levels vs {exact_scan} with the exact scan"
         );
         // An inserted point is found at distance 0 through its own payload.
         let (c, b) = prep(&queries[0]);
@@ -1808,6 +2281,7 @@ mod tests {
             kmeans_iters: 0,
             fastscan_m: 0,
             fastscan_rerank: 0,
+            sq8: true,
         };
         for (params, capacity) in [
             (zero, 0),

@@ -128,8 +128,11 @@ impl Default for PradaConfig {
             // cells of ≈ 100 codes it was faster only under memory pressure and 12% slower in a
             // quiet window (`docs/bench/detect.md`, seventh session); `fastscan_m = 16`,
             // `fastscan_rerank = 2` turn it on (saved states are converted on restore).
+            // Byte levels on (`IvfParams::sq8`): the candidates are chosen on a quarter of the
+            // bytes of the `f32` codes, then re-ranked on the exact payloads as before.
             ivf: IvfParams {
                 train_size: 512,
+                sq8: true,
                 ..IvfParams::default()
             },
             hnsw: HnswParams {
@@ -492,8 +495,10 @@ impl PradaState {
             let Some(index) = set.index.as_mut() else {
                 return Err(format!("prada: class {c} has no index"));
             };
-            // A state saved before fast scan (or with other parameters) is converted.
+            // A state saved before fast scan or byte levels (or with other parameters) is
+            // converted.
             index.set_fastscan(cfg.ivf.fastscan_m, cfg.ivf.fastscan_rerank);
+            index.set_sq8(cfg.ivf.sq8);
         }
         if let Some(o) = self.outside.as_mut() {
             let ocfg = PradaConfig {
