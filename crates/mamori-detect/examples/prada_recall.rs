@@ -9,7 +9,8 @@
 //! `d_min` is exact, the mean relative excess of the others, and the search time.
 //!
 //! Run: `cargo run --release -p mamori-detect --example prada_recall -- [N] [probe,probe,…]
-//! [fastscan_m] [candidates]` (defaults: 100000, `4,8,16`, 0, PRADA's 8).
+//! [fastscan_m] [candidates] [sq8]` (defaults: 100000, `4,8,16`, 0, PRADA's 8, PRADA's byte
+//! levels: `1` on, `0` off).
 
 use mamori_detect::ivf::{IvfIndex, IvfParams};
 use mamori_detect::prada::PradaConfig;
@@ -29,6 +30,9 @@ fn main() {
     let mut cfg = PradaConfig::default();
     if let Some(c) = args.get(3) {
         cfg.candidates = c.parse().expect("candidates");
+    }
+    if let Some(b) = args.get(4) {
+        cfg.ivf.sq8 = b.parse::<u8>().expect("sq8: 0 or 1") == 1;
     }
     let common::Stream { xs, ys, .. } = common::stream(n);
     let proj = projection(cfg.proj_dim, 784);
@@ -52,8 +56,8 @@ fn main() {
         })
         .collect();
     println!(
-        "N {n}, class capacity 2^15, candidates {}, fastscan_m {fastscan_m}",
-        cfg.candidates
+        "N {n}, class capacity 2^15, candidates {}, fastscan_m {fastscan_m}, byte levels {}",
+        cfg.candidates, cfg.ivf.sq8
     );
     println!("| probe | exact d_min | mean excess of the others | µs per search |");
     println!("|---|---|---|---|");
