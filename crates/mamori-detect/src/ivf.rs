@@ -1027,6 +1027,17 @@ impl Kernel for RerankKernel<'_> {
         };
         // A plain loop, not an iterator adapter: an adapter's `fold` is compiled out of line,
         // without the dispatched SIMD level, and the distance with it.
+        // First one load per cache line of every candidate's payload and nothing else:
+        // independent loads, whose misses overlap (the candidates lie anywhere in the
+        // generation), before the distances read them in order.
+        let mut touched = 0u8;
+        for cand in self.cands {
+            let p = payload(cand);
+            for x in p.iter().step_by(64).chain(p.last()) {
+                touched |= x;
+            }
+        }
+        std::hint::black_box(touched);
         let mut best: Option<f32> = None;
         for cand in self.cands {
             let d = <u8 as crate::ann::Elem>::dist2(self.full, payload(cand));
