@@ -86,6 +86,18 @@ pub(crate) struct Projections {
     seed: u64,
     out: usize,
     cache: Mutex<HashMap<usize, Arc<Vec<f32>>>>,
+    signs: Mutex<HashMap<usize, Arc<SignRows>>>,
+}
+
+/// A projection matrix's signs as bytes (`±1`), with each row's sum and the scale `1/√out`:
+/// the same projection applied to inputs given as byte levels ([`Projections::project_levels`]),
+/// a quarter of the matrix's bytes.
+#[derive(Debug)]
+pub(crate) struct SignRows {
+    dim: usize,
+    signs: Vec<i8>,
+    sums: Vec<i32>,
+    scale: f32,
 }
 
 impl Projections {
@@ -94,6 +106,52 @@ impl Projections {
             seed,
             out,
             cache: Mutex::new(HashMap::new()),
+            signs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// [`Projections::matrix`]'s signs for `dim`-dimensional inputs.
+    pub(crate) fn signs(&self, dim: usize) -> Arc<SignRows> {
+        let m = self.matrix(dim);
+        let mut cache = self.signs.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(dim)
+            .or_insert_with(|| {
+                let signs: Vec<i8> = m.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
+                let sums = signs
+                    .chunks(dim.max(1))
+                    .map(|r| r.iter().map(|&v| v as i32).sum())
+                    .collect();
+                Arc::new(SignRows {
+                    dim,
+                    signs,
+                    sums,
+                    scale: 1.0 / (self.out as f32).sqrt(),
+                })
+            })
+            .clone()
+    }
+
+    /// The projection of the input whose values are `lo + step · levels[i]` (byte levels, as
+    /// PRADA quantises its inputs): row `r` is `scale · (lo · Σ s_ri + step · Σ s_ri · l_i)`,
+    /// the second sum exact in integers (AVX2 byte multiply-adds where the CPU has it, a plain
+    /// loop otherwise: the same sums). Equal to [`Projections::project`] of those values up to
+    /// `f32` rounding.
+    pub(crate) fn project_levels(
+        rows: &SignRows,
+        levels: &[u8],
+        lo: f32,
+        step: f32,
+        out: &mut Vec<f32>,
+    ) {
+        out.clear();
+        if levels.len() != rows.dim || rows.dim == 0 {
+            out.resize(rows.sums.len(), 0.0);
+            return;
+        }
+        for (row, &sum) in rows.signs.chunks_exact(rows.dim).zip(&rows.sums) {
+            let dot = sign_dot(row, levels);
+            out.push(rows.scale * (lo * sum as f32 + step * dot as f32));
         }
     }
 
@@ -126,6 +184,46 @@ impl Projections {
         out.clear();
         crate::simd::vectorized(ProjectKernel { m, x, out });
     }
+}
+
+/// `Σ s_i · l_i` (signs `±1`, byte levels), exact.
+fn sign_dot(signs: &[i8], levels: &[u8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = pulp::x86::V3::try_new() {
+        return v3.vectorize(|| sign_dot_v3(v3, signs, levels));
+    }
+    sign_dot_portable(signs, levels)
+}
+
+/// [`sign_dot`]'s plain loop.
+fn sign_dot_portable(signs: &[i8], levels: &[u8]) -> i32 {
+    signs
+        .iter()
+        .zip(levels)
+        .map(|(&s, &l)| s as i32 * l as i32)
+        .sum()
+}
+
+/// [`sign_dot`] with AVX2: 32 levels times 32 signs per step (`maddubs`: adjacent pairs summed
+/// in 16 bits, at most `2 · 255`, then in 32 bits), the remainder one by one.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sign_dot_v3(v3: pulp::x86::V3, signs: &[i8], levels: &[u8]) -> i32 {
+    use core::arch::x86_64::__m256i;
+    let (avx, avx2) = (v3.avx, v3.avx2);
+    let ones = avx._mm256_set1_epi16(1);
+    let mut acc = avx._mm256_setzero_si256();
+    let (cs, cl) = (signs.chunks_exact(32), levels.chunks_exact(32));
+    let (rs, rl) = (cs.remainder(), cl.remainder());
+    for (s, l) in cs.zip(cl) {
+        let (mut sa, mut la) = ([0i8; 32], [0u8; 32]);
+        sa.copy_from_slice(s);
+        la.copy_from_slice(l);
+        let pairs = avx2._mm256_maddubs_epi16(pulp::cast::<_, __m256i>(la), pulp::cast(sa));
+        acc = avx2._mm256_add_epi32(acc, avx2._mm256_madd_epi16(pairs, ones));
+    }
+    let lanes: [i32; 8] = pulp::cast(acc);
+    lanes.iter().sum::<i32>() + sign_dot_portable(rs, rl)
 }
 
 /// [`Projections::project`] as a [`Kernel`].
@@ -441,6 +539,47 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("fast-scan code bytes"), "{err}");
+    }
+
+    /// The projection of byte levels (PRADA's) is the float projection of the values they
+    /// stand for, up to `f32` rounding, over a range that is not `[0, 1]` too; its integer
+    /// sums are the same with AVX2 as in the plain loop, for every remainder length; a level
+    /// vector of another length gives zeros, not a panic.
+    #[test]
+    fn projection_of_byte_levels_matches_the_float_projection() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let p = Projections::new(7, 32);
+        for (dim, lo, hi) in [
+            (784usize, 0.0f32, 1.0f32),
+            (13, -3.0, 5.0),
+            (64, 0.0, 1000.0),
+        ] {
+            let levels: Vec<u8> = (0..dim).map(|_| rng.gen()).collect();
+            let step = (hi - lo) / 255.0;
+            let x: Vec<f32> = levels.iter().map(|&l| lo + step * l as f32).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            Projections::project(&p.matrix(dim), &x, &mut a);
+            Projections::project_levels(&p.signs(dim), &levels, lo, step, &mut b);
+            assert_eq!(a.len(), b.len());
+            let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            for (u, v) in a.iter().zip(&b) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * norm.max(1.0),
+                    "{u} vs {v} (dim {dim})"
+                );
+            }
+            let mut short = Vec::new();
+            Projections::project_levels(&p.signs(dim), &levels[1..], lo, step, &mut short);
+            assert_eq!(short, vec![0.0; 32]);
+        }
+        for n in [0usize, 1, 31, 32, 33, 784] {
+            let s: Vec<i8> = (0..n).map(|_| if rng.gen() { 1 } else { -1 }).collect();
+            let l: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            let plain: i32 = s.iter().zip(&l).map(|(&a, &b)| a as i32 * b as i32).sum();
+            assert_eq!(sign_dot(&s, &l), plain, "n = {n}");
+            assert_eq!(sign_dot_portable(&s, &l), plain, "n = {n}");
+        }
     }
 
     #[test]

@@ -541,7 +541,11 @@ impl DetectorState for PradaState {
         quantise_range(obs.input, self.cfg.input_range, &mut buf);
         let mut code = std::mem::take(&mut self.code);
         if let Some(p) = &self.proj {
-            Projections::project(&p.matrix(obs.input.len()), obs.input, &mut code);
+            // From the byte levels just computed (the values PRADA's distances are measured
+            // on): a quarter of the float matrix's bytes, exact integer sums.
+            let [lo, hi] = self.cfg.input_range;
+            let step = (hi - lo) / 255.0;
+            Projections::project_levels(&p.signs(obs.input.len()), &buf, lo, step, &mut code);
         }
         let cfg = &self.cfg;
         let slot = &mut self.classes[c];
