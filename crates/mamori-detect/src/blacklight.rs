@@ -190,19 +190,29 @@ fn top_distinct(v: &mut Vec<u64>, n: usize) {
 /// Posting lists of up to this many ids are stored inline, in the map's bucket.
 const INLINE: usize = 6;
 
-/// One posting list (past query ids, oldest first). Short lists — most hashes are seen by one
-/// or a few queries — live inline in the map's bucket, so a lookup does not follow a pointer
-/// to the heap (one cache miss fewer); a list that outgrows [`INLINE`] ids moves to the heap.
-/// Serialised as the plain list of ids (the form of states written before).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// One posting list (past query ids). Short lists — most hashes are seen by one or a few
+/// queries — live inline in the map's bucket, so a lookup does not follow a pointer to the
+/// heap (one cache miss fewer); a list that outgrows [`INLINE`] ids moves to the heap, where a
+/// full list is a ring (its newest id overwrites its oldest in place instead of shifting the
+/// list: the counts need the ids, not their order). Serialised as the plain list of ids,
+/// oldest first (the form of states written before).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "Vec<u32>", into = "Vec<u32>")]
 struct Postings {
+    /// Ids held inline; once the list is on the heap, the ring's oldest slot.
     len: u32,
     inline: [u32; INLINE],
     spill: Vec<u32>,
 }
 
+impl PartialEq for Postings {
+    fn eq(&self, other: &Self) -> bool {
+        self.oldest_first() == other.oldest_first()
+    }
+}
+
 impl Postings {
+    /// The ids, in no particular order.
     fn as_slice(&self) -> &[u32] {
         if self.spill.is_empty() {
             &self.inline[..self.len as usize]
@@ -211,14 +221,36 @@ impl Postings {
         }
     }
 
+    /// The ids, oldest first.
+    fn oldest_first(&self) -> Vec<u32> {
+        let mut v = self.as_slice().to_vec();
+        if !self.spill.is_empty() {
+            let head = self.len as usize % v.len();
+            v.rotate_left(head);
+        }
+        v
+    }
+
     /// Appends `id`, dropping the oldest id beyond `max` entries.
     fn push_capped(&mut self, id: u32, max: usize) {
         let max = max.max(1);
         if !self.spill.is_empty() {
-            self.spill.push(id);
-            if self.spill.len() > max {
-                self.spill.remove(0);
+            if self.spill.len() < max {
+                self.spill.push(id);
+                return;
             }
+            if self.spill.len() > max {
+                // A smaller cap than the list was filled under: the newest `max − 1` stay.
+                let mut v = self.oldest_first();
+                v.drain(..v.len() - (max - 1));
+                v.push(id);
+                self.spill = v;
+                self.len = 0;
+                return;
+            }
+            let head = self.len as usize % max;
+            self.spill[head] = id;
+            self.len = ((head + 1) % max) as u32;
             return;
         }
         let n = self.len as usize;
@@ -258,7 +290,7 @@ impl From<Vec<u32>> for Postings {
 
 impl From<Postings> for Vec<u32> {
     fn from(p: Postings) -> Self {
-        p.as_slice().to_vec()
+        p.oldest_first()
     }
 }
 
@@ -578,7 +610,10 @@ mod tests {
                 if v.len() > max {
                     v.remove(0);
                 }
-                assert_eq!(p.as_slice(), v.as_slice(), "max {max}, id {id}");
+                assert_eq!(p.oldest_first(), v, "max {max}, id {id}");
+                let mut held = p.as_slice().to_vec();
+                held.sort_unstable();
+                assert_eq!(held, v, "max {max}, id {id}");
                 let json = serde_json::to_string(&p).unwrap();
                 assert_eq!(json, serde_json::to_string(&v).unwrap());
                 assert_eq!(
@@ -587,6 +622,16 @@ mod tests {
                 );
             }
         }
+        // A ring filled under a cap of 32, then pushed under a cap of 7 (a configuration
+        // changed between two runs): the newest 7 stay, and the ring goes on from there.
+        let mut p = Postings::default();
+        for id in 0..45u32 {
+            p.push_capped(id, 32);
+        }
+        p.push_capped(45, 7);
+        assert_eq!(p.oldest_first(), (39..46).collect::<Vec<u32>>());
+        p.push_capped(46, 7);
+        assert_eq!(p.oldest_first(), (40..47).collect::<Vec<u32>>());
         let old = r#"{"postings":{"7":[1,2,3,4,5,6,7,8],"9":[3]},"count":2}"#;
         let g: Generation = serde_json::from_str(old).unwrap();
         assert_eq!(g.postings[&7].as_slice(), &[1, 2, 3, 4, 5, 6, 7, 8]);
