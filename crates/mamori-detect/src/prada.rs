@@ -285,11 +285,24 @@ struct PradaState {
     /// The pooled distances of a test (reused).
     #[serde(skip)]
     pooled: Vec<f64>,
-    /// The distance set `D` kept sorted ((distance, class), ascending), updated with each
-    /// query (a binary search and a shift), so that a test needs no sort; rebuilt from `dists`
-    /// when out of step (after a restore).
+    /// The distance set `D` sorted ((distance, class), ascending) as of the last test, brought
+    /// up to date at each test by one merge pass with the distances added and removed since
+    /// (instead of a binary search and a shift of the whole set per query), so that a test
+    /// needs no sort; rebuilt from `dists` when out of step (after a restore).
     #[serde(skip)]
     sorted: Vec<(f64, u16)>,
+    /// Distances that entered `D` since the last test (unsorted).
+    #[serde(skip)]
+    added: Vec<(f64, u16)>,
+    /// Distances that left `D` since the last test (unsorted).
+    #[serde(skip)]
+    removed: Vec<(f64, u16)>,
+    /// The merge's output buffer (swapped with `sorted`).
+    #[serde(skip)]
+    merged: Vec<(f64, u16)>,
+    /// Whether `sorted`, `added` and `removed` describe `dists` (false after a restore).
+    #[serde(skip)]
+    in_step: bool,
 }
 
 impl PradaState {
@@ -314,6 +327,9 @@ impl PradaState {
             + vec(&self.code)
             + vec(&self.pooled)
             + vec(&self.sorted)
+            + vec(&self.added)
+            + vec(&self.removed)
+            + vec(&self.merged)
             + outside
     }
 }
@@ -385,6 +401,7 @@ impl Detector for PradaDetector {
 
 impl PradaState {
     fn test(&mut self) {
+        self.bring_sorted_up_to_date();
         let min_entries = self.cfg.min_class_entries;
         let classes = &self.classes;
         let pooled_class = |c: u16| {
@@ -418,10 +435,6 @@ impl PradaState {
         // does; with σ = 0 every value is kept); the test needs more than `min_distances`
         // of the remaining values.
         let limit = self.cfg.outlier_sigma * sd;
-        if self.sorted.len() != self.dists.len() {
-            self.sorted = self.dists.iter().map(|&(c, d)| (d, c)).collect();
-            self.sorted.sort_unstable_by(by_distance);
-        }
         let pooled = &mut self.pooled;
         pooled.clear();
         pooled.extend(
@@ -456,6 +469,79 @@ impl PradaState {
 }
 
 impl PradaState {
+    /// Brings [`PradaState::sorted`] up to date: the distances added since the last test and
+    /// those removed since (sorted first, an entry both added and removed cancelled) are
+    /// spliced in at their binary-searched positions, the runs between them copied whole into
+    /// the other buffer — one copy of the set per test instead of a shift per query —; out of
+    /// step (after a restore, or when the bookkeeping does not add up), `dists` is sorted.
+    fn bring_sorted_up_to_date(&mut self) {
+        let expected = self.sorted.len() + self.added.len();
+        let mut ok = self.in_step && expected == self.dists.len() + self.removed.len();
+        if ok && !(self.added.is_empty() && self.removed.is_empty()) {
+            self.added.sort_unstable_by(by_distance);
+            self.removed.sort_unstable_by(by_distance);
+            // Cancel the entries both added and removed (multiset difference, two pointers).
+            let (mut add, mut rem) = (Vec::new(), Vec::new());
+            let (mut a, mut r) = (0, 0);
+            while a < self.added.len() || r < self.removed.len() {
+                match (self.added.get(a), self.removed.get(r)) {
+                    (Some(x), Some(y)) if by_distance(x, y).is_eq() => {
+                        a += 1;
+                        r += 1;
+                    }
+                    (Some(x), Some(y)) if by_distance(x, y).is_lt() => {
+                        add.push(*x);
+                        a += 1;
+                    }
+                    (Some(x), None) => {
+                        add.push(*x);
+                        a += 1;
+                    }
+                    (_, Some(y)) => {
+                        rem.push(*y);
+                        r += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
+            let sorted = &self.sorted;
+            let merged = &mut self.merged;
+            merged.clear();
+            merged.reserve(self.dists.len());
+            let (mut prev, mut a, mut r) = (0, 0, 0);
+            while ok && (a < add.len() || r < rem.len()) {
+                // Removals first at equal keys (they are found in the old set).
+                let removal =
+                    a >= add.len() || (r < rem.len() && by_distance(&rem[r], &add[a]).is_le());
+                let e = if removal { rem[r] } else { add[a] };
+                let pos = prev + sorted[prev..].partition_point(|x| by_distance(x, &e).is_lt());
+                merged.extend_from_slice(&sorted[prev..pos]);
+                prev = pos;
+                if removal {
+                    ok = sorted.get(prev).is_some_and(|x| by_distance(x, &e).is_eq());
+                    prev += 1;
+                    r += 1;
+                } else {
+                    merged.push(e);
+                    a += 1;
+                }
+            }
+            if ok {
+                merged.extend_from_slice(&sorted[prev.min(sorted.len())..]);
+                ok = merged.len() == self.dists.len();
+                std::mem::swap(&mut self.sorted, &mut self.merged);
+            }
+        }
+        if !ok {
+            self.sorted.clear();
+            self.sorted.extend(self.dists.iter().map(|&(c, d)| (d, c)));
+            self.sorted.sort_unstable_by(by_distance);
+        }
+        self.added.clear();
+        self.removed.clear();
+        self.in_step = true;
+    }
+
     /// The verdict of the last test (score `(1 − W)/(1 − δ)`, ≥ 1 below δ) and the alarm; with
     /// an out-of-distribution pool, the larger score and either alarm.
     fn verdict(&self) -> Verdict {
@@ -574,31 +660,23 @@ impl DetectorState for PradaState {
                         let [lo, hi] = cfg.input_range;
                         (d2 as f64).sqrt() / 255.0 * (hi - lo) as f64
                     });
-                let live = self.sorted.len() == self.dists.len();
                 self.dists.push_back((c as u16, dmin));
                 set.d_count += 1;
-                if live {
-                    let e = (dmin, c as u16);
-                    let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
-                    self.sorted.insert(at, e);
+                // The sorted set's bookkeeping, while in step (bounded: a test comes every
+                // `check_every` queries once `D` holds `min_distances`).
+                let track =
+                    self.in_step && self.added.len() <= 2 * cfg.max_distances.clamp(3, 5000);
+                self.in_step = track;
+                if track {
+                    self.added.push((dmin, c as u16));
                 }
                 if self.dists.len() > cfg.max_distances.clamp(3, 5000) {
                     if let Some((old, d)) = self.dists.pop_front() {
                         if let Some(Some(s)) = self.classes.get_mut(old as usize) {
                             s.d_count -= 1;
                         }
-                        if live {
-                            let e = (d, old);
-                            let at = self.sorted.partition_point(|x| by_distance(x, &e).is_lt());
-                            if self
-                                .sorted
-                                .get(at)
-                                .is_some_and(|x| by_distance(x, &e).is_eq())
-                            {
-                                self.sorted.remove(at);
-                            } else {
-                                self.sorted.clear();
-                            }
+                        if track {
+                            self.removed.push((d, old));
                         }
                     }
                 }
@@ -1012,6 +1090,36 @@ mod tests {
         }
     }
 
+    /// The splice of the added and removed distances gives the sorted `dists` — with repeated
+    /// values, entries added and removed between two tests (cancelled), whole turnovers of the
+    /// set between two tests, and bookkeeping that does not add up (sorted again).
+    #[test]
+    fn splicing_keeps_the_set_sorted() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut s = PradaState::default();
+        let cap = 60;
+        for round in 0..400 {
+            for _ in 0..rng.gen_range(0..90) {
+                // Few distinct values: many ties, in distance and class.
+                let e = (rng.gen_range(0..8) as f64 * 0.5, rng.gen_range(0..3u16));
+                s.dists.push_back((e.1, e.0));
+                s.added.push(e);
+                if s.dists.len() > cap {
+                    let (c, d) = s.dists.pop_front().unwrap();
+                    s.removed.push((d, c));
+                }
+            }
+            if round == 200 {
+                s.sorted.pop();
+            }
+            s.bring_sorted_up_to_date();
+            let mut want: Vec<(f64, u16)> = s.dists.iter().map(|&(c, d)| (d, c)).collect();
+            want.sort_unstable_by(by_distance);
+            assert_eq!(s.sorted, want, "round {round}");
+        }
+    }
+
     /// The sorted distance set gives every test exactly the W of the plain computation (pool
     /// the classes' distances in arrival order, drop the outliers, sort, W), also while the
     /// oldest distances leave the set and after a restore.
@@ -1035,7 +1143,10 @@ mod tests {
             }
             let before = s.tests;
             s.observe(&obs(x, *l, i));
-            assert!(s.sorted.is_empty() || s.sorted.len() == s.dists.len());
+            assert!(
+                !s.in_step || s.sorted.len() + s.added.len() == s.dists.len() + s.removed.len(),
+                "query {i}"
+            );
             if s.tests == before {
                 continue;
             }
