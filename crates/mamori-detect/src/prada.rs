@@ -15,8 +15,10 @@
 //!
 //! Cost and memory: `d_min` comes from an inverted-file index per class ([`crate::ivf`]: k-means
 //! cells of the class's points, the nearest cells scanned contiguously) searched in a
-//! `proj_dim`-dimensional random projection; its `candidates` nearest are re-ranked by the
-//! exact L2 distance on the inputs quantised to bytes over `[0, 1]` (exact for 8-bit images),
+//! `proj_dim`-dimensional random projection of the quantised input (its codes scanned as byte
+//! levels, [`crate::ivf::IvfParams::sq8`]); its `candidates` nearest are re-ranked by the
+//! exact L2 distance on the inputs quantised to bytes over the model's input range (exact for
+//! 8-bit images),
 //! so `d_min` is exact whenever the true nearest is among the candidates (checked in the
 //! tests against a linear scan); each class keeps at most `2·class_capacity` points
 //! (generational eviction, and the per-cell FIFO cap of [`crate::ivf`]) and `D` keeps its
