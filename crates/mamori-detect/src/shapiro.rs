@@ -221,10 +221,11 @@ pub fn shapiro_wilk_w_sorted(x: &[f64]) -> Result<f64, ShapiroError> {
     if !(3..=5000).contains(&n) {
         return Err(ShapiroError::SampleSize(n));
     }
-    if x.iter().any(|v| !v.is_finite()) {
+    // Both checks without an early exit (a fold of `&`), so that they vectorise.
+    if !x.iter().fold(true, |ok, v| ok & v.is_finite()) {
         return Err(ShapiroError::NonFinite);
     }
-    if !x.windows(2).all(|p| p[0] <= p[1]) {
+    if !x.iter().zip(&x[1..]).fold(true, |ok, (a, b)| ok & (a <= b)) {
         return shapiro_wilk_w_in_place(&mut x.to_vec());
     }
     let s = x;
@@ -232,14 +233,29 @@ pub fn shapiro_wilk_w_sorted(x: &[f64]) -> Result<f64, ShapiroError> {
     if range <= 0.0 {
         return Err(ShapiroError::ZeroRange);
     }
-    let mean = s.iter().sum::<f64>() / n as f64;
-    let ss: f64 = s.iter().map(|v| (v - mean) * (v - mean)).sum();
+    let mean = lane_sum(s.len(), |i| s[i]) / n as f64;
+    let ss = lane_sum(s.len(), |i| (s[i] - mean) * (s[i] - mean));
     let a = cached_coefficients(n);
-    let mut num = 0.0;
-    for (i, ai) in a.iter().enumerate() {
-        num += ai * (s[n - 1 - i] - s[i]);
-    }
+    let num = lane_sum(a.len(), |i| a[i] * (s[n - 1 - i] - s[i]));
     Ok((num * num / ss).min(1.0))
+}
+
+/// `Σ f(i)` for `i < len`, in eight partial sums (term `i` into sum `i mod 8`, then the sums
+/// in order): eight independent chains of additions instead of one — PRADA computes W of up to
+/// 5,000 values every few queries, three sums each. The same terms in another order: within
+/// rounding of the one-by-one sum (scipy's reference values are matched to 2·10⁻⁶, test).
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let whole = len - len % LANES;
+    for base in (0..whole).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let tail: f64 = (whole..len).map(f).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
