@@ -118,7 +118,7 @@ pub fn fingerprint(cfg: &BlacklightConfig, x: &[f32]) -> Vec<u64> {
 fn fingerprint_into(
     cfg: &BlacklightConfig,
     x: &[f32],
-    levels: &mut Vec<u64>,
+    levels: &mut Vec<u32>,
     hashes: &mut Vec<u64>,
 ) {
     const BASE: u64 = 0x100_0000_01B3;
@@ -130,10 +130,11 @@ fn fingerprint_into(
     let step = cfg.quant_step.max(1) as f32;
     let (lo, inv) = crate::settings::unit_map(cfg.input_range);
     // Non-negative, so the truncating cast is the floor (without a libm call per value); in a
-    // pass of its own, which vectorises.
+    // pass of its own, which vectorises (to 32-bit integers: the vector conversion; a cast to
+    // 64 bits is one scalar conversion per value at this level).
     levels.extend(
         x.iter()
-            .map(|&v| ((((v - lo) * inv).clamp(0.0, 1.0) * 255.0) / step) as u64 + 1),
+            .map(|&v| ((((v - lo) * inv).clamp(0.0, 1.0) * 255.0) / step) as u32 + 1),
     );
     let q = levels.as_slice();
     let w = cfg.window.max(1).min(q.len());
@@ -143,10 +144,10 @@ fn fingerprint_into(
     let mut lit = 0usize;
     hashes.reserve(q.len());
     for i in 0..q.len() {
-        h = h.wrapping_mul(BASE).wrapping_add(q[i]);
+        h = h.wrapping_mul(BASE).wrapping_add(u64::from(q[i]));
         lit += (q[i] > 1) as usize;
         if i >= w {
-            h = h.wrapping_sub(q[i - w].wrapping_mul(pow));
+            h = h.wrapping_sub(u64::from(q[i - w]).wrapping_mul(pow));
             lit -= (q[i - w] > 1) as usize;
         }
         if i + 1 >= w && lit > 0 {
@@ -335,7 +336,7 @@ struct BlState {
     fp: Vec<u64>,
     /// The query's quantised values (reused).
     #[serde(skip)]
-    levels: Vec<u64>,
+    levels: Vec<u32>,
 }
 
 /// Widest id range counted in the dense per-thread array (a wider one — two generations of a
