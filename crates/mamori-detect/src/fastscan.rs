@@ -243,10 +243,14 @@ impl FastScanPq {
     /// maps to 255). Inline into a dispatched kernel (the loops run over 16 lanes).
     #[inline(always)]
     pub(crate) fn lut(&self, r: &[f32], lut: &mut Lut) {
+        // Every distance and every row of a subspace below is overwritten: only the lengths are
+        // set (no zeroing of tables already of that size, once per probed cell); the padding
+        // row of an odd `m` is zeroed.
         let rows = 2 * self.pairs();
-        lut.tables.clear();
         lut.tables.resize(rows, [0; GROUP]);
-        lut.dist.clear();
+        for row in lut.tables.iter_mut().skip(self.m) {
+            *row = [0; GROUP];
+        }
         lut.dist.resize(self.m, [0.0; KSUB]);
         let (mut offset, mut range) = (0.0f32, 0.0f32);
         for (s, dist) in lut.dist.iter_mut().enumerate() {
@@ -646,6 +650,9 @@ mod tests {
     /// within the byte rounding (`m · scale / 2`), for odd `m` (a padding subspace) too.
     #[test]
     fn quantised_table_approximates_the_distance_to_the_reconstruction() {
+        // One table reused across quantisers (as an index's scratch is when its fast scan is
+        // switched) equals a fresh one each time: the padding row of an odd count is zero.
+        let mut reused = Lut::default();
         for (dim, m) in [(24, 12), (24, 8), (10, 3), (5, 5)] {
             let xs = data(500, dim, 2);
             let mut rng = 9;
@@ -654,6 +661,8 @@ mod tests {
             let mut lut = Lut::default();
             pq.lut(&q, &mut lut);
             assert_eq!(lut.tables.len(), 2 * m.div_ceil(2));
+            pq.lut(&q, &mut reused);
+            assert_eq!(reused.tables, lut.tables, "dim {dim}, m {m}");
             let (mut code, mut back) = (Vec::new(), Vec::new());
             for x in xs.chunks_exact(dim).take(50) {
                 pq.encode(x, &mut code);
