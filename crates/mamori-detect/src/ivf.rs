@@ -613,6 +613,10 @@ pub struct IvfIndex {
     /// Reusable buffers (not serialised).
     #[serde(skip)]
     scratch: Scratch,
+    /// Counts the current generation's clusterings and rotations (not serialised): a nearest
+    /// cell found by a search is valid for an insertion while it is unchanged.
+    #[serde(skip)]
+    stamp: u64,
 }
 
 /// Buffers of a fast-scan encoding.
@@ -655,6 +659,7 @@ impl Scratch {
             + vec(&self.probes)
             + vec(&self.found)
             + vec(&self.cands)
+            + vec(&self.home_code)
     }
 }
 
@@ -670,6 +675,10 @@ struct Scratch {
     found: Vec<f32>,
     /// The nearest candidates found so far: (distance, generation, cell, slot), ascending.
     cands: Vec<(f32, u32, u32, u32)>,
+    /// The last re-ranking search's code and its nearest cell of the current generation (with
+    /// the index's stamp then): an insertion of that code right after reuses the cell.
+    home: Option<(u64, u32)>,
+    home_code: Vec<f32>,
 }
 
 /// Serialised form of [`IvfIndex`], checked on loading.
@@ -702,6 +711,7 @@ impl TryFrom<IvfRepr> for IvfIndex {
             current: r.current,
             previous: r.previous,
             scratch: Scratch::default(),
+            stamp: 0,
         };
         for g in std::iter::once(&idx.current).chain(idx.previous.as_ref()) {
             let trained = !g.centroids.is_empty();
@@ -1147,6 +1157,7 @@ impl IvfIndex {
             current: Generation::flat(),
             previous: None,
             scratch: Scratch::default(),
+            stamp: 0,
         }
     }
 
@@ -1234,8 +1245,14 @@ impl IvfIndex {
             return;
         }
         self.rotate();
+        let home = self.scratch.home.take();
         let cell = if self.current.centroids.is_empty() {
             0
+        } else if let Some((_, c)) =
+            home.filter(|&(stamp, _)| stamp == self.stamp && self.scratch.home_code == v)
+        {
+            // The re-ranking search of this code just found it (`nearest_payload_dist2`).
+            c as usize
         } else {
             nearest_centroids(
                 &self.current.centroids,
@@ -1267,7 +1284,7 @@ impl IvfIndex {
         cands.clear();
         let worst = std::cell::Cell::new(f32::INFINITY);
         let bound = || worst.get();
-        crate::simd::vectorized(SearchKernel {
+        let home = crate::simd::vectorized(SearchKernel {
             index: self,
             q,
             k,
@@ -1289,6 +1306,9 @@ impl IvfIndex {
             cands: &sc.cands,
             full,
         });
+        sc.home = Some((self.stamp, home as u32));
+        sc.home_code.clear();
+        sc.home_code.extend_from_slice(q);
         self.scratch = sc;
         best
     }
@@ -1407,6 +1427,7 @@ impl IvfIndex {
         if self.current.inserted < self.capacity {
             return;
         }
+        self.stamp += 1;
         let full = std::mem::take(&mut self.current);
         let (mut codes, mut payloads) = (Vec::new(), Vec::new());
         full.read_all(self.dim, 0, &mut codes, &mut payloads);
@@ -1464,6 +1485,7 @@ impl IvfIndex {
         }
         let fsq = self.train_fastscan(&codes, &centroids);
         let inserted = self.current.inserted;
+        self.stamp += 1;
         self.current = Generation::clustered(centroids, self.dim, n);
         self.current.inserted = inserted;
         self.current.fsq = fsq;
@@ -2151,6 +2173,43 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// An insertion right after the re-ranking search of the same code reuses the cell that
+    /// search found, through clusterings and rotations; the index ends up exactly as one whose
+    /// insertions each looked their cell up (another code, or a changed generation, is looked
+    /// up again).
+    #[test]
+    fn insertions_after_a_search_go_where_a_lookup_puts_them() {
+        let codes = mnist_like_codes(1500, 6);
+        let params = IvfParams {
+            max_lists: 16,
+            probe: 4,
+            train_size: 128,
+            sq8: true,
+            ..IvfParams::default()
+        };
+        let payload = |c: &[f32]| -> Vec<u8> { c.iter().map(|x| (x * 40.0) as u8).collect() };
+        let mut searched = IvfIndex::new(24, params, 600, 3);
+        let mut plain = IvfIndex::new(24, params, 600, 3);
+        for (i, c) in codes.iter().enumerate() {
+            let p = payload(c);
+            searched.nearest_payload_dist2(c, &p, 4);
+            // Every fifth insertion is of another code than the one searched.
+            let v = if i % 5 == 4 { &codes[i - 1] } else { c };
+            let pv = payload(v);
+            searched.insert_with_payload(v, &pv);
+            plain.insert_with_payload(v, &pv);
+        }
+        assert!(
+            searched.stamp > 2,
+            "no clustering or rotation: {}",
+            searched.stamp
+        );
+        assert_eq!(
+            serde_json::to_string(&searched).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
     }
 
     #[test]
