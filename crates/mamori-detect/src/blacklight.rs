@@ -20,10 +20,11 @@
 //! Cost: the posting maps are keyed by already-mixed 64-bit hashes, so they use the
 //! multiplicative Fx hash instead of SipHash (no adversary chooses the keys: a client's hashes
 //! only index that client's own state); the lookups are made in a pass of their own (their
-//! cache misses overlap); the matches are counted in a dense per-thread array indexed by query
-//! id (the ids of a client's lists span its last two generations), not a map; and posting lists
-//! of up to 6 ids are stored inside the map's bucket (no pointer to follow for the common short
-//! list).
+//! cache misses overlap), and the lists' lines loaded before they are counted (the same); the
+//! matches are counted in a dense per-thread array indexed by query id (the ids of a client's
+//! lists span its last two generations), not a map, its counters tagged with the query's epoch
+//! so that they need no reset; posting lists of up to 6 ids are stored inside the map's bucket
+//! (no pointer to follow for the common short list), and a full list is a ring.
 
 use crate::error::{decode_state, encode_state};
 use crate::window::FlagWindow;
@@ -375,10 +376,9 @@ fn max_shared(lists: &[&[u32]], lo: u32, span: usize) -> u32 {
     best
 }
 
-/// [`max_shared`] in the dense array `d` (all zero before and after); `None` when an id lies
-/// outside `[lo, lo + span)`.
+/// [`max_shared`] in the dense array `d`; `None` when an id lies outside `[lo, lo + span)`.
 ///
-/// Each counter is `epoch << 8 | count`, the epoch a byte drawn anew for each call: a counter
+/// Each counter is `epoch << 8 | count`, the epoch a byte advanced at each call: a counter
 /// of another epoch counts as zero, so the counters need no reset after a call — one random
 /// access per id instead of two (≈ 1,150 ids per query spread over the array at 100k queries
 /// of history, evicted between two queries by the other detectors' scans). The whole array is
