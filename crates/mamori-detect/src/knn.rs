@@ -112,6 +112,14 @@ impl Projections {
 
     /// [`Projections::matrix`]'s signs for `dim`-dimensional inputs.
     pub(crate) fn signs(&self, dim: usize) -> Arc<SignRows> {
+        if let Some(rows) = self
+            .signs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dim)
+        {
+            return rows.clone();
+        }
         let m = self.matrix(dim);
         let mut cache = self.signs.lock().unwrap_or_else(|e| e.into_inner());
         cache
