@@ -33,7 +33,8 @@ pub const MAX_SEEN: usize = 100_000;
 /// sent, at most [`MAX_SEEN`] (all forgotten when full). Shared by this engine and the
 /// gateway, which applies the same rule to its subjects.
 ///
-/// The hash is keyed with a secret drawn when the memory is made ([`RepeatHash`]): a query
+/// The hash is keyed with a secret drawn when the memory is made — the engine draws one for
+/// all its clients' and groups' memories — ([`RepeatHash`]): a query
 /// taken for a repeat is hidden from every detector but the volume one, so a client able to
 /// make a new input collide with an old one would hide its whole search. An unkeyed hash
 /// (as this one was before: FNV-style, every step invertible) lets it do that by choosing a
@@ -50,10 +51,24 @@ impl RepeatMemory {
     /// Whether `x` is bit-identical to an input remembered (by its keyed 64-bit hash);
     /// remembers it.
     pub fn repeat(&mut self, x: &[f32]) -> bool {
+        self.repeat_hashed(self.hash.of(x))
+    }
+
+    /// An empty memory whose hashes are `hash`'s (the engine's memories share one key, so that
+    /// a query is hashed once for its client and its group).
+    fn with_key(hash: RepeatHash) -> Self {
+        Self {
+            hash,
+            seen: FxHashSet::default(),
+        }
+    }
+
+    /// [`RepeatMemory::repeat`] of an input whose hash (by this memory's key) is `h`.
+    fn repeat_hashed(&mut self, h: u64) -> bool {
         if self.seen.len() >= MAX_SEEN {
             self.seen.clear();
         }
-        !self.seen.insert(self.hash.of(x))
+        !self.seen.insert(h)
     }
 
     /// Heap bytes of its hash set.
@@ -178,16 +193,16 @@ struct Tracked {
 struct TrackedSnapshot {
     states: BTreeMap<String, serde_json::Value>,
     seen: Vec<u64>,
-    /// The key of `seen`'s hashes (absent from snapshots made before the hash was keyed:
-    /// their hashes are of another function, so they are dropped and a fresh key drawn).
-    #[serde(default)]
-    seen_key: Option<RepeatHash>,
     queries: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct EngineSnapshot {
     version: u32,
+    /// The key of every `seen` hash (absent from snapshots made before the hash was keyed:
+    /// their hashes are of another function, so they are dropped and a fresh key drawn).
+    #[serde(default)]
+    repeat_key: Option<RepeatHash>,
     clients: BTreeMap<String, TrackedSnapshot>,
     groups: BTreeMap<String, TrackedSnapshot>,
     policy: Policy,
@@ -202,6 +217,8 @@ pub struct Engine {
     clients: HashMap<String, Tracked>,
     groups: HashMap<String, Tracked>,
     policy: Policy,
+    /// The key of every client's and group's repeat memory: an input is hashed once per query.
+    repeat_key: RepeatHash,
 }
 
 impl Engine {
@@ -216,6 +233,7 @@ impl Engine {
             clients: HashMap::new(),
             groups: HashMap::new(),
             policy: Policy::new(policy),
+            repeat_key: RepeatHash::default(),
         }
     }
 
@@ -245,10 +263,10 @@ impl Engine {
         self.clients.get(client).map_or(0, |t| t.queries)
     }
 
-    fn fresh(detectors: &[Arc<dyn Detector>]) -> Tracked {
+    fn fresh(detectors: &[Arc<dyn Detector>], key: RepeatHash) -> Tracked {
         Tracked {
             states: detectors.iter().map(|d| d.new_state()).collect(),
-            seen: RepeatMemory::default(),
+            seen: RepeatMemory::with_key(key),
             queries: 0,
         }
     }
@@ -258,10 +276,11 @@ impl Engine {
         labels: &'n [String],
         t: &mut Tracked,
         obs: &Observation<'_>,
+        hash: u64,
         out: &mut Vec<(&'n str, Verdict)>,
     ) {
         t.queries += 1;
-        let repeat = t.seen.repeat(obs.input);
+        let repeat = t.seen.repeat_hashed(hash);
         for ((name, label), st) in names.iter().zip(labels).zip(t.states.iter_mut()) {
             if repeat && name != RateDetector::NAME {
                 continue;
@@ -277,21 +296,24 @@ impl Engine {
         group: Option<&str>,
         obs: &Observation<'_>,
     ) -> Decision {
+        let hash = self.repeat_key.of(obs.input);
         let mut verdicts = Vec::with_capacity(2 * self.names.len());
         let dets = &self.detectors;
         // Look up before inserting: no key allocation for a known client.
         if !self.clients.contains_key(client) {
-            self.clients.insert(client.to_string(), Self::fresh(dets));
+            self.clients
+                .insert(client.to_string(), Self::fresh(dets, self.repeat_key));
         }
         if let Some(t) = self.clients.get_mut(client) {
-            Self::run(&self.names, &self.names, t, obs, &mut verdicts);
+            Self::run(&self.names, &self.names, t, obs, hash, &mut verdicts);
         }
         if let Some(g) = group {
             if !self.groups.contains_key(g) {
-                self.groups.insert(g.to_string(), Self::fresh(dets));
+                self.groups
+                    .insert(g.to_string(), Self::fresh(dets, self.repeat_key));
             }
             if let Some(t) = self.groups.get_mut(g) {
-                Self::run(&self.names, &self.group_names, t, obs, &mut verdicts);
+                Self::run(&self.names, &self.group_names, t, obs, hash, &mut verdicts);
             }
         }
         self.policy.decide(client, group, &verdicts, obs.time_ms)
@@ -310,7 +332,6 @@ impl Engine {
                 })
                 .collect(),
             seen: t.seen.seen.iter().copied().collect(),
-            seen_key: Some(t.seen.hash),
             queries: t.queries,
         }
     }
@@ -319,6 +340,7 @@ impl Engine {
     pub fn snapshot(&self) -> Vec<u8> {
         let snap = EngineSnapshot {
             version: 1,
+            repeat_key: Some(self.repeat_key),
             clients: self
                 .clients
                 .iter()
@@ -338,6 +360,7 @@ impl Engine {
         detectors: &[Arc<dyn Detector>],
         names: &[String],
         key: &str,
+        repeat: (RepeatHash, bool),
         s: TrackedSnapshot,
     ) -> Result<Tracked, DetectError> {
         let mut states = Vec::with_capacity(detectors.len());
@@ -360,12 +383,14 @@ impl Engine {
         }
         Ok(Tracked {
             states,
-            seen: match s.seen_key {
-                Some(hash) => RepeatMemory {
-                    hash,
-                    seen: s.seen.into_iter().collect(),
+            // `repeat.1`: the snapshot's hashes are of this key (not of the unkeyed hash).
+            seen: RepeatMemory {
+                hash: repeat.0,
+                seen: if repeat.1 {
+                    s.seen.into_iter().collect()
+                } else {
+                    FxHashSet::default()
                 },
-                None => RepeatMemory::default(),
             },
             queries: s.queries,
         })
@@ -391,12 +416,16 @@ impl Engine {
             });
         }
         let mut e = Engine::new(detectors, policy.clone());
+        if let Some(key) = snap.repeat_key {
+            e.repeat_key = key;
+        }
+        let repeat = (e.repeat_key, snap.repeat_key.is_some());
         for (k, s) in snap.clients {
-            let t = Self::unsnap(&e.detectors, &e.names, &k, s)?;
+            let t = Self::unsnap(&e.detectors, &e.names, &k, repeat, s)?;
             e.clients.insert(k, t);
         }
         for (k, s) in snap.groups {
-            let t = Self::unsnap(&e.detectors, &e.names, &k, s)?;
+            let t = Self::unsnap(&e.detectors, &e.names, &k, repeat, s)?;
             e.groups.insert(k, t);
         }
         e.policy = snap.policy.with_config(policy);
@@ -478,7 +507,7 @@ mod tests {
 
     /// The repeat memory survives a snapshot with its key (a repeat after the restore is
     /// still one, so it reaches no similarity detector); a snapshot written before the key
-    /// (no `seen_key`) restores with a fresh, empty memory instead of hashes of another
+    /// (no `repeat_key`) restores with a fresh, empty memory instead of hashes of another
     /// function.
     #[test]
     fn repeat_memory_survives_a_restore_and_keyless_snapshots_start_afresh() {
@@ -502,10 +531,7 @@ mod tests {
             "the repeat reached the k-NN detector after a restore"
         );
         let mut v: serde_json::Value = serde_json::from_slice(&snap).unwrap();
-        v["clients"]["c"]
-            .as_object_mut()
-            .unwrap()
-            .remove("seen_key");
+        v.as_object_mut().unwrap().remove("repeat_key");
         let old = serde_json::to_vec(&v).unwrap();
         let mut r = Engine::restore(dets, PolicyConfig::default(), &old).unwrap();
         assert!(r.clients["c"].seen.seen.is_empty());

@@ -157,9 +157,19 @@ impl Projections {
             out.resize(rows.sums.len(), 0.0);
             return;
         }
-        for (row, &sum) in rows.signs.chunks_exact(rows.dim).zip(&rows.sums) {
-            let dot = sign_dot(row, levels);
-            out.push(rows.scale * (lo * sum as f32 + step * dot as f32));
+        let value = |sum: i32, dot: i32| rows.scale * (lo * sum as f32 + step * dot as f32);
+        let each = rows.signs.chunks_exact(rows.dim).zip(&rows.sums);
+        // One dispatch for all rows (the AVX2 sums inlined into the dispatched function).
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            return v3.vectorize(|| {
+                for (row, &sum) in each {
+                    out.push(value(sum, sign_dot_v3(v3, row, levels)));
+                }
+            });
+        }
+        for (row, &sum) in each {
+            out.push(value(sum, sign_dot_portable(row, levels)));
         }
     }
 
@@ -194,16 +204,7 @@ impl Projections {
     }
 }
 
-/// `Σ s_i · l_i` (signs `±1`, byte levels), exact.
-fn sign_dot(signs: &[i8], levels: &[u8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(v3) = pulp::x86::V3::try_new() {
-        return v3.vectorize(|| sign_dot_v3(v3, signs, levels));
-    }
-    sign_dot_portable(signs, levels)
-}
-
-/// [`sign_dot`]'s plain loop.
+/// `Σ s_i · l_i` (signs `±1`, byte levels), exact: the plain loop.
 fn sign_dot_portable(signs: &[i8], levels: &[u8]) -> i32 {
     signs
         .iter()
@@ -212,7 +213,7 @@ fn sign_dot_portable(signs: &[i8], levels: &[u8]) -> i32 {
         .sum()
 }
 
-/// [`sign_dot`] with AVX2: 32 levels times 32 signs per step (`maddubs`: adjacent pairs summed
+/// [`sign_dot_portable`] with AVX2: 32 levels times 32 signs per step (`maddubs`: adjacent pairs summed
 /// in 16 bits, at most `2 · 255`, then in 32 bits), the remainder one by one.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -585,8 +586,11 @@ mod tests {
             let s: Vec<i8> = (0..n).map(|_| if rng.gen() { 1 } else { -1 }).collect();
             let l: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
             let plain: i32 = s.iter().zip(&l).map(|(&a, &b)| a as i32 * b as i32).sum();
-            assert_eq!(sign_dot(&s, &l), plain, "n = {n}");
             assert_eq!(sign_dot_portable(&s, &l), plain, "n = {n}");
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                assert_eq!(v3.vectorize(|| sign_dot_v3(v3, &s, &l)), plain, "n = {n}");
+            }
         }
     }
 
