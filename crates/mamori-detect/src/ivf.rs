@@ -952,15 +952,16 @@ impl<B: Fn() -> f32 + Copy, O: FnMut(f32, u32, u32, usize)> Kernel for SearchKer
                     }
                 }
                 fs.short.cut();
-                // Exact distances of the shortlisted codes, from the cells' rows, in memory
-                // order (cell, then slot).
+                // Exact distances of the shortlisted codes, from the cells' rows, in the
+                // shortlist's order (sorting them into memory order first cost more than it
+                // saved: 0.7 µs per k-NN query at 100k codes). The `k` smallest distances
+                // returned do not depend on the order they are offered in.
                 fs.codes.clear();
                 fs.codes.extend(
                     fs.short
                         .items()
                         .map(|(c, slot)| ((c as u64) << 32) | slot as u64),
                 );
-                fs.codes.sort_unstable();
                 // The shortlisted rows lie in up to `probe` cells spread over the generation, so
                 // reading them is bound by cache misses: first one load per cache line of every
                 // row and nothing else (independent loads, whose misses overlap — the safe
