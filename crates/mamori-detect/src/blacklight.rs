@@ -27,6 +27,7 @@
 //! (no pointer to follow for the common short list), and a full list is a ring.
 
 use crate::error::{decode_state, encode_state};
+use crate::simd::Kernel;
 use crate::window::FlagWindow;
 use mamori_core::{DataNeed, Detector, DetectorInfo, DetectorState, Observation, Stage, Verdict};
 use rustc_hash::FxHashMap;
@@ -130,13 +131,14 @@ fn fingerprint_into(
     }
     let step = cfg.quant_step.max(1) as f32;
     let (lo, inv) = crate::settings::unit_map(cfg.input_range);
-    // Non-negative, so the truncating cast is the floor (without a libm call per value); in a
-    // pass of its own, which vectorises (to 32-bit integers: the vector conversion; a cast to
-    // 64 bits is one scalar conversion per value at this level).
-    levels.extend(
-        x.iter()
-            .map(|&v| ((((v - lo) * inv).clamp(0.0, 1.0) * 255.0) / step) as u32 + 1),
-    );
+    levels.resize(x.len(), 0);
+    crate::simd::vectorized(LevelsKernel {
+        x,
+        lo,
+        inv,
+        step,
+        out: levels,
+    });
     let q = levels.as_slice();
     let w = cfg.window.max(1).min(q.len());
     let pow = (0..w).fold(1u64, |acc, _| acc.wrapping_mul(BASE));
@@ -159,6 +161,40 @@ fn fingerprint_into(
         }
     }
     top_distinct(hashes, cfg.top_n);
+}
+
+/// [`fingerprint_into`]'s quantisation as a [`Kernel`]: level `floor(255·x / step) + 1` of
+/// every value, in a pass of its own, at the dispatched instruction set. The clamp is written
+/// `max(0).min(1)`, which maps NaN to 0 (level 1, as the saturating cast of a NaN quotient
+/// gave), so the quotient is a number in `0..=255` whose floor is converted exactly by
+/// [`crate::simd::whole_to_u32`] (vectorised; `as u32` is a scalar conversion per value).
+struct LevelsKernel<'a> {
+    x: &'a [f32],
+    lo: f32,
+    inv: f32,
+    step: f32,
+    out: &'a mut [u32],
+}
+
+impl Kernel for LevelsKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let LevelsKernel {
+            x,
+            lo,
+            inv,
+            step,
+            out,
+        } = self;
+        for (o, &v) in out.iter_mut().zip(x) {
+            // Not `clamp`, which keeps NaN (see above).
+            #[allow(clippy::manual_clamp)]
+            let unit = ((v - lo) * inv).max(0.0).min(1.0);
+            *o = crate::simd::whole_to_u32((unit * 255.0 / step).floor()) + 1;
+        }
+    }
 }
 
 /// Keeps the `n` largest distinct values of `v`, in decreasing order: a bounded selection
@@ -763,6 +799,50 @@ mod tests {
             let a: Vec<u32> = (0..5).map(|k| k * 3 + round % 7).collect();
             let lists = [a.as_slice(), &a[1..], &a[2..]];
             assert_eq!(max_shared(&lists, 0, 100), 3, "round {round}");
+        }
+    }
+
+    /// The levels are, for every value, those of the clamp, division and saturating cast they
+    /// are written without (NaN and infinities included), at the dispatched instruction set
+    /// and in the portable loop, for several steps and a range that is not `[0, 1]`.
+    #[test]
+    fn levels_match_the_saturating_cast() {
+        let base = crate::simd::tests::quantisation_probes();
+        for (range, step) in [
+            ([0.0f32, 1.0], 50u32),
+            ([0.0, 1.0], 1),
+            ([-3.0, 5.0], 7),
+            ([0.0, 1.0], 255),
+        ] {
+            let (lo, inv) = crate::settings::unit_map(range);
+            let xs: Vec<f32> = base
+                .iter()
+                .flat_map(|&t| [t, lo + t * (range[1] - range[0])])
+                .collect();
+            let step = step as f32;
+            let want: Vec<u32> = xs
+                .iter()
+                .map(|&v| ((((v - lo) * inv).clamp(0.0, 1.0) * 255.0) / step) as u32 + 1)
+                .collect();
+            let mut got = vec![0u32; xs.len()];
+            crate::simd::vectorized(LevelsKernel {
+                x: &xs,
+                lo,
+                inv,
+                step,
+                out: &mut got,
+            });
+            assert_eq!(got, want, "dispatched, {range:?}, step {step}");
+            let mut plain = vec![0u32; xs.len()];
+            LevelsKernel {
+                x: &xs,
+                lo,
+                inv,
+                step,
+                out: &mut plain,
+            }
+            .run();
+            assert_eq!(plain, want, "portable, {range:?}, step {step}");
         }
     }
 

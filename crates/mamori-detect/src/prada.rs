@@ -356,6 +356,10 @@ pub(crate) fn quantise_range(x: &[f32], range: [f32; 2], out: &mut Vec<u8>) {
 
 /// [`quantise_range`]'s loop as a [`Kernel`] (a plain loop: with SSE4.1, part of the dispatched
 /// level, `round` is an instruction sequence instead of a `roundf` call per value; same values).
+/// The clamp is written `max(0).min(1)`, which maps NaN to 0 where `clamp` keeps it (and the
+/// saturating `as u8` then gives 0: the same byte), so that the rounded value is always a whole
+/// number in `0..=255`, converted exactly by [`crate::simd::whole_to_u32`] (vectorised; `as u8`
+/// is a scalar conversion per value).
 struct QuantiseKernel<'a> {
     x: &'a [f32],
     lo: f32,
@@ -369,7 +373,10 @@ impl Kernel for QuantiseKernel<'_> {
     #[inline(always)]
     fn run(self) {
         for (o, &v) in self.out.iter_mut().zip(self.x) {
-            *o = (((v - self.lo) * self.inv).clamp(0.0, 1.0) * 255.0).round() as u8;
+            // Not `clamp`, which keeps NaN (see above).
+            #[allow(clippy::manual_clamp)]
+            let unit = ((v - self.lo) * self.inv).max(0.0).min(1.0);
+            *o = crate::simd::whole_to_u32((unit * 255.0).round()) as u8;
         }
     }
 }
@@ -756,6 +763,37 @@ mod tests {
             probs: &[],
             label,
             time_ms: i as u64,
+        }
+    }
+
+    /// The quantisation gives, for every value, the byte of the clamp, rounding and saturating
+    /// cast it is written without (NaN and infinities included), at the dispatched instruction
+    /// set and in the portable loop, for ranges that are not `[0, 1]` too.
+    #[test]
+    fn quantisation_matches_the_saturating_cast() {
+        let base = crate::simd::tests::quantisation_probes();
+        for range in [[0.0f32, 1.0], [-3.0, 5.0], [0.0, 1000.0]] {
+            let (lo, inv) = crate::settings::unit_map(range);
+            let xs: Vec<f32> = base
+                .iter()
+                .flat_map(|&t| [t, lo + t * (range[1] - range[0])])
+                .collect();
+            let want: Vec<u8> = xs
+                .iter()
+                .map(|&v| (((v - lo) * inv).clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            let mut got = Vec::new();
+            quantise_range(&xs, range, &mut got);
+            assert_eq!(got, want, "dispatched, {range:?}");
+            let mut plain = vec![0u8; xs.len()];
+            QuantiseKernel {
+                x: &xs,
+                lo,
+                inv,
+                out: &mut plain,
+            }
+            .run();
+            assert_eq!(plain, want, "portable, {range:?}");
         }
     }
 

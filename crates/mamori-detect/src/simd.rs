@@ -38,6 +38,18 @@ impl<K: Kernel> pulp::WithSimd for Op<K> {
     }
 }
 
+/// `2²³`, the float above which every float is a whole number.
+const WHOLE: f32 = 8_388_608.0;
+
+/// The value of `f` — a whole number in `0..2²³` — as an integer, exactly: `f + 2²³` is exact
+/// and holds `f` in its low mantissa bits. A float addition and a bit cast, which vectorise,
+/// where the saturating casts `as u8`/`as i32`/`as u32` compile to range and NaN checks and
+/// one scalar conversion per value (at the dispatched AVX2 level too).
+#[inline(always)]
+pub(crate) fn whole_to_u32(f: f32) -> u32 {
+    (f + WHOLE).to_bits().wrapping_sub(WHOLE.to_bits())
+}
+
 /// Runs `k` with the widest instruction set the CPU supports (see the module docs).
 #[inline]
 pub(crate) fn vectorized<K: Kernel>(k: K) -> K::Output {
@@ -45,7 +57,7 @@ pub(crate) fn vectorized<K: Kernel>(k: K) -> K::Output {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ann::{dot, sq_dist};
     use rand::{Rng, SeedableRng};
@@ -59,6 +71,48 @@ mod tests {
         fn run(self) -> (f32, f32) {
             (dot(self.0, self.1), sq_dist(self.0, self.1))
         }
+    }
+
+    /// Every whole number below 2²³ converts to itself (and so do its negative zero and the
+    /// whole floats a rounding or a floor gives).
+    #[test]
+    fn whole_numbers_convert_exactly() {
+        for n in 0..1u32 << 23 {
+            assert_eq!(whole_to_u32(n as f32), n);
+        }
+        assert_eq!(whole_to_u32(-0.0), 0);
+        assert_eq!(whole_to_u32(254.5f32.round()), 255);
+        assert_eq!(whole_to_u32(254.99f32.floor()), 254);
+    }
+
+    /// Values quantised as the detectors do (`crate::prada`, `crate::blacklight`): NaN and
+    /// infinities, values outside the range and the neighbours of every level boundary.
+    pub(crate) fn quantisation_probes() -> Vec<f32> {
+        let mut xs = vec![
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7fc0_00ff),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            2.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for k in 0..=510u32 {
+            let t = k as f32 / 510.0;
+            for b in t.to_bits().saturating_sub(2)..=t.to_bits() + 2 {
+                xs.push(f32::from_bits(b));
+            }
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        xs.extend((0..20_000).map(|_| rng.gen_range(-0.5f32..1.5)));
+        xs
     }
 
     #[test]
