@@ -200,6 +200,22 @@ impl FastScanPq {
         (s * self.dim / self.m, (s + 1) * self.dim / self.m)
     }
 
+    /// The coordinates of every subspace in order — [`FastScanPq::span`] of `0, 1, …` — with no
+    /// division per subspace (two divisions each cost more than the rest of a table row's
+    /// bookkeeping).
+    #[inline(always)]
+    fn spans(&self) -> Spans {
+        let m = self.m.max(1);
+        Spans {
+            lo: 0,
+            left: self.m,
+            q: self.dim / m,
+            r: self.dim % m,
+            m,
+            acc: 0,
+        }
+    }
+
     /// Squared distances from the sub-vector `x` (coordinates `lo..lo + x.len()`) to the
     /// subspace's sub-centroids, into `dist`.
     #[inline(always)]
@@ -231,8 +247,7 @@ impl FastScanPq {
     pub(crate) fn encode(&self, r: &[f32], out: &mut Vec<u8>) {
         out.clear();
         let mut dist = [0.0f32; KSUB];
-        for s in 0..self.m {
-            let (lo, hi) = self.span(s);
+        for (lo, hi) in self.spans() {
             out.push(self.nearest(&r[lo..hi], lo, &mut dist) as u8);
         }
     }
@@ -253,8 +268,7 @@ impl FastScanPq {
         }
         lut.dist.resize(self.m, [0.0; KSUB]);
         let (mut offset, mut range) = (0.0f32, 0.0f32);
-        for (s, dist) in lut.dist.iter_mut().enumerate() {
-            let (lo, hi) = self.span(s);
+        for ((lo, hi), dist) in self.spans().zip(lut.dist.iter_mut()) {
             self.sub_dists(&r[lo..hi], lo, dist);
             let (least, most) = min_max(dist);
             for d in dist.iter_mut() {
@@ -349,6 +363,40 @@ fn min_max(d: &[f32; KSUB]) -> (f32, f32) {
         }
     }
     (lo[0], hi[0])
+}
+
+/// [`FastScanPq::spans`]: subspace `s` ends at `⌊(s + 1)·dim / m⌋ = (s + 1)·q + ⌊(s + 1)·r / m⌋`
+/// (`dim = q·m + r`), the second term advancing by 0 or 1 per subspace as `acc`, the running
+/// `(s + 1)·r mod m`, passes `m`.
+#[derive(Clone, Copy, Debug)]
+struct Spans {
+    lo: usize,
+    left: usize,
+    q: usize,
+    r: usize,
+    m: usize,
+    acc: usize,
+}
+
+impl Iterator for Spans {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.acc += self.r;
+        let mut hi = self.lo + self.q;
+        if self.acc >= self.m {
+            self.acc -= self.m;
+            hi += 1;
+        }
+        let span = (self.lo, hi);
+        self.lo = hi;
+        Some(span)
+    }
 }
 
 /// The shortlist of a fast-scan search: candidates by approximate distance, cut to the `r`
@@ -603,6 +651,23 @@ mod tests {
     fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n * dim).map(|_| rng.gen_range(-1.0..1.0)).collect()
+    }
+
+    /// The subspaces' ranges without divisions are those of the division formula, for every
+    /// dimension and sub-quantiser count up to 64.
+    #[test]
+    fn spans_are_the_divided_ranges() {
+        for dim in 1..=64usize {
+            for m in 1..=dim {
+                let pq = FastScanPq {
+                    dim,
+                    m,
+                    centroids: Vec::new(),
+                };
+                let want: Vec<(usize, usize)> = (0..m).map(|s| pq.span(s)).collect();
+                assert_eq!(pq.spans().collect::<Vec<_>>(), want, "dim {dim}, m {m}");
+            }
+        }
     }
 
     /// Encoding picks the nearest sub-centroid in every subspace; the reconstruction error is
