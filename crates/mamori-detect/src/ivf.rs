@@ -636,7 +636,7 @@ struct FsScratch {
     lut: Lut,
     /// The shortlist.
     short: Shortlist,
-    /// The shortlist's codes: `cell << 32 | slot`, sorted.
+    /// The shortlist's codes: `cell << 32 | slot`, in the shortlist's order.
     codes: Vec<u64>,
     /// [`BLOCK`] shortlisted codes, coordinate-major (`block[j·BLOCK + l]`), being re-ranked.
     block: Vec<f32>,

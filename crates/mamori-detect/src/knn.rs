@@ -285,7 +285,7 @@ impl Kernel for ProjectKernel<'_> {
     #[inline(always)]
     fn run(self) {
         // Four rows at a time with AVX2 ([`dot4_v3`]: their sums advance together, where one
-        // row's sum waits on each of its additions — the rows one by one took 3× as long),
+        // row's sum waits on each of its additions — the rows one by one took 1.4× as long),
         // each the same sum as [`crate::ann::dot`]'s, bit for bit; the rest one by one.
         // Plain loops: an iterator adapter's `fold` would stay out of line, undispatched.
         let d = self.x.len().max(1);
