@@ -164,10 +164,10 @@ fn fingerprint_into(
 }
 
 /// [`fingerprint_into`]'s quantisation as a [`Kernel`]: level `floor(255·x / step) + 1` of
-/// every value, in a pass of its own, at the dispatched instruction set. The clamp is written
-/// `max(0).min(1)`, which maps NaN to 0 (level 1, as the saturating cast of a NaN quotient
-/// gave), so the quotient is a number in `0..=255` whose floor is converted exactly by
-/// [`crate::simd::whole_to_u32`] (vectorised; `as u32` is a scalar conversion per value).
+/// every value, in a pass of its own, at the dispatched instruction set. The quotient of
+/// [`crate::settings::unit_value`] is a number in `0..=255` whose floor is converted exactly by
+/// [`crate::simd::whole_to_u32`] (vectorised; `as u32` is a scalar conversion per value) — the
+/// level the clamp, division and saturating cast gave, NaN included (level 1).
 struct LevelsKernel<'a> {
     x: &'a [f32],
     lo: f32,
@@ -189,9 +189,7 @@ impl Kernel for LevelsKernel<'_> {
             out,
         } = self;
         for (o, &v) in out.iter_mut().zip(x) {
-            // Not `clamp`, which keeps NaN (see above).
-            #[allow(clippy::manual_clamp)]
-            let unit = ((v - lo) * inv).max(0.0).min(1.0);
+            let unit = crate::settings::unit_value(v, lo, inv);
             *o = crate::simd::whole_to_u32((unit * 255.0 / step).floor()) + 1;
         }
     }

@@ -356,10 +356,10 @@ pub(crate) fn quantise_range(x: &[f32], range: [f32; 2], out: &mut Vec<u8>) {
 
 /// [`quantise_range`]'s loop as a [`Kernel`] (a plain loop: with SSE4.1, part of the dispatched
 /// level, `round` is an instruction sequence instead of a `roundf` call per value; same values).
-/// The clamp is written `max(0).min(1)`, which maps NaN to 0 where `clamp` keeps it (and the
-/// saturating `as u8` then gives 0: the same byte), so that the rounded value is always a whole
-/// number in `0..=255`, converted exactly by [`crate::simd::whole_to_u32`] (vectorised; `as u8`
-/// is a scalar conversion per value).
+/// The rounded value of [`crate::settings::unit_value`] is always a whole number in `0..=255`,
+/// converted exactly by [`crate::simd::whole_to_u32`] (vectorised; `as u8` is a scalar
+/// conversion per value) — the byte the clamp, rounding and saturating cast gave, NaN
+/// included.
 struct QuantiseKernel<'a> {
     x: &'a [f32],
     lo: f32,
@@ -373,9 +373,7 @@ impl Kernel for QuantiseKernel<'_> {
     #[inline(always)]
     fn run(self) {
         for (o, &v) in self.out.iter_mut().zip(self.x) {
-            // Not `clamp`, which keeps NaN (see above).
-            #[allow(clippy::manual_clamp)]
-            let unit = ((v - self.lo) * self.inv).max(0.0).min(1.0);
+            let unit = crate::settings::unit_value(v, self.lo, self.inv);
             *o = crate::simd::whole_to_u32((unit * 255.0).round()) as u8;
         }
     }

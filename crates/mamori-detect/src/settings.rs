@@ -46,6 +46,16 @@ pub(crate) fn unit_map(range: [f32; 2]) -> (f32, f32) {
     (range[0], 1.0 / (range[1] - range[0]))
 }
 
+/// `(v − lo)·inv` (from [`unit_map`]) clamped to `[0, 1]`, NaN mapped to 0 where `clamp` keeps
+/// it: the unit value the quantising detectors round or floor, always a number, so that their
+/// conversion to integers ([`crate::simd::whole_to_u32`]) needs no NaN case — and the level a
+/// NaN input gets is the one the saturating casts gave it (0).
+#[inline(always)]
+#[allow(clippy::manual_clamp)]
+pub(crate) fn unit_value(v: f32, lo: f32, inv: f32) -> f32 {
+    ((v - lo) * inv).max(0.0).min(1.0)
+}
+
 /// `v` lies in `lo..=hi`.
 pub(crate) fn count(path: &str, v: usize, lo: usize, hi: usize) -> Result<(), DetectError> {
     if (lo..=hi).contains(&v) {
